@@ -1,0 +1,243 @@
+"""The ``caxton`` command.
+
+Every failure is one line on stderr and a non-zero exit: :class:`CaxtonCLI` turns any
+:class:`caxton.errors.CaxtonError` into a :class:`click.ClickException`. Plugins add
+commands through the ``caxton_cli_commands`` hook.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import click
+import yaml
+
+from caxton import __version__
+from caxton.errors import CaxtonError
+from caxton.plugins import PluginHost
+
+#: Command groups core ships in their own modules: (module, attribute).
+CORE_COMMANDS: tuple[tuple[str, str], ...] = (
+    ("caxton.cli.security", "security"),
+    ("caxton.cli.template", "plugin"),
+    ("caxton.cli.client", "COMMANDS"),
+    ("caxton.cli.cluster", "cluster"),
+)
+
+
+class CaxtonCLI(click.Group):
+    """A click group that reports Caxton errors as one line, without a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except CaxtonError as exc:
+            raise click.ClickException(str(exc)) from None
+        except OSError as exc:
+            raise click.ClickException(f"{exc.strerror or exc}") from None
+
+
+def emit_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=False, default=str))
+
+
+def render_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """Plain column-aligned table, as the product documents print them."""
+    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = ["    ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip()
+             for row in cells]
+    return "\n".join(lines)
+
+
+@click.group(cls=CaxtonCLI, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="caxton")
+def cli() -> None:
+    """Caxton: a secure WebAssembly runtime for multi-agent systems."""
+
+
+# -------------------------------------------------------------------------
+# caxton plugins
+# -------------------------------------------------------------------------
+
+
+@cli.command("plugins")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None)
+@click.option("--plugin", "plugin_options", multiple=True, metavar="SPEC",
+              help="As for 'server start': kind=name, pkg.module or no:NAME.")
+def plugins_command(as_json: bool, config_path: str | None, plugin_options: tuple[str, ...]) -> None:
+    """List every discovered plugin: kind, name, distribution, version, hooks, state."""
+    from caxton.node import build_host_and_config
+
+    host, config = build_host_and_config(config_path, plugin_options=plugin_options)
+    selection = {kind: config["plugins"][kind] for kind in
+                 ("sandbox", "transport", "membership", "placement", "partition_policy", "auth")}
+    rows = host.describe(selection)
+    if as_json:
+        emit_json([row.to_dict() for row in rows])
+        return
+
+    def state(row: Any) -> str:
+        if row.broken:
+            return "broken: " + row.broken
+        if row.blocked:
+            return "blocked"
+        return "selected" if row.selected else "available"
+
+    click.echo(render_table(
+        ("KIND", "NAME", "DISTRIBUTION", "VERSION", "HOOKS", "STATE"),
+        [(r.kind, r.name, r.distribution or "-", r.version or "-",
+          ",".join(h.removeprefix("caxton_") for h in r.hooks) or "-", state(r)) for r in rows],
+    ))
+
+
+# -------------------------------------------------------------------------
+# caxton config
+# -------------------------------------------------------------------------
+
+
+@cli.group("config")
+def config_group() -> None:
+    """Show or validate configuration."""
+
+
+@config_group.command("show")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help="Config file (default: $CAXTON_CONFIG_PATH).")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--sources", is_flag=True, help="Show where each value came from.")
+def config_show(config_path: str | None, as_json: bool, sources: bool) -> None:
+    """Print the effective configuration (secrets masked)."""
+    from caxton.node import build_host_and_config
+
+    _host, config = build_host_and_config(config_path)
+    if sources:
+        data: Any = {key: origin for key, origin in sorted(config.sources.items())}
+    else:
+        data = config.to_dict(mask_secrets=True)
+    if as_json:
+        emit_json(data)
+    else:
+        click.echo(yaml.safe_dump(data, sort_keys=False).rstrip())
+
+
+@config_group.command("validate")
+@click.argument("file", type=click.Path(dir_okay=False))
+def config_validate(file: str) -> None:
+    """Check FILE: exit 0 when valid, one line naming the problem otherwise."""
+    from caxton.node import build_host_and_config
+
+    host, config = build_host_and_config(file)
+    # Validate the sections of the drivers it selects, as a node start would.
+    for kind in ("sandbox", "membership", "placement", "partition_policy"):
+        cls = host.driver_class(kind, config["plugins"][kind])
+        if cls.config_section is not None:
+            config.add_section(cls.config_section)
+    click.echo(f"{file}: valid")
+
+
+# -------------------------------------------------------------------------
+# caxton server
+# -------------------------------------------------------------------------
+
+
+@cli.group("server")
+def server_group() -> None:
+    """Run a node."""
+
+
+@server_group.command("start")
+@click.option("--node-id", help="Node id (default: host name).")
+@click.option("--bind-addr", help="Gossip/transport address HOST:PORT (default 127.0.0.1:7946).")
+@click.option("--api-addr", help="REST API address HOST:PORT (default 127.0.0.1:8080).")
+@click.option("--metrics-addr", help="Metrics address HOST:PORT (default 127.0.0.1:9090).")
+@click.option("--data-dir", type=click.Path(file_okay=False), help="State directory.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help="Config file, TOML or YAML (default: $CAXTON_CONFIG_PATH).")
+@click.option("--plugin", "plugin_options", multiple=True, metavar="SPEC",
+              help="kind=name selects a driver, pkg.module adds a hook plugin, no:NAME blocks one.")
+@click.option("--bootstrap", is_flag=True, help="Start a new cluster with this node as seed.")
+@click.option("--join", "join", default="", help="Seeds to join: HOST:PORT[,HOST:PORT...].")
+@click.option("--strict", is_flag=True, help="A plugin that fails to load stops the node.")
+def server_start(
+    node_id: str | None, bind_addr: str | None, api_addr: str | None, metrics_addr: str | None,
+    data_dir: str | None, config_path: str | None, plugin_options: tuple[str, ...],
+    bootstrap: bool, join: str, strict: bool,
+) -> None:
+    """Start one node and serve until SIGINT/SIGTERM."""
+    from caxton.logs import configure_logging
+    from caxton.node import Node, build_host_and_config
+
+    overrides: dict[str, Any] = {}
+    for key, value in (
+        ("node.id", node_id), ("coordination.cluster.bind_addr", bind_addr),
+        ("networking.bind_address", api_addr), ("networking.metrics_address", metrics_addr),
+        ("node.data_dir", data_dir),
+    ):
+        if value is not None:
+            overrides[key] = value
+    if strict:
+        overrides["plugins.strict"] = True
+    seeds = [s.strip() for s in join.split(",") if s.strip()]
+    host = PluginHost(strict=strict)
+    host_, config = build_host_and_config(
+        config_path, plugin_options=plugin_options, overrides=overrides, host=host
+    )
+    observability = config["observability"]
+    configure_logging(observability["log_level"], observability["log_format"],
+                      observability["log_file"])
+    node = Node(config, host_, bootstrap=bootstrap, join=seeds)
+    try:
+        _run(node.run_until_signal())
+    except KeyboardInterrupt:  # a second Ctrl-C during shutdown
+        sys.exit(130)
+
+
+def _run(coro: Any) -> Any:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
+# -------------------------------------------------------------------------
+# Assembly
+# -------------------------------------------------------------------------
+
+
+def _add_core_commands(group: click.Group) -> None:
+    for module_name, attr in CORE_COMMANDS:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name == module_name:
+                continue  # that part of core is not built yet
+            raise
+        commands = getattr(module, attr)
+        for command in commands if isinstance(commands, (list, tuple)) else [commands]:
+            group.add_command(command)
+
+
+def make_cli(host: PluginHost | None = None) -> click.Group:
+    """The full command: core's commands plus those of installed hook plugins."""
+    _add_core_commands(cli)
+    if host is None:
+        host = PluginHost()
+        try:
+            host.load_hook_plugins()
+        except CaxtonError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            sys.exit(1)
+    host.hook.caxton_cli_commands(cli=cli)
+    return cli
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    make_cli().main(args=list(argv) if argv is not None else None, prog_name="caxton")

@@ -1,0 +1,253 @@
+"""A Caxton node: the plugin host, the drivers it selected, and the services they power.
+
+:func:`build_node` turns config and ``--plugin`` options into a :class:`Node`;
+``await node.start()`` brings it up in a fixed order and ``await node.stop()`` takes it
+down in reverse. Each step is a resource on an :class:`contextlib.AsyncExitStack`, so a
+failure half-way through closes exactly what was opened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import signal
+import socket
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from caxton import __version__
+from caxton.config import Config, load_config
+from caxton.drivers import DriverContext, ResourceLimits
+from caxton.errors import ConfigError
+from caxton.plugins import PluginHost, parse_plugin_options
+from caxton.units import parse_address
+
+log = logging.getLogger("caxton.node")
+
+#: ``--plugin kind=name`` writes these config keys.
+SELECTION_KEYS = {
+    "sandbox": "plugins.sandbox",
+    "transport": "plugins.transport",
+    "membership": "plugins.membership",
+    "placement": "plugins.placement",
+    "partition_policy": "plugins.partition_policy",
+    "auth": "plugins.auth",
+}
+
+
+def build_host_and_config(
+    config_path: str | Path | None = None,
+    *,
+    plugin_options: Iterable[str] = (),
+    overrides: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+    use_entry_points: bool = True,
+    host: PluginHost | None = None,
+) -> tuple[PluginHost, Config]:
+    """Load hook plugins first (they may declare config sections), then the config."""
+    selections, modules, blocked = parse_plugin_options(plugin_options)
+    flags: dict[str, Any] = dict(overrides or {})
+    for kind, name in selections.items():
+        flags[SELECTION_KEYS[kind]] = name.split(",") if kind == "auth" else name
+    if host is None:
+        host = PluginHost(use_entry_points=use_entry_points, blocked=blocked, env=env)
+    else:
+        host.blocked.update(blocked)
+    host.load_hook_plugins(modules)
+    sections = [s for result in host.hook.caxton_config_sections() for s in (result or ())]
+    config = load_config(
+        config_path,
+        env=env,
+        overrides=flags,
+        extra_sections=sections,
+        plugin_section_names=host.plugin_section_names(),
+    )
+    for name in config["plugins"]["modules"]:
+        if not host.pm.has_plugin(name):
+            host.load_hook_plugins([name])
+    host.blocked.update(config["plugins"]["disabled"])
+    host.strict = host.strict or config["plugins"]["strict"]
+    host.hook.caxton_configure.call_historic(kwargs={"config": config})
+    return host, config
+
+
+def build_node(
+    config_path: str | Path | None = None,
+    *,
+    plugin_options: Iterable[str] = (),
+    overrides: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+    bootstrap: bool = False,
+    join: Sequence[str] = (),
+) -> Node:
+    host, config = build_host_and_config(
+        config_path, plugin_options=plugin_options, overrides=overrides, env=env
+    )
+    return Node(config, host, bootstrap=bootstrap, join=join)
+
+
+def is_loopback(host: str) -> bool:
+    if host in {"localhost", ""}:
+        return host == "localhost"
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class Node:
+    """One Caxton node. Attributes are ``None`` until :meth:`start` sets them up."""
+
+    def __init__(
+        self,
+        config: Config,
+        host: PluginHost,
+        *,
+        bootstrap: bool = False,
+        join: Sequence[str] = (),
+    ) -> None:
+        self.config = config
+        self.host = host
+        self.hook = host.hook
+        self.node_id: str = config["node"]["id"] or socket.gethostname()
+        self.data_dir = Path(config["node"]["data_dir"]).expanduser()
+        self.bootstrap = bootstrap
+        self.join_addresses = list(join) or list(config["coordination.cluster"]["seeds"])
+        self.version = __version__
+        self.state = "created"
+        self.started_at: float | None = None
+        self.context = DriverContext(
+            node_id=self.node_id,
+            data_dir=self.data_dir,
+            hook=host.hook,
+            services={"node": self},
+            logger=logging.getLogger(f"caxton.node.{self.node_id}"),
+        )
+        self.sandbox: Any = None
+        self.store: Any = None
+        self.router: Any = None
+        self.agents: Any = None
+        self.transport: Any = None
+        self.membership: Any = None
+        self.placement: Any = None
+        self.partition_policy: Any = None
+        self.auth_chain: list[Any] = []
+        self.api_address: tuple[str, int] | None = None
+        self.cluster_address: tuple[str, int] | None = None
+        self._stack = contextlib.AsyncExitStack()
+        self._stopped = asyncio.Event()
+
+    # -- configuration helpers ----------------------------------------------------
+
+    @property
+    def clustered(self) -> bool:
+        return bool(
+            self.bootstrap or self.join_addresses or self.config["coordination"]["cluster_enabled"]
+        )
+
+    def default_limits(self) -> ResourceLimits:
+        runtime = self.config["runtime"]
+        return ResourceLimits(
+            max_memory_bytes=runtime["max_memory_per_agent"],
+            max_fuel=runtime["default_max_fuel"],
+            max_execution_time_ms=int(runtime["default_execution_time"] * 1000),
+            max_message_bytes=runtime["max_message_size"],
+        )
+
+    def limit_ceiling(self) -> ResourceLimits:
+        runtime = self.config["runtime"]
+        return ResourceLimits(
+            max_memory_bytes=runtime["wasm_memory_limit"],
+            max_fuel=runtime["max_fuel_limit"],
+            max_execution_time_ms=int(runtime["execution_timeout"] * 1000),
+            max_message_bytes=runtime["max_message_size"],
+        )
+
+    def check_exposure(self) -> None:
+        """Refuse a non-loopback API without auth unless explicitly opted in."""
+        host, _port = parse_address(self.config["networking"]["bind_address"])
+        security = self.config["security"]
+        if is_loopback(host) or security["auth_enabled"] or security["allow_insecure_remote"]:
+            return
+        raise ConfigError(
+            f"refusing to serve the API on {host} without authentication: set "
+            f"security.auth_enabled = true, or bind to 127.0.0.1, or opt in with "
+            f"security.allow_insecure_remote = true"
+        )
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self.state != "created":
+            raise RuntimeError(f"node {self.node_id} already {self.state}")
+        self.state = "starting"
+        self.check_exposure()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        plugins = self.config["plugins"]
+        try:
+            self.sandbox = await self._driver("sandbox", plugins["sandbox"])
+            self.placement = await self._driver("placement", plugins["placement"])
+            self.partition_policy = await self._driver(
+                "partition_policy", plugins["partition_policy"]
+            )
+            self.hook.caxton_node_starting(node=self)
+            await self._start_services()
+            self.state = "running"
+            self.started_at = time.time()
+            self.hook.caxton_node_started(node=self)
+        except BaseException:
+            self.state = "failed"
+            await self._stack.aclose()
+            raise
+        log.info(
+            "node %s running (caxton %s); plugins: %s",
+            self.node_id,
+            __version__,
+            ", ".join(f"{k}={v if isinstance(v, str) else ','.join(v)}"
+                      for k, v in sorted(self.host.selected.items())),
+        )
+
+    async def _driver(self, kind: str, name: str) -> Any:
+        driver = self.host.create_driver(kind, name, self.config, self.context)
+        await driver.start()
+        self._stack.push_async_callback(driver.close)
+        self.context.services[kind] = driver
+        return driver
+
+    async def _start_services(self) -> None:
+        from caxton.api import start_api
+
+        self.api_address = await start_api(self, self._stack)
+
+    async def stop(self) -> None:
+        if self.state in {"stopping", "stopped"}:
+            return
+        self.state = "stopping"
+        self.hook.caxton_node_stopping(node=self)
+        await self._stack.aclose()
+        self.state = "stopped"
+        self.hook.caxton_node_stopped(node=self)
+        self._stopped.set()
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+    async def run_until_signal(self) -> None:
+        """Start, serve until SIGINT/SIGTERM (or :meth:`stop`), then stop cleanly."""
+        loop = asyncio.get_running_loop()
+        stop_requested = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, stop_requested.set)
+        await self.start()
+        waiter = asyncio.ensure_future(self._stopped.wait())
+        signalled = asyncio.ensure_future(stop_requested.wait())
+        await asyncio.wait({waiter, signalled}, return_when=asyncio.FIRST_COMPLETED)
+        for task in (waiter, signalled):
+            task.cancel()
+        log.info("node %s shutting down", self.node_id)
+        await self.stop()
