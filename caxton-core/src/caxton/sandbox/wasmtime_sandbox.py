@@ -1,0 +1,177 @@
+"""Core's default sandbox driver, on wasmtime (entry point ``caxton.sandbox: wasmtime``).
+
+This module imports cheaply; wasmtime's native library loads when the driver is
+constructed. docs/sandbox.md describes the limits, the caches, the pool and the fast
+message path; docs/agent-abi.md the contract agents are held to.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from caxton.config import ConfigSection, Field
+from caxton.drivers.base import DriverContext
+from caxton.drivers.sandbox import (
+    AgentHostAPI,
+    AgentInstance,
+    CompiledModule,
+    HostFunction,
+    ResourceLimits,
+    Sandbox,
+    WasiCapabilities,
+)
+from caxton.units import parse_duration, parse_size
+
+if TYPE_CHECKING:
+    from caxton.sandbox.wasmtime_runtime import WasmtimeRuntime
+
+NO_WASI = WasiCapabilities()
+
+CONFIG_SECTION = ConfigSection(
+    "sandbox.wasmtime",
+    (
+        Field(
+            "agent_pool_size",
+            "int",
+            None,
+            "Pre-warmed instances per module (default: runtime.agent_pool_size)",
+            optional=True,
+            minimum=0,
+        ),
+        Field(
+            "module_cache",
+            "bool",
+            None,
+            "Cache compiled modules on disk (default: runtime.module_cache)",
+            optional=True,
+        ),
+        Field(
+            "cache_dir",
+            "str",
+            None,
+            "Compiled module cache (default: DATA_DIR/cache/wasmtime)",
+            optional=True,
+        ),
+        Field(
+            "epoch_tick",
+            "duration",
+            "10ms",
+            "Epoch interruption tick; wall-time limits are enforced to this granularity",
+            minimum=0.001,
+        ),
+        Field(
+            "max_wasm_stack",
+            "size",
+            None,
+            "Wasm stack per call (default: runtime.wasm_stack_limit)",
+            optional=True,
+            minimum=65536,
+        ),
+        Field(
+            "memory_reservation",
+            "size",
+            "16MB",
+            "Address space reserved per linear memory; growth beyond it moves the memory",
+        ),
+        Field("memory_guard_size", "size", "64KB", "Guard region after each linear memory"),
+        Field("opt_level", "str", "speed", choices=("none", "speed", "speed_and_size")),
+        Field("parallel_compilation", "bool", True),
+    ),
+    "The wasmtime sandbox driver",
+)
+
+
+class WasmtimeSandbox(Sandbox):
+    """Runs agents on wasmtime with fuel, epoch deadlines and store limits."""
+
+    config_section: ClassVar[ConfigSection | None] = CONFIG_SECTION
+
+    def __init__(self, config: Mapping[str, Any], context: DriverContext) -> None:
+        super().__init__(config, context)
+        from caxton.sandbox.wasmtime_runtime import EngineSettings, WasmtimeRuntime
+
+        values = {**CONFIG_SECTION.defaults(), **self.config}
+        runtime = _node_runtime_config(context)
+        pool_size = _first(values["agent_pool_size"], runtime.get("agent_pool_size"), 4)
+        use_cache = _first(values["module_cache"], runtime.get("module_cache"), True)
+        cache_dir: Path | None = None
+        if use_cache:
+            cache_dir = (
+                Path(values["cache_dir"]).expanduser()
+                if values["cache_dir"]
+                else Path(context.data_dir) / "cache" / "wasmtime"
+            )
+        settings = EngineSettings(
+            epoch_tick_s=parse_duration(values["epoch_tick"]),
+            max_wasm_stack=int(
+                _first(values["max_wasm_stack"], runtime.get("wasm_stack_limit"), 1024 * 1024)
+            ),
+            memory_reservation=parse_size(values["memory_reservation"]),
+            memory_guard_size=parse_size(values["memory_guard_size"]),
+            opt_level=str(values["opt_level"]),
+            parallel_compilation=bool(values["parallel_compilation"]),
+        )
+        self.runtime: WasmtimeRuntime = WasmtimeRuntime(
+            settings,
+            cache_dir=cache_dir,
+            pool_size=int(pool_size),
+            default_fuel=int(runtime.get("default_max_fuel", 10_000_000)),
+        )
+
+    async def start(self) -> None:
+        self.runtime.start()
+
+    async def close(self) -> None:
+        self.runtime.close()
+
+    def compile(self, wasm: bytes) -> CompiledModule:
+        return self.runtime.compile(wasm)
+
+    def instantiate(
+        self,
+        module: CompiledModule,
+        *,
+        agent_name: str,
+        limits: ResourceLimits,
+        host: AgentHostAPI,
+        capabilities: WasiCapabilities = NO_WASI,
+        extra_functions: Sequence[HostFunction] = (),
+    ) -> AgentInstance:
+        # Without the epoch ticker wall-time limits would not fire: start it on first use.
+        self.runtime.start()
+        from caxton.sandbox.wasmtime_runtime import WasmtimeModule
+
+        if not isinstance(module, WasmtimeModule):
+            from caxton.errors import SandboxError
+
+            raise SandboxError(
+                f"module {module.sha256[:12]} was compiled by another sandbox; compile it "
+                f"with this one"
+            )
+        return self.runtime.instantiate(
+            module,
+            agent_name=agent_name,
+            limits=limits,
+            host=host,
+            capabilities=capabilities,
+            extra_functions=extra_functions,
+        )
+
+
+def _node_runtime_config(context: DriverContext) -> Mapping[str, Any]:
+    """The node's ``[runtime]`` section when a node built this driver, else nothing."""
+    node = context.services.get("node")
+    config = getattr(node, "config", None)
+    if config is None:
+        return {}
+    try:
+        runtime = config["runtime"]
+    except (KeyError, TypeError):
+        return {}
+    return runtime if isinstance(runtime, Mapping) else {}
+
+
+def _first(*values: Any) -> Any:
+    return next(v for v in values if v is not None)
