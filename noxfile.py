@@ -1,0 +1,315 @@
+"""Caxton's test, lint and demo sessions: ``nox`` runs every check, ``nox -s demo`` a node.
+
+Every distribution in the monorepo has its own tagged session, run on each supported
+Python against the working tree (``nox -t quic``, ``nox -s core-3.11``). ``integration``
+installs all of them at once and runs the cross-package tests in ``tests/``. ``demo`` is
+not a default session: it installs everything and serves a node until Ctrl-C.
+
+Each pytest run writes JUnit XML to ``$CAXTON_REPORT_DIR`` (default ``.nox/reports/``);
+``.ci/run`` sums those files into one closing line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import nox
+
+nox.needs_version = ">=2025.2.9"
+
+ROOT = Path(__file__).resolve().parent
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+PYTHONS = ["3.10", "3.11"]
+REPORT_DIR = Path(os.environ.get("CAXTON_REPORT_DIR", ROOT / ".nox" / "reports"))
+
+#: The tools lint and typecheck use, pinned so CI and laptops agree on the verdict.
+RUFF = "ruff==0.17.6"
+MYPY = "mypy==2.4.1"
+
+CORE = "./caxton-core[test]"
+PLUGIN_DIRS = {
+    "tcp": "plugins/caxton-transport-tcp",
+    "quic": "plugins/caxton-transport-quic",
+    "wasmer": "plugins/caxton-sandbox-wasmer",
+    "jwt": "plugins/caxton-auth-jwt",
+}
+EXAMPLE_PLUGIN = "examples/caxton-zone-aware"
+
+nox.options.error_on_missing_interpreters = True
+# Never fetch interpreters: this project's machines only reach package registries.
+nox.options.download_python = "never"
+nox.options.default_venv_backend = "uv|virtualenv"
+if not IN_CI:
+    nox.options.reuse_venv = "yes"
+
+
+# -------------------------------------------------------------------------
+# Interpreter discovery
+# -------------------------------------------------------------------------
+
+
+def _runs(command: Sequence[str], env: dict[str, str] | None = None) -> bool:
+    try:
+        return subprocess.run(command, capture_output=True, env=env, timeout=60).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+def _pyenv_versions() -> list[str]:
+    if shutil.which("pyenv") is None:
+        return []
+    result = subprocess.run(["pyenv", "versions", "--bare"], capture_output=True, text=True)
+    return result.stdout.split() if result.returncode == 0 else []
+
+
+def _pyenv_current() -> list[str]:
+    if os.environ.get("PYENV_VERSION"):
+        return os.environ["PYENV_VERSION"].split(":")
+    result = subprocess.run(["pyenv", "version-name"], capture_output=True, text=True)
+    return result.stdout.strip().split(":") if result.returncode == 0 else []
+
+
+def _version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split(".") if part.isdigit())
+
+
+def make_interpreters_usable(versions: Sequence[str]) -> list[str]:
+    """Make ``pythonX.Y`` runnable for each of ``versions``; return those that are not.
+
+    pyenv installs every version but puts only the global one on ``PATH``; its shim for
+    another version fails until ``PYENV_VERSION`` names it. So a version that pyenv has
+    but the shell cannot run is appended to ``PYENV_VERSION`` (the global one stays
+    first, so ``python3`` keeps meaning what it meant).
+    """
+    missing: list[str] = []
+    for version in versions:
+        if _runs([f"python{version}", "-c", "pass"]):
+            continue
+        installed = [v for v in _pyenv_versions() if v.startswith(version + ".")]
+        if not installed:
+            missing.append(version)
+            continue
+        best = max(installed, key=_version_key)
+        chain = [v for v in _pyenv_current() if v and v != best] + [best]
+        env = {**os.environ, "PYENV_VERSION": ":".join(chain)}
+        if _runs([f"python{version}", "-c", "pass"], env=env):
+            os.environ["PYENV_VERSION"] = env["PYENV_VERSION"]
+        else:
+            missing.append(version)
+    return missing
+
+
+MISSING_PYTHONS = make_interpreters_usable(PYTHONS)
+if MISSING_PYTHONS:
+    print(
+        f"nox: Python {', '.join(MISSING_PYTHONS)} not found on PATH nor in pyenv; the sessions "
+        f"on it will FAIL. Install it (pyenv install {MISSING_PYTHONS[0]}) or run one Python "
+        f"only: nox -p 3.11",
+        file=sys.stderr,
+    )
+
+
+# -------------------------------------------------------------------------
+# Helpers
+# -------------------------------------------------------------------------
+
+
+def run_pytest(session: nox.Session, *paths: str) -> None:
+    """Run pytest on ``paths``, writing this session's JUnit report.
+
+    Exit code 5 (no tests collected) is accepted with a warning: a package whose tests
+    are not written yet has nothing to fail, and its report says it ran nothing.
+    """
+    REPORT_DIR.mkdir(parents=True, exist_ok=True)
+    report = REPORT_DIR / f"{session.name}.xml"
+    report.unlink(missing_ok=True)
+    session.run(
+        "python",
+        "-m",
+        "pytest",
+        *paths,
+        f"--junitxml={report}",
+        "-p",
+        "no:cacheprovider",
+        *session.posargs,
+        success_codes=[0, 5],
+    )
+    if report.exists() and ' tests="0"' in report.read_text(encoding="utf-8"):
+        session.warn(f"{session.name}: pytest collected no tests in {', '.join(paths)}")
+
+
+def install_all(session: nox.Session, *, editable: bool = True) -> None:
+    """Core with its test extra, every first-party plugin and the example plugin."""
+    plugins = [d for tag, d in PLUGIN_DIRS.items() if tag != "wasmer" or session.python == "3.10"]
+    flag = ["-e"] if editable else []
+    args: list[str] = [*flag, CORE]
+    for directory in plugins:
+        args += [*flag, f"./{directory}"]
+    session.install(*args)
+
+
+# -------------------------------------------------------------------------
+# Per-package tests
+# -------------------------------------------------------------------------
+
+
+@nox.session(python=PYTHONS, tags=["core"])
+def core(session: nox.Session) -> None:
+    """caxton-core's own tests."""
+    session.install("-e", CORE)
+    run_pytest(session, "caxton-core/tests")
+
+
+def plugin_tests(session: nox.Session, tag: str) -> None:
+    directory = PLUGIN_DIRS[tag]
+    session.install("-e", CORE, "-e", f"./{directory}")
+    run_pytest(session, f"{directory}/tests")
+
+
+@nox.session(python=PYTHONS, tags=["tcp"])
+def tcp(session: nox.Session) -> None:
+    """caxton-transport-tcp."""
+    plugin_tests(session, "tcp")
+
+
+@nox.session(python=PYTHONS, tags=["quic"])
+def quic(session: nox.Session) -> None:
+    """caxton-transport-quic."""
+    plugin_tests(session, "quic")
+
+
+@nox.session(python=["3.10"], tags=["wasmer"])
+def wasmer(session: nox.Session) -> None:
+    """caxton-sandbox-wasmer: wasmer 1.1 has wheels for CPython 3.10 only."""
+    plugin_tests(session, "wasmer")
+
+
+@nox.session(python=PYTHONS, tags=["jwt"])
+def jwt(session: nox.Session) -> None:
+    """caxton-auth-jwt."""
+    plugin_tests(session, "jwt")
+
+
+@nox.session(python=PYTHONS, tags=["integration"])
+def integration(session: nox.Session) -> None:
+    """Cross-package tests: every distribution installed at once, plus the example plugin.
+
+    The example third-party plugin is installed the way a user installs one (a regular,
+    non-editable install from its directory), so discovery goes through its metadata.
+    """
+    install_all(session)
+    session.install(f"./{EXAMPLE_PLUGIN}")
+    run_pytest(session, "tests", f"{EXAMPLE_PLUGIN}/tests")
+
+
+# -------------------------------------------------------------------------
+# Lint, types, docs
+# -------------------------------------------------------------------------
+
+
+@nox.session(python="3.11", tags=["lint"])
+def lint(session: nox.Session) -> None:
+    """ruff check and ruff format --check over the whole repository."""
+    session.install(RUFF)
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session(python="3.11", tags=["typecheck"])
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict on caxton-core (config in pyproject.toml) and the example plugin."""
+    session.install(MYPY, "-e", CORE)
+    session.run("mypy", "caxton-core/src/caxton")
+    session.run("mypy", "--strict", f"{EXAMPLE_PLUGIN}/src/caxton_zone_aware")
+
+
+@nox.session(python="3.11", tags=["docs"])
+def docs(session: nox.Session) -> None:
+    """Every hook and driver interface documented; no broken relative link in the docs."""
+    docs_test = Path("caxton-core/tests/test_docs.py")
+    if not docs_test.exists():
+        session.error(f"{docs_test} is missing: the hook documentation is not checked")
+    session.install("-e", CORE)
+    run_pytest(session, str(docs_test), "tests/test_links.py")
+
+
+# -------------------------------------------------------------------------
+# Demo: the README's first command
+# -------------------------------------------------------------------------
+
+
+def fetch_json(url: str) -> object:
+    with urllib.request.urlopen(url, timeout=2) as response:
+        return json.loads(response.read())
+
+
+@contextlib.contextmanager
+def background_node(session: nox.Session, *args: str) -> Iterator[subprocess.Popen[bytes]]:
+    """``caxton server start ARGS`` in the background; terminated (SIGTERM) on exit."""
+    caxton = str(Path(session.bin) / "caxton")
+    process = subprocess.Popen([caxton, "server", "start", *args])
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def wait_for_health(process: subprocess.Popen[bytes], url: str, timeout: float = 60) -> object:
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"the node exited with code {process.returncode} before serving")
+        try:
+            return fetch_json(url)
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no answer from {url} after {timeout:.0f}s") from None
+            time.sleep(0.25)
+
+
+@nox.session(python="3.11", default=False)
+def demo(session: nox.Session) -> None:
+    """Install everything, start a node, show its health and plugins; serve until Ctrl-C.
+
+    ``nox -s demo -- --once`` (and any run with CI=true) stops after the health check.
+    Other arguments go to ``caxton server start`` (``nox -s demo -- --plugin transport=quic``).
+    """
+    once = IN_CI or "--once" in session.posargs
+    extra = [arg for arg in session.posargs if arg != "--once"]
+    api_addr = os.environ.get("CAXTON_DEMO_API_ADDR", "127.0.0.1:8080")
+    install_all(session)
+    session.install(f"./{EXAMPLE_PLUGIN}")
+    plugin_args = [arg for arg in extra if arg.startswith("--plugin")]
+    with tempfile.TemporaryDirectory(prefix="caxton-demo-") as data_dir:
+        args = ["--api-addr", api_addr, "--data-dir", data_dir, *extra]
+        with background_node(session, *args) as process:
+            try:
+                health = wait_for_health(process, f"http://{api_addr}/api/v1/health")
+            except RuntimeError as exc:
+                session.error(str(exc))
+            session.log(f"GET http://{api_addr}/api/v1/health -> {json.dumps(health)}")
+            session.run("caxton", "plugins", *plugin_args)
+            if once:
+                return
+            session.log("node running; press Ctrl-C to stop it")
+            try:
+                process.wait()
+            except KeyboardInterrupt:
+                session.log("stopping the node")
