@@ -147,7 +147,5 @@ async def start_metrics(node: Node, stack: contextlib.AsyncExitStack) -> tuple[s
     host, port = parse_address(node.config["networking"]["metrics_address"])
     site = web.TCPSite(runner, host, port, reuse_address=True)
     await site.start()
-    server = site._server  # noqa: SLF001 - aiohttp exposes no public bound-address accessor
-    sockets = server.sockets if server is not None else ()
-    bound = sockets[0].getsockname()[:2] if sockets else (host, port)
+    bound = runner.addresses[0] if runner.addresses else (host, port)
     return str(bound[0]), int(bound[1])
