@@ -183,6 +183,7 @@ class ConfigSection:
         return {f.name: f.default for f in self.fields}
 
 
+# fmt: off
 F = Field
 CORE_SECTIONS: tuple[ConfigSection, ...] = (
     ConfigSection("node", (
@@ -216,6 +217,13 @@ CORE_SECTIONS: tuple[ConfigSection, ...] = (
         F("restart_policy", "str", "on-failure", choices=("never", "on-failure")),
         F("restart_max", "int", 5, "Restarts before an agent stays failed", minimum=0),
         F("restart_backoff", "duration", "100ms"),
+        F("agent_startup_timeout", "duration", "10s", "Wall-time allowed for agent_init"),
+        F("agent_shutdown_timeout", "duration", "5s", "Wall-time allowed for agent_shutdown"),
+        F("gc_interval", "duration", "60s", "How often idle instances are reclaimed"),
+        F("memory_pressure_threshold", "float", 0.8,
+          "Fraction of memory_limit above which idle instances are reclaimed",
+          minimum=0, maximum=1),
+        F("agent_memory_reclaim", "bool", True, "Reclaim idle instances under pressure"),
     ), "Agent execution"),
     ConfigSection("networking", (
         F("bind_address", "address", "127.0.0.1:8080", "REST API address"),
@@ -365,6 +373,7 @@ CORE_SECTIONS: tuple[ConfigSection, ...] = (
     ), "Plugin selection"),
 )
 del F
+# fmt: on
 
 #: Keys from the product documents that live in another section.
 ALIASES: dict[str, str] = {
@@ -381,7 +390,10 @@ ALIASES: dict[str, str] = {
 SECTION_ALIASES = {"coordination.partition": "partition"}
 
 #: Environment variable names from the product documents.
-ENV_ALIASES = {"CAXTON_LOG_LEVEL": "observability.log_level"}
+ENV_ALIASES = {
+    "CAXTON_LOG_LEVEL": "observability.log_level",
+    "CAXTON_METRICS_ENABLED": "observability.enable_metrics",
+}
 
 
 # -------------------------------------------------------------------------
@@ -489,6 +501,7 @@ def _format_name(path: Path) -> str:
 
 def _substitute(value: Any, env: Mapping[str, str], where: str) -> Any:
     if isinstance(value, str):
+
         def replace(match: re.Match[str]) -> str:
             name, default = match.group(1), match.group(2)
             if name in env:
@@ -496,6 +509,7 @@ def _substitute(value: Any, env: Mapping[str, str], where: str) -> Any:
             if default is not None:
                 return default
             raise ConfigError(f"{where}: environment variable ${{{name}}} is not set")
+
         return _ENV_REF.sub(replace, value)
     if isinstance(value, list):
         return [_substitute(item, env, where) for item in value]
@@ -558,6 +572,16 @@ def load_config(
         origin = str(file_path)
         for section_path, key, value in _flatten(data, sections, known_plugins):
             dotted = f"{section_path}.{key}" if section_path else key
+            if (
+                section_path in sections
+                and isinstance(value, Mapping)
+                and sections[section_path].field(key) is None
+                and not sections[section_path].allow_unknown
+            ):
+                raise ConfigError(
+                    f"{origin}: unknown section '{dotted}'; no installed plugin named "
+                    f"'{key}' declares it (is the plugin installed?)"
+                )
             if section_path in sections:
                 canonical = ALIASES.get(dotted, dotted)
                 target, _, target_key = canonical.rpartition(".")
@@ -578,10 +602,12 @@ def load_config(
     for name, value in env.items():
         if not name.startswith("CAXTON_") or name in NON_CONFIG_ENV:
             continue
-        dotted = ENV_ALIASES.get(name) or _env_to_key(name, sections)
-        if dotted is None:
-            raise ConfigError(f"environment: {name} does not name a config key")
-        dotted = ALIASES.get(dotted, dotted)
+        env_key = ENV_ALIASES.get(name) or _env_to_key(name, sections)
+        if env_key is None:
+            raise ConfigError(
+                f"environment: {name} does not name a config key{_env_hint(name, sections)}"
+            )
+        dotted = ALIASES.get(env_key, env_key)
         section_path, _, key = dotted.rpartition(".")
         raw[(section_path, key)] = (value, f"environment {name}")
 
@@ -618,12 +644,25 @@ def _claimed_by_plugin(section_path: str, plugin_names: set[str]) -> bool:
     return any(part in plugin_names for part in parts)
 
 
+def env_name(dotted: str) -> str:
+    """The ``CAXTON_*`` variable that overrides ``dotted`` (``runtime.max_agents``)."""
+    return "CAXTON_" + dotted.replace(".", "_").upper()
+
+
+def _env_hint(name: str, sections: Mapping[str, ConfigSection]) -> str:
+    candidates = [*ENV_ALIASES, *NON_CONFIG_ENV]
+    for path, section in sections.items():
+        candidates += [env_name(f"{path}.{f.name}") for f in section.fields]
+    close = difflib.get_close_matches(name, candidates, n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
 def _env_to_key(name: str, sections: Mapping[str, ConfigSection]) -> str | None:
-    wanted = name[len("CAXTON_"):].lower()
+    wanted = name[len("CAXTON_") :].lower()
     for path, section in sections.items():
         prefix = path.replace(".", "_") + "_"
         if wanted.startswith(prefix):
-            key = wanted[len(prefix):]
+            key = wanted[len(prefix) :]
             if section.field(key) is not None:
                 return f"{path}.{key}"
     return None

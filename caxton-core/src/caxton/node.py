@@ -56,7 +56,7 @@ def build_host_and_config(
     if host is None:
         host = PluginHost(use_entry_points=use_entry_points, blocked=blocked, env=env)
     else:
-        host.blocked.update(blocked)
+        host.block(blocked)
     host.load_hook_plugins(modules)
     sections = [s for result in host.hook.caxton_config_sections() for s in (result or ())]
     config = load_config(
@@ -66,11 +66,10 @@ def build_host_and_config(
         extra_sections=sections,
         plugin_section_names=host.plugin_section_names(),
     )
-    for name in config["plugins"]["modules"]:
-        if not host.pm.has_plugin(name):
-            host.load_hook_plugins([name])
-    host.blocked.update(config["plugins"]["disabled"])
+    host.block(config["plugins"]["disabled"])
     host.strict = host.strict or config["plugins"]["strict"]
+    host.enforce_strict()
+    host.load_hook_plugins([m for m in config["plugins"]["modules"] if not host.pm.has_plugin(m)])
     host.hook.caxton_configure.call_historic(kwargs={"config": config})
     return host, config
 
@@ -207,8 +206,10 @@ class Node:
             "node %s running (caxton %s); plugins: %s",
             self.node_id,
             __version__,
-            ", ".join(f"{k}={v if isinstance(v, str) else ','.join(v)}"
-                      for k, v in sorted(self.host.selected.items())),
+            ", ".join(
+                f"{k}={v if isinstance(v, str) else ','.join(v)}"
+                for k, v in sorted(self.host.selected.items())
+            ),
         )
 
     async def _driver(self, kind: str, name: str) -> Any:

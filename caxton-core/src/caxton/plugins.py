@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
 from types import ModuleType
-from typing import Any
+from typing import Any, cast
 
 import pluggy
 from stevedore import DriverManager, NamedExtensionManager
@@ -121,6 +121,12 @@ def describe_entry_point(ep: EntryPoint) -> str:
     return f"'{ep.name}' ({origin})"
 
 
+def _target_of(registered: type[Driver] | str) -> str:
+    if isinstance(registered, str):
+        return registered
+    return f"{registered.__module__}:{registered.__qualname__}"
+
+
 def _error_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
@@ -144,7 +150,9 @@ def parse_plugin_options(options: Iterable[str]) -> tuple[dict[str, str], list[s
             kind = kind.strip().replace("-", "_")
             if kind not in KINDS:
                 known = ", ".join(sorted(KINDS))
-                raise PluginError(f"--plugin {option}: unknown plugin kind '{kind}' (kinds: {known})")
+                raise PluginError(
+                    f"--plugin {option}: unknown plugin kind '{kind}' (kinds: {known})"
+                )
             selections[kind] = name.strip()
         elif option:
             modules.append(option)
@@ -179,7 +187,7 @@ class PluginHost:
         from caxton import builtin
 
         self.pm.register(builtin, name="caxton.builtin")
-        self._test_drivers: dict[tuple[str, str], type[Driver]] = {}
+        self._test_drivers: dict[tuple[str, str], type[Driver] | str] = {}
         #: name -> (entry point or module name, error line) for hook plugins that failed
         self.broken: dict[str, tuple[str, str]] = {}
         #: kind -> name (or names for the auth chain) of the loaded drivers
@@ -208,7 +216,9 @@ class PluginHost:
         """
         if self.use_entry_points:
             for ep in entry_points(group=HOOKS_GROUP):
-                if ep.name in self.blocked or self.pm.has_plugin(ep.name):
+                if ep.name in self.blocked or ep.name in self.broken:
+                    continue
+                if self.pm.has_plugin(ep.name):
                     continue
                 self._hook_entry_points[ep.name] = ep
                 try:
@@ -218,7 +228,7 @@ class PluginHost:
                     continue
                 self.pm.register(plugin, name=ep.name)
         for module_name in modules:
-            if module_name in self.blocked:
+            if module_name in self.blocked or module_name in self.broken:
                 continue
             try:
                 module = importlib.import_module(module_name)
@@ -234,6 +244,25 @@ class PluginHost:
                 self.pm.register(module, name=module_name)
         self.check_hooks()
 
+    def block(self, names: Iterable[str]) -> None:
+        """Block plugins from now on; a hook plugin already registered is unregistered.
+
+        Used for blocklists known only once the config is read (``plugins.disabled``).
+        """
+        for name in names:
+            self.blocked.add(name)
+            self.broken.pop(name, None)
+            self.pm.set_blocked(name)
+
+    def enforce_strict(self) -> None:
+        """In strict mode, raise :class:`PluginError` for the first broken hook plugin.
+
+        For strictness known only once the config is read (``plugins.strict``).
+        """
+        if self.strict and self.broken:
+            origin, line = next(iter(self.broken.values()))
+            raise PluginError(f"plugin {origin} failed to load: {line} (strict mode)")
+
     def _broken(self, name: str, origin: str, exc: BaseException) -> None:
         line = _error_line(exc)
         self.broken[name] = (origin, line)
@@ -243,33 +272,40 @@ class PluginHost:
         log.warning("%s; continuing without it (use --plugin no:%s to silence)", message, name)
 
     def check_hooks(self) -> None:
-        """Fail on hookimpls that match no hookspec (a misspelt hook name)."""
-        known = [name for name in dir(self.pm.hook) if name.startswith("caxton_")]
-        for plugin in self.pm.get_plugins():
-            plugin_name = self.pm.get_name(plugin) or repr(plugin)
-            for attr in dir(plugin):
-                if not attr.startswith("caxton_"):
+        """Fail on a hookimpl that matches no hookspec (a misspelt hook name).
+
+        Raises :class:`PluginError` naming the plugin, the hook and the closest hookspec.
+        pluggy's ``optionalhook=True`` opts an implementation out of the check.
+        """
+        known = sorted(
+            name
+            for name in vars(self.pm.hook)
+            if not name.startswith("_") and getattr(self.pm.hook, name).has_spec()
+        )
+        for name in sorted(vars(self.pm.hook)):
+            caller = getattr(self.pm.hook, name)
+            if name.startswith("_") or caller.has_spec():
+                continue
+            for impl in caller.get_hookimpls():
+                if impl.optionalhook:
                     continue
-                if attr in known:
-                    continue
-                impl = getattr(plugin, attr, None)
-                if getattr(impl, PROJECT_NAME + "_impl", None) is None:
-                    continue
-                close = difflib.get_close_matches(attr, known, n=1)
+                close = difflib.get_close_matches(name, known, n=1)
                 hint = f" (did you mean {close[0]}?)" if close else ""
-                raise PluginError(f"plugin '{plugin_name}' implements unknown hook '{attr}'{hint}")
-        try:
-            self.pm.check_pending()
-        except pluggy.PluginValidationError as exc:
-            raise PluginError(f"plugin '{exc.plugin}' is invalid: {exc}") from None
+                raise PluginError(
+                    f"plugin '{impl.plugin_name}' implements unknown hook '{name}'{hint}"
+                )
 
     def hooks_of(self, plugin: object) -> list[str]:
         return sorted(caller.name for caller in self.pm.get_hookcallers(plugin) or ())
 
     # -- drivers ------------------------------------------------------------------
 
-    def register_driver(self, kind: str, name: str, cls: type[Driver]) -> None:
-        """Make a driver class selectable without an entry point (tests, embedding)."""
+    def register_driver(self, kind: str, name: str, cls: type[Driver] | str) -> None:
+        """Make a driver selectable without an entry point (tests, embedding).
+
+        ``cls`` is the driver class, or an entry-point style target
+        ``"package.module:Class"`` imported only when the driver is selected.
+        """
         self._kind(kind)
         self._test_drivers[(kind, name)] = cls
 
@@ -288,8 +324,11 @@ class PluginHost:
             raise DriverNotFound(
                 f"{kind} driver '{name}' is blocked (--plugin no:{name} or ${DISABLED_ENV})"
             )
-        if (kind, name) in self._test_drivers:
-            cls = self._test_drivers[(kind, name)]
+        registered = self._test_drivers.get((kind, name))
+        if isinstance(registered, str):
+            cls = self._load_target(spec, name, registered)
+        elif registered is not None:
+            cls = registered
         else:
             cls = self._load_with_stevedore(spec, name)
         if not (isinstance(cls, type) and issubclass(cls, spec.interface)):
@@ -298,6 +337,16 @@ class PluginHost:
                 f"{spec.interface.__module__}.{spec.interface.__name__}"
             )
         return cls
+
+    @staticmethod
+    def _load_target(spec: Kind, name: str, target: str) -> type[Driver]:
+        try:
+            loaded: type[Driver] = EntryPoint(name, target, spec.group).load()
+        except Exception as exc:  # a driver's import may raise anything
+            raise PluginError(
+                f"{spec.name} driver '{name}' ({target}) failed to load: {_error_line(exc)}"
+            ) from None
+        return loaded
 
     def _load_with_stevedore(self, spec: Kind, name: str) -> type[Driver]:
         failures: list[str] = []
@@ -323,7 +372,8 @@ class PluginHost:
             raise self._not_found(spec, name) from None
         except RuntimeError as exc:  # several distributions claim the same name
             raise PluginError(f"{spec.name} driver '{name}': {exc}") from None
-        return manager.driver
+        # invoke_on_load=False: stevedore hands back the loaded class itself.
+        return cast("type[Driver]", manager.driver)
 
     def _not_found(self, spec: Kind, name: str) -> DriverNotFound:
         installed = ", ".join(self.available(spec.name)) or "none"
@@ -339,7 +389,11 @@ class PluginHost:
         )
 
     def create_driver(
-        self, kind: str, name: str, config: Config, context: DriverContext,
+        self,
+        kind: str,
+        name: str,
+        config: Config,
+        context: DriverContext,
         section: Mapping[str, Any] | None = None,
     ) -> Any:
         """Load, configure, instantiate and register the driver ``name`` of ``kind``.
@@ -354,7 +408,9 @@ class PluginHost:
         except PluginError:
             raise
         except Exception as exc:
-            raise PluginError(f"{kind} driver '{name}' failed to start: {_error_line(exc)}") from exc
+            raise PluginError(
+                f"{kind} driver '{name}' failed to start: {_error_line(exc)}"
+            ) from exc
         self._register_driver_hooks(kind, name, driver)
         if self._kind(kind).chain:
             chain = self.selected.setdefault(kind, [])
@@ -376,7 +432,9 @@ class PluginHost:
         if missing and self.use_entry_points:
             # Fail early on names that no entry point provides, with the install hint.
             manager: NamedExtensionManager[type[Driver]] = NamedExtensionManager(
-                namespace=self._kind(kind).group, names=missing, name_order=True,
+                namespace=self._kind(kind).group,
+                names=missing,
+                name_order=True,
                 warn_on_missing_entrypoint=False,
             )
             found = set(manager.names())
@@ -428,7 +486,9 @@ class PluginHost:
             names |= {ep.name for ep in entry_points(group=HOOKS_GROUP)}
         return sorted(names)
 
-    def describe(self, selection: Mapping[str, str | Sequence[str]] | None = None) -> list[PluginInfo]:
+    def describe(
+        self, selection: Mapping[str, str | Sequence[str]] | None = None
+    ) -> list[PluginInfo]:
         """Every discovered plugin: drivers of each kind and hook plugins.
 
         Driver classes are imported to report the hooks they implement and whether they
@@ -439,15 +499,23 @@ class PluginHost:
         for spec in KINDS.values():
             chosen = selection.get(spec.name)
             chosen_names = {chosen} if isinstance(chosen, str) else set(chosen or ())
-            eps = {ep.name: ep for ep in entry_points(group=spec.group)} if self.use_entry_points else {}
+            eps = (
+                {ep.name: ep for ep in entry_points(group=spec.group)}
+                if self.use_entry_points
+                else {}
+            )
             names = sorted(set(eps) | {n for (k, n) in self._test_drivers if k == spec.name})
             for name in names:
                 ep = eps.get(name)
                 dist, version = _dist_of(ep) if ep else (None, None)
                 info = PluginInfo(
-                    kind=spec.name, name=name, distribution=dist, version=version,
-                    target=ep.value if ep else repr(self._test_drivers.get((spec.name, name))),
-                    selected=name in chosen_names, blocked=name in self.blocked,
+                    kind=spec.name,
+                    name=name,
+                    distribution=dist,
+                    version=version,
+                    target=ep.value if ep else _target_of(self._test_drivers[(spec.name, name)]),
+                    selected=name in chosen_names,
+                    blocked=name in self.blocked,
                 )
                 try:
                     cls = self.driver_class(spec.name, name) if not info.blocked else None
@@ -456,7 +524,8 @@ class PluginHost:
                 else:
                     if cls is not None:
                         info.hooks = sorted(
-                            attr for attr in dir(cls)
+                            attr
+                            for attr in dir(cls)
                             if attr.startswith("caxton_")
                             and getattr(getattr(cls, attr), PROJECT_NAME + "_impl", None)
                         )
@@ -472,19 +541,42 @@ class PluginHost:
                 continue  # drivers are listed with their kind; core's builtins are not plugins
             ep = self._hook_entry_points.get(name)
             dist, version = _dist_of(ep) if ep else (None, None)
-            target = ep.value if ep else (plugin.__name__ if isinstance(plugin, ModuleType) else repr(plugin))
-            rows.append(PluginInfo("hooks", name, dist, version, target, self.hooks_of(plugin), True))
+            target = (
+                ep.value
+                if ep
+                else (plugin.__name__ if isinstance(plugin, ModuleType) else repr(plugin))
+            )
+            rows.append(
+                PluginInfo("hooks", name, dist, version, target, self.hooks_of(plugin), True)
+            )
             seen.add(name)
         for name, (origin, error) in self.broken.items():
             ep = self._hook_entry_points.get(name)
             dist, version = _dist_of(ep) if ep else (None, None)
-            rows.append(PluginInfo("hooks", name, dist, version, ep.value if ep else origin,
-                                   selected=False, broken=error))
+            rows.append(
+                PluginInfo(
+                    "hooks",
+                    name,
+                    dist,
+                    version,
+                    ep.value if ep else origin,
+                    selected=False,
+                    broken=error,
+                )
+            )
             seen.add(name)
         if self.use_entry_points:
             for ep in entry_points(group=HOOKS_GROUP):
                 if ep.name not in seen:
                     dist, version = _dist_of(ep)
-                    rows.append(PluginInfo("hooks", ep.name, dist, version, ep.value,
-                                           blocked=ep.name in self.blocked))
+                    rows.append(
+                        PluginInfo(
+                            "hooks",
+                            ep.name,
+                            dist,
+                            version,
+                            ep.value,
+                            blocked=ep.name in self.blocked,
+                        )
+                    )
         return rows

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import itertools
 import json
 import sys
 from collections.abc import Sequence
@@ -19,7 +20,7 @@ import yaml
 
 from caxton import __version__
 from caxton.errors import CaxtonError
-from caxton.plugins import PluginHost
+from caxton.plugins import PluginHost, PluginInfo
 
 #: Command groups core ships in their own modules: (module, attribute).
 CORE_COMMANDS: tuple[tuple[str, str], ...] = (
@@ -50,8 +51,9 @@ def render_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """Plain column-aligned table, as the product documents print them."""
     cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    lines = ["    ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip()
-             for row in cells]
+    lines = [
+        "    ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in cells
+    ]
     return "\n".join(lines)
 
 
@@ -69,32 +71,55 @@ def cli() -> None:
 @cli.command("plugins")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None)
-@click.option("--plugin", "plugin_options", multiple=True, metavar="SPEC",
-              help="As for 'server start': kind=name, pkg.module or no:NAME.")
-def plugins_command(as_json: bool, config_path: str | None, plugin_options: tuple[str, ...]) -> None:
+@click.option(
+    "--plugin",
+    "plugin_options",
+    multiple=True,
+    metavar="SPEC",
+    help="As for 'server start': kind=name, pkg.module or no:NAME.",
+)
+@click.pass_context
+def plugins_command(
+    ctx: click.Context, as_json: bool, config_path: str | None, plugin_options: tuple[str, ...]
+) -> None:
     """List every discovered plugin: kind, name, distribution, version, hooks, state."""
     from caxton.node import build_host_and_config
 
-    host, config = build_host_and_config(config_path, plugin_options=plugin_options)
-    selection = {kind: config["plugins"][kind] for kind in
-                 ("sandbox", "transport", "membership", "placement", "partition_policy", "auth")}
+    host, config = build_host_and_config(
+        config_path, plugin_options=plugin_options, host=_shared_host(ctx)
+    )
+    selection = {
+        kind: config["plugins"][kind]
+        for kind in ("sandbox", "transport", "membership", "placement", "partition_policy", "auth")
+    }
     rows = host.describe(selection)
     if as_json:
         emit_json([row.to_dict() for row in rows])
         return
 
-    def state(row: Any) -> str:
+    def state(row: PluginInfo) -> str:
         if row.broken:
             return "broken: " + row.broken
         if row.blocked:
             return "blocked"
         return "selected" if row.selected else "available"
 
-    click.echo(render_table(
-        ("KIND", "NAME", "DISTRIBUTION", "VERSION", "HOOKS", "STATE"),
-        [(r.kind, r.name, r.distribution or "-", r.version or "-",
-          ",".join(h.removeprefix("caxton_") for h in r.hooks) or "-", state(r)) for r in rows],
-    ))
+    click.echo(
+        render_table(
+            ("KIND", "NAME", "DISTRIBUTION", "VERSION", "HOOKS", "STATE"),
+            [
+                (
+                    r.kind,
+                    r.name,
+                    r.distribution or "-",
+                    r.version or "-",
+                    ",".join(h.removeprefix("caxton_") for h in r.hooks) or "-",
+                    state(r),
+                )
+                for r in rows
+            ],
+        )
+    )
 
 
 # -------------------------------------------------------------------------
@@ -108,15 +133,21 @@ def config_group() -> None:
 
 
 @config_group.command("show")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
-              help="Config file (default: $CAXTON_CONFIG_PATH).")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Config file (default: $CAXTON_CONFIG_PATH).",
+)
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--sources", is_flag=True, help="Show where each value came from.")
-def config_show(config_path: str | None, as_json: bool, sources: bool) -> None:
+@click.pass_context
+def config_show(ctx: click.Context, config_path: str | None, as_json: bool, sources: bool) -> None:
     """Print the effective configuration (secrets masked)."""
     from caxton.node import build_host_and_config
 
-    _host, config = build_host_and_config(config_path)
+    _host, config = build_host_and_config(config_path, host=_shared_host(ctx))
     if sources:
         data: Any = {key: origin for key, origin in sorted(config.sources.items())}
     else:
@@ -129,11 +160,12 @@ def config_show(config_path: str | None, as_json: bool, sources: bool) -> None:
 
 @config_group.command("validate")
 @click.argument("file", type=click.Path(dir_okay=False))
-def config_validate(file: str) -> None:
+@click.pass_context
+def config_validate(ctx: click.Context, file: str) -> None:
     """Check FILE: exit 0 when valid, one line naming the problem otherwise."""
     from caxton.node import build_host_and_config
 
-    host, config = build_host_and_config(file)
+    host, config = build_host_and_config(file, host=_shared_host(ctx))
     # Validate the sections of the drivers it selects, as a node start would.
     for kind in ("sandbox", "membership", "placement", "partition_policy"):
         cls = host.driver_class(kind, config["plugins"][kind])
@@ -158,17 +190,36 @@ def server_group() -> None:
 @click.option("--api-addr", help="REST API address HOST:PORT (default 127.0.0.1:8080).")
 @click.option("--metrics-addr", help="Metrics address HOST:PORT (default 127.0.0.1:9090).")
 @click.option("--data-dir", type=click.Path(file_okay=False), help="State directory.")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
-              help="Config file, TOML or YAML (default: $CAXTON_CONFIG_PATH).")
-@click.option("--plugin", "plugin_options", multiple=True, metavar="SPEC",
-              help="kind=name selects a driver, pkg.module adds a hook plugin, no:NAME blocks one.")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Config file, TOML or YAML (default: $CAXTON_CONFIG_PATH).",
+)
+@click.option(
+    "--plugin",
+    "plugin_options",
+    multiple=True,
+    metavar="SPEC",
+    help="kind=name selects a driver, pkg.module adds a hook plugin, no:NAME blocks one.",
+)
 @click.option("--bootstrap", is_flag=True, help="Start a new cluster with this node as seed.")
 @click.option("--join", "join", default="", help="Seeds to join: HOST:PORT[,HOST:PORT...].")
 @click.option("--strict", is_flag=True, help="A plugin that fails to load stops the node.")
+@click.pass_context
 def server_start(
-    node_id: str | None, bind_addr: str | None, api_addr: str | None, metrics_addr: str | None,
-    data_dir: str | None, config_path: str | None, plugin_options: tuple[str, ...],
-    bootstrap: bool, join: str, strict: bool,
+    ctx: click.Context,
+    node_id: str | None,
+    bind_addr: str | None,
+    api_addr: str | None,
+    metrics_addr: str | None,
+    data_dir: str | None,
+    config_path: str | None,
+    plugin_options: tuple[str, ...],
+    bootstrap: bool,
+    join: str,
+    strict: bool,
 ) -> None:
     """Start one node and serve until SIGINT/SIGTERM."""
     from caxton.logs import configure_logging
@@ -176,8 +227,10 @@ def server_start(
 
     overrides: dict[str, Any] = {}
     for key, value in (
-        ("node.id", node_id), ("coordination.cluster.bind_addr", bind_addr),
-        ("networking.bind_address", api_addr), ("networking.metrics_address", metrics_addr),
+        ("node.id", node_id),
+        ("coordination.cluster.bind_addr", bind_addr),
+        ("networking.bind_address", api_addr),
+        ("networking.metrics_address", metrics_addr),
         ("node.data_dir", data_dir),
     ):
         if value is not None:
@@ -185,18 +238,28 @@ def server_start(
     if strict:
         overrides["plugins.strict"] = True
     seeds = [s.strip() for s in join.split(",") if s.strip()]
-    host = PluginHost(strict=strict)
+    host = _shared_host(ctx)
+    host.strict = host.strict or strict
     host_, config = build_host_and_config(
         config_path, plugin_options=plugin_options, overrides=overrides, host=host
     )
     observability = config["observability"]
-    configure_logging(observability["log_level"], observability["log_format"],
-                      observability["log_file"])
+    configure_logging(
+        observability["log_level"], observability["log_format"], observability["log_file"]
+    )
     node = Node(config, host_, bootstrap=bootstrap, join=seeds)
     try:
         _run(node.run_until_signal())
     except KeyboardInterrupt:  # a second Ctrl-C during shutdown
         sys.exit(130)
+
+
+def _shared_host(ctx: click.Context) -> PluginHost:
+    """The host :func:`main` built to find plugin commands, or a new one (tests)."""
+    root = ctx.find_root()
+    if not isinstance(root.obj, PluginHost):
+        root.obj = PluginHost()
+    return root.obj
 
 
 def _run(coro: Any) -> Any:
@@ -230,14 +293,27 @@ def make_cli(host: PluginHost | None = None) -> click.Group:
     _add_core_commands(cli)
     if host is None:
         host = PluginHost()
-        try:
-            host.load_hook_plugins()
-        except CaxtonError as exc:
-            click.echo(f"Error: {exc}", err=True)
-            sys.exit(1)
+    try:
+        host.load_hook_plugins()  # idempotent: loaded, broken and blocked ones are skipped
+    except CaxtonError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(1)
     host.hook.caxton_cli_commands(cli=cli)
     return cli
 
 
+def blocked_in_argv(argv: Sequence[str]) -> list[str]:
+    """Names given as ``--plugin no:NAME`` anywhere in ``argv``.
+
+    Hook plugins are loaded before click parses the command line (they add commands),
+    so a broken plugin must be blockable before that.
+    """
+    values = [v for flag, v in itertools.pairwise(argv) if flag == "--plugin"]
+    values += [arg.removeprefix("--plugin=") for arg in argv if arg.startswith("--plugin=")]
+    return [v.removeprefix("no:").strip() for v in values if v.startswith("no:")]
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    make_cli().main(args=list(argv) if argv is not None else None, prog_name="caxton")
+    args = list(sys.argv[1:] if argv is None else argv)
+    host = PluginHost(blocked=blocked_in_argv(args))
+    make_cli(host).main(args=args, prog_name="caxton", obj=host)
