@@ -1,0 +1,370 @@
+"""One live agent: its delivery callback and the host API its wasm calls back into.
+
+:class:`AgentRuntime` is what the router calls for every message to the agent
+(:meth:`AgentRuntime.deliver`, synchronous and inline: encode, call the instance,
+count) and what the sandbox calls for every host import (it implements
+:class:`caxton.drivers.sandbox.AgentHostAPI`). Lifecycle decisions (restart, fail,
+swap) belong to :class:`caxton.agents.manager.AgentManager`; this module only runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from caxton.agents.model import Agent, AgentState
+from caxton.drivers.sandbox import AgentInstance, CompiledModule
+from caxton.errors import AgentNotFound, CaxtonError, ExecutionFailed, QueueFull
+from caxton.sandbox.abi import LogLevel, Status
+
+if TYPE_CHECKING:
+    from caxton.agents.manager import AgentManager
+    from caxton.messaging import Message
+
+agent_log = logging.getLogger("caxton.agent")
+
+#: ABI log levels -> logging levels.
+LOG_LEVELS = {
+    LogLevel.TRACE: 5,
+    LogLevel.DEBUG: logging.DEBUG,
+    LogLevel.INFO: logging.INFO,
+    LogLevel.WARN: logging.WARNING,
+    LogLevel.ERROR: logging.ERROR,
+}
+#: Performatives after which a conversation has nothing in flight for this agent.
+CLOSING_PERFORMATIVES = frozenset(
+    {"inform", "inform-if", "inform-ref", "failure", "refuse", "not-understood",
+     "reject-proposal", "cancel", "confirm", "disconfirm"}
+)  # fmt: skip
+#: Replies never answered with another failure (no failure ping-pong between agents).
+NO_REPLY_PERFORMATIVES = frozenset({"failure", "not-understood"})
+#: Open conversations remembered per agent before the oldest are forgotten.
+MAX_OPEN_CONVERSATIONS = 10_000
+#: Shortest period of a repeating timer.
+MIN_REPEAT_MS = 1
+
+
+def performative_name(message: Message) -> str:
+    value = message.performative
+    return str(getattr(value, "value", value)).lower()
+
+
+class AgentRuntime:
+    """The live side of one agent. Created by the manager; one per deployed agent."""
+
+    def __init__(
+        self,
+        manager: AgentManager,
+        agent: Agent,
+        module: CompiledModule,
+        kv: dict[bytes, bytes] | None = None,
+    ) -> None:
+        self.manager = manager
+        self.agent = agent
+        self.name = agent.name
+        self.module = module
+        self.instance: AgentInstance | None = None
+        #: True only while running normally: deliver takes the inline fast path.
+        self.accepting = False
+        self.busy = False
+        #: The message being handled (the target of ``reply``).
+        self.current: Message | None = None
+        #: Messages that arrived while busy, draining, suspended or restarting.
+        self.backlog: deque[Message] = deque()
+        self.kv: dict[bytes, bytes] = kv if kv is not None else {}
+        self.kv_bytes = sum(len(k) + len(v) for k, v in self.kv.items())
+        self.timers: dict[int, asyncio.TimerHandle] = {}
+        self.deferred_timers: dict[int, None] = {}
+        self._next_timer = 1
+        #: conversation id -> monotonic time of its last message (for draining).
+        self.open_conversations: dict[str, float] = {}
+        self.drained = asyncio.Event()
+        self.drained.set()
+        #: Consecutive failed deliveries (reset by a successful one).
+        self.streak = 0
+        self.restart_handle: asyncio.TimerHandle | None = None
+        #: Counters changed since the record was last queued for the store.
+        self.dirty = False
+        self.lock = asyncio.Lock()
+
+    # -- delivery (the hot path) ----------------------------------------------------
+
+    def deliver(self, message: Message) -> None:
+        """Router callback: run the message through the agent now, inline."""
+        if not self.accepting or self.busy:
+            self._deliver_later(message)
+            return
+        self._handle(message)
+        if self.backlog:
+            self.run_backlog()
+
+    def _deliver_later(self, message: Message) -> None:
+        if (
+            self.agent.state is AgentState.DRAINING
+            and not self.busy
+            and self.instance is not None
+            and message.conversation_id in self.open_conversations
+        ):
+            self._handle(message)  # in-flight conversations finish on the old instance
+            return
+        if len(self.backlog) >= self.manager.backlog_limit:
+            self.reply_failure(message, f"Queue full: agent {self.name} is not accepting")
+            return
+        self.backlog.append(message)
+
+    def run_backlog(self) -> None:
+        backlog = self.backlog
+        while backlog and self.accepting and not self.busy:
+            self._handle(backlog.popleft())
+
+    def _handle(self, message: Message) -> None:
+        instance = self.instance
+        if instance is None:
+            self.backlog.append(message)
+            return
+        if not self.module.handles_messages:
+            self.answer(message, "not-understood", f"agent {self.name} does not handle messages")
+            return
+        self.busy = True
+        self.current = message
+        try:
+            instance.handle_message(message.to_json())
+        except ExecutionFailed as exc:
+            self._account(instance)
+            self.busy = False
+            self.current = None
+            self.manager.crashed(self, exc, message)
+            return
+        except Exception as exc:  # a sandbox bug must not take the node down
+            agent_log.exception("agent %s: unexpected sandbox error", self.name)
+            self._account(instance)
+            self.busy = False
+            self.current = None
+            self.manager.crashed(self, ExecutionFailed(str(exc), reason="abi"), message)
+            return
+        self.busy = False
+        self.current = None
+        counters = self.agent.counters
+        counters.messages_handled += 1
+        counters.fuel_used += instance.last_fuel_used
+        self.streak = 0
+        self.dirty = True
+        if message.conversation_id:
+            self._track(message)
+
+    def _account(self, instance: AgentInstance) -> None:
+        self.agent.counters.fuel_used += instance.last_fuel_used
+        self.dirty = True
+
+    def _track(self, message: Message) -> None:
+        conversations = self.open_conversations
+        cid = message.conversation_id
+        if performative_name(message) in CLOSING_PERFORMATIVES:
+            if conversations.pop(cid, None) is not None and not conversations:
+                self.drained.set()
+            return
+        if not conversations:
+            self.drained.clear()
+        conversations[cid] = time.monotonic()
+        if len(conversations) > MAX_OPEN_CONVERSATIONS:
+            for old in list(conversations)[: MAX_OPEN_CONVERSATIONS // 2]:
+                del conversations[old]
+
+    def forget_conversations(self) -> None:
+        self.open_conversations.clear()
+        self.drained.set()
+
+    # -- replies made by the node on the agent's behalf ---------------------------------
+
+    def answer(self, message: Message, performative: str, content: Any) -> None:
+        """Answer ``message`` as this agent (not-understood, failure); never raises."""
+        if performative_name(message) in NO_REPLY_PERFORMATIVES or message.sender == self.name:
+            return
+        from caxton.messaging import Performative
+
+        try:
+            answer = message.create_reply(Performative(performative), content, sender=self.name)
+            self.manager.router.send_nowait(answer)
+        except CaxtonError as exc:
+            agent_log.debug("agent %s: could not answer %s: %s", self.name, message.sender, exc)
+
+    def reply_failure(self, message: Message, text: str) -> None:
+        self.answer(message, "failure", text)
+
+    def fail_backlog(self, text: str) -> None:
+        while self.backlog:
+            self.reply_failure(self.backlog.popleft(), text)
+
+    # -- timers -----------------------------------------------------------------------
+
+    def _fire_timer(self, timer_id: int, delay_ms: int, repeat: bool) -> None:
+        if repeat:
+            self.timers[timer_id] = asyncio.get_running_loop().call_later(
+                max(delay_ms, MIN_REPEAT_MS) / 1000, self._fire_timer, timer_id, delay_ms, repeat
+            )
+        else:
+            self.timers.pop(timer_id, None)
+        if self.agent.state is AgentState.SUSPENDED:
+            self.deferred_timers[timer_id] = None
+            return
+        self.run_timer(timer_id)
+
+    def run_timer(self, timer_id: int) -> None:
+        instance = self.instance
+        if instance is None or self.busy:
+            return
+        self.busy = True
+        try:
+            instance.handle_timer(timer_id)
+        except ExecutionFailed as exc:
+            self._account(instance)
+            self.busy = False
+            self.manager.crashed(self, exc, None)
+            return
+        self.busy = False
+        self.agent.counters.timers_fired += 1
+        self._account(instance)
+        if self.backlog:
+            self.run_backlog()
+
+    def run_deferred_timers(self) -> None:
+        deferred, self.deferred_timers = self.deferred_timers, {}
+        for timer_id in deferred:
+            self.run_timer(timer_id)
+
+    def cancel_timers(self) -> None:
+        for handle in self.timers.values():
+            handle.cancel()
+        self.timers.clear()
+        self.deferred_timers.clear()
+
+    # -- AgentHostAPI: what the wasm calls ------------------------------------------------
+
+    def send(self, message: bytes) -> int:
+        payload = self._parse(message)
+        if isinstance(payload, int):
+            return payload
+        payload["sender"] = self.name
+        return self._route(payload)
+
+    def reply(self, message: bytes) -> int:
+        current = self.current
+        if current is None:
+            return Status.NOT_FOUND  # reply outside handle_message: nothing to answer
+        payload = self._parse(message)
+        if isinstance(payload, int):
+            return payload
+        payload["sender"] = self.name
+        payload["receiver"] = current.sender
+        payload.pop("receivers", None)
+        payload["conversation_id"] = current.conversation_id
+        payload["in_reply_to"] = current.reply_with or current.message_id
+        if current.protocol and not payload.get("protocol"):
+            payload["protocol"] = current.protocol
+        return self._route(payload)
+
+    def legacy_send(self, recipient: str, content: bytes) -> int:
+        text = content.decode("utf-8", errors="replace")
+        try:
+            body: Any = json.loads(text)
+        except ValueError:
+            body = text
+        return self._route(
+            {"performative": "inform", "sender": self.name, "receiver": recipient,
+             "content": body}
+        )  # fmt: skip
+
+    def log(self, level: int, text: str) -> None:
+        agent_log.log(
+            LOG_LEVELS.get(LogLevel(level), logging.INFO) if level in LOG_LEVELS else logging.INFO,
+            "[%s] %s",
+            self.name,
+            text,
+            extra={"agent": self.name},
+        )
+
+    def now_us(self) -> int:
+        return time.time_ns() // 1000
+
+    def random_bytes(self, n: int) -> bytes:
+        return os.urandom(n)
+
+    def kv_store(self, key: bytes, value: bytes) -> int:
+        manager = self.manager
+        if len(value) > manager.kv_max_value_bytes:
+            return Status.TOO_LARGE
+        old = self.kv.get(key)
+        grown = len(value) - (len(old) if old is not None else -len(key))
+        if self.kv_bytes + grown > manager.kv_quota_bytes:
+            return Status.DENIED
+        manager.store.kv_put(self.agent.id, key, value)
+        self.kv[key] = value
+        self.kv_bytes += grown
+        return Status.OK
+
+    def kv_load(self, key: bytes) -> bytes | None:
+        return self.kv.get(key)
+
+    def kv_delete(self, key: bytes) -> int:
+        old = self.kv.get(key)
+        if old is None:
+            return Status.NOT_FOUND
+        self.manager.store.kv_delete(self.agent.id, key)
+        del self.kv[key]
+        self.kv_bytes -= len(key) + len(old)
+        return Status.OK
+
+    def set_timer(self, delay_ms: int, repeat: bool) -> int:
+        if delay_ms < 0:
+            return Status.INVALID
+        if len(self.timers) >= self.manager.max_timers:
+            return Status.DENIED
+        timer_id = self._next_timer
+        self._next_timer += 1
+        self.timers[timer_id] = asyncio.get_running_loop().call_later(
+            delay_ms / 1000, self._fire_timer, timer_id, delay_ms, repeat
+        )
+        return timer_id
+
+    def cancel_timer(self, timer_id: int) -> int:
+        handle = self.timers.pop(timer_id, None)
+        self.deferred_timers.pop(timer_id, None)
+        if handle is None:
+            return Status.NOT_FOUND
+        handle.cancel()
+        return Status.OK
+
+    # -- helpers of the host API ------------------------------------------------------
+
+    def _parse(self, data: bytes) -> dict[str, Any] | int:
+        try:
+            payload = json.loads(data)
+        except (ValueError, UnicodeDecodeError):
+            agent_log.debug("agent %s sent a message that is not JSON", self.name)
+            return Status.INVALID
+        if not isinstance(payload, dict):
+            return Status.INVALID
+        return payload
+
+    def _route(self, payload: dict[str, Any]) -> int:
+        from caxton.messaging import Message
+
+        try:
+            message = Message.from_dict(payload)
+            self.manager.router.send_nowait(message)
+        except AgentNotFound:
+            return Status.NOT_FOUND
+        except QueueFull:
+            return Status.BUSY
+        except CaxtonError as exc:
+            agent_log.info("agent %s: message refused: %s", self.name, exc)
+            text = str(exc)
+            return Status.TOO_LARGE if text.startswith("Message too large") else Status.INVALID
+        if message.conversation_id:
+            self._track(message)
+        return Status.OK
