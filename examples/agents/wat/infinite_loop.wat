@@ -1,0 +1,9 @@
+;; infinite_loop: never returns from handle_message. Stopped by fuel or the epoch deadline.
+(module
+  (@custom "caxton.abi" "\01")
+  (memory (export "memory") 1)
+  (func (export "alloc") (param i32) (result i32) (i32.const 1024))
+  (func (export "handle_message") (param i32 i32) (result i32)
+    (loop $forever (br $forever))
+    (i32.const 0))
+)
