@@ -737,7 +737,12 @@ class WasmtimeRuntime:
         if path is None or not path.is_file():
             return None
         try:
-            module = wasmtime.Module.deserialize_file(self.engine, str(path))
+            # Read into memory rather than deserialize_file: that one mmaps the file, and
+            # a cache file truncated by someone else would then crash the process (SIGBUS).
+            module = wasmtime.Module.deserialize(self.engine, path.read_bytes())
+        except OSError as exc:
+            log.warning("cannot read cached module %s: %s", path, exc)
+            return None
         except wasmtime.WasmtimeError as exc:
             log.warning("ignoring unusable cached module %s: %s", path, _first_line(exc))
             return None
