@@ -1,9 +1,9 @@
 from __future__ import annotations
 
+from caxton_zone_aware import hooks
+
 from caxton.drivers import NodeLoad, PlacementRequest
 from caxton.plugins import PluginHost
-
-from caxton_zone_aware import hooks
 
 NODES = [NodeLoad("n1", zone="eu-1a"), NodeLoad("n2", zone="eu-1b"), NodeLoad("n3", zone="")]
 

@@ -1,8 +1,8 @@
 from __future__ import annotations
 
-from caxton.drivers import ClusterView, DriverContext, PartitionMode
-
 from caxton_zone_aware.partition import ZoneMajority
+
+from caxton.drivers import ClusterView, DriverContext, PartitionMode
 
 ZONES = {"a1": "a", "a2": "a", "a3": "a", "b1": "b", "c1": "c"}
 EVERYONE = tuple(ZONES)

@@ -1,8 +1,8 @@
 from __future__ import annotations
 
-from caxton.drivers import DriverContext, NodeLoad, PlacementRequest
-
 from caxton_zone_aware.placement import ZoneAware
+
+from caxton.drivers import DriverContext, NodeLoad, PlacementRequest
 
 NODES = [
     NodeLoad("n1", agents=5, region="eu", zone="eu-1a"),
