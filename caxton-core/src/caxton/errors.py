@@ -70,6 +70,26 @@ class QueueFull(CaxtonError):
     error = "Queue full"
 
 
+class MessageTooLarge(ValidationError):
+    """A message is bigger than ``max_message_size``."""
+
+    http_status = 413
+    error = "Message too large"
+
+
+class ProtocolViolation(ValidationError):
+    """A message does not fit its conversation's interaction protocol."""
+
+    error = "Out-of-protocol message"
+
+
+class RequestTimeout(CaxtonError):
+    """No reply arrived in time for a request made on a client's behalf."""
+
+    http_status = 504
+    error = "Timeout"
+
+
 class ReadOnlyMode(CaxtonError):
     """This node is in a minority partition and refuses writes for now."""
 
@@ -111,3 +131,52 @@ class AuthError(CaxtonError):
 class Forbidden(CaxtonError):
     http_status = 403
     error = "Forbidden"
+
+
+class ProtocolError(TransportError):
+    """A peer broke the wire protocol (garbage, truncated or oversized frame)."""
+
+    error = "Protocol error"
+
+
+class PeerRejected(TransportError):
+    """A peer failed authentication: no, untrusted, expired or mismatched certificate."""
+
+    error = "Peer rejected"
+
+
+class CertificateError(CaxtonError):
+    """A certificate or key could not be created, read or verified."""
+
+    error = "Certificate error"
+
+
+class MalformedJSON(ValidationError):
+    """A request body is not JSON, or is nested too deeply to be read safely."""
+
+    error = "Malformed JSON"
+
+
+class PayloadTooLarge(ValidationError):
+    """A request body is bigger than ``networking.max_body_size``."""
+
+    http_status = 413
+    error = "Payload too large"
+
+
+class ClientTimeout(CaxtonError):
+    """A client sent its request body too slowly (``networking.request_timeout``)."""
+
+    http_status = 408
+    error = "Request timeout"
+
+
+class RateLimited(CaxtonError):
+    """A client went over ``security.rate_limit_per_second``; retry after ``retry_after`` s."""
+
+    http_status = 429
+    error = "Too many requests"
+
+    def __init__(self, message: str, *, retry_after: float, details: str | None = None) -> None:
+        super().__init__(message, details=details)
+        self.retry_after = retry_after

@@ -1,0 +1,297 @@
+"""The ``tcp`` transport: TLS 1.3 over TCP (asyncio), gossip datagrams over UDP.
+
+One asyncio protocol per connection carries the bytes; everything above them (HELLO and
+identity, envelopes, batching, requests, back-pressure, drain) is
+:class:`caxton.transport.ConnectionTransport`. Gossip datagrams use a UDP socket bound
+to the same port number as the TCP listener.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+import struct
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any, ClassVar
+
+from cryptography import x509
+
+from caxton.config import ConfigSection, Field
+from caxton.drivers.base import DriverContext
+from caxton.drivers.transport import Address
+from caxton.errors import TransportError
+from caxton.security.tls import client_context, server_context
+from caxton.transport import Channel, ConnectionTransport, TransportSettings
+
+log = logging.getLogger("caxton.transport.tcp")
+
+TCP_SECTION = ConfigSection(
+    "transport.tcp",
+    (
+        Field("nodelay", "bool", True, "Disable Nagle's algorithm (TCP_NODELAY)"),
+        Field("keepalive", "bool", True, "Enable TCP keep-alive probes (SO_KEEPALIVE)"),
+        Field("keepalive_time", "duration", "30s", "Idle time before the first probe"),
+        Field("keepalive_interval", "duration", "10s", "Time between probes"),
+        Field("keepalive_probes", "int", 3, "Unanswered probes before the peer is dead", minimum=1),
+        Field("send_buffer_size", "size", "0", "SO_SNDBUF in bytes (0: leave to the OS)"),
+        Field("recv_buffer_size", "size", "0", "SO_RCVBUF in bytes (0: leave to the OS)"),
+        Field(
+            "connect_timeout",
+            "duration",
+            None,
+            "Dial timeout (default: transport.connect_timeout)",
+            optional=True,
+        ),
+        Field(
+            "linger",
+            "int",
+            None,
+            "SO_LINGER seconds; 0 resets connections on close and drops unsent data "
+            "(default: unset, the OS closes gracefully)",
+            optional=True,
+            minimum=0,
+        ),
+    ),
+    "TCP transport tuning",
+    owner="caxton-transport-tcp",
+)
+
+
+class TcpChannel(asyncio.Protocol, Channel):
+    """One TCP (TLS) connection, as a :class:`caxton.transport.Channel`."""
+
+    def __init__(self, owner: TcpTransport, *, outbound: bool) -> None:
+        self._owner = owner
+        self._outbound = outbound
+        self._transport: asyncio.Transport | None = None
+        self._remote: Address = ("", 0)
+        self._paused = False
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._certificate: x509.Certificate | None = None
+
+    # -- asyncio.Protocol -----------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        peer = transport.get_extra_info("peername")
+        self._remote = (peer[0], peer[1]) if peer else ("", 0)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            self._owner.tune_socket(sock)
+        transport.set_write_buffer_limits(high=self._owner.settings.high_water)
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is not None:
+            der = ssl_object.getpeercert(binary_form=True)
+            if der:
+                self._certificate = x509.load_der_x509_certificate(der)
+        if not self._outbound:
+            self._owner.accept_channel(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self.receiver is not None:
+            self.receiver.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return None  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self._closed.done():
+            self._closed.set_result(None)
+        self._wake_drain()
+        if self.receiver is not None:
+            self.receiver.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        self._wake_drain()
+
+    def _wake_drain(self) -> None:
+        if self._drain_waiter is not None and not self._drain_waiter.done():
+            self._drain_waiter.set_result(None)
+        self._drain_waiter = None
+
+    # -- Channel --------------------------------------------------------------------
+
+    @property
+    def remote_address(self) -> Address:
+        return self._remote
+
+    def write(self, data: bytes) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.write(data)
+
+    def buffered(self) -> int:
+        return self._transport.get_write_buffer_size() if self._transport is not None else 0
+
+    async def drain(self) -> None:
+        if self._paused and not self._closed.done():
+            self._drain_waiter = asyncio.get_running_loop().create_future()
+            await self._drain_waiter
+
+    def pause_reading(self) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.resume_reading()
+
+    async def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+        await self._closed
+
+    def abort(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
+
+    def peer_certificate(self) -> x509.Certificate | None:
+        return self._certificate
+
+
+class _GossipSocket(asyncio.DatagramProtocol):
+    def __init__(self, owner: TcpTransport) -> None:
+        self._owner = owner
+
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        self._owner.raw_datagram_received(data, (str(addr[0]), int(addr[1])))
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("gossip socket error: %s", exc)
+
+
+class TcpTransport(ConnectionTransport):
+    """TLS 1.3 over TCP with mutual authentication; UDP for gossip datagrams."""
+
+    config_section: ClassVar[ConfigSection | None] = TCP_SECTION
+
+    def __init__(
+        self,
+        config: Mapping[str, Any],
+        context: DriverContext,
+        *,
+        settings: TransportSettings | None = None,
+    ) -> None:
+        super().__init__(config, context, settings=settings)
+        if self.option("connect_timeout") is not None:
+            self.settings = replace(
+                self.settings, connect_timeout=float(self.option("connect_timeout"))
+            )
+        self._socket_options = self._socket_options_from_config()
+        tls = self.settings.tls
+        self._server_ssl: ssl.SSLContext | None = None
+        self._client_ssl: ssl.SSLContext | None = None
+        if tls is not None:
+            self._client_ssl = client_context(tls)
+            if tls.node_cert is not None:
+                self._server_ssl = server_context(tls)
+        self._server: asyncio.Server | None = None
+        self._udp: asyncio.DatagramTransport | None = None
+
+    def _socket_options_from_config(self) -> list[tuple[int, int, int | bytes]]:
+        options: list[tuple[int, int, int | bytes]] = []
+        if self.option("nodelay"):
+            options.append((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1))
+        if self.option("keepalive"):
+            options.append((socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1))
+            for name, key in (
+                ("TCP_KEEPIDLE", "keepalive_time"),
+                ("TCP_KEEPINTVL", "keepalive_interval"),
+            ):
+                if hasattr(socket, name):
+                    seconds = max(1, round(self.option(key)))
+                    options.append((socket.IPPROTO_TCP, getattr(socket, name), seconds))
+            if hasattr(socket, "TCP_KEEPCNT"):
+                options.append(
+                    (socket.IPPROTO_TCP, socket.TCP_KEEPCNT, self.option("keepalive_probes"))
+                )
+        if self.option("send_buffer_size"):
+            options.append((socket.SOL_SOCKET, socket.SO_SNDBUF, self.option("send_buffer_size")))
+        if self.option("recv_buffer_size"):
+            options.append((socket.SOL_SOCKET, socket.SO_RCVBUF, self.option("recv_buffer_size")))
+        if self.option("linger") is not None:
+            linger = struct.pack("ii", 1, self.option("linger"))
+            options.append((socket.SOL_SOCKET, socket.SO_LINGER, linger))
+        return options
+
+    def tune_socket(self, sock: Any) -> None:
+        for level, name, value in self._socket_options:
+            try:
+                sock.setsockopt(level, name, value)
+            except OSError as exc:
+                log.debug("setsockopt(%s, %s) failed: %s", level, name, exc)
+
+    async def _serve(self, address: Address) -> Address:
+        if self.settings.tls is not None and self._server_ssl is None:
+            raise TransportError("listening with mutual TLS needs node_cert and node_key")
+        loop = asyncio.get_running_loop()
+        host, port = address
+        last_error: OSError | None = None
+        # The UDP socket must get the same port number; with port 0 retry until it does.
+        for _ in range(8 if port == 0 else 1):
+            server = await loop.create_server(
+                lambda: TcpChannel(self, outbound=False),
+                host,
+                port,
+                ssl=self._server_ssl,
+                ssl_handshake_timeout=self.settings.handshake_timeout if self._server_ssl else None,
+                reuse_address=True,
+            )
+            bound = server.sockets[0].getsockname()
+            try:
+                udp, _ = await loop.create_datagram_endpoint(
+                    lambda: _GossipSocket(self), local_addr=(bound[0], bound[1])
+                )
+            except OSError as exc:
+                server.close()
+                await server.wait_closed()
+                last_error = exc
+                continue
+            self._server = server
+            self._udp = udp
+            return (str(bound[0]), int(bound[1]))
+        raise TransportError(f"cannot bind UDP gossip port next to TCP {address}: {last_error}")
+
+    async def _stop_serving(self) -> None:
+        if self._udp is not None:
+            self._udp.close()
+            self._udp = None
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+
+    async def _dial(self, peer: Address, timeout: float) -> Channel:
+        loop = asyncio.get_running_loop()
+        _, channel = await asyncio.wait_for(
+            loop.create_connection(
+                lambda: TcpChannel(self, outbound=True),
+                peer[0],
+                peer[1],
+                ssl=self._client_ssl,
+                server_hostname="" if self._client_ssl is not None else None,
+                ssl_handshake_timeout=timeout if self._client_ssl is not None else None,
+            ),
+            timeout,
+        )
+        return channel
+
+    async def _send_raw_datagram(self, peer: Address, data: bytes) -> bool:
+        if self._udp is None:
+            # Not listening: send from a throwaway socket (replies cannot come back).
+            loop = asyncio.get_running_loop()
+            transport, _ = await loop.create_datagram_endpoint(
+                asyncio.DatagramProtocol, remote_addr=peer
+            )
+            transport.sendto(data)
+            transport.close()
+            return True
+        self._udp.sendto(data, peer)
+        return True
