@@ -1,0 +1,435 @@
+"""Running a sans-IO membership core on asyncio with the node's transport.
+
+The node wires two inbound paths to the driver (see docs/membership.md):
+
+- every datagram the transport receives: ``membership.on_datagram(payload, source)``;
+- every reliable frame of kind ``FrameKind.GOSSIP``: ``await
+  membership.on_gossip_frame(frame)``, whose returned bytes are the response.
+
+Outbound, the driver uses ``context.services["transport"]``: ``send_datagram`` for
+probes and gossip, ``request(addr, FrameKind.GOSSIP, payload, timeout)`` for push-pull.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from abc import abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from caxton.config import CORE_SECTIONS, ConfigSection
+from caxton.drivers.base import DriverContext
+from caxton.drivers.membership import Member, Membership
+from caxton.drivers.transport import Address, Frame, FrameKind
+from caxton.errors import CaxtonError, Conflict, NotFound, PluginError, ValidationError
+from caxton.membership import codec
+from caxton.membership.core import Datagram, EventKind, MemberEvent, MembershipCore, SyncRequest
+from caxton.membership.settings import SECTION, SwimSettings, parse_seeds
+from caxton.units import format_address, parse_address
+
+if TYPE_CHECKING:
+    from caxton.drivers.transport import Transport
+
+log = logging.getLogger("caxton.membership")
+
+#: Event kind -> the hook that announces it to plugins.
+HOOKS: dict[EventKind, str] = {
+    EventKind.JOINED: "caxton_member_joined",
+    EventKind.SUSPECT: "caxton_member_suspect",
+    EventKind.FAILED: "caxton_member_failed",
+    EventKind.LEFT: "caxton_member_left",
+}
+
+#: An in-process listener: called with every :class:`MemberEvent`, on the event loop.
+Listener = Callable[[MemberEvent], None]
+
+
+def _core_section() -> ConfigSection:
+    return next(s for s in CORE_SECTIONS if s.path == SECTION)
+
+
+def check_metadata(meta: Any) -> dict[str, Any]:
+    """Metadata a node may gossip: a map with string keys, at most 512 bytes encoded."""
+    if not isinstance(meta, Mapping) or not all(isinstance(k, str) for k in meta):
+        raise ValidationError("node metadata must be a mapping with string keys")
+    try:
+        size = codec.meta_size(meta)
+    except (TypeError, ValueError) as exc:
+        raise ValidationError(
+            f"node metadata cannot be encoded ({exc}); use strings, numbers, booleans, "
+            f"lists and maps"
+        ) from None
+    if size > codec.META_MAX_BYTES:
+        raise ValidationError(
+            f"node metadata is {size} bytes encoded, over the {codec.META_MAX_BYTES}-byte "
+            f"limit; gossip less (labels, not documents)"
+        )
+    return dict(meta)
+
+
+class CoreDriver(Membership):
+    """Base of the core membership drivers: a sans-IO core, a loop timer, the transport.
+
+    Subclasses say which core to build (:meth:`make_core`).
+    """
+
+    #: The section the node passes as ``config`` (declared by core).
+    config_section: ClassVar[ConfigSection | None] = _core_section()
+    #: Entry-point name, for messages.
+    name: ClassVar[str] = ""
+
+    def __init__(self, config: Mapping[str, Any], context: DriverContext) -> None:
+        super().__init__(config, context)
+        self.settings = SwimSettings.from_config(self.config)
+        self._core: MembershipCore | None = None
+        self._meta: dict[str, Any] = {}
+        self._listeners: list[Listener] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._outgoing: asyncio.Queue[Datagram] = asyncio.Queue()
+        self._sender: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._sync_waiters: dict[int, asyncio.Future[bool]] = {}
+        self._pings: dict[int, asyncio.Future[float]] = {}
+        self._changed = asyncio.Event()
+        self.send_errors = 0
+
+    # -- construction -------------------------------------------------------------------
+
+    @abstractmethod
+    def make_core(self, address: Address, meta: Mapping[str, Any], now: float) -> MembershipCore:
+        """Build the sans-IO core for this node."""
+
+    @property
+    def core(self) -> MembershipCore:
+        if self._core is None:
+            raise PluginError(f"the {self.name} membership driver is not started")
+        return self._core
+
+    @property
+    def transport(self) -> Transport:
+        transport = self.context.services.get("transport")
+        if transport is None:
+            raise PluginError(
+                f"the {self.name} membership driver needs a transport driver, and none is "
+                f'loaded; select one with [plugins] transport = "tcp" (or "quic")'
+            )
+        return transport  # type: ignore[no-any-return]
+
+    def advertise_address(self) -> Address:
+        """Where peers reach this node: ``advertise_addr``, else the bound address."""
+        node = self.context.services.get("node")
+        bound = getattr(node, "cluster_address", None)
+        bind = parse_address(str(self.config.get("bind_addr") or "127.0.0.1:7946"))
+        if bound:
+            bind = (str(bound[0]), int(bound[1]))
+        advertise = str(self.config.get("advertise_addr") or "auto").strip()
+        if advertise and advertise != "auto":
+            _host, sep, port = advertise.rpartition(":")
+            if sep and port.isdigit():
+                return parse_address(advertise)
+            return (advertise.strip("[]"), bind[1])
+        if bind[0] in ("0.0.0.0", "::", ""):
+            return (_local_ip(), bind[1])
+        return bind
+
+    def initial_metadata(self) -> dict[str, Any]:
+        """Metadata the node itself knows: version, region, zone, labels, API address."""
+        node = self.context.services.get("node")
+        meta: dict[str, Any] = {}
+        if node is None:
+            return meta
+        with contextlib.suppress(Exception):
+            meta["version"] = str(node.version)
+            section = node.config["node"]
+            for key in ("region", "zone"):
+                if section.get(key):
+                    meta[key] = section[key]
+            if section.get("labels"):
+                meta["labels"] = dict(section["labels"])
+            if node.api_address:
+                meta["api"] = format_address(node.api_address)
+        return meta
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._core is not None:
+            return
+        self.transport  # noqa: B018 - fail early, with the install hint, when missing
+        self._loop = asyncio.get_running_loop()
+        meta = {**self.initial_metadata(), **self._meta}
+        self._core = self.make_core(self.advertise_address(), meta, self._loop.time())
+        self._sender = asyncio.ensure_future(self._send_loop())
+        self._pump()
+
+    async def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        tasks = [*self._tasks, *([self._sender] if self._sender else [])]
+        self._sender = None
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(BaseException):
+                await task
+        waiters: list[asyncio.Future[Any]] = [*self._sync_waiters.values(), *self._pings.values()]
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.cancel()
+        self._sync_waiters.clear()
+        self._pings.clear()
+
+    # -- the Membership interface -------------------------------------------------------
+
+    async def join(self, seeds: Sequence[Address | str]) -> int:
+        """Push-pull with every seed at once; return how many answered. Seeds are kept
+        and retried in the background while they are not live members."""
+        addresses = parse_seeds([s if isinstance(s, str) else tuple(s) for s in seeds])
+        loop = self._require_loop()
+        tokens = self.core.join(loop.time(), addresses)
+        waiters = [self._sync_waiter(token) for token in tokens]
+        self._pump()
+        if not waiters:
+            return 0
+        results = await asyncio.gather(*waiters, return_exceptions=True)
+        return sum(1 for result in results if result is True)
+
+    async def leave(self, timeout: float) -> None:
+        """Announce the leave and wait up to ``timeout`` for gossip to carry it."""
+        loop = self._require_loop()
+        self.core.leave(loop.time())
+        self._pump()
+        deadline = loop.time() + timeout
+        while not self.core.leave_done and loop.time() < deadline:
+            self._changed.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), deadline - loop.time())
+        # Let the sender hand the last datagrams to the transport.
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._drained(), max(0.0, deadline - loop.time()) + 0.1)
+
+    def members(self) -> list[Member]:
+        return self.core.members()
+
+    def local_member(self) -> Member:
+        return self.core.local_member()
+
+    def update_metadata(self, meta: Mapping[str, Any]) -> None:
+        meta = check_metadata(meta)
+        if self._core is None:
+            self._meta = meta
+            return
+        self.core.update_meta(self._require_loop().time(), meta)
+        self._pump()
+
+    # -- more than the interface --------------------------------------------------------
+
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        """Call ``listener(event)`` for every membership event (joined, updated, suspect,
+        alive, failed, left, removed); returns a function that unsubscribes it."""
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener) if listener in self._listeners else None
+
+    def cluster_size_estimate(self) -> int:
+        """Members believed alive or suspect, this node included."""
+        return self.core.cluster_size()
+
+    def member(self, node_id: str) -> Member:
+        for member in self.core.members():
+            if member.node_id == node_id:
+                return member
+        raise NotFound(f"No member named {node_id!r}; see `caxton cluster members`")
+
+    async def wait_for_members(self, count: int | None = None, timeout: float = 30.0) -> bool:
+        """Wait until ``count`` members (default ``bootstrap_expect``) are alive."""
+        expected = self.settings.bootstrap_expect if count is None else count
+        loop = self._require_loop()
+        deadline = loop.time() + timeout
+        while self.core.cluster_size() < expected:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            self._changed.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), remaining)
+        return True
+
+    async def ping(self, node_id: str, timeout: float = 2.0) -> float:
+        """Round-trip time in seconds of one probe to ``node_id`` (``caxton cluster ping``).
+
+        Raises NotFound for an unknown member and TransportError-like CaxtonError when
+        no answer comes within ``timeout``.
+        """
+        self.member(node_id)
+        loop = self._require_loop()
+        try:
+            token = self.core.ping(loop.time(), node_id)
+        except KeyError:
+            raise NotFound(f"No member named {node_id!r}") from None
+        future: asyncio.Future[float] = loop.create_future()
+        self._pings[token] = future
+        self._pump()
+        try:
+            return await asyncio.wait_for(future, timeout)
+        except asyncio.TimeoutError:
+            raise CaxtonError(
+                f"{node_id} did not answer a ping within {timeout:g}s; check that it runs "
+                f"and that its gossip port is reachable"
+            ) from None
+        finally:
+            self._pings.pop(token, None)
+
+    def remove(self, node_id: str) -> Member:
+        """Force a failed member out (``caxton cluster remove --node N --force``)."""
+        try:
+            return self._apply(lambda now: self.core.remove(now, node_id))
+        except KeyError:
+            raise NotFound(f"No member named {node_id!r}") from None
+        except ValueError as exc:
+            raise Conflict(
+                f"refusing to remove {node_id}: {exc}; only failed members can be removed "
+                f"(a live node leaves with `caxton cluster leave`)"
+            ) from None
+
+    def stats(self) -> dict[str, Any]:
+        """Traffic counters and health (for metrics and the bandwidth figure)."""
+        core = self.core
+        data: dict[str, Any] = core.stats.as_dict()
+        data["send_errors"] = self.send_errors
+        data["cluster_size"] = core.cluster_size()
+        awareness = getattr(core, "awareness", None)
+        data["health_score"] = awareness.score if awareness is not None else 0
+        return data
+
+    # -- inbound, wired by the node -----------------------------------------------------
+
+    def on_datagram(self, payload: bytes, source: Address) -> None:
+        """Every datagram the transport receives (a :data:`DatagramHandler`)."""
+        if self._core is None or self._loop is None:
+            return
+        self._core.handle_datagram(self._loop.time(), payload, source)
+        self._pump()
+
+    async def on_gossip_frame(self, frame: Frame) -> bytes | None:
+        """A ``FrameKind.GOSSIP`` request (push-pull); the returned bytes are the reply."""
+        if self._core is None or self._loop is None:
+            return None
+        reply = self._core.handle_sync(self._loop.time(), frame.payload)
+        self._pump()
+        return reply
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _require_loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            raise PluginError(f"the {self.name} membership driver is not started")
+        return self._loop
+
+    def _apply(self, action: Callable[[float], Member]) -> Member:
+        result = action(self._require_loop().time())
+        self._pump()
+        return result
+
+    def _sync_waiter(self, token: int) -> asyncio.Future[bool]:
+        future: asyncio.Future[bool] = self._require_loop().create_future()
+        self._sync_waiters[token] = future
+        return future
+
+    def _pump(self) -> None:
+        """Carry out what the core asked for, then re-arm its timer."""
+        core, loop = self._core, self._loop
+        if core is None or loop is None:
+            return
+        outbox = core.drain()
+        for datagram in outbox.datagrams:
+            self._outgoing.put_nowait(datagram)
+        for request in outbox.syncs:
+            task = asyncio.ensure_future(self._sync(request))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        for token, rtt in outbox.pongs:
+            future = self._pings.get(token)
+            if future is not None and not future.done():
+                future.set_result(rtt)
+        for event in outbox.events:
+            self._announce(event)
+        self._changed.set()
+        deadline = core.next_deadline()
+        if self._timer is not None:
+            if self._timer.when() == deadline:
+                return
+            self._timer.cancel()
+        self._timer = loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self._core is not None and self._loop is not None:
+            self._core.tick(self._loop.time())
+            self._pump()
+
+    def _announce(self, event: MemberEvent) -> None:
+        hook_name = HOOKS.get(event.kind)
+        if hook_name is not None:
+            node = self.context.services.get("node")
+            try:
+                getattr(self.context.hook, hook_name)(node=node, member=event.member)
+            except Exception:
+                log.exception("a %s hook implementation failed", hook_name)
+        for listener in list(self._listeners):
+            try:
+                listener(event)
+            except Exception:
+                log.exception("a membership listener failed on %s", event.kind.value)
+        log.debug("member %s %s", event.member.node_id, event.kind.value)
+
+    async def _send_loop(self) -> None:
+        while True:
+            datagram = await self._outgoing.get()
+            try:
+                await self.transport.send_datagram(datagram.address, datagram.payload)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.send_errors += 1
+                log.debug("gossip to %s failed: %s", format_address(datagram.address), exc)
+            finally:
+                self._outgoing.task_done()
+
+    async def _drained(self) -> None:
+        await self._outgoing.join()
+
+    async def _sync(self, request: SyncRequest) -> None:
+        response: bytes | None
+        try:
+            response = await self.transport.request(
+                request.address, FrameKind.GOSSIP, request.payload, request.timeout
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            response = None
+            log.debug(
+                "push-pull (%s) with %s failed: %s",
+                request.purpose,
+                format_address(request.address),
+                exc,
+            )
+        loop = self._require_loop()
+        merged = self.core.sync_done(loop.time(), request.token, response)
+        waiter = self._sync_waiters.pop(request.token, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(merged)
+        self._pump()
+
+
+def _local_ip() -> str:
+    """The address other hosts most likely reach us on (no packet is sent)."""
+    with contextlib.suppress(OSError), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.connect(("10.255.255.255", 1))
+        return str(s.getsockname()[0])
+    return "127.0.0.1"

@@ -1,0 +1,724 @@
+"""A sans-IO SWIM state machine with the Lifeguard refinements.
+
+:class:`SwimCore` owns no socket, task or clock. It is fed the current time with every
+call (``handle_datagram``, ``handle_sync``, ``sync_done``, ``tick``) and answers with
+outbound work, collected by :meth:`SwimCore.drain`: datagrams to send, push-pull
+exchanges to run over the reliable transport, and membership events. Given the same
+seed and the same inputs it does the same thing, which is what lets the simulator in
+:mod:`caxton.testing.membership` run a 100-node cluster with loss, partitions and
+pauses in seconds, for thousands of seeds.
+
+The protocol follows HashiCorp memberlist:
+
+- Every probe round one member, in shuffled round-robin order, gets a ``PING``. No
+  ``ACK`` within ``probe_timeout``: ``indirect_probes`` other members are asked to
+  ping it (``PING_REQ``) and answer ``NACK`` when they get no reply either. No ack by
+  the end of the round: the member is *suspect*.
+- A suspect has until its suspicion timeout to refute, by gossiping ``ALIVE`` with a
+  higher incarnation. The timeout starts at ``suspicion_multiplier * max(1, log10(n))
+  * probe_interval`` times ``suspicion_max_timeout_mult`` and shrinks towards the
+  minimum as independent members confirm the suspicion (Lifeguard).
+- Local health awareness (Lifeguard): missed acks and nacks, and having to refute,
+  raise a score that stretches this node's probe timeout and round, so a slow or
+  overloaded node does not accuse healthy ones; successful probes lower it.
+- News (alive, suspect, dead, left) is piggybacked on probes and acks and gossiped
+  every ``gossip_interval`` to ``gossip_fanout`` members, each message at most
+  ``retransmit_mult * ceil(log10(n + 1))`` times.
+- Push-pull: a full state exchange on join and every ``push_pull_interval`` (scaled up
+  above 32 members).
+- Beyond memberlist: every ``rejoin_interval`` a node that has failed members, or seeds
+  that are not among its live members, runs a push-pull with one of them, so views
+  merge again after a partition heals or a long outage.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from caxton.drivers.membership import Member, MemberStatus
+from caxton.drivers.transport import Address
+from caxton.membership import codec
+from caxton.membership.broadcasts import BroadcastQueue, retransmit_limit
+from caxton.membership.codec import MalformedMessage, MsgType, StateEntry
+from caxton.membership.core import (
+    Datagram,
+    EventKind,
+    MemberEvent,
+    MembershipStats,
+    Outbox,
+    SyncRequest,
+)
+from caxton.membership.settings import SwimSettings
+
+ALIVE = MemberStatus.ALIVE
+SUSPECT = MemberStatus.SUSPECT
+FAILED = MemberStatus.FAILED
+LEFT = MemberStatus.LEFT
+_LIVE = (ALIVE, SUSPECT)
+
+
+@dataclass
+class _Node:
+    node_id: str
+    address: Address
+    incarnation: int
+    status: MemberStatus
+    meta: dict[str, Any]
+    changed_at: float
+    #: Gossip rounds that will still include this member after it was declared failed.
+    dead_gossip_left: int = 0
+
+    def snapshot(self) -> Member:
+        return Member(self.node_id, self.address, self.status, self.incarnation, dict(self.meta))
+
+    def entry(self) -> StateEntry:
+        return StateEntry(self.node_id, self.address, self.incarnation, self.status, self.meta)
+
+
+class Suspicion:
+    """A suspicion timer that shrinks with independent confirmations (Lifeguard).
+
+    ``k`` confirmations are expected; with ``n`` of them the timeout is
+    ``max - (max - min) * log(n + 1) / log(k + 1)``, never below ``min``.
+    """
+
+    def __init__(self, accuser: str, k: int, minimum: float, maximum: float, start: float) -> None:
+        self.confirmations = {accuser}
+        self.k = k
+        self.minimum = minimum
+        self.maximum = max(maximum, minimum)
+        self.start = start
+        self.n = 0
+        self.deadline = start + (self.minimum if k < 1 else self.maximum)
+
+    def confirm(self, accuser: str) -> bool:
+        """Count ``accuser``'s confirmation; True if it was new and shortened the timer."""
+        if self.n >= self.k or accuser in self.confirmations:
+            return False
+        self.confirmations.add(accuser)
+        self.n += 1
+        fraction = math.log(self.n + 1) / math.log(self.k + 1)
+        timeout = self.maximum - fraction * (self.maximum - self.minimum)
+        self.deadline = self.start + max(self.minimum, timeout)
+        return True
+
+
+class Awareness:
+    """Local health: a score in ``[0, max_multiplier - 1]`` that stretches timeouts."""
+
+    def __init__(self, max_multiplier: int) -> None:
+        self.max_multiplier = max_multiplier
+        self.score = 0
+
+    def apply(self, delta: int) -> None:
+        self.score = min(max(self.score + delta, 0), self.max_multiplier - 1)
+
+    def scale(self, duration: float) -> float:
+        return duration * (self.score + 1)
+
+
+@dataclass
+class _Probe:
+    seq: int
+    target_id: str
+    sent_at: float
+    timeout_at: float
+    deadline: float
+    indirect_sent: bool = False
+    expected_nacks: int = 0
+    nacks: int = 0
+
+
+@dataclass
+class _Relay:
+    origin: Address
+    origin_seq: int
+    want_nack: bool
+    expires: float
+
+
+def suspicion_bounds(settings: SwimSettings, cluster_size: int) -> tuple[float, float]:
+    """Shortest and longest suspicion timeout for a cluster of ``cluster_size`` members."""
+    scale = max(1.0, math.log10(max(1, cluster_size)))
+    minimum = settings.suspicion_multiplier * scale * settings.probe_interval
+    return minimum, minimum * settings.suspicion_max_timeout_mult
+
+
+def push_pull_scale(interval: float, cluster_size: int, threshold: int = 32) -> float:
+    """Stretch the push-pull interval above ``threshold`` members (as memberlist)."""
+    if cluster_size <= threshold:
+        return interval
+    multiplier = math.ceil(math.log2(cluster_size) - math.log2(threshold)) + 1
+    return interval * multiplier
+
+
+class SwimCore:
+    """The SWIM protocol state of one node. See the module docstring for the protocol.
+
+    ``now`` is any monotonic clock in seconds, the same one for every call.
+    """
+
+    def __init__(
+        self,
+        node_id: str,
+        address: Address,
+        settings: SwimSettings | None = None,
+        *,
+        now: float,
+        rng: random.Random | None = None,
+        meta: Mapping[str, Any] | None = None,
+        incarnation: int = 0,
+    ) -> None:
+        self.node_id = node_id
+        self.address = address
+        self.settings = settings or SwimSettings()
+        self.rng = rng or random.Random()
+        self.stats = MembershipStats()
+        self.awareness = Awareness(self.settings.awareness_max_multiplier)
+        self.seeds: list[Address] = list(self.settings.seeds)
+        self.leaving = False
+        self._me = _Node(node_id, address, incarnation, ALIVE, dict(meta or {}), now)
+        self._nodes: dict[str, _Node] = {node_id: self._me}
+        self._builder = codec.DatagramBuilder(node_id, address, self.settings.datagram_budget)
+        self._broadcasts = BroadcastQueue(self.settings.retransmit_mult)
+        self._suspicions: dict[str, Suspicion] = {}
+        self._relays: dict[int, _Relay] = {}
+        self._probe: _Probe | None = None
+        self._probe_order: list[str] = []
+        self._probe_index = 0
+        self._seq = 0
+        self._syncs: dict[int, SyncRequest] = {}
+        self._user_pings: dict[int, float] = {}
+        self._outbox = Outbox()
+        self._now = now
+        s = self.settings
+        # Stagger the periodic work so nodes started together do not act in lockstep.
+        self._next_probe = now + self.rng.uniform(0, s.probe_interval)
+        self._next_gossip = now + self.rng.uniform(0, s.gossip_interval)
+        self._next_push_pull = now + self.rng.uniform(0.5, 1.0) * s.push_pull_interval
+        self._next_rejoin = now + self.rng.uniform(0.5, 1.0) * s.rejoin_interval
+        self._next_reap = now + 10.0
+        # Announce ourselves: whoever hears it relays it, like any other news.
+        self._queue_alive(self._me)
+
+    # -- queries ------------------------------------------------------------------
+
+    @property
+    def incarnation(self) -> int:
+        return self._me.incarnation
+
+    def local_member(self) -> Member:
+        return self._me.snapshot()
+
+    def members(self) -> list[Member]:
+        return [node.snapshot() for node in self._nodes.values()]
+
+    def member(self, node_id: str) -> Member | None:
+        node = self._nodes.get(node_id)
+        return None if node is None else node.snapshot()
+
+    def status_of(self, node_id: str) -> MemberStatus | None:
+        node = self._nodes.get(node_id)
+        return None if node is None else node.status
+
+    def cluster_size(self) -> int:
+        """Members believed alive or suspect, this node included."""
+        return sum(1 for node in self._nodes.values() if node.status in _LIVE)
+
+    @property
+    def leave_done(self) -> bool:
+        """After :meth:`leave`: the announcement was sent as often as gossip sends news."""
+        if not self.leaving:
+            return False
+        peers = any(n.status in _LIVE for n in self._nodes.values() if n is not self._me)
+        return not peers or self.node_id not in self._broadcasts
+
+    def next_deadline(self) -> float:
+        """When :meth:`tick` has work next (it may be called earlier or later)."""
+        deadline = min(self._next_gossip, self._next_reap)
+        if not self.leaving:
+            deadline = min(deadline, self._next_probe, self._next_push_pull, self._next_rejoin)
+        probe = self._probe
+        if probe is not None:
+            deadline = min(deadline, probe.deadline if probe.indirect_sent else probe.timeout_at)
+        for suspicion in self._suspicions.values():
+            deadline = min(deadline, suspicion.deadline)
+        for relay in self._relays.values():
+            deadline = min(deadline, relay.expires)
+        return deadline
+
+    def drain(self) -> Outbox:
+        """Take the outbound work produced since the last call."""
+        outbox, self._outbox = self._outbox, Outbox()
+        return outbox
+
+    # -- commands -----------------------------------------------------------------
+
+    def join(self, now: float, seeds: Iterable[Address]) -> list[int]:
+        """Start a push-pull with every seed; remember them for automatic rejoin.
+
+        Returns the tokens of the exchanges started (:meth:`sync_done` reports each).
+        """
+        self._now = now
+        tokens = []
+        for seed in seeds:
+            seed = (seed[0], int(seed[1]))
+            if seed not in self.seeds:
+                self.seeds.append(seed)
+            if seed != self.address:
+                tokens.append(self._start_sync(seed, "join").token)
+        return tokens
+
+    def leave(self, now: float) -> None:
+        """Announce a graceful leave; keep calling :meth:`tick` until :attr:`leave_done`."""
+        self._now = now
+        if self.leaving:
+            return
+        self.leaving = True
+        self._probe = None
+        self._me.status = LEFT
+        self._me.changed_at = now
+        self._broadcasts.queue(self.node_id, codec.left(self._me.incarnation, self.node_id))
+        self._gossip_round()
+
+    def update_meta(self, now: float, meta: Mapping[str, Any]) -> None:
+        """Replace this node's metadata; spreads as ``ALIVE`` with a new incarnation."""
+        self._now = now
+        self._me.meta = dict(meta)
+        self._me.incarnation += 1
+        self._queue_alive(self._me)
+
+    def remove(self, now: float, node_id: str) -> Member:
+        """Force a failed member out (``caxton cluster remove --force``): it becomes
+        ``left`` everywhere, so nobody retries it. Raises KeyError/ValueError."""
+        self._now = now
+        node = self._nodes[node_id]
+        if node is self._me or node.status in _LIVE:
+            raise ValueError(f"{node_id} is {node.status.value}")
+        if node.status is FAILED:
+            self._on_dead(node_id, node.incarnation, node_id, left=True)
+        return node.snapshot()
+
+    def ping(self, now: float, node_id: str) -> int:
+        """Ping a member on behalf of a user (``caxton cluster ping``); the answer comes
+        out in :attr:`Outbox.pongs` under the returned token. Raises KeyError."""
+        self._now = now
+        node = self._nodes[node_id]
+        seq = self._next_seq()
+        self._user_pings[seq] = now
+        self._send(node.address, [codec.ping(seq, node_id)])
+        return seq
+
+    # -- inputs -------------------------------------------------------------------
+
+    def handle_datagram(self, now: float, payload: bytes, source: Address) -> None:
+        """One inbound datagram. ``source`` is informational: replies go to the address
+        the sender names in the datagram."""
+        self._now = now
+        self.stats.datagrams_received += 1
+        self.stats.datagram_bytes_received += len(payload)
+        try:
+            header, messages = codec.decode_datagram(payload)
+        except MalformedMessage:
+            self.stats.malformed += 1
+            return
+        if header.sender_id == self.node_id:
+            return
+        self.stats.messages_received += len(messages)
+        for message in messages:
+            self._dispatch(header, message)
+
+    def handle_sync(self, now: float, payload: bytes) -> bytes | None:
+        """An inbound push-pull request: merge it, answer with our full state.
+
+        The merge happens before the answer is built, so the answer already carries our
+        refutations of what the requester believed about us (this speeds up healing).
+        Returns None for a malformed request.
+        """
+        self._now = now
+        self.stats.syncs_received += 1
+        self.stats.sync_bytes_received += len(payload)
+        try:
+            remote = codec.decode_sync(payload)
+        except MalformedMessage:
+            self.stats.malformed += 1
+            return None
+        if remote.header.sender_id != self.node_id:
+            self._merge(remote.header.sender_id, remote.entries)
+        reply = self._sync_payload("reply")
+        self.stats.sync_bytes_sent += len(reply)
+        return reply
+
+    def sync_done(self, now: float, token: int, response: bytes | None) -> bool:
+        """The reply to a :class:`SyncRequest` (None: failed). True if it was merged."""
+        self._now = now
+        request = self._syncs.pop(token, None)
+        if request is None:
+            return False
+        if response is None:
+            self.stats.syncs_failed += 1
+            return False
+        self.stats.sync_bytes_received += len(response)
+        try:
+            remote = codec.decode_sync(response)
+        except MalformedMessage:
+            self.stats.malformed += 1
+            self.stats.syncs_failed += 1
+            return False
+        if remote.header.sender_id != self.node_id:
+            self._merge(remote.header.sender_id, remote.entries)
+        return True
+
+    def tick(self, now: float) -> None:
+        """Run every timer that is due at ``now``."""
+        self._now = now
+        for node_id, suspicion in list(self._suspicions.items()):
+            if suspicion.deadline <= now:
+                node = self._nodes.get(node_id)
+                del self._suspicions[node_id]
+                if node is not None and node.status is SUSPECT:
+                    self._on_dead(node_id, node.incarnation, self.node_id, left=False)
+        for seq, relay in list(self._relays.items()):
+            if relay.expires <= now:
+                del self._relays[seq]
+                if relay.want_nack:
+                    self._send(relay.origin, [codec.nack(relay.origin_seq)])
+        probe = self._probe
+        if probe is not None and not probe.indirect_sent and now >= probe.timeout_at:
+            self._probe_indirectly(probe)
+        if probe is not None and now >= probe.deadline:
+            self._probe_failed(probe)
+        if not self.leaving and now >= self._next_probe:
+            self._start_probe()
+        if now >= self._next_gossip:
+            self._next_gossip = now + self.settings.gossip_interval
+            self._gossip_round()
+        if not self.leaving and now >= self._next_push_pull:
+            self._next_push_pull = now + push_pull_scale(
+                self.settings.push_pull_interval,
+                self.cluster_size(),
+                self.settings.push_pull_scale_threshold,
+            )
+            self._periodic_sync()
+        if not self.leaving and now >= self._next_rejoin:
+            self._next_rejoin = now + self.settings.rejoin_interval
+            self._rejoin()
+        if now >= self._next_reap:
+            self._next_reap = now + 10.0
+            self._reap()
+            self._user_pings = {s: t for s, t in self._user_pings.items() if now - t < 60.0}
+
+    # -- probing ------------------------------------------------------------------
+
+    def _next_seq(self) -> int:
+        self._seq = (self._seq + 1) & 0xFFFFFFFF
+        return self._seq
+
+    def _next_probe_target(self) -> _Node | None:
+        for _ in range(2):
+            while self._probe_index < len(self._probe_order):
+                node = self._nodes.get(self._probe_order[self._probe_index])
+                self._probe_index += 1
+                if node is not None and node is not self._me and node.status in _LIVE:
+                    return node
+            self._probe_order = [n for n in self._nodes if n != self.node_id]
+            self.rng.shuffle(self._probe_order)
+            self._probe_index = 0
+        return None
+
+    def _start_probe(self) -> None:
+        now = self._now
+        round_length = self.awareness.scale(self.settings.probe_round)
+        self._next_probe = now + round_length
+        target = self._next_probe_target()
+        if target is None:
+            return
+        self.stats.probes += 1
+        seq = self._next_seq()
+        self._probe = _Probe(
+            seq,
+            target.node_id,
+            now,
+            timeout_at=now + self.awareness.scale(self.settings.probe_timeout),
+            deadline=now + round_length,
+        )
+        messages = [codec.ping(seq, target.node_id)]
+        if target.status is SUSPECT:
+            # Tell the suspect directly so it can refute at once (memberlist does too).
+            messages.append(codec.suspect(target.incarnation, target.node_id, self.node_id))
+        self._send(target.address, messages)
+
+    def _probe_indirectly(self, probe: _Probe) -> None:
+        probe.indirect_sent = True
+        target = self._nodes.get(probe.target_id)
+        if target is None or target.status not in _LIVE:
+            return
+        helpers = [
+            n
+            for n in self._nodes.values()
+            if n.status is ALIVE and n is not self._me and n is not target
+        ]
+        chosen = self.rng.sample(helpers, min(self.settings.indirect_probes, len(helpers)))
+        request = codec.ping_req(probe.seq, target.node_id, target.address, True)
+        for helper in chosen:
+            self._send(helper.address, [request])
+        probe.expected_nacks = len(chosen)
+
+    def _probe_failed(self, probe: _Probe) -> None:
+        self._probe = None
+        self.stats.probes_failed += 1
+        if probe.expected_nacks > 0:
+            self.awareness.apply(max(0, probe.expected_nacks - probe.nacks))
+        else:
+            self.awareness.apply(1)
+        target = self._nodes.get(probe.target_id)
+        if target is not None and target.status in _LIVE:
+            self._on_suspect(target.node_id, target.incarnation, self.node_id)
+
+    # -- dissemination ------------------------------------------------------------
+
+    def _send(self, address: Address, messages: list[bytes]) -> None:
+        room = self._builder.room - sum(len(m) for m in messages)
+        messages = messages + self._broadcasts.take(room, self.cluster_size())
+        self._emit_datagram(address, messages)
+
+    def _emit_datagram(self, address: Address, messages: list[bytes]) -> None:
+        payload = self._builder.build(messages)
+        self.stats.datagrams_sent += 1
+        self.stats.datagram_bytes_sent += len(payload)
+        self.stats.messages_sent += len(messages)
+        self._outbox.datagrams.append(Datagram(address, payload))
+
+    def _gossip_round(self) -> None:
+        if not self._broadcasts:
+            return
+        live = [n for n in self._nodes.values() if n.status in _LIVE and n is not self._me]
+        targets = self.rng.sample(live, min(self.settings.gossip_fanout, len(live)))
+        targets += [
+            n for n in self._nodes.values() if n.status is FAILED and n.dead_gossip_left > 0
+        ]
+        size = self.cluster_size()
+        for target in targets:
+            messages = self._broadcasts.take(self._builder.room, size)
+            if not messages:
+                break
+            if target.status is FAILED:
+                target.dead_gossip_left -= 1
+            self._emit_datagram(target.address, messages)
+
+    @staticmethod
+    def _alive_message(node: _Node) -> bytes:
+        return codec.alive(node.incarnation, node.node_id, node.address, node.meta)
+
+    def _queue_alive(self, node: _Node) -> None:
+        self._broadcasts.queue(node.node_id, self._alive_message(node))
+
+    # -- push-pull and rejoin -----------------------------------------------------
+
+    def _sync_payload(self, purpose: str) -> bytes:
+        entries = [node.entry() for node in self._nodes.values()]
+        return codec.encode_sync(self.node_id, self.address, purpose, entries)
+
+    def _start_sync(self, address: Address, purpose: str) -> SyncRequest:
+        token = self._next_seq()
+        request = SyncRequest(
+            token, address, self._sync_payload(purpose), self.settings.sync_timeout, purpose
+        )
+        self._syncs[token] = request
+        self.stats.syncs_sent += 1
+        self.stats.sync_bytes_sent += len(request.payload)
+        self._outbox.syncs.append(request)
+        return request
+
+    def _periodic_sync(self) -> None:
+        peers = [n for n in self._nodes.values() if n.status is ALIVE and n is not self._me]
+        if peers:
+            self._start_sync(self.rng.choice(peers).address, "sync")
+
+    def rejoin_candidates(self) -> list[Address]:
+        """Seeds that are not live members, and failed members still within
+        ``reconnect_timeout``: where :meth:`tick` looks for a lost cluster."""
+        live = {n.address for n in self._nodes.values() if n.status in _LIVE}
+        candidates = [seed for seed in self.seeds if seed not in live]
+        candidates += [
+            n.address for n in self._nodes.values() if n.status is FAILED and n.address not in live
+        ]
+        return list(dict.fromkeys(candidates))
+
+    def _rejoin(self) -> None:
+        if any(r.purpose == "rejoin" for r in self._syncs.values()):
+            return
+        candidates = self.rejoin_candidates()
+        if candidates:
+            self._start_sync(self.rng.choice(candidates), "rejoin")
+
+    def _reap(self) -> None:
+        s = self.settings
+        for node in list(self._nodes.values()):
+            age = self._now - node.changed_at
+            if (node.status is FAILED and age > s.reconnect_timeout) or (
+                node.status is LEFT and node is not self._me and age > s.left_retention
+            ):
+                del self._nodes[node.node_id]
+                self._broadcasts.drop(node.node_id)
+                self._event(EventKind.REMOVED, node)
+
+    # -- message handling ---------------------------------------------------------
+
+    def _dispatch(self, header: codec.Header, message: list[Any]) -> None:
+        kind = message[0]
+        if kind == MsgType.PING:
+            _, seq, target_id = message
+            if not target_id or target_id == self.node_id:
+                self._send(header.address, [codec.ack(seq)])
+        elif kind == MsgType.ACK:
+            self._on_ack(message[1])
+        elif kind == MsgType.NACK:
+            if self._probe is not None and self._probe.seq == message[1]:
+                self._probe.nacks += 1
+        elif kind == MsgType.PING_REQ:
+            _, seq, target_id, host, port, want_nack = message
+            local_seq = self._next_seq()
+            expires = self._now + self.settings.probe_timeout
+            self._relays[local_seq] = _Relay(header.address, seq, want_nack, expires)
+            self._send((host, port), [codec.ping(local_seq, target_id)])
+        elif kind == MsgType.ALIVE:
+            _, incarnation, node_id, host, port, meta = message
+            self._on_alive(node_id, incarnation, (host, port), meta)
+        elif kind == MsgType.SUSPECT or kind == MsgType.DEAD:
+            _, incarnation, node_id, accuser = message
+            if node_id == self.node_id and incarnation < self._me.incarnation:
+                # The sender holds stale news about us (it missed our refutation):
+                # answer it directly rather than wait for gossip to reach it.
+                if not self.leaving:
+                    self._send(header.address, [self._alive_message(self._me)])
+            elif kind == MsgType.SUSPECT:
+                self._on_suspect(node_id, incarnation, accuser)
+            else:
+                self._on_dead(node_id, incarnation, accuser, left=False)
+        elif kind == MsgType.LEFT:
+            self._on_dead(message[2], message[1], message[2], left=True)
+
+    def _on_ack(self, seq: int) -> None:
+        relay = self._relays.pop(seq, None)
+        if relay is not None:
+            self._send(relay.origin, [codec.ack(relay.origin_seq)])
+            return
+        probe = self._probe
+        if probe is not None and probe.seq == seq:
+            self._probe = None
+            self.awareness.apply(-1)
+        elif seq in self._user_pings:
+            self._outbox.pongs.append((seq, self._now - self._user_pings.pop(seq)))
+
+    def _merge(self, sender_id: str, entries: Iterable[StateEntry]) -> None:
+        for entry in entries:
+            if entry.status is ALIVE:
+                self._on_alive(entry.node_id, entry.incarnation, entry.address, entry.meta)
+            elif entry.status is LEFT:
+                self._on_dead(entry.node_id, entry.incarnation, entry.node_id, left=True)
+            else:
+                # Dead is merged as suspect, so a live node gets a chance to refute.
+                self._on_suspect(entry.node_id, entry.incarnation, sender_id)
+
+    def _refute(self, incarnation: int) -> None:
+        self._me.incarnation = max(self._me.incarnation, incarnation) + 1
+        self.stats.refutations += 1
+        self.awareness.apply(1)
+        self._queue_alive(self._me)
+
+    def _on_alive(
+        self, node_id: str, incarnation: int, address: Address, meta: Mapping[str, Any]
+    ) -> None:
+        node = self._nodes.get(node_id)
+        if node is self._me:
+            stale = (address, dict(meta)) != (self.address, self._me.meta)
+            if not self.leaving and (
+                incarnation > self._me.incarnation
+                or (incarnation == self._me.incarnation and stale)
+            ):
+                self._refute(incarnation)
+            return
+        if node is None:
+            node = _Node(node_id, address, incarnation, ALIVE, dict(meta), self._now)
+            self._nodes[node_id] = node
+            self._probe_order.insert(self.rng.randint(0, len(self._probe_order)), node_id)
+            self._queue_alive(node)
+            self._event(EventKind.JOINED, node)
+            return
+        if incarnation <= node.incarnation:
+            return
+        previous = node.status
+        changed = (address, dict(meta)) != (node.address, node.meta)
+        node.incarnation = incarnation
+        node.address = address
+        node.meta = dict(meta)
+        node.status = ALIVE
+        self._suspicions.pop(node_id, None)
+        self._queue_alive(node)
+        if previous is not ALIVE:
+            node.changed_at = self._now
+        if previous in (FAILED, LEFT):
+            self._event(EventKind.JOINED, node)
+        elif previous is SUSPECT:
+            self._event(EventKind.ALIVE, node)
+        elif changed:
+            self._event(EventKind.UPDATED, node)
+
+    def _on_suspect(self, node_id: str, incarnation: int, accuser: str) -> None:
+        node = self._nodes.get(node_id)
+        if node is None or incarnation < node.incarnation:
+            return
+        if node is self._me:
+            if not self.leaving:
+                self._refute(incarnation)
+            return
+        if node.status is SUSPECT:
+            suspicion = self._suspicions.get(node_id)
+            if suspicion is not None and suspicion.confirm(accuser):
+                self._broadcasts.queue(node_id, codec.suspect(incarnation, node_id, accuser))
+            return
+        if node.status is not ALIVE:
+            return
+        node.incarnation = incarnation
+        node.status = SUSPECT
+        node.changed_at = self._now
+        size = self.cluster_size()
+        expected = self.settings.suspicion_multiplier - 2
+        if size - 2 < expected:
+            expected = 0
+        minimum, maximum = suspicion_bounds(self.settings, size)
+        self._suspicions[node_id] = Suspicion(accuser, expected, minimum, maximum, self._now)
+        self._broadcasts.queue(node_id, codec.suspect(incarnation, node_id, accuser))
+        self._event(EventKind.SUSPECT, node)
+
+    def _on_dead(self, node_id: str, incarnation: int, accuser: str, *, left: bool) -> None:
+        node = self._nodes.get(node_id)
+        if node is None or incarnation < node.incarnation:
+            return
+        if node is self._me:
+            if not self.leaving:
+                self._refute(incarnation)
+            return
+        if node.status is LEFT or (node.status is FAILED and not left):
+            return
+        node.incarnation = incarnation
+        node.status = LEFT if left else FAILED
+        node.changed_at = self._now
+        node.dead_gossip_left = 0 if left else self.settings.gossip_to_dead
+        self._suspicions.pop(node_id, None)
+        if left:
+            self._broadcasts.queue(node_id, codec.left(incarnation, node_id))
+        else:
+            self._broadcasts.queue(node_id, codec.dead(incarnation, node_id, accuser))
+        self._event(EventKind.LEFT if left else EventKind.FAILED, node)
+
+    def _event(self, kind: EventKind, node: _Node) -> None:
+        self._outbox.events.append(MemberEvent(kind, node.snapshot(), self._now))
+
+    def retransmit_limit(self) -> int:
+        return retransmit_limit(self.settings.retransmit_mult, self.cluster_size())

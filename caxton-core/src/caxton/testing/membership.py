@@ -1,0 +1,516 @@
+"""Test doubles for membership: a deterministic cluster simulator and a UDP transport.
+
+:class:`SimCluster` runs sans-IO membership cores (:class:`~caxton.membership.swim_core.
+SwimCore`, :class:`~caxton.membership.static_core.StaticCore`) on a simulated clock and
+network: per-packet delay and jitter, global and per-node loss, partitions, pauses (a
+node that stops processing, like ``SIGSTOP``), kills and restarts. Everything random
+comes from one seed, so a failing seed replays exactly::
+
+    sim = SimCluster(seed=7)
+    sim.start_nodes(5)
+    sim.run_for(10)
+    sim.kill("n3")
+    sim.run_until(lambda: sim.all_see("n3", MemberStatus.FAILED), timeout=30)
+
+:class:`UdpLoopbackTransport` is a small :class:`~caxton.drivers.transport.Transport`
+over one asyncio UDP socket (datagrams and request/response both), enough to run the
+real asyncio membership drivers on loopback before the TCP/QUIC transports exist.
+It is a test double: no reliability, no security.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import random
+import struct
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from caxton.drivers.membership import MemberStatus
+from caxton.drivers.transport import (
+    Address,
+    DatagramHandler,
+    Frame,
+    FrameHandler,
+    FrameKind,
+    PeerStats,
+    Transport,
+)
+from caxton.errors import TransportError
+from caxton.membership.core import MemberEvent, MembershipCore, SyncRequest
+from caxton.membership.settings import SwimSettings
+from caxton.membership.swim_core import SwimCore
+
+__all__ = [
+    "SimCluster",
+    "SimNode",
+    "UdpLoopbackTransport",
+]
+
+CoreFactory = Callable[[str, Address, float, random.Random], MembershipCore]
+
+
+@dataclass
+class SimNode:
+    """One simulated node: a core plus what the network needs to know about it."""
+
+    node_id: str
+    address: Address
+    core: MembershipCore
+    started_at: float
+    killed: bool = False
+    paused_until: float | None = None
+    #: Events this node's core reported, in order.
+    events: list[MemberEvent] = field(default_factory=list)
+    _inbox: list[Callable[[], None]] = field(default_factory=list)
+    _timer_version: int = 0
+
+    @property
+    def running(self) -> bool:
+        return not self.killed and self.paused_until is None
+
+    def view(self) -> dict[str, MemberStatus]:
+        return {m.node_id: m.status for m in self.core.members() if m.node_id != self.node_id}
+
+
+@dataclass
+class SimStats:
+    datagrams: int = 0
+    dropped: int = 0
+    syncs: int = 0
+
+
+class SimCluster:
+    """A seeded discrete-event simulation of a cluster of membership cores."""
+
+    def __init__(
+        self,
+        seed: int,
+        settings: SwimSettings | None = None,
+        *,
+        latency: float = 0.001,
+        jitter: float = 0.002,
+        loss: float = 0.0,
+        core_factory: CoreFactory | None = None,
+    ) -> None:
+        self.seed = seed
+        self.settings = settings or SwimSettings()
+        self.latency = latency
+        self.jitter = jitter
+        self.loss = loss
+        self.rng = random.Random(f"net:{seed}")
+        self.now = 0.0
+        self.nodes: dict[str, SimNode] = {}
+        self.stats = SimStats()
+        #: (time, observer, kind, member) for every event of every node.
+        self.log: list[tuple[float, str, str, str]] = []
+        self.node_loss: dict[str, float] = {}
+        self._groups: dict[str, int] | None = None
+        self._queue: list[tuple[float, int, Callable[[], None]]] = []
+        self._order = itertools.count()
+        self._addresses: dict[Address, SimNode] = {}
+        self._ports = itertools.count(1)
+        self._factory = core_factory or self._swim_core
+
+    # -- building -------------------------------------------------------------------
+
+    def _swim_core(
+        self, node_id: str, address: Address, now: float, rng: random.Random
+    ) -> MembershipCore:
+        return SwimCore(node_id, address, self.settings, now=now, rng=rng)
+
+    def address_of(self, node_id: str) -> Address:
+        node = self.nodes.get(node_id)
+        if node is not None:
+            return node.address
+        index = next(self._ports)
+        return (f"10.{index // 250}.{index % 250}.1", 7946)
+
+    def add_node(self, node_id: str, join: Sequence[str] = ()) -> SimNode:
+        """Start ``node_id`` (a restart if it existed) and join it through ``join``."""
+        address = self.address_of(node_id)
+        old = self.nodes.get(node_id)
+        if old is not None:
+            old.killed = True
+        generation = sum(1 for entry in self.log if entry[1] == node_id and entry[2] == "start")
+        rng = random.Random(f"node:{self.seed}:{node_id}:{generation}")
+        node = SimNode(node_id, address, self._factory(node_id, address, self.now, rng), self.now)
+        self.nodes[node_id] = node
+        self._addresses[address] = node
+        self.log.append((self.now, node_id, "start", node_id))
+        if join:
+            node.core.join(self.now, [self.address_of(seed) for seed in join])
+        self._flush(node)
+        return node
+
+    def start_nodes(self, count: int, *, prefix: str = "n", stagger: float = 0.0) -> list[str]:
+        """Start ``count`` nodes; each joins through the first. ``stagger`` spreads the
+        starts uniformly over that many seconds."""
+        names = [f"{prefix}{i}" for i in range(count)]
+        self.add_node(names[0])
+        for name in names[1:]:
+            delay = self.rng.uniform(0, stagger) if stagger else 0.0
+            self._at(self.now + delay, self._joiner(name, names[0]))
+        if not stagger:
+            self.run_for(0)
+        return names
+
+    def _joiner(self, name: str, seed: str) -> Callable[[], None]:
+        def join() -> None:
+            self.add_node(name, [seed])
+
+        return join
+
+    # -- faults -----------------------------------------------------------------------
+
+    def kill(self, node_id: str) -> None:
+        """Stop a node abruptly (SIGKILL): no more sending, receiving or answering."""
+        node = self.nodes[node_id]
+        node.killed = True
+        self._addresses.pop(node.address, None)
+        self.log.append((self.now, node_id, "kill", node_id))
+
+    def restart(self, node_id: str, join: Sequence[str]) -> SimNode:
+        return self.add_node(node_id, join)
+
+    def pause(self, node_id: str, duration: float) -> None:
+        """Freeze a node for ``duration`` (SIGSTOP): inbound traffic is buffered and
+        processed on resume, before any of its timers fire."""
+        node = self.nodes[node_id]
+        node.paused_until = self.now + duration
+        self._at(node.paused_until, lambda: self._resume(node))
+
+    def set_loss(self, node_id: str, probability: float) -> None:
+        """Drop this fraction of the datagrams a node sends and of those it receives."""
+        self.node_loss[node_id] = probability
+
+    def partition(self, *groups: Iterable[str]) -> None:
+        """Only nodes in the same group can talk; nodes not named form one more group."""
+        self._groups = {}
+        for index, group in enumerate(groups):
+            for node_id in group:
+                self._groups[node_id] = index
+
+    def heal(self) -> None:
+        self._groups = None
+
+    def leave(self, node_id: str) -> None:
+        node = self.nodes[node_id]
+        node.core.leave(self.now)
+        self._flush(node)
+
+    def update_meta(self, node_id: str, meta: Mapping[str, Any]) -> None:
+        node = self.nodes[node_id]
+        node.core.update_meta(self.now, meta)
+        self._flush(node)
+
+    # -- running ----------------------------------------------------------------------
+
+    def run_until_time(self, deadline: float) -> None:
+        queue = self._queue
+        while queue and queue[0][0] <= deadline:
+            when, _, action = heapq.heappop(queue)
+            self.now = max(self.now, when)
+            action()
+        self.now = max(self.now, deadline)
+
+    def run_for(self, duration: float) -> None:
+        self.run_until_time(self.now + duration)
+
+    def run_until(
+        self, condition: Callable[[], bool], timeout: float, step: float = 0.05
+    ) -> float | None:
+        """Run until ``condition()`` holds (checked every ``step``); the time it took,
+        or None if ``timeout`` simulated seconds passed first."""
+        start = self.now
+        while True:
+            if condition():
+                return self.now - start
+            if self.now - start >= timeout:
+                return None
+            self.run_for(step)
+
+    # -- observing --------------------------------------------------------------------
+
+    def live_nodes(self) -> list[SimNode]:
+        return [n for n in self.nodes.values() if not n.killed and not n.core.leaving]
+
+    def status(self, observer: str, member: str) -> MemberStatus | None:
+        return self.nodes[observer].view().get(member)
+
+    def all_see(
+        self, member: str, status: MemberStatus, observers: Iterable[str] | None = None
+    ) -> bool:
+        names = (
+            observers
+            if observers is not None
+            else [n.node_id for n in self.live_nodes() if n.node_id != member]
+        )
+        return all(self.status(name, member) is status for name in names)
+
+    def converged(self, members: Iterable[str] | None = None) -> bool:
+        """Every live node sees every other live node (or ``members``) alive."""
+        live = [n.node_id for n in self.live_nodes()]
+        expected = set(members) if members is not None else set(live)
+        for name in live:
+            view = self.nodes[name].view()
+            alive = {m for m, s in view.items() if s is MemberStatus.ALIVE}
+            if alive != expected - {name}:
+                return False
+        return True
+
+    def first_event(self, kind: str, member: str, observer: str | None = None) -> float | None:
+        for when, who, what, about in self.log:
+            if what == kind and about == member and (observer is None or who == observer):
+                return when
+        return None
+
+    def events(self, kind: str, member: str | None = None) -> list[tuple[float, str, str]]:
+        return [
+            (when, who, about)
+            for when, who, what, about in self.log
+            if what == kind and (member is None or about == member)
+        ]
+
+    # -- the network --------------------------------------------------------------------
+
+    def _at(self, when: float, action: Callable[[], None]) -> None:
+        heapq.heappush(self._queue, (when, next(self._order), action))
+
+    def _delay(self) -> float:
+        return self.latency + self.rng.random() * self.jitter
+
+    def _reachable(self, a: str, b: str) -> bool:
+        groups = self._groups
+        return groups is None or groups.get(a, -1) == groups.get(b, -1)
+
+    def _flush(self, node: SimNode) -> None:
+        """Send what ``node``'s core produced and re-arm its timer."""
+        if node.killed:
+            return
+        outbox = node.core.drain()
+        for datagram in outbox.datagrams:
+            self._transmit(node, datagram.address, datagram.payload)
+        for request in outbox.syncs:
+            self._sync(node, request)
+        for event in outbox.events:
+            node.events.append(event)
+            self.log.append((self.now, node.node_id, event.kind.value, event.member.node_id))
+        node._timer_version += 1
+        version = node._timer_version
+        deadline = max(self.now, node.core.next_deadline())
+        self._at(deadline, lambda: self._tick(node, version))
+
+    def _tick(self, node: SimNode, version: int) -> None:
+        if node.running and version == node._timer_version:
+            node.core.tick(self.now)
+            self._flush(node)
+
+    def _deliver(self, node: SimNode, action: Callable[[], None]) -> None:
+        if node.killed:
+            return
+        if node.paused_until is not None:
+            node._inbox.append(action)
+            return
+        action()
+        self._flush(node)
+
+    def _resume(self, node: SimNode) -> None:
+        if node.killed or node.paused_until is None or node.paused_until > self.now:
+            return
+        node.paused_until = None
+        inbox, node._inbox = node._inbox, []
+        for action in inbox:
+            action()
+        self._flush(node)
+
+    def _lost(self, sender: str, receiver: str) -> bool:
+        for probability in (
+            self.loss,
+            self.node_loss.get(sender, 0.0),
+            self.node_loss.get(receiver, 0.0),
+        ):
+            if probability and self.rng.random() < probability:
+                return True
+        return False
+
+    def _transmit(self, sender: SimNode, address: Address, payload: bytes) -> None:
+        self.stats.datagrams += 1
+        receiver = self._addresses.get(address)
+        if receiver is None or not self._reachable(sender.node_id, receiver.node_id):
+            self.stats.dropped += 1
+            return
+        if self._lost(sender.node_id, receiver.node_id):
+            self.stats.dropped += 1
+            return
+        source = sender.address
+
+        def arrive() -> None:
+            self._deliver(
+                receiver,
+                lambda: receiver.core.handle_datagram(self.now, payload, source),
+            )
+
+        self._at(self.now + self._delay(), arrive)
+
+    def _sync(self, sender: SimNode, request: SyncRequest) -> None:
+        """A push-pull over a reliable stream: no loss, but partitions and dead peers
+        fail it (refused at once, or timed out behind a partition)."""
+        self.stats.syncs += 1
+        done = False
+
+        def finish(response: bytes | None) -> None:
+            nonlocal done
+            if done or sender.killed:
+                return
+            done = True
+
+            def merge() -> None:
+                sender.core.sync_done(self.now, request.token, response)
+
+            self._deliver(sender, merge)
+
+        def arrive() -> None:
+            receiver = self._addresses.get(request.address)
+            if receiver is None:
+                self._at(self.now + self._delay(), lambda: finish(None))
+                return
+            if not self._reachable(sender.node_id, receiver.node_id):
+                return  # the timeout answers
+
+            def answer() -> None:
+                response = receiver.core.handle_sync(self.now, request.payload)
+                reachable = self._reachable(sender.node_id, receiver.node_id)
+                if reachable and not receiver.killed:
+                    self._at(self.now + self._delay(), lambda: finish(response))
+
+            self._deliver(receiver, answer)
+
+        self._at(self.now + request.timeout, lambda: finish(None))
+        self._at(self.now + self._delay(), arrive)
+
+
+# -------------------------------------------------------------------------
+# A UDP transport for loopback tests of the asyncio drivers
+# -------------------------------------------------------------------------
+
+_DATAGRAM, _REQUEST, _RESPONSE = 0, 1, 2
+_HEADER = struct.Struct("!BI")
+
+
+class _UdpProtocol(asyncio.DatagramProtocol):
+    def __init__(self, owner: UdpLoopbackTransport) -> None:
+        self.owner = owner
+
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        self.owner._received(data, (str(addr[0]), int(addr[1])))
+
+
+class UdpLoopbackTransport(Transport):
+    """Datagrams and small request/response exchanges over one UDP socket (test double).
+
+    Requests are whole datagrams, so push-pull state must fit in ~64 KB: plenty for the
+    handful of nodes a loopback test runs. ``drop`` (a callable on the peer address)
+    lets a test lose packets on purpose.
+    """
+
+    kind: ClassVar[str] = "transport"
+
+    def __init__(self, config: Mapping[str, Any] | None = None, context: Any = None) -> None:
+        super().__init__(config or {}, context)
+        self._socket: asyncio.DatagramTransport | None = None
+        self._on_frame: FrameHandler | None = None
+        self._on_datagram: DatagramHandler | None = None
+        self._pending: dict[int, asyncio.Future[bytes]] = {}
+        self._ids = itertools.count(1)
+        self._stats: dict[Address, PeerStats] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.drop: Callable[[Address], bool] = lambda peer: False
+        self.address: Address | None = None
+
+    async def listen(
+        self, address: Address, on_frame: FrameHandler, on_datagram: DatagramHandler
+    ) -> Address:
+        loop = asyncio.get_running_loop()
+        self._on_frame, self._on_datagram = on_frame, on_datagram
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: _UdpProtocol(self), local_addr=address
+        )
+        self._socket = transport
+        host, port = transport.get_extra_info("sockname")[:2]
+        self.address = (str(host), int(port))
+        return self.address
+
+    def _peer(self, peer: Address) -> PeerStats:
+        return self._stats.setdefault(peer, PeerStats())
+
+    def _sendto(self, peer: Address, data: bytes) -> None:
+        if self._socket is None:
+            raise TransportError("the UDP test transport is not listening; call listen() first")
+        stats = self._peer(peer)
+        stats.frames_sent += 1
+        stats.bytes_sent += len(data)
+        if not self.drop(peer):
+            self._socket.sendto(data, peer)
+
+    def _received(self, data: bytes, source: Address) -> None:
+        if len(data) < _HEADER.size:
+            return
+        stats = self._peer(source)
+        stats.frames_received += 1
+        stats.bytes_received += len(data)
+        kind, ident = _HEADER.unpack_from(data)
+        body = data[_HEADER.size :]
+        if kind == _DATAGRAM and self._on_datagram is not None:
+            self._on_datagram(body, source)
+        elif kind == _RESPONSE:
+            future = self._pending.pop(ident, None)
+            if future is not None and not future.done():
+                future.set_result(body)
+        elif kind == _REQUEST and self._on_frame is not None:
+            task = asyncio.ensure_future(self._answer(FrameKind.GOSSIP, ident, body, source))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _answer(self, kind: FrameKind, ident: int, body: bytes, source: Address) -> None:
+        assert self._on_frame is not None
+        reply = await self._on_frame(Frame(kind, body, request_id=ident))
+        if reply is not None and self._socket is not None:
+            self._sendto(source, _HEADER.pack(_RESPONSE, ident) + reply)
+
+    async def send(self, peer: Address, kind: FrameKind, payload: bytes) -> None:
+        self._sendto(peer, _HEADER.pack(_DATAGRAM, 0) + payload)
+
+    async def request(
+        self, peer: Address, kind: FrameKind, payload: bytes, timeout: float
+    ) -> bytes:
+        ident = next(self._ids)
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._pending[ident] = future
+        self._sendto(peer, _HEADER.pack(_REQUEST, ident) + payload)
+        try:
+            return await asyncio.wait_for(future, timeout)
+        except asyncio.TimeoutError:
+            self._peer(peer).errors += 1
+            raise TransportError(f"no answer from {peer[0]}:{peer[1]} in {timeout:g}s") from None
+        finally:
+            self._pending.pop(ident, None)
+
+    async def send_datagram(self, peer: Address, payload: bytes) -> None:
+        self._sendto(peer, _HEADER.pack(_DATAGRAM, 0) + payload)
+
+    def peer_stats(self) -> Mapping[Address, PeerStats]:
+        return dict(self._stats)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
