@@ -493,9 +493,9 @@ class WasmtimeInstance(AgentInstance):
         error.details = detail or text
         raise error
 
-    def _memory_exhausted(self) -> bool:
-        """True when the memory cannot grow by one more page under the limit."""
-        return self.memory_size() + abi.PAGE_SIZE > self.limits.max_memory_bytes
+    def _memory_exhausted(self, wanted: int = abi.PAGE_SIZE) -> bool:
+        """True when the memory cannot grow by ``wanted`` bytes under the limit."""
+        return self.memory_size() + max(wanted, abi.PAGE_SIZE) > self.limits.max_memory_bytes
 
     def _run_export(self, name: str) -> None:
         func = self._funcs.get(name)
@@ -543,7 +543,7 @@ class WasmtimeInstance(AgentInstance):
         # alloc may have grown (and moved) the memory: read base and size now.
         if ptr == 0 or ptr + size > capi.memory_data_size(ctx, self._mem):
             self._account()
-            if self._memory_exhausted():
+            if self._memory_exhausted(size):
                 self._raise("memory", abi.memory_message(self.limits.max_memory_bytes))
             self._raise(
                 "abi",
@@ -820,8 +820,8 @@ class WasmtimeRuntime:
             store.set_wasi(wasi)
         # Start functions and data initialisation run under limits too.
         store.set_fuel(limits.max_fuel if limits is not None else self.default_fuel)
-        ticks = (limits.max_execution_time_ms if limits is not None else 5000) / 1000
-        store.set_epoch_deadline(math.ceil(ticks / self.settings.epoch_tick_s) + 1)
+        seconds = (limits.max_execution_time_ms if limits is not None else 5000) / 1000
+        store.set_epoch_deadline(math.ceil(seconds / self.settings.epoch_tick_s) + 1)
         instance = template.pre.instantiate(store)
         return _Live(store, instance)
 

@@ -526,6 +526,14 @@ class SandboxConformance:
         assert "max_memory_bytes" in str(failure.value)
         assert instance.memory_size() <= 2 * MiB
 
+    def test_alloc_that_cannot_grow_memory_is_a_memory_failure(self, start: Any) -> None:
+        limits = ResourceLimits(max_memory_bytes=2 * MiB, max_message_bytes=8 * MiB)
+        instance = start("echo_c", limits=limits)
+        with pytest.raises(ExecutionFailed) as failure:
+            instance.handle_message(_json_message("x" * (3 * MiB)))
+        assert failure.value.reason == "memory"
+        assert instance.memory_size() <= 2 * MiB
+
     def test_memory_growth_past_the_limit_fails(self, start: Any) -> None:
         small = start("probe", limits=ResourceLimits(max_memory_bytes=1 * MiB))
         assert small.handle_message(b"G\x20") == -1  # 32 more pages = 2 MiB
