@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import inspect
 import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -24,7 +25,7 @@ from types import ModuleType
 from typing import Any, cast
 
 import pluggy
-from stevedore import DriverManager, NamedExtensionManager
+from stevedore import DriverManager, ExtensionManager, NamedExtensionManager
 from stevedore.exception import NoMatches
 
 from caxton import PROJECT_NAME, hookspecs
@@ -46,6 +47,25 @@ log = logging.getLogger("caxton.plugins")
 HOOKS_GROUP = "caxton.hooks"
 DISABLED_ENV = "CAXTON_DISABLED_PLUGINS"
 STRICT_ENV = "CAXTON_PLUGINS_STRICT"
+
+
+# We report a missing driver ourselves (with the install hint), so stevedore stays quiet.
+# Newer stevedore deprecates ``warn_on_missing_entrypoint`` for a callback.
+_QUIET_ON_MISSING: dict[str, Any] = (
+    {"on_missing_entrypoints_callback": lambda names: None}
+    if "on_missing_entrypoints_callback" in inspect.signature(DriverManager.__init__).parameters
+    else {"warn_on_missing_entrypoint": False}
+)
+
+
+def _forget_stevedore_cache(group: str) -> None:
+    """Drop stevedore's process-wide list of ``group``'s entry points.
+
+    stevedore keeps it in a class attribute for the life of the process; a host must see
+    what is installed when it loads, like a fresh process would (several hosts, plugins
+    installed by a test).
+    """
+    ExtensionManager.ENTRY_POINT_CACHE.pop(group, None)
 
 
 @dataclass(frozen=True)
@@ -119,6 +139,11 @@ def describe_entry_point(ep: EntryPoint) -> str:
     name, version = _dist_of(ep)
     origin = f"{name} {version}" if name else ep.value
     return f"'{ep.name}' ({origin})"
+
+
+def _names_module(exc: ModuleNotFoundError, module_name: str) -> bool:
+    """Whether ``exc`` says ``module_name`` itself (or its package) does not exist."""
+    return exc.name is not None and (module_name + ".").startswith(exc.name + ".")
 
 
 def _target_of(registered: type[Driver] | str) -> str:
@@ -233,7 +258,7 @@ class PluginHost:
             try:
                 module = importlib.import_module(module_name)
             except Exception as exc:
-                if isinstance(exc, ModuleNotFoundError) and exc.name == module_name:
+                if isinstance(exc, ModuleNotFoundError) and _names_module(exc, module_name):
                     raise PluginError(
                         f"--plugin {module_name}: no module named '{module_name}' "
                         f"(is it on PYTHONPATH?)"
@@ -359,12 +384,13 @@ class PluginHost:
         if not self.use_entry_points:
             raise self._not_found(spec, name)
         try:
+            _forget_stevedore_cache(spec.group)
             manager: DriverManager[type[Driver]] = DriverManager(
                 namespace=spec.group,
                 name=name,
                 invoke_on_load=False,
                 on_load_failure_callback=on_failure,
-                warn_on_missing_entrypoint=False,
+                **_QUIET_ON_MISSING,
             )
         except NoMatches:
             if failures:
@@ -431,13 +457,17 @@ class PluginHost:
         missing = [n for n in names if (kind, n) not in self._test_drivers]
         if missing and self.use_entry_points:
             # Fail early on names that no entry point provides, with the install hint.
+            _forget_stevedore_cache(self._kind(kind).group)
+            _forget_stevedore_cache(self._kind(kind).group)
             manager: NamedExtensionManager[type[Driver]] = NamedExtensionManager(
                 namespace=self._kind(kind).group,
                 names=missing,
                 name_order=True,
-                warn_on_missing_entrypoint=False,
+                # A chain member that fails to import is reported by create_driver below.
+                on_load_failure_callback=lambda _manager, _ep, _exc: None,
+                **_QUIET_ON_MISSING,
             )
-            found = set(manager.names())
+            found = {ep.name for ep in manager.list_entry_points()}
             for name in missing:
                 if name not in found:
                     raise self._not_found(self._kind(kind), name)
@@ -537,6 +567,8 @@ class PluginHost:
         rows: list[PluginInfo] = []
         seen: set[str] = set()
         for name, plugin in self.pm.list_name_plugin():
+            if plugin is None:
+                continue  # blocked: listed with the entry points below
             if name.split(":")[0] in KINDS or name.startswith("caxton."):
                 continue  # drivers are listed with their kind; core's builtins are not plugins
             ep = self._hook_entry_points.get(name)
