@@ -51,6 +51,7 @@ from caxton.sandbox.abi import (
     timeout_message,
 )
 
+WASI_EBADF = 8
 EMPTY_MODULE = b"\0asm\1\0\0\0"
 NO_WASI = WasiCapabilities()
 MiB = 1024 * 1024
@@ -203,14 +204,39 @@ def _wat(source: str) -> bytes:
     return bytes(wasmtime.wat2wasm(source))
 
 
-WASI_HELLO = """
+#: A WASI agent: E -> number of env vars, P -> fd_prestat_get(3) errno, R -> errno of
+#: opening data.txt for reading in the preopen, W -> errno of creating new.txt there,
+#: anything else -> write "hello from wasi" to stdout.
+WASI_PROBE = """
 (module
   (import "wasi_snapshot_preview1" "fd_write"
     (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "environ_sizes_get"
+    (func $env_sizes (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_prestat_get"
+    (func $prestat (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "path_open"
+    (func $path_open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
   (memory (export "memory") 1)
   (data (i32.const 64) "hello from wasi\\n")
+  (data (i32.const 96) "data.txt")
+  (data (i32.const 112) "new.txt")
   (func (export "alloc") (param i32) (result i32) (i32.const 1024))
-  (func (export "handle_message") (param i32 i32) (result i32)
+  (func (export "handle_message") (param $p i32) (param $n i32) (result i32)
+    (local $cmd i32)
+    (local.set $cmd (i32.load8_u (local.get $p)))
+    (if (i32.eq (local.get $cmd) (i32.const 69)) ;; E
+      (then
+        (drop (call $env_sizes (i32.const 0) (i32.const 4)))
+        (return (i32.load (i32.const 0)))))
+    (if (i32.eq (local.get $cmd) (i32.const 80)) ;; P
+      (then (return (call $prestat (i32.const 3) (i32.const 16)))))
+    (if (i32.eq (local.get $cmd) (i32.const 82)) ;; R
+      (then (return (call $path_open (i32.const 3) (i32.const 0) (i32.const 96) (i32.const 8)
+                      (i32.const 0) (i64.const 2) (i64.const 0) (i32.const 0) (i32.const 32)))))
+    (if (i32.eq (local.get $cmd) (i32.const 87)) ;; W
+      (then (return (call $path_open (i32.const 3) (i32.const 0) (i32.const 112) (i32.const 7)
+                      (i32.const 1) (i64.const 64) (i64.const 0) (i32.const 0) (i32.const 32)))))
     (i32.store (i32.const 0) (i32.const 64))
     (i32.store (i32.const 4) (i32.const 16))
     (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 16)))
@@ -476,13 +502,33 @@ class SandboxConformance:
         assert seen == [("inline", b"payload")]
 
     def test_wasi_is_off_unless_granted(self, start: Any, host: RecordingAgentHost) -> None:
-        wasm = _wat(WASI_HELLO)
+        wasm = _wat(WASI_PROBE)
         with pytest.raises(SandboxError, match="WASI"):
             start(wasm)
-        granted = WasiCapabilities(enabled=True, stdio=True)
-        instance = start(wasm, capabilities=granted)
-        assert instance.handle_message(b"go") == 0
+        bare = start(wasm, capabilities=WasiCapabilities(enabled=True))
+        assert bare.handle_message(b"E") == 0  # no environment variables
+        assert bare.handle_message(b"P") == WASI_EBADF  # no preopened directory
+        assert bare.handle_message(b"H") == 0
+        assert host.logs == []  # stdout is not connected to anything
+
+    def test_wasi_capabilities_grant_stdio_env_and_read_only_dirs(
+        self, start: Any, host: RecordingAgentHost, tmp_path: Path
+    ) -> None:
+        (tmp_path / "data.txt").write_text("readable")
+        granted = WasiCapabilities(
+            enabled=True,
+            stdio=True,
+            env={"A": "1", "B": "2"},
+            preopen_dirs={"/data": str(tmp_path)},
+        )
+        instance = start(_wat(WASI_PROBE), capabilities=granted)
+        assert instance.handle_message(b"H") == 0
         assert (LogLevel.INFO, "hello from wasi") in host.logs
+        assert instance.handle_message(b"E") == 2
+        assert instance.handle_message(b"P") == 0
+        assert instance.handle_message(b"R") == 0
+        assert instance.handle_message(b"W") != 0  # read-only: no file is created
+        assert not (tmp_path / "new.txt").exists()
 
     # -- limits ------------------------------------------------------------------------------
 
