@@ -178,16 +178,46 @@ class Node:
             f"security.allow_insecure_remote = true"
         )
 
+    def used_driver_kinds(self) -> list[str]:
+        """Kinds whose selected driver this node needs.
+
+        Sandbox, placement and partition policy always; transport and membership when
+        the node clusters; auth when it is enabled; and any kind chosen explicitly (by
+        file, environment or ``--plugin``), so a typo there never goes unnoticed.
+        """
+        kinds = ["sandbox", "placement", "partition_policy"]
+        if self.clustered:
+            kinds += ["transport", "membership"]
+        if self.config["security"]["auth_enabled"]:
+            kinds.append("auth")
+        for kind in SELECTION_KEYS:
+            if kind not in kinds and self.config.sources.get(SELECTION_KEYS[kind]) != "default":
+                kinds.append(kind)
+        return kinds
+
+    def check_drivers(self) -> None:
+        """Fail before anything starts if a needed driver is missing, blocked or broken.
+
+        Raises :class:`~caxton.errors.DriverNotFound` (naming the installed drivers and
+        the package to install) or :class:`~caxton.errors.PluginError`.
+        """
+        plugins = self.config["plugins"]
+        for kind in self.used_driver_kinds():
+            selected = plugins[kind]
+            for name in [selected] if isinstance(selected, str) else selected:
+                self.host.driver_class(kind, name)
+
     # -- lifecycle ----------------------------------------------------------------
 
     async def start(self) -> None:
         if self.state != "created":
             raise RuntimeError(f"node {self.node_id} already {self.state}")
         self.state = "starting"
-        self.check_exposure()
-        self.data_dir.mkdir(parents=True, exist_ok=True)
         plugins = self.config["plugins"]
         try:
+            self.check_exposure()
+            self.check_drivers()
+            self.data_dir.mkdir(parents=True, exist_ok=True)
             self.sandbox = await self._driver("sandbox", plugins["sandbox"])
             self.placement = await self._driver("placement", plugins["placement"])
             self.partition_policy = await self._driver(

@@ -381,7 +381,8 @@ class PluginHost:
             full = next(iter(entry_points(group=spec.group, name=ep.name)), ep)
             failures.append(f"{describe_entry_point(full)} failed to load: {_error_line(exc)}")
 
-        if not self.use_entry_points:
+        # Checked here, not left to stevedore, which would also log its own warning.
+        if not self.use_entry_points or not entry_points(group=spec.group, name=name):
             raise self._not_found(spec, name)
         try:
             _forget_stevedore_cache(spec.group)
@@ -390,7 +391,6 @@ class PluginHost:
                 name=name,
                 invoke_on_load=False,
                 on_load_failure_callback=on_failure,
-                **_QUIET_ON_MISSING,
             )
         except NoMatches:
             if failures:

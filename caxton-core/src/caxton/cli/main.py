@@ -163,14 +163,18 @@ def config_show(ctx: click.Context, config_path: str | None, as_json: bool, sour
 @click.pass_context
 def config_validate(ctx: click.Context, file: str) -> None:
     """Check FILE: exit 0 when valid, one line naming the problem otherwise."""
-    from caxton.node import build_host_and_config
+    from caxton.node import Node, build_host_and_config
 
     host, config = build_host_and_config(file, host=_shared_host(ctx))
-    # Validate the sections of the drivers it selects, as a node start would.
-    for kind in ("sandbox", "membership", "placement", "partition_policy"):
-        cls = host.driver_class(kind, config["plugins"][kind])
-        if cls.config_section is not None:
-            config.add_section(cls.config_section)
+    # Check the drivers a node would use, and their config sections, as a start would.
+    node = Node(config, host)
+    node.check_drivers()
+    for kind in node.used_driver_kinds():
+        selected = config["plugins"][kind]
+        for name in [selected] if isinstance(selected, str) else selected:
+            section = host.driver_class(kind, name).config_section
+            if section is not None:
+                config.add_section(section)
     click.echo(f"{file}: valid")
 
 
