@@ -284,19 +284,35 @@ def wait_for_health(process: subprocess.Popen[bytes], url: str, timeout: float =
             time.sleep(0.25)
 
 
+def plugin_options(args: Sequence[str]) -> list[str]:
+    """The ``--plugin SPEC`` options among ``args``, for ``caxton plugins``."""
+    options: list[str] = []
+    for index, arg in enumerate(args):
+        if arg == "--plugin" and index + 1 < len(args):
+            options += [arg, args[index + 1]]
+        elif arg.startswith("--plugin="):
+            options.append(arg)
+    return options
+
+
 @nox.session(python="3.11", default=False)
 def demo(session: nox.Session) -> None:
     """Install everything, start a node, show its health and plugins; serve until Ctrl-C.
 
     ``nox -s demo -- --once`` (and any run with CI=true) stops after the health check.
-    Other arguments go to ``caxton server start`` (``nox -s demo -- --plugin transport=quic``).
+    Other arguments go to ``caxton server start`` (``nox -s demo -- --api-addr 127.0.0.1:8081
+    --plugin placement=zone-aware``).
     """
     once = IN_CI or "--once" in session.posargs
     extra = [arg for arg in session.posargs if arg != "--once"]
-    api_addr = os.environ.get("CAXTON_DEMO_API_ADDR", "127.0.0.1:8080")
+    if "--api-addr" in extra[:-1]:
+        api_addr = extra.pop(extra.index("--api-addr") + 1)
+        extra.remove("--api-addr")
+    else:
+        api_addr = "127.0.0.1:8080"
     install_all(session)
     session.install(f"./{EXAMPLE_PLUGIN}")
-    plugin_args = [arg for arg in extra if arg.startswith("--plugin")]
+    plugin_args = plugin_options(extra)
     with tempfile.TemporaryDirectory(prefix="caxton-demo-") as data_dir:
         args = ["--api-addr", api_addr, "--data-dir", data_dir, *extra]
         with background_node(session, *args) as process:
