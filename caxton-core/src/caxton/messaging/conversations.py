@@ -1,0 +1,177 @@
+"""Conversations: the messages that share a ``conversation_id``.
+
+The router records each conversation's participants, protocol, state and timestamps,
+checks protocol conversations against their :mod:`~caxton.messaging.protocols` state
+machine, and forgets a conversation once it has been idle for its time to live.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from caxton.messaging.message import Message
+from caxton.messaging.protocols import PROTOCOLS, START, InteractionProtocol
+
+__all__ = ["Conversation", "ConversationTable"]
+
+
+@dataclass(slots=True)
+class Conversation:
+    """What the router knows about one conversation (times are Unix seconds).
+
+    ``state`` is ``active`` for a conversation without a known protocol; for
+    ``fipa-request``/``fipa-query`` it is the participant's protocol state
+    (``requested``, ``agreed``, ``done``...); for ``fipa-contract-net`` it is ``active``
+    until every participant's exchange is finished, then ``completed``. ``roles`` has
+    each participant's protocol state.
+    """
+
+    conversation_id: str
+    protocol: str | None
+    initiator: str
+    started_at: float
+    updated_at: float
+    ttl: float
+    state: str = "active"
+    message_count: int = 0
+    participants: set[str] = field(default_factory=set)
+    roles: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def expires_at(self) -> float:
+        return self.updated_at + self.ttl
+
+    @property
+    def finished(self) -> bool:
+        spec = PROTOCOLS.get(self.protocol or "")
+        return (
+            spec is not None
+            and bool(self.roles)
+            and all(state in spec.terminal for state in self.roles.values())
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "conversation_id": self.conversation_id,
+            "protocol": self.protocol,
+            "initiator": self.initiator,
+            "participants": sorted(self.participants),
+            "state": self.state,
+            "roles": dict(self.roles),
+            "message_count": self.message_count,
+            "started_at": self.started_at,
+            "updated_at": self.updated_at,
+            "expires_at": self.expires_at,
+        }
+
+
+class ConversationTable:
+    """Conversations by id, bounded by ``limit`` (the oldest is forgotten first)."""
+
+    __slots__ = ("_items", "limit", "ttl")
+
+    def __init__(self, *, ttl: float, limit: int = 100_000) -> None:
+        self.ttl = ttl
+        self.limit = limit
+        self._items: dict[str, Conversation] = {}
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, conversation_id: str) -> Conversation | None:
+        return self._items.get(conversation_id)
+
+    def values(self) -> list[Conversation]:
+        return list(self._items.values())
+
+    def observe(self, message: Message, now: float) -> str | None:
+        """Record ``message``; return why it is out of protocol (recording nothing), or None."""
+        conversation_id = message.conversation_id
+        assert conversation_id is not None
+        conversation = self._items.get(conversation_id)
+        if conversation is None:
+            spec = PROTOCOLS.get(message.protocol) if message.protocol else None
+            target: str | None = None
+            if spec is not None:
+                target = spec.next_state(START, message.performative, True)
+                if target is None:
+                    return (
+                        f"{message.performative.value} cannot start a {spec.name} "
+                        f"conversation; it starts with "
+                        f"{' or '.join(spec.allowed(START, True))}"
+                    )
+            conversation = Conversation(
+                conversation_id, message.protocol, message.sender, now, now, self.ttl
+            )
+            if spec is not None and target is not None:
+                conversation.roles[message.receiver] = target
+                conversation.state = _summary(spec, conversation)
+            if len(self._items) >= self.limit:
+                del self._items[next(iter(self._items))]
+            self._items[conversation_id] = conversation
+        else:
+            spec = PROTOCOLS.get(conversation.protocol) if conversation.protocol else None
+            if spec is not None:
+                problem = _advance(spec, conversation, message)
+                if problem is not None:
+                    return problem
+            conversation.updated_at = now
+        conversation.message_count += 1
+        participants = conversation.participants
+        participants.add(message.sender)
+        participants.add(message.receiver)
+        return None
+
+    def expire(self, now: float) -> list[Conversation]:
+        """Forget conversations idle for longer than their ttl; return them."""
+        gone = [c for c in self._items.values() if c.updated_at + c.ttl <= now]
+        for conversation in gone:
+            del self._items[conversation.conversation_id]
+        return gone
+
+    def clear(self) -> None:
+        self._items.clear()
+
+
+def _advance(spec: InteractionProtocol, conversation: Conversation, message: Message) -> str | None:
+    if message.protocol is not None and message.protocol != spec.name:
+        return (
+            f"conversation {conversation.conversation_id} follows {spec.name}, "
+            f"not {message.protocol}"
+        )
+    initiator = conversation.initiator
+    if message.sender == initiator:
+        participant, from_initiator = message.receiver, True
+    elif message.receiver == initiator:
+        participant, from_initiator = message.sender, False
+    else:
+        return (
+            f"{message.sender} -> {message.receiver} is not between the initiator "
+            f"{initiator} and a participant of conversation {conversation.conversation_id}"
+        )
+    state = conversation.roles.get(participant)
+    if state is None:
+        if not spec.multi_party:
+            return f"{spec.name} conversation {conversation.conversation_id} has one participant"
+        state = START
+    target = spec.next_state(state, message.performative, from_initiator)
+    if target is None:
+        side = "initiator" if from_initiator else "participant"
+        allowed = spec.allowed(state, from_initiator)
+        expected = f"the {side} may send {', '.join(allowed)}" if allowed else "it is over"
+        return (
+            f"{message.performative.value} from {message.sender} is out of protocol: "
+            f"{spec.name} exchange with {participant} is {state}; {expected}"
+        )
+    conversation.roles[participant] = target
+    conversation.state = _summary(spec, conversation)
+    return None
+
+
+def _summary(spec: InteractionProtocol, conversation: Conversation) -> str:
+    if not spec.multi_party:
+        return next(iter(conversation.roles.values()))
+    if all(state in spec.terminal for state in conversation.roles.values()):
+        return "completed"
+    return "active"

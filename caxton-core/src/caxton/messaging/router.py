@@ -1,0 +1,1551 @@
+"""The in-process router of one node: delivery by agent name.
+
+Each registered name (an agent, or an external client waiting for replies) has a
+mailbox: four FIFO queues, one per :class:`~caxton.messaging.Priority`, bounded together
+by ``queue_size``. Delivery calls the name's ``deliver`` callback with the message.
+
+How a message reaches ``deliver`` (the hot path is a synchronous callback that runs a
+wasm call of ~15 µs, so the router avoids a task or a loop hop per message):
+
+* **Direct**: when the mailbox is empty, nothing is being delivered to it and the router
+  is not inside another delivery, ``send`` calls ``deliver`` right away.
+* **Pump**: otherwise the message is queued and the mailbox is scheduled on one
+  ready-list per priority. A single ``call_soon`` callback (the pump) drains ready
+  mailboxes, ``batch_size`` messages per turn, highest priority first, and reschedules
+  itself after ``pump_budget`` messages so the event loop keeps breathing.
+* **Async**: a coroutine ``deliver`` gets one drain task per mailbox with pending
+  messages (never one per message).
+
+A ``deliver`` that sends (an agent's host call) only queues: deliveries never nest, so
+a chain of agents sending to each other cannot recurse, and per-conversation FIFO holds.
+Within a mailbox a higher priority overtakes, except that a message never overtakes an
+earlier queued message of its own conversation (it queues behind it at that priority).
+
+Delivery guarantees: *at-most-once* by default (queues live in memory). With
+``guarantee="at-least-once"`` and a :class:`DurableOutbox`, ``send`` returns once the
+message is persisted, deliveries are acknowledged after ``deliver`` returns, a message
+id already seen is dropped, and :meth:`Router.start` replays what was never acknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Protocol
+
+from caxton.errors import (
+    AgentNotFound,
+    CaxtonError,
+    ConfigError,
+    Conflict,
+    MessageTooLarge,
+    ProtocolViolation,
+    QueueFull,
+    RequestTimeout,
+    ValidationError,
+)
+from caxton.messaging.conversations import Conversation, ConversationTable
+from caxton.messaging.message import MAX_FIELD_LENGTH, Message, new_message_id
+from caxton.messaging.performatives import Performative, Priority
+
+__all__ = [
+    "GUARANTEES",
+    "ContractNetResult",
+    "DeadLetter",
+    "Deliver",
+    "DurableOutbox",
+    "Observer",
+    "RemoteRoute",
+    "Resolver",
+    "Router",
+]
+
+log = logging.getLogger("caxton.messaging")
+
+Deliver = Callable[[Message], Awaitable[None] | None]
+Observer = Callable[[Message, str], None]
+
+GUARANTEES = ("at-most-once", "at-least-once")
+
+_UNSCHEDULED = 4  # Mailbox.sched when the mailbox is on no ready-list
+_PRIORITY_NAMES = tuple(p.name.lower() for p in Priority)
+_REQUEST_PROTOCOLS = ("fipa-request", "fipa-query")
+
+
+class DurableOutbox(Protocol):
+    """Where at-least-once messages are kept until delivered (the node's SQLite store)."""
+
+    async def persist(self, messages: Sequence[Message]) -> None:
+        """Make ``messages`` durable; return only once they would survive a crash."""
+
+    async def acknowledge(self, message_ids: Sequence[str]) -> None:
+        """Mark messages delivered (or dead-lettered): they are not replayed again."""
+
+    async def pending(self) -> list[Message]:
+        """Persisted, unacknowledged messages, oldest first (replayed on start)."""
+        ...
+
+    def seen(self, message_id: str) -> bool:
+        """Whether ``message_id`` was persisted before (a duplicate); served from memory."""
+        ...
+
+
+class RemoteRoute(Protocol):
+    """How to reach an agent on another node (provided by the cluster layer)."""
+
+    async def forward(self, message: Message) -> None:
+        """Hand ``message`` to the node hosting its receiver."""
+
+
+Resolver = Callable[[str], Awaitable[RemoteRoute | None]]
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A message the router gave up on, with why and when (Unix seconds)."""
+
+    message: Message
+    reason: str
+    at: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"reason": self.reason, "at": self.at, "message": self.message.to_dict()}
+
+
+@dataclass(slots=True)
+class ContractNetResult:
+    """The outcome of :meth:`Router.contract_net`.
+
+    ``proposals`` and ``refusals`` are keyed by participant in arrival order (a
+    ``not-understood`` or ``failure`` answer to the cfp counts as a refusal);
+    ``no_answer`` lists participants silent until the deadline. ``result`` is the
+    winner's ``inform`` or ``failure``, or None when there was no winner or it did not
+    report before ``result_timeout``.
+    """
+
+    conversation_id: str
+    winner: str | None
+    proposals: dict[str, Message]
+    refusals: dict[str, Message]
+    no_answer: tuple[str, ...]
+    result: Message | None
+
+    @property
+    def succeeded(self) -> bool:
+        return self.result is not None and self.result.performative is Performative.INFORM
+
+
+class _Mailbox:
+    """One registered name's queues and delivery state."""
+
+    __slots__ = (
+        "busy",
+        "closed",
+        "conversations",
+        "count",
+        "deliver",
+        "delivered",
+        "direct",
+        "held",
+        "is_async",
+        "name",
+        "queues",
+        "sched",
+    )
+
+    def __init__(self, name: str, deliver: Deliver, direct: bool) -> None:
+        self.name = name
+        self.queues: tuple[deque[tuple[float, Message]], ...] = (
+            deque(), deque(), deque(), deque()
+        )  # fmt: skip
+        #: Queued messages per conversation: [count, priority queue of the newest].
+        self.conversations: dict[str, list[int]] = {}
+        self.count = 0
+        self.delivered = 0
+        self.held = False
+        self.busy = False  # a task is delivering to this mailbox
+        self.closed = False
+        self.sched = _UNSCHEDULED
+        self.deliver = deliver
+        self.is_async = _is_async(deliver)
+        self.direct = direct and not self.is_async
+
+    def push(self, message: Message, expires: float) -> int:
+        """Queue ``message``; return the priority queue it went to."""
+        priority = int(message.priority)
+        conversation_id = message.conversation_id
+        if conversation_id is not None:
+            entry = self.conversations.get(conversation_id)
+            if entry is None:
+                self.conversations[conversation_id] = [1, priority]
+            else:
+                # Never overtake an earlier message of the same conversation.
+                entry[0] += 1
+                if priority < entry[1]:
+                    priority = entry[1]
+                else:
+                    entry[1] = priority
+        self.queues[priority].append((expires, message))
+        self.count += 1
+        return priority
+
+    def pop(self) -> tuple[float, Message]:
+        """The next message by priority (the caller checked ``count``)."""
+        queues = self.queues
+        entry = (queues[0] or queues[1] or queues[2] or queues[3]).popleft()
+        self.count -= 1
+        conversation_id = entry[1].conversation_id
+        if conversation_id is not None:
+            self._forget(conversation_id)
+        return entry
+
+    def pop_from(self, priority: int) -> tuple[float, Message]:
+        entry = self.queues[priority].popleft()
+        self.count -= 1
+        conversation_id = entry[1].conversation_id
+        if conversation_id is not None:
+            self._forget(conversation_id)
+        return entry
+
+    def _forget(self, conversation_id: str) -> None:
+        entry = self.conversations.get(conversation_id)
+        if entry is not None:
+            entry[0] -= 1
+            if entry[0] <= 0:
+                del self.conversations[conversation_id]
+
+    def top(self) -> int:
+        for priority, queue in enumerate(self.queues):
+            if queue:
+                return priority
+        return _UNSCHEDULED
+
+    def clear(self) -> list[Message]:
+        messages = [m for queue in self.queues for _, m in queue]
+        for queue in self.queues:
+            queue.clear()
+        self.conversations.clear()
+        self.count = 0
+        return messages
+
+
+class _Outgoing:
+    """Messages for one remote name, forwarded in order by one task."""
+
+    __slots__ = ("inflight", "name", "queue", "task")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.queue: deque[tuple[Message, RemoteRoute | None]] = deque()
+        self.task: asyncio.Task[None] | None = None
+        self.inflight = 0
+
+
+@dataclass(slots=True)
+class _Watch:
+    """A message with ``reply_by`` waiting for its reply."""
+
+    initiator: str
+    token: str
+    responder: str
+    conversation_id: str | None
+    protocol: str | None
+    reply_by: float
+    priority: Priority
+    handle: asyncio.TimerHandle
+
+
+Target = _Mailbox | RemoteRoute | None
+ReplyHandler = Callable[[Message], None]
+
+
+class _ClientEndpoint:
+    """A temporary name for an external client waiting on replies."""
+
+    __slots__ = ("by_conversation", "by_token", "name", "router")
+
+    def __init__(self, router: Router, name: str) -> None:
+        self.router = router
+        self.name = name
+        self.by_token: dict[str, ReplyHandler] = {}
+        self.by_conversation: dict[str, ReplyHandler] = {}
+
+    def __call__(self, message: Message) -> None:
+        handler = None
+        if message.in_reply_to is not None:
+            handler = self.by_token.get(message.in_reply_to)
+        if handler is None and message.conversation_id is not None:
+            handler = self.by_conversation.get(message.conversation_id)
+        if handler is None:
+            self.router._dead_letter(
+                message, f"undeliverable: {self.name} is no longer waiting for a reply"
+            )
+        else:
+            handler(message)
+
+    @property
+    def idle(self) -> bool:
+        return not self.by_token and not self.by_conversation
+
+
+class Router:
+    """Routes FIPA messages between the names registered on one node.
+
+    ``queue_size`` bounds each mailbox; ``message_ttl`` (seconds, 0 for none) is how
+    long a message may wait in a queue; ``max_message_bytes`` caps a message's JSON size;
+    ``dead_letter_limit`` bounds the in-memory dead-letter queue (``dead_letter_sink``
+    also receives each one, e.g. to persist it); ``observer`` sees each message as
+    ``sent``, ``delivered``, ``dead-lettered`` or ``expired``. ``direct_delivery=False``
+    always queues (the caller of ``send`` then never runs agent code). ``clock`` is the
+    monotonic clock of TTLs and ``wall_clock`` the Unix clock of ``reply_by`` and
+    conversations (both replaceable in tests).
+    """
+
+    def __init__(
+        self,
+        *,
+        node_id: str,
+        queue_size: int = 10_000,
+        message_ttl: float | None = 60.0,
+        max_message_bytes: int = 1 << 20,
+        dead_letter_limit: int = 10_000,
+        guarantee: str = "at-most-once",
+        outbox: DurableOutbox | None = None,
+        observer: Observer | None = None,
+        conversation_ttl: float = 3600.0,
+        max_conversations: int = 100_000,
+        cleanup_interval: float = 10.0,
+        batch_size: int = 64,
+        pump_budget: int = 1024,
+        direct_delivery: bool = True,
+        dead_letter_sink: Callable[[DeadLetter], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        if guarantee not in GUARANTEES:
+            raise ConfigError(
+                f"messaging.delivery_guarantee: expected one of {', '.join(GUARANTEES)}, "
+                f"got {guarantee!r}"
+            )
+        if guarantee == "at-least-once" and outbox is None:
+            raise ConfigError(
+                "messaging.delivery_guarantee = 'at-least-once' needs a durable outbox "
+                "(the node's state store); none was given"
+            )
+        for key, value in (
+            ("queue_size", queue_size),
+            ("batch_size", batch_size),
+            ("pump_budget", pump_budget),
+            ("max_message_size", max_message_bytes),
+        ):
+            if value < 1:
+                raise ConfigError(f"messaging.{key}: must be at least 1, got {value!r}")
+        self.node_id = node_id
+        self.queue_size = queue_size
+        self.message_ttl = message_ttl if message_ttl and message_ttl > 0 else math.inf
+        self.max_message_bytes = max_message_bytes
+        self.guarantee = guarantee
+        self.outbox = outbox
+        self.observer = observer
+        self.dead_letter_sink = dead_letter_sink
+        self.cleanup_interval = cleanup_interval
+        self.batch_size = batch_size
+        self.pump_budget = pump_budget
+        self.direct_delivery = direct_delivery
+        #: Set by the cluster layer: finds the route to a name not registered here.
+        self.resolver: Resolver | None = None
+        self.clock = clock
+        self.wall_clock = wall_clock
+
+        self._durable = guarantee == "at-least-once"
+        self._boxes: dict[str, _Mailbox] = {}
+        self._ready: tuple[deque[_Mailbox], ...] = (deque(), deque(), deque(), deque())
+        self._pump_scheduled = False
+        self._delivering = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._conversations = ConversationTable(ttl=conversation_ttl, limit=max_conversations)
+        self._dead: deque[DeadLetter] = deque(maxlen=dead_letter_limit)
+        self._watches: dict[tuple[str, str, str], _Watch] = {}
+        self._watches_by_conversation: dict[tuple[str, str, str], tuple[str, str, str]] = {}
+        self._timed_out: dict[tuple[str, str, str], None] = {}
+        self._notices: dict[str, None] = {}  # ids of recent not-understood notices
+        self._outgoing: dict[str, _Outgoing] = {}
+        self._staged: list[tuple[Message, Target, asyncio.Future[None] | None]] = []
+        self._persist_task: asyncio.Task[None] | None = None
+        self._acks: list[str] = []
+        self._ack_task: asyncio.Task[None] | None = None
+        self._parked: dict[str, list[tuple[float, Message]]] = {}
+        self._endpoints: dict[str, _ClientEndpoint] = {}
+        self._waiters: set[asyncio.Future[Any]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._sweeper: asyncio.Task[None] | None = None
+        self._closed = False
+        self._counts = dict.fromkeys(
+            ("sent", "delivered", "forwarded", "dead_lettered", "expired", "duplicates",
+             "delivery_errors", "not_understood", "timeouts", "late_replies"),
+            0,
+        )  # fmt: skip
+
+    def __repr__(self) -> str:
+        return f"<Router {self.node_id} agents={len(self._boxes)} guarantee={self.guarantee}>"
+
+    # -- registration ---------------------------------------------------------------
+
+    def register(self, name: str, deliver: Deliver, *, replace: bool = False) -> None:
+        """Make ``name`` addressable; ``deliver`` is called with each message for it.
+
+        ``replace=True`` swaps the callback of a registered name, keeping its queue
+        (a hot swap); otherwise a second registration is a :class:`Conflict`.
+        """
+        _check_name(name)
+        box = self._boxes.get(name)
+        if box is not None:
+            if not replace:
+                raise Conflict(f"Agent already registered: {name}")
+            box.deliver = deliver
+            box.is_async = _is_async(deliver)
+            box.direct = self.direct_delivery and not box.is_async
+            return
+        box = _Mailbox(name, deliver, self.direct_delivery)
+        self._boxes[name] = box
+        parked = self._parked.pop(name, None)
+        if parked:
+            for expires, message in parked:
+                box.push(message, expires)
+            self._wake(box)
+
+    def unregister(self, name: str) -> None:
+        """Forget ``name``; its queued messages are dead-lettered (``receiver removed``)."""
+        box = self._boxes.pop(name, None)
+        if box is None:
+            raise AgentNotFound(name)
+        box.closed = True
+        self._endpoints.pop(name, None)
+        for message in box.clear():
+            self._dead_letter(message, f"receiver removed: {name} was unregistered")
+
+    def is_registered(self, name: str) -> bool:
+        return name in self._boxes
+
+    def names(self) -> list[str]:
+        """The registered names."""
+        return list(self._boxes)
+
+    def hold(self, name: str) -> None:
+        """Stop delivering to ``name``; messages keep queueing (bounded) until release."""
+        self._box(name).held = True
+
+    def release(self, name: str) -> None:
+        """Resume delivery to a held name, starting with what queued meanwhile."""
+        box = self._box(name)
+        box.held = False
+        self._wake(box)
+
+    def _box(self, name: str) -> _Mailbox:
+        box = self._boxes.get(name)
+        if box is None:
+            raise AgentNotFound(name)
+        return box
+
+    # -- sending --------------------------------------------------------------------
+
+    async def send(self, message: Message) -> None:
+        """Validate and route ``message`` (copies to each of ``receivers``).
+
+        Returns once it is queued (at-least-once: persisted); it never waits for the
+        receiver to process it. Raises :class:`ValidationError` (bad message,
+        :class:`MessageTooLarge`), :class:`AgentNotFound`, :class:`QueueFull`, and
+        :class:`ProtocolViolation` when an out-of-protocol message comes from a sender
+        that is not registered here (a registered one gets ``not-understood`` instead).
+        """
+        routes: dict[str, RemoteRoute] | None = None
+        resolver = self.resolver
+        if resolver is not None:
+            for name in message.receivers or (message.receiver,):
+                if name and name not in self._boxes:
+                    route = await _resolve(resolver, name)
+                    if route is None:
+                        raise AgentNotFound(name)
+                    if routes is None:
+                        routes = {}
+                    routes[name] = route
+        waiter = self._submit(message, routes, wait=self._durable)
+        if waiter is not None:
+            await waiter
+
+    def send_nowait(self, message: Message) -> None:
+        """:meth:`send` without waiting: for host functions called inside a wasm call.
+
+        A receiver not registered here is forwarded through the resolver when one is
+        set (an unknown name is then dead-lettered later), else :class:`AgentNotFound`.
+        At-least-once messages are persisted in the background before delivery.
+        """
+        self._submit(message, None, wait=False)
+
+    def _submit(
+        self, message: Message, routes: Mapping[str, RemoteRoute] | None, *, wait: bool
+    ) -> asyncio.Future[None] | None:
+        if self._closed:
+            raise CaxtonError(f"Router of node {self.node_id} is closed")
+        if message.protocol is not None and message.conversation_id is None:
+            message.conversation_id = message.message_id
+        receivers = message.receivers
+        if len(receivers) > 1:
+            return self._submit_many(message, receivers, routes, wait)
+        if receivers and message.receiver != receivers[0]:
+            message.receiver = receivers[0]
+        self._validate(message)
+        target = self._target(message.receiver, routes)
+        waiter = self._waiter() if wait else None
+        problem = self._accept(message, target, waiter)
+        if problem is not None:
+            raise ProtocolViolation(f"Out-of-protocol message: {problem}")
+        return waiter
+
+    def _submit_many(
+        self,
+        message: Message,
+        receivers: tuple[str, ...],
+        routes: Mapping[str, RemoteRoute] | None,
+        wait: bool,
+    ) -> asyncio.Future[None] | None:
+        if len(set(receivers)) != len(receivers):
+            raise ValidationError(f"Invalid message: receivers repeat a name: {list(receivers)}")
+        for receiver in receivers:
+            self._validate(message.copy(receiver=receiver, receivers=()))
+        targets = [self._target(receiver, routes) for receiver in receivers]
+        copies = [
+            message.copy(receiver=receiver, receivers=(), message_id=f"{message.message_id}.{i}")
+            for i, receiver in enumerate(receivers)
+        ]
+        waiters: list[asyncio.Future[None]] = []
+        problems = []
+        for copy, target in zip(copies, targets, strict=True):
+            waiter = self._waiter() if wait else None
+            problem = self._accept(copy, target, waiter)
+            if problem is not None:
+                problems.append(f"to {copy.receiver}: {problem}")
+            elif waiter is not None:
+                waiters.append(waiter)
+        if problems:
+            raise ProtocolViolation(f"Out-of-protocol message: {'; '.join(problems)}")
+        if not waiters:
+            return None
+        return asyncio.ensure_future(_all_done(waiters))
+
+    def _validate(self, message: Message) -> None:
+        sender = message.sender
+        receiver = message.receiver
+        if not sender:
+            raise ValidationError("Invalid message: the sender is empty")
+        if not receiver:
+            raise ValidationError("Invalid message: the receiver is empty")
+        if sender == receiver:
+            raise ValidationError(
+                f"Invalid message: sender and receiver are both {sender!r}; "
+                f"an agent cannot send a message to itself"
+            )
+        if message.reply_by is not None and message.reply_by <= self.wall_clock():
+            raise ValidationError(
+                f"Invalid message: reply_by {_iso(message.reply_by)} is already past"
+            )
+        size = message.wire_size
+        if size is None:
+            content = message.content
+            kind = type(content)
+            if content is None or kind is int or kind is float or kind is bool:
+                return
+            if kind is str and 6 * len(content) + 4096 <= self.max_message_bytes:
+                return
+            size = len(message.to_json())
+            message.wire_size = size
+        if size > self.max_message_bytes:
+            raise MessageTooLarge(
+                f"Message too large: {size} bytes exceeds the limit of "
+                f"{self.max_message_bytes} bytes",
+                details="raise runtime.max_message_size or send a reference to the data",
+            )
+
+    def _target(self, name: str, routes: Mapping[str, RemoteRoute] | None) -> Target:
+        """Where ``name`` is: a local mailbox, a remote route, or None (resolve later)."""
+        box = self._boxes.get(name)
+        if box is not None:
+            if box.count >= self.queue_size:
+                raise QueueFull(
+                    f"Queue full: agent {name} has {box.count} queued messages",
+                    details="the receiver is slower than its senders; retry later or "
+                    "raise messaging.queue_size",
+                )
+            return box
+        if routes is not None and name in routes:
+            route: RemoteRoute | None = routes[name]
+        elif self.resolver is not None:
+            route = None
+        else:
+            raise AgentNotFound(name)
+        outgoing = self._outgoing.get(name)
+        if outgoing is not None and len(outgoing.queue) >= self.queue_size:
+            raise QueueFull(
+                f"Queue full: agent {name} has {len(outgoing.queue)} queued messages",
+                details="the remote node is not keeping up; retry later",
+            )
+        return route
+
+    def _accept(
+        self, message: Message, target: Target, waiter: asyncio.Future[None] | None
+    ) -> str | None:
+        """Account for a validated message and dispatch it.
+
+        Returns why it is out of protocol when the sender must be told by an exception.
+        """
+        if self._durable and self.outbox is not None and self.outbox.seen(message.message_id):
+            self._counts["duplicates"] += 1
+            if waiter is not None:
+                waiter.set_result(None)
+            return None
+        watch = None
+        if self._watches or self._timed_out:
+            late, watch = self._answered_watch(message)
+            if late:  # dead-lettered
+                if waiter is not None:
+                    waiter.set_result(None)
+                return None
+        if message.conversation_id is not None:
+            problem = self._conversations.observe(message, self.wall_clock())
+            if problem is not None:
+                if waiter is not None:
+                    waiter.set_result(None)
+                return self._not_understood(message, problem)
+        if watch is not None:
+            self._settle(watch)
+        if message.reply_by is not None:
+            self._watch(message)
+        self._counts["sent"] += 1
+        if self.observer is not None:
+            self.observer(message, "sent")
+        if self._durable:
+            self._stage(message, target, waiter)
+        else:
+            self._dispatch(message, target)
+        return None
+
+    def _dispatch(self, message: Message, target: Target) -> None:
+        if type(target) is _Mailbox:
+            if target.closed:
+                replacement = self._boxes.get(message.receiver)
+                if replacement is None:
+                    self._dead_letter(
+                        message, f"receiver removed: {message.receiver} was unregistered"
+                    )
+                    return
+                target = replacement
+            self._to_box(target, message)
+        else:
+            self._to_remote(message, target)  # type: ignore[arg-type]
+
+    def _to_box(self, box: _Mailbox, message: Message) -> None:
+        if box.direct and not box.count and not self._delivering and not box.busy and not box.held:
+            self._deliver_now(box, message)
+            return
+        priority = box.push(message, self.clock() + self.message_ttl)
+        if box.held or box.busy:
+            return
+        if box.is_async:
+            self._start_async(box)
+        elif priority < box.sched:
+            self._schedule(box, priority)
+
+    def _notify(self, message: Message) -> None:
+        """Route a message the router itself wrote (timeouts, not-understood)."""
+        self._counts["sent"] += 1
+        if self.observer is not None:
+            self.observer(message, "sent")
+        box = self._boxes.get(message.receiver)
+        if box is not None:
+            if box.count >= self.queue_size:
+                self._dead_letter(message, f"undeliverable: queue of {box.name} is full")
+            else:
+                self._to_box(box, message)
+        elif self.resolver is not None:
+            self._to_remote(message, None)
+        else:
+            self._dead_letter(message, f"undeliverable: Agent not found: {message.receiver}")
+
+    # -- delivery -------------------------------------------------------------------
+
+    def _deliver_now(self, box: _Mailbox, message: Message) -> None:
+        self._delivering = True
+        try:
+            result = box.deliver(message)
+        except Exception as exc:
+            self._delivery_failed(box, message, exc)
+        else:
+            if result is None:
+                box.delivered += 1
+                self._delivered(message)
+            else:
+                self._await_delivery(box, message, result)
+        finally:
+            self._delivering = False
+
+    def _delivered(self, message: Message) -> None:
+        self._counts["delivered"] += 1
+        if self._durable:
+            self._ack(message.message_id)
+        if self.observer is not None:
+            self.observer(message, "delivered")
+
+    def _schedule(self, box: _Mailbox, priority: int) -> None:
+        box.sched = priority
+        self._ready[priority].append(box)
+        if not self._pump_scheduled:
+            self._pump_scheduled = True
+            self._get_loop().call_soon(self._pump)
+
+    def _next_ready(self) -> _Mailbox | None:
+        for priority, ready in enumerate(self._ready):
+            while ready:
+                box = ready.popleft()
+                if box.sched == priority:  # else a stale entry: rescheduled elsewhere
+                    box.sched = _UNSCHEDULED
+                    return box
+        return None
+
+    def _pump(self) -> None:
+        """Deliver queued messages of ready mailboxes, within ``pump_budget``."""
+        self._pump_scheduled = False
+        budget = self.pump_budget
+        batch = self.batch_size
+        observer = self.observer
+        durable = self._durable
+        clock = self.clock
+        delivered = 0
+        self._delivering = True
+        try:
+            while budget > 0:
+                box = self._next_ready()
+                if box is None:
+                    break
+                if box.held or box.busy or box.closed:
+                    continue  # release, the running task or nothing will wake it
+                now = clock()
+                turn = box.count if box.count < batch else batch
+                budget -= turn or 1
+                deliver = box.deliver
+                for _ in range(turn):
+                    expires, message = box.pop()
+                    if expires < now:
+                        self._expire(message)
+                        continue
+                    try:
+                        result = deliver(message)
+                    except Exception as exc:
+                        self._delivery_failed(box, message, exc)
+                    else:
+                        if result is not None:
+                            self._await_delivery(box, message, result)
+                            break
+                        box.delivered += 1
+                        delivered += 1
+                        if durable:
+                            self._acks.append(message.message_id)
+                        if observer is not None:
+                            observer(message, "delivered")
+                    if box.held or box.closed:
+                        break
+                if box.count and not (box.held or box.busy or box.closed):
+                    priority = box.top()
+                    if priority < box.sched:
+                        self._schedule(box, priority)
+        finally:
+            self._delivering = False
+            self._counts["delivered"] += delivered
+            if durable and self._acks:
+                self._flush_acks()
+        if not self._pump_scheduled and any(self._ready):
+            self._pump_scheduled = True
+            self._get_loop().call_soon(self._pump)
+
+    def _await_delivery(self, box: _Mailbox, message: Message, result: Awaitable[None]) -> None:
+        """A ``deliver`` returned an awaitable: the mailbox waits for it in a task."""
+        box.busy = True
+        self._spawn(self._finish_delivery(box, message, result))
+
+    async def _finish_delivery(
+        self, box: _Mailbox, message: Message, result: Awaitable[None]
+    ) -> None:
+        try:
+            await result
+        except Exception as exc:
+            self._delivery_failed(box, message, exc)
+        else:
+            box.delivered += 1
+            self._delivered(message)
+        finally:
+            box.busy = False
+            self._wake(box)
+
+    def _start_async(self, box: _Mailbox) -> None:
+        box.busy = True
+        self._spawn(self._drain_async(box))
+
+    async def _drain_async(self, box: _Mailbox) -> None:
+        """The delivery loop of a mailbox whose ``deliver`` is a coroutine function."""
+        clock = self.clock
+        try:
+            turn = 0
+            while box.count and not box.held and not box.closed:
+                expires, message = box.pop()
+                if expires < clock():
+                    self._expire(message)
+                    continue
+                try:
+                    self._delivering = True
+                    try:
+                        result = box.deliver(message)
+                    finally:
+                        self._delivering = False
+                    if result is not None:
+                        await result
+                except Exception as exc:
+                    self._delivery_failed(box, message, exc)
+                else:
+                    box.delivered += 1
+                    self._delivered(message)
+                turn += 1
+                if turn % self.batch_size == 0:
+                    await asyncio.sleep(0)
+        finally:
+            box.busy = False
+
+    def _wake(self, box: _Mailbox) -> None:
+        if not box.count or box.held or box.busy or box.closed:
+            return
+        if box.is_async:
+            self._start_async(box)
+        else:
+            priority = box.top()
+            if priority < box.sched:
+                self._schedule(box, priority)
+
+    def _delivery_failed(self, box: _Mailbox, message: Message, exc: Exception) -> None:
+        self._counts["delivery_errors"] += 1
+        log.warning(
+            "delivery of %s %s to %s failed",
+            message.performative.value,
+            message.message_id,
+            box.name,
+            exc_info=exc,
+        )
+        detail = str(exc) if isinstance(exc, CaxtonError) else f"{type(exc).__name__}: {exc}"
+        self._dead_letter(message, f"delivery error: {detail}")
+
+    # -- remote names ---------------------------------------------------------------
+
+    def _to_remote(self, message: Message, route: RemoteRoute | None) -> None:
+        name = message.receiver
+        outgoing = self._outgoing.get(name)
+        if outgoing is None:
+            outgoing = self._outgoing[name] = _Outgoing(name)
+        outgoing.queue.append((message, route))
+        if outgoing.task is None:
+            outgoing.task = self._spawn(self._forward_loop(outgoing))
+
+    async def _forward_loop(self, outgoing: _Outgoing) -> None:
+        route: RemoteRoute | None = None
+        try:
+            while outgoing.queue:
+                message, given = outgoing.queue.popleft()
+                outgoing.inflight = 1
+                try:
+                    if given is not None:
+                        route = given
+                    elif route is None and self.resolver is not None:
+                        route = await _resolve(self.resolver, outgoing.name)
+                    if route is None:
+                        self._dead_letter(
+                            message, f"undeliverable: Agent not found: {outgoing.name}"
+                        )
+                        continue
+                    await route.forward(message)
+                except Exception as exc:
+                    self._dead_letter(
+                        message, f"delivery error: forwarding to {outgoing.name} failed: {exc}"
+                    )
+                    route = None
+                else:
+                    self._counts["forwarded"] += 1
+                    if self._durable:
+                        self._ack(message.message_id)
+                finally:
+                    outgoing.inflight = 0
+        finally:
+            outgoing.task = None
+            if not outgoing.queue and self._outgoing.get(outgoing.name) is outgoing:
+                del self._outgoing[outgoing.name]
+
+    # -- durability -----------------------------------------------------------------
+
+    def _stage(self, message: Message, target: Target, waiter: asyncio.Future[None] | None) -> None:
+        self._staged.append((message, target, waiter))
+        if self._persist_task is None:
+            self._persist_task = self._spawn(self._persist_loop())
+
+    async def _persist_loop(self) -> None:
+        """Group-commit staged messages, then route them (in order)."""
+        assert self.outbox is not None
+        try:
+            while self._staged:
+                batch, self._staged = self._staged, []
+                try:
+                    await self.outbox.persist([message for message, _, _ in batch])
+                except Exception as exc:
+                    log.error("could not persist %d messages: %s", len(batch), exc)
+                    for message, _, waiter in batch:
+                        error = CaxtonError(f"Message not persisted, not sent: {exc}")
+                        if waiter is not None:
+                            if not waiter.done():
+                                waiter.set_exception(error)
+                        else:
+                            self._dead_letter(message, f"not persisted: {exc}")
+                    continue
+                for message, target, waiter in batch:
+                    if waiter is not None and not waiter.done():
+                        waiter.set_result(None)
+                    self._dispatch(message, target)
+        finally:
+            self._persist_task = None
+
+    def _ack(self, message_id: str) -> None:
+        self._acks.append(message_id)
+        self._flush_acks()
+
+    def _flush_acks(self) -> None:
+        if self._ack_task is None and not self._closed:
+            self._ack_task = self._spawn(self._ack_loop())
+
+    async def _ack_loop(self) -> None:
+        assert self.outbox is not None
+        try:
+            while self._acks:
+                batch, self._acks = self._acks, []
+                try:
+                    await self.outbox.acknowledge(batch)
+                except Exception:
+                    log.exception("could not acknowledge %d delivered messages", len(batch))
+        finally:
+            self._ack_task = None
+
+    def _replay(self, message: Message) -> None:
+        """Route a message persisted before a restart (not validated or counted again)."""
+        box = self._boxes.get(message.receiver)
+        if box is not None:
+            self._to_box(box, message)
+        else:  # its agent may register in a moment: wait up to the message TTL
+            expires = self.clock() + (self.message_ttl if self.message_ttl < math.inf else 60.0)
+            self._parked.setdefault(message.receiver, []).append((expires, message))
+
+    # -- reply deadlines --------------------------------------------------------------
+
+    def _watch(self, message: Message) -> None:
+        assert message.reply_by is not None
+        key = (message.sender, message.reply_token, message.receiver)
+        delay = max(message.reply_by - self.wall_clock(), 0.0)
+        handle = self._get_loop().call_later(delay, self._reply_timed_out, key)
+        previous = self._watches.get(key)
+        if previous is not None:
+            previous.handle.cancel()
+        self._watches[key] = _Watch(
+            message.sender, key[1], message.receiver, message.conversation_id,
+            message.protocol, message.reply_by, message.priority, handle,
+        )  # fmt: skip
+        if message.conversation_id is not None:
+            self._watches_by_conversation[
+                (message.sender, message.conversation_id, message.receiver)
+            ] = key
+
+    def _answered_watch(self, message: Message) -> tuple[bool, _Watch | None]:
+        """Whether ``message`` is a late reply, and the reply_by watch it answers.
+
+        A late reply is dead-lettered here and its initiator told of the timeout; a
+        timely one settles its watch once it passed protocol validation (:meth:`_settle`).
+        """
+        token = message.in_reply_to
+        if token is not None:
+            key = (message.receiver, token, message.sender)
+        elif message.conversation_id is not None:
+            by_conversation = (message.receiver, message.conversation_id, message.sender)
+            found = self._watches_by_conversation.get(by_conversation)
+            key = found if found is not None else by_conversation
+        else:
+            return False, None
+        watch = self._watches.get(key)
+        if watch is None:
+            if key in self._timed_out:
+                self._late(message)
+                return True, None
+            return False, None
+        if self.wall_clock() > watch.reply_by:  # before its timer fired
+            self._settle(watch)
+            self._time_out(watch)
+            self._late(message)
+            return True, None
+        return False, watch
+
+    def _settle(self, watch: _Watch) -> None:
+        watch.handle.cancel()
+        self._watches.pop((watch.initiator, watch.token, watch.responder), None)
+        self._unwatch_conversation(watch)
+
+    def _late(self, message: Message) -> None:
+        self._counts["late_replies"] += 1
+        self._dead_letter(
+            message,
+            f"late reply: {message.receiver} had asked for a reply by its reply_by deadline "
+            f"and was sent a timeout failure instead",
+        )
+
+    def _unwatch_conversation(self, watch: _Watch) -> None:
+        if watch.conversation_id is not None:
+            self._watches_by_conversation.pop(
+                (watch.initiator, watch.conversation_id, watch.responder), None
+            )
+
+    def _reply_timed_out(self, key: tuple[str, str, str]) -> None:
+        watch = self._watches.pop(key, None)
+        if watch is not None:
+            self._unwatch_conversation(watch)
+            self._time_out(watch)
+
+    def _time_out(self, watch: _Watch) -> None:
+        """Tell the initiator its reply_by passed without a reply."""
+        self._counts["timeouts"] += 1
+        remember = self._timed_out
+        remember[(watch.initiator, watch.token, watch.responder)] = None
+        if watch.conversation_id is not None:
+            remember[(watch.initiator, watch.conversation_id, watch.responder)] = None
+        while len(remember) > 10_000:
+            del remember[next(iter(remember))]
+        self._notify(Message(
+            Performative.FAILURE,
+            sender=watch.responder,
+            receiver=watch.initiator,
+            content={
+                "reason": "timeout",
+                "error": f"No reply from {watch.responder} by reply_by "
+                         f"{_iso(watch.reply_by)}",
+            },
+            protocol=watch.protocol,
+            conversation_id=watch.conversation_id,
+            in_reply_to=watch.token,
+            priority=watch.priority,
+        ))  # fmt: skip
+
+    # -- protocols ------------------------------------------------------------------
+
+    def _not_understood(self, message: Message, problem: str) -> str | None:
+        """Answer an out-of-protocol message; return ``problem`` if the sender is not here."""
+        self._counts["not_understood"] += 1
+        if message.sender not in self._boxes:
+            return problem
+        if message.in_reply_to is not None and message.in_reply_to in self._notices:
+            # An answer to the router's own not-understood, out of protocol too:
+            # answering it again would loop between the router and the agent forever.
+            self._dead_letter(message, f"out of protocol: {problem}")
+            return None
+        notice = Message(
+            Performative.NOT_UNDERSTOOD,
+            sender=message.receiver,
+            receiver=message.sender,
+            content={
+                "reason": "out-of-protocol",
+                "error": problem,
+                "message_id": message.message_id,
+            },
+            protocol=message.protocol,
+            conversation_id=message.conversation_id,
+            in_reply_to=message.reply_token,
+            priority=message.priority,
+        )
+        notices = self._notices
+        notices[notice.message_id] = None
+        if len(notices) > 10_000:
+            del notices[next(iter(notices))]
+        self._notify(notice)
+        return None
+
+    def conversation(self, conversation_id: str) -> Conversation | None:
+        """What is known of a conversation, or None (never seen, or expired)."""
+        return self._conversations.get(conversation_id)
+
+    def conversations(self) -> list[Conversation]:
+        return self._conversations.values()
+
+    # -- external clients -------------------------------------------------------------
+
+    async def request(self, message: Message, timeout: float) -> Message:
+        """Send on behalf of an external client and wait for the reply.
+
+        The sender name gets a temporary endpoint (``client-...`` when empty); the
+        reply is the first message answering ``reply_with`` (set to the message id
+        when unset) or, failing that, the conversation. In ``fipa-request`` and
+        ``fipa-query`` an ``agree`` is skipped: the result that follows is returned.
+        No reply within ``timeout`` seconds raises :class:`RequestTimeout`.
+        """
+        if not (isinstance(timeout, (int, float)) and 0 < timeout < math.inf):
+            raise ValidationError(
+                f"Invalid request: timeout must be positive seconds, got {timeout!r}"
+            )
+        if len(message.receivers) > 1:
+            raise ValidationError(
+                "Invalid request: request() waits for one reply; send to several receivers "
+                "with send() or contract_net()"
+            )
+        if not message.sender:
+            message.sender = f"client-{new_message_id()[:12]}"
+        if message.reply_with is None:
+            message.reply_with = message.message_id
+        token = message.reply_with
+        future: asyncio.Future[Message] = self._get_loop().create_future()
+        waits_for_result = message.protocol in _REQUEST_PROTOCOLS
+
+        def on_reply(reply: Message) -> None:
+            if waits_for_result and reply.performative is Performative.AGREE:
+                return
+            if not future.done():
+                future.set_result(reply)
+
+        endpoint = self._endpoint(message.sender)
+        endpoint.by_token[token] = on_reply
+        conversation_id = message.conversation_id
+        if conversation_id is not None:
+            endpoint.by_conversation.setdefault(conversation_id, on_reply)
+        self._waiters.add(future)
+        try:
+            await self.send(message)
+            try:
+                return await asyncio.wait_for(future, timeout)
+            except asyncio.TimeoutError:
+                raise RequestTimeout(
+                    f"No reply from {message.receiver} within {timeout:g}s to "
+                    f"{message.performative.value} {message.message_id}",
+                    details="the agent may be busy or not answering; retry with a longer "
+                    "timeout or check the agent's logs",
+                ) from None
+        finally:
+            self._waiters.discard(future)
+            endpoint.by_token.pop(token, None)
+            if (
+                conversation_id is not None
+                and endpoint.by_conversation.get(conversation_id) is on_reply
+            ):
+                del endpoint.by_conversation[conversation_id]
+            self._release_endpoint(endpoint)
+
+    async def contract_net(
+        self,
+        initiator: str,
+        participants: Sequence[str],
+        content: Any,
+        *,
+        deadline: float,
+        select: Callable[[Mapping[str, Message]], str | Awaitable[str | None] | None] | None = None,
+        result_timeout: float | None = None,
+        language: str | None = None,
+        ontology: str | None = None,
+        priority: Priority = Priority.NORMAL,
+    ) -> ContractNetResult:
+        """Run ``fipa-contract-net`` as initiator on behalf of an external client.
+
+        Sends a ``cfp`` to every participant with ``reply_by`` ``deadline`` seconds from
+        now, collects ``propose``/``refuse`` until all answered or the deadline, asks
+        ``select`` (default: the first proposal) for the winner, sends
+        ``accept-proposal`` to it and ``reject-proposal`` to the other bidders, and waits
+        up to ``result_timeout`` (default ``deadline``) for its ``inform``/``failure``.
+        """
+        names = tuple(participants)
+        if not names:
+            raise ValidationError("Invalid contract net: no participants")
+        if len(set(names)) != len(names):
+            raise ValidationError(
+                f"Invalid contract net: participants repeat a name: {list(names)}"
+            )
+        if initiator in names:
+            raise ValidationError(
+                f"Invalid contract net: the initiator {initiator!r} is also a participant"
+            )
+        for what, value in (("deadline", deadline), ("result_timeout", result_timeout)):
+            if value is not None and not (isinstance(value, (int, float)) and 0 < value <= 86_400):
+                raise ValidationError(
+                    f"Invalid contract net: {what} must be seconds from now "
+                    f"(0 < {what} <= 86400), got {value!r}"
+                )
+        loop = self._get_loop()
+        conversation_id = new_message_id()
+        proposals: dict[str, Message] = {}
+        refusals: dict[str, Message] = {}
+        silent: set[str] = set()
+        waiting = set(names)
+        all_answered: asyncio.Future[None] = loop.create_future()
+        outcome: asyncio.Future[Message] = loop.create_future()
+        winner: str | None = None
+        bidding = True
+
+        def on_message(message: Message) -> None:
+            who = message.sender
+            if bidding and who in waiting:
+                waiting.discard(who)
+                if message.performative is Performative.PROPOSE:
+                    proposals[who] = message
+                elif _is_timeout(message):
+                    silent.add(who)
+                else:
+                    refusals[who] = message
+                if not waiting and not all_answered.done():
+                    all_answered.set_result(None)
+            elif (
+                who == winner
+                and message.performative in (Performative.INFORM, Performative.FAILURE)
+                and not outcome.done()
+            ):
+                outcome.set_result(message)
+
+        endpoint = self._endpoint(initiator)
+        endpoint.by_conversation[conversation_id] = on_message
+        self._waiters.update((all_answered, outcome))
+        try:
+            await self.send(Message(
+                Performative.CFP,
+                sender=initiator,
+                receiver=names[0],
+                receivers=names,
+                content=content,
+                language=language,
+                ontology=ontology,
+                protocol="fipa-contract-net",
+                conversation_id=conversation_id,
+                reply_by=self.wall_clock() + deadline,
+                priority=priority,
+            ))  # fmt: skip
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(all_answered), deadline)
+            bidding = False
+            chosen = select(dict(proposals)) if select is not None else next(iter(proposals), None)
+            if inspect.isawaitable(chosen):
+                chosen = await chosen
+            if chosen is not None and chosen not in proposals:
+                raise ValidationError(
+                    f"Invalid contract net: select() chose {chosen!r}, which made no proposal "
+                    f"(proposals came from {', '.join(proposals) or 'nobody'})"
+                )
+            winner = chosen
+            for name, proposal in proposals.items():
+                answer = (
+                    Performative.ACCEPT_PROPOSAL if name == winner else Performative.REJECT_PROPOSAL
+                )
+                try:
+                    await self.send(proposal.create_reply(answer, sender=initiator))
+                except CaxtonError as exc:
+                    log.warning(
+                        "contract net %s: could not send %s to %s: %s",
+                        conversation_id,
+                        answer.value,
+                        name,
+                        exc,
+                    )
+            result = None
+            if winner is not None:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    result = await asyncio.wait_for(
+                        outcome, result_timeout if result_timeout is not None else deadline
+                    )
+            return ContractNetResult(
+                conversation_id=conversation_id,
+                winner=winner,
+                proposals=proposals,
+                refusals=refusals,
+                no_answer=tuple(n for n in names if n in waiting or n in silent),
+                result=result,
+            )
+        finally:
+            self._waiters.difference_update((all_answered, outcome))
+            endpoint.by_conversation.pop(conversation_id, None)
+            self._release_endpoint(endpoint)
+
+    def _endpoint(self, name: str) -> _ClientEndpoint:
+        endpoint = self._endpoints.get(name)
+        if endpoint is not None:
+            return endpoint
+        if name in self._boxes:
+            raise ValidationError(
+                f"{name} is a registered agent; a request on a client's behalf needs a "
+                f"sender name of its own"
+            )
+        endpoint = _ClientEndpoint(self, name)
+        self.register(name, endpoint)
+        self._endpoints[name] = endpoint
+        return endpoint
+
+    def _release_endpoint(self, endpoint: _ClientEndpoint) -> None:
+        if endpoint.idle and self._endpoints.get(endpoint.name) is endpoint:
+            del self._endpoints[endpoint.name]
+            box = self._boxes.get(endpoint.name)
+            if box is not None and box.deliver is endpoint:
+                self.unregister(endpoint.name)
+
+    # -- dead letters and expiry ------------------------------------------------------
+
+    def _dead_letter(self, message: Message, reason: str, *, event: str = "dead-lettered") -> None:
+        self._counts["dead_lettered"] += 1
+        letter = DeadLetter(message, reason, self.wall_clock())
+        self._dead.append(letter)
+        log.debug("dead letter %s to %s: %s", message.message_id, message.receiver, reason)
+        if self.dead_letter_sink is not None:
+            try:
+                self.dead_letter_sink(letter)
+            except Exception:
+                log.exception("dead letter sink failed")
+        if self._durable:
+            self._ack(message.message_id)
+        if self.observer is not None:
+            self.observer(message, event)
+
+    def _expire(self, message: Message) -> None:
+        self._counts["expired"] += 1
+        self._dead_letter(
+            message,
+            f"expired: queued for {message.receiver} longer than the message TTL of "
+            f"{self.message_ttl:g}s",
+            event="expired",
+        )
+
+    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        """The newest ``limit`` dead letters, newest first."""
+        letters = list(self._dead)
+        letters.reverse()
+        return letters[: max(limit, 0)]
+
+    def expire(self) -> int:
+        """Dead-letter queued messages past their TTL and forget idle conversations.
+
+        Runs every ``cleanup_interval`` once started (a held or stuck agent's queue is
+        not left to grow stale); returns how many messages expired.
+        """
+        now = self.clock()
+        expired = 0
+        for box in list(self._boxes.values()):
+            if not box.count:
+                continue
+            for priority, queue in enumerate(box.queues):
+                while queue and queue[0][0] < now:
+                    self._expire(box.pop_from(priority)[1])
+                    expired += 1
+        for name in list(self._parked):
+            keep = []
+            for expires, message in self._parked[name]:
+                if expires >= now:
+                    keep.append((expires, message))
+                elif self.resolver is not None:
+                    self._to_remote(message, None)
+                else:
+                    self._dead_letter(
+                        message,
+                        f"undeliverable: Agent not found: {name} (replayed after a restart)",
+                    )
+            if keep:
+                self._parked[name] = keep
+            else:
+                del self._parked[name]
+        self._conversations.expire(self.wall_clock())
+        return expired
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.cleanup_interval)
+            try:
+                self.expire()
+            except Exception:  # never let one bad pass stop the sweeping
+                log.exception("message expiry pass failed")
+
+    # -- introspection --------------------------------------------------------------
+
+    def queue_stats(self) -> dict[str, Any]:
+        """Queue depths per agent and per priority, dead letters, and running totals."""
+        agents: dict[str, dict[str, Any]] = {}
+        by_priority = [0, 0, 0, 0]
+        queued = 0
+        for name, box in self._boxes.items():
+            depths = [len(queue) for queue in box.queues]
+            for priority, depth in enumerate(depths):
+                by_priority[priority] += depth
+            queued += box.count
+            agents[name] = {
+                "queued": box.count,
+                **dict(zip(_PRIORITY_NAMES, depths, strict=True)),
+                "held": box.held,
+                "delivered": box.delivered,
+            }
+        remote = {name: len(o.queue) + o.inflight for name, o in self._outgoing.items()}
+        return {
+            "node_id": self.node_id,
+            "guarantee": self.guarantee,
+            "queue_size": self.queue_size,
+            "agents": agents,
+            "remote": remote,
+            "priorities": dict(zip(_PRIORITY_NAMES, by_priority, strict=True)),
+            "dead_letters": len(self._dead),
+            "conversations": len(self._conversations),
+            "awaiting_replies": len(self._watches),
+            "totals": {
+                "queued": queued,
+                "forwarding": sum(remote.values()),
+                "persisting": len(self._staged),
+                "parked": sum(len(v) for v in self._parked.values()),
+                **self._counts,
+            },
+        }
+
+    def pending(self, name: str | None = None) -> int:
+        """Messages not yet handed over: queued, being delivered, persisted or forwarded."""
+        if name is not None:
+            box = self._box(name)
+            return box.count + box.busy
+        total = sum(box.count + box.busy for box in self._boxes.values())
+        total += sum(len(o.queue) + o.inflight for o in self._outgoing.values())
+        return total + len(self._staged)
+
+    async def drain(self, timeout: float, *, name: str | None = None) -> int:
+        """Wait up to ``timeout`` seconds for the queues (or ``name``'s) to empty.
+
+        Returns how many messages remain (0 when drained). Held agents keep theirs.
+        """
+        loop = self._get_loop()
+        deadline = loop.time() + timeout
+        spins = 0
+        while True:
+            remaining = self.pending(name)
+            if not remaining or loop.time() >= deadline:
+                return remaining
+            spins += 1
+            await asyncio.sleep(0 if spins < 8 else 0.001)
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start expiry sweeps and replay undelivered durable messages."""
+        self._loop = asyncio.get_running_loop()
+        self._closed = False
+        if self._durable and self.outbox is not None:
+            replayed = await self.outbox.pending()
+            for message in replayed:
+                self._replay(message)
+            if replayed:
+                log.info(
+                    "node %s: replaying %d undelivered durable messages",
+                    self.node_id,
+                    len(replayed),
+                )
+        if self._sweeper is None and self.cleanup_interval > 0:
+            self._sweeper = self._spawn(self._sweep_loop())
+
+    async def close(self) -> None:
+        """Stop: persist what is staged, flush acknowledgements, drop the rest.
+
+        Queued at-most-once messages are lost (counted in the log); at-least-once ones
+        stay in the outbox and are replayed by the next start.
+        """
+        if self._persist_task is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(self._persist_task), 5.0)
+        self._closed = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        for watch in self._watches.values():
+            watch.handle.cancel()
+        self._watches.clear()
+        self._watches_by_conversation.clear()
+        for future in list(self._waiters):
+            if not future.done():
+                future.set_exception(
+                    CaxtonError(f"Router of node {self.node_id} closed before a reply arrived")
+                )
+        dropped = sum(box.count for box in self._boxes.values())
+        if dropped and not self._durable:
+            log.info("node %s: router closed with %d undelivered messages", self.node_id, dropped)
+        tasks = [t for t in self._tasks if not t.done()]
+        for task in tasks:
+            if task is not self._ack_task:
+                task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._acks and self.outbox is not None:
+            batch, self._acks = self._acks, []
+            try:
+                await self.outbox.acknowledge(batch)
+            except Exception:
+                log.exception("could not acknowledge %d delivered messages", len(batch))
+
+    # -- helpers --------------------------------------------------------------------
+
+    def _get_loop(self) -> asyncio.AbstractEventLoop:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            loop = self._loop = asyncio.get_running_loop()
+        return loop
+
+    def _waiter(self) -> asyncio.Future[None]:
+        return self._get_loop().create_future()
+
+    def _spawn(self, coroutine: Any) -> asyncio.Task[Any]:
+        task: asyncio.Task[Any] = self._get_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+
+def _is_async(deliver: Callable[..., Any]) -> bool:
+    return inspect.iscoroutinefunction(deliver) or inspect.iscoroutinefunction(
+        getattr(deliver, "__call__", None)  # noqa: B004 - an object with async __call__
+    )
+
+
+def _check_name(name: Any) -> None:
+    if not isinstance(name, str) or not name or len(name) > MAX_FIELD_LENGTH:
+        raise ValidationError(
+            f"Invalid agent name {name!r}: expected 1 to {MAX_FIELD_LENGTH} characters"
+        )
+
+
+def _is_timeout(message: Message) -> bool:
+    content = message.content
+    return (
+        message.performative is Performative.FAILURE
+        and isinstance(content, dict)
+        and content.get("reason") == "timeout"
+    )
+
+
+def _iso(moment: float) -> str:
+    return datetime.fromtimestamp(moment, tz=timezone.utc).isoformat(timespec="milliseconds")
+
+
+async def _resolve(resolver: Resolver, name: str) -> RemoteRoute | None:
+    try:
+        return await resolver(name)
+    except CaxtonError:
+        raise
+    except Exception as exc:
+        raise CaxtonError(f"Could not resolve agent {name}: {exc}") from exc
+
+
+async def _all_done(waiters: Sequence[asyncio.Future[None]]) -> None:
+    for waiter in waiters:
+        await waiter
