@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pytest
 import wasmtime
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from caxton.drivers.sandbox import ResourceLimits
 from caxton.errors import AbiMismatch, ModuleInvalid
@@ -105,6 +107,20 @@ def test_imports_are_checked_against_the_abi_and_plugins() -> None:
 def test_malformed_modules(data: bytes, match: str) -> None:
     with pytest.raises(ModuleInvalid, match=match):
         abi.parse_module(data)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200))
+def test_arbitrary_bytes_are_read_or_refused_cleanly(body: bytes) -> None:
+    for data in (body, b"\0asm\1\0\0\0" + body):
+        try:
+            info = abi.parse_module(data)
+        except ModuleInvalid:
+            continue
+        try:
+            abi.check_module(info)
+        except AbiMismatch:
+            pass
 
 
 def test_every_example_agent_passes_or_fails_the_check_as_documented(

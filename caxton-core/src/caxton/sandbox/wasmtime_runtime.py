@@ -531,6 +531,8 @@ class WasmtimeInstance(AgentInstance):
             self._check_usable()
         if not self._handle:
             raise ExecutionFailed(abi.NO_HANDLER, reason="abi")
+        if type(message) is not bytes:
+            message = bytes(message)
         size = len(message)
         if size > self.limits.max_message_bytes:
             raise ValidationError(abi.message_too_large(size, self.limits.max_message_bytes))

@@ -25,8 +25,9 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -267,6 +268,30 @@ def _json_message(content: Any, performative: str = "request", **fields: Any) ->
         **fields,
     }
     return json.dumps(message).encode()
+
+
+def call_with_watchdog(fn: Callable[[], Any], seconds: float = 60.0) -> Any:
+    """Run ``fn`` in a thread; fail the test if it has not returned after ``seconds``.
+
+    Guards the wall-time tests: were the limit not enforced, the runaway agent would hang
+    the suite instead of failing it (the stuck thread is left behind as a daemon).
+    """
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = fn()
+        except BaseException as exc:
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, name="caxton-watchdog", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        pytest.fail(f"the call did not return within {seconds:g}s: wall-time limit not enforced")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("value")
 
 
 class SandboxConformance:
@@ -559,7 +584,7 @@ class SandboxConformance:
         limits = ResourceLimits(max_fuel=10**15, max_execution_time_ms=200)
         instance = start("infinite_loop", limits=limits)
         with pytest.raises(ExecutionFailed) as failure:
-            instance.handle_message(_json_message("spin"))
+            call_with_watchdog(lambda: instance.handle_message(_json_message("spin")))
         assert failure.value.reason == "timeout"
         assert str(failure.value) == timeout_message(200) == "Execution timeout after 200ms"
 
@@ -636,7 +661,7 @@ class SandboxConformance:
         ]
         for index, runaway in enumerate(runaways):
             with pytest.raises(ExecutionFailed):
-                runaway.handle_message(_json_message("misbehave"))
+                call_with_watchdog(lambda r=runaway: r.handle_message(_json_message("bad")))
             assert echo.handle_message(_json_message(index)) == 0
         assert [r["content"] for r in other_host.replies_json()] == list(range(len(runaways)))
         # A fresh instance of a failed agent works (what a restart does).
