@@ -27,6 +27,7 @@ import subprocess
 import sys
 import threading
 import time
+from functools import partial
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -661,7 +662,7 @@ class SandboxConformance:
         ]
         for index, runaway in enumerate(runaways):
             with pytest.raises(ExecutionFailed):
-                call_with_watchdog(lambda r=runaway: r.handle_message(_json_message("bad")))
+                call_with_watchdog(partial(runaway.handle_message, _json_message("bad")))
             assert echo.handle_message(_json_message(index)) == 0
         assert [r["content"] for r in other_host.replies_json()] == list(range(len(runaways)))
         # A fresh instance of a failed agent works (what a restart does).
