@@ -27,8 +27,8 @@ import subprocess
 import sys
 import threading
 import time
-from functools import partial
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
