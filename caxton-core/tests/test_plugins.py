@@ -80,8 +80,8 @@ class Site:
         importlib.invalidate_caches()
 
 
-@pytest.fixture
-def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Site]:
+@pytest.fixture(name="site")
+def site_fixture(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Site]:
     path = tmp_path / "site"
     path.mkdir()
     monkeypatch.syspath_prepend(str(path))

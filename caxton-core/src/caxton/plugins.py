@@ -18,6 +18,7 @@ import importlib
 import inspect
 import logging
 import os
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
@@ -386,12 +387,18 @@ class PluginHost:
             raise self._not_found(spec, name)
         try:
             _forget_stevedore_cache(spec.group)
-            manager: DriverManager[type[Driver]] = DriverManager(
-                namespace=spec.group,
-                name=name,
-                invoke_on_load=False,
-                on_load_failure_callback=on_failure,
-            )
+            with warnings.catch_warnings():
+                # DriverManager does not pass on_missing_entrypoints_callback on, so the
+                # older flag (deprecated in stevedore 5.5) is the one that silences its
+                # "Could not load" log line; on_failure reports the failure instead.
+                warnings.simplefilter("ignore", DeprecationWarning)
+                manager: DriverManager[type[Driver]] = DriverManager(
+                    namespace=spec.group,
+                    name=name,
+                    invoke_on_load=False,
+                    on_load_failure_callback=on_failure,
+                    warn_on_missing_entrypoint=False,
+                )
         except NoMatches:
             if failures:
                 raise PluginError(f"{spec.name} driver {failures[0]}") from None
