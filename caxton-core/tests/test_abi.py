@@ -235,3 +235,13 @@ def test_log_clamps_level_and_replaces_bad_utf8(
         (abi.LogLevel.TRACE, "caf"),
         (abi.LogLevel.INFO, "<log text outside the agent's memory>"),
     ]
+
+
+def test_sections_cover_the_module(example_agents: dict[str, bytes]) -> None:
+    wasm = example_agents["probe"]
+    found = abi.sections(wasm)
+    assert wasm[:8] + b"".join(wasm[s.start : s.end] for s in found) == wasm
+    ids = [s.id for s in found]
+    assert ids[:3] == [1, 2, 3]  # type, import, function
+    memory = next(s for s in found if s.id == 5)
+    assert abi._Reader(wasm, memory.payload, memory.end).u32() == 1  # one memory

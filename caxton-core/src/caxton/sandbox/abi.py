@@ -273,8 +273,19 @@ class _Reader:
         return minimum, maximum, flags
 
 
-def parse_module(wasm: bytes) -> ModuleInfo:
-    """Read the sections the ABI checks. Raises ModuleInvalid for non-wasm bytes."""
+@dataclass(frozen=True)
+class Section:
+    """Where one section lies in the module: ``wasm[start:end]`` is the whole section
+    (id, size, payload); ``wasm[payload:end]`` its contents. For rewriting tools (the
+    wasmer plugin's metering and memory capping)."""
+
+    id: int
+    start: int
+    payload: int
+    end: int
+
+
+def check_header(wasm: bytes) -> None:
     if len(wasm) < 8 or wasm[:4] != WASM_MAGIC:
         raise ModuleInvalid(
             "not a WebAssembly module (missing the \\0asm header); "
@@ -285,18 +296,34 @@ def parse_module(wasm: bytes) -> ModuleInfo:
             f"unsupported WebAssembly binary version {wasm[4:8].hex()} (expected 01000000); "
             "components are not agents: build a core module"
         )
+
+
+def sections(wasm: bytes) -> list[Section]:
+    """Split a module into its sections. Raises ModuleInvalid for non-wasm bytes."""
+    check_header(wasm)
+    found: list[Section] = []
+    reader = _Reader(wasm, 8)
+    while not reader.eof():
+        start = reader.pos
+        section_id = reader.byte()
+        size = reader.u32()
+        payload = reader.pos
+        if payload + size > len(wasm):
+            raise ModuleInvalid("truncated WebAssembly module (a section runs past the end)")
+        reader.pos = payload + size
+        found.append(Section(section_id, start, payload, payload + size))
+    return found
+
+
+def parse_module(wasm: bytes) -> ModuleInfo:
+    """Read the sections the ABI checks. Raises ModuleInvalid for non-wasm bytes."""
     info = ModuleInfo()
     types: list[Signature] = []
     func_types: list[int] = []  # type index per function in the function index space
     global_count = 0
-    reader = _Reader(wasm, 8)
-    while not reader.eof():
-        section_id = reader.byte()
-        size = reader.u32()
-        body = _Reader(wasm, reader.pos, reader.pos + size)
-        if body.end > len(wasm):
-            raise ModuleInvalid("truncated WebAssembly module (a section runs past the end)")
-        reader.pos = body.end
+    for section in sections(wasm):
+        section_id = section.id
+        body = _Reader(wasm, section.payload, section.end)
         if section_id == 0:
             name = body.name()
             info.custom_sections.setdefault(name, []).append(wasm[body.pos : body.end])
