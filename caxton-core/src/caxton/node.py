@@ -136,6 +136,7 @@ class Node:
         self.partition_policy: Any = None
         self.auth_chain: list[Any] = []
         self.api_address: tuple[str, int] | None = None
+        self.metrics_address: tuple[str, int] | None = None
         self.cluster_address: tuple[str, int] | None = None
         self._stack = contextlib.AsyncExitStack()
         self._stopped = asyncio.Event()
@@ -250,9 +251,84 @@ class Node:
         return driver
 
     async def _start_services(self) -> None:
+        from caxton.agents import AgentManager
         from caxton.api import start_api
+        from caxton.messaging import Router
+        from caxton.metrics import start_metrics
+        from caxton.store import Store
+
+        coordination, storage = self.config["coordination"], self.config["storage"]
+        messaging, runtime = self.config["messaging"], self.config["runtime"]
+        self.store = Store(
+            coordination["local_state_path"] or self.data_dir / "local.db",
+            synchronous=storage["synchronous"],
+            journal_mode=coordination["journal_mode"],
+            cache_size=-(storage["page_cache_size"] // 1024),
+            mmap_size=storage["mmap_size"],
+            journal_size_limit=storage["wal_size_limit"],
+            auto_vacuum=storage["auto_vacuum"].upper(),
+        )
+        await self.store.open()
+        self._stack.push_async_callback(self.store.close)
+        self.context.services["store"] = self.store
+
+        durable = messaging["enable_persistence"] or (
+            messaging["delivery_guarantee"] == "at-least-once"
+        )
+        self.router = Router(
+            node_id=self.node_id,
+            queue_size=messaging["queue_size"],
+            message_ttl=messaging["message_ttl"] or None,
+            max_message_bytes=runtime["max_message_size"],
+            dead_letter_limit=messaging["dead_letter_limit"],
+            guarantee="at-least-once" if durable else "at-most-once",
+            outbox=self.store if durable else None,
+            observer=self._observer(),
+            cleanup_interval=messaging["cleanup_interval"],
+            batch_size=messaging["batch_size"],
+            dead_letter_sink=lambda letter: self.store.add_dead_letter(
+                letter.message, letter.reason
+            ),
+        )
+        await self.router.start()
+        self._stack.push_async_callback(self.router.close)
+        self.context.services["router"] = self.router
+
+        extra_functions = [
+            fn for result in self.hook.caxton_agent_host_functions(node=self) for fn in result or ()
+        ]
+        self.agents = AgentManager(
+            node_id=self.node_id,
+            sandbox=self.sandbox,
+            router=self.router,
+            store=self.store,
+            hook=self.hook,
+            node=self,
+            max_agents=runtime["max_agents"],
+            default_limits=self.default_limits(),
+            limit_ceiling=self.limit_ceiling(),
+            restart_policy=runtime["restart_policy"],
+            restart_max=runtime["restart_max"],
+            restart_backoff=runtime["restart_backoff"],
+            extra_functions=extra_functions,
+        )
+        await self.agents.start()
+        self._stack.push_async_callback(self.agents.close)
+        self.context.services["agents"] = self.agents
 
         self.api_address = await start_api(self, self._stack)
+        self.metrics_address = await start_metrics(self, self._stack)
+
+    def _observer(self) -> Any:
+        """The router's observer, only when a plugin observes messages (zero cost otherwise)."""
+        if not self.hook.caxton_message_observed.get_hookimpls():
+            return None
+        observe = self.hook.caxton_message_observed
+
+        def observer(message: Any, event: str) -> None:
+            observe(node=self, message=message, event=event)
+
+        return observer
 
     async def stop(self) -> None:
         if self.state in {"stopping", "stopped"}:
