@@ -72,7 +72,8 @@ def pack_envelope(sender: str, records: list[Record], *, compress_over: int | No
         if len(packed) > compress_over:
             compressed = zlib.compress(packed, 1)
             if len(compressed) < len(packed):
-                return cast(bytes, _packer.pack([WIRE_VERSION, FLAG_COMPRESSED, sender, compressed]))
+                header = [WIRE_VERSION, FLAG_COMPRESSED, sender, compressed]
+                return cast(bytes, _packer.pack(header))
     return cast(bytes, _packer.pack([WIRE_VERSION, 0, sender, records]))
 
 
