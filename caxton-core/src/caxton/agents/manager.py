@@ -167,7 +167,11 @@ class AgentManager:
                 await self._persister
             self._persister = None
         for runtime in list(self._by_id.values()):
-            self._teardown(runtime, graceful=True)
+            # Hold, not unregister: unregistering dead-letters (and so acknowledges) the
+            # queued messages, while held ones stay in the durable outbox for next start.
+            if self.router.is_registered(runtime.name):
+                self.router.hold(runtime.name)
+            self._teardown(runtime, graceful=True, unregister=False)
             self.store.save_agent(runtime.agent)
         self._started = False
         await self.store.flush()
@@ -547,18 +551,23 @@ class AgentManager:
         return True
 
     def _register(self, runtime: AgentRuntime) -> None:
-        if not self.router.is_registered(runtime.name):
-            self.router.register(runtime.name, runtime.deliver)
+        name = runtime.name
+        if self.router.is_registered(name):
+            # Still registered (and held) from before close(): keep its queue.
+            self.router.register(name, runtime.deliver, replace=True)
+            self.router.release(name)
+        else:
+            self.router.register(name, runtime.deliver)
 
     def _suspend_runtime(self, runtime: AgentRuntime) -> None:
         self.router.hold(runtime.name)
         runtime.accepting = False
         self._set_state(runtime, S.SUSPENDED)
 
-    def _teardown(self, runtime: AgentRuntime, *, graceful: bool) -> None:
+    def _teardown(self, runtime: AgentRuntime, *, graceful: bool, unregister: bool = True) -> None:
         """Unregister, cancel timers and restarts, shut down and free the instance."""
         runtime.accepting = False
-        if self.router.is_registered(runtime.name):
+        if unregister and self.router.is_registered(runtime.name):
             self.router.unregister(runtime.name)
         if runtime.restart_handle is not None:
             runtime.restart_handle.cancel()

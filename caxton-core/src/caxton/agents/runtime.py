@@ -19,7 +19,13 @@ from typing import TYPE_CHECKING, Any
 
 from caxton.agents.model import Agent, AgentState
 from caxton.drivers.sandbox import AgentInstance, CompiledModule
-from caxton.errors import AgentNotFound, CaxtonError, ExecutionFailed, QueueFull
+from caxton.errors import (
+    AgentNotFound,
+    CaxtonError,
+    ExecutionFailed,
+    MessageTooLarge,
+    QueueFull,
+)
 from caxton.sandbox.abi import LogLevel, Status
 
 if TYPE_CHECKING:
@@ -47,11 +53,6 @@ NO_REPLY_PERFORMATIVES = frozenset({"failure", "not-understood"})
 MAX_OPEN_CONVERSATIONS = 10_000
 #: Shortest period of a repeating timer.
 MIN_REPEAT_MS = 1
-
-
-def performative_name(message: Message) -> str:
-    value = message.performative
-    return str(getattr(value, "value", value)).lower()
 
 
 class AgentRuntime:
@@ -162,9 +163,12 @@ class AgentRuntime:
         self.dirty = True
 
     def _track(self, message: Message) -> None:
+        """Remember the conversations in flight (callers check conversation_id is set)."""
         conversations = self.open_conversations
         cid = message.conversation_id
-        if performative_name(message) in CLOSING_PERFORMATIVES:
+        if cid is None:
+            return
+        if message.performative in CLOSING_PERFORMATIVES:
             if conversations.pop(cid, None) is not None and not conversations:
                 self.drained.set()
             return
@@ -183,12 +187,10 @@ class AgentRuntime:
 
     def answer(self, message: Message, performative: str, content: Any) -> None:
         """Answer ``message`` as this agent (not-understood, failure); never raises."""
-        if performative_name(message) in NO_REPLY_PERFORMATIVES or message.sender == self.name:
+        if message.performative in NO_REPLY_PERFORMATIVES or message.sender == self.name:
             return
-        from caxton.messaging import Performative
-
         try:
-            answer = message.create_reply(Performative(performative), content, sender=self.name)
+            answer = message.create_reply(performative, content, sender=self.name)
             self.manager.router.send_nowait(answer)
         except CaxtonError as exc:
             agent_log.debug("agent %s: could not answer %s: %s", self.name, message.sender, exc)
@@ -361,10 +363,11 @@ class AgentRuntime:
             return Status.NOT_FOUND
         except QueueFull:
             return Status.BUSY
+        except MessageTooLarge:
+            return Status.TOO_LARGE
         except CaxtonError as exc:
             agent_log.info("agent %s: message refused: %s", self.name, exc)
-            text = str(exc)
-            return Status.TOO_LARGE if text.startswith("Message too large") else Status.INVALID
+            return Status.INVALID
         if message.conversation_id:
             self._track(message)
         return Status.OK
