@@ -180,3 +180,10 @@ class RateLimited(CaxtonError):
     def __init__(self, message: str, *, retry_after: float, details: str | None = None) -> None:
         super().__init__(message, details=details)
         self.retry_after = retry_after
+
+
+class ServiceUnavailable(CaxtonError):
+    """A service the request needs is not running (yet); retry when the node is ready."""
+
+    http_status = 503
+    error = "Service unavailable"

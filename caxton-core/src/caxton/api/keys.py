@@ -1,12 +1,26 @@
-"""Every object stored on the aiohttp application, declared once."""
+"""Every object stored on the aiohttp application or request, declared once."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any
 
 from aiohttp import web
 
-if TYPE_CHECKING:
-    from caxton.node import Node
+from caxton.api.ratelimit import TokenBucketLimiter
+from caxton.api.resources import CpuSampler
+from caxton.api.settings import ApiSettings
+from caxton.api.tasks import TaskBoard
+from caxton.node import Node
 
-NODE = web.AppKey["Node"]("node")
+NODE = web.AppKey("node", Node)
+SETTINGS = web.AppKey("settings", ApiSettings)
+#: Set only when ``security.rate_limit_enabled`` is true.
+LIMITER = web.AppKey("rate_limiter", TokenBucketLimiter)
+#: The OpenAPI document, built once per application.
+OPENAPI = web.AppKey("openapi", dict[str, Any])
+#: Connections whose first request head arrived (see :mod:`caxton.api.server`).
+STARTED_CONNECTIONS = web.AppKey("started_connections", set[object])
+TASKS = web.AppKey("tasks", TaskBoard)
+CPU = web.AppKey("cpu", CpuSampler)
+
+REQUEST_ID = web.RequestKey("request_id", str)

@@ -1,59 +1,136 @@
-"""Building and serving the aiohttp application of a node."""
+"""Building and serving the aiohttp application of a node.
+
+:func:`build_app` assembles the routes (core's and those plugins return from
+``caxton_api_routes``, mounted as sub-applications), the middlewares
+(:mod:`caxton.api.middleware`) and the per-application state (:mod:`caxton.api.keys`).
+:func:`start_api` serves it on ``networking.bind_address`` with the timeouts of
+:class:`~caxton.api.settings.ApiSettings`:
+
+- a connection must deliver its first complete request head within
+  ``header_timeout`` (slow-header clients are cut off, see :class:`HeaderDeadline`);
+- a request body must arrive within ``body_timeout`` (:mod:`caxton.api.bodies`);
+- an idle keep-alive connection is closed after ``keepalive_timeout``.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import ssl
 from typing import TYPE_CHECKING
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
 
-from caxton.api.keys import NODE
+from caxton.api import agents, messages, system
+from caxton.api.keys import CPU, LIMITER, NODE, OPENAPI, SETTINGS, STARTED_CONNECTIONS, TASKS
+from caxton.api.middleware import MIDDLEWARES
+from caxton.api.openapi import build_openapi
+from caxton.api.ratelimit import TokenBucketLimiter
+from caxton.api.resources import CpuSampler
+from caxton.api.settings import ApiSettings
+from caxton.api.tasks import TaskBoard
+from caxton.errors import ConfigError
 from caxton.units import parse_address
 
 if TYPE_CHECKING:
     from caxton.node import Node
 
-routes = web.RouteTableDef()
+__all__ = ["HeaderDeadline", "build_app", "start_api"]
+
+#: Core's route tables, in the order they are added.
+CORE_ROUTES = (system.routes, agents.routes, messages.routes)
 
 
-@routes.get("/api/v1/health")
-async def health(request: web.Request) -> web.Response:
-    return web.json_response({"status": "healthy"})
-
-
-@routes.get("/health")
-async def liveness(request: web.Request) -> web.Response:
-    return web.json_response({"status": "alive"})
-
-
-@routes.get("/ready")
-async def readiness(request: web.Request) -> web.Response:
-    node = request.app[NODE]
-    ready = node.state == "running"
-    return web.json_response(
-        {"status": "ready" if ready else "not-ready", "state": node.state},
-        status=200 if ready else 503,
-    )
-
-
-def build_app(node: Node) -> web.Application:
-    app = web.Application(client_max_size=node.config["networking"]["max_body_size"])
+def build_app(node: Node, settings: ApiSettings | None = None) -> web.Application:
+    settings = settings or ApiSettings.from_config(node.config)
+    app = web.Application(client_max_size=settings.max_body_size, middlewares=MIDDLEWARES)
     app[NODE] = node
-    app.add_routes(routes)
+    app[SETTINGS] = settings
+    if settings.rate_limit_enabled:
+        app[LIMITER] = TokenBucketLimiter(settings.rate_limit_per_second, settings.rate_limit_burst)
+    app[OPENAPI] = build_openapi(node)
+    app[STARTED_CONNECTIONS] = set()
+    app[TASKS] = TaskBoard()
+    app[CPU] = CpuSampler()
+    for table in CORE_ROUTES:
+        app.add_routes(table)
     for result in node.hook.caxton_api_routes(node=node):
         for prefix, sub_app in result or ():
             app.add_subapp(prefix, sub_app)
     return app
 
 
+class HeaderDeadline:
+    """Protocol factory that closes connections whose first request head is late.
+
+    aiohttp has no header-read timeout of its own; a client trickling a request head
+    one byte at a time would hold its connection until the keep-alive timeout. The
+    ``request_context`` middleware records each connection that got a request in
+    ``started``; connections not in it ``timeout`` seconds after accepting are closed.
+    """
+
+    def __init__(self, server: web.Server, timeout: float, started: set[object]) -> None:
+        self.server = server
+        self.timeout = timeout
+        self.started = started
+
+    def __call__(self) -> RequestHandler:
+        handler = self.server()
+        if self.timeout > 0:
+            asyncio.get_running_loop().call_later(self.timeout, self._expire, handler)
+        return handler
+
+    def _expire(self, handler: RequestHandler) -> None:
+        if handler in self.started:
+            self.started.discard(handler)
+        else:
+            handler.force_close()
+
+
+def _ssl_context(node: Node) -> ssl.SSLContext | None:
+    networking = node.config["networking"]
+    if not networking["tls_enabled"]:
+        return None
+    cert, key = networking["tls_cert_path"], networking["tls_key_path"]
+    if not cert or not key:
+        raise ConfigError(
+            "networking.tls_enabled is true but networking.tls_cert_path or "
+            "networking.tls_key_path is not set"
+        )
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"cannot load the API's TLS certificate {cert}: {exc}") from exc
+    return context
+
+
 async def start_api(node: Node, stack: contextlib.AsyncExitStack) -> tuple[str, int]:
     """Serve the node's API on ``networking.bind_address``; return the bound address."""
     host, port = parse_address(node.config["networking"]["bind_address"])
-    runner = web.AppRunner(build_app(node), access_log=None)
+    settings = ApiSettings.from_config(node.config)
+    app = build_app(node, settings)
+    runner = web.AppRunner(
+        app, access_log=None, keepalive_timeout=settings.keepalive_timeout, shutdown_timeout=5.0
+    )
     await runner.setup()
     stack.push_async_callback(runner.cleanup)
-    site = web.TCPSite(runner, host, port, reuse_address=True)
-    await site.start()
-    sockets = [s for server in [site._server] if server for s in server.sockets]  # noqa: SLF001
-    bound = sockets[0].getsockname()[:2] if sockets else (host, port)
+    assert runner.server is not None
+    factory = HeaderDeadline(runner.server, settings.header_timeout, app[STARTED_CONNECTIONS])
+    loop = asyncio.get_running_loop()
+    try:
+        server = await loop.create_server(
+            factory, host, port, ssl=_ssl_context(node), reuse_address=True, backlog=1024
+        )
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot serve the API on {host}:{port}: {exc.strerror or exc} "
+            f"(networking.bind_address; is another node using the port?)"
+        ) from exc
+
+    # Pushed after runner.cleanup, so it runs first: stop accepting, then let the
+    # runner close the open connections and the application.
+    stack.callback(server.close)
+    bound = server.sockets[0].getsockname()[:2]
     return str(bound[0]), int(bound[1])

@@ -1,0 +1,168 @@
+"""``/api/v1/agents``: deploy, list, get, update, remove, and lifecycle actions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from caxton.agents import Agent, AgentState
+from caxton.api.common import body, path_uuid, query, service
+from caxton.api.keys import NODE
+from caxton.api.openapi import LIMIT_ALIASES, MAX_WAIT_MS
+from caxton.api.permissions import requires
+from caxton.api.validation import decode_base64
+from caxton.drivers.placement import PlacementRequest
+from caxton.errors import AgentNotFound, ValidationError
+
+__all__ = ["routes"]
+
+routes = web.RouteTableDef()
+
+
+def _limits(given: dict[str, Any] | None) -> dict[str, int] | None:
+    """The request's limits with aliases resolved and integral numbers as ints."""
+    if given is None:
+        return None
+    limits: dict[str, int] = {}
+    for key, value in given.items():
+        target = LIMIT_ALIASES.get(key, key)
+        number = int(value)
+        if target in limits and limits[target] != number:
+            raise ValidationError(
+                f"resource_limits sets both {key} and {target} with different values; "
+                f"{key} is an alias of {target}: give one of them"
+            )
+        limits[target] = number
+    return limits
+
+
+def _agent(request: web.Request) -> Agent:
+    """The agent named by the ``agent_id`` path parameter (by id only, never by name)."""
+    agent_id = path_uuid(request, "agent_id")
+    try:
+        agent: Agent = service(request, "agents").get(agent_id)
+    except AgentNotFound:
+        agent = None  # type: ignore[assignment]
+    if agent is None or agent.id != agent_id:
+        raise AgentNotFound(agent_id)
+    return agent
+
+
+def _placement(request: web.Request, name: str, data: dict[str, Any]) -> PlacementRequest:
+    """Check the placement fields; a single node can only place on itself for now."""
+    node = request.config_dict[NODE]
+    placement = PlacementRequest(
+        agent_name=name,
+        strategy=data.get("placement_strategy"),
+        prefer_nodes=tuple(data.get("prefer_nodes", ())),
+        target_node=data.get("target_node"),
+    )
+    target = placement.target_node
+    if target is not None and target != node.node_id:
+        raise ValidationError(
+            f"target node {target!r} is not available: this node is {node.node_id!r} and "
+            f"deploys only locally until placement across the cluster is enabled"
+        )
+    return placement
+
+
+@routes.get("/api/v1/agents")
+@requires("read")
+async def list_agents(request: web.Request) -> web.Response:
+    name = query(request, "name", {"$ref": "#/components/schemas/AgentName"})
+    state = query(request, "state", {"type": "string", "enum": [s.value for s in AgentState]})
+    agents = service(request, "agents").list()
+    if name is not None:
+        agents = [a for a in agents if a.name == name.strip()]
+    if state is not None:
+        agents = [a for a in agents if a.state.value == state]
+    return web.json_response([a.to_dict() for a in agents])
+
+
+@routes.post("/api/v1/agents")
+@requires("deploy")
+async def deploy_agent(request: web.Request) -> web.Response:
+    data = await body(request, "DeployAgent")
+    manager = service(request, "agents")
+    wasm = decode_base64(data["wasm_module"], "wasm_module")
+    _placement(request, data["name"], data)
+    agent = await manager.deploy(
+        data["name"],
+        wasm,
+        limits=_limits(data.get("resource_limits")),
+        start=data.get("start", True),
+    )
+    return web.json_response(
+        agent.to_dict(), status=201, headers={"Location": f"/api/v1/agents/{agent.id}"}
+    )
+
+
+@routes.get("/api/v1/agents/{agent_id}")
+@requires("read")
+async def get_agent(request: web.Request) -> web.Response:
+    return web.json_response(_agent(request).to_dict())
+
+
+@routes.put("/api/v1/agents/{agent_id}")
+@requires("update")
+async def update_agent(request: web.Request) -> web.Response:
+    agent = _agent(request)
+    data = await body(request, "UpdateAgent")
+    wasm = decode_base64(data["wasm_module"], "wasm_module") if "wasm_module" in data else None
+    updated = await service(request, "agents").update(
+        agent.id, wasm=wasm, limits=_limits(data.get("resource_limits"))
+    )
+    return web.json_response(updated.to_dict())
+
+
+@routes.delete("/api/v1/agents/{agent_id}")
+@requires("remove")
+async def remove_agent(request: web.Request) -> web.Response:
+    agent = _agent(request)
+    await service(request, "agents").remove(agent.id)
+    return web.Response(status=204)
+
+
+async def _lifecycle(request: web.Request, operation: str, **options: Any) -> web.Response:
+    agent = _agent(request)
+    manager = service(request, "agents")
+    method = getattr(manager, LIFECYCLE_METHODS[operation])
+    changed: Agent = await method(agent.id, **options)
+    return web.json_response(changed.to_dict())
+
+
+#: Lifecycle action -> AgentManager method.
+LIFECYCLE_METHODS = {
+    "start": "start_agent",
+    "stop": "stop_agent",
+    "suspend": "suspend",
+    "resume": "resume",
+}
+
+
+@routes.post("/api/v1/agents/{agent_id}/start")
+@requires("update")
+async def start_agent(request: web.Request) -> web.Response:
+    return await _lifecycle(request, "start")
+
+
+@routes.post("/api/v1/agents/{agent_id}/stop")
+@requires("update")
+async def stop_agent(request: web.Request) -> web.Response:
+    drain_ms = query(
+        request, "drain_timeout_ms", {"type": "integer", "minimum": 0, "maximum": MAX_WAIT_MS}
+    )
+    return await _lifecycle(request, "stop", drain_timeout=(drain_ms or 0) / 1000)
+
+
+@routes.post("/api/v1/agents/{agent_id}/suspend")
+@requires("update")
+async def suspend_agent(request: web.Request) -> web.Response:
+    return await _lifecycle(request, "suspend")
+
+
+@routes.post("/api/v1/agents/{agent_id}/resume")
+@requires("update")
+async def resume_agent(request: web.Request) -> web.Response:
+    return await _lifecycle(request, "resume")

@@ -1,0 +1,73 @@
+"""Helpers the route modules share: services, validated input, path ids."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from aiohttp import web
+
+from caxton.api.bodies import read_json
+from caxton.api.keys import NODE, OPENAPI
+from caxton.api.openapi import UUID_PATTERN
+from caxton.api.validation import check
+from caxton.errors import ServiceUnavailable, ValidationError
+
+__all__ = ["body", "path_uuid", "query", "service"]
+
+_INTEGER = re.compile(r"-?[0-9]{1,18}")
+
+
+def service(request: web.Request, name: str) -> Any:
+    """``node.<name>`` (``agents``, ``router``), or a 503 while it is not running."""
+    node = request.config_dict[NODE]
+    value = getattr(node, name, None)
+    if value is None:
+        raise ServiceUnavailable(
+            f"the {name} service of node {node.node_id} is not running (node state: "
+            f"{node.state}); retry when /ready answers 200"
+        )
+    return value
+
+
+def _components(request: web.Request) -> dict[str, Any]:
+    components: dict[str, Any] = request.config_dict[OPENAPI]["components"]["schemas"]
+    return components
+
+
+async def body(request: web.Request, schema: str, *, optional: bool = False) -> Any:
+    """The JSON body, checked against ``#/components/schemas/<schema>``.
+
+    ``None`` when ``optional`` and the body is empty.
+    """
+    value = await read_json(request, optional=optional)
+    if value is None and optional:
+        return None
+    check(value, {"$ref": f"#/components/schemas/{schema}"}, _components(request))
+    return value
+
+
+def query(request: web.Request, name: str, schema: dict[str, Any]) -> Any:
+    """Query parameter ``name`` (None when absent), checked and converted per ``schema``."""
+    raw = request.query.get(name)
+    if raw is None:
+        return None
+    value: Any = raw
+    if schema.get("type") == "integer":
+        if not _INTEGER.fullmatch(raw):
+            raise ValidationError(f"query parameter {name} must be an integer, not {raw!r}")
+        value = int(raw)
+    check(value, schema, _components(request), f"query parameter {name}")
+    return value
+
+
+def path_uuid(request: web.Request, name: str) -> str:
+    """Path parameter ``name``, which must be a UUID (400 otherwise), lower-cased."""
+    value = request.match_info[name]
+    check(
+        value,
+        {"type": "string", "pattern": UUID_PATTERN, "x-pattern-message": "{where} must be a UUID"},
+        {},
+        f"{name} {value!r}",
+    )
+    return value.lower()

@@ -1,0 +1,138 @@
+"""Messages from external clients, conversations, and the contract-net task helper."""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+
+from caxton.api.common import body, path_uuid, service
+from caxton.api.keys import TASKS
+from caxton.api.permissions import requires
+from caxton.api.tasks import Task
+from caxton.errors import CaxtonError, NotFound, ValidationError
+from caxton.messaging.message import Message, new_message_id
+
+__all__ = ["routes"]
+
+log = logging.getLogger("caxton.api")
+
+routes = web.RouteTableDef()
+
+#: Deadline of a task that gives none, ms.
+DEFAULT_DEADLINE_MS = 5000
+
+
+def _client_name() -> str:
+    return f"client-{new_message_id()[:12]}"
+
+
+@routes.post("/api/v1/messages")
+@requires("send")
+async def send_message(request: web.Request) -> web.Response:
+    data = await body(request, "SendMessage")
+    router = service(request, "router")
+    wait_ms = data.pop("wait_ms", 0)
+    data.setdefault("sender", _client_name())
+    message = Message.from_dict(data)
+    if wait_ms:
+        reply = await router.request(message, wait_ms / 1000)
+        return web.json_response(
+            {
+                "status": "replied",
+                "message_id": message.message_id,
+                "conversation_id": message.conversation_id,
+                "sender": message.sender,
+                "reply": reply.to_dict(),
+            }
+        )
+    await router.send(message)
+    return web.json_response(
+        {
+            "status": "accepted",
+            "message_id": message.message_id,
+            "conversation_id": message.conversation_id,
+            "sender": message.sender,
+        },
+        status=202,
+    )
+
+
+@routes.get("/api/v1/conversations/{conversation_id}")
+@requires("read")
+async def get_conversation(request: web.Request) -> web.Response:
+    conversation_id = request.match_info["conversation_id"]
+    if len(conversation_id) > 255:
+        raise ValidationError(
+            f"conversation id is {len(conversation_id)} characters long; the limit is 255"
+        )
+    conversation = service(request, "router").conversation(conversation_id)
+    if conversation is None:
+        raise NotFound(
+            f"Conversation not found: {conversation_id}",
+            details=f"no conversation {conversation_id!r} on this node: it never existed "
+            f"or it expired (messaging.message_ttl)",
+        )
+    return web.json_response(conversation.to_dict())
+
+
+@routes.post("/api/v1/tasks")
+@requires("send")
+async def create_task(request: web.Request) -> web.Response:
+    data = await body(request, "CreateTask")
+    participants = tuple(data["participants"])
+    initiator = data.get("initiator") or _client_name()
+    if initiator in participants:
+        raise ValidationError(f"the initiator {initiator!r} is also a participant")
+    task = request.config_dict[TASKS].add(
+        Task(
+            initiator=initiator,
+            participants=participants,
+            content=data["content"],
+            deadline_ms=data.get("deadline_ms", DEFAULT_DEADLINE_MS),
+            result_timeout_ms=data.get("result_timeout_ms"),
+            language=data.get("language"),
+            ontology=data.get("ontology"),
+        )
+    )
+    return web.json_response(
+        task.to_dict(), status=201, headers={"Location": f"/api/v1/tasks/{task.id}"}
+    )
+
+
+@routes.get("/api/v1/tasks/{task_id}")
+@requires("read")
+async def get_task(request: web.Request) -> web.Response:
+    task = request.config_dict[TASKS].get(path_uuid(request, "task_id"))
+    return web.json_response(task.to_dict())
+
+
+@routes.post("/api/v1/tasks/{task_id}/distribute")
+@requires("send")
+async def distribute_task(request: web.Request) -> web.Response:
+    board = request.config_dict[TASKS]
+    task_id = path_uuid(request, "task_id")
+    router = service(request, "router")
+    task = board.begin(task_id)
+    try:
+        task.outcome = await router.contract_net(
+            task.initiator,
+            task.participants,
+            task.content,
+            deadline=task.deadline_ms / 1000,
+            result_timeout=(
+                task.result_timeout_ms / 1000 if task.result_timeout_ms is not None else None
+            ),
+            language=task.language,
+            ontology=task.ontology,
+        )
+    except CaxtonError as exc:
+        task.state = "failed"
+        task.error = str(exc)
+        raise
+    except BaseException:
+        task.state = "failed"
+        task.error = "the round was interrupted"
+        raise
+    task.state = "awarded" if task.outcome.winner is not None else "no-winner"
+    return web.json_response(task.to_dict())

@@ -1,0 +1,676 @@
+"""The OpenAPI 3 document of the REST API, served at ``/api/v1/openapi.json``.
+
+The document is built per node (the resource-limit maxima are that node's ceilings)
+and it is also what the server validates requests with (:mod:`caxton.api.validation`),
+so what it says is valid is what the server accepts. A test walks the router and this
+document and fails if either has an operation the other lacks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Any
+
+from caxton import __version__
+from caxton.agents.model import MAX_NAME_LENGTH, AgentState
+from caxton.api.permissions import PERMISSIONS, PUBLIC
+from caxton.drivers.sandbox import ResourceLimits
+from caxton.messaging.message import MAX_FIELD_LENGTH
+from caxton.messaging.performatives import Performative, Priority
+
+if TYPE_CHECKING:
+    from caxton.node import Node
+
+__all__ = ["MAX_WAIT_MS", "build_openapi", "schema_ref"]
+
+#: Longest a client may ask the API to wait (reply, drain, contract-net deadline), ms.
+MAX_WAIT_MS = 3_600_000
+#: Most receivers or participants in one request.
+MAX_RECIPIENTS = 1000
+
+_CONTROL = r"\x00-\x1f\x7f-\x9f"
+#: An agent name: 1-64 characters once blanks around it are trimmed, no control
+#: characters. (Agents themselves apply the same rule: caxton.agents.validate_name.)
+NAME_PATTERN = (
+    rf"^[ \t\r\n]*[^ {_CONTROL}]"
+    rf"(?:[^{_CONTROL}]{{0,{MAX_NAME_LENGTH - 2}}}[^ {_CONTROL}])?[ \t\r\n]*$"
+)
+UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+
+LIMIT_DESCRIPTIONS = {
+    "max_memory_bytes": "Linear memory an instance may grow to, bytes",
+    "max_fuel": "Fuel (wasm instructions, roughly) per delivery",
+    "max_execution_time_ms": "Wall-clock time per delivery, ms",
+    "max_table_elements": "Elements of each wasm table",
+    "max_instances": "Instances of the module (pool)",
+    "max_message_bytes": "Largest message the agent may send or receive, bytes",
+}
+#: The earlier runtime's name of ``max_execution_time_ms``.
+LIMIT_ALIASES = {"max_cpu_millis": "max_execution_time_ms"}
+
+
+def schema_ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _string(max_length: int = MAX_FIELD_LENGTH, **extra: Any) -> dict[str, Any]:
+    return {"type": "string", "minLength": 1, "maxLength": max_length, **extra}
+
+
+def _integer(minimum: int, maximum: int, description: str = "") -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "integer", "minimum": minimum, "maximum": maximum}
+    if description:
+        schema["description"] = description
+    return schema
+
+
+def _object(
+    properties: dict[str, Any], required: tuple[str, ...] = (), *, closed: bool = True, **extra: Any
+) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "object", "properties": properties}
+    if required:
+        schema["required"] = list(required)
+    if closed:
+        schema["additionalProperties"] = False
+    schema.update(extra)
+    return schema
+
+
+def _schemas(ceiling: ResourceLimits) -> dict[str, Any]:
+    ceilings = dataclasses.asdict(ceiling)
+    limit_inputs = {
+        key: {
+            **_integer(1, ceilings[key], LIMIT_DESCRIPTIONS[key]),
+            "x-maximum-hint": "this node's ceiling (see runtime.* in the config)",
+        }
+        for key in LIMIT_DESCRIPTIONS
+    }
+    for alias, key in LIMIT_ALIASES.items():
+        limit_inputs[alias] = {
+            **limit_inputs[key],
+            "description": f"Alias of {key} (the earlier runtime's name)",
+        }
+    name = {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": 256,
+        "pattern": NAME_PATTERN,
+        "x-pattern-message": (
+            "{where} must be 1-64 characters after trimming blanks, without control characters"
+        ),
+        "description": "1-64 characters after trimming blanks; no control characters",
+        "example": "production-agent-1",
+    }
+    agent_name = _string()
+    message_fields: dict[str, Any] = {
+        "performative": {"type": "string", "enum": sorted({p.value for p in Performative})},
+        "sender": _string(description="Default: a temporary client-... endpoint"),
+        "receiver": agent_name,
+        "receivers": {
+            "type": "array",
+            "items": agent_name,
+            "minItems": 1,
+            "maxItems": MAX_RECIPIENTS,
+        },
+        "content": {"description": "Any JSON value"},
+        "language": _string(),
+        "ontology": _string(),
+        "protocol": _string(),
+        "conversation_id": _string(),
+        "reply_with": _string(),
+        "in_reply_to": _string(),
+        "reply_by": {"type": "number", "minimum": 0, "description": "Unix time, seconds"},
+        "message_id": _string(),
+        "priority": {"type": "string", "enum": [p.name.lower() for p in Priority]},
+    }
+    message_out = {
+        **message_fields,
+        "receiver": {"type": "string"},
+        "sender": {"type": "string"},
+        "performative": {"type": "string"},
+        "priority": {"type": "string"},
+        "message_id": {"type": "string"},
+    }
+    for key in ("language", "ontology", "protocol", "conversation_id", "reply_with"):
+        message_out[key] = {"type": "string"}
+    message_out["in_reply_to"] = {"type": "string"}
+    message_out["receivers"] = {"type": "array", "items": {"type": "string"}}
+    return {
+        "Error": _object(
+            {
+                "error": {"type": "string", "description": "Short summary"},
+                "details": {"type": "string", "description": "What happened and what to do"},
+            },
+            ("error", "details"),
+        ),
+        "Health": _object({"status": {"type": "string", "enum": ["healthy"]}}, ("status",)),
+        "Liveness": _object({"status": {"type": "string", "enum": ["alive"]}}, ("status",)),
+        "Readiness": _object(
+            {
+                "status": {"type": "string", "enum": ["ready", "not-ready"]},
+                "state": {"type": "string"},
+                "checks": {"type": "object", "additionalProperties": {"type": "boolean"}},
+            },
+            ("status", "state", "checks"),
+        ),
+        "AgentName": name,
+        "ResourceLimitsInput": _object(limit_inputs),
+        "ResourceLimits": _object(
+            {key: {"type": "integer", "minimum": 1} for key in LIMIT_DESCRIPTIONS},
+            tuple(LIMIT_DESCRIPTIONS),
+            closed=False,
+        ),
+        "DeployAgent": _object(
+            {
+                "name": schema_ref("AgentName"),
+                "wasm_module": {
+                    "type": "string",
+                    "format": "byte",
+                    "minLength": 1,
+                    "description": "The compiled module, base64",
+                    "example": "AGFzbQEAAAA=",
+                },
+                "resource_limits": schema_ref("ResourceLimitsInput"),
+                "start": {"type": "boolean", "description": "Start it at once (default true)"},
+                "placement_strategy": _string(64, description="Placement driver to rank nodes"),
+                "prefer_nodes": {
+                    "type": "array",
+                    "items": _string(),
+                    "maxItems": 64,
+                    "description": "Nodes to favour, best first",
+                },
+                "target_node": _string(description="Deploy on exactly this node"),
+            },
+            ("name", "wasm_module"),
+        ),
+        "UpdateAgent": _object(
+            {
+                "wasm_module": {"type": "string", "format": "byte", "minLength": 1},
+                "resource_limits": schema_ref("ResourceLimitsInput"),
+            },
+            minProperties=1,
+        ),
+        "Agent": _object(
+            {
+                "id": {"type": "string", "format": "uuid"},
+                "name": {"type": "string"},
+                "state": {"type": "string", "enum": [s.value for s in AgentState]},
+                "node_id": {"type": "string"},
+                "module_sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+                "limits": schema_ref("ResourceLimits"),
+                "capabilities": {"type": "object"},
+                "restart_policy": {"type": "object"},
+                "counters": {"type": "object", "additionalProperties": {"type": "integer"}},
+                "last_error": {"type": "string", "nullable": True},
+                "created_at": {"type": "number"},
+                "updated_at": {"type": "number"},
+            },
+            ("id", "name", "state", "node_id", "module_sha256", "limits", "created_at"),
+            closed=False,
+        ),
+        "AgentList": {"type": "array", "items": schema_ref("Agent")},
+        "SendMessage": _object(
+            {
+                **message_fields,
+                "wait_ms": _integer(
+                    0, MAX_WAIT_MS, "Wait this long for the reply (0: do not wait)"
+                ),
+            },
+            ("performative",),
+            anyOf=[{"required": ["receiver"]}, {"required": ["receivers"]}],
+        ),
+        "Message": _object(
+            message_out,
+            ("performative", "sender", "receiver", "message_id", "priority"),
+            closed=False,
+        ),
+        "SendResult": _object(
+            {
+                "status": {"type": "string", "enum": ["accepted", "replied"]},
+                "message_id": {"type": "string"},
+                "conversation_id": {"type": "string", "nullable": True},
+                "sender": {"type": "string"},
+                "reply": schema_ref("Message"),
+            },
+            ("status", "message_id", "sender"),
+            closed=False,
+        ),
+        "Conversation": _object(
+            {
+                "conversation_id": {"type": "string"},
+                "protocol": {"type": "string", "nullable": True},
+                "initiator": {"type": "string"},
+                "participants": {"type": "array", "items": {"type": "string"}},
+                "state": {"type": "string"},
+                "roles": {"type": "object", "additionalProperties": {"type": "string"}},
+                "message_count": {"type": "integer"},
+                "started_at": {"type": "number"},
+                "updated_at": {"type": "number"},
+                "expires_at": {"type": "number"},
+            },
+            ("conversation_id", "state", "participants"),
+            closed=False,
+        ),
+        "CreateTask": _object(
+            {
+                "content": {"description": "The task, any JSON value, sent in the cfp"},
+                "participants": {
+                    "type": "array",
+                    "items": agent_name,
+                    "minItems": 1,
+                    "maxItems": MAX_RECIPIENTS,
+                    "uniqueItems": True,
+                },
+                "initiator": _string(description="Default: a temporary client-... endpoint"),
+                "deadline_ms": _integer(1, MAX_WAIT_MS, "How long bids are collected"),
+                "result_timeout_ms": _integer(
+                    1, MAX_WAIT_MS, "How long the winner has to report (default: deadline_ms)"
+                ),
+                "language": _string(),
+                "ontology": _string(),
+            },
+            ("content", "participants"),
+        ),
+        "Task": _object(
+            {
+                "id": {"type": "string", "format": "uuid"},
+                "state": {
+                    "type": "string",
+                    "enum": ["created", "distributing", "awarded", "no-winner", "failed"],
+                },
+                "initiator": {"type": "string"},
+                "participants": {"type": "array", "items": {"type": "string"}},
+                "content": {},
+                "deadline_ms": {"type": "integer"},
+                "created_at": {"type": "number"},
+                "conversation_id": {"type": "string", "nullable": True},
+                "winner": {"type": "string", "nullable": True},
+                "proposals": {"type": "object", "additionalProperties": schema_ref("Message")},
+                "refusals": {"type": "object", "additionalProperties": schema_ref("Message")},
+                "no_answer": {"type": "array", "items": {"type": "string"}},
+                "result": {**schema_ref("Message"), "nullable": True},
+                "error": {"type": "string", "nullable": True},
+            },
+            ("id", "state", "initiator", "participants", "deadline_ms", "created_at"),
+            closed=False,
+        ),
+        "QueueStats": _object(
+            {
+                "agents": {"type": "object", "additionalProperties": {"type": "object"}},
+                "priorities": {"type": "object", "additionalProperties": {"type": "integer"}},
+                "dead_letters": {"type": "integer", "minimum": 0},
+                "totals": {"type": "object"},
+            },
+            ("agents", "priorities", "dead_letters"),
+            closed=False,
+        ),
+        "Drain": _object({"timeout_ms": _integer(0, MAX_WAIT_MS, "Default 60000")}),
+        "DrainResult": _object(
+            {
+                "drained": {"type": "boolean"},
+                "remaining": {"type": "integer", "minimum": 0},
+                "timeout_ms": {"type": "integer"},
+            },
+            ("drained", "remaining", "timeout_ms"),
+            closed=False,
+        ),
+        "NodeResources": _object(
+            {
+                "node_id": {"type": "string"},
+                "cpu_percent": {"type": "number", "minimum": 0},
+                "cpu_count": {"type": "integer", "minimum": 1},
+                "load_average": {"type": "array", "items": {"type": "number"}},
+                "memory_rss_bytes": {"type": "integer", "minimum": 0},
+                "memory_total_bytes": {"type": "integer", "minimum": 0},
+                "agents": {"type": "integer", "minimum": 0},
+                "agents_by_state": {
+                    "type": "object",
+                    "additionalProperties": {"type": "integer"},
+                },
+                "max_agents": {"type": "integer"},
+                "uptime_seconds": {"type": "number", "minimum": 0},
+            },
+            ("node_id", "cpu_percent", "memory_rss_bytes", "agents"),
+            closed=False,
+        ),
+        "Resources": _object(
+            {"nodes": {"type": "array", "items": schema_ref("NodeResources")}},
+            ("nodes",),
+            closed=False,
+        ),
+        "EmergencyStop": _object(
+            {"all_agents": {"type": "boolean", "enum": [True]}}, ("all_agents",)
+        ),
+        "EmergencyStopResult": _object(
+            {"stopped": {"type": "integer", "minimum": 0}}, ("stopped",), closed=False
+        ),
+    }
+
+
+_STATUS_TEXT = {
+    200: "OK",
+    201: "Created",
+    202: "Accepted",
+    204: "No content",
+    400: "Invalid request (see details)",
+    404: "Not found",
+    408: "The request body arrived too slowly",
+    409: "Conflict with the current state",
+    413: "Request body too large",
+    429: "Rate limited: retry after Retry-After seconds",
+    503: "Not available now",
+    504: "No reply in time",
+}
+_RATE_HEADERS = {
+    "X-RateLimit-Limit": {"schema": {"type": "integer"}, "description": "Bucket size"},
+    "X-RateLimit-Remaining": {"schema": {"type": "integer"}, "description": "Tokens left"},
+    "X-RateLimit-Reset": {
+        "schema": {"type": "integer"},
+        "description": "Seconds until the bucket is full",
+    },
+}
+
+
+def _responses(ok: dict[int, str | None], errors: tuple[int, ...]) -> dict[str, Any]:
+    responses: dict[str, Any] = {}
+    for status, schema in ok.items():
+        entry: dict[str, Any] = {"description": _STATUS_TEXT[status]}
+        if schema is not None:
+            entry["content"] = {"application/json": {"schema": schema_ref(schema)}}
+        responses[str(status)] = entry
+    for status in (*errors, 429):
+        entry = {
+            "description": _STATUS_TEXT[status],
+            "content": {"application/json": {"schema": schema_ref("Error")}},
+        }
+        if status == 429:
+            entry["headers"] = {
+                "Retry-After": {"schema": {"type": "integer"}, "description": "Seconds"},
+                **_RATE_HEADERS,
+            }
+        responses[str(status)] = entry
+    return responses
+
+
+def _operation(
+    operation_id: str,
+    summary: str,
+    permission: str,
+    ok: dict[int, str | None],
+    errors: tuple[int, ...] = (),
+    *,
+    body: str | None = None,
+    body_required: bool = True,
+    parameters: list[dict[str, Any]] | None = None,
+    tag: str = "agents",
+) -> dict[str, Any]:
+    operation: dict[str, Any] = {
+        "operationId": operation_id,
+        "summary": summary,
+        "tags": [tag],
+        "x-permission": permission,
+        "responses": _responses(ok, errors),
+    }
+    if permission != PUBLIC:
+        operation["description"] = f"Permission: `{permission}` ({PERMISSIONS[permission]})."
+    if parameters:
+        operation["parameters"] = parameters
+    if body is not None:
+        operation["requestBody"] = {
+            "required": body_required,
+            "content": {"application/json": {"schema": schema_ref(body)}},
+        }
+    return operation
+
+
+def _path_id(name: str, description: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "path",
+        "required": True,
+        "description": description,
+        "schema": {"type": "string", "format": "uuid", "pattern": UUID_PATTERN},
+    }
+
+
+#: Errors any operation that reads a JSON body may answer.
+_BODY_ERRORS = (400, 408, 413)
+
+
+def _paths() -> dict[str, Any]:
+    agent_id = _path_id("agent_id", "The agent's id (a UUID, as returned by deploy)")
+    task_id = _path_id("task_id", "The task's id")
+    lifecycle = {
+        action: {
+            "post": _operation(
+                f"{action}Agent",
+                f"{action.capitalize()} the agent",
+                "update",
+                {200: "Agent"},
+                (400, 404, 409, 503),
+                parameters=[agent_id]
+                + (
+                    [
+                        {
+                            "name": "drain_timeout_ms",
+                            "in": "query",
+                            "required": False,
+                            "description": "Let in-flight conversations finish first (ms)",
+                            "schema": _integer(0, MAX_WAIT_MS),
+                        }
+                    ]
+                    if action == "stop"
+                    else []
+                ),
+            )
+        }
+        for action in ("start", "stop", "suspend", "resume")
+    }
+    return {
+        "/health": {
+            "get": _operation("liveness", "Liveness", PUBLIC, {200: "Liveness"}, tag="health")
+        },
+        "/ready": {
+            "get": _operation(
+                "readiness",
+                "Readiness: state store open, plugins started, cluster joined when asked",
+                PUBLIC,
+                {200: "Readiness"},
+                (503,),
+                tag="health",
+            )
+        },
+        "/api/v1/health": {
+            "get": _operation("health", "API health", PUBLIC, {200: "Health"}, tag="health")
+        },
+        "/api/v1/openapi.json": {
+            "get": {
+                **_operation("openapi", "This document", PUBLIC, {200: None}, tag="health"),
+            }
+        },
+        "/api/v1/agents": {
+            "get": _operation(
+                "listAgents",
+                "List agents",
+                "read",
+                {200: "AgentList"},
+                (400,),
+                parameters=[
+                    {
+                        "name": "name",
+                        "in": "query",
+                        "required": False,
+                        "description": "Only the agent with this name",
+                        "schema": schema_ref("AgentName"),
+                    },
+                    {
+                        "name": "state",
+                        "in": "query",
+                        "required": False,
+                        "description": "Only agents in this state",
+                        "schema": {"type": "string", "enum": [s.value for s in AgentState]},
+                    },
+                ],
+            ),
+            "post": _operation(
+                "deployAgent",
+                "Deploy an agent",
+                "deploy",
+                {201: "Agent"},
+                (*_BODY_ERRORS, 409, 503),
+                body="DeployAgent",
+            ),
+        },
+        "/api/v1/agents/{agent_id}": {
+            "get": _operation(
+                "getAgent",
+                "Get one agent",
+                "read",
+                {200: "Agent"},
+                (400, 404),
+                parameters=[agent_id],
+            ),
+            "put": _operation(
+                "updateAgent",
+                "Replace the module and/or limits (hot swap: same id, name and state)",
+                "update",
+                {200: "Agent"},
+                (*_BODY_ERRORS, 404, 409, 503),
+                body="UpdateAgent",
+                parameters=[agent_id],
+            ),
+            "delete": _operation(
+                "removeAgent",
+                "Stop and remove the agent",
+                "remove",
+                {204: None},
+                (400, 404, 503),
+                parameters=[agent_id],
+            ),
+        },
+        **{f"/api/v1/agents/{{agent_id}}/{action}": ops for action, ops in lifecycle.items()},
+        "/api/v1/messages": {
+            "post": _operation(
+                "sendMessage",
+                "Send a FIPA-ACL message; with wait_ms, wait for the reply",
+                "send",
+                {200: "SendResult", 202: "SendResult"},
+                (*_BODY_ERRORS, 404, 503, 504),
+                body="SendMessage",
+                tag="messages",
+            )
+        },
+        "/api/v1/conversations/{conversation_id}": {
+            "get": _operation(
+                "getConversation",
+                "What the router knows of a conversation",
+                "read",
+                {200: "Conversation"},
+                (400, 404, 503),
+                parameters=[
+                    {
+                        "name": "conversation_id",
+                        "in": "path",
+                        "required": True,
+                        "schema": _string(),
+                    }
+                ],
+                tag="messages",
+            )
+        },
+        "/api/v1/tasks": {
+            "post": _operation(
+                "createTask",
+                "Create a contract-net task (distribute it to run the call for proposals)",
+                "send",
+                {201: "Task"},
+                _BODY_ERRORS,
+                body="CreateTask",
+                tag="messages",
+            )
+        },
+        "/api/v1/tasks/{task_id}": {
+            "get": _operation(
+                "getTask",
+                "Get a task",
+                "read",
+                {200: "Task"},
+                (400, 404),
+                parameters=[task_id],
+                tag="messages",
+            )
+        },
+        "/api/v1/tasks/{task_id}/distribute": {
+            "post": _operation(
+                "distributeTask",
+                "Run the contract-net round: cfp, collect bids, award; returns the winner",
+                "send",
+                {200: "Task"},
+                (400, 404, 409, 503),
+                parameters=[task_id],
+                tag="messages",
+            )
+        },
+        "/api/v1/queues": {
+            "get": _operation(
+                "queueStats",
+                "Queue depths per agent and priority, dead letters",
+                "metrics",
+                {200: "QueueStats"},
+                (503,),
+                tag="operations",
+            )
+        },
+        "/api/v1/queues/drain": {
+            "post": _operation(
+                "drainQueues",
+                "Wait until the queues are empty or the timeout passes",
+                "cluster",
+                {200: "DrainResult"},
+                (*_BODY_ERRORS, 503),
+                body="Drain",
+                body_required=False,
+                tag="operations",
+            )
+        },
+        "/api/v1/resources": {
+            "get": _operation(
+                "resources",
+                "Node CPU, memory and agents",
+                "metrics",
+                {200: "Resources"},
+                tag="operations",
+            )
+        },
+        "/api/v1/emergency/stop": {
+            "post": _operation(
+                "emergencyStop",
+                "Stop every agent at once (no agent_shutdown)",
+                "cluster",
+                {200: "EmergencyStopResult"},
+                (*_BODY_ERRORS, 503),
+                body="EmergencyStop",
+                tag="operations",
+            )
+        },
+    }
+
+
+def build_openapi(node: Node) -> dict[str, Any]:
+    agents = getattr(node, "agents", None)
+    ceiling = getattr(agents, "limit_ceiling", None) or node.limit_ceiling()
+    return {
+        "openapi": "3.0.3",
+        "info": {
+            "title": "Caxton REST API",
+            "version": __version__,
+            "description": (
+                "Operate a Caxton node: deploy and manage agents, send messages, "
+                "inspect queues and resources. Errors are JSON {error, details}. "
+                "See docs/api.md."
+            ),
+        },
+        "servers": [{"url": "/"}],
+        "paths": _paths(),
+        "components": {"schemas": _schemas(ceiling)},
+    }

@@ -1,0 +1,95 @@
+"""Health, readiness, the OpenAPI document, queues, resources and emergency stop."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from caxton.api.common import body, service
+from caxton.api.keys import CPU, NODE, OPENAPI
+from caxton.api.permissions import public, requires
+from caxton.api.resources import node_resources
+
+__all__ = ["routes"]
+
+routes = web.RouteTableDef()
+
+#: How long ``POST /api/v1/queues/drain`` waits when the body gives no timeout, ms.
+DEFAULT_DRAIN_MS = 60_000
+
+
+@routes.get("/api/v1/health")
+@public
+async def health(request: web.Request) -> web.Response:
+    return web.json_response({"status": "healthy"})
+
+
+@routes.get("/health")
+@public
+async def liveness(request: web.Request) -> web.Response:
+    return web.json_response({"status": "alive"})
+
+
+def readiness_checks(node: Any) -> dict[str, bool]:
+    """What must hold before a load balancer sends this node traffic."""
+    checks = {
+        "running": node.state == "running",
+        "state_store": node.store is not None,
+        "agents": node.agents is not None,
+        "router": node.router is not None,
+    }
+    if node.join_addresses:
+        membership = node.membership
+        checks["cluster_joined"] = bool(membership is not None and len(membership.members()) > 1)
+    return checks
+
+
+@routes.get("/ready")
+@public
+async def readiness(request: web.Request) -> web.Response:
+    node = request.config_dict[NODE]
+    checks = readiness_checks(node)
+    ready = all(checks.values())
+    return web.json_response(
+        {"status": "ready" if ready else "not-ready", "state": node.state, "checks": checks},
+        status=200 if ready else 503,
+    )
+
+
+@routes.get("/api/v1/openapi.json")
+@public
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(request.config_dict[OPENAPI])
+
+
+@routes.get("/api/v1/queues")
+@requires("metrics")
+async def queue_stats(request: web.Request) -> web.Response:
+    return web.json_response(service(request, "router").queue_stats())
+
+
+@routes.post("/api/v1/queues/drain")
+@requires("cluster")
+async def drain_queues(request: web.Request) -> web.Response:
+    data = await body(request, "Drain", optional=True) or {}
+    timeout_ms = int(data.get("timeout_ms", DEFAULT_DRAIN_MS))
+    remaining = await service(request, "router").drain(timeout_ms / 1000)
+    return web.json_response(
+        {"drained": remaining == 0, "remaining": remaining, "timeout_ms": timeout_ms}
+    )
+
+
+@routes.get("/api/v1/resources")
+@requires("metrics")
+async def resources(request: web.Request) -> web.Response:
+    node = request.config_dict[NODE]
+    return web.json_response({"nodes": [node_resources(node, request.config_dict[CPU])]})
+
+
+@routes.post("/api/v1/emergency/stop")
+@requires("cluster")
+async def emergency_stop(request: web.Request) -> web.Response:
+    await body(request, "EmergencyStop")
+    stopped = await service(request, "agents").emergency_stop_all()
+    return web.json_response({"stopped": stopped})
