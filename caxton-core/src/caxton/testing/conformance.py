@@ -150,7 +150,11 @@ class DriverConformance:
         found = [ep for ep in entry_points(group=group) if ep.name == self.entry_point_name]
         assert found, f"no entry point '{self.entry_point_name}' in group '{group}'"
         assert len(found) == 1, f"several distributions publish '{self.entry_point_name}'"
-        assert found[0].load() is self.driver_class
+        loaded = found[0].load()
+        assert loaded is self.driver_class, (
+            f"entry point '{self.entry_point_name}' ({found[0].value}) is not "
+            f"{self.driver_class.__module__}.{self.driver_class.__qualname__}"
+        )
 
 
 # -------------------------------------------------------------------------
