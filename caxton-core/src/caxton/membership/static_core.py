@@ -156,7 +156,7 @@ class StaticCore:
         self.stats.messages_received += len(messages)
         for message in messages:
             kind = message[0]
-            if kind == MsgType.PING and message[2] in ("", self.node_id):
+            if kind == MsgType.PING and message[2] in ("", self.node_id) and not self.leaving:
                 self._send(header.address, [codec.ack(message[1])])
             elif kind == MsgType.ACK:
                 self._on_ack(message[1], header)

@@ -239,7 +239,9 @@ class SwimCore:
 
     def next_deadline(self) -> float:
         """When :meth:`tick` has work next (it may be called earlier or later)."""
-        deadline = min(self._next_gossip, self._next_reap)
+        deadline = self._next_reap
+        if self._broadcasts:  # an idle gossip timer needs no wake-ups
+            deadline = min(deadline, self._next_gossip)
         if not self.leaving:
             deadline = min(deadline, self._next_probe, self._next_push_pull, self._next_rejoin)
         probe = self._probe

@@ -46,6 +46,8 @@ from caxton.membership.settings import SwimSettings
 from caxton.membership.swim_core import SwimCore
 
 __all__ = [
+    "SCENARIOS",
+    "ScenarioResult",
     "SimCluster",
     "SimNode",
     "UdpLoopbackTransport",
@@ -114,6 +116,7 @@ class SimCluster:
         self._order = itertools.count()
         self._addresses: dict[Address, SimNode] = {}
         self._ports = itertools.count(1)
+        self._assigned: dict[str, Address] = {}
         self._factory = core_factory or self._swim_core
 
     # -- building -------------------------------------------------------------------
@@ -124,11 +127,11 @@ class SimCluster:
         return SwimCore(node_id, address, self.settings, now=now, rng=rng)
 
     def address_of(self, node_id: str) -> Address:
-        node = self.nodes.get(node_id)
-        if node is not None:
-            return node.address
-        index = next(self._ports)
-        return (f"10.{index // 250}.{index % 250}.1", 7946)
+        address = self._assigned.get(node_id)
+        if address is None:
+            index = next(self._ports)
+            address = self._assigned[node_id] = (f"10.{index // 250}.{index % 250}.1", 7946)
+        return address
 
     def add_node(self, node_id: str, join: Sequence[str] = ()) -> SimNode:
         """Start ``node_id`` (a restart if it existed) and join it through ``join``."""
@@ -392,6 +395,150 @@ class SimCluster:
 
         self._at(self.now + request.timeout, lambda: finish(None))
         self._at(self.now + self._delay(), arrive)
+
+
+# -------------------------------------------------------------------------
+# Property scenarios: each runs one seeded cluster and checks one property
+# -------------------------------------------------------------------------
+
+
+@dataclass
+class ScenarioResult:
+    """What a scenario observed: ``failure`` is None when the property held."""
+
+    failure: str | None
+    #: Simulated seconds measured by the scenario (detection time, merge time...).
+    measured: float | None = None
+
+
+def _failures_other_than(sim: SimCluster, expected: Iterable[str] = ()) -> list[str]:
+    allowed = set(expected)
+    return [
+        f"{observer} marked {member} failed at {when:.2f}s"
+        for when, observer, member in sim.events("failed")
+        if member not in allowed
+    ]
+
+
+def _formed(seed: int, nodes: int, settings: SwimSettings | None) -> SimCluster:
+    sim = SimCluster(seed, settings)
+    sim.start_nodes(nodes)
+    if sim.run_until(sim.converged, timeout=30) is None:
+        raise AssertionError(f"seed {seed}: {nodes} nodes did not converge in 30s")
+    # A random phase so kills and faults do not line up with the probe schedule.
+    sim.run_for(2.0 + sim.rng.random())
+    return sim
+
+
+def scenario_kill(
+    seed: int, nodes: int = 5, settings: SwimSettings | None = None
+) -> ScenarioResult:
+    """Kill one node: every survivor marks it failed, and nobody else is failed."""
+    sim = _formed(seed, nodes, settings)
+    victim = f"n{1 + sim.rng.randrange(nodes - 1)}"
+    sim.kill(victim)
+    took = sim.run_until(lambda: sim.all_see(victim, MemberStatus.FAILED), 120, step=0.01)
+    if took is None:
+        return ScenarioResult(f"survivors did not all mark {victim} failed within 120s")
+    sim.run_for(10)
+    wrong = _failures_other_than(sim, [victim])
+    return ScenarioResult("; ".join(wrong) or None, took)
+
+
+def scenario_loss(
+    seed: int,
+    nodes: int = 5,
+    settings: SwimSettings | None = None,
+    loss: float = 0.2,
+    duration: float = 60.0,
+) -> ScenarioResult:
+    """One node loses ``loss`` of its packets both ways: nobody is declared failed."""
+    sim = _formed(seed, nodes, settings)
+    sim.set_loss(f"n{1 + sim.rng.randrange(nodes - 1)}", loss)
+    sim.run_for(duration)
+    wrong = _failures_other_than(sim)
+    return ScenarioResult("; ".join(wrong) or None)
+
+
+def scenario_pause(
+    seed: int, nodes: int = 5, settings: SwimSettings | None = None, pause: float = 2.0
+) -> ScenarioResult:
+    """One node stops for ``pause`` seconds (shorter than the suspicion timeout): it is
+    not declared failed."""
+    sim = _formed(seed, nodes, settings)
+    sim.pause(f"n{1 + sim.rng.randrange(nodes - 1)}", pause)
+    sim.run_for(pause + 30)
+    wrong = _failures_other_than(sim)
+    return ScenarioResult("; ".join(wrong) or None)
+
+
+def scenario_partition(
+    seed: int, nodes: int = 6, settings: SwimSettings | None = None, split: float = 60.0
+) -> ScenarioResult:
+    """Split the cluster for ``split`` seconds, heal: views merge again by themselves."""
+    sim = _formed(seed, nodes, settings)
+    names = sorted(sim.nodes)
+    sim.rng.shuffle(names)
+    cut = 1 + sim.rng.randrange(nodes - 1)
+    left_side, right_side = names[:cut], names[cut:]
+    sim.partition(left_side, right_side)
+    sim.run_for(split)
+    # The larger side must have noticed; a lone node is slower on purpose (Lifeguard:
+    # when nothing answers, it doubts itself first).
+    big, small = sorted((left_side, right_side), key=len, reverse=True)
+    if not sim.all_see(small[0], MemberStatus.FAILED, big):
+        return ScenarioResult(f"the partition {big} | {small} was not detected")
+    sim.heal()
+    took = sim.run_until(sim.converged, timeout=180)
+    if took is None:
+        return ScenarioResult(f"views did not merge within 180s after healing {left_side}")
+    return ScenarioResult(None, took)
+
+
+def scenario_leave(
+    seed: int, nodes: int = 5, settings: SwimSettings | None = None
+) -> ScenarioResult:
+    """A node leaves gracefully then stops: everyone lists it left, nobody failed."""
+    sim = _formed(seed, nodes, settings)
+    leaver = f"n{1 + sim.rng.randrange(nodes - 1)}"
+    sim.leave(leaver)
+    took = sim.run_until(lambda: sim.nodes[leaver].core.leave_done, timeout=10)
+    if took is None:
+        return ScenarioResult(f"{leaver} did not finish announcing its leave in 10s")
+    sim.kill(leaver)
+    sim.run_for(30)
+    if not sim.all_see(leaver, MemberStatus.LEFT):
+        return ScenarioResult(f"not every node lists {leaver} as left")
+    wrong = _failures_other_than(sim)
+    return ScenarioResult("; ".join(wrong) or None, took)
+
+
+def scenario_restart(
+    seed: int, nodes: int = 5, settings: SwimSettings | None = None
+) -> ScenarioResult:
+    """Kill a node, let it be declared failed, restart it with the same id: it reclaims
+    its name (a higher incarnation) and every view converges."""
+    sim = _formed(seed, nodes, settings)
+    victim = f"n{1 + sim.rng.randrange(nodes - 1)}"
+    sim.kill(victim)
+    if sim.run_until(lambda: sim.all_see(victim, MemberStatus.FAILED), 120) is None:
+        return ScenarioResult(f"{victim} was not declared failed")
+    sim.restart(victim, ["n0"])
+    took = sim.run_until(sim.converged, timeout=30)
+    if took is None:
+        return ScenarioResult(f"restarted {victim} was not alive everywhere within 30s")
+    return ScenarioResult(None, took)
+
+
+#: The properties swept over many seeds by the test suite (name -> scenario).
+SCENARIOS: dict[str, Callable[..., ScenarioResult]] = {
+    "kill": scenario_kill,
+    "loss": scenario_loss,
+    "pause": scenario_pause,
+    "partition": scenario_partition,
+    "leave": scenario_leave,
+    "restart": scenario_restart,
+}
 
 
 # -------------------------------------------------------------------------
