@@ -145,43 +145,67 @@ class Bench:
 
     # -- routing -----------------------------------------------------------------------
 
-    async def routing(self, round_trips: int) -> dict[str, Any]:
+    async def routing(self, round_trips: int, pingers: int) -> dict[str, Any]:
+        await self.manager.deploy("echo", self.echo)
+        stamps, elapsed = await self._ping(1, round_trips)
+        deltas = [b - a for a, b in itertools.pairwise(stamps[0][1:])]
+        result: dict[str, Any] = {"latency": percentiles(deltas)}
+        result["latency"]["round_trips_per_s"] = round(round_trips / elapsed)
+        result["latency"]["messages_per_s"] = 2 * round(round_trips / elapsed)
+        _, elapsed = await self._ping(pingers, round_trips)
+        result["throughput"] = {
+            "pingers": pingers,
+            "round_trips_per_s": round(round_trips / elapsed),
+            "messages_per_s": 2 * round(round_trips / elapsed),
+        }
+        result["note"] = (
+            "latency: one pinger, one sample = one round trip pinger -> echo -> pinger "
+            "(2 messages, 2 wasm calls); throughput: several pingers in flight at once"
+        )
+        await self.manager.remove("echo")
+        return result
+
+    async def _ping(self, pingers: int, round_trips: int) -> tuple[list[list[int]], float]:
+        """Run ``pingers`` ping-pong loops with echo until ``round_trips`` in total."""
         from caxton.messaging import Message
 
-        await self.manager.deploy("echo", self.echo)
-        await self.manager.deploy("pinger", self.pinger)
-        pinger = self.manager.runtime("pinger")
-        stamps: list[int] = []
-        done = asyncio.get_running_loop().create_future()
         clock = time.perf_counter_ns
+        done = asyncio.get_running_loop().create_future()
+        stamps: list[list[int]] = []
+        total = 0
 
-        def timed(message: Message) -> None:
-            stamps.append(clock())
-            if len(stamps) <= round_trips:
-                pinger.deliver(message)
-            elif not done.done():
-                done.set_result(None)
+        def timed(deliver: Callable[[Message], None], mine: list[int]) -> Callable[..., None]:
+            def wrapper(message: Message) -> None:
+                nonlocal total
+                mine.append(clock())
+                total += 1
+                if total <= round_trips:
+                    deliver(message)
+                elif not done.done():
+                    done.set_result(None)
 
-        self.router.unregister("pinger")
-        self.router.register("pinger", timed)
+            return wrapper
+
+        names = [f"pinger-{i}" for i in range(pingers)]
+        for name in names:
+            await self.manager.deploy(name, self.pinger)
+            stamps.append([])
+            runtime = self.manager.runtime(name)
+            self.router.register(name, timed(runtime.deliver, stamps[-1]), replace=True)
         gc.disable()
         try:
             start = clock()
-            self.router.send_nowait(
-                Message(performative="inform", sender="echo", receiver="pinger", content=0)
-            )
-            await asyncio.wait_for(done, 120)
-            elapsed = clock() - start
+            for name in names:
+                self.router.send_nowait(
+                    Message(performative="inform", sender="echo", receiver=name, content=0)
+                )
+            await asyncio.wait_for(done, 300)
+            elapsed = (clock() - start) / 1e9
         finally:
             gc.enable()
-        deltas = [b - a for a, b in itertools.pairwise(stamps[1:])]
-        result = percentiles(deltas)
-        result["round_trips_per_s"] = round(round_trips / (elapsed / 1e9))
-        result["messages_per_s"] = 2 * result["round_trips_per_s"]
-        result["note"] = "one sample = one round trip: pinger -> echo -> pinger (2 messages)"
-        for name in ("pinger", "echo"):
+        for name in names:
             await self.manager.remove(name)
-        return result
+        return stamps, elapsed
 
     # -- per-message overhead -------------------------------------------------------------
 
@@ -319,7 +343,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         results: dict[str, Any] = {}
         async with Bench(Path(tmp) / "node", args.agents + 1000) as bench:
             steps: list[tuple[str, Callable[[], Awaitable[dict[str, Any]]]]] = [
-                ("routing", lambda: bench.routing(args.round_trips)),
+                ("routing", lambda: bench.routing(args.round_trips, args.pingers)),
                 ("overhead", lambda: bench.overhead(args.round_trips)),
                 ("startup", lambda: bench.startup(args.startups)),
                 ("first_deploy", lambda: bench.first_deploy(args.compiles)),
@@ -335,6 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small counts, for a smoke run")
     parser.add_argument("--round-trips", type=int, default=50_000)
+    parser.add_argument("--pingers", type=int, default=16, help="loops in flight (throughput)")
     parser.add_argument("--startups", type=int, default=500)
     parser.add_argument("--compiles", type=int, default=10)
     parser.add_argument("--agents", type=int, default=10_000)

@@ -605,3 +605,84 @@ def test_limits_of_a_restored_agent_are_the_deployed_ones() -> None:
     )
     assert restored.limits == limits
     assert restored.to_dict() == {**agent.to_dict(), "node_id": "n1"}
+
+
+async def test_agent_whose_module_is_gone_comes_back_failed(
+    node: Node, example_agents: dict[str, bytes]
+) -> None:
+    agent = await node.manager.deploy("echo", example_agents["echo"])
+    await node.manager.close()
+    await node.store.connection.execute("DELETE FROM modules")
+    await node.router.close()
+    await node.store.close()
+    await node.start()
+    restored = node.manager.get("echo")
+    assert restored.id == agent.id
+    assert restored.state is AgentState.FAILED
+    assert "missing from the state store" in (restored.last_error or "")
+    with pytest.raises(Conflict, match="update the agent with its wasm"):
+        await node.manager.start_agent("echo")
+    await node.manager.update("echo", wasm=example_agents["echo"])
+    await node.manager.start_agent("echo")
+    assert (await node.client.ask("echo", "back")).content == "back"
+
+
+# -- the host API, called as the sandbox calls it ------------------------------------------
+
+
+async def test_host_api_codes_and_sender(node: Node, example_agents: dict[str, bytes]) -> None:
+    from caxton.sandbox.abi import Status
+
+    await node.manager.deploy("echo", example_agents["echo"])
+    runtime = node.manager.runtime("echo")
+    assert runtime.send(b"not json") == Status.INVALID
+    assert runtime.send(b"[1, 2]") == Status.INVALID
+    assert runtime.send(b'{"performative": "shout", "receiver": "client"}') == Status.INVALID
+    assert runtime.send(b'{"performative": "inform", "receiver": "nobody"}') == Status.NOT_FOUND
+    forged = b'{"performative": "inform", "receiver": "client", "sender": "admin", "content": 7}'
+    assert runtime.send(forged) == Status.OK
+    message = await node.client.wait_for(lambda m: m.content == 7)
+    assert message.sender == "echo"
+    assert runtime.reply(b'{"performative": "inform"}') == Status.NOT_FOUND  # nothing to answer
+    assert runtime.legacy_send("client", b"plain text") == Status.OK
+    assert (await node.client.wait_for(lambda m: m.content == "plain text")).sender == "echo"
+    assert len(runtime.random_bytes(16)) == 16
+    assert runtime.now_us() > 1_600_000_000_000_000
+
+
+async def test_kv_limits_and_namespaces(
+    tmp_path: Path, wasmtime_sandbox: WasmtimeSandbox, example_agents: dict[str, bytes]
+) -> None:
+    from caxton.sandbox.abi import Status
+
+    node = Node(tmp_path, wasmtime_sandbox, kv_quota_bytes=100, kv_max_value_bytes=50)
+    await node.start()
+    try:
+        await node.manager.deploy("a", example_agents["echo"])
+        await node.manager.deploy("b", example_agents["echo"])
+        a, b = node.manager.runtime("a"), node.manager.runtime("b")
+        assert a.kv_store(b"k", b"x" * 51) == Status.TOO_LARGE
+        assert a.kv_store(b"k", b"x" * 50) == Status.OK
+        assert a.kv_store(b"k2", b"x" * 50) == Status.DENIED  # 1+50 + 2+50 > 100
+        assert a.kv_store(b"k", b"y" * 40) == Status.OK  # replacing frees the old value
+        assert a.kv_load(b"k") == b"y" * 40
+        assert b.kv_load(b"k") is None
+        assert a.kv_delete(b"missing") == Status.NOT_FOUND
+        assert a.kv_delete(b"k") == Status.OK
+        assert a.kv_bytes == 0
+        await node.store.flush()
+        assert await node.store.load_kv(a.agent.id) == {}
+    finally:
+        await node.stop()
+
+
+async def test_timer_codes(node: Node, example_agents: dict[str, bytes]) -> None:
+    from caxton.sandbox.abi import Status
+
+    await node.manager.deploy("echo", example_agents["echo"])
+    runtime = node.manager.runtime("echo")
+    timer = runtime.set_timer(60_000, False)
+    assert timer > 0
+    assert runtime.set_timer(-1, False) == Status.INVALID
+    assert runtime.cancel_timer(timer) == Status.OK
+    assert runtime.cancel_timer(timer) == Status.NOT_FOUND

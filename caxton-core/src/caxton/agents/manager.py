@@ -355,6 +355,12 @@ class AgentManager:
         runtime = self._runtime(name_or_id)
         async with runtime.lock:
             check_operation(runtime.agent, "start")
+            if isinstance(runtime.module, MissingModule):
+                raise Conflict(
+                    f"cannot start agent '{runtime.name}': its module "
+                    f"{runtime.module.sha256[:12]} is missing from the state store; "
+                    f"update the agent with its wasm first"
+                )
             runtime.streak = 0
             await self._start_runtime(runtime)
         return runtime.agent
@@ -689,6 +695,9 @@ class AgentManager:
             runtime.run_backlog()
 
 
+class MissingModule(CompiledModule):
+    """Stands for a module whose bytes are gone from the store; the agent stays failed."""
+
+
 def _missing(agent: Agent) -> CompiledModule:
-    """A placeholder for an agent whose module bytes are gone (it stays failed)."""
-    return CompiledModule(agent.module_sha256, None, frozenset())
+    return MissingModule(agent.module_sha256, None, frozenset())

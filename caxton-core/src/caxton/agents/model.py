@@ -130,7 +130,7 @@ class Agent:
             id=row["id"],
             name=row["name"],
             module_sha256=row["module_sha256"],
-            limits=ResourceLimits(**row["limits"]),
+            limits=_known(ResourceLimits, row["limits"]),
             capabilities=capabilities_from_mapping(row["capabilities"]),
             state=AgentState(row["state"]),
             restart_policy=RestartPolicy.from_dict(row["restart_policy"], default_policy),
@@ -143,6 +143,12 @@ class Agent:
 
     def __repr__(self) -> str:
         return f"<Agent {self.name} {self.id} {self.state.value}>"
+
+
+def _known(cls: type[ResourceLimits], data: Mapping[str, Any]) -> ResourceLimits:
+    """Build ``cls`` from stored data, ignoring fields this version does not know."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in data.items() if k in names})
 
 
 def validate_name(name: object) -> str:
