@@ -97,18 +97,24 @@ def test_contract_net_picks_the_cheapest_bid(
     inbox: list[dict[str, Any]] = []
     run(agents, outbox, inbox)
 
+    # The result answers the request in the request's conversation.
     assert inbox == [
         {
             "performative": "inform",
             "receiver": "client",
             "sender": "manager",
-            "protocol": "fipa-contract-net",
+            "conversation_id": "job-1",
             "content": {"winner": "b2", "price": 20},
         }
     ]
-    cfps = [m for m in agents["manager"][1].sent_json() if m["performative"] == "cfp"]
+    sent = agents["manager"][1].sent_json()
+    cfps = [m for m in sent if m["performative"] == "cfp"]
     assert [m["receiver"] for m in cfps] == ["b1", "b2", "b3"]
     assert cfps[0]["content"] == {"task": "haul", "budget": 50}
+    # cfps and decisions are one fipa-contract-net conversation.
+    contract_net = [m for m in sent if m["receiver"] != "client"]
+    assert {m["conversation_id"] for m in contract_net} == {"job-1/cnet"}
+    assert {m["protocol"] for m in contract_net} == {"fipa-contract-net"}
     answers = {name: agents[name][1].replies_json() for name in ("b1", "b2", "b3")}
     assert answers["b1"][0] == {
         "performative": "propose",
@@ -118,11 +124,10 @@ def test_contract_net_picks_the_cheapest_bid(
     assert answers["b3"][0]["performative"] == "refuse"  # 80 is over the budget
     assert answers["b2"][-1]["content"] == {"done": True, "price": 20}
     decisions = {
-        m["receiver"]: m["performative"]
-        for m in agents["manager"][1].sent_json()
-        if m["performative"].endswith("-proposal")
+        m["receiver"]: m["performative"] for m in sent if m["performative"].endswith("-proposal")
     }
-    assert decisions == {"b2": "accept-proposal", "b1": "reject-proposal", "b3": "reject-proposal"}
+    # b3's refusal ended its part: only the other proposer is rejected.
+    assert decisions == {"b2": "accept-proposal", "b1": "reject-proposal"}
 
 
 def test_contract_net_without_proposals_fails(
