@@ -25,12 +25,17 @@ import contextlib
 import heapq
 import itertools
 import random
+import socket
 import struct
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
-from caxton.drivers.membership import MemberStatus
+import pytest
+
+from caxton.drivers.base import Driver, DriverContext
+from caxton.drivers.membership import Membership, MemberStatus
 from caxton.drivers.transport import (
     Address,
     DatagramHandler,
@@ -40,13 +45,18 @@ from caxton.drivers.transport import (
     PeerStats,
     Transport,
 )
-from caxton.errors import TransportError
+from caxton.errors import TransportError, ValidationError
 from caxton.membership.core import MemberEvent, MembershipCore, SyncRequest
 from caxton.membership.settings import SwimSettings
 from caxton.membership.swim_core import SwimCore
+from caxton.plugins import PluginHost
+from caxton.testing.conformance import DriverConformance, driver_config, run
+from caxton.testing.node import HookRecorder
+from caxton.units import format_address
 
 __all__ = [
     "SCENARIOS",
+    "MembershipConformance",
     "ScenarioResult",
     "SimCluster",
     "SimNode",
@@ -577,6 +587,8 @@ class UdpLoopbackTransport(Transport):
         self._stats: dict[Address, PeerStats] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.drop: Callable[[Address], bool] = lambda peer: False
+        #: Upper bound on any request's timeout (keeps tests of silent peers short).
+        self.request_timeout: float | None = None
         self.address: Address | None = None
 
     async def listen(
@@ -635,6 +647,8 @@ class UdpLoopbackTransport(Transport):
     async def request(
         self, peer: Address, kind: FrameKind, payload: bytes, timeout: float
     ) -> bytes:
+        if self.request_timeout is not None:
+            timeout = min(timeout, self.request_timeout)
         ident = next(self._ids)
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._pending[ident] = future
@@ -661,3 +675,183 @@ class UdpLoopbackTransport(Transport):
         if self._socket is not None:
             self._socket.close()
             self._socket = None
+
+
+# -------------------------------------------------------------------------
+# The membership driver contract
+# -------------------------------------------------------------------------
+
+#: Fast timings for the conformance suite (real sockets, so real time).
+FAST_CLUSTER = {
+    "bind_addr": "127.0.0.1:0",
+    "gossip_interval": "50ms",
+    "probe_interval": "100ms",
+    "probe_timeout": "50ms",
+    "suspicion_multiplier": 2,
+    "push_pull_interval": "2s",
+}
+
+
+class MembershipConformance(DriverConformance):
+    """The contract of :class:`caxton.drivers.Membership`, on UDP loopback.
+
+    A membership plugin's tests subclass it and name the class under test::
+
+        class TestMyMembership(MembershipConformance):
+            driver_class = MyMembership
+            entry_point_name = "my-membership"
+
+    Each node gets a :class:`UdpLoopbackTransport` as ``services["transport"]``, the node
+    wires its datagrams to ``driver.on_datagram`` and its ``GOSSIP`` requests to
+    ``driver.on_gossip_frame`` (as a Caxton node does), and advertises the port it bound.
+    Membership events are checked through the hooks (:class:`~caxton.testing.HookRecorder`).
+    """
+
+    interface: ClassVar[type[Driver]] = Membership
+    driver_config: ClassVar[Mapping[str, Any]] = FAST_CLUSTER
+    #: Seconds a test waits for the cluster to reach an expected state.
+    settle_timeout: ClassVar[float] = 10.0
+
+    def make_context(self, data_dir: Path) -> DriverContext:
+        context = super().make_context(data_dir)
+        context.services["transport"] = UdpLoopbackTransport()
+        return context
+
+    async def start_node(
+        self,
+        node_id: str,
+        data_dir: Path,
+        recorder: HookRecorder | None = None,
+        **config: Any,
+    ) -> Membership:
+        """A started driver on its own transport and plugin host."""
+        host = PluginHost(use_entry_points=False, env={})
+        if recorder is not None:
+            recorder.attach(host)
+        transport = UdpLoopbackTransport()
+        transport.request_timeout = 1.0
+        context = DriverContext(node_id=node_id, data_dir=data_dir, hook=host.hook)
+        context.services["transport"] = transport
+        driver: Any = None
+
+        async def on_frame(frame: Frame) -> bytes | None:
+            return await driver.on_gossip_frame(frame) if driver is not None else None
+
+        def on_datagram(payload: bytes, source: Address) -> None:
+            if driver is not None:
+                driver.on_datagram(payload, source)
+
+        bound = await transport.listen(("127.0.0.1", 0), on_frame, on_datagram)
+        values = {**self.driver_config, **config, "advertise_addr": format_address(bound)}
+        driver = self.driver_class(driver_config(self.driver_class, values), context)
+        assert isinstance(driver, Membership)
+        await driver.start()
+        return driver
+
+    async def stop_node(self, driver: Membership) -> None:
+        await driver.close()
+        await driver.context.services["transport"].close()
+
+    async def eventually(self, condition: Callable[[], bool]) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settle_timeout
+        while not condition():
+            assert loop.time() < deadline, "the cluster did not settle in time"
+            await asyncio.sleep(0.02)
+
+    @staticmethod
+    def status(driver: Membership, node_id: str) -> MemberStatus | None:
+        for member in driver.members():
+            if member.node_id == node_id:
+                return member.status
+        return None
+
+    # -- checks -------------------------------------------------------------------
+
+    def test_local_member_is_listed_alive(self, tmp_path: Path) -> None:
+        async def check() -> None:
+            driver = await self.start_node("node-1", tmp_path)
+            try:
+                local = driver.local_member()
+                assert local.node_id == "node-1"
+                assert local.status is MemberStatus.ALIVE
+                assert local in driver.members()
+            finally:
+                await self.stop_node(driver)
+
+        run(check())
+
+    def test_two_nodes_join_and_announce_it(self, tmp_path: Path) -> None:
+        recorder = HookRecorder()
+
+        async def check() -> None:
+            first = await self.start_node("node-1", tmp_path, recorder)
+            second = await self.start_node("node-2", tmp_path, recorder)
+            try:
+                # Both ways, so a fixed-list driver (``static``) lists both too.
+                assert await second.join([first.local_member().address]) == 1
+                assert await first.join([second.local_member().address]) == 1
+                await self.eventually(
+                    lambda: (
+                        self.status(first, "node-2") is MemberStatus.ALIVE
+                        and self.status(second, "node-1") is MemberStatus.ALIVE
+                    )
+                )
+                joined = {c.member.node_id for c in recorder.calls("caxton_member_joined")}
+                assert joined == {"node-1", "node-2"}
+            finally:
+                await self.stop_node(second)
+                await self.stop_node(first)
+
+        run(check())
+
+    def test_leave_is_reported_as_left_not_failed(self, tmp_path: Path) -> None:
+        recorder = HookRecorder()
+
+        async def check() -> None:
+            first = await self.start_node("node-1", tmp_path, recorder)
+            second = await self.start_node("node-2", tmp_path, recorder)
+            try:
+                await second.join([first.local_member().address])
+                await first.join([second.local_member().address])
+                await self.eventually(lambda: self.status(first, "node-2") is MemberStatus.ALIVE)
+                await second.leave(timeout=2.0)
+                await self.stop_node(second)
+                await self.eventually(lambda: self.status(first, "node-2") is MemberStatus.LEFT)
+                await asyncio.sleep(1.0)
+                assert self.status(first, "node-2") is MemberStatus.LEFT
+                left = [c.member.node_id for c in recorder.calls("caxton_member_left")]
+                assert left == ["node-2"]
+                recorder.assert_not_called("caxton_member_failed")
+            finally:
+                await self.stop_node(first)
+
+        run(check())
+
+    def test_unreachable_seed_answers_zero(self, tmp_path: Path) -> None:
+        async def check() -> None:
+            driver = await self.start_node("node-1", tmp_path)
+            try:
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+                    probe.bind(("127.0.0.1", 0))
+                    silent = probe.getsockname()
+                    assert await driver.join([silent]) == 0
+            finally:
+                await self.stop_node(driver)
+
+        run(check())
+
+    def test_metadata_is_validated(self, tmp_path: Path) -> None:
+        async def check() -> None:
+            driver = await self.start_node("node-1", tmp_path)
+            try:
+                driver.update_metadata({"agents": 3, "region": "eu-west"})
+                assert driver.local_member().meta["agents"] == 3
+                with pytest.raises(ValidationError):
+                    driver.update_metadata({"blob": "x" * 4096})
+                with pytest.raises(ValidationError):
+                    driver.update_metadata(["not", "a", "mapping"])  # type: ignore[arg-type]
+            finally:
+                await self.stop_node(driver)
+
+        run(check())
