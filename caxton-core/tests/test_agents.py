@@ -283,11 +283,6 @@ async def test_counter_keeps_its_count_in_kv(node: Node, example_agents: dict[st
     assert node.manager.runtime("counter").kv == {b"count": b"3"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="examples/agents/c/initiator.c sends accept-proposal/reject-proposal without "
-    "the bidder's conversation_id, so the router answers not-understood (out-of-protocol)",
-)
 async def test_contract_net_between_wasm_agents(
     node: Node, example_agents: dict[str, bytes]
 ) -> None:

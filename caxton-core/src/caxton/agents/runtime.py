@@ -49,6 +49,8 @@ CLOSING_PERFORMATIVES = frozenset(
 )  # fmt: skip
 #: Replies never answered with another failure (no failure ping-pong between agents).
 NO_REPLY_PERFORMATIVES = frozenset({"failure", "not-understood"})
+#: A reply carrying only these fields takes the fast path (no full validation).
+SIMPLE_REPLY_FIELDS = frozenset({"performative", "content"})
 #: Open conversations remembered per agent before the oldest are forgotten.
 MAX_OPEN_CONVERSATIONS = 10_000
 #: Shortest period of a repeating timer.
@@ -261,6 +263,16 @@ class AgentRuntime:
         payload = self._parse(message)
         if isinstance(payload, int):
             return payload
+        if payload.keys() <= SIMPLE_REPLY_FIELDS:
+            # Fast path: everything but the performative and the content comes from the
+            # (already validated) message being answered.
+            try:
+                answer = current.create_reply(
+                    payload["performative"], payload.get("content"), sender=self.name
+                )
+            except (KeyError, CaxtonError):
+                return Status.INVALID
+            return self._submit(answer)
         payload["sender"] = self.name
         payload["receiver"] = current.sender
         payload.pop("receivers", None)
@@ -358,6 +370,13 @@ class AgentRuntime:
 
         try:
             message = Message.from_dict(payload)
+        except CaxtonError as exc:
+            agent_log.info("agent %s: invalid message: %s", self.name, exc)
+            return Status.INVALID
+        return self._submit(message)
+
+    def _submit(self, message: Message) -> int:
+        try:
             self.manager.router.send_nowait(message)
         except AgentNotFound:
             return Status.NOT_FOUND
