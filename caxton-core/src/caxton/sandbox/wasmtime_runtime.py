@@ -284,26 +284,39 @@ class HostLinker:
 # -------------------------------------------------------------------------
 
 
-class _Exports:
-    """Export handles of one instance, looked up once (structs valid while its store is)."""
+#: Exports the host calls, in the order they are looked up.
+_HOST_CALLED_EXPORTS = (*abi.GUEST_EXPORTS, "_initialize", "memory")
 
-    def __init__(self, store: wasmtime.Store, instance: wasmtime.Instance) -> None:
+
+def exports_to_bind(info: abi.ModuleInfo) -> tuple[str, ...]:
+    return tuple(name for name in _HOST_CALLED_EXPORTS if name in info.exports)
+
+
+class _Exports:
+    """Addresses of one instance's exports, looked up once. They point into ``_items``
+    and are valid while the instance's store is alive."""
+
+    __slots__ = ("_items", "funcs", "memory")
+
+    def __init__(
+        self, store: wasmtime.Store, instance: wasmtime.Instance, names: tuple[str, ...]
+    ) -> None:
         ctx = capi.context_address(store)
-        self.funcs: dict[str, Any] = {}
-        self.memory: Any = None
         inst_addr = capi.address(instance._instance)
-        for name in (*abi.GUEST_EXPORTS, "_initialize", "memory"):
+        self.funcs: dict[str, int] = {}
+        self.memory = 0
+        self._items: list[Any] = []
+        for name in names:
             item = capi.ExternStruct()
             raw = name.encode()
             if not capi.instance_export_get(ctx, inst_addr, raw, len(raw), capi.address(item)):
                 continue
+            self._items.append(item)
             kind = int(cast(Any, item).kind)
             if kind == capi.EXTERN_FUNC:
-                func = capi.FuncStruct()
-                ctypes.memmove(capi.address(func), capi.address(item.of.func), ctypes.sizeof(func))
-                self.funcs[name] = func
+                self.funcs[name] = capi.address(item.of.func)
             elif kind == capi.EXTERN_MEMORY and name == "memory":
-                self.memory = item  # the whole extern: keeps the struct alive
+                self.memory = capi.address(item.of.memory)
 
 
 class _Live:
@@ -311,10 +324,17 @@ class _Live:
 
     __slots__ = ("exports", "instance", "store")
 
-    def __init__(self, store: wasmtime.Store, instance: wasmtime.Instance) -> None:
+    def __init__(
+        self, store: wasmtime.Store, instance: wasmtime.Instance, names: tuple[str, ...]
+    ) -> None:
         self.store = store
         self.instance = instance
-        self.exports = _Exports(store, instance)
+        self.exports = _Exports(store, instance, names)
+
+    def memory_size(self) -> int:
+        if not self.exports.memory:
+            return 0
+        return int(capi.memory_data_size(capi.context_address(self.store), self.exports.memory))
 
 
 class _GuestMemory:
@@ -390,11 +410,10 @@ class WasmtimeInstance(AgentInstance):
         self.calls = AbiHostCalls(agent_name, host, limits)
         funcs = live.exports.funcs
         self._funcs = funcs
-        self._alloc = capi.address(funcs["alloc"]) if "alloc" in funcs else 0
-        self._handle = capi.address(funcs["handle_message"]) if "handle_message" in funcs else 0
-        self._dealloc = capi.address(funcs["dealloc"]) if "dealloc" in funcs else 0
-        memory = live.exports.memory
-        self._mem = capi.address(memory.of.memory) if memory is not None else 0
+        self._alloc = funcs.get("alloc", 0)
+        self._handle = funcs.get("handle_message", 0)
+        self._dealloc = funcs.get("dealloc", 0)
+        self._mem = live.exports.memory
         self._guest = _GuestMemory(self._mem)
         self._args = (capi.ValRaw * 4)()
         self._args_addr = capi.address(self._args)
@@ -503,7 +522,7 @@ class WasmtimeInstance(AgentInstance):
             return
         self._check_usable()
         self._arm()
-        self._call(capi.address(func), 0)
+        self._call(func, 0)
         self._account()
 
     def initialize(self) -> None:
@@ -523,7 +542,7 @@ class WasmtimeInstance(AgentInstance):
         self._check_usable()
         self._arm()
         self._args[0].i64 = timer_id
-        self._call(capi.address(func), 1)
+        self._call(func, 1)
         self._account()
 
     def handle_message(self, message: bytes) -> int:
@@ -609,6 +628,7 @@ class _Template:
     def __init__(self, module: WasmtimeModule, pre: wasmtime.InstancePre) -> None:
         self.module = module
         self.pre = pre
+        self.exports = exports_to_bind(module.info)
 
 
 class WasmtimeRuntime:
@@ -799,6 +819,11 @@ class WasmtimeRuntime:
             self._templates.setdefault(key, _Template(module, pre))
         return key
 
+    def pooled(self, sha256: str) -> int:
+        """How many pre-warmed instances of the module ``sha256`` are ready."""
+        with self._lock:
+            return sum(len(pool) for key, pool in self._pools.items() if key.sha256 == sha256)
+
     def _request_fill(self, key: _TemplateKey) -> None:
         if self._filler is not None:
             self._fill_requests.put(key)
@@ -825,7 +850,7 @@ class WasmtimeRuntime:
         seconds = (limits.max_execution_time_ms if limits is not None else 5000) / 1000
         store.set_epoch_deadline(math.ceil(seconds / self.settings.epoch_tick_s) + 1)
         instance = template.pre.instantiate(store)
-        return _Live(store, instance)
+        return _Live(store, instance, template.exports)
 
     def instantiate(
         self,
@@ -848,20 +873,18 @@ class WasmtimeRuntime:
         key = self._template(module, wasi, extra)
         template = self._templates[key]
         live: _Live | None = None
-        if not wasi:
+        refill = False
+        if not wasi and self.pool_size > 0 and not module.info.has_start:
             with self._lock:
                 pool = self._pools.get(key)
                 if pool:
                     live = pool.popleft()
                     self.stats["pool_hit"] += 1
-            if self.pool_size > 0 and not module.info.has_start:
-                self._request_fill(key)
-        if live is not None and live.exports.memory is not None:
-            size = capi.memory_data_size(
-                capi.context_address(live.store), capi.address(live.exports.memory.of.memory)
-            )
-            if size > limits.max_memory_bytes:
-                live = None  # this agent's limit is lower: instantiate under it below
+                # Refill in batches, once half the pool is used: each wake-up of the
+                # filler thread competes for the GIL with the caller.
+                refill = pool is None or len(pool) <= self.pool_size // 2
+        if live is not None and live.memory_size() > limits.max_memory_bytes:
+            live = None  # this agent's limit is lower: instantiate under it below
         if live is None:
             self.stats["instantiate"] += 1
             wasi_config = _wasi_config(capabilities, agent_name, host) if wasi else None
@@ -883,6 +906,8 @@ class WasmtimeRuntime:
         except BaseException:
             instance.close()
             raise
+        if refill:
+            self._request_fill(key)
         return instance
 
 

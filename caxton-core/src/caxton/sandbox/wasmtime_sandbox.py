@@ -126,6 +126,10 @@ class WasmtimeSandbox(Sandbox):
     async def close(self) -> None:
         self.runtime.close()
 
+    def pooled(self, module: CompiledModule) -> int:
+        """Pre-warmed instances of ``module`` ready to serve (benchmarks, diagnostics)."""
+        return self.runtime.pooled(module.sha256)
+
     def compile(self, wasm: bytes) -> CompiledModule:
         return self.runtime.compile(wasm)
 
