@@ -571,7 +571,7 @@ class SandboxConformance:
         probe = start("probe", limits=ResourceLimits(max_fuel=10**9))
         probe.handle_message(b"W")
         cost = probe.last_fuel_used
-        assert cost > 1_000_000
+        assert cost > 100_000
         # Enough for one delivery, not for two: succeeds every time only if refilled.
         limited = start("probe", limits=ResourceLimits(max_fuel=cost * 3 // 2))
         for _ in range(3):
