@@ -18,7 +18,7 @@ from aiohttp import web
 from caxton.api.keys import SETTINGS
 from caxton.errors import ClientTimeout, MalformedJSON, PayloadTooLarge
 
-__all__ = ["MAX_DEPTH", "json_depth", "read_json"]
+__all__ = ["EMPTY", "MAX_DEPTH", "json_depth", "read_body", "read_json"]
 
 #: Deepest nesting of objects and arrays accepted in a request body.
 MAX_DEPTH = 32
@@ -78,12 +78,16 @@ async def read_body(request: web.Request) -> bytes:
         ) from None
 
 
+#: What :func:`read_json` returns for an empty body when the body is optional.
+EMPTY: Any = object()
+
+
 async def read_json(request: web.Request, *, optional: bool = False) -> Any:
-    """The body parsed as JSON. An empty body is ``None`` if ``optional``, else an error."""
+    """The body parsed as JSON; :data:`EMPTY` for no body when ``optional``."""
     body = await read_body(request)
     if not body.strip():
         if optional:
-            return None
+            return EMPTY
         raise MalformedJSON("the request body is empty: send a JSON object")
     try:
         text = body.decode("utf-8")

@@ -7,7 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
-from caxton.api.bodies import read_json
+from caxton.api.bodies import EMPTY, read_json
 from caxton.api.keys import NODE, OPENAPI
 from caxton.api.openapi import UUID_PATTERN
 from caxton.api.validation import check
@@ -41,7 +41,7 @@ async def body(request: web.Request, schema: str, *, optional: bool = False) -> 
     ``None`` when ``optional`` and the body is empty.
     """
     value = await read_json(request, optional=optional)
-    if value is None and optional:
+    if value is EMPTY:
         return None
     check(value, {"$ref": f"#/components/schemas/{schema}"}, _components(request))
     return value

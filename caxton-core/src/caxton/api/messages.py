@@ -10,7 +10,7 @@ from caxton.api.common import body, path_uuid, service
 from caxton.api.keys import TASKS
 from caxton.api.permissions import requires
 from caxton.api.tasks import Task
-from caxton.errors import CaxtonError, NotFound, ValidationError
+from caxton.errors import AgentNotFound, CaxtonError, Conflict, NotFound, ValidationError
 from caxton.messaging.message import Message, new_message_id
 
 __all__ = ["routes"]
@@ -126,6 +126,14 @@ async def distribute_task(request: web.Request) -> web.Response:
             language=task.language,
             ontology=task.ontology,
         )
+    except AgentNotFound as exc:
+        task.state = "failed"
+        task.error = str(exc)
+        raise Conflict(
+            f"task {task.id} cannot be distributed: {exc}",
+            details=f"{exc}: every participant must be a deployed agent; "
+            f"create a new task with existing agents",
+        ) from None
     except CaxtonError as exc:
         task.state = "failed"
         task.error = str(exc)

@@ -182,6 +182,15 @@ def _schemas(ceiling: ResourceLimits) -> dict[str, Any]:
                 "target_node": _string(description="Deploy on exactly this node"),
             },
             ("name", "wasm_module"),
+            example={
+                "name": "production-agent-1",
+                "wasm_module": "AGFzbQEAAAA=",
+                "resource_limits": {
+                    "max_memory_bytes": 10485760,
+                    "max_fuel": 1000000,
+                    "max_execution_time_ms": 5000,
+                },
+            },
         ),
         "UpdateAgent": _object(
             {
@@ -371,12 +380,16 @@ _RATE_HEADERS = {
 }
 
 
-def _responses(ok: dict[int, str | None], errors: tuple[int, ...]) -> dict[str, Any]:
+def _responses(
+    ok: dict[int, str | None], errors: tuple[int, ...], links: dict[str, Any] | None = None
+) -> dict[str, Any]:
     responses: dict[str, Any] = {}
     for status, schema in ok.items():
         entry: dict[str, Any] = {"description": _STATUS_TEXT[status]}
         if schema is not None:
             entry["content"] = {"application/json": {"schema": schema_ref(schema)}}
+        if links:
+            entry["links"] = links
         responses[str(status)] = entry
     for status in (*errors, 429):
         entry = {
@@ -403,13 +416,14 @@ def _operation(
     body_required: bool = True,
     parameters: list[dict[str, Any]] | None = None,
     tag: str = "agents",
+    links: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     operation: dict[str, Any] = {
         "operationId": operation_id,
         "summary": summary,
         "tags": [tag],
         "x-permission": permission,
-        "responses": _responses(ok, errors),
+        "responses": _responses(ok, errors, links),
     }
     if permission != PUBLIC:
         operation["description"] = f"Permission: `{permission}` ({PERMISSIONS[permission]})."
@@ -421,6 +435,17 @@ def _operation(
             "content": {"application/json": {"schema": schema_ref(body)}},
         }
     return operation
+
+
+def _links(parameter: str, source: str, *operation_ids: str) -> dict[str, Any]:
+    """OpenAPI links: ``source`` (a runtime expression) feeds ``parameter`` of each."""
+    return {
+        operation_id[0].upper() + operation_id[1:]: {
+            "operationId": operation_id,
+            "parameters": {parameter: source},
+        }
+        for operation_id in operation_ids
+    }
 
 
 def _path_id(name: str, description: str) -> dict[str, Any]:
@@ -519,6 +544,17 @@ def _paths() -> dict[str, Any]:
                 {201: "Agent"},
                 (*_BODY_ERRORS, 409, 503),
                 body="DeployAgent",
+                links=_links(
+                    "agent_id",
+                    "$response.body#/id",
+                    "getAgent",
+                    "updateAgent",
+                    "startAgent",
+                    "stopAgent",
+                    "suspendAgent",
+                    "resumeAgent",
+                    "removeAgent",
+                ),
             ),
         },
         "/api/v1/agents/{agent_id}": {
@@ -587,6 +623,7 @@ def _paths() -> dict[str, Any]:
                 _BODY_ERRORS,
                 body="CreateTask",
                 tag="messages",
+                links=_links("task_id", "$response.body#/id", "getTask", "distributeTask"),
             )
         },
         "/api/v1/tasks/{task_id}": {
@@ -609,6 +646,9 @@ def _paths() -> dict[str, Any]:
                 (400, 404, 409, 503),
                 parameters=[task_id],
                 tag="messages",
+                links=_links(
+                    "conversation_id", "$response.body#/conversation_id", "getConversation"
+                ),
             )
         },
         "/api/v1/queues": {

@@ -1,0 +1,595 @@
+"""Operator commands that drive a running node through its REST API.
+
+``caxton deploy``, ``caxton agents list``, ``caxton agent get|start|stop|suspend|resume|
+update|remove``, ``caxton message send``, ``caxton queue stats|drain``,
+``caxton resources`` and ``caxton emergency stop``. Each takes ``--api-url``
+(``CAXTON_API_URL``), ``--token`` (``CAXTON_TOKEN``) and ``--api-key``
+(``CAXTON_API_KEY``); read commands take ``--json``. See docs/cli.md.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import json
+import sys
+import threading
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from caxton.cli.client_http import DEFAULT_API_URL, ApiClient
+from caxton.cli.main import emit_json, render_table
+from caxton.units import format_size, parse_duration, parse_size
+
+__all__ = ["COMMANDS"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
+
+
+# -------------------------------------------------------------------------
+# Shared options and helpers
+# -------------------------------------------------------------------------
+
+
+def api_options(command: F) -> F:
+    """``--api-url``, ``--token``, ``--api-key``; the command receives ``client``."""
+
+    @click.option(
+        "--api-url",
+        envvar="CAXTON_API_URL",
+        default=DEFAULT_API_URL,
+        show_default=True,
+        help="The node's REST API (env CAXTON_API_URL).",
+    )
+    @click.option(
+        "--token", envvar="CAXTON_TOKEN", default=None, help="Bearer token (env CAXTON_TOKEN)."
+    )
+    @click.option(
+        "--api-key", envvar="CAXTON_API_KEY", default=None, help="API key (env CAXTON_API_KEY)."
+    )
+    @functools.wraps(command)
+    def wrapper(
+        *args: Any, api_url: str, token: str | None, api_key: str | None, **kwargs: Any
+    ) -> Any:
+        client = ApiClient(api_url, token=token, api_key=api_key)
+        return command(*args, client=client, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+
+
+def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return parse_size(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _names(ctx: click.Context, param: click.Parameter, value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    return [name.strip() for name in value.split(",") if name.strip()]
+
+
+def limit_options(command: F) -> F:
+    for option in reversed(
+        (
+            click.option(
+                "--max-memory", callback=_size, help="Memory limit, e.g. 10MB (max_memory_bytes)."
+            ),
+            click.option("--max-fuel", type=click.IntRange(min=1), help="Fuel per delivery."),
+            click.option(
+                "--timeout",
+                "timeout",
+                callback=_duration,
+                help="Wall time per delivery, e.g. 5s (max_execution_time_ms).",
+            ),
+        )
+    ):
+        command = option(command)
+    return command
+
+
+def _limits(max_memory: int | None, max_fuel: int | None, timeout: float | None) -> dict[str, int]:
+    limits: dict[str, int] = {}
+    if max_memory is not None:
+        limits["max_memory_bytes"] = max_memory
+    if max_fuel is not None:
+        limits["max_fuel"] = max_fuel
+    if timeout is not None:
+        limits["max_execution_time_ms"] = round(timeout * 1000)
+    return limits
+
+
+def _read_module(path: str) -> str:
+    try:
+        return base64.b64encode(Path(path).read_bytes()).decode("ascii")
+    except OSError as exc:
+        raise click.ClickException(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+def _show_progress() -> bool:
+    return sys.stderr.isatty()
+
+
+@contextmanager
+def _progress(items: Sequence[T], label: str, *, show: bool) -> Iterator[Iterable[T]]:
+    """``items``, with a progress bar on stderr when ``show`` and stderr is a terminal."""
+    if not (show and _show_progress()):
+        yield items
+        return
+    with click.progressbar(items, label=label, file=sys.stderr) as bar:
+        yield bar
+
+
+@contextmanager
+def _waiting(label: str, seconds: float) -> Iterator[None]:
+    """A progress bar on stderr while a blocking call runs (only on a terminal)."""
+    if not _show_progress() or seconds <= 0:
+        yield
+        return
+    done = threading.Event()
+
+    def tick() -> None:
+        steps = max(1, int(seconds * 5))
+        with click.progressbar(length=steps, label=label, file=sys.stderr) as bar:
+            for _ in range(steps):
+                if done.wait(0.2):
+                    break
+                bar.update(1)
+
+    thread = threading.Thread(target=tick, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+
+
+def _agent_line(agent: dict[str, Any]) -> str:
+    return (
+        f"{agent['name']} ({agent['id']}) on node {agent.get('node_id') or '-'}: {agent['state']}"
+    )
+
+
+# -------------------------------------------------------------------------
+# caxton deploy
+# -------------------------------------------------------------------------
+
+
+@click.command("deploy")
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--name", help="Agent name (default: the file name without .wasm).")
+@limit_options
+@click.option("--placement-strategy", help="Placement strategy, e.g. least-loaded.")
+@click.option("--prefer-nodes", callback=_names, help="Nodes to favour: a,b.")
+@click.option("--target-node", help="Deploy on exactly this node.")
+@click.option("--no-start", is_flag=True, help="Deploy without starting.")
+@json_option
+@api_options
+def deploy(
+    client: ApiClient,
+    files: tuple[str, ...],
+    name: str | None,
+    max_memory: int | None,
+    max_fuel: int | None,
+    timeout: float | None,
+    placement_strategy: str | None,
+    prefer_nodes: list[str] | None,
+    target_node: str | None,
+    no_start: bool,
+    as_json: bool,
+) -> None:
+    """Deploy the agent(s) in FILES (compiled .wasm modules)."""
+    if name is not None and len(files) > 1:
+        raise click.UsageError("--name names one agent; deploy several files without --name")
+    limits = _limits(max_memory, max_fuel, timeout)
+    deployed = []
+    with _progress(files, "Deploying", show=len(files) > 1 and not as_json) as paths:
+        for path in paths:
+            body: dict[str, Any] = {
+                "name": name or Path(path).stem,
+                "wasm_module": _read_module(path),
+            }
+            if limits:
+                body["resource_limits"] = limits
+            for key, value in (
+                ("placement_strategy", placement_strategy),
+                ("prefer_nodes", prefer_nodes),
+                ("target_node", target_node),
+            ):
+                if value is not None:
+                    body[key] = value
+            if no_start:
+                body["start"] = False
+            deployed.append(client.request("POST", "/api/v1/agents", body))
+    if as_json:
+        emit_json(deployed[0] if len(deployed) == 1 else deployed)
+        return
+    for agent in deployed:
+        click.echo(f"Deployed agent {_agent_line(agent)}")
+
+
+# -------------------------------------------------------------------------
+# caxton agents / caxton agent
+# -------------------------------------------------------------------------
+
+
+@click.group("agents")
+def agents_group() -> None:
+    """List agents."""
+
+
+@agents_group.command("list")
+@click.option("--by-node", is_flag=True, help="Count agents per node and state.")
+@click.option("--state", help="Only agents in this state.")
+@json_option
+@api_options
+def agents_list(client: ApiClient, by_node: bool, state: str | None, as_json: bool) -> None:
+    """List the deployed agents."""
+    agents = client.request("GET", "/api/v1/agents", query={"state": state})
+    if by_node:
+        nodes: dict[str, Counter[str]] = defaultdict(Counter)
+        for agent in agents:
+            nodes[agent.get("node_id") or "-"][agent["state"]] += 1
+        if as_json:
+            emit_json({node: dict(states) for node, states in sorted(nodes.items())})
+            return
+        click.echo(
+            render_table(
+                ("NODE", "AGENTS", "STATES"),
+                [
+                    (
+                        node,
+                        sum(states.values()),
+                        ", ".join(f"{s}={n}" for s, n in sorted(states.items())),
+                    )
+                    for node, states in sorted(nodes.items())
+                ],
+            )
+        )
+        return
+    if as_json:
+        emit_json(agents)
+        return
+    click.echo(
+        render_table(
+            ("NAME", "ID", "STATE", "NODE", "MEMORY", "MESSAGES", "RESTARTS"),
+            [
+                (
+                    a["name"],
+                    a["id"],
+                    a["state"],
+                    a.get("node_id") or "-",
+                    format_size(a["limits"]["max_memory_bytes"]),
+                    a.get("counters", {}).get("messages_handled", 0),
+                    a.get("counters", {}).get("restarts", 0),
+                )
+                for a in agents
+            ],
+        )
+    )
+
+
+@click.group("agent")
+def agent_group() -> None:
+    """Inspect and control one agent (by name or id)."""
+
+
+@agent_group.command("get")
+@click.argument("name")
+@json_option
+@api_options
+def agent_get(client: ApiClient, name: str, as_json: bool) -> None:
+    """Show one agent."""
+    agent = client.agent(name)
+    if as_json:
+        emit_json(agent)
+        return
+    limits = agent.get("limits", {})
+    rows = [
+        ("Name", agent["name"]),
+        ("ID", agent["id"]),
+        ("State", agent["state"]),
+        ("Node", agent.get("node_id") or "-"),
+        ("Module", agent.get("module_sha256", "")),
+        ("Memory limit", format_size(limits.get("max_memory_bytes", 0))),
+        ("Fuel limit", limits.get("max_fuel")),
+        ("Time limit", f"{limits.get('max_execution_time_ms')}ms"),
+    ]
+    rows += [
+        (key.replace("_", " ").capitalize(), v) for key, v in agent.get("counters", {}).items()
+    ]
+    if agent.get("last_error"):
+        rows.append(("Last error", agent["last_error"]))
+    width = max(len(label) for label, _ in rows)
+    for label, value in rows:
+        click.echo(f"{label + ':':<{width + 1}} {value}")
+
+
+def _lifecycle_command(action: str, help_text: str) -> click.Command:
+    @click.argument("name")
+    @json_option
+    @api_options
+    def command(client: ApiClient, name: str, as_json: bool, **options: Any) -> None:
+        agent = client.agent(name)
+        query = {}
+        if options.get("drain") is not None:
+            query["drain_timeout_ms"] = round(options["drain"] * 1000)
+        changed = client.request(
+            "POST",
+            f"/api/v1/agents/{agent['id']}/{action}",
+            query=query,
+            wait=options.get("drain") or 0.0,
+        )
+        if as_json:
+            emit_json(changed)
+        else:
+            click.echo(f"Agent {_agent_line(changed)}")
+
+    command.__doc__ = help_text
+    if action == "stop":
+        command = click.option(
+            "--drain",
+            callback=_duration,
+            help="Let in-flight conversations finish first, up to this long (e.g. 5s).",
+        )(command)
+    return click.command(action)(command)
+
+
+for _action, _help in (
+    ("start", "Start a loaded, stopped or failed agent."),
+    ("stop", "Stop an agent (agent_shutdown runs; its state is kept)."),
+    ("suspend", "Pause delivery to an agent; messages wait."),
+    ("resume", "Resume a suspended agent."),
+):
+    agent_group.add_command(_lifecycle_command(_action, _help))
+
+
+@agent_group.command("update")
+@click.argument("name")
+@click.option("--wasm", "wasm_path", type=click.Path(dir_okay=False), help="New module.")
+@limit_options
+@json_option
+@api_options
+def agent_update(
+    client: ApiClient,
+    name: str,
+    wasm_path: str | None,
+    max_memory: int | None,
+    max_fuel: int | None,
+    timeout: float | None,
+    as_json: bool,
+) -> None:
+    """Hot-swap an agent's module and/or limits (same id, name and state)."""
+    body: dict[str, Any] = {}
+    if wasm_path is not None:
+        body["wasm_module"] = _read_module(wasm_path)
+    limits = _limits(max_memory, max_fuel, timeout)
+    if limits:
+        body["resource_limits"] = limits
+    if not body:
+        raise click.UsageError("nothing to update: give --wasm and/or a limit option")
+    agent = client.agent(name)
+    updated = client.request("PUT", f"/api/v1/agents/{agent['id']}", body)
+    if as_json:
+        emit_json(updated)
+    else:
+        click.echo(f"Updated agent {_agent_line(updated)}")
+
+
+@agent_group.command("remove")
+@click.argument("name")
+@api_options
+def agent_remove(client: ApiClient, name: str) -> None:
+    """Stop and remove an agent, with its state."""
+    agent = client.agent(name)
+    client.request("DELETE", f"/api/v1/agents/{agent['id']}")
+    click.echo(f"Removed agent {agent['name']} ({agent['id']})")
+
+
+# -------------------------------------------------------------------------
+# caxton message
+# -------------------------------------------------------------------------
+
+
+@click.group("message")
+def message_group() -> None:
+    """Send messages to agents."""
+
+
+@message_group.command("send")
+@click.option("--to", "receiver", required=True, help="Receiving agent.")
+@click.option("--content", help="Content, sent as a JSON string.")
+@click.option("--content-json", help="Content given as JSON (an object, a number...).")
+@click.option("--performative", default="request", show_default=True)
+@click.option("--wait", callback=_duration, help="Wait this long for the reply, e.g. 5s.")
+@click.option("--sender", help="Sender name (default: a temporary client-... name).")
+@click.option("--conversation-id", help="Conversation to send in.")
+@click.option("--protocol", help="Interaction protocol, e.g. fipa-request.")
+@click.option("--priority", type=click.Choice(["critical", "high", "normal", "low"]), default=None)
+@json_option
+@api_options
+def message_send(
+    client: ApiClient,
+    receiver: str,
+    content: str | None,
+    content_json: str | None,
+    performative: str,
+    wait: float | None,
+    sender: str | None,
+    conversation_id: str | None,
+    protocol: str | None,
+    priority: str | None,
+    as_json: bool,
+) -> None:
+    """Send a FIPA-ACL message; with --wait, print the reply."""
+    if content is not None and content_json is not None:
+        raise click.UsageError("give --content or --content-json, not both")
+    body: dict[str, Any] = {"performative": performative, "receiver": receiver}
+    if content_json is not None:
+        try:
+            body["content"] = json.loads(content_json)
+        except ValueError as exc:
+            raise click.BadParameter(f"not JSON: {exc}", param_hint="--content-json") from None
+    elif content is not None:
+        body["content"] = content
+    for key, value in (
+        ("sender", sender),
+        ("conversation_id", conversation_id),
+        ("protocol", protocol),
+        ("priority", priority),
+    ):
+        if value is not None:
+            body[key] = value
+    if wait:
+        body["wait_ms"] = round(wait * 1000)
+    result = client.request("POST", "/api/v1/messages", body, wait=wait or 0.0)
+    if as_json:
+        emit_json(result)
+        return
+    reply = result.get("reply")
+    if reply is None:
+        click.echo(f"Sent {performative} to {receiver} (message {result['message_id']})")
+        return
+    content_text = reply.get("content")
+    if not isinstance(content_text, str):
+        content_text = json.dumps(content_text)
+    click.echo(f"Reply from {reply['sender']} ({reply['performative']}): {content_text}")
+
+
+# -------------------------------------------------------------------------
+# caxton queue, caxton resources, caxton emergency
+# -------------------------------------------------------------------------
+
+
+@click.group("queue")
+def queue_group() -> None:
+    """Message queues."""
+
+
+@queue_group.command("stats")
+@json_option
+@api_options
+def queue_stats(client: ApiClient, as_json: bool) -> None:
+    """Queue depth per agent and priority, and dead letters."""
+    stats = client.request("GET", "/api/v1/queues")
+    if as_json:
+        emit_json(stats)
+        return
+    priorities = list(stats.get("priorities", {}))
+    rows = [
+        (
+            name,
+            box.get("queued", 0),
+            *(box.get(p, 0) for p in priorities),
+            "yes" if box.get("held") else "no",
+            box.get("delivered", 0),
+        )
+        for name, box in sorted(stats.get("agents", {}).items())
+    ]
+    headers = ("AGENT", "QUEUED", *(p.upper() for p in priorities), "HELD", "DELIVERED")
+    click.echo(render_table(headers, rows))
+    totals = stats.get("totals", {})
+    click.echo(
+        f"\nQueued: {totals.get('queued', sum(r[1] for r in rows))}    "
+        f"Dead letters: {stats.get('dead_letters', 0)}"
+    )
+
+
+@queue_group.command("drain")
+@click.option("--timeout", "timeout", callback=_duration, default="60s", show_default=True)
+@json_option
+@api_options
+def queue_drain(client: ApiClient, timeout: float, as_json: bool) -> None:
+    """Wait until every queue is empty, up to --timeout; exit 1 if not drained."""
+    started = time.monotonic()
+    with _waiting("Draining", 0 if as_json else timeout):
+        result = client.request(
+            "POST", "/api/v1/queues/drain", {"timeout_ms": round(timeout * 1000)}, wait=timeout
+        )
+    if as_json:
+        emit_json(result)
+    if not result["drained"]:
+        raise click.ClickException(
+            f"queues not drained within {timeout:g}s: {result['remaining']} messages remain"
+        )
+    if not as_json:
+        click.echo(f"Drained in {time.monotonic() - started:.1f}s: 0 messages remain")
+
+
+@click.command("resources")
+@json_option
+@api_options
+def resources(client: ApiClient, as_json: bool) -> None:
+    """CPU, memory and agents of the node."""
+    data = client.request("GET", "/api/v1/resources")
+    if as_json:
+        emit_json(data)
+        return
+    click.echo(
+        render_table(
+            ("NODE", "CPU", "MEMORY", "AGENTS"),
+            [
+                (
+                    n["node_id"],
+                    f"{n['cpu_percent']:.0f}%",
+                    format_size(n["memory_rss_bytes"]),
+                    n["agents"],
+                )
+                for n in data["nodes"]
+            ],
+        )
+    )
+
+
+@click.group("emergency")
+def emergency_group() -> None:
+    """Emergency procedures."""
+
+
+@emergency_group.command("stop")
+@click.option("--all-agents", is_flag=True, help="Stop every agent at once.")
+@json_option
+@api_options
+def emergency_stop(client: ApiClient, all_agents: bool, as_json: bool) -> None:
+    """Stop agents immediately (no agent_shutdown)."""
+    if not all_agents:
+        raise click.UsageError("say what to stop: --all-agents")
+    result = client.request("POST", "/api/v1/emergency/stop", {"all_agents": True})
+    if as_json:
+        emit_json(result)
+    else:
+        click.echo(f"Emergency stop: {result['stopped']} agents stopped")
+
+
+COMMANDS: list[click.Command] = [
+    deploy,
+    agents_group,
+    agent_group,
+    message_group,
+    queue_group,
+    resources,
+    emergency_group,
+]
