@@ -274,6 +274,7 @@ async def test_echo_end_to_end(node: Node, example_agents: dict[str, bytes]) -> 
     assert reply.protocol == "fipa-request"
     assert node.manager.get("echo").counters.messages_handled == 1
     assert node.manager.get("echo").counters.fuel_used > 0
+    assert not node.manager.runtime("echo").open_conversations  # answered: nothing in flight
 
 
 async def test_counter_keeps_its_count_in_kv(node: Node, example_agents: dict[str, bytes]) -> None:
@@ -681,3 +682,22 @@ async def test_timer_codes(node: Node, example_agents: dict[str, bytes]) -> None
     assert runtime.set_timer(-1, False) == Status.INVALID
     assert runtime.cancel_timer(timer) == Status.OK
     assert runtime.cancel_timer(timer) == Status.NOT_FOUND
+
+
+async def test_suspend_while_a_restart_is_pending(
+    node: Node, example_agents: dict[str, bytes]
+) -> None:
+    agent = await node.manager.deploy(
+        "trap", example_agents["trap"], restart_policy={"backoff": 0.5}
+    )
+    assert (await node.client.ask("trap", 1)).performative == "failure"
+    runtime = node.manager.runtime("trap")
+    await node.manager.suspend("trap")
+    assert runtime.restart_handle is not None  # the restart is still waiting
+    await eventually(lambda: agent.counters.restarts == 1)
+    assert agent.state is AgentState.SUSPENDED
+    assert runtime.instance is not None  # re-created while suspended
+    pending = asyncio.ensure_future(node.client.ask("trap", 2))
+    await node.manager.resume("trap")
+    assert (await pending).performative == "failure"
+    assert agent.counters.crashes == 2

@@ -643,6 +643,7 @@ class AgentManager:
             runtime.instance.close()
             runtime.instance = None
         runtime.cancel_timers()
+        runtime.forget_conversations()  # nothing is in flight in a dead instance
         runtime.accepting = False
         runtime.streak += 1
         policy = agent.restart_policy
@@ -671,7 +672,7 @@ class AgentManager:
     def _restart(self, runtime: AgentRuntime) -> None:
         runtime.restart_handle = None
         agent = runtime.agent
-        if agent.state not in (S.RUNNING, S.DRAINING) or runtime.instance is not None:
+        if agent.state not in (S.RUNNING, S.DRAINING, S.SUSPENDED) or runtime.instance is not None:
             return
         try:
             instance = self._instantiate(runtime, runtime.module, agent.limits)

@@ -133,10 +133,18 @@ class AgentRuntime:
         if not self.module.handles_messages:
             self.answer(message, "not-understood", f"agent {self.name} does not handle messages")
             return
+        try:
+            data = message.to_json()
+        except CaxtonError as exc:
+            self.answer(message, "not-understood", str(exc))
+            return
+        if message.conversation_id:
+            # Before the call: the agent's reply, made during it, may close it again.
+            self._track(message)
         self.busy = True
         self.current = message
         try:
-            instance.handle_message(message.to_json())
+            instance.handle_message(data)
         except ExecutionFailed as exc:
             self._account(instance)
             self.busy = False
@@ -157,8 +165,6 @@ class AgentRuntime:
         counters.fuel_used += instance.last_fuel_used
         self.streak = 0
         self.dirty = True
-        if message.conversation_id:
-            self._track(message)
 
     def _account(self, instance: AgentInstance) -> None:
         self.agent.counters.fuel_used += instance.last_fuel_used
