@@ -253,3 +253,20 @@ def test_a_timeout_in_one_thread_leaves_other_threads_running(
     assert [f.reason for f in failures] == ["timeout"]
     assert count > 0
     assert len(host.replies) == count
+
+
+def test_large_memory_limit_stops_a_bomb_by_memory_not_time(
+    wasmtime_sandbox: WasmtimeSandbox, example_agents: dict[str, bytes]
+) -> None:
+    # With the default reservation growth never moves (copies) the memory, so growing
+    # page by page to a large limit is quick: the bomb ends on its memory limit, well
+    # before its time limit.
+    module = wasmtime_sandbox.compile(example_agents["memory_bomb"])
+    limits = ResourceLimits(max_memory_bytes=256 * MiB, max_execution_time_ms=5_000)
+    bomb = wasmtime_sandbox.instantiate(
+        module, agent_name="bomb", limits=limits, host=RecordingAgentHost()
+    )
+    with pytest.raises(ExecutionFailed) as failure:
+        bomb.handle_message(b"{}")
+    assert failure.value.reason == "memory"
+    assert bomb.memory_size() == 256 * MiB

@@ -53,8 +53,9 @@ class EngineSettings:
 
     epoch_tick_s: float = 0.01
     max_wasm_stack: int = 1024 * 1024
-    memory_reservation: int = 16 * 1024 * 1024
+    memory_reservation: int = 512 * 1024 * 1024
     memory_guard_size: int = 64 * 1024
+    memory_reservation_for_growth: int = 64 * 1024 * 1024
     opt_level: str = "speed"
     parallel_compilation: bool = True
 
@@ -63,6 +64,7 @@ class EngineSettings:
         text = (
             f"wasmtime-{WASMTIME_VERSION}|stack={self.max_wasm_stack}|"
             f"res={self.memory_reservation}|guard={self.memory_guard_size}|"
+            f"growth={self.memory_reservation_for_growth}|"
             f"opt={self.opt_level}|fuel|epoch"
         )
         return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -74,7 +76,7 @@ class EngineSettings:
         config.max_wasm_stack = self.max_wasm_stack
         config.memory_reservation = self.memory_reservation
         config.memory_guard_size = self.memory_guard_size
-        config.memory_reservation_for_growth = 0
+        config.memory_reservation_for_growth = self.memory_reservation_for_growth
         config.cranelift_opt_level = self.opt_level
         config.parallel_compilation = self.parallel_compilation
         return wasmtime.Engine(config)

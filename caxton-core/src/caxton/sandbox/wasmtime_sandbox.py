@@ -18,6 +18,7 @@ from caxton.drivers.sandbox import (
     AgentInstance,
     CompiledModule,
     HostFunction,
+    MiB,
     ResourceLimits,
     Sandbox,
     WasiCapabilities,
@@ -72,10 +73,19 @@ CONFIG_SECTION = ConfigSection(
         Field(
             "memory_reservation",
             "size",
-            "16MB",
-            "Address space reserved per linear memory; growth beyond it moves the memory",
+            None,
+            "Address space reserved per linear memory; growth beyond it moves the memory "
+            "(default: runtime.wasm_memory_limit, the most an agent may ask)",
+            optional=True,
         ),
         Field("memory_guard_size", "size", "64KB", "Guard region after each linear memory"),
+        Field(
+            "memory_growth_reservation",
+            "size",
+            "64MB",
+            "Room reserved past a memory's size when it moves, so growth does not copy it "
+            "again at every page",
+        ),
         Field("opt_level", "str", "speed", choices=("none", "speed", "speed_and_size")),
         Field("parallel_compilation", "bool", True),
     ),
@@ -108,8 +118,11 @@ class WasmtimeSandbox(Sandbox):
             max_wasm_stack=int(
                 _first(values["max_wasm_stack"], runtime.get("wasm_stack_limit"), 1024 * 1024)
             ),
-            memory_reservation=parse_size(values["memory_reservation"]),
+            memory_reservation=parse_size(
+                _first(values["memory_reservation"], runtime.get("wasm_memory_limit"), 512 * MiB)
+            ),
             memory_guard_size=parse_size(values["memory_guard_size"]),
+            memory_reservation_for_growth=parse_size(values["memory_growth_reservation"]),
             opt_level=str(values["opt_level"]),
             parallel_compilation=bool(values["parallel_compilation"]),
         )
