@@ -15,8 +15,8 @@ import wasmtime
 from sandbox_fixtures import make_wasmtime_sandbox
 
 from caxton.drivers.base import DriverContext
-from caxton.drivers.sandbox import ResourceLimits
-from caxton.errors import ExecutionFailed
+from caxton.drivers.sandbox import HostFunction, ResourceLimits
+from caxton.errors import ExecutionFailed, SandboxError
 from caxton.sandbox.wasmtime_sandbox import CONFIG_SECTION, WasmtimeSandbox
 from caxton.testing.sandbox import RecordingAgentHost
 
@@ -270,3 +270,24 @@ def test_large_memory_limit_stops_a_bomb_by_memory_not_time(
         bomb.handle_message(b"{}")
     assert failure.value.reason == "memory"
     assert bomb.memory_size() == 256 * MiB
+
+
+@pytest.mark.parametrize(
+    ("function", "match"),
+    [
+        (HostFunction("caxton", "extra", (), (), lambda call: None), "reserved"),
+        (HostFunction("demo", "f", ("externref",), (), lambda call, x: None), "i32, i64"),
+    ],
+)
+def test_bad_plugin_host_functions_are_refused(
+    wasmtime_sandbox: WasmtimeSandbox, function: HostFunction, match: str
+) -> None:
+    module = wasmtime_sandbox.compile(b"\0asm\1\0\0\0")
+    with pytest.raises(SandboxError, match=match):
+        wasmtime_sandbox.instantiate(
+            module,
+            agent_name="x",
+            limits=ResourceLimits(),
+            host=RecordingAgentHost(),
+            extra_functions=(function,),
+        )

@@ -218,11 +218,12 @@ def _make_callback(bind: Binder) -> Any:
 
 
 def _valtype(name: str) -> wasmtime.ValType:
-    try:
-        factory: Callable[[], wasmtime.ValType] = getattr(wasmtime.ValType, name)
-        return factory()
-    except AttributeError:
-        raise SandboxError(f"unsupported host function value type {name!r}") from None
+    if name not in _RAW_FIELDS:
+        raise SandboxError(
+            f"unsupported host function value type {name!r}: use i32, i64, f32 or f64"
+        )
+    factory: Callable[[], wasmtime.ValType] = getattr(wasmtime.ValType, name)
+    return factory()
 
 
 class HostLinker:
@@ -253,6 +254,8 @@ class HostLinker:
                     f"'{function.module}' is reserved for the agent ABI; use another name"
                 )
             signature = abi.Signature(tuple(function.params), tuple(function.results))
+            for value_type in (*signature.params, *signature.results):
+                _valtype(value_type)
             self.extra_signatures[(function.module, function.name)] = signature
             callback = _make_callback(_plugin_binder(function))
             self._keep.append(callback)
