@@ -16,7 +16,7 @@ from sandbox_fixtures import make_wasmtime_sandbox
 
 from caxton.drivers.base import DriverContext
 from caxton.drivers.sandbox import HostFunction, ResourceLimits
-from caxton.errors import ExecutionFailed, SandboxError
+from caxton.errors import ConfigError, ExecutionFailed, SandboxError
 from caxton.sandbox.wasmtime_sandbox import CONFIG_SECTION, WasmtimeSandbox
 from caxton.testing.sandbox import RecordingAgentHost
 
@@ -291,3 +291,8 @@ def test_bad_plugin_host_functions_are_refused(
             host=RecordingAgentHost(),
             extra_functions=(function,),
         )
+
+
+def test_wasm_stack_larger_than_a_thread_stack_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="max_wasm_stack"):
+        make_wasmtime_sandbox(tmp_path, max_wasm_stack="16MB")

@@ -23,12 +23,16 @@ from caxton.drivers.sandbox import (
     Sandbox,
     WasiCapabilities,
 )
+from caxton.errors import ConfigError
 from caxton.units import parse_duration, parse_size
 
 if TYPE_CHECKING:
     from caxton.sandbox.wasmtime_runtime import WasmtimeRuntime
 
 NO_WASI = WasiCapabilities()
+#: Wasm runs on the caller's native stack (8 MiB for Python threads on Linux by default):
+#: leave room for the host frames below it.
+MAX_WASM_STACK = 4 * MiB
 
 CONFIG_SECTION = ConfigSection(
     "sandbox.wasmtime",
@@ -113,11 +117,19 @@ class WasmtimeSandbox(Sandbox):
                 if values["cache_dir"]
                 else Path(context.data_dir) / "cache" / "wasmtime"
             )
+        max_wasm_stack = parse_size(
+            _first(values["max_wasm_stack"], runtime.get("wasm_stack_limit"), 1 * MiB)
+        )
+        if max_wasm_stack > MAX_WASM_STACK:
+            raise ConfigError(
+                f"sandbox.wasmtime.max_wasm_stack (or runtime.wasm_stack_limit) is "
+                f"{max_wasm_stack} bytes; at most {MAX_WASM_STACK} is allowed because wasm "
+                f"runs on the calling thread's native stack (8 MiB by default), which a "
+                f"deeper wasm stack would overflow and crash the node"
+            )
         settings = EngineSettings(
             epoch_tick_s=parse_duration(values["epoch_tick"]),
-            max_wasm_stack=int(
-                _first(values["max_wasm_stack"], runtime.get("wasm_stack_limit"), 1024 * 1024)
-            ),
+            max_wasm_stack=max_wasm_stack,
             memory_reservation=parse_size(
                 _first(values["memory_reservation"], runtime.get("wasm_memory_limit"), 512 * MiB)
             ),
