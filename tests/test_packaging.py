@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import CORE_DIR, EXAMPLE_PLUGIN_DIR, PLUGIN_DIRS, VirtualEnv
+from support import CORE_DIR, EXAMPLE_PLUGIN_DIR, PLUGIN_DIRS, VirtualEnv
 
 pytestmark = pytest.mark.slow
 

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import CORE_DIR, ROOT, VirtualEnv, run_caxton
+from support import CORE_DIR, ROOT, VirtualEnv, run_caxton
 
 from caxton.cli.template import PLUGIN_KINDS, render_plugin
 from caxton.errors import ValidationError
@@ -64,7 +64,9 @@ def test_generated_package_tests_pass(kind: str, tmp_path: Path) -> None:
     name = f"gen-{kind.replace('_', '-')}"
     package = render_plugin(kind, name, tmp_path / "src")
     venv = VirtualEnv(tmp_path / "venv")
-    venv.install(f"{CORE_DIR}[test]", package)
+    # First-party plugins a template builds on come from this checkout, like core.
+    requires = [ROOT / "plugins" / dist for dist in PLUGIN_KINDS[kind].requires]
+    venv.install(f"{CORE_DIR}[test]", *requires, package)
     result = venv.run(
         "python",
         "-m",

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import EXAMPLE_PLUGIN_DIR, caxton_command, run_caxton
+from support import EXAMPLE_PLUGIN_DIR, caxton_command, run_caxton
 
 from caxton.drivers import ClusterView, NodeLoad, PartitionMode, PlacementRequest
 from caxton.testing import NodeFactory

@@ -44,6 +44,8 @@ class PluginKind:
     what: str
     #: Conformance suite in :mod:`caxton.testing` the generated tests subclass.
     conformance: str | None
+    #: Distributions the generated package needs besides caxton-core.
+    requires: tuple[str, ...] = ()
 
     @property
     def is_driver(self) -> bool:
@@ -86,7 +88,7 @@ PLUGIN_KINDS: dict[str, PluginKind] = {
             "membership",
             "Membership",
             "A Caxton membership driver",
-            "a static member list from config; replace it with your discovery.",
+            "core's static membership with a seed allowlist; or write your own discovery.",
             "MembershipConformance",
         ),
         PluginKind(
@@ -95,8 +97,9 @@ PLUGIN_KINDS: dict[str, PluginKind] = {
             "transport",
             "Transport",
             "A Caxton transport",
-            "framed TCP with UDP datagrams and no TLS; add TLS before real use.",
+            "caxton-transport-tcp's transport with a peer allowlist; or write your own wire.",
             "TransportConformance",
+            requires=("caxton-transport-tcp",),
         ),
         PluginKind(
             "sandbox",
@@ -170,6 +173,9 @@ def template_values(kind: PluginKind, name: str) -> dict[str, str]:
         "usage": usage,
         "testing_note": testing_note,
         "core_version": core_version,
+        "dependencies": ", ".join(
+            f'"{dist}>={core_version}"' for dist in ("caxton-core", *kind.requires)
+        ),
     }
 
 
