@@ -38,6 +38,8 @@ if TYPE_CHECKING:
 
 __all__ = ["HeaderDeadline", "build_app", "start_api"]
 
+#: Seconds a connection may linger after an answer that left its body unread.
+LINGERING_TIME = 1.0
 #: Core's route tables, in the order they are added.
 CORE_ROUTES = (system.routes, agents.routes, messages.routes)
 
@@ -112,7 +114,13 @@ async def start_api(node: Node, stack: contextlib.AsyncExitStack) -> tuple[str, 
     settings = ApiSettings.from_config(node.config)
     app = build_app(node, settings)
     runner = web.AppRunner(
-        app, access_log=None, keepalive_timeout=settings.keepalive_timeout, shutdown_timeout=5.0
+        app,
+        access_log=None,
+        keepalive_timeout=settings.keepalive_timeout,
+        # After answering a request whose body was not read (413, 408), read and drop
+        # what the client still sends for at most this long, then close.
+        lingering_time=LINGERING_TIME,
+        shutdown_timeout=5.0,
     )
     await runner.setup()
     stack.push_async_callback(runner.cleanup)
