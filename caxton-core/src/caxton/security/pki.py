@@ -107,6 +107,24 @@ def load_private_key(path: str | Path) -> ec.EllipticCurvePrivateKey:
     return key
 
 
+def _self_signed_builder(
+    name: str, days: int
+) -> tuple[ec.EllipticCurvePrivateKey, x509.CertificateBuilder]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = _now()
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=days))
+    )
+    return key, builder
+
+
 @dataclass(frozen=True)
 class CertificateAuthority:
     cert_path: Path
@@ -125,19 +143,10 @@ def init_ca(
     if days < 1:
         raise CertificateError(f"--days must be at least 1, got {days}")
     directory = _prepare_dir(output_dir, (CA_CERT, CA_KEY), force)
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = _now()
+    key, builder = _self_signed_builder(name, days)
     ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
     cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=days))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        builder.add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
             x509.KeyUsage(
                 digital_signature=True,
@@ -162,6 +171,15 @@ def init_ca(
     _write_private(key_path, _key_pem(key))
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return CertificateAuthority(cert_path, key_path, cert)
+
+
+def ephemeral_certificate(
+    name: str = "caxton-plaintext",
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """A throwaway self-signed pair, for TLS stacks that need one even in plaintext mode
+    (QUIC always runs TLS). It authenticates nothing."""
+    key, builder = _self_signed_builder(name, 30)
+    return builder.sign(key, hashes.SHA256()), key
 
 
 @dataclass(frozen=True)

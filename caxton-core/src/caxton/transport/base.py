@@ -90,6 +90,11 @@ class ConnectionTransport(Transport):
                 "transport runs in plaintext mode without security.cluster.gossip_keys: "
                 "node traffic and gossip are unencrypted (local development only)"
             )
+        self.configure()
+
+    def configure(self) -> None:
+        """Plugin setup after :attr:`settings` is known (may replace them): TLS contexts,
+        socket options. Runs at the end of ``__init__``."""
 
     def option(self, name: str) -> Any:
         """A key of the driver's own section, converted (its default when not given)."""
@@ -113,6 +118,13 @@ class ConnectionTransport(Transport):
     async def _stop_serving(self) -> None:
         """Stop accepting new channels (existing ones are closed by the base)."""
 
+    async def _release_listener(self) -> None:
+        await self._stop_serving()
+        # asyncio releases sockets on the next loop turns; let them go before returning
+        # so that a restarted node can bind the same port at once.
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+
     @abstractmethod
     async def _dial(self, peer: Address, timeout: float) -> Channel:
         """Open a channel to ``peer`` (TLS handshake included) within ``timeout``."""
@@ -123,7 +135,11 @@ class ConnectionTransport(Transport):
 
     # -- called by the plugin -------------------------------------------------------
 
-    def accept_channel(self, channel: Channel) -> Connection:
+    def accept_channel(self, channel: Channel) -> Connection | None:
+        """Wrap a new inbound channel; None (and the channel aborted) once closing."""
+        if self._closed:
+            channel.abort()
+            return None
         connection = Connection(self, channel, outbound=False)
         self._connections.add(connection)
         return connection
@@ -231,7 +247,8 @@ class ConnectionTransport(Transport):
             data = self.settings.keyring.seal(payload) if self._seal_datagrams else payload
             if self.native_datagrams:
                 connection = await self.connection(peer)
-                connection.channel.send_datagram(data)
+                if not connection.channel.send_datagram(data):
+                    connection.send_datagram_record(payload)  # too large for one packet
             else:
                 await self._send_raw_datagram(peer, data)
         except (TransportError, OSError) as exc:
@@ -246,6 +263,8 @@ class ConnectionTransport(Transport):
         return list(self._connections)
 
     async def _ping_loop(self) -> None:
+        # Dead peers are found by the wire (TCP keep-alive, QUIC idle timeout); PINGs
+        # measure the RTT and keep idle connections from timing out.
         while True:
             await asyncio.sleep(self.settings.ping_interval)
             for connection in list(self._connections):
@@ -266,12 +285,13 @@ class ConnectionTransport(Transport):
             return
         self._closed = True
         await self._stop_pinging()
-        await self._stop_serving()
+        # Connections first: a QUIC listener's socket carries its inbound connections.
         connections = list(self._connections)
         await asyncio.gather(
             *(c.close(self.settings.drain_timeout) for c in connections),
             return_exceptions=True,
         )
+        await self._release_listener()
 
     async def abort(self) -> None:
         """Drop everything at once, as a killed node would (no GOAWAY, no drain)."""
@@ -279,4 +299,4 @@ class ConnectionTransport(Transport):
         await self._stop_pinging()
         for connection in list(self._connections):
             connection.abort()
-        await self._stop_serving()
+        await self._release_listener()

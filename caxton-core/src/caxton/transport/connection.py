@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import ssl
 import struct
 import time
 from abc import ABC, abstractmethod
@@ -534,7 +535,12 @@ class Connection:
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
-        error = TransportError(f"connection to {self.describe} lost: {why}")
+        if isinstance(exc, PeerRejected):
+            error: TransportError = exc
+        elif isinstance(exc, ssl.SSLError):
+            error = PeerRejected(f"{self.describe} refused the TLS session: {why}")
+        else:
+            error = TransportError(f"connection to {self.describe} lost: {why}")
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(error)

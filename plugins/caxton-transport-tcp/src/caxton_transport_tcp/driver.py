@@ -13,18 +13,16 @@ import logging
 import socket
 import ssl
 import struct
-from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any, ClassVar
 
 from cryptography import x509
 
 from caxton.config import ConfigSection, Field
-from caxton.drivers.base import DriverContext
 from caxton.drivers.transport import Address
 from caxton.errors import TransportError
 from caxton.security.tls import client_context, server_context
-from caxton.transport import Channel, ConnectionTransport, TransportSettings
+from caxton.transport import Channel, ConnectionTransport
 
 log = logging.getLogger("caxton.transport.tcp")
 
@@ -173,14 +171,7 @@ class TcpTransport(ConnectionTransport):
 
     config_section: ClassVar[ConfigSection | None] = TCP_SECTION
 
-    def __init__(
-        self,
-        config: Mapping[str, Any],
-        context: DriverContext,
-        *,
-        settings: TransportSettings | None = None,
-    ) -> None:
-        super().__init__(config, context, settings=settings)
+    def configure(self) -> None:
         if self.option("connect_timeout") is not None:
             self.settings = replace(
                 self.settings, connect_timeout=float(self.option("connect_timeout"))

@@ -1,0 +1,415 @@
+"""The ``quic`` transport: aioquic, one connection per peer, mutual TLS 1.3.
+
+Multiplexing: each connection carries **one** bidirectional stream, opened by the
+dialling side, on which both directions write the same length-prefixed envelopes as
+the TCP transport (requests and their responses are matched by request id, not by
+stream). Frames queued in one event-loop turn leave as one envelope and one stream
+write, so aioquic's per-write and per-stream costs are paid once per batch instead of
+once per message; ordering per peer is the same as over TCP. Gossip uses QUIC DATAGRAM
+frames on the same connection (inside its TLS); a datagram too large for one packet
+falls back to the stream.
+
+aioquic 1.7.2 neither asks for nor verifies client certificates (aioquic issue #541):
+the server side sets the TLS engine to request one, and on ``HandshakeCompleted``
+verifies the chain against the cluster CA itself (:func:`verify_client_chain`) before a
+channel exists, so no frame of an unverified client is ever read. aioquic raises its
+receive windows as data arrives rather than as it is consumed; to give a slow reader
+back-pressure, the window updates are held back while the connection's reading is
+paused. Both are instance-level hooks on aioquic internals, pinned to aioquic 1.7.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import socket
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any, ClassVar
+
+from cryptography import x509
+
+from caxton.config import ConfigSection, Field
+from caxton.drivers.transport import Address
+from caxton.errors import PeerRejected, TransportError
+from caxton.security.identity import verify_client_chain
+from caxton.security.pki import ephemeral_certificate, load_certificate
+from caxton.transport import Channel, ConnectionTransport
+
+log = logging.getLogger("caxton.transport.quic")
+
+ALPN = "caxton/1"
+#: Application close code sent to a client whose certificate is refused.
+REFUSED = 0x1CA
+#: Bytes a QUIC packet needs around a DATAGRAM frame's payload.
+DATAGRAM_OVERHEAD = 64
+
+QUIC_SECTION = ConfigSection(
+    "transport.quic",
+    (
+        Field(
+            "max_concurrent_streams",
+            "int",
+            16,
+            "Streams a peer may open (the transport itself uses one per connection)",
+            minimum=1,
+        ),
+        Field(
+            "stream_receive_window",
+            "size",
+            "1MB",
+            "Initial per-stream flow-control window",
+            minimum=16384,
+        ),
+        Field(
+            "connection_receive_window",
+            "size",
+            "10MB",
+            "Initial per-connection flow-control window",
+            minimum=16384,
+        ),
+        Field(
+            "keep_alive_interval",
+            "duration",
+            "5s",
+            "Interval of PING records (keeps NAT and idle timers alive, measures RTT)",
+        ),
+        Field("idle_timeout", "duration", "30s", "Close a connection silent for this long"),
+        Field(
+            "enable_0rtt",
+            "bool",
+            False,
+            "Not supported: aioquic's resumption skips client authentication (ignored)",
+        ),
+        Field("enable_datagram", "bool", True, "Gossip over QUIC DATAGRAM frames"),
+        Field(
+            "max_datagram_size",
+            "int",
+            1200,
+            "Largest UDP payload sent (QUIC packet size)",
+            minimum=1200,
+            maximum=65527,
+        ),
+        Field(
+            "congestion_control",
+            "str",
+            "reno",
+            "aioquic congestion control",
+            choices=("reno", "cubic"),
+        ),
+    ),
+    "QUIC transport tuning",
+    owner="caxton-transport-quic",
+)
+
+
+class QuicChannel(Channel):
+    """The connection's one stream, as a :class:`caxton.transport.Channel`."""
+
+    def __init__(self, protocol: Any, stream_id: int, remote: Address) -> None:
+        self._protocol = protocol
+        self._quic = protocol._quic
+        self.stream_id = stream_id
+        self._remote = remote
+        self._drain_waiters: list[asyncio.Future[None]] = []
+
+    @property
+    def remote_address(self) -> Address:
+        return self._remote
+
+    def write(self, data: bytes) -> None:
+        if not self._protocol.terminated:
+            self._quic.send_stream_data(self.stream_id, data)
+            self._protocol.transmit_soon()
+
+    def buffered(self) -> int:
+        stream = self._quic._streams.get(self.stream_id)
+        return len(stream.sender._buffer) if stream is not None else 0
+
+    async def drain(self, low_water: int | None = None) -> None:
+        limit = self._protocol.owner.settings.high_water // 2 if low_water is None else low_water
+        while self.buffered() > limit and not self._protocol.terminated:
+            waiter = asyncio.get_running_loop().create_future()
+            self._drain_waiters.append(waiter)
+            await waiter
+
+    def wake_drainers(self) -> None:
+        waiters, self._drain_waiters = self._drain_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def pause_reading(self) -> None:
+        self._protocol.reading_paused = True
+
+    def resume_reading(self) -> None:
+        self._protocol.reading_paused = False
+        self._protocol.transmit_soon()  # send the window updates held back
+
+    async def close(self) -> None:
+        await self.drain(0)  # every byte acknowledged: closing now loses nothing
+        self._protocol.close()
+        await self._protocol.wait_closed()
+
+    def abort(self) -> None:
+        self._protocol.close(error_code=0x1, reason_phrase="aborted")
+
+    def peer_certificate(self) -> x509.Certificate | None:
+        certificate: x509.Certificate | None = self._quic.tls._peer_certificate
+        return certificate
+
+    def send_datagram(self, data: bytes) -> bool:
+        protocol = self._protocol
+        if not protocol.datagrams_enabled or len(data) > protocol.max_datagram_payload:
+            return False
+        self._quic.send_datagram_frame(data)
+        protocol.transmit_soon()
+        return True
+
+
+def _make_protocol_class() -> Callable[..., Any]:
+    """Define the protocol class on first use, so importing the driver stays cheap."""
+    from aioquic.asyncio.protocol import QuicConnectionProtocol
+    from aioquic.quic import events
+
+    class _Protocol(QuicConnectionProtocol):
+        def __init__(
+            self, quic: Any, stream_handler: Any = None, *, owner: QuicTransport, outbound: bool
+        ) -> None:
+            super().__init__(quic, stream_handler)
+            self.owner = owner
+            self.outbound = outbound
+            self.channel: QuicChannel | None = None
+            self.terminated = False
+            self.reading_paused = False
+            self.datagrams_enabled = owner.option("enable_datagram")
+            self.max_datagram_payload = owner.option("max_datagram_size") - DATAGRAM_OVERHEAD
+            self._early: list[bytes] = []
+            self._hook_aioquic(quic)
+
+        def _hook_aioquic(self, quic: Any) -> None:
+            if not self.outbound:
+                initialize = quic._initialize
+
+                def request_client_certificate(peer_cid: bytes) -> None:
+                    initialize(peer_cid)
+                    # aioquic never asks for a client certificate otherwise (#541).
+                    quic.tls._request_client_certificate = True
+
+                quic._initialize = request_client_certificate
+            quic._local_max_streams_bidi.value = self.owner.option("max_concurrent_streams")
+            stream_limits = quic._write_stream_limits
+            connection_limits = quic._write_connection_limits
+
+            def hold_stream_window(*args: Any, **kwargs: Any) -> None:
+                if not self.reading_paused:
+                    stream_limits(*args, **kwargs)
+
+            def hold_connection_window(*args: Any, **kwargs: Any) -> None:
+                if not self.reading_paused:
+                    connection_limits(*args, **kwargs)
+
+            quic._write_stream_limits = hold_stream_window
+            quic._write_connection_limits = hold_connection_window
+
+        def transmit_soon(self) -> None:
+            self._transmit_soon()
+
+        def datagram_received(self, data: bytes | str, addr: Any) -> None:
+            super().datagram_received(data, addr)
+            if self.channel is not None and self.channel._drain_waiters:
+                self.channel.wake_drainers()
+            close_event = self._quic._close_event
+            if close_event is not None and not self.terminated:
+                # The peer closed: tell the connection now, not after the drain period.
+                self._terminated(close_event)
+
+        def error_received(self, exc: Exception) -> None:
+            # ICMP port unreachable on the dialled (connected) socket: the peer is gone.
+            if isinstance(exc, ConnectionRefusedError) and self.outbound and not self.terminated:
+                self._quic.close(error_code=0x1, reason_phrase="peer unreachable")
+                self._terminated(
+                    events.ConnectionTerminated(
+                        error_code=0x1, frame_type=None, reason_phrase="peer unreachable"
+                    )
+                )
+
+        def quic_event_received(self, event: Any) -> None:
+            if isinstance(event, events.StreamDataReceived):
+                self._stream_data(event.stream_id, event.data)
+            elif isinstance(event, events.DatagramFrameReceived):
+                if self.channel is not None and self.channel.receiver is not None:
+                    self.channel.receiver.datagram_received(event.data)
+            elif isinstance(event, events.HandshakeCompleted):
+                if not self.outbound:
+                    self._accept()
+            elif isinstance(event, events.ConnectionTerminated):
+                self._terminated(event)
+
+        def _accept(self) -> None:
+            tls = self._quic.tls
+            owner = self.owner
+            remote = self._quic._network_paths[0].addr
+            address = (str(remote[0]), int(remote[1]))
+            if owner.settings.tls is not None:
+                try:
+                    verify_client_chain(
+                        tls._peer_certificate, tls._peer_certificate_chain, owner.trusted_cas
+                    )
+                except PeerRejected as exc:
+                    log.warning("refused QUIC connection from %s:%s: %s", *address, exc)
+                    self.close(error_code=REFUSED, reason_phrase=str(exc)[:200])
+                    return
+            stream_id = 0  # the dialler's first bidirectional stream
+            self.channel = QuicChannel(self, stream_id, address)
+            if owner.accept_channel(self.channel) is None:
+                self.close()
+                return
+            for data in self._early:
+                self._deliver(data)
+            self._early.clear()
+
+        def _stream_data(self, stream_id: int, data: bytes) -> None:
+            channel = self.channel
+            if channel is None:
+                if not self.outbound and stream_id == 0 and not self.terminated:
+                    self._early.append(data)  # before HandshakeCompleted was processed
+                return
+            if stream_id != channel.stream_id:
+                if channel.receiver is not None:
+                    getattr(channel.receiver, "fail", lambda r: None)(
+                        f"unexpected QUIC stream {stream_id}"
+                    )
+                return
+            self._deliver(data)
+
+        def _deliver(self, data: bytes) -> None:
+            if self.channel is not None and self.channel.receiver is not None and data:
+                self.channel.receiver.data_received(data)
+
+        def _terminated(self, event: Any) -> None:
+            if self.terminated:
+                return
+            self.terminated = True
+            channel = self.channel
+            if channel is None:
+                return
+            channel.wake_drainers()
+            if channel.receiver is None:
+                return
+            exc: BaseException | None = None
+            if event.error_code == REFUSED or 0x100 <= event.error_code <= 0x1FF:
+                exc = PeerRejected(f"refused: {event.reason_phrase or hex(event.error_code)}")
+            elif event.error_code not in (0, 0x1) or event.reason_phrase:
+                exc = TransportError(event.reason_phrase or f"QUIC error {event.error_code:#x}")
+            channel.receiver.connection_lost(exc)
+
+    return _Protocol
+
+
+class QuicTransport(ConnectionTransport):
+    """QUIC (aioquic) with mutual TLS 1.3; see the module docstring for the design."""
+
+    config_section: ClassVar[ConfigSection | None] = QUIC_SECTION
+    native_datagrams: ClassVar[bool] = True
+
+    def configure(self) -> None:
+        self.settings = replace(
+            self.settings, ping_interval=float(self.option("keep_alive_interval"))
+        )
+        if self.option("enable_0rtt"):
+            log.warning(
+                "transport.quic.enable_0rtt is ignored: aioquic session resumption skips the "
+                "client certificate, and 0-RTT data could be replayed"
+            )
+        tls = self.settings.tls
+        self.trusted_cas: list[x509.Certificate] = (
+            [load_certificate(tls.ca_cert)] if tls is not None else []
+        )
+        self._protocol_class: Callable[..., Any] | None = None
+        self._server: Any = None
+
+    def _configuration(self, *, is_client: bool) -> Any:
+        import ssl
+
+        from aioquic.quic.configuration import QuicConfiguration
+
+        configuration = QuicConfiguration(
+            is_client=is_client,
+            alpn_protocols=[ALPN],
+            idle_timeout=float(self.option("idle_timeout")),
+            max_data=int(self.option("connection_receive_window")),
+            max_stream_data=int(self.option("stream_receive_window")),
+            max_datagram_size=int(self.option("max_datagram_size")),
+            congestion_control_algorithm=str(self.option("congestion_control")),
+            max_datagram_frame_size=65536 if self.option("enable_datagram") else None,
+        )
+        tls = self.settings.tls
+        if tls is None:
+            configuration.verify_mode = ssl.CERT_NONE
+            if not is_client:
+                configuration.certificate, configuration.private_key = ephemeral_certificate()
+            return configuration
+        configuration.verify_mode = ssl.CERT_REQUIRED
+        configuration.load_verify_locations(cafile=str(tls.ca_cert))
+        if tls.node_cert is not None:
+            configuration.load_cert_chain(str(tls.node_cert), str(tls.node_key or tls.node_cert))
+        return configuration
+
+    def _protocol_factory(self, *, outbound: bool) -> Callable[..., Any]:
+        protocol_class = self._protocol_class
+        if protocol_class is None:
+            protocol_class = self._protocol_class = _make_protocol_class()
+        return functools.partial(protocol_class, owner=self, outbound=outbound)
+
+    async def _serve(self, address: Address) -> Address:
+        from aioquic.asyncio.server import serve
+
+        if self.settings.tls is not None and self.settings.tls.node_cert is None:
+            raise TransportError("listening with mutual TLS needs node_cert and node_key")
+        self._server = await serve(
+            address[0],
+            address[1],
+            configuration=self._configuration(is_client=False),
+            create_protocol=self._protocol_factory(outbound=False),
+        )
+        bound = self._server._transport.get_extra_info("sockname")
+        return (str(bound[0]), int(bound[1]))
+
+    async def _stop_serving(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+
+    async def _dial(self, peer: Address, timeout: float) -> Channel:
+        from aioquic.quic.connection import QuicConnection
+
+        loop = asyncio.get_running_loop()
+        infos = await loop.getaddrinfo(peer[0], peer[1], type=socket.SOCK_DGRAM)
+        remote = (str(infos[0][4][0]), int(infos[0][4][1]))
+        quic = QuicConnection(configuration=self._configuration(is_client=True))
+        factory = self._protocol_factory(outbound=True)
+        transport, protocol = await loop.create_datagram_endpoint(
+            lambda: factory(quic), remote_addr=remote
+        )
+        protocol.connect(remote)
+        try:
+            await asyncio.wait_for(protocol.wait_connected(), timeout)
+        except (ConnectionError, asyncio.TimeoutError) as exc:
+            close_event = quic._close_event
+            transport.close()
+            if close_event is not None and (
+                close_event.error_code == REFUSED or 0x100 <= close_event.error_code <= 0x1FF
+            ):
+                raise PeerRejected(
+                    f"QUIC handshake with {peer[0]}:{peer[1]} refused: "
+                    f"{close_event.reason_phrase or hex(close_event.error_code)}"
+                ) from None
+            raise TransportError(
+                f"QUIC handshake with {peer[0]}:{peer[1]} failed: "
+                f"{close_event.reason_phrase if close_event else type(exc).__name__}"
+            ) from None
+        channel = QuicChannel(protocol, quic.get_next_available_stream_id(), peer)
+        protocol.channel = channel
+        return channel
