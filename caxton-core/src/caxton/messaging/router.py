@@ -380,6 +380,7 @@ class Router:
         self._outgoing: dict[str, _Outgoing] = {}
         self._staged: list[tuple[Message, Target, asyncio.Future[None] | None]] = []
         self._persist_task: asyncio.Task[None] | None = None
+        self._persisting = 0  # messages in the persist call under way
         self._acks: list[str] = []
         self._ack_task: asyncio.Task[None] | None = None
         self._parked: dict[str, list[tuple[float, Message]]] = {}
@@ -905,9 +906,11 @@ class Router:
         try:
             while self._staged:
                 batch, self._staged = self._staged, []
+                self._persisting = len(batch)
                 try:
                     await self.outbox.persist([message for message, _, _ in batch])
                 except Exception as exc:
+                    self._persisting = 0
                     log.error("could not persist %d messages: %s", len(batch), exc)
                     for message, _, waiter in batch:
                         error = CaxtonError(f"Message not persisted, not sent: {exc}")
@@ -917,12 +920,14 @@ class Router:
                         else:
                             self._dead_letter(message, f"not persisted: {exc}")
                     continue
+                self._persisting = 0
                 for message, target, waiter in batch:
                     if waiter is not None and not waiter.done():
                         waiter.set_result(None)
                     self._dispatch(message, target)
         finally:
             self._persist_task = None
+            self._persisting = 0
 
     def _ack(self, message_id: str) -> None:
         self._acks.append(message_id)
@@ -1407,7 +1412,7 @@ class Router:
             "totals": {
                 "queued": queued,
                 "forwarding": sum(remote.values()),
-                "persisting": len(self._staged),
+                "persisting": len(self._staged) + self._persisting,
                 "parked": sum(len(v) for v in self._parked.values()),
                 **self._counts,
             },
@@ -1420,7 +1425,7 @@ class Router:
             return box.count + box.busy
         total = sum(box.count + box.busy for box in self._boxes.values())
         total += sum(len(o.queue) + o.inflight for o in self._outgoing.values())
-        return total + len(self._staged)
+        return total + len(self._staged) + self._persisting
 
     async def drain(self, timeout: float, *, name: str | None = None) -> int:
         """Wait up to ``timeout`` seconds for the queues (or ``name``'s) to empty.

@@ -1,0 +1,355 @@
+"""Interaction protocols: fipa-request, fipa-query and fipa-contract-net."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+
+import pytest
+
+from caxton.errors import AgentNotFound, ProtocolViolation, ValidationError
+from caxton.messaging import PROTOCOLS, Message, Performative, Router
+from caxton.messaging.protocols import CONTRACT_NET, REQUEST
+from caxton.testing.messaging import Recorder
+
+P = Performative
+
+
+@pytest.fixture
+async def router() -> AsyncIterator[Router]:
+    r = Router(node_id="n1", cleanup_interval=0)
+    await r.start()
+    yield r
+    await r.close()
+
+
+def request(**kw: object) -> Message:
+    fields: dict[str, object] = {"protocol": "fipa-request", "conversation_id": "c1"} | kw
+    return Message(P.REQUEST, "a", "b", "do it", **fields)  # type: ignore[arg-type]
+
+
+async def test_fipa_request_happy_path(router: Router) -> None:
+    a, b = Recorder(), Recorder()
+    router.register("a", a)
+    router.register("b", b)
+    await router.send(request())
+    assert router.conversation("c1").state == "requested"  # type: ignore[union-attr]
+    await router.send(b.messages[0].create_reply(P.AGREE))
+    assert router.conversation("c1").state == "agreed"  # type: ignore[union-attr]
+    await router.send(b.messages[0].create_reply(P.INFORM, "done"))
+    conversation = router.conversation("c1")
+    assert conversation is not None
+    assert conversation.state == "done"
+    assert conversation.finished
+    assert conversation.roles == {"b": "done"}
+    assert conversation.message_count == 3
+    assert a.performatives == ["agree", "inform"]
+
+
+@pytest.mark.parametrize(
+    ("answers", "state"),
+    [
+        ([P.REFUSE], "refused"),
+        ([P.INFORM], "done"),  # agree is optional
+        ([P.FAILURE], "failed"),
+        ([P.AGREE, P.FAILURE], "failed"),
+        ([P.NOT_UNDERSTOOD], "not-understood"),
+    ],
+)
+async def test_fipa_request_outcomes(router: Router, answers: list[P], state: str) -> None:
+    a, b = Recorder(), Recorder()
+    router.register("a", a)
+    router.register("b", b)
+    await router.send(request())
+    for answer in answers:
+        await router.send(b.messages[0].create_reply(answer))
+    assert router.conversation("c1").state == state  # type: ignore[union-attr]
+    assert a.performatives == [p.value for p in answers]
+
+
+async def test_fipa_request_cancel(router: Router) -> None:
+    a, b = Recorder(), Recorder()
+    router.register("a", a)
+    router.register("b", b)
+    await router.send(request(reply_with="r"))
+    await router.send(b.messages[0].create_reply(P.AGREE))
+    await router.send(Message(P.CANCEL, "a", "b", protocol="fipa-request", conversation_id="c1"))
+    assert router.conversation("c1").state == "cancelling"  # type: ignore[union-attr]
+    await router.send(b.messages[0].create_reply(P.INFORM, "cancelled"))
+    assert router.conversation("c1").state == "cancelled"  # type: ignore[union-attr]
+
+
+async def test_out_of_protocol_answer_gets_not_understood(router: Router) -> None:
+    a, b = Recorder(), Recorder()
+    router.register("a", a)
+    router.register("b", b)
+    await router.send(request())
+    await router.send(b.messages[0].create_reply(P.REFUSE))
+    late_inform = b.messages[0].create_reply(P.INFORM, "changed my mind")
+    await router.send(late_inform)  # no exception: b is told in a message
+    assert a.performatives == ["refuse"]  # the inform never reached a
+    [notice] = b.messages[1:]
+    assert notice.performative is P.NOT_UNDERSTOOD
+    assert (notice.sender, notice.receiver) == ("a", "b")
+    assert notice.conversation_id == "c1"
+    assert notice.in_reply_to == late_inform.message_id
+    assert notice.content == {
+        "reason": "out-of-protocol",
+        "error": "inform from b is out of protocol: fipa-request exchange with b is refused; "
+        "it is over",
+        "message_id": late_inform.message_id,
+    }
+    assert router.conversation("c1").state == "refused"  # type: ignore[union-attr]
+    assert router.queue_stats()["totals"]["not_understood"] == 1
+
+
+async def test_a_protocol_must_start_with_its_opening_act(router: Router) -> None:
+    a = Recorder()
+    router.register("a", a)
+    router.register("b", Recorder())
+    await router.send(Message(P.INFORM, "a", "b", protocol="fipa-request"))
+    [notice] = a.messages
+    assert notice.performative is P.NOT_UNDERSTOOD
+    assert notice.content["error"] == (
+        "inform cannot start a fipa-request conversation; it starts with request"
+    )
+
+
+async def test_a_protocol_message_without_conversation_id_gets_one(router: Router) -> None:
+    b = Recorder()
+    router.register("b", b)
+    message = Message(P.REQUEST, "a", "b", protocol="fipa-request")
+    await router.send(message)
+    assert b.messages[0].conversation_id == message.message_id
+    assert router.conversation(message.message_id) is not None
+
+
+async def test_wrong_party_or_wrong_protocol_in_a_conversation(router: Router) -> None:
+    for name in ("a", "b", "c"):
+        router.register(name, Recorder())
+    await router.send(request())
+    await router.send(Message(P.INFORM, "c", "b", protocol="fipa-request", conversation_id="c1"))
+    await router.send(Message(P.INFORM, "b", "a", protocol="fipa-query", conversation_id="c1"))
+    notices = [
+        m
+        for name in ("b", "c")
+        for m in _recorder(router, name).messages
+        if m.performative is P.NOT_UNDERSTOOD
+    ]
+    errors = sorted(n.content["error"] for n in notices)
+    assert errors == [
+        "c -> b is not between the initiator a and a participant of conversation c1",
+        "conversation c1 follows fipa-request, not fipa-query",
+    ]
+
+
+def _recorder(router: Router, name: str) -> Recorder:
+    deliver = router._boxes[name].deliver
+    assert isinstance(deliver, Recorder)
+    return deliver
+
+
+async def test_out_of_protocol_from_an_unregistered_sender_raises(router: Router) -> None:
+    router.register("b", Recorder())
+    with pytest.raises(ProtocolViolation) as info:
+        await router.send(Message(P.AGREE, "client", "b", protocol="fipa-request"))
+    assert str(info.value) == (
+        "Out-of-protocol message: agree cannot start a fipa-request conversation; "
+        "it starts with request"
+    )
+    assert info.value.http_status == 400
+
+
+async def test_unknown_protocols_are_tracked_but_not_checked(router: Router) -> None:
+    router.register("b", Recorder())
+    await router.send(Message(P.INFORM, "a", "b", protocol="my-protocol", conversation_id="x"))
+    await router.send(Message(P.CANCEL, "a", "b", protocol="my-protocol", conversation_id="x"))
+    conversation = router.conversation("x")
+    assert conversation is not None
+    assert (conversation.protocol, conversation.state, conversation.message_count) == (
+        "my-protocol",
+        "active",
+        2,
+    )
+
+
+async def test_fipa_query(router: Router) -> None:
+    a, b = Recorder(), Recorder()
+    router.register("a", a)
+    router.register("b", b)
+    await router.send(Message(P.QUERY_REF, "a", "b", "price?", protocol="fipa-query"))
+    await router.send(b.messages[0].create_reply(P.INFORM, 42))
+    conversation = router.conversation(b.messages[0].conversation_id or "")
+    assert conversation is not None
+    assert conversation.state == "done"
+
+
+async def test_replying_to_a_not_understood_out_of_protocol_cannot_loop(router: Router) -> None:
+    def stubborn(message: Message) -> None:  # answers everything with inform
+        router.send_nowait(message.create_reply(P.INFORM, "whatever"))
+
+    router.register("a", Recorder())
+    router.register("b", stubborn)
+    await router.send(request())
+    await router.send(Message(P.INFORM, "b", "a", protocol="fipa-request", conversation_id="c1"))
+    assert await router.drain(5) == 0
+    assert router.queue_stats()["totals"]["sent"] < 10
+
+
+# -- contract net among agents -------------------------------------------------------------
+
+
+async def test_contract_net_between_agents(router: Router) -> None:
+    initiator = Recorder()
+    router.register("i", initiator)
+    bidders = {"p1": Recorder(), "p2": Recorder(), "p3": Recorder()}
+    for name, recorder in bidders.items():
+        router.register(name, recorder)
+    await router.send(
+        Message(
+            P.CFP,
+            "i",
+            "",
+            "job",
+            protocol="fipa-contract-net",
+            conversation_id="cn",
+            receivers=("p1", "p2", "p3"),
+        )
+    )
+    cfp = {name: r.messages[0] for name, r in bidders.items()}
+    await router.send(cfp["p1"].create_reply(P.PROPOSE, 5))
+    await router.send(cfp["p2"].create_reply(P.PROPOSE, 3))
+    await router.send(cfp["p3"].create_reply(P.REFUSE))
+    proposals = {m.sender: m for m in initiator.messages if m.performative is P.PROPOSE}
+    await router.send(proposals["p2"].create_reply(P.ACCEPT_PROPOSAL, sender="i"))
+    await router.send(proposals["p1"].create_reply(P.REJECT_PROPOSAL, sender="i"))
+    conversation = router.conversation("cn")
+    assert conversation is not None
+    assert conversation.state == "active"
+    assert conversation.roles == {"p1": "rejected", "p2": "accepted", "p3": "refused"}
+    # p3 refused: accepting it now is out of protocol, and i is told
+    await router.send(
+        Message(P.ACCEPT_PROPOSAL, "i", "p3", protocol="fipa-contract-net", conversation_id="cn")
+    )
+    assert initiator.messages[-1].performative is P.NOT_UNDERSTOOD
+    assert "p3 is refused" in initiator.messages[-1].content["error"]
+    await router.send(bidders["p2"].messages[-1].create_reply(P.INFORM, "done"))
+    assert conversation.state == "completed"
+    assert conversation.roles["p2"] == "done"
+    assert conversation.participants == {"i", "p1", "p2", "p3"}
+
+
+async def test_contract_net_participant_may_not_propose_twice(router: Router) -> None:
+    initiator, bidder = Recorder(), Recorder()
+    router.register("i", initiator)
+    router.register("p", bidder)
+    await router.send(Message(P.CFP, "i", "p", protocol="fipa-contract-net"))
+    await router.send(bidder.messages[0].create_reply(P.PROPOSE, 1))
+    await router.send(bidder.messages[0].create_reply(P.PROPOSE, 2))
+    assert bidder.messages[-1].performative is P.NOT_UNDERSTOOD
+    assert bidder.messages[-1].content["error"] == (
+        "propose from p is out of protocol: fipa-contract-net exchange with p is proposed; "
+        "the participant may send not-understood"
+    )
+
+
+def test_protocol_tables_are_consistent() -> None:
+    assert set(PROTOCOLS) == {"fipa-request", "fipa-query", "fipa-contract-net"}
+    for spec in PROTOCOLS.values():
+        for (state, _performative, _side), target in spec.transitions.items():
+            assert state not in spec.terminal, (spec.name, state)
+            assert target
+    assert REQUEST.next_state("start", P.REQUEST, True) == "requested"
+    assert REQUEST.next_state("start", P.REQUEST, False) is None
+    assert CONTRACT_NET.allowed("cfp", False) == ["not-understood", "propose", "refuse"]
+
+
+# -- contract net for external clients -----------------------------------------------------
+
+
+def bidder(
+    router: Router, name: str, price: float | None, outcome: P = P.INFORM
+) -> Callable[[Message], None]:
+    def deliver(message: Message) -> None:
+        if message.performative is P.CFP:
+            if price is None:
+                router.send_nowait(message.create_reply(P.REFUSE, "busy"))
+            else:
+                router.send_nowait(message.create_reply(P.PROPOSE, {"price": price}))
+        elif message.performative is P.ACCEPT_PROPOSAL:
+            router.send_nowait(message.create_reply(outcome, f"{name} did it"))
+
+    return deliver
+
+
+def cheapest(proposals: Mapping[str, Message]) -> str | None:
+    return min(proposals, key=lambda n: proposals[n].content["price"], default=None)
+
+
+async def test_contract_net_for_a_client(router: Router) -> None:
+    router.register("cheap", bidder(router, "cheap", 3))
+    router.register("dear", bidder(router, "dear", 9))
+    router.register("busy", bidder(router, "busy", None))
+    silent = Recorder()
+    router.register("silent", silent)
+    started = time.time()
+    result = await router.contract_net(
+        "client",
+        ["dear", "cheap", "busy", "silent"],
+        {"task": "x"},
+        deadline=0.2,
+        select=cheapest,
+    )
+    assert result.winner == "cheap"
+    assert set(result.proposals) == {"dear", "cheap"}
+    assert set(result.refusals) == {"busy"}
+    assert result.no_answer == ("silent",)
+    assert result.result is not None
+    assert result.result.content == "cheap did it"
+    assert result.succeeded
+    assert not router.is_registered("client")
+    cfp = silent.messages[0]
+    assert cfp.protocol == "fipa-contract-net"
+    assert cfp.reply_by is not None
+    assert cfp.reply_by >= started
+    conversation = router.conversation(result.conversation_id)
+    assert conversation is not None
+    assert conversation.roles["cheap"] == "done"
+    assert conversation.roles["dear"] == "rejected"
+
+
+async def test_contract_net_returns_early_when_everyone_answered(router: Router) -> None:
+    router.register("p1", bidder(router, "p1", 1))
+    router.register("p2", bidder(router, "p2", 2, outcome=P.FAILURE))
+    result = await router.contract_net(
+        "client", ["p1", "p2"], None, deadline=3600, select=lambda p: "p2"
+    )  # returns at once: a one-hour deadline would otherwise hang the test
+    assert result.winner == "p2"
+    assert result.result is not None
+    assert result.result.performative is P.FAILURE
+    assert not result.succeeded
+
+
+async def test_contract_net_without_proposals_has_no_winner(router: Router) -> None:
+    router.register("p1", bidder(router, "p1", None))
+    result = await router.contract_net("client", ["p1"], None, deadline=5)
+    assert result.winner is None
+    assert result.result is None
+    assert set(result.refusals) == {"p1"}
+
+
+async def test_contract_net_errors(router: Router) -> None:
+    router.register("p1", bidder(router, "p1", 1))
+    with pytest.raises(ValidationError, match="no participants"):
+        await router.contract_net("client", [], None, deadline=1)
+    with pytest.raises(ValidationError, match="participants repeat a name"):
+        await router.contract_net("client", ["p1", "p1"], None, deadline=1)
+    with pytest.raises(ValidationError, match="is also a participant"):
+        await router.contract_net("p1", ["p1"], None, deadline=1)
+    with pytest.raises(ValidationError, match=r"deadline must be seconds from now"):
+        await router.contract_net("client", ["p1"], None, deadline=time.time() + 5)
+    with pytest.raises(AgentNotFound, match=r"^Agent not found: ghost$"):
+        await router.contract_net("client", ["p1", "ghost"], None, deadline=1)
+    with pytest.raises(ValidationError, match=r"select\(\) chose 'p9', which made no proposal"):
+        await router.contract_net("client", ["p1"], None, deadline=1, select=lambda p: "p9")
+    assert not router.is_registered("client")
