@@ -17,6 +17,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
+from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,7 @@ from test_plugins import (  # the site fixture installs throwaway plugin distrib
 )
 
 from caxton.cli.main import blocked_in_argv, cli
+from caxton.plugins import KNOWN_DISTRIBUTIONS
 
 MAIN = "from caxton.cli.main import main; main()"
 
@@ -285,6 +287,8 @@ def started(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], int]]:
         "start",
         "--node-id",
         "cli-test",
+        "--metrics-addr",
+        "127.0.0.1:0",
         "--api-addr",
         f"127.0.0.1:{port}",
         "--data-dir",
@@ -318,6 +322,8 @@ def test_server_start_accepts_the_cluster_flags(tmp_path: Path) -> None:
         "start",
         "--node-id",
         "n1",
+        "--metrics-addr",
+        "127.0.0.1:0",
         "--api-addr",
         f"127.0.0.1:{port}",
         "--bind-addr",
@@ -352,21 +358,40 @@ def test_server_start_with_bad_config_is_one_line(tmp_path: Path) -> None:
     assert len(err.strip().splitlines()) == 1
 
 
-def test_server_start_with_a_missing_driver_names_the_package(tmp_path: Path) -> None:
+def missing_first_party_driver() -> tuple[str, str, str] | None:
+    """A (kind, name, distribution) of the first-party plugins that is not installed."""
+    for (kind, name), dist in sorted(KNOWN_DISTRIBUTIONS.items()):
+        try:
+            distribution(dist)
+        except PackageNotFoundError:
+            return kind, name, dist
+    return None
+
+
+def test_server_start_with_a_missing_driver_names_what_to_install(tmp_path: Path) -> None:
+    missing = missing_first_party_driver()
+    kind, name = (missing[0], missing[1]) if missing else ("transport", "carrier-pigeon")
     code, _out, err = run_caxton(
         "server",
         "start",
         "--plugin",
-        "transport=quic",
+        f"{kind}={name}",
         "--api-addr",
+        "127.0.0.1:0",
+        "--metrics-addr",
         "127.0.0.1:0",
         "--data-dir",
         str(tmp_path / "d"),
     )
     assert code == 1
     assert len(err.strip().splitlines()) == 1, err
-    assert err.startswith("Error: transport driver 'quic' is not installed (installed transport")
-    assert err.strip().endswith("install it with: pip install caxton-transport-quic")
+    assert err.startswith(f"Error: {kind} driver '{name}' is not installed (installed {kind} ")
+    hint = (
+        f"install it with: pip install {missing[2]}"
+        if missing
+        else f"a plugin must publish it in the entry-point group 'caxton.{kind}'"
+    )
+    assert err.strip().endswith(hint)
 
 
 def test_server_start_with_a_broken_plugin_starts_unless_strict(site: Site, tmp_path: Path) -> None:
@@ -375,6 +400,8 @@ def test_server_start_with_a_broken_plugin_starts_unless_strict(site: Site, tmp_
     process = caxton(
         "server",
         "start",
+        "--metrics-addr",
+        "127.0.0.1:0",
         "--api-addr",
         f"127.0.0.1:{port}",
         "--data-dir",
@@ -397,7 +424,14 @@ def test_server_start_with_a_broken_plugin_starts_unless_strict(site: Site, tmp_
     )
 
     code, _out, err = run_caxton(
-        "server", "start", "--strict", "--api-addr", "127.0.0.1:0", pythonpath=site.path
+        "server",
+        "start",
+        "--strict",
+        "--metrics-addr",
+        "127.0.0.1:0",
+        "--api-addr",
+        "127.0.0.1:0",
+        pythonpath=site.path,
     )
     assert code == 1
     assert "Traceback" not in err
