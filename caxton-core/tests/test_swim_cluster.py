@@ -11,7 +11,7 @@ from caxton.drivers.membership import MemberStatus
 from caxton.membership.core import EventKind
 from caxton.membership.settings import SwimSettings
 from caxton.membership.static_core import StaticCore
-from caxton.testing.membership import SimCluster
+from caxton.testing.membership import SimCluster, VersionedMapDelegate
 
 FAILED = MemberStatus.FAILED
 
@@ -208,3 +208,59 @@ def test_static_member_leaving_is_left() -> None:
     sim.run_for(20)
     assert sim.all_see("s1", MemberStatus.LEFT)
     assert failures(sim) == []
+
+
+# -------------------------------------------------------------------------
+# The gossip delegate channel (what the agent registry rides on)
+# -------------------------------------------------------------------------
+
+
+def with_delegates(sim: SimCluster) -> dict[str, VersionedMapDelegate]:
+    delegates = {}
+    for name, node in sim.nodes.items():
+        delegates[name] = VersionedMapDelegate()
+        node.core.delegate = delegates[name]  # type: ignore[attr-defined]
+    return delegates
+
+
+def test_delegate_messages_reach_every_member() -> None:
+    sim = formed(20, 30)
+    delegates = with_delegates(sim)
+    sim.gossip("n11", "agents/n11", delegates["n11"].set("agents/n11", b"echo,math"))
+
+    def everyone_knows() -> bool:
+        return all(d.entries.get("agents/n11") == (1, b"echo,math") for d in delegates.values())
+
+    assert sim.run_until(everyone_knows, timeout=10) is not None
+
+
+def test_delegate_state_travels_with_push_pull() -> None:
+    sim = formed(21, 5)
+    delegates = with_delegates(sim)
+    delegates["n2"].set("agents/n2", b"planner")
+    late = sim.add_node("late", ["n2"])
+    late_delegate = VersionedMapDelegate()
+    late.core.delegate = late_delegate  # type: ignore[attr-defined]
+    sim.run_for(1)
+    assert late_delegate.entries == {"agents/n2": (1, b"planner")}
+
+
+def test_a_broken_delegate_does_not_break_membership() -> None:
+    class Broken(VersionedMapDelegate):
+        def notify(self, key: str, payload: bytes) -> bool:
+            raise RuntimeError("registry bug")
+
+    sim = formed(22, 5)
+    for node in sim.nodes.values():
+        node.core.delegate = Broken()  # type: ignore[attr-defined]
+    sim.gossip("n1", "k", b"v")
+    sim.run_for(5)
+    assert sum(n.core.stats.delegate_errors for n in sim.nodes.values()) > 0  # type: ignore[attr-defined]
+    sim.kill("n3")
+    assert sim.run_until(lambda: sim.all_see("n3", FAILED), timeout=30) is not None
+
+
+def test_oversized_delegate_message_is_refused() -> None:
+    sim = formed(23, 2)
+    with pytest.raises(ValueError, match="send large state"):
+        sim.gossip("n0", "k", b"x" * 2000)

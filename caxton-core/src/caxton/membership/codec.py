@@ -7,8 +7,9 @@ primary one (a ping, an ack) first and piggybacked gossip after it, up to the da
 budget. Each message is an array whose first item is its :class:`MsgType`.
 
 A push-pull payload (sent over the transport's reliable ``GOSSIP`` request) is
-``[VERSION, sender_id, host, port, purpose, [entry, ...]]`` with one entry
-``[node_id, host, port, incarnation, status, meta]`` per known member.
+``[VERSION, sender_id, host, port, purpose, [entry, ...], delegate_state]`` with one
+entry ``[node_id, host, port, incarnation, status, meta]`` per known member and the
+gossip delegate's full state (bytes, or nil without a delegate).
 
 Decoding never raises anything but :class:`MalformedMessage`, so a garbage packet from
 the network is counted and dropped, never a crash.
@@ -48,6 +49,7 @@ class MsgType(IntEnum):
     SUSPECT = 5  # [SUSPECT, incarnation, node_id, from_id]
     DEAD = 6  # [DEAD, incarnation, node_id, from_id]
     LEFT = 7  # [LEFT, incarnation, node_id]
+    USER = 8  # [USER, key, payload]: a gossip delegate's message (agent registry...)
 
 
 #: Status codes in push-pull entries.
@@ -138,6 +140,10 @@ def left(incarnation: int, node_id: str) -> bytes:
     return pack([MsgType.LEFT, incarnation, node_id])
 
 
+def user(key: str, payload: bytes) -> bytes:
+    return pack([MsgType.USER, key, payload])
+
+
 @dataclass(frozen=True)
 class Header:
     sender_id: str
@@ -209,6 +215,12 @@ def _uint(value: Any) -> int:
     return value
 
 
+def _bytes(value: Any) -> bytes:
+    if not isinstance(value, bytes):
+        raise MalformedMessage(f"expected bytes, got {type(value).__name__}")
+    return value
+
+
 def _bool(value: Any) -> bool:
     if not isinstance(value, bool):
         raise MalformedMessage(f"expected a boolean, got {value!r}")
@@ -235,6 +247,7 @@ _ARITY = {
     MsgType.SUSPECT: 4,
     MsgType.DEAD: 4,
     MsgType.LEFT: 3,
+    MsgType.USER: 3,
 }
 _FIELD_CHECKS: dict[MsgType, tuple[Any, ...]] = {
     MsgType.PING: (_uint, _str),
@@ -245,6 +258,7 @@ _FIELD_CHECKS: dict[MsgType, tuple[Any, ...]] = {
     MsgType.SUSPECT: (_uint, _str, _str),
     MsgType.DEAD: (_uint, _str, _str),
     MsgType.LEFT: (_uint, _str),
+    MsgType.USER: (_str, _bytes),
 }
 
 
@@ -267,10 +281,15 @@ class SyncPayload:
     header: Header
     purpose: str
     entries: list[StateEntry]
+    delegate_state: bytes | None = None
 
 
 def encode_sync(
-    sender_id: str, address: Address, purpose: str, entries: Iterable[StateEntry]
+    sender_id: str,
+    address: Address,
+    purpose: str,
+    entries: Iterable[StateEntry],
+    delegate_state: bytes | None = None,
 ) -> bytes:
     rows = [
         [
@@ -283,14 +302,14 @@ def encode_sync(
         ]
         for e in entries
     ]
-    return pack([VERSION, sender_id, address[0], address[1], purpose, rows])
+    return pack([VERSION, sender_id, address[0], address[1], purpose, rows, delegate_state])
 
 
 def decode_sync(payload: bytes) -> SyncPayload:
     items = _unpack(payload)
-    if not isinstance(items, list) or len(items) != 6:
+    if not isinstance(items, list) or len(items) != 7:
         raise MalformedMessage("not a SWIM push-pull payload")
-    version, sender_id, host, port, purpose, rows = items
+    version, sender_id, host, port, purpose, rows, delegate_state = items
     if version != VERSION:
         raise MalformedMessage(f"unsupported SWIM protocol version {version!r}")
     if not isinstance(rows, list):
@@ -312,4 +331,6 @@ def decode_sync(payload: bytes) -> SyncPayload:
                 decode_meta(meta),
             )
         )
-    return SyncPayload(Header(_str(sender_id), _address(host, port)), _str(purpose), entries)
+    header = Header(_str(sender_id), _address(host, port))
+    state = None if delegate_state is None else _bytes(delegate_state)
+    return SyncPayload(header, _str(purpose), entries, state)

@@ -81,6 +81,7 @@ class MembershipStats:
     probes: int = 0
     probes_failed: int = 0
     refutations: int = 0
+    delegate_errors: int = 0
 
     @property
     def bytes_sent(self) -> int:
@@ -95,6 +96,26 @@ class MembershipStats:
         data["bytes_sent"] = self.bytes_sent
         data["bytes_received"] = self.bytes_received
         return data
+
+
+class GossipDelegate(Protocol):
+    """Something else that rides on membership gossip (the agent registry).
+
+    As memberlist's ``Delegate``: small messages spread epidemically with the membership
+    news (:meth:`SwimCore.gossip`), and a full state travels with every push-pull for
+    anti-entropy. Called synchronously by the core; an exception is counted in
+    ``stats.delegate_errors`` and otherwise ignored.
+    """
+
+    def notify(self, key: str, payload: bytes) -> bool:
+        """A gossiped message arrived. Return True if it was news to this node: the core
+        then relays it (under the same ``key``, replacing older news with that key)."""
+
+    def local_state(self) -> bytes | None:
+        """This node's full state, sent with each push-pull (None: nothing)."""
+
+    def merge_remote_state(self, state: bytes) -> None:
+        """Merge a peer's :meth:`local_state` received in a push-pull."""
 
 
 class MembershipCore(Protocol):

@@ -22,11 +22,19 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from caxton.config import CORE_SECTIONS, ConfigSection
 from caxton.drivers.base import DriverContext
-from caxton.drivers.membership import Member, Membership
+from caxton.drivers.membership import Member, Membership, MemberStatus
+from caxton.drivers.partition import ClusterView
 from caxton.drivers.transport import Address, Frame, FrameKind
 from caxton.errors import CaxtonError, Conflict, NotFound, PluginError, ValidationError
 from caxton.membership import codec
-from caxton.membership.core import Datagram, EventKind, MemberEvent, MembershipCore, SyncRequest
+from caxton.membership.core import (
+    Datagram,
+    EventKind,
+    GossipDelegate,
+    MemberEvent,
+    MembershipCore,
+    SyncRequest,
+)
 from caxton.membership.settings import SECTION, SwimSettings, parse_seeds
 from caxton.units import format_address, parse_address
 
@@ -42,6 +50,8 @@ HOOKS: dict[EventKind, str] = {
     EventKind.FAILED: "caxton_member_failed",
     EventKind.LEFT: "caxton_member_left",
 }
+
+_REACHABLE = (MemberStatus.ALIVE, MemberStatus.SUSPECT)
 
 #: An in-process listener: called with every :class:`MemberEvent`, on the event loop.
 Listener = Callable[[MemberEvent], None]
@@ -95,6 +105,7 @@ class CoreDriver(Membership):
         self._sync_waiters: dict[int, asyncio.Future[bool]] = {}
         self._pings: dict[int, asyncio.Future[float]] = {}
         self._changed = asyncio.Event()
+        self._delegate: GossipDelegate | None = None
         self.send_errors = 0
 
     # -- construction -------------------------------------------------------------------
@@ -163,6 +174,8 @@ class CoreDriver(Membership):
         self._loop = asyncio.get_running_loop()
         meta = {**self.initial_metadata(), **self._meta}
         self._core = self.make_core(self.advertise_address(), meta, self._loop.time())
+        if self._delegate is not None:
+            self._attach_delegate(self._delegate)
         self._sender = asyncio.ensure_future(self._send_loop())
         self._pump()
 
@@ -234,6 +247,41 @@ class CoreDriver(Membership):
         alive, failed, left, removed); returns a function that unsubscribes it."""
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener) if listener in self._listeners else None
+
+    def set_gossip_delegate(self, delegate: GossipDelegate | None) -> None:
+        """Carry another component's state on membership gossip (the agent registry):
+        see :class:`caxton.membership.core.GossipDelegate`. Before or after start."""
+        self._delegate = delegate
+        if self._core is not None:
+            self._attach_delegate(delegate)
+
+    def gossip(self, key: str, payload: bytes) -> None:
+        """Spread ``payload`` to every member through the delegate channel (at most one
+        datagram: about 1.3 KB). Raises ValidationError when too large, PluginError when
+        this driver does not gossip."""
+        if not hasattr(self.core, "gossip"):
+            raise PluginError(
+                f"the {self.name} membership driver does not gossip; use membership = "
+                f'"swim" to spread state between nodes'
+            )
+        try:
+            self.core.gossip(self._require_loop().time(), key, payload)
+        except ValueError as exc:
+            raise ValidationError(str(exc)) from None
+        self._pump()
+
+    def _attach_delegate(self, delegate: GossipDelegate | None) -> None:
+        if not hasattr(self.core, "delegate"):
+            raise PluginError(f"the {self.name} membership driver does not gossip")
+        self.core.delegate = delegate
+
+    def cluster_view(self, quorum_size: int | None = None) -> ClusterView:
+        """This node's view for the partition policy: known members are those not
+        left; reachable ones are alive or suspect (this node included)."""
+        members = self.core.members()
+        known = [m.node_id for m in members if m.status is not MemberStatus.LEFT]
+        reachable = [m.node_id for m in members if m.status in _REACHABLE]
+        return ClusterView(self.context.node_id, known, reachable, quorum_size)
 
     def cluster_size_estimate(self) -> int:
         """Members believed alive or suspect, this node included."""

@@ -47,6 +47,7 @@ from caxton.membership.codec import MalformedMessage, MsgType, StateEntry
 from caxton.membership.core import (
     Datagram,
     EventKind,
+    GossipDelegate,
     MemberEvent,
     MembershipStats,
     Outbox,
@@ -185,6 +186,9 @@ class SwimCore:
         self._nodes: dict[str, _Node] = {node_id: self._me}
         self._builder = codec.DatagramBuilder(node_id, address, self.settings.datagram_budget)
         self._broadcasts = BroadcastQueue(self.settings.retransmit_mult)
+        self._user_broadcasts = BroadcastQueue(self.settings.retransmit_mult)
+        #: Set by the driver's owner to carry other state on gossip (agent registry).
+        self.delegate: GossipDelegate | None = None
         self._suspicions: dict[str, Suspicion] = {}
         self._relays: dict[int, _Relay] = {}
         self._probe: _Probe | None = None
@@ -240,7 +244,7 @@ class SwimCore:
     def next_deadline(self) -> float:
         """When :meth:`tick` has work next (it may be called earlier or later)."""
         deadline = self._next_reap
-        if self._broadcasts:  # an idle gossip timer needs no wake-ups
+        if self._broadcasts or self._user_broadcasts:  # idle gossip needs no wake-ups
             deadline = min(deadline, self._next_gossip)
         if not self.leaving:
             deadline = min(deadline, self._next_probe, self._next_push_pull, self._next_rejoin)
@@ -305,6 +309,19 @@ class SwimCore:
             self._on_dead(node_id, node.incarnation, node_id, left=True)
         return node.snapshot()
 
+    def gossip(self, now: float, key: str, payload: bytes) -> None:
+        """Spread a delegate's message to every member (piggybacked, retransmitted like
+        membership news). A newer message with the same ``key`` replaces an unsent
+        older one. Raises ValueError when it cannot fit in one datagram."""
+        self._now = now
+        message = codec.user(key, payload)
+        if len(message) > self._builder.room:
+            raise ValueError(
+                f"a gossip message may take {self._builder.room} bytes, this one takes "
+                f"{len(message)}; send large state through the delegate's local_state()"
+            )
+        self._user_broadcasts.queue(key, message)
+
     def ping(self, now: float, node_id: str) -> int:
         """Ping a member on behalf of a user (``caxton cluster ping``); the answer comes
         out in :attr:`Outbox.pongs` under the returned token. Raises KeyError."""
@@ -351,6 +368,7 @@ class SwimCore:
             return None
         if remote.header.sender_id != self.node_id:
             self._merge(remote.header.sender_id, remote.entries)
+            self._merge_delegate_state(remote.delegate_state)
         reply = self._sync_payload("reply")
         self.stats.sync_bytes_sent += len(reply)
         return reply
@@ -373,6 +391,7 @@ class SwimCore:
             return False
         if remote.header.sender_id != self.node_id:
             self._merge(remote.header.sender_id, remote.entries)
+            self._merge_delegate_state(remote.delegate_state)
         return True
 
     def tick(self, now: float) -> None:
@@ -485,8 +504,16 @@ class SwimCore:
 
     def _send(self, address: Address, messages: list[bytes]) -> None:
         room = self._builder.room - sum(len(m) for m in messages)
-        messages = messages + self._broadcasts.take(room, self.cluster_size())
+        messages = messages + self._take_broadcasts(room)
         self._emit_datagram(address, messages)
+
+    def _take_broadcasts(self, room: int) -> list[bytes]:
+        """Membership news first, then the delegate's messages in the space left."""
+        size = self.cluster_size()
+        taken = self._broadcasts.take(room, size)
+        if self._user_broadcasts:
+            taken += self._user_broadcasts.take(room - sum(map(len, taken)), size)
+        return taken
 
     def _emit_datagram(self, address: Address, messages: list[bytes]) -> None:
         payload = self._builder.build(messages)
@@ -496,16 +523,15 @@ class SwimCore:
         self._outbox.datagrams.append(Datagram(address, payload))
 
     def _gossip_round(self) -> None:
-        if not self._broadcasts:
+        if not self._broadcasts and not self._user_broadcasts:
             return
         live = [n for n in self._nodes.values() if n.status in _LIVE and n is not self._me]
         targets = self.rng.sample(live, min(self.settings.gossip_fanout, len(live)))
         targets += [
             n for n in self._nodes.values() if n.status is FAILED and n.dead_gossip_left > 0
         ]
-        size = self.cluster_size()
         for target in targets:
-            messages = self._broadcasts.take(self._builder.room, size)
+            messages = self._take_broadcasts(self._builder.room)
             if not messages:
                 break
             if target.status is FAILED:
@@ -523,7 +549,9 @@ class SwimCore:
 
     def _sync_payload(self, purpose: str) -> bytes:
         entries = [node.entry() for node in self._nodes.values()]
-        return codec.encode_sync(self.node_id, self.address, purpose, entries)
+        return codec.encode_sync(
+            self.node_id, self.address, purpose, entries, self._delegate_state()
+        )
 
     def _start_sync(self, address: Address, purpose: str) -> SyncRequest:
         token = self._next_seq()
@@ -604,6 +632,8 @@ class SwimCore:
                 self._on_dead(node_id, incarnation, accuser, left=False)
         elif kind == MsgType.LEFT:
             self._on_dead(message[2], message[1], message[2], left=True)
+        elif kind == MsgType.USER:
+            self._on_user(message[1], message[2])
 
     def _on_ack(self, seq: int) -> None:
         relay = self._relays.pop(seq, None)
@@ -616,6 +646,35 @@ class SwimCore:
             self.awareness.apply(-1)
         elif seq in self._user_pings:
             self._outbox.pongs.append((seq, self._now - self._user_pings.pop(seq)))
+
+    def _on_user(self, key: str, payload: bytes) -> None:
+        delegate = self.delegate
+        if delegate is None:
+            return
+        try:
+            news = delegate.notify(key, payload)
+        except Exception:
+            self.stats.delegate_errors += 1
+            return
+        if news:
+            self._user_broadcasts.queue(key, codec.user(key, payload))
+
+    def _merge_delegate_state(self, state: bytes | None) -> None:
+        if state is None or self.delegate is None:
+            return
+        try:
+            self.delegate.merge_remote_state(state)
+        except Exception:
+            self.stats.delegate_errors += 1
+
+    def _delegate_state(self) -> bytes | None:
+        if self.delegate is None:
+            return None
+        try:
+            return self.delegate.local_state()
+        except Exception:
+            self.stats.delegate_errors += 1
+            return None
 
     def _merge(self, sender_id: str, entries: Iterable[StateEntry]) -> None:
         for entry in entries:
