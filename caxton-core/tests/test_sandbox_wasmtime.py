@@ -296,3 +296,49 @@ def test_bad_plugin_host_functions_are_refused(
 def test_wasm_stack_larger_than_a_thread_stack_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="max_wasm_stack"):
         make_wasmtime_sandbox(tmp_path, max_wasm_stack="16MB")
+
+
+BLOCKING_AGENT = """
+(module
+  (import "demo" "block" (func $block (result i32)))
+  (memory (export "memory") 1)
+  (func (export "alloc") (param i32) (result i32) (i32.const 1024))
+  (func (export "handle_message") (param i32 i32) (result i32) (call $block))
+)
+"""
+
+
+def test_close_during_a_call_waits_for_it_and_concurrent_calls_are_refused(
+    wasmtime_sandbox: WasmtimeSandbox,
+) -> None:
+    entered, release = threading.Event(), threading.Event()
+
+    def block(call: object) -> int:
+        entered.set()
+        release.wait(30)
+        return 7
+
+    module = wasmtime_sandbox.compile(bytes(wasmtime.wat2wasm(BLOCKING_AGENT)))
+    blocking = HostFunction("demo", "block", (), ("i32",), block)
+    instance = wasmtime_sandbox.instantiate(
+        module,
+        agent_name="b",
+        limits=ResourceLimits(max_execution_time_ms=60_000),
+        host=RecordingAgentHost(),
+        extra_functions=(blocking,),
+    )
+    results: list[int] = []
+    worker = threading.Thread(target=lambda: results.append(instance.handle_message(b"go")))
+    worker.start()
+    assert entered.wait(30)
+    # The guest is running (its host function is blocked): a second call is refused...
+    with pytest.raises(ExecutionFailed, match="already running"):
+        instance.handle_message(b"again")
+    # ...and close() does not free the store under it, it is deferred.
+    instance.close()
+    release.set()
+    worker.join(30)
+    assert results == [7]
+    assert instance.memory_size() == 0  # closed once the call returned
+    with pytest.raises(ExecutionFailed, match="closed"):
+        instance.handle_message(b"late")

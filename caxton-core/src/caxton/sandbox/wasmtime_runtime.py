@@ -431,6 +431,11 @@ class WasmtimeInstance(AgentInstance):
         self._deadline_ticks = math.ceil(limits.max_execution_time_ms / 1000 / epoch_tick_s) + 1
         self._poisoned: str | None = None
         self._host_failure: tuple[str, str] | None = None
+        # Held while the guest runs (ctypes releases the GIL meanwhile): a concurrent or
+        # re-entrant call is refused, and close() waits for the running call instead
+        # of freeing the store under it.
+        self._busy = threading.Lock()
+        self._close_requested = False
         self.last_fuel_used = 0
         self.total_fuel_used = 0
         self._id = next(_ids)
@@ -521,14 +526,31 @@ class WasmtimeInstance(AgentInstance):
         """True when the memory cannot grow by ``wanted`` bytes under the limit."""
         return self.memory_size() + max(wanted, abi.PAGE_SIZE) > self.limits.max_memory_bytes
 
+    def _enter(self) -> None:
+        if not self._busy.acquire(blocking=False):
+            raise ExecutionFailed(
+                f"agent {self.agent_name} is already running a call; an instance takes one "
+                f"call at a time",
+                reason="abi",
+            )
+
+    def _leave(self) -> None:
+        self._busy.release()
+        if self._close_requested:
+            self.close()
+
     def _run_export(self, name: str) -> None:
         func = self._funcs.get(name)
         if func is None:
             return
-        self._check_usable()
-        self._arm()
-        self._call(func, 0)
-        self._account()
+        self._enter()
+        try:
+            self._check_usable()
+            self._arm()
+            self._call(func, 0)
+            self._account()
+        finally:
+            self._leave()
 
     def initialize(self) -> None:
         """Run the WASI reactor constructor ``_initialize`` (before anything else)."""
@@ -544,13 +566,24 @@ class WasmtimeInstance(AgentInstance):
         func = self._funcs.get("handle_timer")
         if func is None:
             return
-        self._check_usable()
-        self._arm()
-        self._args[0].i64 = timer_id
-        self._call(func, 1)
-        self._account()
+        self._enter()
+        try:
+            self._check_usable()
+            self._arm()
+            self._args[0].i64 = timer_id
+            self._call(func, 1)
+            self._account()
+        finally:
+            self._leave()
 
     def handle_message(self, message: bytes) -> int:
+        self._enter()
+        try:
+            return self._deliver(message)
+        finally:
+            self._leave()
+
+    def _deliver(self, message: bytes) -> int:
         if self._poisoned is not None or self._live is None:
             self._check_usable()
         if not self._handle:
@@ -598,6 +631,19 @@ class WasmtimeInstance(AgentInstance):
         return self._poisoned
 
     def close(self) -> None:
+        if self._live is None:
+            return
+        if not self._busy.acquire(blocking=False):
+            # A call is running (another thread, or a host function of this very
+            # instance): freeing the store now would pull it from under the guest.
+            self._close_requested = True
+            return
+        try:
+            self._free()
+        finally:
+            self._busy.release()
+
+    def _free(self) -> None:
         if self._live is None:
             return
         _LIVE.pop(self._id, None)
