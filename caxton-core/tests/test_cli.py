@@ -17,7 +17,6 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
-from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 
 import pytest
@@ -29,11 +28,11 @@ from test_plugins import (  # the site fixture installs throwaway plugin distrib
     MISSPELT_HOOKS,
     Site,
     hook_distribution,
+    missing_first_party_driver,
     site_fixture,  # noqa: F401
 )
 
 from caxton.cli.main import blocked_in_argv, cli
-from caxton.plugins import KNOWN_DISTRIBUTIONS
 
 MAIN = "from caxton.cli.main import main; main()"
 
@@ -356,16 +355,6 @@ def test_server_start_with_bad_config_is_one_line(tmp_path: Path) -> None:
         f"{path}: unknown key 'networking.bind_adress' (did you mean 'networking.bind_address'?)",
     )
     assert len(err.strip().splitlines()) == 1
-
-
-def missing_first_party_driver() -> tuple[str, str, str] | None:
-    """A (kind, name, distribution) of the first-party plugins that is not installed."""
-    for (kind, name), dist in sorted(KNOWN_DISTRIBUTIONS.items()):
-        try:
-            distribution(dist)
-        except PackageNotFoundError:
-            return kind, name, dist
-    return None
 
 
 def test_server_start_with_a_missing_driver_names_what_to_install(tmp_path: Path) -> None:

@@ -622,6 +622,60 @@ def test_plugin_section_env_override_when_declared() -> None:
     assert config["transport.quic"]["idle_timeout"] == 5.0
 
 
+def test_plugin_section_declared_later_takes_env_and_flags(tmp_path: Path) -> None:
+    path = write(
+        tmp_path, "c.toml", '[transport.quic]\nidle_timeout = "2m"\nmax_concurrent_streams = 7\n'
+    )
+    config = load_config(
+        path,
+        env={"CAXTON_TRANSPORT_QUIC_IDLE_TIMEOUT": "3m", "CAXTON_TRANSPORT_QUIC_TOKEN": "t0k"},
+        overrides={"transport.quic.max_concurrent_streams": 9},
+        plugin_section_names=["quic"],
+    )
+    config.add_section(QUIC_SECTION)
+    assert config["transport.quic"] == {
+        "idle_timeout": 180.0,
+        "max_concurrent_streams": 9,
+        "token": "t0k",
+    }
+    assert config.sources["transport.quic.idle_timeout"] == (
+        "environment CAXTON_TRANSPORT_QUIC_IDLE_TIMEOUT"
+    )
+    assert config.sources["transport.quic.max_concurrent_streams"] == "flags"
+    assert config.to_dict()["transport"]["quic"]["token"] == SECRET_MASK
+
+
+def test_plugin_env_variable_with_a_typo(tmp_path: Path) -> None:
+    config = load_config(
+        env={"CAXTON_TRANSPORT_QUIC_IDLE_TIMOUT": "3m"}, plugin_section_names=["quic"]
+    )
+    with pytest.raises(ConfigError) as info:
+        config.add_section(QUIC_SECTION)
+    assert str(info.value) == (
+        "environment: CAXTON_TRANSPORT_QUIC_IDLE_TIMOUT does not name a config key "
+        "(did you mean CAXTON_TRANSPORT_QUIC_IDLE_TIMEOUT?)"
+    )
+
+
+def test_plugin_env_variable_without_the_plugin_installed() -> None:
+    with pytest.raises(ConfigError, match=r"CAXTON_TRANSPORT_QUIC_IDLE_TIMEOUT does not name"):
+        load_config(env={"CAXTON_TRANSPORT_QUIC_IDLE_TIMEOUT": "3m"})
+
+
+def test_hyphenated_plugin_names_in_env_and_files(tmp_path: Path) -> None:
+    section = ConfigSection(
+        "placement.zone-aware", (Field("zone_key", "str", "zone"),), owner="zone-aware"
+    )
+    path = write(tmp_path, "c.yaml", "placement:\n  zone-aware:\n    zone_key: az\n")
+    config = load_config(path, env={}, plugin_section_names=["zone-aware"])
+    config.add_section(section)
+    assert config["placement.zone-aware"]["zone_key"] == "az"
+    env = {"CAXTON_PLACEMENT_ZONE_AWARE_ZONE_KEY": "rack"}
+    config = load_config(path, env=env, plugin_section_names=["zone-aware"])
+    config.add_section(section)
+    assert config["placement.zone-aware"]["zone_key"] == "rack"
+
+
 def test_top_level_plugin_section(tmp_path: Path) -> None:
     section = ConfigSection("audit", (Field("sink", "str", "stderr"),), owner="audit")
     path = write(tmp_path, "c.yaml", "audit:\n  sink: file\n")

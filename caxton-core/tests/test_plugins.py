@@ -13,6 +13,7 @@ import logging
 import sys
 import textwrap
 from collections.abc import Iterator, Mapping
+from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ from caxton.drivers import (
 from caxton.errors import ConfigError, DriverNotFound, PluginError
 from caxton.node import build_host_and_config
 from caxton.placement.strategies import LeastLoaded, RoundRobin
-from caxton.plugins import KINDS, PluginHost, parse_plugin_options
+from caxton.plugins import KINDS, KNOWN_DISTRIBUTIONS, PluginHost, parse_plugin_options
 from caxton.testing import HookRecorder, NodeFactory
 
 _unique = itertools.count()
@@ -195,16 +196,30 @@ def test_missing_driver_lists_installed_ones_and_the_package_to_install() -> Non
     )
 
 
-def test_missing_driver_with_real_entry_points() -> None:
+def missing_first_party_driver() -> tuple[str, str, str] | None:
+    """A (kind, name, distribution) of the first-party plugins that is not installed."""
+    for (kind, name), dist in sorted(KNOWN_DISTRIBUTIONS.items()):
+        try:
+            distribution(dist)
+        except PackageNotFoundError:
+            return kind, name, dist
+    return None
+
+
+def test_missing_first_party_driver_with_real_entry_points() -> None:
     host = PluginHost(env={})
-    installed = host.available("transport")
-    if "quic" in installed:
-        pytest.skip("caxton-transport-quic is installed in this environment")
+    missing = missing_first_party_driver()
+    kind, name = (missing[0], missing[1]) if missing else ("transport", "carrier-pigeon")
     with pytest.raises(DriverNotFound) as info:
-        host.driver_class("transport", "quic")
-    listed = ", ".join(installed) or "none"
-    assert f"(installed transport drivers: {listed})" in str(info.value)
-    assert str(info.value).endswith("install it with: pip install caxton-transport-quic")
+        host.driver_class(kind, name)
+    listed = ", ".join(host.available(kind)) or "none"
+    assert f"(installed {kind} drivers: {listed})" in str(info.value)
+    hint = (
+        f"install it with: pip install {missing[2]}"
+        if missing
+        else f"a plugin must publish it in the entry-point group 'caxton.{kind}'"
+    )
+    assert str(info.value).endswith(hint)
 
 
 def test_missing_third_party_driver_says_where_drivers_come_from() -> None:
@@ -329,6 +344,11 @@ def test_driver_config_section_is_validated_and_passed(tmp_path: Path) -> None:
     config = load_config(good, env={}, plugin_section_names=host.plugin_section_names())
     driver = host.create_driver("placement", "weighted", config, context(tmp_path, host))
     assert driver.config == {"cpu_weight": 2.5}
+    factory = NodeFactory(tmp_path / "nodes")
+    factory.register_driver("placement", "weighted", Weighted)
+    node = factory.build(config={"placement.weighted.cpu_weight": 4})
+    driver = node.host.create_driver("placement", "weighted", node.config, node.context)
+    assert driver.config == {"cpu_weight": 4.0}
     bad = tmp_path / "bad.toml"
     bad.write_text("[placement.weighted]\ncpu_wieght = 2\n")
     config = load_config(bad, env={}, plugin_section_names=host.plugin_section_names())
@@ -403,15 +423,14 @@ def test_auth_chain_in_configured_order(tmp_path: Path) -> None:
 
 
 def test_auth_chain_with_a_missing_driver_names_the_package(tmp_path: Path) -> None:
-    host = PluginHost(env={})
-    if "jwt" in host.available("auth"):
-        pytest.skip("caxton-auth-jwt is installed in this environment")
-    with pytest.raises(
-        DriverNotFound,
-        match=r"auth driver 'jwt' is not installed .*"
-        r"pip install caxton-auth-jwt",
-    ):
-        host.create_chain("auth", ["jwt"], config_for(host), context(tmp_path, host))
+    host = PluginHost(use_entry_points=False, env={})
+    host.register_driver("auth", "api-key", "caxton.placement.strategies:LeastLoaded")
+    with pytest.raises(DriverNotFound) as info:
+        host.create_chain("auth", ["jwt", "api-key"], config_for(host), context(tmp_path, host))
+    assert str(info.value) == (
+        "auth driver 'jwt' is not installed (installed auth drivers: api-key); "
+        "install it with: pip install caxton-auth-jwt"
+    )
 
 
 def test_unknown_kind() -> None:

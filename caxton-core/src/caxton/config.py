@@ -412,6 +412,10 @@ class Config:
     #: Undeclared tables from the file, kept for plugins that are installed but not loaded.
     unclaimed: dict[str, dict[str, Any]] = field(default_factory=dict)
     path: Path | None = None
+    #: ``CAXTON_*`` variables and flag keys naming an installed plugin's section, kept
+    #: until the plugin declares it (:meth:`add_section`).
+    pending_env: dict[str, str] = field(default_factory=dict)
+    pending_flags: dict[str, Any] = field(default_factory=dict)
 
     def __getitem__(self, section: str) -> dict[str, Any]:
         if section in self.values:
@@ -423,19 +427,49 @@ class Config:
         return self[section].get(key)
 
     def add_section(self, section: ConfigSection) -> None:
-        """Validate a plugin's section (declared after loading) against the raw values."""
+        """Validate a plugin's section (declared after loading) against the raw values.
+
+        The same precedence applies as for core sections: flags, then ``CAXTON_*``
+        variables, then the file's table, then the section's defaults.
+        """
         if section.path in self.values:
             return
-        raw = self.unclaimed.pop(section.path, {})
         self.sections[section.path] = section
-        origin = self.sources.get(section.path, str(self.path) if self.path else "defaults")
-        values = section.defaults()
-        for key, value in raw.items():
-            values[key] = _convert(section, key, value, origin)
+        values: dict[str, Any] = {}
         for f in section.fields:
-            if f.name not in raw:
-                values[f.name] = _convert(section, f.name, f.default, "default")
+            values[f.name] = _convert(section, f.name, f.default, "default")
+            self.sources[f"{section.path}.{f.name}"] = "default"
+        file_origin = self.sources.get(section.path, str(self.path) if self.path else "defaults")
+        layers: list[tuple[str, Mapping[str, Any]]] = [
+            (file_origin, self.unclaimed.pop(section.path, {})),
+            *self._pending_env_of(section),
+            ("flags", self._pending_flags_of(section)),
+        ]
+        for origin, raw in layers:
+            for key, value in raw.items():
+                values[key] = _convert(section, key, value, origin)
+                self.sources[f"{section.path}.{key}"] = origin
         self.values[section.path] = values
+
+    def _pending_env_of(self, section: ConfigSection) -> list[tuple[str, dict[str, Any]]]:
+        prefix = env_name(section.path) + "_"
+        layers = []
+        for name in sorted(n for n in self.pending_env if n.startswith(prefix)):
+            key = name[len(prefix) :].lower()
+            if section.field(key) is None:
+                names = [env_name(f"{section.path}.{f.name}") for f in section.fields]
+                close = difflib.get_close_matches(name, names, n=1)
+                hint = f" (did you mean {close[0]}?)" if close else ""
+                raise ConfigError(f"environment: {name} does not name a config key{hint}")
+            layers.append((f"environment {name}", {key: self.pending_env.pop(name)}))
+        return layers
+
+    def _pending_flags_of(self, section: ConfigSection) -> dict[str, Any]:
+        prefix = section.path + "."
+        found = {}
+        for dotted in [d for d in self.pending_flags if d.startswith(prefix)]:
+            found[dotted[len(prefix) :]] = self.pending_flags.pop(dotted)
+        return found
 
     def to_dict(self, *, mask_secrets: bool = True) -> dict[str, Any]:
         """Nested plain data, as a config file would hold it."""
@@ -567,6 +601,8 @@ def load_config(
     raw: dict[tuple[str, str], tuple[Any, str]] = {}
     unclaimed: dict[str, dict[str, Any]] = {}
     origins: dict[str, str] = {}
+    pending_env: dict[str, str] = {}
+    pending_flags: dict[str, Any] = {}
     if file_path is not None:
         data = _substitute(read_file(file_path), env, str(file_path))
         origin = str(file_path)
@@ -603,6 +639,9 @@ def load_config(
         if not name.startswith("CAXTON_") or name in NON_CONFIG_ENV:
             continue
         env_key = ENV_ALIASES.get(name) or _env_to_key(name, sections)
+        if env_key is None and _env_names_plugin(name, known_plugins):
+            pending_env[name] = value  # for a plugin section declared when it loads
+            continue
         if env_key is None:
             raise ConfigError(
                 f"environment: {name} does not name a config key{_env_hint(name, sections)}"
@@ -614,6 +653,9 @@ def load_config(
     for dotted, value in (overrides or {}).items():
         dotted = ALIASES.get(dotted, dotted)
         section_path, _, key = dotted.rpartition(".")
+        if section_path not in sections and _claimed_by_plugin(section_path, known_plugins):
+            pending_flags[dotted] = value
+            continue
         if section_path not in sections:
             raise ConfigError(f"flags: unknown config key '{dotted}'")
         raw[(section_path, key)] = (value, "flags")
@@ -636,7 +678,21 @@ def load_config(
         section_path, _, key = dotted.rpartition(".")
         if section_path in values and key in values[section_path]:
             del values[section_path][key]
-    return Config(sections, values, sources, unclaimed, file_path)
+    return Config(
+        sections,
+        values,
+        sources,
+        unclaimed,
+        file_path,
+        pending_env=pending_env,
+        pending_flags=pending_flags,
+    )
+
+
+def _env_names_plugin(name: str, plugin_names: set[str]) -> bool:
+    """Whether ``CAXTON_TRANSPORT_QUIC_X`` mentions an installed plugin (``quic``)."""
+    words = f"_{name[len('CAXTON_') :].lower()}_"
+    return any(f"_{plugin.replace('-', '_').lower()}_" in words for plugin in plugin_names)
 
 
 def _claimed_by_plugin(section_path: str, plugin_names: set[str]) -> bool:
@@ -646,7 +702,7 @@ def _claimed_by_plugin(section_path: str, plugin_names: set[str]) -> bool:
 
 def env_name(dotted: str) -> str:
     """The ``CAXTON_*`` variable that overrides ``dotted`` (``runtime.max_agents``)."""
-    return "CAXTON_" + dotted.replace(".", "_").upper()
+    return "CAXTON_" + dotted.replace(".", "_").replace("-", "_").upper()
 
 
 def _env_hint(name: str, sections: Mapping[str, ConfigSection]) -> str:
