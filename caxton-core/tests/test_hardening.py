@@ -208,7 +208,7 @@ async def test_idle_keepalive_connection_is_closed(make_node: Any) -> None:
     async with make_node(**{"networking.keepalive_timeout": "0.3s"}) as node:
         raw = await raw_exchange(node, b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\n\r\n")
         assert status_of(raw) == 200
-        assert raw.endswith(b'{"status": "healthy"}')  # then the idle connection closed
+        assert raw.endswith(b'{"status":"healthy"}')  # then the idle connection closed
 
 
 async def test_many_idle_connections_do_not_block_others(make_node: Any) -> None:

@@ -11,6 +11,7 @@ from caxton.api.common import body, path_uuid, query, service
 from caxton.api.keys import NODE
 from caxton.api.openapi import LIMIT_ALIASES, MAX_WAIT_MS
 from caxton.api.permissions import requires
+from caxton.api.responses import json_response
 from caxton.api.validation import decode_base64
 from caxton.drivers.placement import PlacementRequest
 from caxton.errors import AgentNotFound, ValidationError
@@ -77,7 +78,7 @@ async def list_agents(request: web.Request) -> web.Response:
         agents = [a for a in agents if a.name == name.strip()]
     if state is not None:
         agents = [a for a in agents if a.state.value == state]
-    return web.json_response([a.to_dict() for a in agents])
+    return json_response([a.to_dict() for a in agents])
 
 
 @routes.post("/api/v1/agents")
@@ -93,7 +94,7 @@ async def deploy_agent(request: web.Request) -> web.Response:
         limits=_limits(data.get("resource_limits")),
         start=data.get("start", True),
     )
-    return web.json_response(
+    return json_response(
         agent.to_dict(), status=201, headers={"Location": f"/api/v1/agents/{agent.id}"}
     )
 
@@ -101,7 +102,7 @@ async def deploy_agent(request: web.Request) -> web.Response:
 @routes.get("/api/v1/agents/{agent_id}")
 @requires("read")
 async def get_agent(request: web.Request) -> web.Response:
-    return web.json_response(_agent(request).to_dict())
+    return json_response(_agent(request).to_dict())
 
 
 @routes.put("/api/v1/agents/{agent_id}")
@@ -113,7 +114,7 @@ async def update_agent(request: web.Request) -> web.Response:
     updated = await service(request, "agents").update(
         agent.id, wasm=wasm, limits=_limits(data.get("resource_limits"))
     )
-    return web.json_response(updated.to_dict())
+    return json_response(updated.to_dict())
 
 
 @routes.delete("/api/v1/agents/{agent_id}")
@@ -129,7 +130,7 @@ async def _lifecycle(request: web.Request, operation: str, **options: Any) -> we
     manager = service(request, "agents")
     method = getattr(manager, LIFECYCLE_METHODS[operation])
     changed: Agent = await method(agent.id, **options)
-    return web.json_response(changed.to_dict())
+    return json_response(changed.to_dict())
 
 
 #: Lifecycle action -> AgentManager method.

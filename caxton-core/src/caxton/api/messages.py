@@ -9,6 +9,7 @@ from aiohttp import web
 from caxton.api.common import body, path_uuid, service
 from caxton.api.keys import TASKS
 from caxton.api.permissions import requires
+from caxton.api.responses import json_response
 from caxton.api.tasks import Task
 from caxton.errors import AgentNotFound, CaxtonError, Conflict, NotFound, ValidationError
 from caxton.messaging.message import Message, new_message_id
@@ -37,7 +38,7 @@ async def send_message(request: web.Request) -> web.Response:
     message = Message.from_dict(data)
     if wait_ms:
         reply = await router.request(message, wait_ms / 1000)
-        return web.json_response(
+        return json_response(
             {
                 "status": "replied",
                 "message_id": message.message_id,
@@ -47,7 +48,7 @@ async def send_message(request: web.Request) -> web.Response:
             }
         )
     await router.send(message)
-    return web.json_response(
+    return json_response(
         {
             "status": "accepted",
             "message_id": message.message_id,
@@ -73,7 +74,7 @@ async def get_conversation(request: web.Request) -> web.Response:
             details=f"no conversation {conversation_id!r} on this node: it never existed "
             f"or it expired (messaging.message_ttl)",
         )
-    return web.json_response(conversation.to_dict())
+    return json_response(conversation.to_dict())
 
 
 @routes.post("/api/v1/tasks")
@@ -95,7 +96,7 @@ async def create_task(request: web.Request) -> web.Response:
             ontology=data.get("ontology"),
         )
     )
-    return web.json_response(
+    return json_response(
         task.to_dict(), status=201, headers={"Location": f"/api/v1/tasks/{task.id}"}
     )
 
@@ -104,7 +105,7 @@ async def create_task(request: web.Request) -> web.Response:
 @requires("read")
 async def get_task(request: web.Request) -> web.Response:
     task = request.config_dict[TASKS].get(path_uuid(request, "task_id"))
-    return web.json_response(task.to_dict())
+    return json_response(task.to_dict())
 
 
 @routes.post("/api/v1/tasks/{task_id}/distribute")
@@ -143,4 +144,4 @@ async def distribute_task(request: web.Request) -> web.Response:
         task.error = "the round was interrupted"
         raise
     task.state = "awarded" if task.outcome.winner is not None else "no-winner"
-    return web.json_response(task.to_dict())
+    return json_response(task.to_dict())

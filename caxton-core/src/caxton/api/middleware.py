@@ -21,17 +21,17 @@ import math
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 
 from aiohttp import hdrs, web
 
 from caxton.api.keys import LIMITER, REQUEST_ID, SETTINGS, STARTED_CONNECTIONS
+from caxton.api.responses import error_response
 from caxton.errors import CaxtonError, RateLimited
 
 __all__ = [
     "MIDDLEWARES",
     "cors",
-    "error_response",
     "errors",
     "rate_limit",
     "request_context",
@@ -59,16 +59,6 @@ EXPOSED_HEADERS = (
 MAX_RETRY_AFTER = 86_400
 
 
-def error_response(
-    status: int,
-    error: str,
-    details: str,
-    *,
-    headers: Mapping[str, str] | None = None,
-) -> web.Response:
-    return web.json_response({"error": error, "details": details}, status=status, headers=headers)
-
-
 @web.middleware
 async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
     started = time.perf_counter()
@@ -92,9 +82,7 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
             "remote": request.remote,
             "user_agent": request.headers.get(hdrs.USER_AGENT, ""),
         }
-        access_log.info(
-            json.dumps(entry, ensure_ascii=False), extra={"request_id": request_id, "access": entry}
-        )
+        access_log.info(json.dumps(entry), extra={"request_id": request_id, "access": entry})
 
 
 @web.middleware

@@ -10,6 +10,7 @@ from caxton.api.common import body, service
 from caxton.api.keys import CPU, NODE, OPENAPI
 from caxton.api.permissions import public, requires
 from caxton.api.resources import node_resources
+from caxton.api.responses import json_response
 
 __all__ = ["routes"]
 
@@ -22,13 +23,13 @@ DEFAULT_DRAIN_MS = 60_000
 @routes.get("/api/v1/health")
 @public
 async def health(request: web.Request) -> web.Response:
-    return web.json_response({"status": "healthy"})
+    return json_response({"status": "healthy"})
 
 
 @routes.get("/health")
 @public
 async def liveness(request: web.Request) -> web.Response:
-    return web.json_response({"status": "alive"})
+    return json_response({"status": "alive"})
 
 
 def readiness_checks(node: Any) -> dict[str, bool]:
@@ -51,7 +52,7 @@ async def readiness(request: web.Request) -> web.Response:
     node = request.config_dict[NODE]
     checks = readiness_checks(node)
     ready = all(checks.values())
-    return web.json_response(
+    return json_response(
         {"status": "ready" if ready else "not-ready", "state": node.state, "checks": checks},
         status=200 if ready else 503,
     )
@@ -60,13 +61,13 @@ async def readiness(request: web.Request) -> web.Response:
 @routes.get("/api/v1/openapi.json")
 @public
 async def openapi(request: web.Request) -> web.Response:
-    return web.json_response(request.config_dict[OPENAPI])
+    return json_response(request.config_dict[OPENAPI])
 
 
 @routes.get("/api/v1/queues")
 @requires("metrics")
 async def queue_stats(request: web.Request) -> web.Response:
-    return web.json_response(service(request, "router").queue_stats())
+    return json_response(service(request, "router").queue_stats())
 
 
 @routes.post("/api/v1/queues/drain")
@@ -75,7 +76,7 @@ async def drain_queues(request: web.Request) -> web.Response:
     data = await body(request, "Drain", optional=True) or {}
     timeout_ms = int(data.get("timeout_ms", DEFAULT_DRAIN_MS))
     remaining = await service(request, "router").drain(timeout_ms / 1000)
-    return web.json_response(
+    return json_response(
         {"drained": remaining == 0, "remaining": remaining, "timeout_ms": timeout_ms}
     )
 
@@ -84,7 +85,7 @@ async def drain_queues(request: web.Request) -> web.Response:
 @requires("metrics")
 async def resources(request: web.Request) -> web.Response:
     node = request.config_dict[NODE]
-    return web.json_response({"nodes": [node_resources(node, request.config_dict[CPU])]})
+    return json_response({"nodes": [node_resources(node, request.config_dict[CPU])]})
 
 
 @routes.post("/api/v1/emergency/stop")
@@ -92,4 +93,4 @@ async def resources(request: web.Request) -> web.Response:
 async def emergency_stop(request: web.Request) -> web.Response:
     await body(request, "EmergencyStop")
     stopped = await service(request, "agents").emergency_stop_all()
-    return web.json_response({"stopped": stopped})
+    return json_response({"stopped": stopped})
