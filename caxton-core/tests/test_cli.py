@@ -33,6 +33,7 @@ from test_plugins import (  # the site fixture installs throwaway plugin distrib
 )
 
 from caxton.cli.main import blocked_in_argv, cli
+from caxton.plugins import PluginHost
 
 MAIN = "from caxton.cli.main import main; main()"
 
@@ -315,6 +316,7 @@ def test_server_start_serves_health_and_stops_cleanly(
 
 
 def test_server_start_accepts_the_cluster_flags(tmp_path: Path) -> None:
+    """--bootstrap makes the node cluster, which needs the selected transport (tcp)."""
     port = free_port()
     process = caxton(
         "server",
@@ -334,6 +336,15 @@ def test_server_start_accepts_the_cluster_flags(tmp_path: Path) -> None:
         "placement=round-robin",
     )
     try:
+        if "tcp" not in PluginHost(env={}).available("transport"):
+            _out, err = process.communicate(timeout=60)
+            assert process.returncode == 1
+            assert err.strip().splitlines() == [
+                "Error: transport driver 'tcp' is not installed (installed transport drivers: "
+                f"{', '.join(PluginHost(env={}).available('transport')) or 'none'}); "
+                "install it with: pip install caxton-transport-tcp"
+            ]
+            return
         assert wait_healthy(process, port) == {"status": "healthy"}
         process.send_signal(signal.SIGTERM)
         _out, err = process.communicate(timeout=30)
