@@ -205,6 +205,22 @@ def test_config_validate_a_bad_file(tmp_path: Path, text: str, expected: str) ->
         assert f"Error: {path}: " in result.output
 
 
+def test_config_show_and_validate_cover_the_selected_drivers_sections(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text("[sandbox.wasmtime]\nepoch_tick = 0.05\n")
+    shown = json.loads(invoke(["config", "show", "--json", "--config", str(path)]).output)
+    assert shown["sandbox"]["wasmtime"]["epoch_tick"] == 0.05
+    assert invoke(["config", "validate", str(path)]).exit_code == 0
+    path.write_text("[sandbox.wasmtime]\nepoch_tik = 0.05\n")
+    result = CliRunner().invoke(cli, ["config", "validate", str(path)])
+    assert result.exit_code == 1
+    assert_one_line_error(
+        result.output,
+        f"{path}: unknown key 'sandbox.wasmtime.epoch_tik' "
+        "(did you mean 'sandbox.wasmtime.epoch_tick'?)",
+    )
+
+
 def test_config_validate_a_missing_file(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["config", "validate", str(tmp_path / "nope.toml")])
     assert result.exit_code == 1

@@ -197,16 +197,20 @@ class Node:
         return kinds
 
     def check_drivers(self) -> None:
-        """Fail before anything starts if a needed driver is missing, blocked or broken.
+        """Fail before anything starts if a needed driver is missing, blocked or broken,
+        or if its config section is invalid; validated sections join :attr:`config`.
 
         Raises :class:`~caxton.errors.DriverNotFound` (naming the installed drivers and
-        the package to install) or :class:`~caxton.errors.PluginError`.
+        the package to install), :class:`~caxton.errors.PluginError` or
+        :class:`~caxton.errors.ConfigError`.
         """
         plugins = self.config["plugins"]
         for kind in self.used_driver_kinds():
             selected = plugins[kind]
             for name in [selected] if isinstance(selected, str) else selected:
-                self.host.driver_class(kind, name)
+                section = self.host.driver_class(kind, name).config_section
+                if section is not None:
+                    self.config.add_section(section)
 
     # -- lifecycle ----------------------------------------------------------------
 

@@ -144,10 +144,12 @@ def config_group() -> None:
 @click.option("--sources", is_flag=True, help="Show where each value came from.")
 @click.pass_context
 def config_show(ctx: click.Context, config_path: str | None, as_json: bool, sources: bool) -> None:
-    """Print the effective configuration (secrets masked)."""
-    from caxton.node import build_host_and_config
+    """Print the effective configuration (secrets masked), the sections of the drivers
+    a node would use included."""
+    from caxton.node import Node, build_host_and_config
 
-    _host, config = build_host_and_config(config_path, host=_shared_host(ctx))
+    host, config = build_host_and_config(config_path, host=_shared_host(ctx))
+    Node(config, host).check_drivers()
     if sources:
         data: Any = {key: origin for key, origin in sorted(config.sources.items())}
     else:
@@ -166,15 +168,7 @@ def config_validate(ctx: click.Context, file: str) -> None:
     from caxton.node import Node, build_host_and_config
 
     host, config = build_host_and_config(file, host=_shared_host(ctx))
-    # Check the drivers a node would use, and their config sections, as a start would.
-    node = Node(config, host)
-    node.check_drivers()
-    for kind in node.used_driver_kinds():
-        selected = config["plugins"][kind]
-        for name in [selected] if isinstance(selected, str) else selected:
-            section = host.driver_class(kind, name).config_section
-            if section is not None:
-                config.add_section(section)
+    Node(config, host).check_drivers()  # the drivers a node would use, and their sections
     click.echo(f"{file}: valid")
 
 
