@@ -66,6 +66,12 @@ async def direct(n: int, **router_options: Any) -> dict[str, Any]:
     router = Router(node_id="bench", queue_size=n + 1, **router_options)
     received: list[int] = []
     router.register("sink", stamped_sink(received))
+    name = "direct" if router_options.get("direct_delivery", True) else "queued"
+    return await timed_sends(name, router, n, received)
+
+
+async def timed_sends(name: str, router: Router, n: int, received: list[int]) -> dict[str, Any]:
+    """Send ``n`` prebuilt messages to ``sink``, yielding to the loop every 256."""
     messages = [Message(Performative.INFORM, "source", "sink", i) for i in range(n)]
     sent: list[int] = []
     started = clock()
@@ -77,7 +83,6 @@ async def direct(n: int, **router_options: Any) -> dict[str, Any]:
     await router.drain(30)
     elapsed = clock() - started
     await router.close()
-    name = "direct" if router_options.get("direct_delivery", True) else "queued"
     return summarize(name, n, elapsed, [r - s for s, r in zip(sent, received, strict=True)])
 
 
@@ -167,20 +172,7 @@ async def at_least_once(n: int) -> dict[str, Any]:
     received: list[int] = []
     router.register("sink", stamped_sink(received))
     await router.start()
-    messages = [Message(Performative.INFORM, "source", "sink", i) for i in range(n)]
-    sent: list[int] = []
-    started = clock()
-    for i, message in enumerate(messages):
-        sent.append(clock())
-        router.send_nowait(message)
-        if i % 256 == 255:
-            await asyncio.sleep(0)
-    await router.drain(30)
-    elapsed = clock() - started
-    await router.close()
-    result = summarize(
-        "at_least_once", n, elapsed, [r - s for s, r in zip(sent, received, strict=True)]
-    )
+    result = await timed_sends("at_least_once", router, n, received)
     result["persist_batches"] = len(outbox.persist_calls)
     return result
 

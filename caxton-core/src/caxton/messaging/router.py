@@ -53,7 +53,7 @@ from caxton.errors import (
     ValidationError,
 )
 from caxton.messaging.conversations import Conversation, ConversationTable
-from caxton.messaging.message import MAX_FIELD_LENGTH, Message, new_message_id
+from caxton.messaging.message import MAX_FIELD_LENGTH, Message, encode_content, new_message_id
 from caxton.messaging.performatives import Performative, Priority
 
 __all__ = [
@@ -564,7 +564,13 @@ class Router:
             kind = type(content)
             if content is None or kind is int or kind is float or kind is bool:
                 return
-            if kind is str and 6 * len(content) + 4096 <= self.max_message_bytes:
+            # Cheap upper bounds first (a character is at most 6 bytes of JSON, and the
+            # other fields, at most 255 characters each from outside, fit in 4 KiB);
+            # the exact size only when the bound does not settle it.
+            if kind is str:
+                if 6 * len(content) + 4096 <= self.max_message_bytes:
+                    return
+            elif 4 * len(encode_content(content)) + 4096 <= self.max_message_bytes:
                 return
             size = len(message.to_json())
             message.wire_size = size
@@ -1409,6 +1415,7 @@ class Router:
             "dead_letters": len(self._dead),
             "conversations": len(self._conversations),
             "awaiting_replies": len(self._watches),
+            "total_queued": queued,
             "totals": {
                 "queued": queued,
                 "forwarding": sum(remote.values()),
