@@ -7,6 +7,7 @@ import json
 import logging
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -621,3 +622,11 @@ async def test_plugin_routes_get_the_middlewares(
     [record] = [r for r in caplog.records if r.name == "caxton.api"]
     assert request_id in record.getMessage()
     assert record.exc_info is not None
+
+
+def test_every_route_is_documented(node: Node) -> None:
+    docs = (Path(__file__).parents[2] / "docs" / "api.md").read_text()
+    for route in core_routes(node):
+        assert route.resource is not None
+        row = f"| `{route.method} {route.resource.canonical}` | {permission_of(route.handler)} |"
+        assert row in docs, f"docs/api.md lacks the row {row}"

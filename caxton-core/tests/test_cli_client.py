@@ -434,3 +434,21 @@ def test_a_server_that_is_not_caxton(
     handler.content_type = "text/html"
     result = CliRunner().invoke(command, ["agents", "list", "--api-url", url])
     assert "did not answer with JSON" in one_line_error(result)
+
+
+def test_every_command_is_documented() -> None:
+    from caxton.cli.client import COMMANDS
+
+    docs = (Path(__file__).parents[2] / "docs" / "cli.md").read_text()
+
+    def paths(command: click.Command, prefix: str) -> Iterator[str]:
+        name = f"{prefix} {command.name}"
+        if isinstance(command, click.Group):
+            for sub in command.commands.values():
+                yield from paths(sub, name)
+        else:
+            yield name
+
+    for command in COMMANDS:
+        for path in paths(command, "caxton"):
+            assert path in docs, f"docs/cli.md does not show {path!r}"
