@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +99,34 @@ def test_recorder_records_nested_calls_in_order() -> None:
     assert recorder.names() == ["caxton_member_failed", "caxton_member_left"]
     assert recorder.getcall("caxton_member_failed").result == ["handled"]
     assert recorder.getcall("caxton_member_left").result == []
+
+
+def test_recorder_pairs_results_with_calls_across_threads() -> None:
+    host = PluginHost(use_entry_points=False, env={})
+    both_inside = threading.Barrier(2, timeout=30)
+
+    class Echo:
+        @hookimpl
+        def caxton_placement_score(self, request: Any, candidate: Any) -> Any:
+            both_inside.wait()  # both calls are running when either returns
+            return request
+
+    host.register(Echo(), name="echo")
+    recorder = HookRecorder(host)
+    threads = [
+        threading.Thread(
+            target=host.hook.caxton_placement_score, kwargs={"request": r, "candidate": None}
+        )
+        for r in ("r1", "r2")
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted((c.request, c.result) for c in recorder.calls()) == [
+        ("r1", ["r1"]),
+        ("r2", ["r2"]),
+    ]
 
 
 def test_recorder_assertions_explain_themselves() -> None:

@@ -103,7 +103,7 @@ class HookRecorder:
 
     def __init__(self, target: PluginHost | pluggy.PluginManager | None = None) -> None:
         self._calls: list[RecordedHookCall] = []
-        self._running: list[RecordedHookCall] = []
+        self._running: dict[int, RecordedHookCall] = {}
         self._undo: list[Any] = []
         if target is not None:
             self.attach(target)
@@ -117,7 +117,9 @@ class HookRecorder:
         ) -> None:
             call = RecordedHookCall(hook_name, kwargs)
             self._calls.append(call)
-            self._running.append(call)
+            # pluggy hands ``after`` the same kwargs object: that pairs them up, also
+            # when hooks nest or run in several threads at once.
+            self._running[id(kwargs)] = call
 
         def after(
             outcome: pluggy.Result[Any],
@@ -125,8 +127,9 @@ class HookRecorder:
             hook_impls: Sequence[pluggy.HookImpl],
             kwargs: Mapping[str, Any],
         ) -> None:
-            # Hook calls nest (a hookimpl may call another hook), so they finish LIFO.
-            self._running.pop().outcome = outcome
+            call = self._running.pop(id(kwargs), None)
+            if call is not None:
+                call.outcome = outcome
 
         self._undo.append(pm.add_hookcall_monitoring(before, after))
 
