@@ -30,6 +30,7 @@ from test_plugins import (  # the site fixture installs throwaway plugin distrib
     hook_distribution,
     missing_first_party_driver,
     site_fixture,  # noqa: F401
+    unique,
 )
 
 from caxton.cli.main import blocked_in_argv, cli
@@ -472,6 +473,52 @@ def test_blocking_a_broken_plugin_on_the_command_line(site: Site) -> None:
         "plugins", pythonpath=site.path, env={"CAXTON_DISABLED_PLUGINS": "typo"}
     )
     assert code == 0, err
+
+
+def test_server_start_registers_an_uninstalled_module(site: Site, tmp_path: Path) -> None:
+    module = site.module(
+        unique("devroutes"),
+        """
+        from aiohttp import web
+        from caxton import hookimpl
+
+        @hookimpl
+        def caxton_api_routes(node):
+            async def hello(request):
+                return web.json_response({"hello": node.node_id})
+
+            app = web.Application()
+            app.router.add_get("/hello", hello)
+            return [("/api/v1/plugins/dev", app)]
+        """,
+    )
+    port = free_port()
+    process = caxton(
+        "server",
+        "start",
+        "--node-id",
+        "dev-node",
+        "--plugin",
+        module,
+        "--api-addr",
+        f"127.0.0.1:{port}",
+        "--metrics-addr",
+        "127.0.0.1:0",
+        "--data-dir",
+        str(tmp_path / "d"),
+        pythonpath=site.path,
+    )
+    try:
+        wait_healthy(process, port)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/plugins/dev/hello") as r:
+            assert json.loads(r.read()) == {"hello": "dev-node"}
+        process.send_signal(signal.SIGINT)
+        _out, err = process.communicate(timeout=30)
+        assert process.returncode == 0, err
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
 
 
 def test_hook_plugins_add_commands(site: Site) -> None:
