@@ -186,6 +186,9 @@ def _make_protocol_class() -> Callable[..., Any]:
             self.datagrams_enabled = owner.option("enable_datagram")
             self.max_datagram_payload = owner.option("max_datagram_size") - DATAGRAM_OVERHEAD
             self._early: list[bytes] = []
+            #: Our own record of the handshake: aioquic's wait_connected() misses a
+            #: HandshakeCompleted that arrives before it is first awaited.
+            self.handshake: asyncio.Future[None] = self._loop.create_future()
             self._hook_aioquic(quic)
 
         def _hook_aioquic(self, quic: Any) -> None:
@@ -242,10 +245,15 @@ def _make_protocol_class() -> Callable[..., Any]:
                 if self.channel is not None and self.channel.receiver is not None:
                     self.channel.receiver.datagram_received(event.data)
             elif isinstance(event, events.HandshakeCompleted):
+                if not self.handshake.done():
+                    self.handshake.set_result(None)
                 if not self.outbound:
                     self._accept()
             elif isinstance(event, events.ConnectionTerminated):
                 self._terminated(event)
+                if self.outbound and self._transport is not None:
+                    # A dialled connection owns its UDP socket: release it.
+                    self._loop.call_soon(self._transport.close)
 
         def _accept(self) -> None:
             tls = self._quic.tls
@@ -292,6 +300,9 @@ def _make_protocol_class() -> Callable[..., Any]:
             if self.terminated:
                 return
             self.terminated = True
+            if not self.handshake.done():
+                self.handshake.set_exception(ConnectionError(event.reason_phrase))
+                self.handshake.exception()
             channel = self.channel
             if channel is None:
                 return
@@ -395,7 +406,7 @@ class QuicTransport(ConnectionTransport):
         )
         protocol.connect(remote)
         try:
-            await asyncio.wait_for(protocol.wait_connected(), timeout)
+            await asyncio.wait_for(asyncio.shield(protocol.handshake), timeout)
         except (ConnectionError, asyncio.TimeoutError) as exc:
             close_event = quic._close_event
             transport.close()

@@ -14,7 +14,7 @@ import socket
 import ssl
 import struct
 from dataclasses import replace
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 from cryptography import x509
 
@@ -74,15 +74,15 @@ class TcpChannel(asyncio.Protocol, Channel):
     # -- asyncio.Protocol -----------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
-        peer = transport.get_extra_info("peername")
+        # uvloop's transports do not subclass asyncio.Transport; they behave as one.
+        self._transport = stream = cast(asyncio.Transport, transport)
+        peer = stream.get_extra_info("peername")
         self._remote = (peer[0], peer[1]) if peer else ("", 0)
-        sock = transport.get_extra_info("socket")
+        sock = stream.get_extra_info("socket")
         if sock is not None:
             self._owner.tune_socket(sock)
-        transport.set_write_buffer_limits(high=self._owner.settings.high_water)
-        ssl_object = transport.get_extra_info("ssl_object")
+        stream.set_write_buffer_limits(high=self._owner.settings.high_water)
+        ssl_object = stream.get_extra_info("ssl_object")
         if ssl_object is not None:
             der = ssl_object.getpeercert(binary_form=True)
             if der:
