@@ -191,6 +191,27 @@ async def test_slow_request_head_is_cut_off(make_node: Any) -> None:
         assert await healthy(node)
 
 
+async def test_header_deadline_spares_requests_in_progress(make_node: Any) -> None:
+    async with (
+        make_node(**{"networking.connection_timeout": "0.2s"}) as node,
+        aiohttp.ClientSession() as session,
+    ):
+        url = base_url(node)
+        async with session.post(
+            url + "/api/v1/agents", json={"name": "sleeper", "wasm_module": "AGFzbQEAAAA="}
+        ) as response:
+            agent = await response.json()
+        async with session.post(url + f"/api/v1/agents/{agent['id']}/suspend") as response:
+            assert response.status == 200
+        # Requests that outlive the header deadline (the reply never comes: 504) still
+        # get their answers on their kept-alive connection.
+        body = {"performative": "request", "receiver": "sleeper", "wait_ms": 500}
+        for _ in range(2):
+            async with session.post(url + "/api/v1/messages", json=body) as response:
+                assert response.status == 504
+        assert await healthy(node)
+
+
 async def test_slow_body_is_408(make_node: Any) -> None:
     async with make_node(**{"networking.request_timeout": "0.3s"}) as node:
         head = (

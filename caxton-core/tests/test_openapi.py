@@ -50,6 +50,7 @@ async def test_schemathesis_all_phases(
                 f"--report-json-path={report}",
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
+                cwd=tmp_path,  # schemathesis keeps its cache in the working directory
             )
             output, _ = await process.communicate()
     text = output.decode(errors="replace")

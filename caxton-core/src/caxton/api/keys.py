@@ -18,8 +18,8 @@ SETTINGS = web.AppKey("settings", ApiSettings)
 LIMITER = web.AppKey("rate_limiter", TokenBucketLimiter)
 #: The OpenAPI document, built once per application.
 OPENAPI = web.AppKey("openapi", dict[str, Any])
-#: Connections whose first request head arrived (see :mod:`caxton.api.server`).
-STARTED_CONNECTIONS = web.AppKey("started_connections", set[object])
+#: Connections still waiting for their first request head (see :mod:`caxton.api.server`).
+AWAITING_FIRST_REQUEST = web.AppKey("awaiting_first_request", set[object])
 TASKS = web.AppKey("tasks", TaskBoard)
 CPU = web.AppKey("cpu", CpuSampler)
 

@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import hdrs, web
 
-from caxton.api.keys import LIMITER, REQUEST_ID, SETTINGS, STARTED_CONNECTIONS
+from caxton.api.keys import AWAITING_FIRST_REQUEST, LIMITER, REQUEST_ID, SETTINGS
 from caxton.api.responses import error_response
 from caxton.errors import CaxtonError, RateLimited
 
@@ -62,7 +62,7 @@ MAX_RETRY_AFTER = 86_400
 @web.middleware
 async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
     started = time.perf_counter()
-    request.config_dict[STARTED_CONNECTIONS].add(request.protocol)
+    request.config_dict[AWAITING_FIRST_REQUEST].discard(request.protocol)
     given = request.headers.get(REQUEST_ID_HEADER, "")
     request_id = given if _SANE_REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
     request[REQUEST_ID] = request_id

@@ -23,7 +23,15 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
 from caxton.api import agents, messages, system
-from caxton.api.keys import CPU, LIMITER, NODE, OPENAPI, SETTINGS, STARTED_CONNECTIONS, TASKS
+from caxton.api.keys import (
+    AWAITING_FIRST_REQUEST,
+    CPU,
+    LIMITER,
+    NODE,
+    OPENAPI,
+    SETTINGS,
+    TASKS,
+)
 from caxton.api.middleware import MIDDLEWARES
 from caxton.api.openapi import build_openapi
 from caxton.api.ratelimit import TokenBucketLimiter
@@ -52,7 +60,7 @@ def build_app(node: Node, settings: ApiSettings | None = None) -> web.Applicatio
     if settings.rate_limit_enabled:
         app[LIMITER] = TokenBucketLimiter(settings.rate_limit_per_second, settings.rate_limit_burst)
     app[OPENAPI] = build_openapi(node)
-    app[STARTED_CONNECTIONS] = set()
+    app[AWAITING_FIRST_REQUEST] = set()
     app[TASKS] = TaskBoard()
     app[CPU] = CpuSampler()
     for table in CORE_ROUTES:
@@ -68,25 +76,27 @@ class HeaderDeadline:
 
     aiohttp has no header-read timeout of its own; a client trickling a request head
     one byte at a time would hold its connection until the keep-alive timeout. The
-    ``request_context`` middleware records each connection that got a request in
-    ``started``; connections not in it ``timeout`` seconds after accepting are closed.
+    factory puts each new connection in ``awaiting``, the ``request_context``
+    middleware takes it out when its first request arrives, and connections still in it
+    ``timeout`` seconds after accepting are closed. (A connection stays in the set at
+    most ``timeout`` seconds, so the set cannot grow without bound.)
     """
 
-    def __init__(self, server: web.Server, timeout: float, started: set[object]) -> None:
+    def __init__(self, server: web.Server, timeout: float, awaiting: set[object]) -> None:
         self.server = server
         self.timeout = timeout
-        self.started = started
+        self.awaiting = awaiting
 
     def __call__(self) -> RequestHandler:
         handler = self.server()
         if self.timeout > 0:
+            self.awaiting.add(handler)
             asyncio.get_running_loop().call_later(self.timeout, self._expire, handler)
         return handler
 
     def _expire(self, handler: RequestHandler) -> None:
-        if handler in self.started:
-            self.started.discard(handler)
-        else:
+        if handler in self.awaiting:
+            self.awaiting.discard(handler)
             handler.force_close()
 
 
@@ -125,7 +135,7 @@ async def start_api(node: Node, stack: contextlib.AsyncExitStack) -> tuple[str, 
     await runner.setup()
     stack.push_async_callback(runner.cleanup)
     assert runner.server is not None
-    factory = HeaderDeadline(runner.server, settings.header_timeout, app[STARTED_CONNECTIONS])
+    factory = HeaderDeadline(runner.server, settings.header_timeout, app[AWAITING_FIRST_REQUEST])
     loop = asyncio.get_running_loop()
     try:
         server = await loop.create_server(
