@@ -573,9 +573,33 @@ def test_optional_hookimpls_are_not_misspellings(tmp_path: Path) -> None:
 
 def test_hookimpl_with_a_wrong_argument_fails(tmp_path: Path) -> None:
     plugin = type("P", (), {"caxton_node_started": hookimpl(lambda self, nod: None)})()
-    host = PluginHost(use_entry_points=False, env={})
-    with pytest.raises(Exception, match=r"nod"):
-        host.register(plugin, name="wrong-arg")
+    with pytest.raises(PluginError) as info:
+        NodeFactory(tmp_path).build(plugins=[plugin])
+    assert str(info.value).endswith(
+        "implements caxton_node_started with argument(s) {'nod'} that the hookspec does "
+        "not have (it offers: node)"
+    )
+
+
+def test_installed_plugin_with_a_wrong_argument_fails_at_startup(site: Site) -> None:
+    name, _ = hook_distribution(
+        site,
+        "caxton-args",
+        "0.1.0",
+        """
+        from caxton import hookimpl
+
+        @hookimpl
+        def caxton_member_joined(node, membr):
+            pass
+    """,
+    )
+    with pytest.raises(PluginError) as info:
+        PluginHost(env={}).load_hook_plugins()
+    assert str(info.value) == (
+        f"plugin '{name}' implements caxton_member_joined with argument(s) {{'membr'}} "
+        "that the hookspec does not have (it offers: node, member)"
+    )
 
 
 def test_plugin_option_blocks_a_hook_plugin(site: Site) -> None:

@@ -18,6 +18,7 @@ import importlib
 import inspect
 import logging
 import os
+import re
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -228,10 +229,33 @@ class PluginHost:
     # -- hook plugins -------------------------------------------------------------
 
     def register(self, plugin: object, name: str | None = None) -> None:
-        """Register a hook plugin object (a module, a class instance) directly."""
+        """Register a hook plugin object (a module, a class instance) directly.
+
+        Raises :class:`PluginError` when a hookimpl does not fit its hookspec (an
+        argument the spec does not have, a wrapper of a historic hook).
+        """
         if name is not None and self.pm.is_blocked(name):
             return
-        self.pm.register(plugin, name=name)
+        try:
+            self.pm.register(plugin, name=name)
+        except pluggy.PluginValidationError as exc:
+            raise PluginError(self._invalid(exc, name)) from None
+
+    def _invalid(self, exc: pluggy.PluginValidationError, name: str | None) -> str:
+        text = str(exc)
+        plugin = name or self.pm.get_name(exc.plugin) or repr(exc.plugin)
+        hook = re.search(r"hook '(\w+)'", text)
+        extra = re.search(r"Argument\(s\) (\{.*?\})", text)
+        if hook and extra and hasattr(self.pm.hook, hook.group(1)):
+            spec = getattr(self.pm.hook, hook.group(1)).spec
+            accepted = ", ".join(spec.argnames) if spec else ""
+            return (
+                f"plugin '{plugin}' implements {hook.group(1)} with argument(s) "
+                f"{extra.group(1)} that the hookspec does not have "
+                f"(it offers: {accepted or 'no arguments'})"
+            )
+        detail = "; ".join(line.strip() for line in text.splitlines()[1:])
+        return f"plugin '{plugin}' is invalid: {detail or text}"
 
     def load_hook_plugins(self, modules: Sequence[str] = ()) -> None:
         """Register installed hook plugins and importable ``modules``, then validate.
@@ -252,7 +276,7 @@ class PluginHost:
                 except Exception as exc:  # a plugin's import may raise anything
                     self._broken(ep.name, describe_entry_point(ep), exc)
                     continue
-                self.pm.register(plugin, name=ep.name)
+                self.register(plugin, name=ep.name)
         for module_name in modules:
             if module_name in self.blocked or module_name in self.broken:
                 continue
@@ -267,7 +291,7 @@ class PluginHost:
                 self._broken(module_name, f"module '{module_name}'", exc)
                 continue
             if not self.pm.is_registered(module):
-                self.pm.register(module, name=module_name)
+                self.register(module, name=module_name)
         self.check_hooks()
 
     def block(self, names: Iterable[str]) -> None:
@@ -501,7 +525,7 @@ class PluginHost:
             if attr.startswith("caxton_")
         )
         if has_hooks:
-            self.pm.register(driver, name=f"{kind}:{name}")
+            self.register(driver, name=f"{kind}:{name}")
             self.check_hooks()
 
     def _kind(self, kind: str) -> Kind:
