@@ -321,3 +321,67 @@ def test_flushed_writes_survive_sigkill(tmp_path: Path) -> None:
     assert len(kv) == 500
     assert kv[b"k499"] == b"v499"
     assert b"unflushed" not in kv  # inside the write-behind window, as documented
+
+
+def message(n: int) -> Any:
+    from caxton.messaging import Message
+
+    return Message(performative="inform", sender="a", receiver="b", content=n)
+
+
+async def test_outbox_persist_pending_acknowledge(store: Store) -> None:
+    first, second = message(1), message(2)
+    await store.persist([first, second])
+    assert store.commits >= 1
+    assert await store.pragma("synchronous") == 1  # back to NORMAL after the FULL commit
+    assert [m.content for m in await store.pending()] == [1, 2]
+    assert store.seen(first.message_id)
+    assert not store.seen(message(3).message_id)
+    await store.acknowledge([first.message_id])
+    assert [m.message_id for m in await store.pending()] == [second.message_id]
+    assert store.seen(first.message_id)  # duplicates of delivered messages are still caught
+
+
+async def test_concurrent_persists_share_a_commit(store: Store) -> None:
+    await store.flush()
+    commits = store.commits
+    await asyncio.gather(*(store.persist([message(i)]) for i in range(50)))
+    assert store.commits - commits <= 2
+    assert len(await store.pending()) == 50
+
+
+async def test_seen_ids_are_bounded_and_reloaded(tmp_path: Path) -> None:
+    store = Store(tmp_path / "local.db", seen_limit=3)
+    await store.open()
+    messages = [message(i) for i in range(5)]
+    await store.persist(messages)
+    assert [store.seen(m.message_id) for m in messages] == [False, False, True, True, True]
+    await store.close()
+    reopened = Store(tmp_path / "local.db", seen_limit=3)
+    await reopened.open()
+    assert [reopened.seen(m.message_id) for m in messages] == [False, False, True, True, True]
+    await reopened.close()
+
+
+async def test_acknowledged_rows_are_pruned_after_the_retention(tmp_path: Path) -> None:
+    store = Store(tmp_path / "local.db", outbox_retention=0.0)
+    await store.open()
+    sent = message(1)
+    await store.persist([sent])
+    await store.acknowledge([sent.message_id])
+    await store.close()
+    reopened = Store(tmp_path / "local.db", outbox_retention=0.0)
+    await reopened.open()
+    rows = await reopened.connection.execute_fetchall("SELECT COUNT(*) FROM outbox")
+    assert list(rows) == [(0,)]
+    assert not reopened.seen(sent.message_id)
+    await reopened.close()
+
+
+async def test_dead_letters_are_kept(store: Store) -> None:
+    lost = message(9)
+    store.add_dead_letter(lost, "receiver removed")
+    [letter] = await store.dead_letters()
+    assert letter["message_id"] == lost.message_id
+    assert letter["reason"] == "receiver removed"
+    assert letter["message"]["content"] == 9

@@ -25,6 +25,7 @@ import contextlib
 import json
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -162,7 +163,7 @@ class Store:
         self._closing = False
         self._clear_pending()
         #: message ids persisted or acknowledged recently (for duplicate detection).
-        self._seen: dict[str, None] = {}
+        self._seen: OrderedDict[str, None] = OrderedDict()
         #: Commits and rows written by the write-behind task, for tests and metrics.
         self.commits = 0
         self.rows_written = 0
@@ -552,7 +553,7 @@ class Store:
 
         await self.flush()
         rows = await self._connection().execute_fetchall(
-            "SELECT message_id, body FROM outbox WHERE acked_at IS NULL ORDER BY created_at"
+            "SELECT message_id, body FROM outbox WHERE acked_at IS NULL ORDER BY created_at, rowid"
         )
         messages = []
         for message_id, body in rows:
@@ -570,7 +571,7 @@ class Store:
         seen = self._seen
         seen[message_id] = None
         if len(seen) > self.seen_limit:
-            del seen[next(iter(seen))]
+            seen.popitem(last=False)  # O(1), unlike deleting a plain dict's first key
 
     async def _load_seen(self) -> None:
         conn = self._connection()
@@ -579,9 +580,10 @@ class Store:
             (time.time() - self.outbox_retention,),
         )
         rows = await conn.execute_fetchall(
-            "SELECT message_id FROM outbox ORDER BY created_at DESC LIMIT ?", (self.seen_limit,)
+            "SELECT message_id FROM outbox ORDER BY created_at DESC, rowid DESC LIMIT ?",
+            (self.seen_limit,),
         )
-        self._seen = {str(row[0]): None for row in reversed(list(rows))}
+        self._seen = OrderedDict((str(row[0]), None) for row in reversed(list(rows)))
 
     # -- dead letters and conversations ---------------------------------------------
 
