@@ -6,10 +6,10 @@ from typing import Any
 
 from aiohttp import web
 
-from caxton.agents import Agent, AgentState
+from caxton.agents import Agent
 from caxton.api.common import body, path_uuid, query, service
 from caxton.api.keys import NODE
-from caxton.api.openapi import LIMIT_ALIASES, MAX_WAIT_MS
+from caxton.api.openapi import DRAIN_TIMEOUT_SCHEMA, LIMIT_ALIASES, STATE_SCHEMA
 from caxton.api.permissions import requires
 from caxton.api.responses import json_response
 from caxton.api.validation import decode_base64
@@ -72,7 +72,7 @@ def _placement(request: web.Request, name: str, data: dict[str, Any]) -> Placeme
 @requires("read")
 async def list_agents(request: web.Request) -> web.Response:
     name = query(request, "name", {"$ref": "#/components/schemas/AgentName"})
-    state = query(request, "state", {"type": "string", "enum": [s.value for s in AgentState]})
+    state = query(request, "state", STATE_SCHEMA)
     agents = service(request, "agents").list()
     if name is not None:
         agents = [a for a in agents if a.name == name.strip()]
@@ -151,9 +151,7 @@ async def start_agent(request: web.Request) -> web.Response:
 @routes.post("/api/v1/agents/{agent_id}/stop")
 @requires("update")
 async def stop_agent(request: web.Request) -> web.Response:
-    drain_ms = query(
-        request, "drain_timeout_ms", {"type": "integer", "minimum": 0, "maximum": MAX_WAIT_MS}
-    )
+    drain_ms = query(request, "drain_timeout_ms", DRAIN_TIMEOUT_SCHEMA)
     return await _lifecycle(request, "stop", drain_timeout=(drain_ms or 0) / 1000)
 
 

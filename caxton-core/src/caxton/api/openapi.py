@@ -21,7 +21,13 @@ from caxton.messaging.performatives import Performative, Priority
 if TYPE_CHECKING:
     from caxton.node import Node
 
-__all__ = ["MAX_WAIT_MS", "build_openapi", "schema_ref"]
+__all__ = [
+    "DRAIN_TIMEOUT_SCHEMA",
+    "MAX_WAIT_MS",
+    "STATE_SCHEMA",
+    "build_openapi",
+    "schema_ref",
+]
 
 #: Longest a client may ask the API to wait (reply, drain, contract-net deadline), ms.
 MAX_WAIT_MS = 3_600_000
@@ -36,6 +42,11 @@ NAME_PATTERN = (
     rf"(?:[^{_CONTROL}]{{0,{MAX_NAME_LENGTH - 2}}}[^ {_CONTROL}])?[ \t\r\n]*$"
 )
 UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+
+#: Schema of an agent state (the ``state`` filter of the agent list, ``Agent.state``).
+STATE_SCHEMA: dict[str, Any] = {"type": "string", "enum": [s.value for s in AgentState]}
+#: Schema of ``?drain_timeout_ms=`` of the stop action.
+DRAIN_TIMEOUT_SCHEMA: dict[str, Any] = {"type": "integer", "minimum": 0, "maximum": MAX_WAIT_MS}
 
 LIMIT_DESCRIPTIONS = {
     "max_memory_bytes": "Linear memory an instance may grow to, bytes",
@@ -203,7 +214,7 @@ def _schemas(ceiling: ResourceLimits) -> dict[str, Any]:
             {
                 "id": {"type": "string", "format": "uuid"},
                 "name": {"type": "string"},
-                "state": {"type": "string", "enum": [s.value for s in AgentState]},
+                "state": STATE_SCHEMA,
                 "node_id": {"type": "string"},
                 "module_sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
                 "limits": schema_ref("ResourceLimits"),
@@ -481,7 +492,7 @@ def _paths() -> dict[str, Any]:
                             "in": "query",
                             "required": False,
                             "description": "Let in-flight conversations finish first (ms)",
-                            "schema": _integer(0, MAX_WAIT_MS),
+                            "schema": DRAIN_TIMEOUT_SCHEMA,
                         }
                     ]
                     if action == "stop"
@@ -533,7 +544,7 @@ def _paths() -> dict[str, Any]:
                         "in": "query",
                         "required": False,
                         "description": "Only agents in this state",
-                        "schema": {"type": "string", "enum": [s.value for s in AgentState]},
+                        "schema": STATE_SCHEMA,
                     },
                 ],
             ),
