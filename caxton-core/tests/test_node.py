@@ -135,8 +135,13 @@ class Recording(LeastLoaded):
 
 
 class FailingPolicy(QuorumPolicy):
+    closed: ClassVar[int] = 0
+
     async def start(self) -> None:
         raise OSError("policy store unavailable")
+
+    async def close(self) -> None:
+        type(self).closed += 1
 
 
 async def test_failure_half_way_closes_what_was_opened(factory: NodeFactory) -> None:
@@ -147,10 +152,15 @@ async def test_failure_half_way_closes_what_was_opened(factory: NodeFactory) -> 
         config={"plugins.placement": "recording", "plugins.partition_policy": "failing"}
     )
     recorder = HookRecorder(node.host)
-    with pytest.raises(OSError, match="policy store unavailable"):
+    with pytest.raises(PluginError) as info:
         await node.start()
+    assert str(info.value) == (
+        "partition_policy driver 'failing' failed to start: OSError: policy store unavailable"
+    )
+    assert isinstance(info.value.__cause__, OSError)
     assert node.state == "failed"
     assert Recording.events == ["placement started", "placement closed"]
+    assert FailingPolicy.closed == 1  # close() after a failed start releases what it got
     recorder.assert_not_called("caxton_node_started")
 
 

@@ -22,8 +22,8 @@ from typing import Any
 from caxton import __version__
 from caxton.config import Config, load_config
 from caxton.drivers import DriverContext, ResourceLimits
-from caxton.errors import ConfigError
-from caxton.plugins import PluginHost, parse_plugin_options
+from caxton.errors import CaxtonError, ConfigError, PluginError
+from caxton.plugins import PluginHost, error_line, parse_plugin_options
 from caxton.units import parse_address
 
 log = logging.getLogger("caxton.node")
@@ -249,8 +249,14 @@ class Node:
 
     async def _driver(self, kind: str, name: str) -> Any:
         driver = self.host.create_driver(kind, name, self.config, self.context)
-        await driver.start()
+        # close() must be safe after a failed start(): it releases what start() got.
         self._stack.push_async_callback(driver.close)
+        try:
+            await driver.start()
+        except CaxtonError:
+            raise
+        except Exception as exc:
+            raise PluginError(f"{kind} driver '{name}' failed to start: {error_line(exc)}") from exc
         self.context.services[kind] = driver
         return driver
 

@@ -154,7 +154,8 @@ def _target_of(registered: type[Driver] | str) -> str:
     return f"{registered.__module__}:{registered.__qualname__}"
 
 
-def _error_line(exc: BaseException) -> str:
+def error_line(exc: BaseException) -> str:
+    """``Type: first line of the message``, for one-line reports."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
@@ -314,7 +315,7 @@ class PluginHost:
             raise PluginError(f"plugin {origin} failed to load: {line} (strict mode)")
 
     def _broken(self, name: str, origin: str, exc: BaseException) -> None:
-        line = _error_line(exc)
+        line = error_line(exc)
         self.broken[name] = (origin, line)
         message = f"plugin {origin} failed to load: {line}"
         if self.strict:
@@ -394,7 +395,7 @@ class PluginHost:
             loaded: type[Driver] = EntryPoint(name, target, spec.group).load()
         except Exception as exc:  # a driver's import may raise anything
             raise PluginError(
-                f"{spec.name} driver '{name}' ({target}) failed to load: {_error_line(exc)}"
+                f"{spec.name} driver '{name}' ({target}) failed to load: {error_line(exc)}"
             ) from None
         return loaded
 
@@ -404,7 +405,7 @@ class PluginHost:
         def on_failure(_manager: object, ep: EntryPoint, exc: BaseException) -> None:
             # stevedore hands back its cached entry point, which lacks ``dist``.
             full = next(iter(entry_points(group=spec.group, name=ep.name)), ep)
-            failures.append(f"{describe_entry_point(full)} failed to load: {_error_line(exc)}")
+            failures.append(f"{describe_entry_point(full)} failed to load: {error_line(exc)}")
 
         # Checked here, not left to stevedore, which would also log its own warning.
         if not self.use_entry_points or not entry_points(group=spec.group, name=name):
@@ -465,9 +466,7 @@ class PluginHost:
         except PluginError:
             raise
         except Exception as exc:
-            raise PluginError(
-                f"{kind} driver '{name}' failed to start: {_error_line(exc)}"
-            ) from exc
+            raise PluginError(f"{kind} driver '{name}' failed to start: {error_line(exc)}") from exc
         self._register_driver_hooks(kind, name, driver)
         if self._kind(kind).chain:
             chain = self.selected.setdefault(kind, [])
