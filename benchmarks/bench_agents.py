@@ -40,7 +40,10 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from caxton.agents import AgentManager
 
 ROOT = Path(__file__).resolve().parent.parent
 ECHO_WAT = ROOT / "examples" / "agents" / "wat" / "echo.wat"
@@ -103,9 +106,7 @@ class Bench:
         self.sink = bytes(wasmtime.wat2wasm(SINK_WAT))
 
     async def __aenter__(self) -> Bench:
-        from caxton.agents import AgentManager
         from caxton.drivers.base import DriverContext
-        from caxton.drivers.sandbox import ResourceLimits
         from caxton.messaging import Router
         from caxton.plugins import PluginHost
         from caxton.sandbox.wasmtime_sandbox import WasmtimeSandbox
@@ -118,8 +119,16 @@ class Bench:
         self.store = Store(self.data_dir / "local.db")
         await self.store.open()
         self.router = Router(node_id="bench", queue_size=100_000)
-        limits = ResourceLimits(max_memory_bytes=16 * 1024 * 1024)
-        self.manager = AgentManager(
+        self.manager = self._manager()
+        await self.manager.start()
+        await self.router.start()
+        return self
+
+    def _manager(self) -> AgentManager:
+        from caxton.agents import AgentManager
+        from caxton.drivers.sandbox import ResourceLimits
+
+        return AgentManager(
             node_id="bench",
             sandbox=self.sandbox,
             router=self.router,
@@ -127,15 +136,12 @@ class Bench:
             hook=self.host.hook,
             node=None,
             max_agents=self.max_agents,
-            default_limits=limits,
+            default_limits=ResourceLimits(max_memory_bytes=16 * 1024 * 1024),
             limit_ceiling=ResourceLimits(),
             restart_policy="on-failure",
             restart_max=5,
             restart_backoff=0.1,
         )
-        await self.manager.start()
-        await self.router.start()
-        return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.manager.close()
@@ -323,6 +329,14 @@ class Bench:
         message_s = time.perf_counter() - start
         gc.collect()
         after_messages = rss_bytes()
+        # A node restart: close the manager (agent_shutdown, flush), restore them all.
+        start = time.perf_counter()
+        await self.manager.close()
+        close_s = time.perf_counter() - start
+        self.manager = self._manager()
+        start = time.perf_counter()
+        await self.manager.start()
+        restore_s = time.perf_counter() - start
         return {
             "agents": agents,
             "deploy_total_s": round(deploy_s, 3),
@@ -334,6 +348,8 @@ class Bench:
                 (after_messages - before) / agents / 1024, 1
             ),
             "one_message_to_each_s": round(message_s, 3),
+            "close_all_s": round(close_s, 3),
+            "restore_all_s": round(restore_s, 3),
             "concurrency": concurrency,
         }
 
