@@ -340,11 +340,16 @@ def test_resources(caxton: Any) -> None:
 
 def test_emergency_stop(caxton: Any, wasm_files: dict[str, Path]) -> None:
     ok(caxton("deploy", str(wasm_files["echo"]), "--name", "stopped-hard"))
-    assert "--all-agents" in usage_error(caxton("emergency", "stop"))
     out = ok(caxton("emergency", "stop", "--all-agents"))
     assert out.startswith("Emergency stop: ")
     assert int(out.split()[2]) >= 1
     assert json.loads(ok(caxton("agent", "get", "stopped-hard", "--json")))["state"] == "stopped"
+    ok(caxton("agent", "start", "stopped-hard"))
+    # The runbook's quick reference writes it without a flag.
+    assert ok(caxton("emergency", "stop")).startswith("Emergency stop: ")
+    assert json.loads(ok(caxton("agent", "get", "stopped-hard", "--json")))["state"] == "stopped"
+    error = one_line_error(caxton("emergency", "stop", "--cluster"))
+    assert "not available yet" in error
 
 
 # -------------------------------------------------------------------------

@@ -570,13 +570,17 @@ def emergency_group() -> None:
 
 
 @emergency_group.command("stop")
-@click.option("--all-agents", is_flag=True, help="Stop every agent at once.")
+@click.option("--all-agents", is_flag=True, help="Stop every agent of the node (the default).")
+@click.option("--cluster", is_flag=True, help="Stop every node's agents (not available yet).")
 @json_option
 @api_options
-def emergency_stop(client: ApiClient, all_agents: bool, as_json: bool) -> None:
-    """Stop agents immediately (no agent_shutdown)."""
-    if not all_agents:
-        raise click.UsageError("say what to stop: --all-agents")
+def emergency_stop(client: ApiClient, all_agents: bool, cluster: bool, as_json: bool) -> None:
+    """Stop every agent of the node at once (no agent_shutdown)."""
+    if cluster:
+        raise click.ClickException(
+            "stopping the whole cluster at once is not available yet: run "
+            "`caxton emergency stop --all-agents --api-url URL` against each node"
+        )
     result = client.request("POST", "/api/v1/emergency/stop", {"all_agents": True})
     if as_json:
         emit_json(result)
