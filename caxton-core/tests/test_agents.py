@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import itertools
+import logging
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -658,6 +659,7 @@ async def test_kv_limits_and_namespaces(
         await node.manager.deploy("b", example_agents["echo"])
         a, b = node.manager.runtime("a"), node.manager.runtime("b")
         assert a.kv_store(b"k", b"x" * 51) == Status.TOO_LARGE
+        assert a.kv_store(b"k" * 1025, b"x") == Status.TOO_LARGE
         assert a.kv_store(b"k", b"x" * 50) == Status.OK
         assert a.kv_store(b"k2", b"x" * 50) == Status.DENIED  # 1+50 + 2+50 > 100
         assert a.kv_store(b"k", b"y" * 40) == Status.OK  # replacing frees the old value
@@ -701,3 +703,16 @@ async def test_suspend_while_a_restart_is_pending(
     await node.manager.resume("trap")
     assert (await pending).performative == "failure"
     assert agent.counters.crashes == 2
+
+
+async def test_agent_logs_go_to_the_node_log_with_the_agent_name(
+    node: Node, example_agents: dict[str, bytes], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="caxton.agent")
+    await node.manager.deploy("mute", example_agents["no_handler"])  # logs in agent_init
+    [record] = [r for r in caplog.records if r.name == "caxton.agent"]
+    assert record.getMessage() == "[mute] no_handler started"
+    assert record.levelno == logging.INFO
+    assert record.agent == "mute"  # type: ignore[attr-defined]
+    node.manager.runtime("mute").log(4, "boom")
+    assert caplog.records[-1].levelno == logging.ERROR

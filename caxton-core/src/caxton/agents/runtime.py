@@ -26,7 +26,7 @@ from caxton.errors import (
     MessageTooLarge,
     QueueFull,
 )
-from caxton.sandbox.abi import LogLevel, Status
+from caxton.sandbox.abi import MAX_KEY_BYTES, LogLevel, Status
 
 if TYPE_CHECKING:
     from caxton.agents.manager import AgentManager
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 agent_log = logging.getLogger("caxton.agent")
 
 #: ABI log levels -> logging levels.
-LOG_LEVELS = {
+LOG_LEVELS: dict[int, int] = {
     LogLevel.TRACE: 5,
     LogLevel.DEBUG: logging.DEBUG,
     LogLevel.INFO: logging.INFO,
@@ -301,7 +301,7 @@ class AgentRuntime:
 
     def log(self, level: int, text: str) -> None:
         agent_log.log(
-            LOG_LEVELS.get(LogLevel(level), logging.INFO) if level in LOG_LEVELS else logging.INFO,
+            LOG_LEVELS.get(level, logging.INFO),
             "[%s] %s",
             self.name,
             text,
@@ -316,7 +316,7 @@ class AgentRuntime:
 
     def kv_store(self, key: bytes, value: bytes) -> int:
         manager = self.manager
-        if len(value) > manager.kv_max_value_bytes:
+        if len(key) > MAX_KEY_BYTES or len(value) > manager.kv_max_value_bytes:
             return Status.TOO_LARGE
         old = self.kv.get(key)
         grown = len(value) - (len(old) if old is not None else -len(key))
