@@ -521,6 +521,27 @@ def test_server_start_registers_an_uninstalled_module(site: Site, tmp_path: Path
             process.communicate()
 
 
+def test_a_plugin_failing_to_add_commands_is_one_line(site: Site) -> None:
+    name, _ = hook_distribution(
+        site,
+        "caxton-clumsy",
+        "0.0.1",
+        """
+        from caxton import hookimpl
+
+        @hookimpl
+        def caxton_cli_commands(cli):
+            raise RuntimeError("no commands today")
+        """,
+    )
+    code, _out, err = run_caxton("plugins", pythonpath=site.path)
+    assert code == 1
+    assert err.strip().splitlines() == [
+        f"Error: plugin '{name}' failed in caxton_cli_commands: "
+        "RuntimeError: no commands today"
+    ]
+
+
 def test_hook_plugins_add_commands(site: Site) -> None:
     hook_distribution(
         site,

@@ -164,6 +164,23 @@ async def test_failure_half_way_closes_what_was_opened(factory: NodeFactory) -> 
     recorder.assert_not_called("caxton_node_started")
 
 
+async def test_a_plugin_failing_in_a_lifecycle_hook_aborts_the_start(
+    factory: NodeFactory,
+) -> None:
+    class Faulty:
+        @hookimpl
+        def caxton_node_started(self, node: Any) -> None:
+            raise RuntimeError("cannot reach the audit sink")
+
+    node = factory.build(plugins=[Faulty()])
+    with pytest.raises(PluginError, match=r"failed in caxton_node_started: RuntimeError: cannot"):
+        await node.start()
+    assert node.state == "failed"
+    assert node.api_address is not None
+    with pytest.raises(aiohttp.ClientConnectionError):
+        await get_json(node.api_address, "/api/v1/health")  # the API was closed again
+
+
 async def test_missing_driver_fails_before_anything_starts(factory: NodeFactory) -> None:
     factory.register_driver("placement", "recording", Recording)
     Recording.events.clear()

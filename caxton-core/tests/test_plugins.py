@@ -747,6 +747,34 @@ def test_partition_decision_asks_plugins_first_then_the_policy(tmp_path: Path) -
     assert [c.result for c in recorder.calls("caxton_partition_decision")] == [alone, pair]
 
 
+def test_call_hook_names_the_plugin_that_raised() -> None:
+    class Fine:
+        @hookimpl
+        def caxton_member_left(self, node: Any, member: Any) -> None:
+            pass
+
+    class Faulty:
+        @hookimpl
+        def caxton_member_left(self, node: Any, member: Any) -> None:
+            raise KeyError("agents")
+
+    class Refusing:
+        @hookimpl
+        def caxton_member_failed(self, node: Any, member: Any) -> None:
+            raise ConfigError("refused on purpose")
+
+    host = PluginHost(use_entry_points=False, env={})
+    for plugin, name in ((Fine(), "fine"), (Faulty(), "faulty"), (Refusing(), "refusing")):
+        host.register(plugin, name=name)
+    with pytest.raises(PluginError) as info:
+        host.call_hook("caxton_member_left", node=None, member=None)
+    assert str(info.value) == "plugin 'faulty' failed in caxton_member_left: KeyError: 'agents'"
+    assert isinstance(info.value.__cause__, KeyError)
+    with pytest.raises(ConfigError, match="refused on purpose"):
+        host.call_hook("caxton_member_failed", node=None, member=None)
+    assert host.call_hook("caxton_member_joined", node=None, member=None) == []
+
+
 def test_kinds_and_groups() -> None:
     assert {k: v.group for k, v in KINDS.items()} == {
         "sandbox": "caxton.sandbox",

@@ -228,11 +228,11 @@ class Node:
             self.partition_policy = await self._driver(
                 "partition_policy", plugins["partition_policy"]
             )
-            self.hook.caxton_node_starting(node=self)
+            self.host.call_hook("caxton_node_starting", node=self)
             await self._start_services()
             self.state = "running"
             self.started_at = time.time()
-            self.hook.caxton_node_started(node=self)
+            self.host.call_hook("caxton_node_started", node=self)
         except BaseException:
             self.state = "failed"
             await self._stack.aclose()
@@ -344,10 +344,10 @@ class Node:
         if self.state in {"stopping", "stopped"}:
             return
         self.state = "stopping"
-        self.hook.caxton_node_stopping(node=self)
+        self.host.call_hook("caxton_node_stopping", node=self)
         await self._stack.aclose()
         self.state = "stopped"
-        self.hook.caxton_node_stopped(node=self)
+        self.host.call_hook("caxton_node_stopped", node=self)
         self._stopped.set()
 
     async def wait_stopped(self) -> None:

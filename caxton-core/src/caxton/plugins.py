@@ -42,7 +42,7 @@ from caxton.drivers import (
     Sandbox,
     Transport,
 )
-from caxton.errors import ConfigError, DriverNotFound, PluginError
+from caxton.errors import CaxtonError, ConfigError, DriverNotFound, PluginError
 
 log = logging.getLogger("caxton.plugins")
 
@@ -345,6 +345,36 @@ class PluginHost:
                 raise PluginError(
                     f"plugin '{impl.plugin_name}' implements unknown hook '{name}'{hint}"
                 )
+
+    def call_hook(self, name: str, **kwargs: Any) -> Any:
+        """Call hook ``name``; an implementation that raises is reported by plugin name.
+
+        A :class:`~caxton.errors.CaxtonError` passes through unchanged; any other
+        exception becomes :class:`PluginError` ("plugin 'x' failed in caxton_...:
+        ValueError: ..."), chained to the original.
+        """
+        try:
+            return getattr(self.pm.hook, name)(**kwargs)
+        except CaxtonError:
+            raise
+        except Exception as exc:
+            culprit = self._raised_in(name, exc)
+            who = f"plugin '{culprit}'" if culprit else "a plugin"
+            raise PluginError(f"{who} failed in {name}: {error_line(exc)}") from exc
+
+    def _raised_in(self, name: str, exc: BaseException) -> str | None:
+        """The plugin whose implementation of ``name`` is on ``exc``'s traceback."""
+        caller: pluggy.HookCaller = getattr(self.pm.hook, name)
+        codes: dict[object, str] = {
+            getattr(impl.function, "__code__", None): impl.plugin_name
+            for impl in caller.get_hookimpls()
+        }
+        tb = exc.__traceback__
+        while tb is not None:
+            if tb.tb_frame.f_code in codes:
+                return codes[tb.tb_frame.f_code]
+            tb = tb.tb_next
+        return None
 
     def hooks_of(self, plugin: object) -> list[str]:
         return sorted(caller.name for caller in self.pm.get_hookcallers(plugin) or ())

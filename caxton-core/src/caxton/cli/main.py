@@ -293,10 +293,10 @@ def make_cli(host: PluginHost | None = None) -> click.Group:
         host = PluginHost()
     try:
         host.load_hook_plugins()  # idempotent: loaded, broken and blocked ones are skipped
+        host.call_hook("caxton_cli_commands", cli=cli)
     except CaxtonError as exc:
         click.echo(f"Error: {exc}", err=True)
         sys.exit(1)
-    host.hook.caxton_cli_commands(cli=cli)
     return cli
 
 
