@@ -7,13 +7,13 @@ Agents, external clients and the cluster layer all use these names::
 
 from __future__ import annotations
 
+from caxton.messaging.clients import ContractNetResult, Selector
 from caxton.messaging.conversations import Conversation
 from caxton.messaging.message import Message, new_message_id
 from caxton.messaging.performatives import Performative, Priority
 from caxton.messaging.protocols import PROTOCOLS, InteractionProtocol
 from caxton.messaging.router import (
     GUARANTEES,
-    ContractNetResult,
     DeadLetter,
     Deliver,
     DurableOutbox,
@@ -39,5 +39,6 @@ __all__ = [
     "RemoteRoute",
     "Resolver",
     "Router",
+    "Selector",
     "new_message_id",
 ]

@@ -31,14 +31,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
 import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any, Protocol
 
 from caxton.errors import (
@@ -49,16 +47,17 @@ from caxton.errors import (
     MessageTooLarge,
     ProtocolViolation,
     QueueFull,
-    RequestTimeout,
     ValidationError,
 )
+from caxton.messaging.clients import Clients, ContractNetResult, Selector
 from caxton.messaging.conversations import Conversation, ConversationTable
-from caxton.messaging.message import MAX_FIELD_LENGTH, Message, encode_content, new_message_id
+from caxton.messaging.deadlines import ReplyDeadlines, iso_time
+from caxton.messaging.mailbox import UNSCHEDULED, Deliver, Mailbox, is_async_callable
+from caxton.messaging.message import MAX_FIELD_LENGTH, Message, encode_content
 from caxton.messaging.performatives import Performative, Priority
 
 __all__ = [
     "GUARANTEES",
-    "ContractNetResult",
     "DeadLetter",
     "Deliver",
     "DurableOutbox",
@@ -70,14 +69,11 @@ __all__ = [
 
 log = logging.getLogger("caxton.messaging")
 
-Deliver = Callable[[Message], Awaitable[None] | None]
 Observer = Callable[[Message, str], None]
 
 GUARANTEES = ("at-most-once", "at-least-once")
 
-_UNSCHEDULED = 4  # Mailbox.sched when the mailbox is on no ready-list
 _PRIORITY_NAMES = tuple(p.name.lower() for p in Priority)
-_REQUEST_PROTOCOLS = ("fipa-request", "fipa-query")
 
 
 class DurableOutbox(Protocol):
@@ -120,123 +116,6 @@ class DeadLetter:
         return {"reason": self.reason, "at": self.at, "message": self.message.to_dict()}
 
 
-@dataclass(slots=True)
-class ContractNetResult:
-    """The outcome of :meth:`Router.contract_net`.
-
-    ``proposals`` and ``refusals`` are keyed by participant in arrival order (a
-    ``not-understood`` or ``failure`` answer to the cfp counts as a refusal);
-    ``no_answer`` lists participants silent until the deadline. ``result`` is the
-    winner's ``inform`` or ``failure``, or None when there was no winner or it did not
-    report before ``result_timeout``.
-    """
-
-    conversation_id: str
-    winner: str | None
-    proposals: dict[str, Message]
-    refusals: dict[str, Message]
-    no_answer: tuple[str, ...]
-    result: Message | None
-
-    @property
-    def succeeded(self) -> bool:
-        return self.result is not None and self.result.performative is Performative.INFORM
-
-
-class _Mailbox:
-    """One registered name's queues and delivery state."""
-
-    __slots__ = (
-        "busy",
-        "closed",
-        "conversations",
-        "count",
-        "deliver",
-        "delivered",
-        "direct",
-        "held",
-        "is_async",
-        "name",
-        "queues",
-        "sched",
-    )
-
-    def __init__(self, name: str, deliver: Deliver, direct: bool) -> None:
-        self.name = name
-        self.queues: tuple[deque[tuple[float, Message]], ...] = (
-            deque(), deque(), deque(), deque()
-        )  # fmt: skip
-        #: Queued messages per conversation: [count, priority queue of the newest].
-        self.conversations: dict[str, list[int]] = {}
-        self.count = 0
-        self.delivered = 0
-        self.held = False
-        self.busy = False  # a task is delivering to this mailbox
-        self.closed = False
-        self.sched = _UNSCHEDULED
-        self.deliver = deliver
-        self.is_async = _is_async(deliver)
-        self.direct = direct and not self.is_async
-
-    def push(self, message: Message, expires: float) -> int:
-        """Queue ``message``; return the priority queue it went to."""
-        priority = int(message.priority)
-        conversation_id = message.conversation_id
-        if conversation_id is not None:
-            entry = self.conversations.get(conversation_id)
-            if entry is None:
-                self.conversations[conversation_id] = [1, priority]
-            else:
-                # Never overtake an earlier message of the same conversation.
-                entry[0] += 1
-                if priority < entry[1]:
-                    priority = entry[1]
-                else:
-                    entry[1] = priority
-        self.queues[priority].append((expires, message))
-        self.count += 1
-        return priority
-
-    def pop(self) -> tuple[float, Message]:
-        """The next message by priority (the caller checked ``count``)."""
-        queues = self.queues
-        entry = (queues[0] or queues[1] or queues[2] or queues[3]).popleft()
-        self.count -= 1
-        conversation_id = entry[1].conversation_id
-        if conversation_id is not None:
-            self._forget(conversation_id)
-        return entry
-
-    def pop_from(self, priority: int) -> tuple[float, Message]:
-        entry = self.queues[priority].popleft()
-        self.count -= 1
-        conversation_id = entry[1].conversation_id
-        if conversation_id is not None:
-            self._forget(conversation_id)
-        return entry
-
-    def _forget(self, conversation_id: str) -> None:
-        entry = self.conversations.get(conversation_id)
-        if entry is not None:
-            entry[0] -= 1
-            if entry[0] <= 0:
-                del self.conversations[conversation_id]
-
-    def top(self) -> int:
-        for priority, queue in enumerate(self.queues):
-            if queue:
-                return priority
-        return _UNSCHEDULED
-
-    def clear(self) -> list[Message]:
-        messages = [m for queue in self.queues for _, m in queue]
-        for queue in self.queues:
-            queue.clear()
-        self.conversations.clear()
-        self.count = 0
-        return messages
-
-
 class _Outgoing:
     """Messages for one remote name, forwarded in order by one task."""
 
@@ -249,51 +128,7 @@ class _Outgoing:
         self.inflight = 0
 
 
-@dataclass(slots=True)
-class _Watch:
-    """A message with ``reply_by`` waiting for its reply."""
-
-    initiator: str
-    token: str
-    responder: str
-    conversation_id: str | None
-    protocol: str | None
-    reply_by: float
-    priority: Priority
-    handle: asyncio.TimerHandle
-
-
-Target = _Mailbox | RemoteRoute | None
-ReplyHandler = Callable[[Message], None]
-
-
-class _ClientEndpoint:
-    """A temporary name for an external client waiting on replies."""
-
-    __slots__ = ("by_conversation", "by_token", "name", "router")
-
-    def __init__(self, router: Router, name: str) -> None:
-        self.router = router
-        self.name = name
-        self.by_token: dict[str, ReplyHandler] = {}
-        self.by_conversation: dict[str, ReplyHandler] = {}
-
-    def __call__(self, message: Message) -> None:
-        handler = None
-        if message.in_reply_to is not None:
-            handler = self.by_token.get(message.in_reply_to)
-        if handler is None and message.conversation_id is not None:
-            handler = self.by_conversation.get(message.conversation_id)
-        if handler is None:
-            self.router._dead_letter(
-                message, f"undeliverable: {self.name} is no longer waiting for a reply"
-            )
-        else:
-            handler(message)
-
-    @property
-    def idle(self) -> bool:
-        return not self.by_token and not self.by_conversation
+Target = Mailbox | RemoteRoute | None
 
 
 class Router:
@@ -366,16 +201,14 @@ class Router:
         self.wall_clock = wall_clock
 
         self._durable = guarantee == "at-least-once"
-        self._boxes: dict[str, _Mailbox] = {}
-        self._ready: tuple[deque[_Mailbox], ...] = (deque(), deque(), deque(), deque())
+        self._boxes: dict[str, Mailbox] = {}
+        self._ready: tuple[deque[Mailbox], ...] = (deque(), deque(), deque(), deque())
         self._pump_scheduled = False
         self._delivering = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._conversations = ConversationTable(ttl=conversation_ttl, limit=max_conversations)
         self._dead: deque[DeadLetter] = deque(maxlen=dead_letter_limit)
-        self._watches: dict[tuple[str, str, str], _Watch] = {}
-        self._watches_by_conversation: dict[tuple[str, str, str], tuple[str, str, str]] = {}
-        self._timed_out: dict[tuple[str, str, str], None] = {}
+        self._deadlines = ReplyDeadlines(self._reply_timed_out)
         self._notices: dict[str, None] = {}  # ids of recent not-understood notices
         self._outgoing: dict[str, _Outgoing] = {}
         self._staged: list[tuple[Message, Target, asyncio.Future[None] | None]] = []
@@ -384,11 +217,11 @@ class Router:
         self._acks: list[str] = []
         self._ack_task: asyncio.Task[None] | None = None
         self._parked: dict[str, list[tuple[float, Message]]] = {}
-        self._endpoints: dict[str, _ClientEndpoint] = {}
-        self._waiters: set[asyncio.Future[Any]] = set()
+        self._clients = Clients(self, self._dead_letter)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._sweeper: asyncio.Task[None] | None = None
         self._closed = False
+        self._replayed = False
         self._counts = dict.fromkeys(
             ("sent", "delivered", "forwarded", "dead_lettered", "expired", "duplicates",
              "delivery_errors", "not_understood", "timeouts", "late_replies"),
@@ -412,10 +245,10 @@ class Router:
             if not replace:
                 raise Conflict(f"Agent already registered: {name}")
             box.deliver = deliver
-            box.is_async = _is_async(deliver)
+            box.is_async = is_async_callable(deliver)
             box.direct = self.direct_delivery and not box.is_async
             return
-        box = _Mailbox(name, deliver, self.direct_delivery)
+        box = Mailbox(name, deliver, self.direct_delivery)
         self._boxes[name] = box
         parked = self._parked.pop(name, None)
         if parked:
@@ -429,7 +262,7 @@ class Router:
         if box is None:
             raise AgentNotFound(name)
         box.closed = True
-        self._endpoints.pop(name, None)
+        self._clients.forget(name)
         for message in box.clear():
             self._dead_letter(message, f"receiver removed: {name} was unregistered")
 
@@ -450,7 +283,7 @@ class Router:
         box.held = False
         self._wake(box)
 
-    def _box(self, name: str) -> _Mailbox:
+    def _box(self, name: str) -> Mailbox:
         box = self._boxes.get(name)
         if box is None:
             raise AgentNotFound(name)
@@ -556,7 +389,7 @@ class Router:
             )
         if message.reply_by is not None and message.reply_by <= self.wall_clock():
             raise ValidationError(
-                f"Invalid message: reply_by {_iso(message.reply_by)} is already past"
+                f"Invalid message: reply_by {iso_time(message.reply_by)} is already past"
             )
         size = message.wire_size
         if size is None:
@@ -619,9 +452,10 @@ class Router:
                 waiter.set_result(None)
             return None
         watch = None
-        if self._watches or self._timed_out:
-            late, watch = self._answered_watch(message)
-            if late:  # dead-lettered
+        if self._deadlines:
+            late, watch = self._deadlines.match(message, self.wall_clock())
+            if late:
+                self._late(message)
                 if waiter is not None:
                     waiter.set_result(None)
                 return None
@@ -632,9 +466,9 @@ class Router:
                     waiter.set_result(None)
                 return self._not_understood(message, problem)
         if watch is not None:
-            self._settle(watch)
+            self._deadlines.settle(watch)
         if message.reply_by is not None:
-            self._watch(message)
+            self._deadlines.watch(message, message.reply_by - self.wall_clock(), self._get_loop())
         self._counts["sent"] += 1
         if self.observer is not None:
             self.observer(message, "sent")
@@ -645,7 +479,7 @@ class Router:
         return None
 
     def _dispatch(self, message: Message, target: Target) -> None:
-        if type(target) is _Mailbox:
+        if type(target) is Mailbox:
             if target.closed:
                 replacement = self._boxes.get(message.receiver)
                 if replacement is None:
@@ -658,7 +492,7 @@ class Router:
         else:
             self._to_remote(message, target)  # type: ignore[arg-type]
 
-    def _to_box(self, box: _Mailbox, message: Message) -> None:
+    def _to_box(self, box: Mailbox, message: Message) -> None:
         if box.direct and not box.count and not self._delivering and not box.busy and not box.held:
             self._deliver_now(box, message)
             return
@@ -688,7 +522,7 @@ class Router:
 
     # -- delivery -------------------------------------------------------------------
 
-    def _deliver_now(self, box: _Mailbox, message: Message) -> None:
+    def _deliver_now(self, box: Mailbox, message: Message) -> None:
         self._delivering = True
         try:
             result = box.deliver(message)
@@ -710,25 +544,27 @@ class Router:
         if self.observer is not None:
             self.observer(message, "delivered")
 
-    def _schedule(self, box: _Mailbox, priority: int) -> None:
+    def _schedule(self, box: Mailbox, priority: int) -> None:
         box.sched = priority
         self._ready[priority].append(box)
         if not self._pump_scheduled:
             self._pump_scheduled = True
             self._get_loop().call_soon(self._pump)
 
-    def _next_ready(self) -> _Mailbox | None:
+    def _next_ready(self) -> Mailbox | None:
         for priority, ready in enumerate(self._ready):
             while ready:
                 box = ready.popleft()
                 if box.sched == priority:  # else a stale entry: rescheduled elsewhere
-                    box.sched = _UNSCHEDULED
+                    box.sched = UNSCHEDULED
                     return box
         return None
 
     def _pump(self) -> None:
         """Deliver queued messages of ready mailboxes, within ``pump_budget``."""
         self._pump_scheduled = False
+        if self._closed:
+            return
         budget = self.pump_budget
         batch = self.batch_size
         observer = self.observer
@@ -781,13 +617,13 @@ class Router:
             self._pump_scheduled = True
             self._get_loop().call_soon(self._pump)
 
-    def _await_delivery(self, box: _Mailbox, message: Message, result: Awaitable[None]) -> None:
+    def _await_delivery(self, box: Mailbox, message: Message, result: Awaitable[None]) -> None:
         """A ``deliver`` returned an awaitable: the mailbox waits for it in a task."""
         box.busy = True
         self._spawn(self._finish_delivery(box, message, result))
 
     async def _finish_delivery(
-        self, box: _Mailbox, message: Message, result: Awaitable[None]
+        self, box: Mailbox, message: Message, result: Awaitable[None]
     ) -> None:
         try:
             await result
@@ -800,11 +636,11 @@ class Router:
             box.busy = False
             self._wake(box)
 
-    def _start_async(self, box: _Mailbox) -> None:
+    def _start_async(self, box: Mailbox) -> None:
         box.busy = True
         self._spawn(self._drain_async(box))
 
-    async def _drain_async(self, box: _Mailbox) -> None:
+    async def _drain_async(self, box: Mailbox) -> None:
         """The delivery loop of a mailbox whose ``deliver`` is a coroutine function."""
         clock = self.clock
         try:
@@ -833,7 +669,7 @@ class Router:
         finally:
             box.busy = False
 
-    def _wake(self, box: _Mailbox) -> None:
+    def _wake(self, box: Mailbox) -> None:
         if not box.count or box.held or box.busy or box.closed:
             return
         if box.is_async:
@@ -843,7 +679,7 @@ class Router:
             if priority < box.sched:
                 self._schedule(box, priority)
 
-    def _delivery_failed(self, box: _Mailbox, message: Message, exc: Exception) -> None:
+    def _delivery_failed(self, box: Mailbox, message: Message, exc: Exception) -> None:
         self._counts["delivery_errors"] += 1
         log.warning(
             "delivery of %s %s to %s failed",
@@ -966,56 +802,6 @@ class Router:
 
     # -- reply deadlines --------------------------------------------------------------
 
-    def _watch(self, message: Message) -> None:
-        assert message.reply_by is not None
-        key = (message.sender, message.reply_token, message.receiver)
-        delay = max(message.reply_by - self.wall_clock(), 0.0)
-        handle = self._get_loop().call_later(delay, self._reply_timed_out, key)
-        previous = self._watches.get(key)
-        if previous is not None:
-            previous.handle.cancel()
-        self._watches[key] = _Watch(
-            message.sender, key[1], message.receiver, message.conversation_id,
-            message.protocol, message.reply_by, message.priority, handle,
-        )  # fmt: skip
-        if message.conversation_id is not None:
-            self._watches_by_conversation[
-                (message.sender, message.conversation_id, message.receiver)
-            ] = key
-
-    def _answered_watch(self, message: Message) -> tuple[bool, _Watch | None]:
-        """Whether ``message`` is a late reply, and the reply_by watch it answers.
-
-        A late reply is dead-lettered here and its initiator told of the timeout; a
-        timely one settles its watch once it passed protocol validation (:meth:`_settle`).
-        """
-        token = message.in_reply_to
-        if token is not None:
-            key = (message.receiver, token, message.sender)
-        elif message.conversation_id is not None:
-            by_conversation = (message.receiver, message.conversation_id, message.sender)
-            found = self._watches_by_conversation.get(by_conversation)
-            key = found if found is not None else by_conversation
-        else:
-            return False, None
-        watch = self._watches.get(key)
-        if watch is None:
-            if key in self._timed_out:
-                self._late(message)
-                return True, None
-            return False, None
-        if self.wall_clock() > watch.reply_by:  # before its timer fired
-            self._settle(watch)
-            self._time_out(watch)
-            self._late(message)
-            return True, None
-        return False, watch
-
-    def _settle(self, watch: _Watch) -> None:
-        watch.handle.cancel()
-        self._watches.pop((watch.initiator, watch.token, watch.responder), None)
-        self._unwatch_conversation(watch)
-
     def _late(self, message: Message) -> None:
         self._counts["late_replies"] += 1
         self._dead_letter(
@@ -1024,41 +810,9 @@ class Router:
             f"and was sent a timeout failure instead",
         )
 
-    def _unwatch_conversation(self, watch: _Watch) -> None:
-        if watch.conversation_id is not None:
-            self._watches_by_conversation.pop(
-                (watch.initiator, watch.conversation_id, watch.responder), None
-            )
-
-    def _reply_timed_out(self, key: tuple[str, str, str]) -> None:
-        watch = self._watches.pop(key, None)
-        if watch is not None:
-            self._unwatch_conversation(watch)
-            self._time_out(watch)
-
-    def _time_out(self, watch: _Watch) -> None:
-        """Tell the initiator its reply_by passed without a reply."""
+    def _reply_timed_out(self, failure: Message) -> None:
         self._counts["timeouts"] += 1
-        remember = self._timed_out
-        remember[(watch.initiator, watch.token, watch.responder)] = None
-        if watch.conversation_id is not None:
-            remember[(watch.initiator, watch.conversation_id, watch.responder)] = None
-        while len(remember) > 10_000:
-            del remember[next(iter(remember))]
-        self._notify(Message(
-            Performative.FAILURE,
-            sender=watch.responder,
-            receiver=watch.initiator,
-            content={
-                "reason": "timeout",
-                "error": f"No reply from {watch.responder} by reply_by "
-                         f"{_iso(watch.reply_by)}",
-            },
-            protocol=watch.protocol,
-            conversation_id=watch.conversation_id,
-            in_reply_to=watch.token,
-            priority=watch.priority,
-        ))  # fmt: skip
+        self._notify(failure)
 
     # -- protocols ------------------------------------------------------------------
 
@@ -1111,55 +865,7 @@ class Router:
         ``fipa-query`` an ``agree`` is skipped: the result that follows is returned.
         No reply within ``timeout`` seconds raises :class:`RequestTimeout`.
         """
-        if not (isinstance(timeout, (int, float)) and 0 < timeout < math.inf):
-            raise ValidationError(
-                f"Invalid request: timeout must be positive seconds, got {timeout!r}"
-            )
-        if len(message.receivers) > 1:
-            raise ValidationError(
-                "Invalid request: request() waits for one reply; send to several receivers "
-                "with send() or contract_net()"
-            )
-        if not message.sender:
-            message.sender = f"client-{new_message_id()[:12]}"
-        if message.reply_with is None:
-            message.reply_with = message.message_id
-        token = message.reply_with
-        future: asyncio.Future[Message] = self._get_loop().create_future()
-        waits_for_result = message.protocol in _REQUEST_PROTOCOLS
-
-        def on_reply(reply: Message) -> None:
-            if waits_for_result and reply.performative is Performative.AGREE:
-                return
-            if not future.done():
-                future.set_result(reply)
-
-        endpoint = self._endpoint(message.sender)
-        endpoint.by_token[token] = on_reply
-        conversation_id = message.conversation_id
-        if conversation_id is not None:
-            endpoint.by_conversation.setdefault(conversation_id, on_reply)
-        self._waiters.add(future)
-        try:
-            await self.send(message)
-            try:
-                return await asyncio.wait_for(future, timeout)
-            except asyncio.TimeoutError:
-                raise RequestTimeout(
-                    f"No reply from {message.receiver} within {timeout:g}s to "
-                    f"{message.performative.value} {message.message_id}",
-                    details="the agent may be busy or not answering; retry with a longer "
-                    "timeout or check the agent's logs",
-                ) from None
-        finally:
-            self._waiters.discard(future)
-            endpoint.by_token.pop(token, None)
-            if (
-                conversation_id is not None
-                and endpoint.by_conversation.get(conversation_id) is on_reply
-            ):
-                del endpoint.by_conversation[conversation_id]
-            self._release_endpoint(endpoint)
+        return await self._clients.request(message, timeout)
 
     async def contract_net(
         self,
@@ -1168,7 +874,7 @@ class Router:
         content: Any,
         *,
         deadline: float,
-        select: Callable[[Mapping[str, Message]], str | Awaitable[str | None] | None] | None = None,
+        select: Selector | None = None,
         result_timeout: float | None = None,
         language: str | None = None,
         ontology: str | None = None,
@@ -1182,135 +888,17 @@ class Router:
         ``accept-proposal`` to it and ``reject-proposal`` to the other bidders, and waits
         up to ``result_timeout`` (default ``deadline``) for its ``inform``/``failure``.
         """
-        names = tuple(participants)
-        if not names:
-            raise ValidationError("Invalid contract net: no participants")
-        if len(set(names)) != len(names):
-            raise ValidationError(
-                f"Invalid contract net: participants repeat a name: {list(names)}"
-            )
-        if initiator in names:
-            raise ValidationError(
-                f"Invalid contract net: the initiator {initiator!r} is also a participant"
-            )
-        for what, value in (("deadline", deadline), ("result_timeout", result_timeout)):
-            if value is not None and not (isinstance(value, (int, float)) and 0 < value <= 86_400):
-                raise ValidationError(
-                    f"Invalid contract net: {what} must be seconds from now "
-                    f"(0 < {what} <= 86400), got {value!r}"
-                )
-        loop = self._get_loop()
-        conversation_id = new_message_id()
-        proposals: dict[str, Message] = {}
-        refusals: dict[str, Message] = {}
-        silent: set[str] = set()
-        waiting = set(names)
-        all_answered: asyncio.Future[None] = loop.create_future()
-        outcome: asyncio.Future[Message] = loop.create_future()
-        winner: str | None = None
-        bidding = True
-
-        def on_message(message: Message) -> None:
-            who = message.sender
-            if bidding and who in waiting:
-                waiting.discard(who)
-                if message.performative is Performative.PROPOSE:
-                    proposals[who] = message
-                elif _is_timeout(message):
-                    silent.add(who)
-                else:
-                    refusals[who] = message
-                if not waiting and not all_answered.done():
-                    all_answered.set_result(None)
-            elif (
-                who == winner
-                and message.performative in (Performative.INFORM, Performative.FAILURE)
-                and not outcome.done()
-            ):
-                outcome.set_result(message)
-
-        endpoint = self._endpoint(initiator)
-        endpoint.by_conversation[conversation_id] = on_message
-        self._waiters.update((all_answered, outcome))
-        try:
-            await self.send(Message(
-                Performative.CFP,
-                sender=initiator,
-                receiver=names[0],
-                receivers=names,
-                content=content,
-                language=language,
-                ontology=ontology,
-                protocol="fipa-contract-net",
-                conversation_id=conversation_id,
-                reply_by=self.wall_clock() + deadline,
-                priority=priority,
-            ))  # fmt: skip
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(asyncio.shield(all_answered), deadline)
-            bidding = False
-            chosen = select(dict(proposals)) if select is not None else next(iter(proposals), None)
-            if inspect.isawaitable(chosen):
-                chosen = await chosen
-            if chosen is not None and chosen not in proposals:
-                raise ValidationError(
-                    f"Invalid contract net: select() chose {chosen!r}, which made no proposal "
-                    f"(proposals came from {', '.join(proposals) or 'nobody'})"
-                )
-            winner = chosen
-            for name, proposal in proposals.items():
-                answer = (
-                    Performative.ACCEPT_PROPOSAL if name == winner else Performative.REJECT_PROPOSAL
-                )
-                try:
-                    await self.send(proposal.create_reply(answer, sender=initiator))
-                except CaxtonError as exc:
-                    log.warning(
-                        "contract net %s: could not send %s to %s: %s",
-                        conversation_id,
-                        answer.value,
-                        name,
-                        exc,
-                    )
-            result = None
-            if winner is not None:
-                with contextlib.suppress(asyncio.TimeoutError):
-                    result = await asyncio.wait_for(
-                        outcome, result_timeout if result_timeout is not None else deadline
-                    )
-            return ContractNetResult(
-                conversation_id=conversation_id,
-                winner=winner,
-                proposals=proposals,
-                refusals=refusals,
-                no_answer=tuple(n for n in names if n in waiting or n in silent),
-                result=result,
-            )
-        finally:
-            self._waiters.difference_update((all_answered, outcome))
-            endpoint.by_conversation.pop(conversation_id, None)
-            self._release_endpoint(endpoint)
-
-    def _endpoint(self, name: str) -> _ClientEndpoint:
-        endpoint = self._endpoints.get(name)
-        if endpoint is not None:
-            return endpoint
-        if name in self._boxes:
-            raise ValidationError(
-                f"{name} is a registered agent; a request on a client's behalf needs a "
-                f"sender name of its own"
-            )
-        endpoint = _ClientEndpoint(self, name)
-        self.register(name, endpoint)
-        self._endpoints[name] = endpoint
-        return endpoint
-
-    def _release_endpoint(self, endpoint: _ClientEndpoint) -> None:
-        if endpoint.idle and self._endpoints.get(endpoint.name) is endpoint:
-            del self._endpoints[endpoint.name]
-            box = self._boxes.get(endpoint.name)
-            if box is not None and box.deliver is endpoint:
-                self.unregister(endpoint.name)
+        return await self._clients.contract_net(
+            initiator,
+            participants,
+            content,
+            deadline=deadline,
+            select=select,
+            result_timeout=result_timeout,
+            language=language,
+            ontology=ontology,
+            priority=priority,
+        )
 
     # -- dead letters and expiry ------------------------------------------------------
 
@@ -1414,7 +1002,7 @@ class Router:
             "priorities": dict(zip(_PRIORITY_NAMES, by_priority, strict=True)),
             "dead_letters": len(self._dead),
             "conversations": len(self._conversations),
-            "awaiting_replies": len(self._watches),
+            "awaiting_replies": len(self._deadlines),
             "total_queued": queued,
             "totals": {
                 "queued": queued,
@@ -1455,7 +1043,8 @@ class Router:
         """Start expiry sweeps and replay undelivered durable messages."""
         self._loop = asyncio.get_running_loop()
         self._closed = False
-        if self._durable and self.outbox is not None:
+        if self._durable and self.outbox is not None and not self._replayed:
+            self._replayed = True
             replayed = await self.outbox.pending()
             for message in replayed:
                 self._replay(message)
@@ -1481,15 +1070,10 @@ class Router:
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
-        for watch in self._watches.values():
-            watch.handle.cancel()
-        self._watches.clear()
-        self._watches_by_conversation.clear()
-        for future in list(self._waiters):
-            if not future.done():
-                future.set_exception(
-                    CaxtonError(f"Router of node {self.node_id} closed before a reply arrived")
-                )
+        self._deadlines.clear()
+        self._clients.close(
+            CaxtonError(f"Router of node {self.node_id} closed before a reply arrived")
+        )
         dropped = sum(box.count for box in self._boxes.values())
         if dropped and not self._durable:
             log.info("node %s: router closed with %d undelivered messages", self.node_id, dropped)
@@ -1523,30 +1107,11 @@ class Router:
         return task
 
 
-def _is_async(deliver: Callable[..., Any]) -> bool:
-    return inspect.iscoroutinefunction(deliver) or inspect.iscoroutinefunction(
-        getattr(deliver, "__call__", None)  # noqa: B004 - an object with async __call__
-    )
-
-
 def _check_name(name: Any) -> None:
     if not isinstance(name, str) or not name or len(name) > MAX_FIELD_LENGTH:
         raise ValidationError(
             f"Invalid agent name {name!r}: expected 1 to {MAX_FIELD_LENGTH} characters"
         )
-
-
-def _is_timeout(message: Message) -> bool:
-    content = message.content
-    return (
-        message.performative is Performative.FAILURE
-        and isinstance(content, dict)
-        and content.get("reason") == "timeout"
-    )
-
-
-def _iso(moment: float) -> str:
-    return datetime.fromtimestamp(moment, tz=timezone.utc).isoformat(timespec="milliseconds")
 
 
 async def _resolve(resolver: Resolver, name: str) -> RemoteRoute | None:
