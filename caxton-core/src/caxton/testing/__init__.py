@@ -77,3 +77,7 @@ def __getattr__(name: str) -> Any:
             return value
     where = f"caxton.testing.{_LAZY[name]}" if name in _LAZY else "caxton.testing"
     raise AttributeError(f"module 'caxton.testing' has no attribute '{name}' (looked in {where})")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
