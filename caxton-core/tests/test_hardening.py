@@ -10,13 +10,16 @@ import asyncio
 import json
 import logging
 import random
+import ssl
 from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
 from caxton.api.ratelimit import TokenBucketLimiter
+from caxton.errors import ConfigError
 from caxton.node import Node
 from caxton.testing import NodeFactory
 
@@ -402,3 +405,38 @@ async def test_access_log_is_structured_and_keeps_secrets_out(
     everything = caplog.text
     for secret in ("s3cret-token-value", "s3cret-api-key-value", "s3cret-query"):
         assert secret not in everything
+
+
+# -------------------------------------------------------------------------
+# TLS
+# -------------------------------------------------------------------------
+
+
+async def test_tls(make_node: Any, tmp_path: Path) -> None:
+    from caxton.security.pki import init_ca, issue_node_cert
+
+    ca = init_ca(tmp_path / "ca")
+    issued = issue_node_cert(tmp_path / "ca", "api-node", tmp_path / "node", hosts=["127.0.0.1"])
+    config = {
+        "networking.tls_enabled": True,
+        "networking.tls_cert_path": str(issued.cert_path),
+        "networking.tls_key_path": str(issued.key_path),
+    }
+    async with make_node(**config) as node:
+        assert node.api_address is not None
+        host, port = node.api_address
+        context = ssl.create_default_context(cafile=str(ca.cert_path))
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"https://{host}:{port}/api/v1/health", ssl=context) as response,
+        ):
+            assert await response.json() == {"status": "healthy"}
+        async with aiohttp.ClientSession() as session:
+            with pytest.raises(aiohttp.ClientError):
+                await session.get(f"http://{host}:{port}/api/v1/health")
+
+
+async def test_tls_without_a_certificate_is_a_config_error(make_node: Any) -> None:
+    with pytest.raises(ConfigError, match=r"networking\.tls_cert_path"):
+        async with make_node(**{"networking.tls_enabled": True}):
+            pass
