@@ -512,6 +512,7 @@ async def test_restart_policy_never(node: Node, example_agents: dict[str, bytes]
          "Execution timeout after 100ms", "timeouts"),
         ("memory_bomb", {"max_memory_bytes": 1024 * 1024}, "memory", "memory limit exceeded",
          "memory_exceeded"),
+        ("deep_recursion", {}, "trap", "stack overflow", "traps"),
     ],
 )  # fmt: skip
 async def test_runaway_agent_does_not_stop_the_others(
