@@ -247,9 +247,9 @@ async def main(node_id, expected, seed):
     suite = Suite()
     driver = await suite.start_node(node_id, "/tmp", probe_interval="1s", gossip_interval="200ms")
     print(json.dumps({"address": list(driver.local_member().address)}), flush=True)
+    joined_at = time.time()
     if seed:
         await driver.join([tuple(seed)])
-    joined_at = time.time()
     while sum(m.status is MemberStatus.ALIVE for m in driver.members()) < expected:
         await asyncio.sleep(0.005)
     print(json.dumps({"joined_at": joined_at, "complete_at": time.time()}), flush=True)

@@ -361,3 +361,35 @@ def test_broadcast_queue_keeps_only_the_newest_news_per_member() -> None:
 def test_push_pull_interval_scales_above_32_members() -> None:
     assert push_pull_scale(30.0, 10) == 30.0
     assert push_pull_scale(30.0, 100) == 90.0
+
+
+def test_seed_known_by_name_is_not_retried_while_its_node_lives() -> None:
+    a = make("a", A)
+    seed = ("seed.example.com", 7946)  # the name a seed is configured by
+    b = make("b", B)
+    (token,) = a.join(0.0, [seed])
+    request = a.drain().syncs[0]
+    assert a.sync_done(0.0, token, b.handle_sync(0.0, request.payload))
+    assert a.rejoin_candidates() == []
+    a.handle_datagram(1.0, datagram_from("c", C, codec.dead(0, "b", "c")), C)
+    assert seed in a.rejoin_candidates()
+
+
+def test_refutation_rides_in_the_ack_of_the_probe_that_carried_the_suspicion() -> None:
+    a, _b = joined_pair()
+    probe = datagram_from("b", B, codec.ping(9, "a"), codec.suspect(0, "a", "b"))
+    a.handle_datagram(1.0, probe, B)
+    datagrams = [d for d in a.drain().datagrams if d.address == B]
+    assert len(datagrams) == 1
+    messages = codec.decode_datagram(datagrams[0].payload)[1]
+    assert messages[0] == [codec.MsgType.ACK, 9]
+    assert messages[1][:2] == [codec.MsgType.ALIVE, 1]
+
+
+def test_a_suspect_that_pings_us_is_told_of_the_suspicion() -> None:
+    a, _b = joined_pair()
+    a.handle_datagram(1.0, datagram_from("c", C, codec.suspect(0, "b", "c")), C)
+    a.drain()
+    a.handle_datagram(1.1, datagram_from("b", B, codec.ping(5, "a")), B)
+    messages = messages_to(a, B)
+    assert [codec.MsgType.SUSPECT, 0, "b", "a"] in messages

@@ -196,8 +196,12 @@ class SwimCore:
         self._probe_index = 0
         self._seq = 0
         self._syncs: dict[int, SyncRequest] = {}
+        #: Seed address -> node id that answered there (seeds are often host names).
+        self._seed_ids: dict[Address, str] = {}
         self._user_pings: dict[int, float] = {}
         self._outbox = Outbox()
+        #: Answers to the sender of the datagram being handled (sent with its ack).
+        self._direct: list[bytes] = []
         self._now = now
         s = self.settings
         # Stagger the periodic work so nodes started together do not act in lockstep.
@@ -348,8 +352,18 @@ class SwimCore:
         if header.sender_id == self.node_id:
             return
         self.stats.messages_received += len(messages)
+        # Pings last, so their acks can carry our answers to the rest of the datagram
+        # (a refutation travels in the same packet as the ack the prober waits for).
+        self._direct = []
         for message in messages:
-            self._dispatch(header, message)
+            if message[0] != MsgType.PING:
+                self._dispatch(header, message)
+        for message in messages:
+            if message[0] == MsgType.PING:
+                self._dispatch(header, message)
+        if self._direct:
+            self._send(header.address, self._direct)
+            self._direct = []
 
     def handle_sync(self, now: float, payload: bytes) -> bytes | None:
         """An inbound push-pull request: merge it, answer with our full state.
@@ -389,6 +403,8 @@ class SwimCore:
             self.stats.malformed += 1
             self.stats.syncs_failed += 1
             return False
+        if request.address in self.seeds:
+            self._seed_ids[request.address] = remote.header.sender_id
         if remote.header.sender_id != self.node_id:
             self._merge(remote.header.sender_id, remote.entries)
             self._merge_delegate_state(remote.delegate_state)
@@ -573,7 +589,11 @@ class SwimCore:
         """Seeds that are not live members, and failed members still within
         ``reconnect_timeout``: where :meth:`tick` looks for a lost cluster."""
         live = {n.address for n in self._nodes.values() if n.status in _LIVE}
-        candidates = [seed for seed in self.seeds if seed not in live]
+        candidates = [
+            seed
+            for seed in self.seeds
+            if seed not in live and self.status_of(self._seed_ids.get(seed, "")) not in _LIVE
+        ]
         candidates += [
             n.address for n in self._nodes.values() if n.status is FAILED and n.address not in live
         ]
@@ -604,7 +624,14 @@ class SwimCore:
         if kind == MsgType.PING:
             _, seq, target_id = message
             if not target_id or target_id == self.node_id:
-                self._send(header.address, [codec.ack(seq)])
+                reply = [codec.ack(seq), *self._direct]
+                self._direct = []
+                sender = self._nodes.get(header.sender_id)
+                if sender is not None and sender.status is SUSPECT:
+                    # Buddy system, in reverse: a suspect that pings us learns at once
+                    # that we suspect it, and answers us directly.
+                    reply.append(codec.suspect(sender.incarnation, sender.node_id, self.node_id))
+                self._send(header.address, reply)
         elif kind == MsgType.ACK:
             self._on_ack(message[1])
         elif kind == MsgType.NACK:
@@ -621,11 +648,13 @@ class SwimCore:
             self._on_alive(node_id, incarnation, (host, port), meta)
         elif kind == MsgType.SUSPECT or kind == MsgType.DEAD:
             _, incarnation, node_id, accuser = message
-            if node_id == self.node_id and incarnation < self._me.incarnation:
-                # The sender holds stale news about us (it missed our refutation):
-                # answer it directly rather than wait for gossip to reach it.
+            if node_id == self.node_id:
+                # Refute if needed, and answer the sender directly: it may have missed
+                # an earlier refutation, and gossip to it may be slow or lossy.
+                if incarnation >= self._me.incarnation:
+                    self._on_suspect(node_id, incarnation, accuser)
                 if not self.leaving:
-                    self._send(header.address, [self._alive_message(self._me)])
+                    self._direct.append(self._alive_message(self._me))
             elif kind == MsgType.SUSPECT:
                 self._on_suspect(node_id, incarnation, accuser)
             else:
