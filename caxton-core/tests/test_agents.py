@@ -717,3 +717,17 @@ async def test_agent_logs_go_to_the_node_log_with_the_agent_name(
     assert record.agent == "mute"  # type: ignore[attr-defined]
     node.manager.runtime("mute").log(4, "boom")
     assert caplog.records[-1].levelno == logging.ERROR
+
+
+async def test_kv_writes_of_a_burst_share_one_commit(
+    node: Node, example_agents: dict[str, bytes]
+) -> None:
+    await node.manager.deploy("counter", example_agents["counter"])
+    await node.store.flush()
+    commits = node.store.commits
+    for _ in range(200):  # delivered inline: no await between the messages
+        node.router.send_nowait(node.client.message("counter", performative="inform"))
+    assert node.manager.runtime("counter").kv == {b"count": b"200"}
+    await node.store.flush()
+    assert node.store.commits - commits == 1
+    assert await node.store.load_kv(node.manager.get("counter").id) == {b"count": b"200"}
