@@ -8,7 +8,9 @@ Messages are built before timing starts, so the figures are the router's own wor
 
 Scenarios:
 - ``direct``: one sender, one idle agent: ``send_nowait`` delivers inline.
-- ``queued``: same with ``direct_delivery=False``: every message goes through the pump.
+- ``queued``: same with ``direct_delivery=False``: every message goes through the pump
+  (bursts of 256, so its latency includes waiting behind the burst).
+- ``queued_latency``: one queued message per event-loop iteration (the pump's latency).
 - ``ping_pong``: two agents answering each other from inside ``deliver`` (the agent
   host-call path: each hop is queued, then pumped).
 - ``fan_in``: 8 senders to one agent, random priorities and 64 conversations.
@@ -84,6 +86,28 @@ async def timed_sends(name: str, router: Router, n: int, received: list[int]) ->
     elapsed = clock() - started
     await router.close()
     return summarize(name, n, elapsed, [r - s for s, r in zip(sent, received, strict=True)])
+
+
+async def queued_latency(n: int) -> dict[str, Any]:
+    """One queued message per event-loop iteration: the latency of the pump alone."""
+    router = Router(node_id="bench", direct_delivery=False)
+    received: list[int] = []
+    router.register("sink", stamped_sink(received))
+    messages = [Message(Performative.INFORM, "source", "sink", i) for i in range(n)]
+    sent: list[int] = []
+    started = clock()
+    for message in messages:
+        sent.append(clock())
+        router.send_nowait(message)
+        await asyncio.sleep(0)
+    await router.drain(30)
+    elapsed = clock() - started
+    await router.close()
+    result = summarize(
+        "queued_latency", n, elapsed, [r - s for s, r in zip(sent, received, strict=True)]
+    )
+    result["note"] = "throughput here is one event-loop iteration per message"
+    return result
 
 
 async def ping_pong(n: int) -> dict[str, Any]:
@@ -181,6 +205,7 @@ async def run(n: int) -> list[dict[str, Any]]:
     return [
         await direct(n),
         await direct(n, direct_delivery=False),
+        await queued_latency(max(n // 10, 1)),
         await ping_pong(n),
         await fan_in(n),
         await request_reply(max(n // 10, 1)),

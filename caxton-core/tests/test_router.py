@@ -445,6 +445,21 @@ async def test_observer_sees_sent_delivered_dead_lettered(router: Router) -> Non
     assert events == [(1, "sent"), (1, "delivered"), (2, "sent"), (2, "dead-lettered")]
 
 
+async def test_a_failing_observer_does_not_break_delivery(router: Router) -> None:
+    def observer(message: Message, event: str) -> None:
+        raise RuntimeError("observer bug")
+
+    router.observer = observer
+    b = Recorder()
+    router.register("b", b)
+    await router.send(msg(content=1))
+    router.hold("b")
+    await router.send(msg(content=2))
+    router.release("b")
+    await router.drain(5)
+    assert b.contents == [1, 2]
+
+
 # -- fan-out ----------------------------------------------------------------------------
 
 

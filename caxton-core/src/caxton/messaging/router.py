@@ -471,7 +471,7 @@ class Router:
             self._deadlines.watch(message, message.reply_by - self.wall_clock(), self._get_loop())
         self._counts["sent"] += 1
         if self.observer is not None:
-            self.observer(message, "sent")
+            self._observe(message, "sent")
         if self._durable:
             self._stage(message, target, waiter)
         else:
@@ -508,7 +508,7 @@ class Router:
         """Route a message the router itself wrote (timeouts, not-understood)."""
         self._counts["sent"] += 1
         if self.observer is not None:
-            self.observer(message, "sent")
+            self._observe(message, "sent")
         box = self._boxes.get(message.receiver)
         if box is not None:
             if box.count >= self.queue_size:
@@ -542,7 +542,7 @@ class Router:
         if self._durable:
             self._ack(message.message_id)
         if self.observer is not None:
-            self.observer(message, "delivered")
+            self._observe(message, "delivered")
 
     def _schedule(self, box: Mailbox, priority: int) -> None:
         box.sched = priority
@@ -601,7 +601,7 @@ class Router:
                         if durable:
                             self._acks.append(message.message_id)
                         if observer is not None:
-                            observer(message, "delivered")
+                            self._observe(message, "delivered")
                     if box.held or box.closed:
                         break
                 if box.count and not (box.held or box.busy or box.closed):
@@ -915,7 +915,7 @@ class Router:
         if self._durable:
             self._ack(message.message_id)
         if self.observer is not None:
-            self.observer(message, event)
+            self._observe(message, event)
 
     def _expire(self, message: Message) -> None:
         self._counts["expired"] += 1
@@ -1090,6 +1090,14 @@ class Router:
                 log.exception("could not acknowledge %d delivered messages", len(batch))
 
     # -- helpers --------------------------------------------------------------------
+
+    def _observe(self, message: Message, event: str) -> None:
+        """Call the observer; a failing observer is logged, never breaks delivery."""
+        assert self.observer is not None
+        try:
+            self.observer(message, event)
+        except Exception:
+            log.exception("message observer failed on %s %s", event, message.message_id)
 
     def _get_loop(self) -> asyncio.AbstractEventLoop:
         loop = self._loop
