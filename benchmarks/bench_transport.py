@@ -58,6 +58,10 @@ def transport_class(name: str) -> Any:
     return ep.load()
 
 
+#: ``--quic-packet-size``: aioquic's max_datagram_size for both ends (default 1200).
+QUIC_PACKET_SIZE = 1200
+
+
 def build(name: str, node_id: str, pki: Path, **overrides: Any) -> Any:
     from caxton.drivers import DriverContext
     from caxton.security.tls import TlsFiles
@@ -68,7 +72,8 @@ def build(name: str, node_id: str, pki: Path, **overrides: Any) -> Any:
     settings = TransportSettings(node_id, tls=TlsFiles.from_dir(pki / node_id))
     settings = replace(settings, **overrides)
     context = DriverContext(node_id=node_id, data_dir=Path("."), hook=None)  # type: ignore[arg-type]
-    return cls(driver_config(cls, {}), context, settings=settings)
+    config = {"max_datagram_size": QUIC_PACKET_SIZE} if name == "quic" else {}
+    return cls(driver_config(cls, config), context, settings=settings)
 
 
 # -------------------------------------------------------------------------
@@ -222,9 +227,17 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer samples (smoke test)")
     parser.add_argument("--json", nargs="?", const=str(ROOT / "benchmarks/results/transport.json"))
     parser.add_argument("--only", choices=TRANSPORTS, action="append")
+    parser.add_argument(
+        "--quic-packet-size",
+        type=int,
+        default=1200,
+        help="transport.quic.max_datagram_size on both ends (1200: safe on any path)",
+    )
     parser.add_argument("--serve", choices=TRANSPORTS, help=argparse.SUPPRESS)
     parser.add_argument("--pki", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    global QUIC_PACKET_SIZE
+    QUIC_PACKET_SIZE = args.quic_packet_size
     if args.serve:
         serve(args.serve, Path(args.pki))
         return
@@ -237,6 +250,7 @@ def main() -> None:
         "cpus": os.cpu_count(),
         "load_average": os.getloadavg(),
         "mode": "mutual TLS 1.3, two processes on 127.0.0.1",
+        "quic_packet_size": args.quic_packet_size,
         "transports": {},
     }
     with tempfile.TemporaryDirectory() as tmp:
@@ -244,7 +258,16 @@ def main() -> None:
         make_pki(pki)
         for name in args.only or TRANSPORTS:
             server = subprocess.Popen(
-                [sys.executable, __file__, "--serve", name, "--pki", str(pki)],
+                [
+                    sys.executable,
+                    __file__,
+                    "--serve",
+                    name,
+                    "--pki",
+                    str(pki),
+                    "--quic-packet-size",
+                    str(args.quic_packet_size),
+                ],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 text=True,

@@ -95,5 +95,6 @@ class TransportSettings:
             keyring=Keyring.from_config(config["security.cluster"]["gossip_keys"]),
             max_frame_size=int(transport["max_frame_size"]),
             connect_timeout=float(transport["connect_timeout"]),
+            handshake_timeout=float(transport["connect_timeout"]),
             compression=bool(config["messaging"]["enable_compression"]),
         )

@@ -42,6 +42,8 @@ log = logging.getLogger("caxton.transport.quic")
 ALPN = "caxton/1"
 #: Application close code sent to a client whose certificate is refused.
 REFUSED = 0x1CA
+#: Application close code for a peer that broke the one-stream rule.
+PROTOCOL_VIOLATION = 0x1CB
 #: Bytes a QUIC packet needs around a DATAGRAM frame's payload.
 DATAGRAM_OVERHEAD = 64
 
@@ -97,6 +99,14 @@ QUIC_SECTION = ConfigSection(
             "reno",
             "aioquic congestion control",
             choices=("reno", "cubic"),
+        ),
+        Field(
+            "udp_buffer_size",
+            "size",
+            "4MB",
+            "SO_RCVBUF/SO_SNDBUF of the UDP sockets (capped by net.core.rmem_max and "
+            "wmem_max); 0 leaves the kernel default",
+            minimum=0,
         ),
     ),
     "QUIC transport tuning",
@@ -285,10 +295,9 @@ def _make_protocol_class() -> Callable[..., Any]:
                     self._early.append(data)  # before HandshakeCompleted was processed
                 return
             if stream_id != channel.stream_id:
-                if channel.receiver is not None:
-                    getattr(channel.receiver, "fail", lambda r: None)(
-                        f"unexpected QUIC stream {stream_id}"
-                    )
+                reason = f"unexpected QUIC stream {stream_id} (one stream per connection)"
+                log.warning("closing QUIC connection %s:%s: %s", *channel.remote_address, reason)
+                self.close(error_code=PROTOCOL_VIOLATION, reason_phrase=reason)
                 return
             self._deliver(data)
 
@@ -385,8 +394,22 @@ class QuicTransport(ConnectionTransport):
             configuration=self._configuration(is_client=False),
             create_protocol=self._protocol_factory(outbound=False),
         )
+        self._tune_udp(self._server._transport)
         bound = self._server._transport.get_extra_info("sockname")
         return (str(bound[0]), int(bound[1]))
+
+    def _tune_udp(self, transport: Any) -> None:
+        # Bursts of packets overflow the kernel's default UDP buffer (~208 KiB); every
+        # drop costs a retransmission and halves the congestion window.
+        size = int(self.option("udp_buffer_size"))
+        sock = transport.get_extra_info("socket")
+        if not size or sock is None:
+            return
+        for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, option, size)
+            except OSError as exc:
+                log.debug("cannot set UDP buffer size: %s", exc)
 
     async def _stop_serving(self) -> None:
         if self._server is not None:
@@ -404,6 +427,7 @@ class QuicTransport(ConnectionTransport):
         transport, protocol = await loop.create_datagram_endpoint(
             lambda: factory(quic), remote_addr=remote
         )
+        self._tune_udp(transport)
         protocol.connect(remote)
         try:
             await asyncio.wait_for(asyncio.shield(protocol.handshake), timeout)
