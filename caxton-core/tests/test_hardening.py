@@ -246,6 +246,32 @@ async def test_many_idle_connections_do_not_block_others(make_node: Any) -> None
                 writer.close()
 
 
+async def test_connections_past_the_limit_are_closed(
+    make_node: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with make_node(**{"networking.max_connections": 3}) as node:
+        assert node.api_address is not None
+        held = [await asyncio.open_connection(*node.api_address) for _ in range(3)]
+        try:
+            with caplog.at_level(logging.WARNING, logger="caxton.api"):
+                extra = await raw_exchange(node, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert extra == b""  # closed without an answer
+            assert "networking.max_connections" in caplog.text
+        finally:
+            for _reader, writer in held:
+                writer.close()
+                await writer.wait_closed()
+        # Once they are gone, connections are served again.
+        for _ in range(100):
+            raw = await raw_exchange(
+                node, b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            )
+            if raw:
+                break
+            await asyncio.sleep(0.05)
+        assert status_of(raw) == 200
+
+
 # -------------------------------------------------------------------------
 # Rate limiting
 # -------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from caxton.api.permissions import requires
 from caxton.api.responses import json_response
 from caxton.api.tasks import Task
 from caxton.errors import AgentNotFound, CaxtonError, Conflict, NotFound, ValidationError
-from caxton.messaging.message import Message, new_message_id
+from caxton.messaging import Message, new_message_id
 
 __all__ = ["routes"]
 

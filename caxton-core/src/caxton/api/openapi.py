@@ -15,8 +15,8 @@ from caxton import __version__
 from caxton.agents.model import MAX_NAME_LENGTH, AgentState
 from caxton.api.permissions import PERMISSIONS, PUBLIC
 from caxton.drivers.sandbox import ResourceLimits
+from caxton.messaging import Performative, Priority
 from caxton.messaging.message import MAX_FIELD_LENGTH
-from caxton.messaging.performatives import Performative, Priority
 
 if TYPE_CHECKING:
     from caxton.node import Node

@@ -6,8 +6,9 @@
 :func:`start_api` serves it on ``networking.bind_address`` with the timeouts of
 :class:`~caxton.api.settings.ApiSettings`:
 
-- a connection must deliver its first complete request head within
-  ``header_timeout`` (slow-header clients are cut off, see :class:`HeaderDeadline`);
+- at most ``max_connections`` connections are open at once, and a connection must
+  deliver its first complete request head within ``header_timeout`` (slow-header
+  clients are cut off); see :class:`ConnectionGuard`;
 - a request body must arrive within ``body_timeout`` (:mod:`caxton.api.bodies`);
 - an idle keep-alive connection is closed after ``keepalive_timeout``.
 """
@@ -16,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import math
 import ssl
 from typing import TYPE_CHECKING
 
@@ -44,7 +47,12 @@ from caxton.units import parse_address
 if TYPE_CHECKING:
     from caxton.node import Node
 
-__all__ = ["HeaderDeadline", "build_app", "start_api"]
+__all__ = ["ConnectionGuard", "build_app", "start_api"]
+
+log = logging.getLogger("caxton.api")
+
+#: Seconds between two warnings about refused connections.
+REFUSAL_LOG_INTERVAL = 10.0
 
 #: Seconds a connection may linger after an answer that left its body unread.
 LINGERING_TIME = 1.0
@@ -71,33 +79,64 @@ def build_app(node: Node, settings: ApiSettings | None = None) -> web.Applicatio
     return app
 
 
-class HeaderDeadline:
-    """Protocol factory that closes connections whose first request head is late.
+class ConnectionGuard:
+    """Protocol factory that bounds connections: how many, and how slow to start.
 
-    aiohttp has no header-read timeout of its own; a client trickling a request head
-    one byte at a time would hold its connection until the keep-alive timeout. The
-    factory puts each new connection in ``awaiting``, the ``request_context``
-    middleware takes it out when its first request arrives, and connections still in it
-    ``timeout`` seconds after accepting are closed. (A connection stays in the set at
-    most ``timeout`` seconds, so the set cannot grow without bound.)
+    - Past ``max_connections`` open connections, a new one is accepted and closed at
+      once (logged at most every :data:`REFUSAL_LOG_INTERVAL` seconds).
+    - aiohttp has no header-read timeout of its own: a client trickling a request head
+      one byte at a time would hold its connection until the keep-alive timeout. The
+      guard puts each new connection in ``awaiting``, the ``request_context`` middleware
+      takes it out when its first request arrives, and connections still in it
+      ``header_timeout`` seconds after accepting are closed. (A connection stays in the
+      set at most that long, so the set cannot grow without bound.)
     """
 
-    def __init__(self, server: web.Server, timeout: float, awaiting: set[object]) -> None:
+    def __init__(
+        self,
+        server: web.Server,
+        *,
+        header_timeout: float,
+        max_connections: int,
+        awaiting: set[object],
+    ) -> None:
         self.server = server
-        self.timeout = timeout
+        self.header_timeout = header_timeout
+        self.max_connections = max_connections
         self.awaiting = awaiting
+        self.refused = 0
+        self._last_refusal_log = -math.inf
 
-    def __call__(self) -> RequestHandler:
+    def __call__(self) -> asyncio.BaseProtocol:
+        loop = asyncio.get_running_loop()
+        if len(self.server.connections) >= self.max_connections:
+            self.refused += 1
+            if loop.time() - self._last_refusal_log >= REFUSAL_LOG_INTERVAL:
+                self._last_refusal_log = loop.time()
+                log.warning(
+                    "API: %d connections open (networking.max_connections); refusing new "
+                    "ones (%d refused so far)",
+                    len(self.server.connections),
+                    self.refused,
+                )
+            return _Refuse()
         handler = self.server()
-        if self.timeout > 0:
+        if self.header_timeout > 0:
             self.awaiting.add(handler)
-            asyncio.get_running_loop().call_later(self.timeout, self._expire, handler)
+            loop.call_later(self.header_timeout, self._expire, handler)
         return handler
 
     def _expire(self, handler: RequestHandler) -> None:
         if handler in self.awaiting:
             self.awaiting.discard(handler)
             handler.force_close()
+
+
+class _Refuse(asyncio.Protocol):
+    """Closes the connection it is given."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.close()
 
 
 def _ssl_context(node: Node) -> ssl.SSLContext | None:
@@ -135,7 +174,12 @@ async def start_api(node: Node, stack: contextlib.AsyncExitStack) -> tuple[str, 
     await runner.setup()
     stack.push_async_callback(runner.cleanup)
     assert runner.server is not None
-    factory = HeaderDeadline(runner.server, settings.header_timeout, app[AWAITING_FIRST_REQUEST])
+    factory = ConnectionGuard(
+        runner.server,
+        header_timeout=settings.header_timeout,
+        max_connections=settings.max_connections,
+        awaiting=app[AWAITING_FIRST_REQUEST],
+    )
     loop = asyncio.get_running_loop()
     try:
         server = await loop.create_server(

@@ -22,6 +22,8 @@ class ApiSettings:
     header_timeout: float = 30.0
     #: Seconds an idle keep-alive connection stays open (``networking.keepalive_timeout``).
     keepalive_timeout: float = 60.0
+    #: Open connections beyond which new ones are closed (``networking.max_connections``).
+    max_connections: int = 10_000
     rate_limit_enabled: bool = False
     rate_limit_per_second: float = 100.0
     rate_limit_burst: int = 200
@@ -39,6 +41,7 @@ class ApiSettings:
             body_timeout=float(networking["request_timeout"]),
             header_timeout=float(networking["connection_timeout"]),
             keepalive_timeout=float(networking["keepalive_timeout"]),
+            max_connections=int(networking["max_connections"]),
             rate_limit_enabled=bool(security["rate_limit_enabled"]),
             rate_limit_per_second=float(security["rate_limit_per_second"]),
             rate_limit_burst=int(security["rate_limit_burst"]),

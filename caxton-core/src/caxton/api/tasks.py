@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from caxton.errors import Conflict, NotFound
 
 if TYPE_CHECKING:
-    from caxton.messaging.router import ContractNetResult
+    from caxton.messaging import ContractNetResult
 
 __all__ = ["MAX_TASKS", "Task", "TaskBoard"]
 
