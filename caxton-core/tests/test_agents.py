@@ -731,3 +731,35 @@ async def test_kv_writes_of_a_burst_share_one_commit(
     await node.store.flush()
     assert node.store.commits - commits == 1
     assert await node.store.load_kv(node.manager.get("counter").id) == {b"count": b"200"}
+
+
+PLUGIN_AGENT = """
+(module
+  (import "demo" "add" (func $add (param i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func (export "alloc") (param i32) (result i32) (i32.const 1024))
+  (func (export "handle_message") (param i32 i32) (result i32)
+    (call $add (i32.const 40) (i32.const 2)))
+)
+"""
+
+
+async def test_an_agent_that_cannot_come_back_does_not_keep_the_node_down(
+    tmp_path: Path, wasmtime_sandbox: WasmtimeSandbox, example_agents: dict[str, bytes]
+) -> None:
+    from caxton.drivers.sandbox import HostFunction
+
+    add = HostFunction("demo", "add", ("i32", "i32"), ("i32",), lambda call, a, b: a + b)
+    node = Node(tmp_path, wasmtime_sandbox, extra_functions=[add])
+    await node.start()
+    try:
+        await node.manager.deploy("plugged", wasmtime.wat2wasm(PLUGIN_AGENT))
+        await node.manager.deploy("echo", example_agents["echo"])
+        del node.manager_options["extra_functions"]  # the plugin is gone after the restart
+        await node.restart()
+        plugged = node.manager.get("plugged")
+        assert plugged.state is AgentState.FAILED
+        assert "demo.add" in (plugged.last_error or "")
+        assert (await node.client.ask("echo", "up")).content == "up"
+    finally:
+        await node.stop()

@@ -147,7 +147,13 @@ class AgentManager:
                 continue
             if wanted in LIVE_STATES:
                 agent.state = S.LOADED
-                await self._start_runtime(runtime)
+                try:
+                    await self._start_runtime(runtime)
+                except CaxtonError as exc:  # one agent must not keep the node down
+                    log.error("agent %s could not be restarted: %s", agent.name, exc)
+                    agent.last_error = str(exc)
+                    self._force_state(runtime, S.FAILED)
+                    continue
                 if wanted is S.SUSPENDED and agent.state is S.RUNNING:
                     self._suspend_runtime(runtime)
         self._persister = asyncio.create_task(
