@@ -144,6 +144,8 @@ async def test_stats_ping_and_size_estimate(cluster: Cluster) -> None:
     stats = a.stats()
     assert stats["datagrams_sent"] > 0
     assert stats["bytes_received"] > 0
+    assert stats["nodes_total"] == stats["nodes_alive"] == 2
+    await cluster.eventually(lambda: a.stats()["probe_rtt_ms"] > 0)
     with pytest.raises(NotFound):
         await a.ping("nobody")
 

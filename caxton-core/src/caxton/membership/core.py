@@ -82,6 +82,8 @@ class MembershipStats:
     probes_failed: int = 0
     refutations: int = 0
     delegate_errors: int = 0
+    #: Smoothed round-trip time of direct probes, in milliseconds (0: none measured).
+    probe_rtt_ms: float = 0.0
 
     @property
     def bytes_sent(self) -> int:
@@ -91,7 +93,7 @@ class MembershipStats:
     def bytes_received(self) -> int:
         return self.datagram_bytes_received + self.sync_bytes_received
 
-    def as_dict(self) -> dict[str, int]:
+    def as_dict(self) -> dict[str, float]:
         data = dict(vars(self))
         data["bytes_sent"] = self.bytes_sent
         data["bytes_received"] = self.bytes_received

@@ -350,6 +350,9 @@ class CoreDriver(Membership):
         data: dict[str, Any] = core.stats.as_dict()
         data["send_errors"] = self.send_errors
         data["cluster_size"] = core.cluster_size()
+        members = core.members()
+        data["nodes_total"] = sum(1 for m in members if m.status is not MemberStatus.LEFT)
+        data["nodes_alive"] = sum(1 for m in members if m.status is MemberStatus.ALIVE)
         awareness = getattr(core, "awareness", None)
         data["health_score"] = awareness.score if awareness is not None else 0
         return data

@@ -673,6 +673,10 @@ class SwimCore:
         if probe is not None and probe.seq == seq:
             self._probe = None
             self.awareness.apply(-1)
+            if not probe.indirect_sent:
+                rtt = (self._now - probe.sent_at) * 1000.0
+                previous = self.stats.probe_rtt_ms
+                self.stats.probe_rtt_ms = rtt if not previous else 0.875 * previous + 0.125 * rtt
         elif seq in self._user_pings:
             self._outbox.pongs.append((seq, self._now - self._user_pings.pop(seq)))
 
