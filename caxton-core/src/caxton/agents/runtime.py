@@ -107,23 +107,40 @@ class AgentRuntime:
             self.run_backlog()
 
     def _deliver_later(self, message: Message) -> None:
-        if (
-            self.agent.state is AgentState.DRAINING
-            and not self.busy
-            and self.instance is not None
-            and message.conversation_id in self.open_conversations
-        ):
+        if not self.busy and self._in_flight(message):
             self._handle(message)  # in-flight conversations finish on the old instance
+            if self.backlog:
+                self.run_backlog()
             return
         if len(self.backlog) >= self.manager.backlog_limit:
             self.reply_failure(message, f"Queue full: agent {self.name} is not accepting")
             return
         self.backlog.append(message)
 
+    def _in_flight(self, message: Message) -> bool:
+        """While draining: does ``message`` belong to a conversation still in flight?"""
+        return (
+            self.agent.state is AgentState.DRAINING
+            and self.instance is not None
+            and message.conversation_id in self.open_conversations
+        )
+
     def run_backlog(self) -> None:
+        """Handle what waited: everything when accepting, in-flight messages when draining."""
         backlog = self.backlog
         while backlog and self.accepting and not self.busy:
             self._handle(backlog.popleft())
+        if not backlog or self.accepting or self.agent.state is not AgentState.DRAINING:
+            return
+        waiting, self.backlog = backlog, deque()
+        kept: deque[Message] = deque()
+        for message in waiting:
+            if not self.busy and self._in_flight(message):
+                self._handle(message)
+            else:
+                kept.append(message)
+        kept.extend(self.backlog)  # arrived during those calls: after the older ones
+        self.backlog = kept
 
     def _handle(self, message: Message) -> None:
         instance = self.instance
