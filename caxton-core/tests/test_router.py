@@ -115,7 +115,7 @@ async def test_size_cap_on_text_structured_and_parsed_messages() -> None:
         with pytest.raises(MessageTooLarge) as info:
             await router.send(msg(content=content))
         assert str(info.value).startswith("Message too large: ")
-        assert str(info.value).endswith(" bytes exceeds the limit of 1024 bytes")
+        assert str(info.value).endswith(" bytes exceeds max_message_bytes (1024 bytes)")
         assert info.value.http_status == 413
     parsed = Message.from_json(msg(content="w" * 2000).to_json())
     with pytest.raises(MessageTooLarge):

@@ -25,7 +25,7 @@ from typing import Any
 from caxton.errors import MessageTooLarge, ValidationError
 from caxton.messaging.performatives import Performative, Priority
 
-__all__ = ["MAX_FIELD_LENGTH", "Message", "new_message_id"]
+__all__ = ["MAX_FIELD_LENGTH", "Message", "encode_content", "new_message_id", "too_large"]
 
 #: Longest agent name, id, language, ontology or protocol accepted from outside.
 MAX_FIELD_LENGTH = 255
@@ -93,8 +93,18 @@ _FIELD_SET = frozenset(_FIELDS)
 _PERFORMATIVE_NAMES = {p.value: p for p in Performative}
 _PRIORITY_NAMES = {p.name.lower(): p for p in Priority}
 _PRIORITY_LABELS = tuple(p.name.lower() for p in Priority)
+
+
+def _camel(name: str) -> str:
+    first, *rest = name.split("_")
+    return first + "".join(part.title() for part in rest)
+
+
 #: Input spellings of each field: FIPA's hyphenated names and the snake_case ones.
 _ALIASES = {name.replace("_", "-"): name for name in _FIELDS if "_" in name}
+_ALIASES.update(  # camelCase: conversationId, replyWith, inReplyTo, replyBy, messageId
+    {_camel(name): name for name in _FIELDS if "_" in name}
+)
 
 
 def encode_content(content: Any) -> str:
@@ -185,14 +195,18 @@ class Message:
             ) from None
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Message:
-        """Build a message from untrusted data, checking every field."""
+    def from_dict(cls, data: Mapping[str, Any], *, strict: bool = False) -> Message:
+        """Build a message from untrusted data, checking every field.
+
+        Unknown fields are ignored (agents may carry extra parameters, as the agent ABI
+        promises); ``strict=True`` refuses them, suggesting the field meant.
+        """
         if not isinstance(data, Mapping):
             raise ValidationError(
                 f"Invalid message: expected a JSON object, got {type(data).__name__}"
             )
         if not _FIELD_SET.issuperset(data):
-            data = _canonical(data)
+            data = _canonical(data, strict)
         get = data.get
 
         performative = get("performative")
@@ -267,14 +281,20 @@ class Message:
 
     @classmethod
     def from_json(
-        cls, data: bytes | bytearray | memoryview | str, *, max_size: int | None = None
+        cls,
+        data: bytes | bytearray | memoryview | str,
+        *,
+        max_size: int | None = None,
+        strict: bool = False,
     ) -> Message:
-        """Parse one JSON message, refusing more than ``max_size`` bytes first."""
+        """Parse one JSON message, refusing more than ``max_size`` bytes first.
+
+        The result remembers its size (``wire_size``), so the router need not encode
+        it again to enforce its own cap. ``strict`` is as for :meth:`from_dict`.
+        """
         size = len(data)
         if max_size is not None and size > max_size:
-            raise MessageTooLarge(
-                f"Message too large: {size} bytes exceeds the limit of {max_size} bytes"
-            )
+            raise MessageTooLarge(too_large(size, max_size))
         try:
             if type(data) is bytes:
                 text = data.decode()
@@ -288,7 +308,7 @@ class Message:
             raise ValidationError(f"Invalid message: not UTF-8 ({exc.reason})") from None
         except ValueError as exc:
             raise ValidationError(f"Invalid message JSON: {exc}") from None
-        message = cls.from_dict(decoded)
+        message = cls.from_dict(decoded, strict=strict)
         message.wire_size = size
         return message
 
@@ -330,12 +350,19 @@ class Message:
         return replace(self, **changes)
 
 
-def _canonical(data: Mapping[str, Any]) -> dict[str, Any]:
-    """``data`` with FIPA's hyphenated names mapped; unknown fields are an error."""
+def too_large(size: int, limit: int) -> str:
+    """The one wording of a size refusal (the sandbox uses it too)."""
+    return f"Message too large: {size} bytes exceeds max_message_bytes ({limit} bytes)"
+
+
+def _canonical(data: Mapping[str, Any], strict: bool) -> dict[str, Any]:
+    """``data`` with alternative field names mapped, and unknown fields dropped or refused."""
     values: dict[str, Any] = {}
     for key, value in data.items():
         name = _ALIASES.get(key, key) if isinstance(key, str) else key
         if name not in _FIELD_SET:
+            if not strict:
+                continue
             close = difflib.get_close_matches(str(name), _FIELDS, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ValidationError(

@@ -53,7 +53,7 @@ from caxton.messaging.clients import Clients, ContractNetResult, Selector
 from caxton.messaging.conversations import Conversation, ConversationTable
 from caxton.messaging.deadlines import ReplyDeadlines, iso_time
 from caxton.messaging.mailbox import UNSCHEDULED, Deliver, Mailbox, is_async_callable
-from caxton.messaging.message import MAX_FIELD_LENGTH, Message, encode_content
+from caxton.messaging.message import MAX_FIELD_LENGTH, Message, encode_content, too_large
 from caxton.messaging.performatives import Performative, Priority
 
 __all__ = [
@@ -409,8 +409,7 @@ class Router:
             message.wire_size = size
         if size > self.max_message_bytes:
             raise MessageTooLarge(
-                f"Message too large: {size} bytes exceeds the limit of "
-                f"{self.max_message_bytes} bytes",
+                too_large(size, self.max_message_bytes),
                 details="raise runtime.max_message_size or send a reference to the data",
             )
 
