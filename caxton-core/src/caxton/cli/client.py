@@ -46,6 +46,7 @@ def api_options(command: F) -> F:
         envvar="CAXTON_API_URL",
         default=DEFAULT_API_URL,
         show_default=True,
+        metavar="URL",
         help="The node's REST API (env CAXTON_API_URL).",
     )
     @click.option(
@@ -95,13 +96,17 @@ def limit_options(command: F) -> F:
     for option in reversed(
         (
             click.option(
-                "--max-memory", callback=_size, help="Memory limit, e.g. 10MB (max_memory_bytes)."
+                "--max-memory",
+                callback=_size,
+                metavar="SIZE",
+                help="Memory limit, e.g. 10MB (max_memory_bytes).",
             ),
             click.option("--max-fuel", type=click.IntRange(min=1), help="Fuel per delivery."),
             click.option(
                 "--timeout",
                 "timeout",
                 callback=_duration,
+                metavar="DURATION",
                 help="Wall time per delivery, e.g. 5s (max_execution_time_ms).",
             ),
         )
@@ -183,7 +188,7 @@ def _agent_line(agent: dict[str, Any]) -> str:
 @click.option("--name", help="Agent name (default: the file name without .wasm).")
 @limit_options
 @click.option("--placement-strategy", help="Placement strategy, e.g. least-loaded.")
-@click.option("--prefer-nodes", callback=_names, help="Nodes to favour: a,b.")
+@click.option("--prefer-nodes", callback=_names, metavar="NODES", help="Nodes to favour: a,b.")
 @click.option("--target-node", help="Deploy on exactly this node.")
 @click.option("--no-start", is_flag=True, help="Deploy without starting.")
 @json_option
@@ -353,6 +358,7 @@ def _lifecycle_command(action: str, help_text: str) -> click.Command:
         command = click.option(
             "--drain",
             callback=_duration,
+            metavar="DURATION",
             help="Let in-flight conversations finish first, up to this long (e.g. 5s).",
         )(command)
     return click.command(action)(command)
@@ -424,7 +430,9 @@ def message_group() -> None:
 @click.option("--content", help="Content, sent as a JSON string.")
 @click.option("--content-json", help="Content given as JSON (an object, a number...).")
 @click.option("--performative", default="request", show_default=True)
-@click.option("--wait", callback=_duration, help="Wait this long for the reply, e.g. 5s.")
+@click.option(
+    "--wait", callback=_duration, metavar="DURATION", help="Wait this long for the reply, e.g. 5s."
+)
 @click.option("--sender", help="Sender name (default: a temporary client-... name).")
 @click.option("--conversation-id", help="Conversation to send in.")
 @click.option("--protocol", help="Interaction protocol, e.g. fipa-request.")
@@ -519,7 +527,15 @@ def queue_stats(client: ApiClient, as_json: bool) -> None:
 
 
 @queue_group.command("drain")
-@click.option("--timeout", "timeout", callback=_duration, default="60s", show_default=True)
+@click.option(
+    "--timeout",
+    "timeout",
+    callback=_duration,
+    default="60s",
+    show_default=True,
+    metavar="DURATION",
+    help="Give up after this long.",
+)
 @json_option
 @api_options
 def queue_drain(client: ApiClient, timeout: float, as_json: bool) -> None:
