@@ -763,3 +763,23 @@ async def test_an_agent_that_cannot_come_back_does_not_keep_the_node_down(
         assert (await node.client.ask("echo", "up")).content == "up"
     finally:
         await node.stop()
+
+
+async def test_concurrent_deploys_of_a_new_module_compile_it_once(
+    node: Node, example_agents: dict[str, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = []
+    compile_module = node.sandbox.compile
+
+    def counting(wasm: bytes) -> Any:
+        calls.append(len(wasm))
+        return compile_module(wasm)
+
+    monkeypatch.setattr(node.sandbox, "compile", counting)
+    agents = await asyncio.gather(
+        *(node.manager.deploy(f"c{i}", example_agents["counter"]) for i in range(20))
+    )
+    assert len(calls) == 1
+    assert {a.state for a in agents} == {AgentState.RUNNING}
+    with pytest.raises(ModuleInvalid):
+        await asyncio.gather(*(node.manager.deploy(f"bad{i}", b"\0asm junk") for i in range(3)))

@@ -118,6 +118,7 @@ class AgentManager:
         self._by_name: dict[str, AgentRuntime] = {}
         self._reserved: set[str] = set()
         self._modules: dict[str, CompiledModule] = {}
+        self._compiling: dict[str, asyncio.Future[CompiledModule]] = {}
         self._persister: asyncio.Task[None] | None = None
         self._started = False
 
@@ -336,10 +337,17 @@ class AgentManager:
     async def _compile(self, wasm: bytes) -> CompiledModule:
         sha256 = hashlib.sha256(wasm).hexdigest()
         module = self._modules.get(sha256)
-        if module is None:
-            # Compiling can take long; keep the event loop (and message delivery) free.
-            module = await asyncio.to_thread(self.sandbox.compile, wasm)
-            self._modules[sha256] = module
+        if module is not None:
+            return module
+        compiling = self._compiling.get(sha256)
+        if compiling is None:
+            # Compiling can take long: keep the event loop (and message delivery) free,
+            # and let concurrent deploys of the same new module share one compile.
+            compiling = asyncio.ensure_future(asyncio.to_thread(self.sandbox.compile, wasm))
+            self._compiling[sha256] = compiling
+            compiling.add_done_callback(lambda _: self._compiling.pop(sha256, None))
+        module = await asyncio.shield(compiling)
+        self._modules[sha256] = module
         return module
 
     async def _restore_module(self, agent: Agent) -> CompiledModule | None:
