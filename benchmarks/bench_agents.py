@@ -296,7 +296,7 @@ class Bench:
 
     # -- scale ---------------------------------------------------------------------------
 
-    async def scale(self, agents: int, concurrency: int) -> dict[str, Any]:
+    async def scale(self, agents: int, concurrency: int, freeze: bool) -> dict[str, Any]:
         from caxton.messaging import Message
 
         gc.collect()
@@ -311,6 +311,9 @@ class Bench:
             )
         deploy_s = time.perf_counter() - start
         gc.collect()
+        if freeze:
+            # Long-lived agent objects out of the collector's way (what a node may do).
+            gc.freeze()
         after = rss_bytes()
         replies = 0
 
@@ -351,6 +354,7 @@ class Bench:
             "close_all_s": round(close_s, 3),
             "restore_all_s": round(restore_s, 3),
             "concurrency": concurrency,
+            "gc_freeze": freeze,
         }
 
 
@@ -363,7 +367,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 ("overhead", lambda: bench.overhead(args.round_trips)),
                 ("startup", lambda: bench.startup(args.startups)),
                 ("first_deploy", lambda: bench.first_deploy(args.compiles)),
-                ("scale", lambda: bench.scale(args.agents, args.concurrency)),
+                ("scale", lambda: bench.scale(args.agents, args.concurrency, args.gc_freeze)),
             ]
             for name, step in steps:
                 print(f"... {name}", file=sys.stderr, flush=True)
@@ -381,6 +385,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--agents", type=int, default=10_000)
     parser.add_argument("--concurrency", type=int, default=100, help="deploys in flight")
     parser.add_argument("--no-uvloop", action="store_true")
+    parser.add_argument(
+        "--gc-freeze", action="store_true", help="gc.freeze() once the N agents are deployed"
+    )
     parser.add_argument(
         "--json", type=Path, default=ROOT / "benchmarks" / "results" / "agents.json"
     )
