@@ -333,6 +333,22 @@ def test_from_json_refuses_oversized_input_before_parsing() -> None:
     assert info.value.http_status == 413
 
 
+def test_msgpack_roundtrip_and_errors() -> None:
+    message = Message(P.PROPOSE, "a", "b", {"price": [1, 2.5, "x"]}, reply_by=1893456000.5)
+    data = message.to_msgpack()
+    again = Message.from_msgpack(data)
+    assert again == message
+    assert again.wire_size == len(data)
+    with pytest.raises(MessageTooLarge):
+        Message.from_msgpack(data, max_size=10)
+    with pytest.raises(ValidationError, match=r"^Invalid message MessagePack: "):
+        Message.from_msgpack(b"\xc1")
+    with pytest.raises(ValidationError, match=r"^Invalid message: expected a JSON object"):
+        Message.from_msgpack(b"\x93\x01\x02\x03")
+    with pytest.raises(ValidationError, match="cannot be encoded as MessagePack"):
+        Message(P.INFORM, "a", "b", object()).to_msgpack()
+
+
 def test_to_json_of_unserializable_content_is_a_clear_error() -> None:
     with pytest.raises(
         ValidationError, match=r"^Invalid message: content is not JSON-serializable"
@@ -424,3 +440,8 @@ def test_to_dict_from_dict_roundtrip(message: Message) -> None:
 @given(messages)
 def test_json_roundtrip(message: Message) -> None:
     assert Message.from_json(message.to_json()) == message
+
+
+@given(messages)
+def test_msgpack_property_roundtrip(message: Message) -> None:
+    assert Message.from_msgpack(message.to_msgpack()) == message

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
+import msgpack
+
 from caxton.errors import MessageTooLarge, ValidationError
 from caxton.messaging.performatives import Performative, Priority
 
@@ -308,6 +310,32 @@ class Message:
             raise ValidationError(f"Invalid message: not UTF-8 ({exc.reason})") from None
         except ValueError as exc:
             raise ValidationError(f"Invalid message JSON: {exc}") from None
+        message = cls.from_dict(decoded, strict=strict)
+        message.wire_size = size
+        return message
+
+    def to_msgpack(self) -> bytes:
+        """:meth:`to_dict` as MessagePack (the compact encoding for node-to-node links)."""
+        try:
+            return bytes(msgpack.packb(self.to_dict(), use_bin_type=True))
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise ValidationError(
+                f"Invalid message: content cannot be encoded as MessagePack ({exc})"
+            ) from None
+
+    @classmethod
+    def from_msgpack(
+        cls, data: bytes, *, max_size: int | None = None, strict: bool = False
+    ) -> Message:
+        """Parse one MessagePack message (see :meth:`from_json` for the arguments)."""
+        size = len(data)
+        if max_size is not None and size > max_size:
+            raise MessageTooLarge(too_large(size, max_size))
+        try:
+            decoded = msgpack.unpackb(data, raw=False, strict_map_key=True)
+        except (ValueError, TypeError, msgpack.UnpackException) as exc:
+            detail = str(exc) or type(exc).__name__
+            raise ValidationError(f"Invalid message MessagePack: {detail}") from None
         message = cls.from_dict(decoded, strict=strict)
         message.wire_size = size
         return message
