@@ -67,7 +67,7 @@ class VirtualEnv:
             capture_output=True,
             text=True,
             cwd=cwd,
-            env={**os.environ, **(env or {}), "VIRTUAL_ENV": str(self.path)},
+            env=clean_environment({**(env or {}), "VIRTUAL_ENV": str(self.path)}),
             timeout=INSTALL_TIMEOUT,
         )
 
@@ -87,11 +87,18 @@ def caxton_command() -> str:
     return str(script)
 
 
+def clean_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """This process's environment without ``CAXTON_*`` settings, plus ``extra``."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("CAXTON_")}
+    return {**base, **(extra or {})}
+
+
 def run_caxton(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``caxton ARGS`` unaffected by the ``CAXTON_*`` variables of the test process."""
     return subprocess.run(
         [caxton_command(), *args],
         capture_output=True,
         text=True,
-        env={**os.environ, **(env or {})},
+        env=clean_environment(env),
         timeout=120,
     )

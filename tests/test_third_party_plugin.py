@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib
 import json
 import logging
-import os
 import shutil
 import signal
 import socket
@@ -24,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import EXAMPLE_PLUGIN_DIR, caxton_command, run_caxton
+from support import EXAMPLE_PLUGIN_DIR, caxton_command, clean_environment, run_caxton
 
 from caxton.drivers import ClusterView, NodeLoad, PartitionMode, PlacementRequest
 from caxton.testing import NodeFactory
@@ -222,10 +221,10 @@ def server(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
         "--bind-addr", f"127.0.0.1:{free_port()}", "--data-dir", str(tmp_path / "data"),
         "--plugin", "placement=zone-aware", "--plugin", "partition_policy=zone-majority",
     ]  # fmt: skip
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CAXTON_")}
     process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
-    )
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=clean_environment(),
+    )  # fmt: skip
     try:
         yield process, api
     finally:
