@@ -466,3 +466,13 @@ async def test_tls_without_a_certificate_is_a_config_error(make_node: Any) -> No
     with pytest.raises(ConfigError, match=r"networking\.tls_cert_path"):
         async with make_node(**{"networking.tls_enabled": True}):
             pass
+
+
+async def test_port_in_use_is_a_config_error(make_node: Any) -> None:
+    async with make_node() as node:
+        assert node.api_address is not None
+        host, port = node.api_address
+        with pytest.raises(ConfigError, match="cannot serve the API on"):
+            async with make_node(**{"networking.bind_address": f"{host}:{port}"}):
+                pass
+        assert await healthy(node)
