@@ -298,3 +298,24 @@ async def test_cluster_view_for_the_partition_policy(cluster: Cluster) -> None:
     assert sorted(view.known_nodes) == ["a", "b", "c"]
     assert sorted(view.reachable_nodes) == ["a", "b"]
     assert view.quorum_size == 2
+
+
+async def test_a_send_stuck_on_one_peer_does_not_hold_up_the_others(cluster: Cluster) -> None:
+    a = await cluster.add("a")
+    b = await cluster.add("b", join="a")
+    c = await cluster.add("c", join="a")
+    await cluster.eventually(lambda: a.cluster_size_estimate() == 3)
+    transport = a.context.services["transport"]
+    stuck = c.local_member().address
+    send = transport.send_datagram
+
+    async def dialling_forever(peer: tuple[str, int], payload: bytes) -> None:
+        if peer == stuck:
+            await asyncio.sleep(3600)  # like a transport dialling a peer that never answers
+        await send(peer, payload)
+
+    transport.send_datagram = dialling_forever
+    await asyncio.sleep(3)
+    cluster.recorder.assert_not_called("caxton_member_failed")
+    assert cluster.status("a", "b") is MemberStatus.ALIVE
+    assert b.cluster_size_estimate() == 3

@@ -52,6 +52,8 @@ HOOKS: dict[EventKind, str] = {
 }
 
 _REACHABLE = (MemberStatus.ALIVE, MemberStatus.SUSPECT)
+#: Datagrams to one peer that may wait on the transport at once; more are dropped.
+MAX_SENDS_IN_FLIGHT = 16
 
 #: An in-process listener: called with every :class:`MemberEvent`, on the event loop.
 Listener = Callable[[MemberEvent], None]
@@ -99,8 +101,10 @@ class CoreDriver(Membership):
         self._listeners: list[Listener] = []
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._outgoing: asyncio.Queue[Datagram] = asyncio.Queue()
-        self._sender: asyncio.Task[None] | None = None
+        #: Datagram sends in flight per peer: a transport may have to dial first, and
+        #: a dead peer must not hold up probes to the others.
+        self._in_flight: dict[Address, int] = {}
+        self._sends: set[asyncio.Task[None]] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._sync_waiters: dict[int, asyncio.Future[bool]] = {}
         self._pings: dict[int, asyncio.Future[float]] = {}
@@ -176,15 +180,13 @@ class CoreDriver(Membership):
         self._core = self.make_core(self.advertise_address(), meta, self._loop.time())
         if self._delegate is not None:
             self._attach_delegate(self._delegate)
-        self._sender = asyncio.ensure_future(self._send_loop())
         self._pump()
 
     async def close(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        tasks = [*self._tasks, *([self._sender] if self._sender else [])]
-        self._sender = None
+        tasks = [*self._tasks, *self._sends]
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -398,7 +400,7 @@ class CoreDriver(Membership):
             return
         outbox = core.drain()
         for datagram in outbox.datagrams:
-            self._outgoing.put_nowait(datagram)
+            self._send(datagram)
         for request in outbox.syncs:
             task = asyncio.ensure_future(self._sync(request))
             self._tasks.add(task)
@@ -438,21 +440,32 @@ class CoreDriver(Membership):
                 log.exception("a membership listener failed on %s", event.kind.value)
         log.debug("member %s %s", event.member.node_id, event.kind.value)
 
-    async def _send_loop(self) -> None:
-        while True:
-            datagram = await self._outgoing.get()
-            try:
-                await self.transport.send_datagram(datagram.address, datagram.payload)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                self.send_errors += 1
-                log.debug("gossip to %s failed: %s", format_address(datagram.address), exc)
-            finally:
-                self._outgoing.task_done()
+    def _send(self, datagram: Datagram) -> None:
+        peer = datagram.address
+        if self._in_flight.get(peer, 0) >= MAX_SENDS_IN_FLIGHT:
+            self.send_errors += 1  # datagrams may be lost; this peer is not taking them
+            return
+        self._in_flight[peer] = self._in_flight.get(peer, 0) + 1
+        task = asyncio.ensure_future(self._send_one(datagram))
+        self._sends.add(task)
+        task.add_done_callback(self._sends.discard)
+
+    async def _send_one(self, datagram: Datagram) -> None:
+        try:
+            await self.transport.send_datagram(datagram.address, datagram.payload)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.send_errors += 1
+            log.debug("gossip to %s failed: %s", format_address(datagram.address), exc)
+        finally:
+            left = self._in_flight.pop(datagram.address, 1) - 1
+            if left > 0:
+                self._in_flight[datagram.address] = left
 
     async def _drained(self) -> None:
-        await self._outgoing.join()
+        while self._sends:
+            await asyncio.wait(set(self._sends))
 
     async def _sync(self, request: SyncRequest) -> None:
         response: bytes | None
