@@ -51,7 +51,14 @@ from caxton.transport.framing import frame
 from caxton.transport.keyring import Keyring
 from caxton.transport.settings import TransportSettings
 
-__all__ = ["RawStream", "TransportConformance", "TransportPKI", "make_pki", "peer_main"]
+__all__ = [
+    "RawSocketStream",
+    "RawStream",
+    "TransportConformance",
+    "TransportPKI",
+    "make_pki",
+    "peer_main",
+]
 
 LOOPBACK = ("127.0.0.1", 0)
 
@@ -135,6 +142,44 @@ class RawStream(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+class RawSocketStream:
+    """A :class:`RawStream` over a TCP socket (TLS or not), for stream-socket transports."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader = reader
+        self._writer = writer
+
+    @classmethod
+    async def connect(cls, address: Address, tls: TlsFiles | None) -> RawSocketStream:
+        from caxton.security.tls import client_context
+
+        context = client_context(tls) if tls is not None else None
+        reader, writer = await asyncio.open_connection(
+            address[0], address[1], ssl=context, server_hostname="" if context else None
+        )
+        return cls(reader, writer)
+
+    def write(self, data: bytes) -> None:
+        self._writer.write(data)
+
+    async def wait_closed(self, timeout: float) -> bool:
+        async def read_to_end() -> None:
+            while await self._reader.read(65536):
+                pass
+
+        try:
+            await asyncio.wait_for(read_to_end(), timeout)
+        except asyncio.TimeoutError:
+            return False
+        except OSError:  # reset, or a TLS alert from the server
+            return True
+        return True
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._writer.close()
 
 
 @dataclass
