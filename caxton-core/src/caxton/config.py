@@ -38,6 +38,11 @@ NON_CONFIG_ENV = {
     "CAXTON_API_KEY",
     "CAXTON_DISABLED_PLUGINS",
     "CAXTON_PLUGINS_STRICT",
+    # Test settings (caxton.testing, the SWIM seed sweep); a node started by such a
+    # test inherits them.
+    "CAXTON_EXAMPLES_DIR",
+    "CAXTON_SWIM_SEED_BASE",
+    "CAXTON_SWIM_SEED_SCALE",
 }
 
 
