@@ -537,8 +537,7 @@ def test_a_plugin_failing_to_add_commands_is_one_line(site: Site) -> None:
     code, _out, err = run_caxton("plugins", pythonpath=site.path)
     assert code == 1
     assert err.strip().splitlines() == [
-        f"Error: plugin '{name}' failed in caxton_cli_commands: "
-        "RuntimeError: no commands today"
+        f"Error: plugin '{name}' failed in caxton_cli_commands: RuntimeError: no commands today"
     ]
 
 

@@ -149,6 +149,14 @@ def write(tmp_path: Path, name: str, text: str) -> Path:
     return path
 
 
+def load_error(tmp_path: Path, text: str, name: str = "c.toml") -> tuple[Path, str]:
+    """Write ``text`` to a config file; return its path and the ConfigError's message."""
+    path = write(tmp_path, name, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env={})
+    return path, str(info.value)
+
+
 # -- defaults ---------------------------------------------------------------------
 
 
@@ -429,10 +437,8 @@ def test_flag_alias_selects_a_driver() -> None:
 
 
 def test_unknown_key_names_file_key_and_suggestion(tmp_path: Path) -> None:
-    path = write(tmp_path, "c.toml", "[runtime]\nmax_agent = 5\n")
-    with pytest.raises(ConfigError) as info:
-        load_config(path, env={})
-    assert str(info.value) == (
+    path, message = load_error(tmp_path, "[runtime]\nmax_agent = 5\n")
+    assert message == (
         f"{path}: unknown key 'runtime.max_agent' (did you mean 'runtime.max_agents'?)"
     )
 
@@ -448,17 +454,13 @@ def test_unknown_key_in_yaml(tmp_path: Path) -> None:
 
 
 def test_unknown_key_without_a_close_match(tmp_path: Path) -> None:
-    path = write(tmp_path, "c.toml", "[runtime]\nzzz = 5\n")
-    with pytest.raises(ConfigError) as info:
-        load_config(path, env={})
-    assert str(info.value) == f"{path}: unknown key 'runtime.zzz'"
+    path, message = load_error(tmp_path, "[runtime]\nzzz = 5\n")
+    assert message == f"{path}: unknown key 'runtime.zzz'"
 
 
 def test_wrong_type_names_file_and_key(tmp_path: Path) -> None:
-    path = write(tmp_path, "c.toml", '[runtime]\nmax_agents = "many"\n')
-    with pytest.raises(ConfigError) as info:
-        load_config(path, env={})
-    assert str(info.value) == f"{path}: runtime.max_agents: expected an integer, got 'many'"
+    path, message = load_error(tmp_path, '[runtime]\nmax_agents = "many"\n')
+    assert message == f"{path}: runtime.max_agents: expected an integer, got 'many'"
 
 
 @pytest.mark.parametrize(
@@ -511,20 +513,16 @@ def test_unknown_flag_key() -> None:
 
 
 def test_unknown_section(tmp_path: Path) -> None:
-    path = write(tmp_path, "c.toml", "[runtme]\nmax_agents = 5\n")
-    with pytest.raises(ConfigError) as info:
-        load_config(path, env={})
-    assert str(info.value) == (
+    path, message = load_error(tmp_path, "[runtme]\nmax_agents = 5\n")
+    assert message == (
         f"{path}: unknown section 'runtme' (key 'runtme.max_agents'); "
         "no installed plugin declares it"
     )
 
 
 def test_table_of_an_uninstalled_plugin(tmp_path: Path) -> None:
-    path = write(tmp_path, "c.toml", '[transport.quic]\ncongestion_control = "bbr"\n')
-    with pytest.raises(ConfigError) as info:
-        load_config(path, env={})
-    assert str(info.value) == (
+    path, message = load_error(tmp_path, '[transport.quic]\ncongestion_control = "bbr"\n')
+    assert message == (
         f"{path}: unknown section 'transport.quic'; no installed plugin named 'quic' "
         "declares it (is the plugin installed?)"
     )
