@@ -732,6 +732,10 @@ async def test_queue_stats_and_drain(router: Router) -> None:
     assert stats["agents"]["c"]["high"] == 1
     assert stats["totals"]["queued"] == 1
     assert stats["totals"]["delivered"] == 1
+    light = router.queue_stats(agents=False)
+    assert light["agents"] == {}
+    assert light["priorities"] == stats["priorities"]
+    assert light["total_queued"] == 1
     assert await router.drain(0.01) == 1
     assert await router.drain(5, name="b") == 0
     router.release("c")
