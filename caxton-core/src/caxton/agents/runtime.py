@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from caxton.messaging import Message
 
 agent_log = logging.getLogger("caxton.agent")
+_decode_json = json.JSONDecoder().decode
 
 #: ABI log levels -> logging levels.
 LOG_LEVELS: dict[int, int] = {
@@ -380,7 +381,7 @@ class AgentRuntime:
 
     def _parse(self, data: bytes) -> dict[str, Any] | int:
         try:
-            payload = json.loads(data)
+            payload = _decode_json(data.decode())  # the ABI says UTF-8: no sniffing
         except (ValueError, UnicodeDecodeError):
             agent_log.debug("agent %s sent a message that is not JSON", self.name)
             return Status.INVALID
