@@ -19,18 +19,9 @@ from caxton.errors import (
     ValidationError,
 )
 from caxton.messaging import Message, Performative, Priority, Router
-from caxton.testing.messaging import Recorder
+from caxton.testing.messaging import Recorder, eventually
 
 P = Performative
-
-
-async def eventually(predicate: Callable[[], object], timeout: float = 5.0) -> None:
-    """Wait until ``predicate()`` is true (a bound against hanging, not a timing check)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached")
-        await asyncio.sleep(0.001)
 
 
 class FakeClock:
@@ -542,15 +533,21 @@ async def test_a_reply_after_reply_by_but_before_the_timer_is_late_too() -> None
     await router.close()
 
 
+async def test_a_pending_deadline_is_counted(router: Router) -> None:
+    router.register("a", Recorder())
+    router.register("b", Recorder())
+    await router.send(Message(P.REQUEST, "a", "b", reply_by=time.time() + 60))
+    assert router.queue_stats()["awaiting_replies"] == 1
+
+
 async def test_a_timely_reply_cancels_the_deadline(router: Router) -> None:
     a = Recorder()
     router.register("a", a)
     router.register("b", lambda m: router.send_nowait(m.create_reply(P.INFORM, "on time")))
-    await router.send(Message(P.REQUEST, "a", "b", reply_by=time.time() + 0.02))
+    await router.send(Message(P.REQUEST, "a", "b", reply_by=time.time() + 60))
     await eventually(lambda: a.messages)
-    await asyncio.sleep(0.05)
     assert a.contents == ["on time"]
-    assert router.queue_stats()["awaiting_replies"] == 0
+    assert router.queue_stats()["awaiting_replies"] == 0  # settled: no failure will follow
 
 
 async def test_reply_matched_by_conversation_when_in_reply_to_is_missing(router: Router) -> None:
@@ -559,11 +556,10 @@ async def test_reply_matched_by_conversation_when_in_reply_to_is_missing(router:
     router.register(
         "b", lambda m: router.send_nowait(msg("b", "a", "answer", conversation_id="c9"))
     )
-    await router.send(
-        Message(P.REQUEST, "a", "b", conversation_id="c9", reply_by=time.time() + 0.02)
-    )
-    await asyncio.sleep(0.05)
+    await router.send(Message(P.REQUEST, "a", "b", conversation_id="c9", reply_by=time.time() + 60))
+    await eventually(lambda: a.messages)
     assert a.contents == ["answer"]
+    assert router.queue_stats()["awaiting_replies"] == 0
 
 
 # -- external clients ---------------------------------------------------------------------

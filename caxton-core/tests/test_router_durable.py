@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 
 from caxton.errors import CaxtonError
 from caxton.messaging import Message, Performative, Router
-from caxton.testing.messaging import MemoryOutbox, Recorder
+from caxton.testing.messaging import MemoryOutbox, Recorder, eventually
 
 P = Performative
 
@@ -36,8 +34,7 @@ async def test_send_returns_once_persisted_and_acknowledges_after_delivery() -> 
     assert message.message_id in outbox.messages  # persisted before send returned
     assert delivered_while_unpersisted == [False]  # never delivered before it was durable
     await router.drain(5)
-    await asyncio.sleep(0)  # acknowledgements are written behind
-    assert message.message_id in outbox.acked
+    await eventually(lambda: message.message_id in outbox.acked)  # written behind
     assert await outbox.pending() == []
     await router.close()
 
@@ -84,7 +81,7 @@ async def test_undelivered_messages_are_replayed_after_a_crash() -> None:
     for i in range(3):
         await router.send(msg(i, conversation_id="c"))
     await router.drain(0.01)
-    await asyncio.sleep(0)
+    await eventually(lambda: len(outbox.acked) == 1)  # "delivered" only
     survivor = outbox.crash()  # the process dies: queues in memory are gone
 
     restarted = durable_router(survivor)
@@ -120,7 +117,7 @@ async def test_replayed_messages_for_agents_that_never_return_are_dead_lettered(
     router.expire()
     [letter] = router.dead_letters()
     assert letter.reason == "undeliverable: Agent not found: gone (replayed after a restart)"
-    await asyncio.sleep(0)
+    await eventually(lambda: outbox.acked)
     assert await outbox.pending() == []  # handled: it is not replayed forever
     await router.close()
 

@@ -8,11 +8,12 @@ exactly what had been persisted and acknowledged, as a restarted node would find
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Sequence
 
 from caxton.messaging import Message
 
-__all__ = ["MemoryOutbox", "Recorder"]
+__all__ = ["MemoryOutbox", "Recorder", "eventually"]
 
 
 class MemoryOutbox:
@@ -77,3 +78,15 @@ class Recorder:
     @property
     def contents(self) -> list[object]:
         return [m.content for m in self.messages]
+
+
+async def eventually(predicate: Callable[[], object], timeout: float = 5.0) -> None:
+    """Wait until ``predicate()`` is true, polling every millisecond.
+
+    ``timeout`` only bounds a test that would otherwise hang: it is not a timing check.
+    """
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not reached within {timeout:g}s")
+        await asyncio.sleep(0.001)
