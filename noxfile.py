@@ -304,12 +304,23 @@ def plugin_options(args: Sequence[str]) -> list[str]:
     return options
 
 
+def compile_wat(session: nox.Session, source: str, target: Path) -> None:
+    """WebAssembly text to binary with wasmtime (a caxton-core dependency): no clang needed."""
+    program = (
+        "import sys, wasmtime\n"
+        "with open(sys.argv[1]) as wat, open(sys.argv[2], 'wb') as wasm:\n"
+        "    wasm.write(wasmtime.wat2wasm(wat.read()))"
+    )
+    session.run("python", "-c", program, source, str(target), silent=True)
+
+
 @nox.session(python="3.11", default=False)
 def demo(session: nox.Session) -> None:
-    """Install everything, start a node, show its health and plugins; serve until Ctrl-C.
+    """Install everything, start a node, deploy the echo agent and message it; serve until
+    Ctrl-C.
 
-    ``nox -s demo -- --once`` (and any run with CI=true) stops after the health check.
-    Other arguments go to ``caxton server start`` (``nox -s demo -- --api-addr 127.0.0.1:8081
+    ``nox -s demo -- --once`` (and any run with CI=true) stops after the exchange. Other
+    arguments go to ``caxton server start`` (``nox -s demo -- --api-addr 127.0.0.1:8081
     --plugin placement=zone-aware``).
     """
     once = IN_CI or "--once" in session.posargs
@@ -319,21 +330,32 @@ def demo(session: nox.Session) -> None:
         extra.remove("--api-addr")
     else:
         api_addr = "127.0.0.1:8080"
+    api_url = f"http://{api_addr}"
     install_all(session)
     session.install(f"./{EXAMPLE_PLUGIN}")
     plugin_args = plugin_options(extra)
-    with tempfile.TemporaryDirectory(prefix="caxton-demo-") as data_dir:
-        args = ["--api-addr", api_addr, "--data-dir", data_dir, *extra]
+    with tempfile.TemporaryDirectory(prefix="caxton-demo-") as workdir:
+        echo = Path(workdir) / "echo.wasm"
+        compile_wat(session, "examples/agents/wat/echo.wat", echo)
+        args = ["--api-addr", api_addr, "--data-dir", str(Path(workdir) / "data"), *extra]
         with background_node(session, *args) as process:
             try:
-                health = wait_for_health(process, f"http://{api_addr}/api/v1/health")
+                health = wait_for_health(process, f"{api_url}/api/v1/health")
             except RuntimeError as exc:
                 session.error(str(exc))
-            session.log(f"GET http://{api_addr}/api/v1/health -> {json.dumps(health)}")
+            session.log(f"GET {api_url}/api/v1/health -> {json.dumps(health)}")
             session.run("caxton", "plugins", *plugin_args)
+            session.run("caxton", "deploy", str(echo), "--api-url", api_url)
+            session.run(
+                "caxton", "message", "send", "--to", "echo", "--content", "hello from the demo",
+                "--wait", "5s", "--api-url", api_url,
+            )  # fmt: skip
             if once:
                 return
-            session.log("node running; press Ctrl-C to stop it")
+            session.log(
+                f"node running with agent 'echo'; try: {session.bin}/caxton message send "
+                f"--to echo --content hi --wait 5s --api-url {api_url}. Ctrl-C stops it."
+            )
             try:
                 process.wait()
             except KeyboardInterrupt:
