@@ -49,15 +49,15 @@ TRANSITIONS: frozenset[tuple[AgentState, AgentState]] = frozenset(
 )
 
 _HINTS: Mapping[tuple[str, AgentState], str] = {
-    ("start", S.RUNNING): "it is already running",
+    ("start", S.RUNNING): "nothing to do; stop it first to restart it",
     ("start", S.SUSPENDED): "resume it instead",
-    ("start", S.READY): "it is starting",
+    ("start", S.READY): "it is starting; retry in a moment",
     ("start", S.DRAINING): "it is being updated or stopped; retry when that finishes",
     ("stop", S.LOADED): "it was never started",
-    ("stop", S.STOPPED): "it is already stopped",
+    ("stop", S.STOPPED): "nothing to do",
     ("stop", S.DRAINING): "it is already being stopped or updated",
-    ("suspend", S.SUSPENDED): "it is already suspended",
-    ("resume", S.RUNNING): "it is already running",
+    ("suspend", S.SUSPENDED): "nothing to do; resume it to deliver its messages",
+    ("resume", S.RUNNING): "nothing to do",
     ("update", S.DRAINING): "another update or stop is in progress; retry when it finishes",
 }
 
