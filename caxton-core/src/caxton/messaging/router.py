@@ -988,7 +988,7 @@ class Router:
             queued += box.count
             if not box.count and not agents:
                 continue
-            depths = [len(queue) for queue in box.queues]
+            depths = box.depths()
             for priority, depth in enumerate(depths):
                 by_priority[priority] += depth
             if not agents:
