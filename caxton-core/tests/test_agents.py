@@ -275,6 +275,7 @@ async def test_echo_end_to_end(node: Node, example_agents: dict[str, bytes]) -> 
     assert reply.protocol == "fipa-request"
     assert node.manager.get("echo").counters.messages_handled == 1
     assert node.manager.get("echo").counters.fuel_used > 0
+    assert node.manager.memory_bytes("echo") == 65536  # one wasm page
     assert not node.manager.runtime("echo").open_conversations  # answered: nothing in flight
 
 

@@ -207,6 +207,11 @@ class AgentManager:
         """The live side of an agent (instance, KV, timers); for tests and tools."""
         return self._runtime(name_or_id)
 
+    def memory_bytes(self, name_or_id: str) -> int:
+        """Linear memory of the agent's live instance (0 when it has none)."""
+        instance = self._runtime(name_or_id).instance
+        return instance.memory_size() if instance is not None else 0
+
     def __len__(self) -> int:
         return len(self._by_id)
 
