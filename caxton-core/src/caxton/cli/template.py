@@ -145,11 +145,17 @@ def template_values(kind: PluginKind, name: str) -> dict[str, str]:
             f"(`caxton.testing.{kind.conformance}`): keep it passing as you change "
             f"`src/{package}/{kind.module}.py`."
         )
+        if kind.kind == "sandbox":
+            testing_note += (
+                " The sandbox suite runs Caxton's example agents: outside a Caxton checkout,"
+                " set CAXTON_EXAMPLES_DIR to a checkout's examples/agents (building them"
+                " needs clang, lld and wasi-libc)."
+            )
     else:
         selection = f"the name --plugin no:{name} blocks"
         usage = (
-            f"$ caxton server start            # active whenever installed\n"
-            f"$ caxton server start --plugin no:{name}   # switched off"
+            f"$ caxton server start    # the plugin is active whenever installed\n"
+            f"$ caxton server start --plugin no:{name}    # switched off"
         )
         testing_note = (
             "The tests check the hook implementations against Caxton's hookspecs and "
