@@ -194,6 +194,8 @@ async def test_replying_to_a_not_understood_out_of_protocol_cannot_loop(router: 
     await router.send(Message(P.INFORM, "b", "a", protocol="fipa-request", conversation_id="c1"))
     assert await router.drain(5) == 0
     assert router.queue_stats()["totals"]["sent"] < 10
+    [letter] = router.dead_letters()
+    assert letter.reason.startswith("out of protocol: inform from b is out of protocol")
 
 
 # -- contract net among agents -------------------------------------------------------------

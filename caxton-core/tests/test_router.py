@@ -599,6 +599,23 @@ async def test_concurrent_requests_from_one_client_get_their_own_replies(router:
     assert not router.is_registered("client")
 
 
+async def test_a_reply_nobody_waits_for_any_more_is_dead_lettered(router: Router) -> None:
+    held: list[Message] = []
+    router.register("slow", held.append)
+    waiting = asyncio.ensure_future(router.request(Message(P.REQUEST, "client", "slow"), 5))
+    await eventually(lambda: held)
+    with pytest.raises(RequestTimeout):
+        await router.request(Message(P.REQUEST, "client", "slow"), timeout=0.01)
+    late = held[1].create_reply(P.INFORM, "too late")
+    await router.send(late)  # client is still registered: it waits for the first request
+    assert router.dead_letters()[0].reason == (
+        "undeliverable: client is no longer waiting for a reply"
+    )
+    await router.send(held[0].create_reply(P.INFORM, "first"))
+    assert (await waiting).content == "first"
+    assert not router.is_registered("client")
+
+
 async def test_request_timeout_is_a_504(router: Router) -> None:
     router.register("silent", Recorder())
     message = Message(P.REQUEST, "client", "silent")
