@@ -224,8 +224,18 @@ def main(argv: list[str] | None = None) -> int:
 
         uvloop.install()
     results = asyncio.run(run(args.messages))
+    by_name = {r["scenario"]: r for r in results}
+    router_only = [by_name[n] for n in ("direct", "queued", "ping_pong", "fan_in")]
     report = {
         "benchmark": "router",
+        "targets": {
+            "router_cost_per_message_under_10us": all(
+                r["cost_per_message_us"] < 10 for r in router_only
+            ),
+            "at_least_100k_msgs_per_s": all(
+                r["throughput_msgs_per_s"] >= 100_000 for r in router_only
+            ),
+        },
         "python": platform.python_version(),
         "machine": platform.machine(),
         "cpus": os.cpu_count(),
