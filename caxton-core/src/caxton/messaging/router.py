@@ -294,8 +294,10 @@ class Router:
     async def send(self, message: Message) -> None:
         """Validate and route ``message`` (copies to each of ``receivers``).
 
-        Returns once it is queued (at-least-once: persisted); it never waits for the
-        receiver to process it. Raises :class:`ValidationError` (bad message,
+        Returns once it is queued (at-least-once: persisted), or, when the receiver is
+        idle and its ``deliver`` synchronous, once delivered: that direct call is the
+        cheapest path (``direct_delivery=False`` always queues instead). It never waits
+        for an asynchronous delivery nor for queued ones. Raises :class:`ValidationError` (bad message,
         :class:`MessageTooLarge`), :class:`AgentNotFound`, :class:`QueueFull`, and
         :class:`ProtocolViolation` when an out-of-protocol message comes from a sender
         that is not registered here (a registered one gets ``not-understood`` instead).
