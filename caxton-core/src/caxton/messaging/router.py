@@ -297,8 +297,10 @@ class Router:
         Returns once it is queued (at-least-once: persisted), or, when the receiver is
         idle and its ``deliver`` synchronous, once delivered: that direct call is the
         cheapest path (``direct_delivery=False`` always queues instead). It never waits
-        for an asynchronous delivery nor for queued ones. Raises :class:`ValidationError` (bad message,
-        :class:`MessageTooLarge`), :class:`AgentNotFound`, :class:`QueueFull`, and
+        for an asynchronous delivery nor for queued ones.
+
+        Raises :class:`ValidationError` (bad message, :class:`MessageTooLarge`),
+        :class:`AgentNotFound`, :class:`QueueFull`, and
         :class:`ProtocolViolation` when an out-of-protocol message comes from a sender
         that is not registered here (a registered one gets ``not-understood`` instead).
         """
@@ -562,9 +564,13 @@ class Router:
         return None
 
     def _pump(self) -> None:
-        """Deliver queued messages of ready mailboxes, within ``pump_budget``."""
-        self._pump_scheduled = False
+        """Deliver queued messages of ready mailboxes, within ``pump_budget``.
+
+        ``_pump_scheduled`` stays true while it runs: mailboxes made ready by the
+        deliveries join this run instead of scheduling another.
+        """
         if self._closed:
+            self._pump_scheduled = False
             return
         budget = self.pump_budget
         batch = self.batch_size
@@ -611,10 +617,11 @@ class Router:
                         self._schedule(box, priority)
         finally:
             self._delivering = False
+            self._pump_scheduled = False
             self._counts["delivered"] += delivered
             if durable and self._acks:
                 self._flush_acks()
-        if not self._pump_scheduled and any(self._ready):
+        if any(self._ready):  # the budget ran out: let the event loop breathe first
             self._pump_scheduled = True
             self._get_loop().call_soon(self._pump)
 
