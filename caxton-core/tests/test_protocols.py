@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from caxton.errors import AgentNotFound, ProtocolViolation, ValidationError
 from caxton.messaging import PROTOCOLS, Message, Performative, Router
@@ -355,3 +358,44 @@ async def test_contract_net_errors(router: Router) -> None:
     with pytest.raises(ValidationError, match=r"select\(\) chose 'p9', which made no proposal"):
         await router.contract_net("client", ["p1"], None, deadline=1, select=lambda p: "p9")
     assert not router.is_registered("client")
+
+
+# -- property: the router enforces exactly the protocol tables -------------------------
+
+REQUEST_ACTS = [P.REQUEST, P.AGREE, P.REFUSE, P.INFORM, P.FAILURE, P.CANCEL, P.NOT_UNDERSTOOD]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.sampled_from(REQUEST_ACTS)), min_size=1, max_size=8))
+def test_fipa_request_enforcement_matches_the_table(steps: list[tuple[bool, P]]) -> None:
+    """Random acts between a and b: delivered exactly when the table allows them."""
+
+    async def scenario() -> None:
+        router = Router(node_id="n1")
+        inboxes = {"a": Recorder(), "b": Recorder()}
+        for name, inbox in inboxes.items():
+            router.register(name, inbox)
+        state, initiator = "start", None
+        for a_sends, act in steps:
+            sender, receiver = ("a", "b") if a_sends else ("b", "a")
+            inbox = inboxes[receiver]
+            before = len(inbox.messages)
+            await router.send(
+                Message(act, sender, receiver, protocol="fipa-request", conversation_id="c")
+            )
+            from_initiator = initiator is None or sender == initiator
+            expected = REQUEST.next_state(state, act, from_initiator)
+            delivered = [m for m in inbox.messages[before:] if m.performative is act]
+            assert bool(delivered) == (expected is not None), (state, sender, act)
+            if expected is not None:
+                state = expected
+                initiator = initiator or sender
+            conversation = router.conversation("c")
+            if state == "start":
+                assert conversation is None
+            else:
+                assert conversation is not None
+                assert conversation.state == state
+        await router.close()
+
+    asyncio.run(scenario())
