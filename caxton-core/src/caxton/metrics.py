@@ -11,7 +11,7 @@ import contextlib
 import os
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
@@ -88,15 +88,19 @@ class NodeCollector(Collector):
         processed = CounterMetricFamily(f"{prefix}_agents_messages_processed",
                                         "Messages handled by agents", labels=["agent"])
         crashes = CounterMetricFamily(f"{prefix}_agent_crashes", "Agent crashes", labels=["agent"])
+        fuel = CounterMetricFamily(f"{prefix}_agent_fuel_used", "Fuel consumed by agents",
+                                   labels=["agent"])
         memory = GaugeMetricFamily(f"{prefix}_agent_memory_used_bytes",
                                    "Linear memory of each agent", labels=["agent"])
         for agent in agents:
-            stats: dict[str, Any] = agent.to_dict().get("stats", {})
-            processed.add_metric([agent.name], stats.get("messages_handled", 0))
-            crashes.add_metric([agent.name], stats.get("crashes", 0))
-            memory.add_metric([agent.name], stats.get("memory_bytes", 0))
+            counters = agent.counters
+            processed.add_metric([agent.name], counters.messages_handled)
+            crashes.add_metric([agent.name], counters.crashes)
+            fuel.add_metric([agent.name], counters.fuel_used)
+            memory.add_metric([agent.name], manager.memory_bytes(agent.name))
         yield processed
         yield crashes
+        yield fuel
         yield memory
 
     def _cluster(self, prefix: str) -> Iterator[Metric]:
