@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from caxton.config import CORE_SECTIONS
 from caxton.drivers import ClusterView, PartitionDecision, PartitionMode, PartitionPolicy
 
 
@@ -11,8 +12,10 @@ class QuorumPolicy(PartitionPolicy):
 
     The quorum is ``partition.quorum_size`` when configured, else a strict majority of
     the known members. A lone node that never had peers is read-write: a single-node
-    deployment is not a partition.
+    deployment is not a partition. Configured by core's ``[partition]`` section.
     """
+
+    config_section = next(s for s in CORE_SECTIONS if s.path == "partition")
 
     def decide(self, view: ClusterView) -> PartitionDecision:
         known = max(len(view.known_nodes), 1)
