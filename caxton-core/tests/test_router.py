@@ -222,6 +222,18 @@ async def test_higher_priority_overtakes_queued_messages(router: Router) -> None
     assert b.contents == ["critical", "high", "normal", "normal", "low", "low"]
 
 
+async def test_without_priority_routing_every_agent_has_one_fifo() -> None:
+    router = Router(node_id="n1", priority_routing=False)
+    b = Recorder()
+    router.register("b", b)
+    router.hold("b")
+    for name in ("low", "critical", "normal"):
+        await router.send(msg(content=name, priority=Priority.parse(name)))
+    router.release("b")
+    await router.drain(5)
+    assert b.contents == ["low", "critical", "normal"]
+
+
 async def test_priority_never_breaks_fifo_within_a_conversation(router: Router) -> None:
     b = Recorder()
     router.register("b", b)
@@ -405,6 +417,32 @@ async def test_expiry_sweep_clears_held_queues() -> None:
     assert router.expire() == 3
     assert router.queue_stats()["agents"]["b"]["queued"] == 0
     assert {d.message.content for d in router.dead_letters()} == {0, 1, 2}
+
+
+async def test_routing_latency_samples_queue_waits() -> None:
+    clock = FakeClock()
+    router = Router(node_id="n1", clock=clock)
+    router.register("b", Recorder())
+    assert router.routing_latency() == {
+        "samples": 0,
+        "p50": 0.0,
+        "p90": 0.0,
+        "p99": 0.0,
+        "max": 0.0,
+    }
+    for _ in range(64):  # direct deliveries wait nothing; one in 64 is sampled
+        await router.send(msg())
+    assert router.routing_latency()["samples"] == 1
+    router.hold("b")
+    await router.send(msg())
+    await router.send(msg())
+    clock.now += 3
+    router.release("b")
+    await router.drain(5)
+    latency = router.queue_stats()["latency"]
+    assert latency["samples"] == 2  # the first message of the pump turn
+    assert latency["max"] == 3.0
+    assert latency["p50"] == 0.0
 
 
 async def test_dead_letter_queue_is_bounded_newest_first() -> None:

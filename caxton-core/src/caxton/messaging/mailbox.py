@@ -1,6 +1,6 @@
 """A registered name's mailbox: four priority queues that keep conversations in order.
 
-Internal to the router. Entries are ``(expires, message)`` with ``expires`` on the
+Internal to the router. Entries are ``(queued_at, message)``, ``queued_at`` on the
 router's monotonic clock. A message never overtakes an earlier queued message of its own
 conversation: it goes to the queue of that message's class when its own is higher, so
 the effective class within a conversation never decreases and per-conversation order is
@@ -44,6 +44,7 @@ class Mailbox:
         "deliver",
         "delivered",
         "direct",
+        "fifo",
         "held",
         "is_async",
         "name",
@@ -51,8 +52,10 @@ class Mailbox:
         "sched",
     )
 
-    def __init__(self, name: str, deliver: Deliver, direct: bool) -> None:
+    def __init__(self, name: str, deliver: Deliver, direct: bool, fifo: bool = False) -> None:
         self.name = name
+        #: Priorities off (``messaging.priority_routing = false``): one FIFO queue.
+        self.fifo = fifo
         # One queue per priority, made on first use: an idle agent costs no deques
         # (about 3 KiB less each on a node with thousands of agents).
         self.queues: list[Queue | None] = [None, None, None, None]
@@ -68,9 +71,9 @@ class Mailbox:
         self.is_async = is_async_callable(deliver)
         self.direct = direct and not self.is_async
 
-    def push(self, message: Message, expires: float) -> int:
+    def push(self, message: Message, queued_at: float) -> int:
         """Queue ``message``; return the priority queue it went to."""
-        priority = int(message.priority)
+        priority = 2 if self.fifo else int(message.priority)
         conversation_id = message.conversation_id
         if conversation_id is not None:
             entry = self.conversations.get(conversation_id)
@@ -86,7 +89,7 @@ class Mailbox:
         queue = self.queues[priority]
         if queue is None:
             queue = self.queues[priority] = deque()
-        queue.append((expires, message))
+        queue.append((queued_at, message))
         self.count += 1
         return priority
 
