@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from caxton.errors import AgentNotFound, ProtocolViolation, ValidationError
-from caxton.messaging import PROTOCOLS, Message, Performative, Router
+from caxton.messaging import PROTOCOLS, InteractionProtocol, Message, Performative, Router
 from caxton.messaging.protocols import CONTRACT_NET, REQUEST
 from caxton.testing.messaging import Recorder
 
@@ -256,6 +258,34 @@ async def test_contract_net_participant_may_not_propose_twice(router: Router) ->
         "propose from p is out of protocol: fipa-contract-net exchange with p is proposed; "
         "the participant may send not-understood"
     )
+
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "messaging.md"
+
+
+def documented_transitions(heading: str) -> set[tuple[str, str, bool, str]]:
+    """The ``state | initiator may send | participant may send`` table after ``heading``."""
+    text = DOCS.read_text(encoding="utf-8")
+    table = text[text.index(heading) :].split("\n\n")[1]
+    found = set()
+    for row in table.splitlines()[2:]:
+        state, by_initiator, by_participant = (cell.strip() for cell in row.strip("|").split("|"))
+        for cell, side in ((by_initiator, True), (by_participant, False)):
+            for act, target in re.findall(r"`([a-z-]+)` → ([a-z-]+)", cell):
+                found.add((state, act, side, target))
+    return found
+
+
+@pytest.mark.parametrize(
+    ("heading", "spec"), [("`fipa-request` (", REQUEST), ("`fipa-contract-net`, for", CONTRACT_NET)]
+)
+def test_the_documented_tables_are_the_code(heading: str, spec: InteractionProtocol) -> None:
+    in_code = {
+        (state, act.value, side, target)
+        for (state, act, side), target in spec.transitions.items()
+        if act is not P.NOT_UNDERSTOOD  # documented once for all states
+    }
+    assert documented_transitions(heading) == in_code
 
 
 def test_protocol_tables_are_consistent() -> None:
