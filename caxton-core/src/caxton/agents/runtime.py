@@ -169,6 +169,11 @@ class AgentRuntime:
             self.current = None
             self.manager.crashed(self, exc, message)
             return
+        except CaxtonError as exc:  # refused before running, e.g. over max_message_bytes
+            self.busy = False
+            self.current = None
+            self.answer(message, "failure", str(exc))
+            return
         except Exception as exc:  # a sandbox bug must not take the node down
             agent_log.exception("agent %s: unexpected sandbox error", self.name)
             self._account(instance)
