@@ -36,6 +36,8 @@ class RawQuicStream:
 
     def close(self) -> None:
         self._protocol.close()
+        if self._protocol._transport is not None:
+            self._protocol._transport.close()
 
 
 class TestQuicConformance(TransportConformance):

@@ -364,7 +364,8 @@ class TransportConformance(DriverConformance):
         return self.make_transport(TransportSettings("node-1", plaintext=True), {})
 
     @pytest.fixture(scope="class")
-    def pki(self, tmp_path_factory: pytest.TempPathFactory) -> TransportPKI:
+    @classmethod
+    def pki(cls, tmp_path_factory: pytest.TempPathFactory) -> TransportPKI:
         return make_pki(tmp_path_factory.mktemp("transport-pki"))
 
     def scenario(
@@ -722,6 +723,8 @@ class TransportConformance(DriverConformance):
         finally:
             child.kill()
             child.wait()
+            if child.stdout is not None:
+                child.stdout.close()
 
     def test_close_drains_queued_frames(self, pki: TransportPKI) -> None:
         async def body(c: Cluster) -> None:

@@ -161,9 +161,15 @@ class QuicChannel(Channel):
         await self.drain(0)  # every byte acknowledged: closing now loses nothing
         self._protocol.close()
         await self._protocol.wait_closed()
+        self._release_socket()
 
     def abort(self) -> None:
         self._protocol.close(error_code=0x1, reason_phrase="aborted")
+        self._release_socket()
+
+    def _release_socket(self) -> None:
+        if self._protocol.outbound and self._protocol._transport is not None:
+            self._protocol._transport.close()
 
     def peer_certificate(self) -> x509.Certificate | None:
         certificate: x509.Certificate | None = self._quic.tls._peer_certificate
@@ -261,9 +267,6 @@ def _make_protocol_class() -> Callable[..., Any]:
                     self._accept()
             elif isinstance(event, events.ConnectionTerminated):
                 self._terminated(event)
-                if self.outbound and self._transport is not None:
-                    # A dialled connection owns its UDP socket: release it.
-                    self._loop.call_soon(self._transport.close)
 
         def _accept(self) -> None:
             tls = self._quic.tls
@@ -309,6 +312,10 @@ def _make_protocol_class() -> Callable[..., Any]:
             if self.terminated:
                 return
             self.terminated = True
+            if self.outbound and self._transport is not None:
+                # A dialled connection owns its UDP socket; once the connection has
+                # ended nothing more is sent on it (aioquic sends nothing while draining).
+                self._transport.close()
             if not self.handshake.done():
                 self.handshake.set_exception(ConnectionError(event.reason_phrase))
                 self.handshake.exception()
@@ -431,9 +438,11 @@ class QuicTransport(ConnectionTransport):
         protocol.connect(remote)
         try:
             await asyncio.wait_for(asyncio.shield(protocol.handshake), timeout)
-        except (ConnectionError, asyncio.TimeoutError) as exc:
-            close_event = quic._close_event
+        except BaseException as exc:
             transport.close()
+            if not isinstance(exc, (ConnectionError, asyncio.TimeoutError)):
+                raise
+            close_event = quic._close_event
             if close_event is not None and (
                 close_event.error_code == REFUSED or 0x100 <= close_event.error_code <= 0x1FF
             ):

@@ -98,6 +98,8 @@ class TcpChannel(asyncio.Protocol, Channel):
         return None  # close our side too
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._transport is not None:
+            self._transport.close()  # marks Python 3.10's SSL transport closed too
         if not self._closed.done():
             self._closed.set_result(None)
         self._wake_drain()
