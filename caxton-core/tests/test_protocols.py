@@ -429,3 +429,50 @@ def test_fipa_request_enforcement_matches_the_table(steps: list[tuple[bool, P]])
         await router.close()
 
     asyncio.run(scenario())
+
+
+CONTRACT_NET_ACTS = [
+    P.CFP, P.PROPOSE, P.REFUSE, P.ACCEPT_PROPOSAL, P.REJECT_PROPOSAL, P.INFORM, P.FAILURE,
+    P.CANCEL,
+]  # fmt: skip
+LINKS = [("i", "p1"), ("i", "p2"), ("p1", "i"), ("p2", "i")]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(LINKS), st.sampled_from(CONTRACT_NET_ACTS)),
+                min_size=1, max_size=10))  # fmt: skip
+def test_contract_net_enforcement_matches_the_table(
+    steps: list[tuple[tuple[str, str], P]],
+) -> None:
+    """Random acts among an initiator and two bidders: each side follows its own table."""
+
+    async def scenario() -> None:
+        router = Router(node_id="n1")
+        inboxes = {name: Recorder() for name in ("i", "p1", "p2")}
+        for name, inbox in inboxes.items():
+            router.register(name, inbox)
+        roles: dict[str, str] = {}
+        initiator: str | None = None
+        for (sender, receiver), act in steps:
+            inbox = inboxes[receiver]
+            before = len(inbox.messages)
+            await router.send(
+                Message(act, sender, receiver, protocol="fipa-contract-net", conversation_id="c")
+            )
+            expected = None
+            if initiator is None or sender == initiator:
+                expected = CONTRACT_NET.next_state(roles.get(receiver, "start"), act, True)
+                participant = receiver
+            elif receiver == initiator:
+                expected = CONTRACT_NET.next_state(roles.get(sender, "start"), act, False)
+                participant = sender
+            delivered = [m for m in inbox.messages[before:] if m.performative is act]
+            assert bool(delivered) == (expected is not None), (roles, sender, receiver, act)
+            if expected is not None:
+                roles[participant] = expected
+                initiator = initiator or sender
+        conversation = router.conversation("c")
+        assert (conversation.roles if conversation else {}) == roles
+        await router.close()
+
+    asyncio.run(scenario())
