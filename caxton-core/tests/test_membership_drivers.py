@@ -319,3 +319,19 @@ async def test_a_send_stuck_on_one_peer_does_not_hold_up_the_others(cluster: Clu
     cluster.recorder.assert_not_called("caxton_member_failed")
     assert cluster.status("a", "b") is MemberStatus.ALIVE
     assert b.cluster_size_estimate() == 3
+
+
+async def test_a_closed_driver_stays_quiet_while_its_transport_still_delivers(
+    cluster: Cluster,
+) -> None:
+    # Found with the QUIC transport: datagrams arriving between membership.close() and
+    # transport.close() re-armed the timer, and the closed node declared everyone failed.
+    a = await cluster.add("a")
+    b = await cluster.add("b", join="a")
+    await cluster.eventually(lambda: cluster.status("a", "b") is MemberStatus.ALIVE)
+    await b.close()  # its transport stays open and keeps receiving a's probes
+    await cluster.eventually(lambda: cluster.status("a", "b") is MemberStatus.FAILED)
+    await asyncio.sleep(1.0)
+    failed = [c.member.node_id for c in cluster.recorder.calls("caxton_member_failed")]
+    assert failed == ["b"]
+    assert a.stats()["nodes_alive"] == 1

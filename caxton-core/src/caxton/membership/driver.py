@@ -110,6 +110,7 @@ class CoreDriver(Membership):
         self._pings: dict[int, asyncio.Future[float]] = {}
         self._changed = asyncio.Event()
         self._delegate: GossipDelegate | None = None
+        self._closed = False
         self.send_errors = 0
 
     # -- construction -------------------------------------------------------------------
@@ -183,6 +184,9 @@ class CoreDriver(Membership):
         self._pump()
 
     async def close(self) -> None:
+        # From here on nothing reaches the core: a datagram that arrives while the
+        # transport is still open must not re-arm the timer of a closed driver.
+        self._closed = True
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -363,14 +367,14 @@ class CoreDriver(Membership):
 
     def on_datagram(self, payload: bytes, source: Address) -> None:
         """Every datagram the transport receives (a :data:`DatagramHandler`)."""
-        if self._core is None or self._loop is None:
+        if self._core is None or self._loop is None or self._closed:
             return
         self._core.handle_datagram(self._loop.time(), payload, source)
         self._pump()
 
     async def on_gossip_frame(self, frame: Frame) -> bytes | None:
         """A ``FrameKind.GOSSIP`` request (push-pull); the returned bytes are the reply."""
-        if self._core is None or self._loop is None:
+        if self._core is None or self._loop is None or self._closed:
             return None
         reply = self._core.handle_sync(self._loop.time(), frame.payload)
         self._pump()
@@ -396,7 +400,7 @@ class CoreDriver(Membership):
     def _pump(self) -> None:
         """Carry out what the core asked for, then re-arm its timer."""
         core, loop = self._core, self._loop
-        if core is None or loop is None:
+        if core is None or loop is None or self._closed:
             return
         outbox = core.drain()
         for datagram in outbox.datagrams:
@@ -421,7 +425,7 @@ class CoreDriver(Membership):
 
     def _on_timer(self) -> None:
         self._timer = None
-        if self._core is not None and self._loop is not None:
+        if self._core is not None and self._loop is not None and not self._closed:
             self._core.tick(self._loop.time())
             self._pump()
 
@@ -483,6 +487,8 @@ class CoreDriver(Membership):
                 format_address(request.address),
                 exc,
             )
+        if self._closed:
+            return
         loop = self._require_loop()
         merged = self.core.sync_done(loop.time(), request.token, response)
         waiter = self._sync_waiters.pop(request.token, None)
