@@ -2,17 +2,31 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import ClassVar
+
 import pytest
 
 from caxton.errors import CaxtonError
 from caxton.messaging import Message, Performative, Router
-from caxton.testing.messaging import MemoryOutbox, Recorder, eventually
+from caxton.testing.messaging import (
+    DurableOutboxConformance,
+    MemoryOutbox,
+    Recorder,
+    eventually,
+)
 
 P = Performative
 
 
 def durable_router(outbox: MemoryOutbox, **kw: object) -> Router:
-    return Router(node_id="n1", guarantee="at-least-once", outbox=outbox, cleanup_interval=0, **kw)  # type: ignore[arg-type]
+    return Router(
+        node_id="n1",
+        guarantee="at-least-once",
+        outbox=outbox,
+        cleanup_interval=0,
+        **kw,  # type: ignore[arg-type]
+    )
 
 
 def msg(content: object = None, receiver: str = "b", **kw: object) -> Message:
@@ -150,3 +164,15 @@ async def test_dead_lettered_durable_messages_are_acknowledged() -> None:
     await router.close()
     assert await outbox.pending() == []
     assert router.dead_letters()[0].reason == "delivery error: RuntimeError: trap"
+
+
+class TestMemoryOutbox(DurableOutboxConformance):
+    """The double honours the contract the real store is held to."""
+
+    outboxes: ClassVar[dict[Path, MemoryOutbox]] = {}
+
+    async def open_outbox(self, path: Path) -> MemoryOutbox:
+        previous = self.outboxes.get(path)
+        outbox = previous.crash() if previous is not None else MemoryOutbox()
+        self.outboxes[path] = outbox
+        return outbox

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from caxton.messaging import Message, Performative, Router
+from caxton.messaging import DurableOutbox, Message, Performative, Router
 from caxton.store.store import Store
-from caxton.testing.messaging import Recorder
+from caxton.testing.messaging import DurableOutboxConformance, Recorder
 
 
 def durable_router(store: Store) -> Router:
@@ -46,3 +46,16 @@ async def test_undelivered_messages_survive_a_restart_through_sqlite(tmp_path: P
     await restarted.close()
     assert await reopened.pending() == []
     await reopened.close()
+
+
+class TestStoreOutbox(DurableOutboxConformance):
+    """The SQLite store is the outbox the router relies on."""
+
+    async def open_outbox(self, path: Path) -> Store:
+        store = Store(path / "local.db")
+        await store.open()
+        return store
+
+    async def close_outbox(self, outbox: DurableOutbox) -> None:
+        assert isinstance(outbox, Store)
+        await outbox.close()
