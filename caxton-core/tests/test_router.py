@@ -307,6 +307,25 @@ async def test_ping_pong_forever_does_not_starve_the_event_loop(router: Router) 
     router.unregister("ping")
 
 
+async def test_slow_agents_do_not_hold_the_event_loop() -> None:
+    clock = FakeClock()
+    router = Router(node_id="n1", clock=clock, pump_time_slice=0.01)
+    events: list[object] = []
+
+    def slow(message: Message) -> None:  # each call "takes" a second
+        clock.now += 1
+        events.append(message.content)
+
+    router.register("slow", slow)
+    router.hold("slow")
+    for i in range(3):
+        await router.send(msg(receiver="slow", content=i))
+    router.release("slow")  # schedules the pump
+    asyncio.get_running_loop().call_soon(events.append, "other work")
+    await router.drain(5)
+    assert events == [0, "other work", 1, 2]  # the pump yielded after its time slice
+
+
 # -- async and failing callbacks --------------------------------------------------------
 
 

@@ -44,6 +44,7 @@ from caxton.errors import (
     CaxtonError,
     ConfigError,
     Conflict,
+    Forbidden,
     MessageTooLarge,
     ProtocolViolation,
     QueueFull,
@@ -140,7 +141,9 @@ class Router:
     also receives each one, e.g. to persist it); ``observer`` sees each message as
     ``sent``, ``delivered``, ``dead-lettered`` or ``expired``. ``direct_delivery=False``
     always queues (the caller of ``send`` then never runs agent code);
-    ``priority_routing=False`` ignores priorities (one FIFO per agent). ``clock`` is the
+    ``priority_routing=False`` ignores priorities (one FIFO per agent). The pump yields
+    to the event loop after ``pump_budget`` messages or ``pump_time_slice`` seconds.
+    ``clock`` is the
     monotonic clock of TTLs and ``wall_clock`` the Unix clock of ``reply_by`` and
     conversations (both replaceable in tests).
     """
@@ -161,6 +164,7 @@ class Router:
         cleanup_interval: float = 10.0,
         batch_size: int = 64,
         pump_budget: int = 1024,
+        pump_time_slice: float = 0.01,
         direct_delivery: bool = True,
         priority_routing: bool = True,
         dead_letter_sink: Callable[[DeadLetter], None] | None = None,
@@ -196,10 +200,14 @@ class Router:
         self.cleanup_interval = cleanup_interval
         self.batch_size = batch_size
         self.pump_budget = pump_budget
+        self.pump_time_slice = pump_time_slice
         self.direct_delivery = direct_delivery
         self.priority_routing = priority_routing
         #: Set by the cluster layer: finds the route to a name not registered here.
         self.resolver: Resolver | None = None
+        #: Set by the agent policy (caxton.auth.agent_policy): why a message may not
+        #: reach an agent here, or None. A refused sender gets ``refuse``.
+        self.gate: Callable[[Message], str | None] | None = None
         self.clock = clock
         self.wall_clock = wall_clock
 
@@ -456,6 +464,13 @@ class Router:
 
         Returns why it is out of protocol when the sender must be told by an exception.
         """
+        if self.gate is not None and type(target) is Mailbox:
+            refusal = self.gate(message)
+            if refusal is not None:
+                self._refuse(message, refusal)
+                if waiter is not None:
+                    waiter.set_result(None)
+                return None
         if self._durable and self.outbox is not None and self.outbox.seen(message.message_id):
             self._counts["duplicates"] += 1
             if waiter is not None:
@@ -574,7 +589,8 @@ class Router:
         return None
 
     def _pump(self) -> None:
-        """Deliver queued messages of ready mailboxes, within ``pump_budget``.
+        """Deliver queued messages of ready mailboxes, within ``pump_budget`` messages
+        and ``pump_time_slice`` seconds, then let the event loop run other work.
 
         ``_pump_scheduled`` stays true while it runs: mailboxes made ready by the
         deliveries join this run instead of scheduling another.
@@ -590,6 +606,9 @@ class Router:
         ttl = self.message_ttl
         waits = self._waits
         delivered = 0
+        # slow agents (a wasm call may take its whole max_execution_time) must not hold
+        # the loop for a whole budget: gossip and I/O wait behind the pump
+        slice_ends = clock() + self.pump_time_slice
         self._delivering = True
         try:
             while budget > 0:
@@ -627,6 +646,9 @@ class Router:
                         if observer is not None:
                             self._observe(message, "delivered")
                     if box.held or box.closed:
+                        break
+                    if clock() > slice_ends:
+                        budget = 0
                         break
                 if box.count and not (box.held or box.busy or box.closed):
                     priority = box.top()
@@ -872,6 +894,28 @@ class Router:
             del notices[next(iter(notices))]
         self._notify(notice)
         return None
+
+    def _refuse(self, message: Message, reason: str) -> None:
+        """Answer a message the gate stops with ``refuse``; :class:`Forbidden` for a
+        sender that is not registered here (a REST client that does not wait)."""
+        if message.sender not in self._boxes:
+            raise Forbidden(reason)
+        self._notify(
+            Message(
+                Performative.REFUSE,
+                sender=message.receiver,
+                receiver=message.sender,
+                content={
+                    "reason": "not-allowed",
+                    "error": reason,
+                    "message_id": message.message_id,
+                },
+                protocol=message.protocol,
+                conversation_id=message.conversation_id,
+                in_reply_to=message.reply_token,
+                priority=message.priority,
+            )
+        )
 
     def conversation(self, conversation_id: str) -> Conversation | None:
         """What is known of a conversation, or None (never seen, or expired)."""
