@@ -361,6 +361,16 @@ CORE_SECTIONS: tuple[ConfigSection, ...] = (
         F("node_key", "str", None, optional=True, secret=True),
         F("verify_peer", "bool", True),
     ), "Mutual TLS between nodes"),
+    ConfigSection("security.audit", (
+        F("enabled", "bool", True, "Write the audit log (when security.auth_enabled)"),
+        F("path", "str", None, "Audit log file (default: DATA_DIR/audit.log)", optional=True),
+        F("max_size", "size", "10MB", "Rotate past this size", minimum=1024),
+        F("backups", "int", 5, "Rotated files kept", minimum=0),
+    ), "The audit log (docs/auth.md)"),
+    ConfigSection("security.agent_policy", (
+        F("allowed_senders", "table", {},
+          "agent name or pattern -> senders (names or patterns) allowed to message it"),
+    ), "Who may message which agent (docs/auth.md)"),
     ConfigSection("agents", (
         F("default_limits", "table", {}),
         F("overrides", "list", []),

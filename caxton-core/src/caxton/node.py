@@ -263,6 +263,7 @@ class Node:
     async def _start_services(self) -> None:
         from caxton.agents import AgentManager
         from caxton.api import start_api
+        from caxton.auth.chain import start_security
         from caxton.messaging import Router
         from caxton.metrics import start_metrics
         from caxton.store import Store
@@ -303,6 +304,7 @@ class Node:
         await self.router.start()
         self._stack.push_async_callback(self.router.close)
         self.context.services["router"] = self.router
+        self.auth_chain = await start_security(self, self._stack)
 
         extra_functions = [
             fn for result in self.hook.caxton_agent_host_functions(node=self) for fn in result or ()

@@ -10,6 +10,8 @@ from caxton.api.ratelimit import TokenBucketLimiter
 from caxton.api.resources import CpuSampler
 from caxton.api.settings import ApiSettings
 from caxton.api.tasks import TaskBoard
+from caxton.auth.chain import Guard
+from caxton.drivers.auth import Identity
 from caxton.node import Node
 
 NODE = web.AppKey("node", Node)
@@ -22,5 +24,10 @@ OPENAPI = web.AppKey("openapi", dict[str, Any])
 AWAITING_FIRST_REQUEST = web.AppKey("awaiting_first_request", set[object])
 TASKS = web.AppKey("tasks", TaskBoard)
 CPU = web.AppKey("cpu", CpuSampler)
+#: Set only when ``security.auth_enabled`` is true: the node's auth chain and roles.
+GUARD = web.AppKey("guard", Guard)
+
 
 REQUEST_ID = web.RequestKey("request_id", str)
+#: Who is calling, once the auth chain has said (auth enabled, non-public routes).
+IDENTITY = web.RequestKey("identity", Identity)

@@ -4,12 +4,13 @@
    it is sane, else a new one), times it and writes one structured access-log line.
 2. :func:`cors` answers preflights and adds the CORS headers (``security.cors_*``).
 3. :func:`rate_limit` applies the client's token bucket (``security.rate_limit_*``).
-4. :func:`errors` turns every exception into a JSON ``{"error", "details"}`` answer:
+4. :func:`authenticate` (with ``security.auth_enabled``) asks the auth chain who is
+   calling and checks the role against the route's permission (401, 403), and writes
+   the audit log (docs/auth.md).
+5. :func:`errors` turns every exception into a JSON ``{"error", "details"}`` answer:
    a :class:`~caxton.errors.CaxtonError` into its ``http_status``, aiohttp's own HTTP
    errors (unknown route, wrong method, body too large) into theirs, and anything else
    into a logged 500.
-
-The auth chain (issue 8) goes between :func:`rate_limit` and :func:`errors`.
 """
 
 from __future__ import annotations
@@ -25,12 +26,23 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import hdrs, web
 
-from caxton.api.keys import AWAITING_FIRST_REQUEST, LIMITER, REQUEST_ID, SETTINGS
+from caxton.api.keys import (
+    AWAITING_FIRST_REQUEST,
+    GUARD,
+    IDENTITY,
+    LIMITER,
+    REQUEST_ID,
+    SETTINGS,
+)
+from caxton.api.permissions import PUBLIC, UNDECLARED, required_permission
 from caxton.api.responses import error_response
-from caxton.errors import CaxtonError, RateLimited
+from caxton.drivers.auth import Credentials
+from caxton.errors import AuthError, CaxtonError, Forbidden, RateLimited
 
 __all__ = [
+    "AUDITED_PERMISSIONS",
     "MIDDLEWARES",
+    "authenticate",
     "cors",
     "errors",
     "rate_limit",
@@ -55,6 +67,8 @@ EXPOSED_HEADERS = (
     "Retry-After",
     "Location",
 )
+#: Routes needing these permissions are written to the audit log, whatever the outcome.
+AUDITED_PERMISSIONS = frozenset({"deploy", "update", "remove", "config", "cluster"})
 #: Longest Retry-After we announce, seconds (a zero refill rate never refills).
 MAX_RETRY_AFTER = 86_400
 
@@ -156,6 +170,73 @@ def _whole_seconds(seconds: float) -> int:
 
 
 @web.middleware
+async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
+    guard = request.config_dict.get(GUARD)
+    if guard is None:
+        return await handler(request)
+    permission = required_permission(request)
+    if permission == PUBLIC:
+        return await handler(request)
+    action = getattr(request.match_info.handler, "__name__", request.method)
+
+    def audit(
+        result: str,
+        status: int,
+        details: str = "",
+        identity: str | None = None,
+        target: str | None = None,
+    ) -> None:
+        if guard.audit is not None:
+            guard.audit.record(
+                action,
+                result,
+                identity=identity,
+                target=target or request.rel_url.path,
+                source=request.remote,
+                request_id=request.get(REQUEST_ID),
+                status=status,
+                details=details,
+            )
+
+    credentials = Credentials(
+        headers=request.headers, remote=request.remote, method=request.method, path=request.path
+    )
+    try:
+        identity = await guard.authenticate(credentials)
+    except AuthError as exc:
+        audit("unauthenticated", exc.http_status, str(exc))
+        return error_response(
+            exc.http_status,
+            exc.error,
+            exc.details,
+            headers={hdrs.WWW_AUTHENTICATE: guard.challenge},
+        )
+    except CaxtonError as exc:
+        return error_response(exc.http_status, exc.error, exc.details)
+    try:
+        if permission == UNDECLARED:
+            raise Forbidden(
+                f"{request.method} {request.rel_url.path} declares no permission, so it is "
+                f"refused to everyone; its plugin must mark it with @requires or @public"
+            )
+        guard.authorize(identity, permission)
+    except Forbidden as exc:
+        audit("denied", exc.http_status, str(exc), identity.name)
+        return error_response(exc.http_status, exc.error, exc.details)
+    request[IDENTITY] = identity
+    if permission not in AUDITED_PERMISSIONS:
+        return await handler(request)
+    status, target = 500, None
+    try:
+        response = await handler(request)
+        status, target = response.status, response.headers.get(hdrs.LOCATION)
+        return response
+    finally:
+        result = "success" if status < 400 else "failure"
+        audit(result, status, identity=identity.name, target=target)
+
+
+@web.middleware
 async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
@@ -207,4 +288,4 @@ def _http_error(request: web.Request, exc: web.HTTPException) -> web.Response:
     return response
 
 
-MIDDLEWARES = (request_context, cors, rate_limit, errors)
+MIDDLEWARES = (request_context, cors, rate_limit, authenticate, errors)

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from caxton.node import Node
 
 __all__ = [
+    "AUDIT_QUERY",
     "DRAIN_TIMEOUT_SCHEMA",
     "MAX_WAIT_MS",
     "STATE_SCHEMA",
@@ -45,6 +46,14 @@ UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0
 
 #: Schema of an agent state (the ``state`` filter of the agent list, ``Agent.state``).
 STATE_SCHEMA: dict[str, Any] = {"type": "string", "enum": [s.value for s in AgentState]}
+#: The query parameters of ``GET /api/v1/audit``, by name.
+AUDIT_QUERY: dict[str, dict[str, Any]] = {
+    "limit": {"type": "integer", "minimum": 1, "maximum": 10_000},
+    "identity": {"type": "string", "minLength": 1, "maxLength": 256},
+    "action": {"type": "string", "minLength": 1, "maxLength": 256},
+    "result": {"type": "string", "enum": ["success", "failure", "denied", "unauthenticated"]},
+    "since": {"type": "number", "minimum": 0},
+}
 #: Schema of ``?drain_timeout_ms=`` of the stop action.
 DRAIN_TIMEOUT_SCHEMA: dict[str, Any] = {"type": "integer", "minimum": 0, "maximum": MAX_WAIT_MS}
 
@@ -364,6 +373,26 @@ def _schemas(ceiling: ResourceLimits) -> dict[str, Any]:
         "EmergencyStopResult": _object(
             {"stopped": {"type": "integer", "minimum": 0}}, ("stopped",), closed=False
         ),
+        "AuditEntry": _object(
+            {
+                "time": {"type": "number"},
+                "identity": {"type": "string", "nullable": True},
+                "action": {"type": "string"},
+                "target": {"type": "string", "nullable": True},
+                "result": AUDIT_QUERY["result"],
+                "status": {"type": "integer", "nullable": True},
+                "source": {"type": "string", "nullable": True},
+                "request_id": {"type": "string", "nullable": True},
+                "details": {"type": "string"},
+            },
+            ("time", "identity", "action", "target", "result", "source", "request_id"),
+            closed=False,
+        ),
+        "AuditLog": _object(
+            {"entries": {"type": "array", "items": schema_ref("AuditEntry")}},
+            ("entries",),
+            closed=False,
+        ),
     }
 
 
@@ -373,6 +402,8 @@ _STATUS_TEXT = {
     202: "Accepted",
     204: "No content",
     400: "Invalid request (see details)",
+    401: "No valid credentials (with security.auth_enabled)",
+    403: "The caller's role lacks this operation's permission",
     404: "Not found",
     408: "The request body arrived too slowly",
     409: "Conflict with the current state",
@@ -429,6 +460,8 @@ def _operation(
     tag: str = "agents",
     links: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    if permission != PUBLIC:
+        errors = (*errors, 401, 403)
     operation: dict[str, Any] = {
         "operationId": operation_id,
         "summary": summary,
@@ -438,6 +471,8 @@ def _operation(
     }
     if permission != PUBLIC:
         operation["description"] = f"Permission: `{permission}` ({PERMISSIONS[permission]})."
+    else:
+        operation["security"] = []
     if parameters:
         operation["parameters"] = parameters
     if body is not None:
@@ -693,6 +728,20 @@ def _paths() -> dict[str, Any]:
                 tag="operations",
             )
         },
+        "/api/v1/audit": {
+            "get": _operation(
+                "auditLog",
+                "The audit log, newest first (admin)",
+                "audit",
+                {200: "AuditLog"},
+                (400, 404),
+                parameters=[
+                    {"name": name, "in": "query", "required": False, "schema": schema}
+                    for name, schema in AUDIT_QUERY.items()
+                ],
+                tag="operations",
+            )
+        },
         "/api/v1/emergency/stop": {
             "post": _operation(
                 "emergencyStop",
@@ -723,5 +772,21 @@ def build_openapi(node: Node) -> dict[str, Any]:
         },
         "servers": [{"url": "/"}],
         "paths": _paths(),
-        "components": {"schemas": _schemas(ceiling)},
+        "components": {
+            "schemas": _schemas(ceiling),
+            "securitySchemes": _security_schemes(node),
+        },
+        "security": [{scheme: []} for scheme in _security_schemes(node)],
     }
+
+
+def _security_schemes(node: Node) -> dict[str, Any]:
+    """The credentials this node's auth chain accepts (both when auth is off)."""
+    security = node.config["security"]
+    chain = node.config["plugins"]["auth"] if security["auth_enabled"] else ["api-key", "jwt"]
+    schemes: dict[str, Any] = {}
+    if "api-key" in chain:
+        schemes["ApiKey"] = {"type": "apiKey", "in": "header", "name": security["api_key_header"]}
+    if "jwt" in chain:
+        schemes["Bearer"] = {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+    return schemes

@@ -39,6 +39,7 @@ PERMISSIONS: Final[dict[str, str]] = {
     "metrics": "view metrics",
     "config": "modify configuration",
     "cluster": "manage the cluster: drain queues, emergency stop",
+    "audit": "read the audit log",
 }
 
 #: The mark of a route anyone may call (health, readiness, the OpenAPI document).

@@ -25,10 +25,11 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
-from caxton.api import agents, messages, system
+from caxton.api import agents, audit, messages, system
 from caxton.api.keys import (
     AWAITING_FIRST_REQUEST,
     CPU,
+    GUARD,
     LIMITER,
     NODE,
     OPENAPI,
@@ -57,7 +58,7 @@ REFUSAL_LOG_INTERVAL = 10.0
 #: Seconds a connection may linger after an answer that left its body unread.
 LINGERING_TIME = 1.0
 #: Core's route tables, in the order they are added.
-CORE_ROUTES = (system.routes, agents.routes, messages.routes)
+CORE_ROUTES = (system.routes, agents.routes, messages.routes, audit.routes)
 
 
 def build_app(node: Node, settings: ApiSettings | None = None) -> web.Application:
@@ -67,6 +68,9 @@ def build_app(node: Node, settings: ApiSettings | None = None) -> web.Applicatio
     app[SETTINGS] = settings
     if settings.rate_limit_enabled:
         app[LIMITER] = TokenBucketLimiter(settings.rate_limit_per_second, settings.rate_limit_burst)
+    guard = getattr(getattr(node, "context", None), "services", {}).get("auth")
+    if guard is not None:
+        app[GUARD] = guard
     app[OPENAPI] = build_openapi(node)
     app[AWAITING_FIRST_REQUEST] = set()
     app[TASKS] = TaskBoard()

@@ -17,32 +17,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from caxton.auth.schema import setup_schema
 from caxton.errors import AuthError, NotFound, ValidationError
-from caxton.store import Migration, Store
+from caxton.store import Store
 
 __all__ = ["KEY_PREFIX", "ApiKey", "ApiKeyStore", "hash_key", "parse_key"]
 
 KEY_PREFIX = "cxk_"
 _KEY = re.compile(r"cxk_([0-9a-f]{16})_([A-Za-z0-9_-]{43})")
 _KEY_ID = re.compile(r"(?:cxk_)?([0-9a-f]{16})")
-
-MIGRATIONS = (
-    Migration(
-        1,
-        "API keys: hashed, with role, expiry and revocation",
-        """
-        CREATE TABLE api_keys (
-            id          TEXT PRIMARY KEY,
-            key_hash    TEXT NOT NULL,
-            role        TEXT NOT NULL,
-            name        TEXT NOT NULL DEFAULT '',
-            created_at  REAL NOT NULL,
-            expires_at  REAL,
-            revoked_at  REAL
-        )
-        """,
-    ),
-)
 
 
 def hash_key(key: str) -> str:
@@ -109,15 +92,12 @@ class ApiKeyStore:
     visible to every reader of the file (a running node, the CLI) when it returns.
     """
 
-    NAMESPACE = "auth"
-
     def __init__(self, store: Store, *, clock: Callable[[], float] = time.time) -> None:
         self.store = store
         self.clock = clock
 
     async def setup(self) -> None:
-        self.store.register_migrations(self.NAMESPACE, MIGRATIONS)
-        await self.store.migrate()
+        await setup_schema(self.store)
 
     async def create(
         self, role: str, *, expires_in: float | None = None, name: str = ""

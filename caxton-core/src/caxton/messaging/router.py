@@ -75,6 +75,8 @@ Observer = Callable[[Message, str], None]
 GUARANTEES = ("at-most-once", "at-least-once")
 
 _PRIORITY_NAMES = tuple(p.name.lower() for p in Priority)
+_HIGHEST_FIRST = (0, 1, 2, 3)
+_LOWEST_FIRST = (3, 2, 1, 0)
 
 
 class DurableOutbox(Protocol):
@@ -215,6 +217,7 @@ class Router:
         self._boxes: dict[str, Mailbox] = {}
         self._ready: tuple[deque[Mailbox], ...] = (deque(), deque(), deque(), deque())
         self._pump_scheduled = False
+        self._turns = 0  # pump turns, for the anti-starvation turn
         self._delivering = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._conversations = ConversationTable(ttl=conversation_ttl, limit=max_conversations)
@@ -580,7 +583,12 @@ class Router:
             self._get_loop().call_soon(self._pump)
 
     def _next_ready(self) -> Mailbox | None:
-        for priority, ready in enumerate(self._ready):
+        """The next mailbox to serve: highest priority first, but one turn in eight goes
+        to the lowest ready priority, so a flood of critical messages between some
+        agents cannot starve every other agent of the node."""
+        self._turns += 1
+        for priority in _HIGHEST_FIRST if self._turns & 7 else _LOWEST_FIRST:
+            ready = self._ready[priority]
             while ready:
                 box = ready.popleft()
                 if box.sched == priority:  # else a stale entry: rescheduled elsewhere
