@@ -5,7 +5,7 @@ One command, JSON on stdout (and in ``--out``)::
     python benchmarks/bench_membership.py            # full run, a few minutes of CPU
     python benchmarks/bench_membership.py --quick    # fewer seeds, for a smoke test
     python benchmarks/bench_membership.py --only detection,bandwidth
-    python benchmarks/bench_membership.py --processes 5   # add the multi-process figure
+    python benchmarks/bench_membership.py --only none --processes 5 --transport tcp,quic
 
 All times are *simulated* seconds of :class:`caxton.testing.membership.SimCluster`
 (1-3 ms one-way latency), so they do not depend on the machine's load; only the
@@ -22,10 +22,13 @@ Figures (targets from the cluster issue):
 - ``false_failures``: one node losing 20% of its packets both ways, one node paused
   2 s; failures declared of live nodes (target 0).
 - ``bandwidth``: gossip bytes per node per second in a steady cluster of 5 and 100.
-- ``processes`` (optional): N real OS processes, each a ``swim`` driver on the
-  :class:`~caxton.testing.membership.UdpLoopbackTransport`, on loopback: time from
-  the last join until every view is complete (target <= 1 s). This is the hook for the
-  real transports: ``--transport`` will select ``tcp``/``quic`` once nodes wire them.
+- ``processes_<transport>`` (``--processes N``): N real OS processes on loopback, each
+  a ``swim`` driver with the default settings on ``--transport`` (``udp-loopback``, the
+  test double, or the real ``tcp``/``quic`` drivers in plaintext with a gossip key),
+  wired as a node wires it: time from the last join until every view is complete
+  (target <= 1 s), a 2 s SIGSTOP of one member (no false failure), a SIGKILL of another
+  (time until every survivor marks it failed). Once ``caxton server start`` wires
+  membership, the child program here is replaced by real node processes.
 """
 
 from __future__ import annotations
@@ -231,71 +234,189 @@ def bandwidth(quick: bool) -> dict[str, Any]:
 
 
 # -------------------------------------------------------------------------
-# Real processes on loopback (UDP test transport until nodes wire TCP/QUIC)
+# Real processes on loopback
 # -------------------------------------------------------------------------
 
+#: One cluster member as its own OS process: a ``swim`` driver with the default
+#: settings on the chosen transport, wired as a node wires it. It prints its address,
+#: then one JSON line per membership event, until it is killed.
 _CHILD = r"""
 import asyncio, json, sys, time
-from caxton.testing.membership import MembershipConformance
+from importlib.metadata import entry_points
+from pathlib import Path
+from caxton.drivers.base import DriverContext
+from caxton.drivers.transport import FrameKind
 from caxton.membership.swim import SwimMembership
-from caxton.drivers.membership import MemberStatus
+from caxton.plugins import PluginHost
+from caxton.testing.conformance import driver_config
+from caxton.testing.membership import UdpLoopbackTransport
+from caxton.units import format_address
 
-class Suite(MembershipConformance):
-    driver_class = SwimMembership
+def say(**fields):
+    print(json.dumps(fields), flush=True)
 
-async def main(node_id, expected, seed):
-    suite = Suite()
-    driver = await suite.start_node(node_id, "/tmp", probe_interval="1s", gossip_interval="200ms")
-    print(json.dumps({"address": list(driver.local_member().address)}), flush=True)
-    joined_at = time.time()
-    if seed:
-        await driver.join([tuple(seed)])
-    while sum(m.status is MemberStatus.ALIVE for m in driver.members()) < expected:
-        await asyncio.sleep(0.005)
-    print(json.dumps({"joined_at": joined_at, "complete_at": time.time()}), flush=True)
-    await asyncio.sleep(3)
-    await suite.stop_node(driver)
+async def main(spec):
+    host = PluginHost(use_entry_points=False, env={})
+    context = DriverContext(node_id=spec["id"], data_dir=Path("."), hook=host.hook)
+    if spec["transport"] == "udp-loopback":
+        transport = UdpLoopbackTransport()
+    else:
+        from caxton.transport import TransportSettings
+        from caxton.transport.keyring import Keyring
+        (ep,) = [e for e in entry_points(group="caxton.transport") if e.name == spec["transport"]]
+        cls = ep.load()
+        settings = TransportSettings(
+            spec["id"], plaintext=True, keyring=Keyring.from_config([spec["key"]])
+        )
+        transport = cls(driver_config(cls), context, settings=settings)
+        await transport.start()
+    membership = None
 
-args = json.loads(sys.argv[1])
-asyncio.run(main(args["id"], args["expected"], args.get("seed")))
+    async def on_frame(frame):
+        if frame.kind == FrameKind.GOSSIP and membership is not None:
+            return await membership.on_gossip_frame(frame)
+        return None
+
+    def on_datagram(payload, source):
+        if membership is not None:
+            membership.on_datagram(payload, source)
+
+    bound = await transport.listen(("127.0.0.1", 0), on_frame, on_datagram)
+    context.services["transport"] = transport
+    config = driver_config(SwimMembership, {"advertise_addr": format_address(bound)})
+    membership = SwimMembership(config, context)
+    membership.subscribe(
+        lambda e: say(event=e.kind.value, member=e.member.node_id, t=time.time())
+    )
+    await membership.start()
+    say(address=list(bound))
+    say(joining=time.time())
+    if spec["seed"]:
+        await membership.join([tuple(spec["seed"])])
+    await asyncio.Event().wait()
+
+asyncio.run(main(json.loads(sys.argv[1])))
 """
 
 
-def processes(count: int, transport: str) -> dict[str, Any]:
-    if transport != "udp-loopback":
-        return {
-            "transport": transport,
-            "status": "pending: nodes do not wire the membership driver to this transport "
-            "yet; run with --transport udp-loopback",
-        }
-    children: list[subprocess.Popen[str]] = []
-    seed_address = None
+class _Process:
+    def __init__(self, node_id: str, transport: str, key: str, seed: Any) -> None:
+        import threading
+
+        self.node_id = node_id
+        spec = {"id": node_id, "transport": transport, "key": key, "seed": seed}
+        self.popen = subprocess.Popen(
+            [sys.executable, "-c", _CHILD, json.dumps(spec)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        assert self.popen.stdout is not None
+        self.address = json.loads(self.popen.stdout.readline())["address"]
+        self.joining = json.loads(self.popen.stdout.readline())["joining"]
+        self.events: list[dict[str, Any]] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.popen.stdout is not None
+        for line in self.popen.stdout:
+            self.events.append(json.loads(line))
+
+    def view(self) -> dict[str, str]:
+        status: dict[str, str] = {}
+        for event in list(self.events):
+            kind = event["event"]
+            if kind in ("joined", "alive", "updated"):
+                status[event["member"]] = "alive"
+            elif kind in ("suspect", "failed", "left"):
+                status[event["member"]] = kind
+        return status
+
+    def first(self, kind: str, member: str, after: float = 0.0) -> float | None:
+        for event in list(self.events):
+            if event["event"] == kind and event["member"] == member and event["t"] >= after:
+                return float(event["t"])
+        return None
+
+    def signal(self, signum: int) -> None:
+        os.kill(self.popen.pid, signum)
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.kill()
+        self.popen.wait(timeout=10)
+
+
+def _wait(condition: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return condition()
+
+
+def _process_round(count: int, transport: str, key: str) -> tuple[float, float, int]:
+    """One cluster of ``count`` processes: formation, a 2 s SIGSTOP of one member, a
+    SIGKILL of another. Returns (convergence, detection, false failures)."""
+    import signal
+
+    members: list[_Process] = []
     try:
         for i in range(count):
-            args = {"id": f"p{i}", "expected": count, "seed": seed_address}
-            child = subprocess.Popen(
-                [sys.executable, "-c", _CHILD, json.dumps(args)],
-                stdout=subprocess.PIPE,
-                text=True,
-            )
-            children.append(child)
-            assert child.stdout is not None
-            first = json.loads(child.stdout.readline())
-            seed_address = seed_address or first["address"]
-        reports = []
-        for child in children:
-            assert child.stdout is not None
-            reports.append(json.loads(child.stdout.readline()))
+            seed = members[0].address if members else None
+            members.append(_Process(f"p{i}", transport, key, seed))
+        last_join = max(p.joining for p in members)
+
+        def complete() -> bool:
+            return all(sum(s == "alive" for s in p.view().values()) == count - 1 for p in members)
+
+        if not _wait(complete, 30):
+            raise RuntimeError(f"{count} processes did not converge in 30 s")
+        converged = max(max(e["t"] for e in p.events if e["event"] == "joined") for p in members)
+        time.sleep(2)
+        paused = members[1]
+        paused.signal(signal.SIGSTOP)
+        time.sleep(2.0)
+        paused.signal(signal.SIGCONT)
+        time.sleep(8)
+        victim = members[-1]
+        victim.stop()
+        killed_at = time.time()
+        survivors = members[:-1]
+
+        def all_marked() -> bool:
+            return all(p.first("failed", victim.node_id) for p in survivors)
+
+        _wait(all_marked, 60)
+        marks = [p.first("failed", victim.node_id) for p in survivors]
+        wrong = sum(
+            1
+            for p in members
+            for e in p.events
+            if e["event"] == "failed" and e["member"] != victim.node_id
+        )
+        return converged - last_join, max(m or float("inf") for m in marks) - killed_at, wrong
     finally:
-        for child in children:
-            child.wait(timeout=30)
-    last_join = max(r["joined_at"] for r in reports)
-    complete = max(r["complete_at"] for r in reports)
+        for member in members:
+            member.stop()
+
+
+def processes(count: int, transport: str, rounds: int) -> dict[str, Any]:
+    """``count`` real processes, ``rounds`` times (see :func:`_process_round`)."""
+    from caxton.transport.keyring import generate_key
+
+    results = [_process_round(count, transport, generate_key()) for _ in range(rounds)]
     return {
         "transport": transport,
         "processes": count,
-        "seconds_from_last_join_until_all_views_complete": round(complete - last_join, 3),
-        "target_seconds": 1.0,
+        "rounds": rounds,
+        "seconds_from_last_join_until_all_views_complete": distribution([r[0] for r in results]),
+        "sigkill_seconds_until_all_survivors_mark_failed": distribution([r[1] for r in results]),
+        "false_failures_with_a_2s_sigstop": sum(r[2] for r in results),
+        "targets": {"convergence_seconds": 1.0, "detection_p99_seconds": 6.5},
+        "note": "real time on a shared machine; default settings",
     }
 
 
@@ -312,10 +433,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer seeds (smoke test)")
     parser.add_argument("--only", default="", help="comma-separated figure names")
     parser.add_argument("--processes", type=int, default=0, help="also run N real processes")
-    parser.add_argument("--transport", default="udp-loopback")
+    parser.add_argument(
+        "--transport",
+        default="udp-loopback",
+        help="with --processes: comma-separated transports (udp-loopback, tcp, quic)",
+    )
     parser.add_argument("--out", help="also write the JSON here")
     args = parser.parse_args(argv)
     wanted = [name for name in args.only.split(",") if name] or list(FIGURES)
+    unknown = set(wanted) - set(FIGURES) - {"none"}
+    if unknown:
+        parser.error(f"unknown figure(s) {', '.join(sorted(unknown))}; know {', '.join(FIGURES)}")
+    wanted = [name for name in wanted if name != "none"]
     report: dict[str, Any] = {
         "benchmark": "membership",
         "simulated": True,
@@ -329,7 +458,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         report["figures"][name]["cpu_seconds"] = round(time.perf_counter() - started, 1)
         print(f"{name}: done", file=sys.stderr, flush=True)
     if args.processes:
-        report["figures"]["processes"] = processes(args.processes, args.transport)
+        rounds = 2 if args.quick else 5
+        for transport in args.transport.split(","):
+            key = f"processes_{transport}"
+            report["figures"][key] = processes(args.processes, transport, rounds)
     text = json.dumps(report, indent=2)
     print(text)
     if args.out:

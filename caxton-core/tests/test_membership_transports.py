@@ -76,8 +76,8 @@ async def start_node(
     await transport.start()
     bound = await transport.listen(("127.0.0.1", 0), on_frame, on_datagram)
     context.services["transport"] = transport
-    # Real sockets on a shared machine: a wider suspicion margin (1 s) than the
-    # conformance suite's, since dialling a dead peer costs these transports CPU.
+    # A wider suspicion margin (1 s) than the conformance suite's: real handshakes
+    # on a shared test machine.
     config = {**FAST_CLUSTER, "suspicion_multiplier": 5, "advertise_addr": format_address(bound)}
     membership = SwimMembership(driver_config(SwimMembership, config), context)
     await membership.start()
