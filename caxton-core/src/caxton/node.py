@@ -134,6 +134,7 @@ class Node:
         self.membership: Any = None
         self.placement: Any = None
         self.partition_policy: Any = None
+        self.cluster: Any = None
         self.auth_chain: list[Any] = []
         self.api_address: tuple[str, int] | None = None
         self.metrics_address: tuple[str, int] | None = None
@@ -330,6 +331,21 @@ class Node:
 
         self.api_address = await start_api(self, self._stack)
         self.metrics_address = await start_metrics(self, self._stack)
+        if self.clustered:
+            await self._start_cluster()
+
+    async def _start_cluster(self) -> None:
+        """Transport, then membership, then the cluster service (closed in reverse)."""
+        from caxton.cluster import Cluster
+
+        plugins = self.config["plugins"]
+        self.transport = await self._driver("transport", plugins["transport"])
+        cluster = Cluster(self)
+        self.cluster_address = await cluster.listen()
+        self.membership = await self._driver("membership", plugins["membership"])
+        self._stack.push_async_callback(cluster.close)
+        self.cluster = cluster
+        await cluster.start()
 
     def _observer(self) -> Any:
         """The router's observer, only when a plugin observes messages (zero cost otherwise)."""

@@ -1,0 +1,970 @@
+"""The cluster service of one node: transport, membership, agent registry and routing.
+
+:class:`Cluster` is created by the node when it clusters (``--bootstrap``, ``--join``,
+``coordination.cluster_enabled``). It
+
+- listens on ``coordination.cluster.bind_addr`` and dispatches what arrives: datagrams
+  and ``GOSSIP`` frames to the membership driver, ``MESSAGE`` frames to the local
+  router, ``CONTROL`` frames to itself (:mod:`caxton.cluster.wire`);
+- keeps the :class:`~caxton.cluster.registry.AgentRegistry`: this node's agents come
+  from the agent hooks; every change is pushed to the live members at once, and the
+  registry version rides in this node's membership metadata (``reg``), so a member that
+  missed a push sees a newer version and pulls the changes;
+- is the router's resolver: a name not registered here resolves to a
+  :class:`PeerRoute` through the registry, the reply routes learned from inbound
+  messages (external clients waiting on another node), and finally by asking the live
+  members; ``None`` (``Agent not found``) only after that;
+- records membership, registry and partition-mode events for ``caxton cluster watch``.
+
+See docs/cluster.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from caxton import hookimpl
+from caxton.cluster import wire
+from caxton.cluster.auth import compare, security_summary
+from caxton.cluster.registry import AgentEntry, AgentRegistry, Delta
+from caxton.drivers.membership import Member, MemberStatus
+from caxton.drivers.partition import ClusterView, PartitionDecision, PartitionMode
+from caxton.drivers.transport import Address, Frame, FrameKind
+from caxton.errors import CaxtonError, Conflict, NotFound, TransportError, ValidationError
+from caxton.membership.core import EventKind, MemberEvent
+from caxton.units import format_address, parse_address
+
+if TYPE_CHECKING:
+    from caxton.agents import Agent
+    from caxton.messaging import Message
+    from caxton.node import Node
+
+__all__ = ["Cluster", "ClusterEvent", "PeerRoute"]
+
+log = logging.getLogger("caxton.cluster")
+
+#: Nodes a message may pass through after the first (a stale registry costs one hop).
+MAX_HOPS = 1
+#: Seconds to wait for a registry pull, a "where" answer or a control request.
+CONTROL_TIMEOUT = 2.0
+#: Reply routes remembered (names of senders on other nodes, e.g. waiting clients).
+REPLY_ROUTES = 100_000
+#: Seconds an unsuccessful lookup is trusted while the registry did not change.
+MISS_TTL = 1.0
+#: Seconds between refreshes of the load figures in this node's metadata.
+LOAD_INTERVAL = 5.0
+#: Seconds between two metadata updates (each is news gossiped to every member).
+META_DEBOUNCE = 0.05
+#: Events kept for ``caxton cluster watch`` and ``GET /api/v1/cluster/events``.
+EVENT_HISTORY = 1000
+#: Seconds a graceful leave waits for its announcement to spread.
+LEAVE_TIMEOUT = 2.0
+
+_REACHABLE = (MemberStatus.ALIVE, MemberStatus.SUSPECT)
+_GONE = (EventKind.FAILED, EventKind.LEFT, EventKind.REMOVED)
+
+
+@dataclass(frozen=True)
+class ClusterEvent:
+    """One line of ``caxton cluster watch``."""
+
+    kind: str
+    text: str
+    level: str = "info"
+    node_id: str = ""
+    at: float = field(default_factory=time.time)
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "at": self.at,
+            "level": self.level,
+            "kind": self.kind,
+            "node_id": self.node_id,
+            "text": self.text,
+            **({"details": dict(self.details)} if self.details else {}),
+        }
+
+
+class PeerRoute:
+    """The way to an agent on another node (a :class:`caxton.messaging.RemoteRoute`)."""
+
+    __slots__ = ("address", "cluster", "node_id")
+
+    def __init__(self, cluster: Cluster, node_id: str, address: Address) -> None:
+        self.cluster = cluster
+        self.node_id = node_id
+        self.address = address
+
+    async def forward(self, message: Message) -> None:
+        await self.cluster.forward(self, message)
+
+    def __repr__(self) -> str:
+        return f"<PeerRoute {self.node_id}@{format_address(self.address)}>"
+
+
+def agent_capabilities(agent: Agent) -> list[str]:
+    """The grants an agent holds, as short names (``wasi``, ``stdio``, ``fs``, ``env``)."""
+    caps = agent.capabilities
+    names = []
+    if caps.enabled:
+        names.append("wasi")
+    if caps.stdio:
+        names.append("stdio")
+    if caps.preopen_dirs:
+        names.append("fs")
+    if caps.env:
+        names.append("env")
+    return names
+
+
+class Cluster:
+    """See the module docstring. Built by :class:`caxton.node.Node`; one per node."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.node_id = node.node_id
+        self.registry = AgentRegistry(node.node_id)
+        self.events: deque[ClusterEvent] = deque(maxlen=EVENT_HISTORY)
+        self.counts: dict[str, int] = dict.fromkeys(
+            ("forwarded", "received", "undeliverable", "pushes", "pulls", "lookups"), 0
+        )
+        self._routes: dict[str, PeerRoute] = {}
+        self._reply_routes: OrderedDict[str, str] = OrderedDict()
+        self._misses: dict[str, tuple[int, float]] = {}
+        self._generation = 0  # bumped by every registry or membership change
+        self._resolving: dict[str, asyncio.Future[PeerRoute | None]] = {}
+        self._hops: dict[str, int] = {}
+        self._pulling: dict[str, asyncio.Task[None]] = {}
+        self._watchers: set[asyncio.Queue[ClusterEvent]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._pushed = 0
+        self._publish_handle: asyncio.Handle | None = None
+        self._meta_handle: asyncio.TimerHandle | None = None
+        self._load: dict[str, Any] = {}
+        self._mode: PartitionMode | None = None
+        self._unsubscribe: Callable[[], None] | None = None
+        self._plugin_name = f"caxton.cluster.{self.node_id}"
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.started = False
+        self.leaving = False
+
+    # -- services -----------------------------------------------------------------
+
+    @property
+    def transport(self) -> Any:
+        return self.node.transport
+
+    @property
+    def membership(self) -> Any:
+        return self.node.membership
+
+    @property
+    def router(self) -> Any:
+        return self.node.router
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    async def listen(self) -> Address:
+        """Start the transport listening on ``coordination.cluster.bind_addr``."""
+        self._loop = asyncio.get_running_loop()
+        bind = str(self.node.config["coordination.cluster"]["bind_addr"])
+        try:
+            address = parse_address(bind)
+        except ValueError as exc:
+            raise ValidationError(f"coordination.cluster.bind_addr: {exc}") from None
+        try:
+            bound: Address = await self.transport.listen(address, self._on_frame, self._on_datagram)
+        except OSError as exc:
+            raise CaxtonError(
+                f"cannot listen for cluster traffic on {bind}: {exc.strerror or exc} "
+                f"(coordination.cluster.bind_addr, --bind-addr; is another node using it?)"
+            ) from None
+        return bound
+
+    async def start(self) -> None:
+        """Announce local agents, become the router's resolver, join the seeds."""
+        node = self.node
+        self._loop = asyncio.get_running_loop()
+        if node.agents is not None:
+            for agent in node.agents.list():
+                self._announce(agent)
+        node.host.register(self, name=self._plugin_name)
+        self.router.resolver = self.resolve
+        self._unsubscribe = self.membership.subscribe(self._on_member_event)
+        self._refresh_load()
+        self._update_meta()
+        self._spawn(self._load_loop())
+        self.started = True
+        seeds = [s for s in node.join_addresses]
+        if seeds and not node.bootstrap:
+            answered = await self.membership.join(seeds)
+            if answered:
+                log.info(
+                    "node %s joined the cluster through %d of %d seeds",
+                    self.node_id,
+                    answered,
+                    len(seeds),
+                )
+            else:
+                log.warning(
+                    "node %s: no seed answered (%s); retrying in the background",
+                    self.node_id,
+                    ", ".join(seeds),
+                )
+        expected = (
+            self.membership.settings.bootstrap_expect if hasattr(self.membership, "settings") else 0
+        )
+        if expected > 1:
+            await self.membership.wait_for_members(expected, timeout=60.0)
+        for member in self._peers():
+            self._check_version(member)
+        self._mode_changed()
+
+    async def close(self) -> None:
+        """Leave gracefully (announced), then stop routing through the cluster."""
+        if not self.started:
+            return
+        self.started = False
+        if not self.leaving:
+            self.leaving = True
+            with contextlib.suppress(Exception):
+                await self.membership.leave(LEAVE_TIMEOUT)
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+        if self.router is not None and self.router.resolver == self.resolve:
+            self.router.resolver = None
+        with contextlib.suppress(Exception):
+            self.node.host.pm.unregister(name=self._plugin_name)
+        for handle in (self._publish_handle, self._meta_handle):
+            if handle is not None:
+                handle.cancel()
+        tasks = list(self._tasks) + list(self._pulling.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for queue in list(self._watchers):
+            queue.put_nowait(ClusterEvent("closed", f"node {self.node_id} stopped"))
+
+    async def leave(self, drain_timeout: float) -> int:
+        """Drain queued messages (up to ``drain_timeout``), then announce the leave.
+
+        Returns how many messages were still queued. The caller stops the node.
+        """
+        self.leaving = True
+        remaining = 0
+        if self.router is not None and drain_timeout > 0:
+            remaining = int(await self.router.drain(drain_timeout))
+        self._record("left", f"Node {self.node_id} leaving the cluster", node_id=self.node_id)
+        await self.membership.leave(LEAVE_TIMEOUT)
+        return remaining
+
+    # -- views ----------------------------------------------------------------------
+
+    def members(self) -> list[dict[str, Any]]:
+        """Every member with its status, address and gossiped load, by node id."""
+        rows = []
+        for member in sorted(self.membership.members(), key=lambda m: m.node_id):
+            meta = dict(member.meta)
+            rows.append(
+                {
+                    "node_id": member.node_id,
+                    "status": member.status.value,
+                    "address": format_address(member.address),
+                    "incarnation": member.incarnation,
+                    "agents": meta.get("agents"),
+                    "cpu": meta.get("cpu"),
+                    "memory": meta.get("memory"),
+                    "version": meta.get("version"),
+                    "region": meta.get("region"),
+                    "zone": meta.get("zone"),
+                    "labels": meta.get("labels") or {},
+                    "api": meta.get("api"),
+                    "local": member.node_id == self.node_id,
+                }
+            )
+        return rows
+
+    def view(self) -> ClusterView:
+        quorum = self.node.config["partition"]["quorum_size"]
+        view: ClusterView = self.membership.cluster_view(quorum)
+        return view
+
+    def decision(self) -> PartitionDecision | None:
+        """This node's partition mode: plugins first, then the policy driver."""
+        decision: PartitionDecision | None = self.node.hook.caxton_partition_decision(
+            node=self.node, view=self.view()
+        )
+        return decision
+
+    def status(self) -> dict[str, Any]:
+        view = self.view()
+        decision = self.decision()
+        mode = decision.mode if decision is not None else PartitionMode.READ_WRITE
+        healthy = mode is PartitionMode.READ_WRITE
+        by_status: dict[str, int] = {}
+        for member in self.membership.members():
+            by_status[member.status.value] = by_status.get(member.status.value, 0) + 1
+        return {
+            "node_id": self.node_id,
+            "status": "HEALTHY" if healthy else "DEGRADED",
+            "partition": "majority" if healthy else "minority",
+            "mode": mode.value,
+            "reason": decision.reason if decision is not None else "no partition policy",
+            "queue_writes": decision.queue_writes if decision is not None else False,
+            "nodes_reachable": len(view.reachable_nodes),
+            "nodes_known": len(view.known_nodes),
+            "members": by_status,
+            "agents_total": self.registry.count(),
+            "registry_version": list(self.registry.version),
+            "transport": self.node.host.selected.get("transport"),
+            "membership": self.node.host.selected.get("membership"),
+            "address": format_address(self.node.cluster_address)
+            if self.node.cluster_address
+            else None,
+            "counts": dict(self.counts),
+        }
+
+    def agents(self) -> list[dict[str, Any]]:
+        """Every agent of the cluster the registry knows, by node then name."""
+        return [entry.to_dict() for entry in self.registry.entries()]
+
+    def recent_events(self, limit: int = 100) -> list[ClusterEvent]:
+        events = list(self.events)
+        return events[-limit:] if limit > 0 else []
+
+    @contextlib.asynccontextmanager
+    async def watch(self) -> AsyncIterator[asyncio.Queue[ClusterEvent]]:
+        """A queue that receives every event from now on."""
+        queue: asyncio.Queue[ClusterEvent] = asyncio.Queue(maxsize=10_000)
+        self._watchers.add(queue)
+        try:
+            yield queue
+        finally:
+            self._watchers.discard(queue)
+
+    # -- operations -------------------------------------------------------------------
+
+    async def ping(self, node_id: str, timeout: float = 2.0) -> dict[str, Any]:
+        """A SWIM probe and a transport round trip to ``node_id``, in milliseconds."""
+        member = self._member(node_id)
+        result: dict[str, Any] = {
+            "node_id": node_id,
+            "status": member.status.value,
+            "address": format_address(member.address),
+        }
+        if node_id == self.node_id:
+            return {**result, "gossip_rtt_ms": 0.0, "transport_rtt_ms": 0.0}
+        try:
+            result["gossip_rtt_ms"] = round(
+                await self.membership.ping(node_id, timeout=timeout) * 1000, 3
+            )
+        except CaxtonError as exc:
+            result["gossip_rtt_ms"] = None
+            result["gossip_error"] = str(exc)
+        start = time.perf_counter()
+        try:
+            await self._control(member.address, timeout, "ping")
+            result["transport_rtt_ms"] = round((time.perf_counter() - start) * 1000, 3)
+        except CaxtonError as exc:
+            result["transport_rtt_ms"] = None
+            result["transport_error"] = str(exc)
+        result["reachable"] = (
+            result["gossip_rtt_ms"] is not None or result["transport_rtt_ms"] is not None
+        )
+        return result
+
+    def remove(self, node_id: str) -> Member:
+        """Force a failed member out (every node records it as left)."""
+        if node_id == self.node_id:
+            raise Conflict(f"{node_id} is this node; a node leaves with `caxton cluster leave`")
+        member: Member = self.membership.remove(node_id)
+        self._forget_node(node_id, f"Node {node_id} removed by force", "removed")
+        return member
+
+    async def verify_auth(self) -> dict[str, Any]:
+        """Ask every reachable member for its security summary and compare it."""
+        local = security_summary(self.node_id, self.node.config)
+        nodes: list[dict[str, Any]] = [
+            {**local, "reachable": True, "agrees": not local.get("problems"), "problems": []}
+        ]
+
+        async def ask(member: Member) -> dict[str, Any]:
+            try:
+                summary = await self._control(member.address, CONTROL_TIMEOUT, "auth")
+            except CaxtonError as exc:
+                return {
+                    "node_id": member.node_id,
+                    "reachable": False,
+                    "agrees": False,
+                    "problems": [f"unreachable over the transport: {exc}"],
+                }
+            if not isinstance(summary, dict):
+                summary = {}
+            problems = compare(local, summary)
+            if summary.get("node_id") != member.node_id:
+                problems.append(f"answered as {summary.get('node_id')!r}")
+            return {**summary, "reachable": True, "agrees": not problems, "problems": problems}
+
+        nodes += await asyncio.gather(
+            *(
+                ask(m)
+                for m in self.membership.members()
+                if m.node_id != self.node_id and m.status in _REACHABLE
+            )
+        )
+        return {"agree": all(n["agrees"] for n in nodes), "nodes": nodes}
+
+    async def remote_leave(self, node_id: str, drain_timeout: float) -> None:
+        """Ask ``node_id`` to leave the cluster (it drains, announces and stops)."""
+        member = self._member(node_id)
+        await self._control(member.address, drain_timeout + 10.0, "leave", drain_timeout)
+
+    # -- routing: the router's resolver ------------------------------------------------
+
+    async def resolve(self, name: str) -> PeerRoute | None:
+        """Where ``name`` lives when it is not registered here (None: nowhere)."""
+        route = self._routes.get(name)
+        if route is not None:
+            return route
+        pending = self._resolving.get(name)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        loop = self._get_loop()
+        future: asyncio.Future[PeerRoute | None] = loop.create_future()
+        self._resolving[name] = future
+        try:
+            route = await self._find(name)
+        except BaseException:
+            future.set_result(None)
+            raise
+        else:
+            future.set_result(route)
+            return route
+        finally:
+            del self._resolving[name]
+
+    async def _find(self, name: str) -> PeerRoute | None:
+        self.counts["lookups"] += 1
+        route = self._from_registry(name)
+        if route is not None:
+            return route
+        origin = self._reply_routes.get(name)
+        if origin is not None:
+            member = self._live(origin)
+            if member is not None:
+                return PeerRoute(self, origin, member.address)
+        miss = self._misses.get(name)
+        now = time.monotonic()
+        if miss is not None and miss[0] == self._generation and now - miss[1] < MISS_TTL:
+            return None
+        await self._ask_peers(name)
+        route = self._from_registry(name)
+        if route is None:
+            self._misses[name] = (self._generation, now)
+            if len(self._misses) > 10_000:
+                self._misses.clear()
+        return route
+
+    def _from_registry(self, name: str) -> PeerRoute | None:
+        for entry in self.registry.lookup(name):
+            if entry.node_id == self.node_id or not entry.routable:
+                continue
+            member = self._live(entry.node_id)
+            if member is not None:
+                route = PeerRoute(self, entry.node_id, member.address)
+                self._routes[name] = route
+                return route
+        return None
+
+    async def _ask_peers(self, name: str) -> None:
+        """The registry may be stale: ask every live member whether it hosts ``name``."""
+        peers = self._peers()
+        if not peers:
+            return
+
+        async def ask(member: Member) -> bool:
+            since = self.registry.known_version(member.node_id)
+            try:
+                answer = await self._control(
+                    member.address, CONTROL_TIMEOUT, "where", name, list(since) if since else None
+                )
+            except CaxtonError:
+                return False
+            if isinstance(answer, list) and answer:
+                self._apply(Delta.from_wire(answer[0]))
+                return True
+            return False
+
+        tasks = [asyncio.ensure_future(ask(m)) for m in peers]
+        try:
+            for next_done in asyncio.as_completed(tasks):
+                if await next_done:
+                    return
+        finally:
+            for task in tasks:
+                task.cancel()
+
+    async def forward(self, route: PeerRoute, message: Message) -> None:
+        """Send ``message`` to the node of ``route`` (in order, on its one connection)."""
+        hops = self._hops.pop(message.message_id, 0) if self._hops else 0
+        payload = wire.encode_message(message, hops)
+        try:
+            await self.transport.send(route.address, FrameKind.MESSAGE, payload)
+        except TransportError:
+            self._invalidate_node(route.node_id)
+            raise
+        self.counts["forwarded"] += 1
+
+    # -- inbound --------------------------------------------------------------------
+
+    def _on_datagram(self, payload: bytes, source: Address) -> None:
+        membership = self.node.membership
+        if membership is not None:
+            membership.on_datagram(payload, source)
+
+    async def _on_frame(self, frame: Frame) -> bytes | None:
+        kind = frame.kind
+        if kind is FrameKind.MESSAGE:
+            self._on_message(frame)
+            return None
+        if kind is FrameKind.GOSSIP:
+            membership = self.node.membership
+            if membership is None:
+                return None
+            reply: bytes | None = await membership.on_gossip_frame(frame)
+            return reply
+        if kind is FrameKind.CONTROL:
+            return await self._on_control(frame)
+        log.debug("ignored a %s frame from %s", kind.name, frame.sender)
+        return None
+
+    def _on_message(self, frame: Frame) -> None:
+        router = self.router
+        try:
+            message, hops = wire.decode_message(frame.payload)
+        except CaxtonError as exc:
+            log.warning("dropped a message frame from %s: %s", frame.sender, exc)
+            return
+        self.counts["received"] += 1
+        origin = frame.sender
+        sender = message.sender
+        if origin and sender and origin != self.node_id:
+            routes = self._reply_routes
+            if routes.get(sender) != origin:
+                routes[sender] = origin
+                if len(routes) > REPLY_ROUTES:
+                    routes.popitem(last=False)
+            else:
+                routes.move_to_end(sender)
+        if router is None:
+            return
+        receiver = message.receiver
+        if not router.is_registered(receiver):
+            if hops >= MAX_HOPS or self.leaving:
+                self._undeliverable(message, origin, f"Agent not found: {receiver}")
+                return
+            self._hops[message.message_id] = hops + 1
+            if len(self._hops) > 10_000:
+                self._hops.clear()
+            if origin:
+                self._notify_miss(origin, receiver)
+        try:
+            router.send_nowait(message)
+        except CaxtonError as exc:
+            self._undeliverable(message, origin, str(exc))
+
+    def _undeliverable(self, message: Message, origin: str, reason: str) -> None:
+        self.counts["undeliverable"] += 1
+        text = f"undeliverable: {reason} (forwarded from {origin or 'a peer'})"
+        log.warning("message %s to %s %s", message.message_id, message.receiver, text)
+        store = self.node.store
+        if store is not None:
+            with contextlib.suppress(Exception):
+                store.add_dead_letter(message, text)
+        if origin:
+            self._notify_miss(origin, message.receiver)
+
+    def _notify_miss(self, origin: str, name: str) -> None:
+        member = self._live(origin)
+        if member is not None:
+            self._send_later(member.address, wire.encode_control("miss", name))
+
+    async def _on_control(self, frame: Frame) -> bytes | None:
+        op, args = wire.decode_control(frame.payload)
+        if op == "push":
+            self._apply(Delta.from_wire(args[0]), frame.sender)
+            return None
+        if op == "pull":
+            return wire.pack(self.registry.delta(_version(args[0] if args else None)).to_wire())
+        if op == "where":
+            name = str(args[0])
+            since = _version(args[1] if len(args) > 1 else None)
+            hosted = any(
+                e.node_id == self.node_id and e.routable for e in self.registry.lookup(name)
+            )
+            answer = [self.registry.delta(since).to_wire()] if hosted else []
+            return wire.pack(answer)
+        if op == "miss":
+            name = str(args[0])
+            route = self._routes.get(name)
+            if route is not None and route.node_id == frame.sender:
+                del self._routes[name]
+            if frame.sender and self._reply_routes.get(name) == frame.sender:
+                del self._reply_routes[name]
+            return None
+        if op == "auth":
+            return wire.pack(security_summary(self.node_id, self.node.config))
+        if op == "ping":
+            return wire.pack(self.node_id)
+        if op == "leave":
+            drain = float(args[0]) if args else 0.0
+            self._spawn(self._leave_and_stop(drain))
+            return wire.pack(True)
+        raise ValidationError(f"unknown cluster control operation {op!r}")
+
+    async def _leave_and_stop(self, drain_timeout: float) -> None:
+        try:
+            await self.leave(drain_timeout)
+        finally:
+            await self.node.stop()
+
+    # -- the registry -----------------------------------------------------------------
+
+    @hookimpl
+    def caxton_agent_deployed(self, node: Node, agent: Agent) -> None:
+        if node is self.node:
+            self._announce(agent)
+
+    @hookimpl
+    def caxton_agent_state_changed(self, node: Node, agent: Agent, old: str, new: str) -> None:
+        if node is self.node:
+            self._announce(agent)
+
+    @hookimpl
+    def caxton_agent_removed(self, node: Node, agent: Agent) -> None:
+        if node is self.node and self.registry.withdraw(agent.name) is not None:
+            self._local_changed()
+
+    def _announce(self, agent: Agent) -> None:
+        entry = self.registry.announce(
+            agent.name,
+            agent.state.value,
+            agent_id=agent.id,
+            capabilities=agent_capabilities(agent),
+        )
+        if entry is not None:
+            self._local_changed()
+
+    def _local_changed(self) -> None:
+        self._generation += 1
+        if self._publish_handle is None and self._loop is not None and self.started:
+            self._publish_handle = self._loop.call_soon(self._publish)
+
+    def _publish(self) -> None:
+        """Push this turn's local changes to every live member; update the metadata."""
+        self._publish_handle = None
+        delta = self.registry.changes_since(self._pushed)
+        self._pushed = delta.to
+        payload = wire.encode_control("push", delta.to_wire())
+        for member in self._peers():
+            self._send_later(member.address, payload)
+        self.counts["pushes"] += 1
+        self._schedule_meta()
+
+    def _apply(self, delta: Delta, sender: str = "") -> None:
+        """Merge a peer's delta; pull when it does not connect to the copy held here."""
+        node_id = delta.node_id
+        if node_id == self.node_id:
+            return
+        member = self._live(node_id)
+        if member is None:
+            return  # failed or left: its agents are not routable
+        changes = self.registry.apply(delta)
+        if changes is None:
+            self._pull(node_id)
+            return
+        self._changed(changes)
+
+    def _changed(self, changes: list[tuple[str, AgentEntry]]) -> None:
+        """Peers' entries changed: drop stale routes, record the events."""
+        if changes:
+            self._generation += 1
+        for kind, entry in changes:
+            route = self._routes.get(entry.name)
+            stale = kind == "unregistered" or not entry.routable
+            if route is not None and stale and route.node_id == entry.node_id:
+                del self._routes[entry.name]
+            if kind != "updated":
+                where = "on" if kind == "registered" else "from"
+                self._record(
+                    f"agent-{kind}",
+                    f"Agent '{entry.name}' {kind} {where} {entry.node_id}",
+                    node_id=entry.node_id,
+                    level="debug",
+                )
+
+    def _behind(self, member: Member) -> bool:
+        """Does ``member`` gossip a newer registry version than the copy held here?"""
+        advertised = advertised_version(member)
+        known = self.registry.known_version(member.node_id)
+        return advertised is not None and (known is None or advertised > known)
+
+    def _check_version(self, member: Member) -> None:
+        """Pull from ``member`` when its gossiped registry version is newer than ours."""
+        if self._behind(member):
+            self._pull(member.node_id)
+
+    def _pull(self, node_id: str) -> None:
+        if node_id in self._pulling or not self.started:
+            return
+        task = self._get_loop().create_task(self._pull_from(node_id))
+        self._pulling[node_id] = task
+
+    async def _pull_from(self, node_id: str) -> None:
+        try:
+            for _attempt in range(3):
+                member = self._live(node_id)
+                if member is None:
+                    return
+                since = self.registry.known_version(node_id)
+                try:
+                    answer = await self._control(
+                        member.address, CONTROL_TIMEOUT, "pull", list(since) if since else None
+                    )
+                    delta = Delta.from_wire(answer)
+                except CaxtonError as exc:
+                    log.debug("registry pull from %s failed: %s", node_id, exc)
+                    await asyncio.sleep(0.2)
+                    continue
+                self.counts["pulls"] += 1
+                if self._live(node_id) is None:
+                    return
+                changes = self.registry.apply(delta)
+                if changes is None:
+                    continue
+                self._changed(changes)
+                return
+        finally:
+            self._pulling.pop(node_id, None)
+            member = self._live(node_id)
+            if member is not None and self.started and self._behind(member):
+                self._get_loop().call_later(0.5, self._pull, node_id)
+
+    # -- membership -------------------------------------------------------------------
+
+    def _on_member_event(self, event: MemberEvent) -> None:
+        member = event.member
+        node_id = member.node_id
+        kind = event.kind
+        if node_id == self.node_id:
+            return
+        self._generation += 1
+        if kind in _GONE:
+            text = {
+                EventKind.FAILED: f"Node {node_id} detected as failed",
+                EventKind.LEFT: f"Node {node_id} left the cluster",
+                EventKind.REMOVED: f"Node {node_id} forgotten",
+            }[kind]
+            level = "warning" if kind is EventKind.FAILED else "info"
+            self._forget_node(node_id, text, kind.value, level)
+            return
+        if kind is EventKind.JOINED:
+            self._invalidate_node(node_id)
+            self._record("joined", f"Node {node_id} joined the cluster", node_id=node_id)
+            # A node that comes back starts a new registry epoch: forget the old one.
+            known = self.registry.known_version(node_id)
+            advertised = advertised_version(member)
+            if known is not None and advertised is not None and advertised[0] != known[0]:
+                self.registry.drop_node(node_id)
+            self._check_version(member)
+            if self._pushed:
+                self._send_full(member)
+        elif kind is EventKind.SUSPECT:
+            self._record(
+                "suspect",
+                f"Node {node_id} suspected of failure",
+                node_id=node_id,
+                level="warning",
+            )
+        elif kind is EventKind.ALIVE:
+            self._record("alive", f"Node {node_id} refuted the suspicion", node_id=node_id)
+        elif kind is EventKind.UPDATED:
+            self._check_version(member)
+        self._mode_changed()
+
+    def _send_full(self, member: Member) -> None:
+        """Give a member that just (re)joined our agents at once."""
+        payload = wire.encode_control("push", self.registry.delta(None).to_wire())
+        self._send_later(member.address, payload)
+
+    def _forget_node(self, node_id: str, text: str, kind: str, level: str = "info") -> None:
+        changes = self.registry.drop_node(node_id)
+        self._invalidate_node(node_id)
+        for name in [n for n, origin in self._reply_routes.items() if origin == node_id]:
+            del self._reply_routes[name]
+        details = {"agents": len(changes)} if changes else {}
+        self._record(kind, text, node_id=node_id, level=level, details=details)
+        if changes:
+            self._record(
+                "agents-dropped",
+                f"{len(changes)} agents of {node_id} dropped from the registry",
+                node_id=node_id,
+            )
+        self._mode_changed()
+
+    def _invalidate_node(self, node_id: str) -> None:
+        self._generation += 1
+        for name in [n for n, r in self._routes.items() if r.node_id == node_id]:
+            del self._routes[name]
+
+    def _mode_changed(self) -> None:
+        try:
+            decision = self.decision()
+        except Exception:
+            log.exception("the partition decision failed")
+            return
+        mode = decision.mode if decision is not None else PartitionMode.READ_WRITE
+        if mode is not self._mode:
+            if self._mode is not None:
+                level = "info" if mode is PartitionMode.READ_WRITE else "warning"
+                reason = decision.reason if decision is not None else ""
+                self._record(
+                    "mode", f"Node {self.node_id} is now {mode.value} ({reason})", level=level
+                )
+            self._mode = mode
+
+    # -- metadata ---------------------------------------------------------------------
+
+    def _refresh_load(self) -> bool:
+        from caxton.api.resources import memory_rss_bytes
+
+        sampler = getattr(self, "_cpu", None)
+        if sampler is None:
+            from caxton.api.resources import CpuSampler
+
+            sampler = self._cpu = CpuSampler(min_interval=0.0)
+        load = {
+            "agents": len(self.node.agents) if self.node.agents is not None else 0,
+            "cpu": round(sampler.percent()),
+            "memory": memory_rss_bytes() // (1 << 20) << 20,  # whole MiB
+        }
+        changed = load != self._load
+        self._load = load
+        return changed
+
+    async def _load_loop(self) -> None:
+        while True:
+            await asyncio.sleep(LOAD_INTERVAL)
+            if self._refresh_load():
+                self._schedule_meta()
+
+    def _schedule_meta(self) -> None:
+        if self._meta_handle is None and self._loop is not None:
+            self._meta_handle = self._loop.call_later(META_DEBOUNCE, self._update_meta)
+
+    def _update_meta(self) -> None:
+        self._meta_handle = None
+        membership = self.membership
+        if membership is None:
+            return
+        self._load["agents"] = len(self.node.agents) if self.node.agents is not None else 0
+        meta = dict(membership.local_member().meta)
+        meta.update(self._load)
+        meta["reg"] = list(self.registry.version)
+        try:
+            membership.update_metadata(meta)
+        except CaxtonError as exc:
+            log.warning("could not gossip this node's metadata: %s", exc)
+
+    # -- helpers ----------------------------------------------------------------------
+
+    def _peers(self) -> list[Member]:
+        return [
+            m
+            for m in self.membership.members()
+            if m.node_id != self.node_id and m.status in _REACHABLE
+        ]
+
+    def _live(self, node_id: str) -> Member | None:
+        try:
+            member: Member = self.membership.member(node_id)
+        except NotFound:
+            return None
+        return member if member.status in _REACHABLE else None
+
+    def _member(self, node_id: str) -> Member:
+        member: Member = self.membership.member(node_id)
+        return member
+
+    async def _control(self, address: Address, timeout: float, op: str, *args: Any) -> Any:
+        payload = wire.encode_control(op, *args)
+        try:
+            answer = await self.transport.request(address, FrameKind.CONTROL, payload, timeout)
+        except asyncio.TimeoutError:
+            raise TransportError(
+                f"no answer from {format_address(address)} within {timeout:g}s"
+            ) from None
+        return wire.unpack(answer)
+
+    def _send_later(self, address: Address, payload: bytes) -> None:
+        self._spawn(self._send(address, payload))
+
+    async def _send(self, address: Address, payload: bytes) -> None:
+        try:
+            await self.transport.send(address, FrameKind.CONTROL, payload)
+        except CaxtonError as exc:
+            log.debug("control frame to %s failed: %s", format_address(address), exc)
+
+    def _record(
+        self,
+        kind: str,
+        text: str,
+        *,
+        node_id: str = "",
+        level: str = "info",
+        details: Mapping[str, Any] | None = None,
+    ) -> None:
+        event = ClusterEvent(kind, text, level, node_id, details=dict(details or {}))
+        self.events.append(event)
+        if level != "debug":
+            log.log(logging.WARNING if level == "warning" else logging.INFO, "%s", text)
+        for queue in list(self._watchers):
+            with contextlib.suppress(asyncio.QueueFull):
+                queue.put_nowait(event)
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = self._get_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _get_loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        return self._loop
+
+
+def _version(value: Any) -> tuple[int, int] | None:
+    """A registry version from the wire (``[epoch, counter]`` or nil)."""
+    if value is None:
+        return None
+    if not (isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) for v in value)):
+        raise ValidationError("malformed registry version")
+    return (value[0], value[1])
+
+
+def advertised_version(member: Member) -> tuple[int, int] | None:
+    """The registry version ``member`` gossips in its metadata (``reg``), if any."""
+    value = member.meta.get("reg")
+    if isinstance(value, list | tuple) and len(value) == 2:
+        with contextlib.suppress(TypeError, ValueError):
+            return (int(value[0]), int(value[1]))
+    return None
