@@ -28,7 +28,10 @@ The protocol follows HashiCorp memberlist:
   above 32 members).
 - Beyond memberlist: every ``rejoin_interval`` a node that has failed members, or seeds
   that are not among its live members, runs a push-pull with one of them, so views
-  merge again after a partition heals or a long outage.
+  merge again after a partition heals or a long outage. And refutations take the
+  direct path too: a suspect that pings us hears of the suspicion in our ack, and a
+  node told of a suspicion about itself answers the teller in the same datagram as
+  its ack, so a lossy node's refutation does not depend on gossip alone.
 """
 
 from __future__ import annotations
