@@ -13,6 +13,7 @@ from caxton.errors import (
     CaxtonError,
     ConfigError,
     Conflict,
+    Forbidden,
     MessageTooLarge,
     QueueFull,
     RequestTimeout,
@@ -326,6 +327,28 @@ async def test_slow_agents_do_not_hold_the_event_loop() -> None:
     assert events == [0, "other work", 1, 2]  # the pump yielded after its time slice
 
 
+async def test_a_critical_flood_between_agents_does_not_starve_the_others(
+    router: Router,
+) -> None:
+    def player(me: str, other: str) -> Callable[[Message], None]:
+        def deliver(message: Message) -> None:  # answer forever, critically
+            router.send_nowait(msg(me, other, priority=Priority.CRITICAL))
+
+        return deliver
+
+    router.register("ping", player("ping", "pong"))
+    router.register("pong", player("pong", "ping"))
+    patient = Recorder()
+    router.register("patient", patient)
+    router.hold("patient")
+    await router.send(msg(receiver="patient", content="low", priority=Priority.LOW))
+    await router.send(msg("ping", "pong", priority=Priority.CRITICAL))  # the flood starts
+    router.release("patient")
+    await eventually(lambda: patient.messages)
+    assert patient.contents == ["low"]
+    router.unregister("ping")
+
+
 # -- async and failing callbacks --------------------------------------------------------
 
 
@@ -506,6 +529,62 @@ async def test_a_failing_observer_does_not_break_delivery(router: Router) -> Non
     router.release("b")
     await router.drain(5)
     assert b.contents == [1, 2]
+
+
+# -- the gate (agent policy) ------------------------------------------------------------
+
+
+def only_from(allowed: str) -> Callable[[Message], str | None]:
+    def gate(message: Message) -> str | None:
+        if message.receiver == "vault" and message.sender != allowed:
+            return f"agent vault does not accept messages from {message.sender}"
+        return None
+
+    return gate
+
+
+async def test_the_gate_refuses_for_the_receiver(router: Router) -> None:
+    router.gate = only_from("keeper")
+    vault, thief, keeper = Recorder(), Recorder(), Recorder()
+    for name, recorder in (("vault", vault), ("thief", thief), ("keeper", keeper)):
+        router.register(name, recorder)
+    attempt = Message(P.REQUEST, "thief", "vault", "open", conversation_id="c", reply_with="r")
+    await router.send(attempt)
+    await router.send(Message(P.REQUEST, "keeper", "vault", "open"))
+    assert vault.contents == ["open"]  # only the keeper's
+    [refusal] = thief.messages
+    assert refusal.performative is P.REFUSE
+    assert (refusal.sender, refusal.receiver) == ("vault", "thief")
+    assert (refusal.in_reply_to, refusal.conversation_id) == ("r", "c")
+    assert refusal.content == {
+        "reason": "not-allowed",
+        "error": "agent vault does not accept messages from thief",
+        "message_id": attempt.message_id,
+    }
+    assert router.queue_stats()["totals"]["refused"] == 1
+    assert router.conversation("c") is None  # a refused message starts nothing
+
+
+async def test_the_gate_is_a_403_for_senders_that_are_not_here(router: Router) -> None:
+    router.gate = only_from("keeper")
+    router.register("vault", Recorder())
+    with pytest.raises(Forbidden) as info:
+        await router.send(Message(P.REQUEST, "client-1", "vault"))
+    assert str(info.value) == "agent vault does not accept messages from client-1"
+    assert info.value.http_status == 403
+
+
+async def test_answering_a_refusal_cannot_loop(router: Router) -> None:
+    router.gate = only_from("keeper")
+    router.register("vault", Recorder())
+    router.register(
+        "thief",
+        lambda m: router.send_nowait(msg("thief", "vault", "again", in_reply_to=m.message_id)),
+    )
+    await router.send(msg("thief", "vault", "first"))
+    assert await router.drain(5) == 0
+    [letter] = router.dead_letters()
+    assert letter.reason == "not allowed: agent vault does not accept messages from thief"
 
 
 # -- fan-out ----------------------------------------------------------------------------

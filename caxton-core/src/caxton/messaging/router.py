@@ -241,7 +241,7 @@ class Router:
         self._replayed = False
         self._counts = dict.fromkeys(
             ("sent", "delivered", "forwarded", "dead_lettered", "expired", "duplicates",
-             "delivery_errors", "not_understood", "timeouts", "late_replies"),
+             "delivery_errors", "not_understood", "refused", "timeouts", "late_replies"),
             0,
         )  # fmt: skip
 
@@ -361,9 +361,9 @@ class Router:
         self._validate(message)
         target = self._target(message.receiver, routes)
         waiter = self._waiter() if wait else None
-        problem = self._accept(message, target, waiter)
-        if problem is not None:
-            raise ProtocolViolation(f"Out-of-protocol message: {problem}")
+        error = self._accept(message, target, waiter)
+        if error is not None:
+            raise error
         return waiter
 
     def _submit_many(
@@ -383,16 +383,18 @@ class Router:
             for i, receiver in enumerate(receivers)
         ]
         waiters: list[asyncio.Future[None]] = []
-        problems = []
+        errors: list[tuple[str, CaxtonError]] = []
         for copy, target in zip(copies, targets, strict=True):
             waiter = self._waiter() if wait else None
-            problem = self._accept(copy, target, waiter)
-            if problem is not None:
-                problems.append(f"to {copy.receiver}: {problem}")
+            error = self._accept(copy, target, waiter)
+            if error is not None:
+                errors.append((copy.receiver, error))
             elif waiter is not None:
                 waiters.append(waiter)
-        if problems:
-            raise ProtocolViolation(f"Out-of-protocol message: {'; '.join(problems)}")
+        if errors:  # the other copies went: report the first refusal, list them all
+            first = errors[0][1]
+            first.details = "; ".join(f"to {receiver}: {error}" for receiver, error in errors)
+            raise first
         if not waiters:
             return None
         return asyncio.ensure_future(_all_done(waiters))
@@ -462,18 +464,21 @@ class Router:
 
     def _accept(
         self, message: Message, target: Target, waiter: asyncio.Future[None] | None
-    ) -> str | None:
+    ) -> CaxtonError | None:
         """Account for a validated message and dispatch it.
 
-        Returns why it is out of protocol when the sender must be told by an exception.
+        Returns the error to raise when the router stops the message and its sender is
+        not registered here (a registered sender is answered with a message instead).
         """
         if self.gate is not None and type(target) is Mailbox:
             refusal = self.gate(message)
             if refusal is not None:
-                self._refuse(message, refusal)
+                self._counts["refused"] += 1
                 if waiter is not None:
                     waiter.set_result(None)
-                return None
+                return self._stop(
+                    message, Performative.REFUSE, "not-allowed", refusal, Forbidden(refusal)
+                )
         if self._durable and self.outbox is not None and self.outbox.seen(message.message_id):
             self._counts["duplicates"] += 1
             if waiter is not None:
@@ -490,9 +495,16 @@ class Router:
         if message.conversation_id is not None:
             problem = self._conversations.observe(message, self.wall_clock())
             if problem is not None:
+                self._counts["not_understood"] += 1
                 if waiter is not None:
                     waiter.set_result(None)
-                return self._not_understood(message, problem)
+                return self._stop(
+                    message,
+                    Performative.NOT_UNDERSTOOD,
+                    "out-of-protocol",
+                    problem,
+                    ProtocolViolation(f"Out-of-protocol message: {problem}"),
+                )
         if watch is not None:
             self._deadlines.settle(watch)
         if message.reply_by is not None:
@@ -872,25 +884,30 @@ class Router:
 
     # -- protocols ------------------------------------------------------------------
 
-    def _not_understood(self, message: Message, problem: str) -> str | None:
-        """Answer an out-of-protocol message; return ``problem`` if the sender is not here."""
-        self._counts["not_understood"] += 1
+    def _stop(
+        self,
+        message: Message,
+        performative: Performative,
+        reason: str,
+        problem: str,
+        error: CaxtonError,
+    ) -> CaxtonError | None:
+        """Answer a message the router stops (``refuse`` from the gate, ``not-understood``
+        out of protocol) as if from its receiver; return ``error`` instead when the
+        sender is not registered here (a REST client or another node: it gets the
+        exception)."""
         if message.sender not in self._boxes:
-            return problem
+            return error
         if message.in_reply_to is not None and message.in_reply_to in self._notices:
-            # An answer to the router's own not-understood, out of protocol too:
-            # answering it again would loop between the router and the agent forever.
-            self._dead_letter(message, f"out of protocol: {problem}")
+            # An answer to the router's own notice, stopped again: answering it would
+            # loop between the router and the agent forever.
+            self._dead_letter(message, f"{reason.replace('-', ' ')}: {problem}")
             return None
         notice = Message(
-            Performative.NOT_UNDERSTOOD,
+            performative,
             sender=message.receiver,
             receiver=message.sender,
-            content={
-                "reason": "out-of-protocol",
-                "error": problem,
-                "message_id": message.message_id,
-            },
+            content={"reason": reason, "error": problem, "message_id": message.message_id},
             protocol=message.protocol,
             conversation_id=message.conversation_id,
             in_reply_to=message.reply_token,
@@ -902,28 +919,6 @@ class Router:
             del notices[next(iter(notices))]
         self._notify(notice)
         return None
-
-    def _refuse(self, message: Message, reason: str) -> None:
-        """Answer a message the gate stops with ``refuse``; :class:`Forbidden` for a
-        sender that is not registered here (a REST client that does not wait)."""
-        if message.sender not in self._boxes:
-            raise Forbidden(reason)
-        self._notify(
-            Message(
-                Performative.REFUSE,
-                sender=message.receiver,
-                receiver=message.sender,
-                content={
-                    "reason": "not-allowed",
-                    "error": reason,
-                    "message_id": message.message_id,
-                },
-                protocol=message.protocol,
-                conversation_id=message.conversation_id,
-                in_reply_to=message.reply_token,
-                priority=message.priority,
-            )
-        )
 
     def conversation(self, conversation_id: str) -> Conversation | None:
         """What is known of a conversation, or None (never seen, or expired)."""
