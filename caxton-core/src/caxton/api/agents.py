@@ -88,12 +88,23 @@ async def deploy_agent(request: web.Request) -> web.Response:
     manager = service(request, "agents")
     wasm = decode_base64(data["wasm_module"], "wasm_module")
     _placement(request, data["name"], data)
-    agent = await manager.deploy(
-        data["name"],
-        wasm,
-        limits=_limits(data.get("resource_limits")),
-        start=data.get("start", True),
-    )
+    # The allow-list is in place before the agent can receive anything.
+    policy = request.config_dict[NODE].context.services.get("agent_policy")
+    name = data["name"].strip()
+    previous = policy.deployed_senders(name) if policy is not None else None
+    if policy is not None:
+        policy.set(name, data.get("allowed_senders"))
+    try:
+        agent = await manager.deploy(
+            data["name"],
+            wasm,
+            limits=_limits(data.get("resource_limits")),
+            start=data.get("start", True),
+        )
+    except BaseException:
+        if policy is not None:
+            policy.set(name, previous)
+        raise
     return json_response(
         agent.to_dict(), status=201, headers={"Location": f"/api/v1/agents/{agent.id}"}
     )

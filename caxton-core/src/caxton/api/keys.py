@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -10,9 +10,11 @@ from caxton.api.ratelimit import TokenBucketLimiter
 from caxton.api.resources import CpuSampler
 from caxton.api.settings import ApiSettings
 from caxton.api.tasks import TaskBoard
-from caxton.auth.chain import Guard
 from caxton.drivers.auth import Identity
 from caxton.node import Node
+
+if TYPE_CHECKING:
+    from caxton.auth.chain import Guard  # imports caxton.api.permissions
 
 NODE = web.AppKey("node", Node)
 SETTINGS = web.AppKey("settings", ApiSettings)
@@ -25,7 +27,7 @@ AWAITING_FIRST_REQUEST = web.AppKey("awaiting_first_request", set[object])
 TASKS = web.AppKey("tasks", TaskBoard)
 CPU = web.AppKey("cpu", CpuSampler)
 #: Set only when ``security.auth_enabled`` is true: the node's auth chain and roles.
-GUARD = web.AppKey("guard", Guard)
+GUARD: web.AppKey[Guard] = web.AppKey("guard")
 
 
 REQUEST_ID = web.RequestKey("request_id", str)

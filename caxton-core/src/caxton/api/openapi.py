@@ -200,6 +200,16 @@ def _schemas(ceiling: ResourceLimits) -> dict[str, Any]:
                     "description": "Nodes to favour, best first",
                 },
                 "target_node": _string(description="Deploy on exactly this node"),
+                "allowed_senders": {
+                    "type": "array",
+                    "items": _string(256),
+                    "maxItems": 256,
+                    "description": (
+                        "Agent names or patterns (client-* for REST clients) allowed to "
+                        "message this agent; others get refuse. Default: "
+                        "security.agent_policy, else everyone"
+                    ),
+                },
             },
             ("name", "wasm_module"),
             example={

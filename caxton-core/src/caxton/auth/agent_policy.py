@@ -127,6 +127,11 @@ class AgentPolicy:
                 )
         self._update_targets()
 
+    def deployed_senders(self, agent: str) -> tuple[str, ...] | None:
+        """The allow-list given when ``agent`` was deployed, if any."""
+        rule = self._deployed.get(agent)
+        return None if rule is None else rule.senders
+
     def allowed_senders(self, agent: str) -> tuple[str, ...] | None:
         """The allow-list that applies to ``agent``; None when it accepts everyone."""
         rule = self._rule(agent)

@@ -131,3 +131,13 @@ def cert_status_command(directories: tuple[str, ...], as_json: bool) -> None:
             [(row.node_id, _expires_in(row.expires_in.days), row.status) for row in rows],
         )
     )
+
+
+def _add_auth_commands() -> None:
+    from caxton.cli.security_auth import api_key_group, token_group
+
+    security.add_command(api_key_group)
+    security.add_command(token_group)
+
+
+_add_auth_commands()
