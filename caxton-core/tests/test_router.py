@@ -826,6 +826,23 @@ async def test_names_not_here_go_through_the_resolver_in_order(router: Router) -
     assert router.dead_letters()[0].reason == "undeliverable: Agent not found: nowhere"
 
 
+async def test_local_only_never_forwards(router: Router) -> None:
+    route = FakeRoute()
+
+    async def resolver(name: str) -> FakeRoute:
+        return route
+
+    router.resolver = resolver
+    router.register("here", Recorder())
+    await router.send(msg("peer", "here"), local_only=True)
+    with pytest.raises(AgentNotFound, match=r"^Agent not found: elsewhere$"):
+        await router.send(msg("peer", "elsewhere"), local_only=True)
+    with pytest.raises(AgentNotFound, match=r"^Agent not found: elsewhere$"):
+        router.send_nowait(msg("peer", "elsewhere"), local_only=True)
+    await router.drain(5)
+    assert route.forwarded == []
+
+
 async def test_failed_forwarding_is_dead_lettered(router: Router) -> None:
     async def resolver(name: str) -> FakeRoute:
         return FakeRoute(fail=True)

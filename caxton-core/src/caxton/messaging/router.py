@@ -309,7 +309,7 @@ class Router:
 
     # -- sending --------------------------------------------------------------------
 
-    async def send(self, message: Message) -> None:
+    async def send(self, message: Message, *, local_only: bool = False) -> None:
         """Validate and route ``message`` (copies to each of ``receivers``).
 
         Returns once it is queued (at-least-once: persisted), or, when the receiver is
@@ -321,10 +321,14 @@ class Router:
         :class:`AgentNotFound`, :class:`QueueFull`, and
         :class:`ProtocolViolation` when an out-of-protocol message comes from a sender
         that is not registered here (a registered one gets ``not-understood`` instead).
+
+        ``local_only=True`` never forwards: a receiver not registered here is
+        :class:`AgentNotFound` (for messages that arrived from another node, so a stale
+        route cannot bounce them between nodes).
         """
-        routes: dict[str, RemoteRoute] | None = None
+        routes: dict[str, RemoteRoute] | None = {} if local_only else None
         resolver = self.resolver
-        if resolver is not None:
+        if resolver is not None and not local_only:
             for name in message.receivers or (message.receiver,):
                 if name and name not in self._boxes:
                     route = await _resolve(resolver, name)
@@ -337,14 +341,14 @@ class Router:
         if waiter is not None:
             await waiter
 
-    def send_nowait(self, message: Message) -> None:
+    def send_nowait(self, message: Message, *, local_only: bool = False) -> None:
         """:meth:`send` without waiting: for host functions called inside a wasm call.
 
         A receiver not registered here is forwarded through the resolver when one is
         set (an unknown name is then dead-lettered later), else :class:`AgentNotFound`.
         At-least-once messages are persisted in the background before delivery.
         """
-        self._submit(message, None, wait=False)
+        self._submit(message, {} if local_only else None, wait=False)
 
     def _submit(
         self, message: Message, routes: Mapping[str, RemoteRoute] | None, *, wait: bool
@@ -438,7 +442,11 @@ class Router:
             )
 
     def _target(self, name: str, routes: Mapping[str, RemoteRoute] | None) -> Target:
-        """Where ``name`` is: a local mailbox, a remote route, or None (resolve later)."""
+        """Where ``name`` is: a local mailbox, a remote route, or None (resolve later).
+
+        ``routes``, when given, holds every remote route the message may take; None
+        lets the resolver find them later.
+        """
         box = self._boxes.get(name)
         if box is not None:
             if box.count >= self.queue_size:
@@ -450,7 +458,7 @@ class Router:
             return box
         if routes is not None and name in routes:
             route: RemoteRoute | None = routes[name]
-        elif self.resolver is not None:
+        elif routes is None and self.resolver is not None:
             route = None
         else:
             raise AgentNotFound(name)
