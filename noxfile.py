@@ -15,6 +15,7 @@ import contextlib
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -280,6 +281,19 @@ def background_node(session: nox.Session, *args: str) -> Iterator[subprocess.Pop
                 process.wait()
 
 
+def check_port_free(session: nox.Session, address: str, option: str) -> None:
+    """Fail now if ``address`` is taken: another server there would answer our checks."""
+    host, _, port = address.rpartition(":")
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        try:
+            probe.bind((host.strip("[]"), int(port)))
+        except OSError as exc:
+            session.error(
+                f"{address} is not available ({exc.strerror}); choose another: "
+                f"nox -s demo -- {option} HOST:PORT"
+            )
+
+
 def wait_for_health(process: subprocess.Popen[bytes], url: str, timeout: float = 60) -> object:
     deadline = time.monotonic() + timeout
     while True:
@@ -331,6 +345,7 @@ def demo(session: nox.Session) -> None:
     else:
         api_addr = "127.0.0.1:8080"
     api_url = f"http://{api_addr}"
+    check_port_free(session, api_addr, "--api-addr")
     install_all(session)
     session.install(f"./{EXAMPLE_PLUGIN}")
     plugin_args = plugin_options(extra)
