@@ -250,8 +250,7 @@ def typecheck(session: nox.Session) -> None:
 def docs(session: nox.Session) -> None:
     """Every hook and driver interface documented; no broken relative link in the docs."""
     session.install("-e", CORE)
-    run_pytest(session, "tests/test_links.py", report_name="docs-links")
-    run_pytest(session, "caxton-core/tests/test_docs.py")
+    run_pytest(session, "caxton-core/tests/test_docs.py", "tests/test_links.py")
 
 
 # -------------------------------------------------------------------------
