@@ -239,14 +239,17 @@ class ConnectionTransport(Transport):
         return await connection.request(kind, payload, timeout)
 
     async def send_datagram(self, peer: Address, payload: bytes) -> None:
+        # A datagram is not worth a long dial: probes repeat, and a dead peer's dial
+        # would hold the sender for the whole connect timeout.
+        dial_timeout = min(1.0, self.settings.connect_timeout)
         try:
             if self._datagrams_on_stream:
-                connection = await self.connection(peer)
+                connection = await self.connection(peer, dial_timeout)
                 connection.send_datagram_record(payload)
                 return
             data = self.settings.keyring.seal(payload) if self._seal_datagrams else payload
             if self.native_datagrams:
-                connection = await self.connection(peer)
+                connection = await self.connection(peer, dial_timeout)
                 if not connection.channel.send_datagram(data):
                     connection.send_datagram_record(payload)  # too large for one packet
             else:
