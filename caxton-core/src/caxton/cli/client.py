@@ -247,13 +247,17 @@ def agents_group() -> None:
 
 
 @agents_group.command("list")
-@click.option("--by-node", is_flag=True, help="Count agents per node and state.")
+@click.option("--by-node", is_flag=True, help="Count the cluster's agents per node and state.")
 @click.option("--state", help="Only agents in this state.")
 @json_option
 @api_options
 def agents_list(client: ApiClient, by_node: bool, state: str | None, as_json: bool) -> None:
-    """List the deployed agents."""
-    agents = client.request("GET", "/api/v1/agents", query={"state": state})
+    """List the deployed agents (``--by-node``: of the whole cluster, per node)."""
+    if by_node:
+        registry = client.request("GET", "/api/v1/cluster/agents")["agents"]
+        agents = [a for a in registry if state is None or a["state"] == state]
+    else:
+        agents = client.request("GET", "/api/v1/agents", query={"state": state})
     if by_node:
         nodes: dict[str, Counter[str]] = defaultdict(Counter)
         for agent in agents:

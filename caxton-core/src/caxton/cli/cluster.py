@@ -1,0 +1,273 @@
+"""``caxton cluster``: members, status, watch, ping, verify-auth, leave and remove.
+
+Every command drives a running node through its REST API (``/api/v1/cluster/...``) and
+takes ``--api-url``, ``--token`` and ``--api-key`` like the other operator commands. See
+docs/cluster.md.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import click
+
+from caxton.cli.client import _duration, api_options, json_option
+from caxton.cli.client_http import ApiClient
+from caxton.cli.main import emit_json, render_table
+from caxton.units import format_size
+
+__all__ = ["cluster"]
+
+
+@click.group("cluster")
+def cluster() -> None:
+    """Inspect and operate the cluster this node belongs to."""
+
+
+# -------------------------------------------------------------------------
+# members, status
+# -------------------------------------------------------------------------
+
+
+def _cpu(value: Any) -> str:
+    return "-" if value is None else f"{value:g}%"
+
+
+def _memory(value: Any) -> str:
+    return "-" if value is None else format_size(int(value))
+
+
+def members_table(members: list[dict[str, Any]]) -> str:
+    """NODE-ID STATUS ADDRESS AGENTS CPU MEMORY, as the clustering guide prints it."""
+    return render_table(
+        ("NODE-ID", "STATUS", "ADDRESS", "AGENTS", "CPU", "MEMORY"),
+        [
+            (
+                m["node_id"],
+                m["status"],
+                m.get("address") or "-",
+                "-" if m.get("agents") is None else m["agents"],
+                _cpu(m.get("cpu")),
+                _memory(m.get("memory")),
+            )
+            for m in members
+        ],
+    )
+
+
+@cluster.command("members")
+@json_option
+@api_options
+def members(client: ApiClient, as_json: bool) -> None:
+    """List the members: status, address, agents, CPU and memory."""
+    data = client.request("GET", "/api/v1/cluster/members")
+    if as_json:
+        emit_json(data["members"])
+        return
+    click.echo(members_table(data["members"]))
+
+
+def status_text(status: dict[str, Any]) -> str:
+    lines = [
+        f"Status: {status['status']} ({status.get('partition', '-')} partition)"
+        if status.get("partition") != "standalone"
+        else f"Status: {status['status']} (standalone: this node does not cluster)",
+        f"Operations: {str(status['mode']).upper()}",
+        f"Nodes: {status['nodes_reachable']}/{status['nodes_known']} active",
+    ]
+    if status.get("reason"):
+        lines.append(f"Reason: {status['reason']}")
+    if status.get("agents_total") is not None:
+        lines.append(f"Agents: {status['agents_total']}")
+    return "\n".join(lines)
+
+
+@cluster.command("status")
+@json_option
+@api_options
+def status(client: ApiClient, as_json: bool) -> None:
+    """Health (HEALTHY/DEGRADED), operations (READ-WRITE/READ-ONLY), nodes active."""
+    data = client.request("GET", "/api/v1/cluster/status")
+    if as_json:
+        emit_json(data)
+        return
+    click.echo(status_text(data))
+
+
+# -------------------------------------------------------------------------
+# watch
+# -------------------------------------------------------------------------
+
+
+def event_line(event: dict[str, Any]) -> str:
+    stamp = time.strftime("%H:%M:%S", time.localtime(float(event.get("at", 0))))
+    return f"{stamp} [{str(event.get('level', 'info')).upper()}] {event.get('text', '')}"
+
+
+def stream_lines(client: ApiClient, path: str, query: dict[str, Any]) -> Iterator[str]:
+    """The lines of a streamed answer, as they arrive."""
+    url = client.url + path + "?" + urllib.parse.urlencode(query)
+    request = urllib.request.Request(url, headers=client.headers())
+    try:
+        response = urllib.request.urlopen(request, timeout=client.timeout)
+    except urllib.error.HTTPError as exc:
+        raise client._api_error(exc) from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise click.ClickException(client._network_problem(exc, client.timeout)) from None
+    with response:
+        while True:
+            try:
+                raw = response.readline()
+            except (TimeoutError, OSError) as exc:
+                raise click.ClickException(
+                    f"the event stream from {client.url} broke off: {exc}"
+                ) from None
+            if not raw:
+                return
+            yield raw.decode("utf-8", "replace").strip()
+
+
+@cluster.command("watch")
+@click.option(
+    "--history",
+    type=click.IntRange(0, 1000),
+    default=10,
+    show_default=True,
+    help="Recent events to show first.",
+)
+@click.option("--no-follow", is_flag=True, help="Print the recent events and exit.")
+@json_option
+@api_options
+def watch(client: ApiClient, history: int, no_follow: bool, as_json: bool) -> None:
+    """Print membership, registry and mode events as they happen (Ctrl-C stops)."""
+    client.timeout = 60.0  # the stream sends a keep-alive line every 15 s
+    query = {"limit": history, "follow": "false" if no_follow else "true"}
+    try:
+        for line in stream_lines(client, "/api/v1/cluster/events/stream", query):
+            if not line:
+                continue
+            event = json.loads(line)
+            click.echo(line if as_json else event_line(event))
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        return
+
+
+# -------------------------------------------------------------------------
+# ping, verify-auth
+# -------------------------------------------------------------------------
+
+
+def _ms(value: Any) -> str:
+    return "no answer" if value is None else f"{value:.2f} ms"
+
+
+@cluster.command("ping")
+@click.argument("node")
+@click.option("--count", "-c", type=click.IntRange(1, 1000), default=1, show_default=True)
+@json_option
+@api_options
+def ping(client: ApiClient, node: str, count: int, as_json: bool) -> None:
+    """Probe NODE: a SWIM ping and a round trip over the transport."""
+    quoted = urllib.parse.quote(node, safe="")
+    results = []
+    for _ in range(count):
+        result = client.request("GET", f"/api/v1/cluster/members/{quoted}/ping")
+        results.append(result)
+        if not as_json:
+            click.echo(
+                f"{result['node_id']} ({result.get('address') or '-'}, {result['status']}): "
+                f"gossip {_ms(result.get('gossip_rtt_ms'))}, "
+                f"transport {_ms(result.get('transport_rtt_ms'))}"
+            )
+    if as_json:
+        emit_json(results[0] if count == 1 else results)
+    if not all(r.get("reachable", True) for r in results):
+        sys.exit(1)
+
+
+@cluster.command("verify-auth")
+@json_option
+@api_options
+def verify_auth(client: ApiClient, as_json: bool) -> None:
+    """Check that the members' certificates and gossip keys agree (exit 1 if not)."""
+    data = client.request("GET", "/api/v1/cluster/auth", wait=5.0)
+    if as_json:
+        emit_json(data)
+    else:
+        click.echo(
+            render_table(
+                ("NODE-ID", "MODE", "CA", "GOSSIP-KEYS", "AGREES", "PROBLEMS"),
+                [
+                    (
+                        n.get("node_id", "-"),
+                        n.get("mode", "-"),
+                        (n.get("ca_fingerprint") or "-")[:16],
+                        ",".join(n.get("gossip_keys") or ()) or "-",
+                        "yes" if n.get("agrees") else "NO",
+                        "; ".join(n.get("problems") or ()) or "-",
+                    )
+                    for n in data["nodes"]
+                ],
+            )
+        )
+        click.echo("keys and certificates agree" if data["agree"] else "MISMATCH: see PROBLEMS")
+    if not data["agree"]:
+        sys.exit(1)
+
+
+# -------------------------------------------------------------------------
+# leave, remove
+# -------------------------------------------------------------------------
+
+
+@cluster.command("leave")
+@click.option("--node", help="The member to leave (default: the node --api-url reaches).")
+@click.option(
+    "--drain-timeout",
+    callback=_duration,
+    default="60s",
+    show_default=True,
+    metavar="DURATION",
+    help="Wait this long for queued messages before leaving.",
+)
+@json_option
+@api_options
+def leave(client: ApiClient, node: str | None, drain_timeout: float, as_json: bool) -> None:
+    """Leave gracefully: drain, announce the leave (members record it as left, not
+    failed), then stop the node."""
+    body: dict[str, Any] = {"drain_timeout_ms": round(drain_timeout * 1000)}
+    if node:
+        body["node"] = node
+    data = client.request("POST", "/api/v1/cluster/leave", body, wait=drain_timeout + 15)
+    if as_json:
+        emit_json(data)
+        return
+    remaining = data.get("remaining")
+    extra = f" ({remaining} messages still queued)" if remaining else ""
+    click.echo(f"Node {data['node_id']} {data['status']} the cluster{extra}")
+
+
+@cluster.command("remove")
+@click.option("--node", required=True, help="The failed member to remove.")
+@click.option("--force", is_flag=True, help="Required: removal is for dead nodes only.")
+@json_option
+@api_options
+def remove(client: ApiClient, node: str, force: bool, as_json: bool) -> None:
+    """Force a failed member out of the cluster (every node records it as left)."""
+    if not force:
+        raise click.UsageError(
+            "removing a member needs --force; a live node leaves with `caxton cluster leave`"
+        )
+    data = client.request("POST", "/api/v1/cluster/remove", {"node": node, "force": True})
+    if as_json:
+        emit_json(data)
+        return
+    click.echo(f"Removed {data['node_id']} (now {data['status']})")
