@@ -1,8 +1,8 @@
 """A separately packaged third-party plugin is discovered, selected and called.
 
 examples/caxton-zone-aware is installed into the test environment the way a user
-installs a plugin (``nox -s integration`` does it; this module does it itself when run
-elsewhere), and Caxton sees it only through its entry points.
+installs a plugin (``nox -s integration`` does it, not editable), and Caxton sees it
+only through its entry points.
 """
 
 from __future__ import annotations
@@ -10,11 +10,9 @@ from __future__ import annotations
 import importlib
 import json
 import logging
-import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -32,24 +30,21 @@ DIST = "caxton-zone-aware"
 VERSION = "0.1.0"
 
 
-def install_example_plugin() -> None:
-    """Install the example into this interpreter's environment, as a user would."""
-    uv = shutil.which("uv")
-    if uv:
-        command = [uv, "pip", "install", "--quiet", "--python", sys.executable]
-    else:
-        command = [sys.executable, "-m", "pip", "install", "--quiet"]
-    subprocess.run([*command, str(EXAMPLE_PLUGIN_DIR)], check=True, timeout=600)
-    importlib.invalidate_caches()
-
-
 @pytest.fixture(scope="module", autouse=True)
 def zone_aware_installed() -> None:
+    """The example must be installed like any package, which the integration session does;
+    the tests do not install it themselves, so as not to change an environment they
+    happen to run in."""
     try:
-        distribution(DIST)
+        installed = distribution(DIST)
     except PackageNotFoundError:
-        install_example_plugin()
-    assert distribution(DIST).version == VERSION
+        pytest.fail(
+            f"{DIST} is not installed: run `nox -s integration-3.11`, or "
+            f"`pip install ./{EXAMPLE_PLUGIN_DIR.relative_to(EXAMPLE_PLUGIN_DIR.parents[1])}` "
+            f"first",
+            pytrace=False,
+        )
+    assert installed.version == VERSION
 
 
 @pytest.fixture
