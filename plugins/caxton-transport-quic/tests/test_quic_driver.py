@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import ssl
 from collections.abc import Callable
 from pathlib import Path
@@ -163,5 +165,23 @@ async def test_plaintext_mode_still_runs_tls_with_an_ephemeral_certificate() -> 
         (connection,) = a.connections()
         assert connection.channel.peer_certificate() is not None
     finally:
+        await a.close()
+        await b.close()
+
+
+async def test_udp_garbage_on_the_quic_port_is_ignored(pki: TransportPKI) -> None:
+    b = build(TransportSettings("node-b", tls=pki.node("node-b")))
+    a = build(TransportSettings("node-a", tls=pki.node("node-a")))
+    recorder = Recorder()
+    address = await b.listen(("127.0.0.1", 0), recorder.on_frame, recorder.on_datagram)
+    junk = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        for size in (1, 20, 1200, 1500):
+            junk.sendto(os.urandom(size), address)
+        junk.sendto(b"\xc0\x00\x00\x00\x01" + os.urandom(1195), address)  # a fake Initial
+        assert await a.request(address, FrameKind.REQUEST, b"still there?", 5) == b"ok"
+        assert [f.payload for f in recorder.frames] == [b"still there?"]
+    finally:
+        junk.close()
         await a.close()
         await b.close()

@@ -14,7 +14,7 @@ import pytest
 
 from caxton.config import load_config
 from caxton.drivers import DriverContext, Frame, FrameKind
-from caxton.errors import ConfigError
+from caxton.errors import ConfigError, TransportError
 from caxton.plugins import PluginHost
 from caxton.testing.conformance import driver_config
 from caxton.testing.transport import make_pki
@@ -178,3 +178,26 @@ async def test_compression_and_batching_settings_keep_payloads_intact(batching: 
     finally:
         await a.close()
         await b.close()
+
+
+async def test_verify_peer_off_skips_only_the_identity_match(tmp_path: Path) -> None:
+    pki = make_pki(tmp_path)
+    lenient = build(TransportSettings("node-b", tls=pki.node("node-b"), verify_peer=False))
+    recorder = Recorder()
+    address = await lenient.listen(("127.0.0.1", 0), recorder.on_frame, recorder.on_datagram)
+    # node-c's valid certificate, claiming node-a: accepted without the identity check...
+    other = build(TransportSettings("node-a", tls=pki.node("node-c"), verify_peer=False))
+    # ...but a certificate of another CA is still refused by TLS.
+    foreign = build(
+        TransportSettings(
+            "node-a", tls=pki.foreign("node-a"), verify_peer=False, connect_timeout=1.0
+        )
+    )
+    try:
+        assert await other.request(address, FrameKind.REQUEST, b"hi", 5) == b"ok"
+        with pytest.raises(TransportError):
+            await foreign.request(address, FrameKind.REQUEST, b"hi", 1)
+        assert [f.sender for f in recorder.frames] == ["node-a"]
+    finally:
+        for transport in (other, foreign, lenient):
+            await transport.close()
