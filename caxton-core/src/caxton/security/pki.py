@@ -58,6 +58,16 @@ def _write_private(path: Path, data: bytes) -> None:
         handle.write(data)
 
 
+def _write_pair(
+    cert_path: Path, cert: x509.Certificate, key_path: Path, key: ec.EllipticCurvePrivateKey
+) -> None:
+    try:
+        _write_private(key_path, _key_pem(key))
+        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    except OSError as exc:
+        raise CertificateError(f"cannot write {exc.filename}: {exc.strerror}") from None
+
+
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     return key.private_bytes(
         serialization.Encoding.PEM,
@@ -168,8 +178,7 @@ def init_ca(
         .sign(key, hashes.SHA256())
     )
     cert_path, key_path = directory / CA_CERT, directory / CA_KEY
-    _write_private(key_path, _key_pem(key))
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    _write_pair(cert_path, cert, key_path, key)
     return CertificateAuthority(cert_path, key_path, cert)
 
 
@@ -271,11 +280,13 @@ def issue_node_cert(
         .sign(ca_key, hashes.SHA256())
     )
     cert_path, key_path = directory / NODE_CERT, directory / NODE_KEY
-    _write_private(key_path, _key_pem(key))
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    _write_pair(cert_path, cert, key_path, key)
     copied_ca = directory / CA_CERT
     if copied_ca.resolve() != (ca_path / CA_CERT).resolve():
-        shutil.copyfile(ca_path / CA_CERT, copied_ca)
+        try:
+            shutil.copyfile(ca_path / CA_CERT, copied_ca)
+        except OSError as exc:
+            raise CertificateError(f"cannot write {copied_ca}: {exc.strerror}") from None
     return NodeCertificate(node_id, cert_path, key_path, copied_ca, cert)
 
 
