@@ -169,3 +169,33 @@ def test_backoff_grows_to_its_cap() -> None:
     assert max(delays[-3:]) > 0.4
     backoff.reset()
     assert backoff.retry_at == 0.0
+
+
+async def test_dispatcher_routes_by_kind_and_refuses_unrouted_requests(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from caxton.drivers import Frame, FrameKind
+    from caxton.errors import TransportError
+    from caxton.transport import FrameDispatcher
+
+    dispatcher = FrameDispatcher("node-1")
+    seen: list[Frame] = []
+
+    async def gossip(frame: Frame) -> bytes | None:
+        seen.append(frame)
+        return b"merged"
+
+    dispatcher.route(FrameKind.GOSSIP, gossip)
+    with pytest.raises(ValueError, match="already routed"):
+        dispatcher.route(FrameKind.GOSSIP, gossip)
+    datagrams: list[bytes] = []
+    dispatcher.route_datagrams(lambda payload, source: datagrams.append(payload))
+
+    assert await dispatcher.on_frame(Frame(FrameKind.GOSSIP, b"g", "n2", 7)) == b"merged"
+    assert await dispatcher.on_frame(Frame(FrameKind.MESSAGE, b"m", "n2")) is None
+    with pytest.raises(TransportError, match="no handler for BULK requests on node node-1"):
+        await dispatcher.on_frame(Frame(FrameKind.BULK, b"b", "n2", 8))
+    dispatcher.on_datagram(b"probe", ("127.0.0.1", 1))
+    assert [f.payload for f in seen] == [b"g"]
+    assert datagrams == [b"probe"]
+    assert "no handler for MESSAGE frames" in caplog.text

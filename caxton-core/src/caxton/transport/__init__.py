@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from caxton.transport.base import ConnectionTransport, settings_from_context
 from caxton.transport.connection import Channel, Connection
+from caxton.transport.dispatch import FrameDispatcher
 from caxton.transport.envelope import WIRE_VERSION, Envelope, Kind, pack_envelope, unpack_envelope
 from caxton.transport.framing import FrameDecoder, FrameTooLarge, frame
 from caxton.transport.keyring import Keyring, generate_key
@@ -19,6 +20,7 @@ __all__ = [
     "ConnectionTransport",
     "Envelope",
     "FrameDecoder",
+    "FrameDispatcher",
     "FrameTooLarge",
     "Keyring",
     "Kind",
