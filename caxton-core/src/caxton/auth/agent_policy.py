@@ -118,7 +118,8 @@ class AgentPolicy:
             if self._store is not None:
                 self._store.enqueue("DELETE FROM agent_policies WHERE agent = ?", (agent,))
         else:
-            listed = check_senders(list(senders), "allowed_senders")
+            given = list(senders) if isinstance(senders, tuple) else senders
+            listed = check_senders(given, "allowed_senders")
             self._deployed[agent] = _Rule(listed)
             if self._store is not None:
                 self._store.enqueue(
