@@ -783,6 +783,68 @@ class TransportConformance(DriverConformance):
 
         self.scenario(pki, body)
 
+    # -- with core's SWIM membership on top ---------------------------------------------
+
+    def test_swim_membership_runs_over_this_transport(self, pki: TransportPKI) -> None:
+        """Three nodes join, converge, and see a killed node fail (probes, gossip, push-pull)."""
+        from caxton.drivers import MemberStatus
+        from caxton.membership.swim import SwimMembership
+        from caxton.plugins import PluginHost
+        from caxton.testing.membership import FAST_CLUSTER
+        from caxton.transport.dispatch import FrameDispatcher
+        from caxton.units import format_address
+
+        async def body(c: Cluster) -> None:
+            members: dict[str, SwimMembership] = {}
+            transports: dict[str, Transport] = {}
+            for node_id in ("node-1", "node-2", "node-3"):
+                transport = c.build(c.settings(node_id))
+                dispatcher = FrameDispatcher(node_id)
+                await transport.start()
+                address = await transport.listen(
+                    LOOPBACK, dispatcher.on_frame, dispatcher.on_datagram
+                )
+                context = DriverContext(
+                    node_id, Path("."), PluginHost(use_entry_points=False, env={}).hook
+                )
+                context.services["transport"] = transport
+                values = {**FAST_CLUSTER, "advertise_addr": format_address(address)}
+                member = SwimMembership(driver_config(SwimMembership, values), context)
+                dispatcher.route(FrameKind.GOSSIP, member.on_gossip_frame)
+                dispatcher.route_datagrams(member.on_datagram)
+                await member.start()
+                members[node_id], transports[node_id] = member, transport
+
+            def statuses(node_id: str) -> dict[str, MemberStatus]:
+                return {m.node_id: m.status for m in members[node_id].members()}
+
+            async def settled(check: Callable[[], bool]) -> None:
+                async def holds() -> bool:
+                    return check()
+
+                await eventually(holds, 20)
+
+            seed = members["node-1"].local_member().address
+            try:
+                assert await members["node-2"].join([seed]) == 1
+                assert await members["node-3"].join([seed]) == 1
+                alive = dict.fromkeys(members, MemberStatus.ALIVE)
+                await settled(lambda: all(statuses(n) == alive for n in members))
+                await members["node-3"].close()
+                abort = getattr(transports["node-3"], "abort", None)
+                await (abort() if abort is not None else transports["node-3"].close())
+                await settled(
+                    lambda: all(
+                        statuses(n).get("node-3") in (MemberStatus.FAILED,)
+                        for n in ("node-1", "node-2")
+                    )
+                )
+            finally:
+                for node_id in ("node-1", "node-2"):
+                    await members[node_id].close()
+
+        self.scenario(pki, body)
+
     # -- the security matrix ----------------------------------------------------------
 
     def _refused(self, pki: TransportPKI, node_id: str, files: Callable[[], TlsFiles]) -> None:
