@@ -28,7 +28,7 @@ from caxton.api.openapi import (
 from caxton.api.permissions import requires
 from caxton.api.responses import json_response
 from caxton.cluster.auth import problems_of, security_summary
-from caxton.errors import Conflict, NotFound
+from caxton.errors import Conflict, NotFound, ValidationError
 from caxton.units import format_address
 
 __all__ = ["extend_openapi", "routes"]
@@ -45,6 +45,16 @@ KEEPALIVE = 15.0
 _NODE_ID = {"type": "string", "minLength": 1, "maxLength": 255}
 _LIMIT = _integer(0, 1000, f"Most recent events to return (default {DEFAULT_EVENTS})")
 _FOLLOW = {"type": "boolean", "description": "Keep the stream open for live events"}
+
+
+def _flag(request: web.Request, name: str) -> bool:
+    """A boolean query parameter: ``true`` or ``false`` (absent: false)."""
+    raw = request.query.get(name)
+    if raw is None:
+        return False
+    if raw not in ("true", "false"):
+        raise ValidationError(f"query parameter {name} must be true or false, not {raw!r}")
+    return raw == "true"
 
 
 def _node(request: web.Request) -> Any:
@@ -161,7 +171,7 @@ async def cluster_event_stream(request: web.Request) -> web.StreamResponse:
     """Newline-delimited JSON: recent events, then (``follow``) live ones until the
     client disconnects or the node stops; an empty line every 15 s keeps it open."""
     limit = query(request, "limit", _LIMIT)
-    follow = query(request, "follow", _FOLLOW)
+    follow = _flag(request, "follow")
     cluster = _cluster(request)
     response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
     await response.prepare(request)

@@ -1,0 +1,342 @@
+"""Real ``caxton server start`` processes on loopback, for the cluster tests and
+``benchmarks/bench_cluster.py``.
+
+A :class:`ProcessCluster` writes one config file, picks free ports for each node (the
+cluster port must be free for TCP and UDP: the tcp transport listens on both), starts
+the first node with ``--bootstrap`` and the others with ``--join``, and talks to every
+node through its REST API. Processes are killed when the cluster is closed.
+
+A plain module, not conftest.py, so the benchmark can import it too.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+ECHO_WAT = ROOT / "examples" / "agents" / "wat" / "echo.wat"
+
+#: Membership timings for tests: failures found in about two seconds.
+FAST = {
+    "gossip_interval": "100ms",
+    "probe_interval": "250ms",
+    "probe_timeout": "125ms",
+    "suspicion_multiplier": 4,
+}
+
+
+def caxton_command() -> list[str]:
+    script = Path(sys.executable).parent / "caxton"
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-c", "from caxton.cli.main import main; main()"]
+
+
+def clean_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """This process's environment without ``CAXTON_*`` settings, plus ``extra``."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("CAXTON_")}
+    return {**base, **(extra or {})}
+
+
+def echo_wasm() -> bytes:
+    import wasmtime
+
+    return bytes(wasmtime.wat2wasm(ECHO_WAT.read_text()))
+
+
+def free_port(udp_too: bool = True) -> int:
+    """A port free for TCP (and UDP, when asked) on 127.0.0.1."""
+    for _ in range(100):
+        with socket.socket() as tcp:
+            tcp.bind(("127.0.0.1", 0))
+            port = int(tcp.getsockname()[1])
+            if not udp_too:
+                return port
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                try:
+                    udp.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
+    raise RuntimeError("no free port pair found")
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} as TOML")
+
+
+def write_toml(path: Path, sections: Mapping[str, Mapping[str, Any]]) -> None:
+    lines = []
+    for section, values in sections.items():
+        lines.append(f"[{section}]")
+        lines += [f"{key} = {_toml_value(value)}" for key, value in values.items()]
+        lines.append("")
+    path.write_text("\n".join(lines))
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, body: Any) -> None:
+        super().__init__(f"HTTP {status}: {body}")
+        self.status = status
+        self.body = body
+
+
+class NodeProcess:
+    """One node process, its ports and its REST API."""
+
+    def __init__(self, cluster: ProcessCluster, node_id: str) -> None:
+        self.cluster = cluster
+        self.node_id = node_id
+        self.cluster_port = free_port(udp_too=True)
+        self.api_port = free_port(udp_too=False)
+        self.metrics_port = free_port(udp_too=False)
+        self.data_dir = cluster.base_dir / node_id
+        self.log_path = cluster.base_dir / f"{node_id}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.config_path = cluster.config_for(self)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.cluster_port}"
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    def start(self, *, bootstrap: bool = False, join: Iterable[str] = ()) -> None:
+        args = [
+            *caxton_command(),
+            "server",
+            "start",
+            "--config",
+            str(self.config_path),
+            "--node-id",
+            self.node_id,
+            "--bind-addr",
+            self.address,
+            "--api-addr",
+            f"127.0.0.1:{self.api_port}",
+            "--metrics-addr",
+            f"127.0.0.1:{self.metrics_port}",
+            "--data-dir",
+            str(self.data_dir),
+            "--plugin",
+            f"transport={self.cluster.transport}",
+        ]
+        seeds = list(join)
+        if bootstrap:
+            args.append("--bootstrap")
+        if seeds:
+            args += ["--join", ",".join(seeds)]
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            args, stdout=log, stderr=subprocess.STDOUT, env=clean_environment()
+        )
+        log.close()
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def request(self, method: str, path: str, body: Any = None, *, timeout: float = 10.0) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(
+            self.api_url + path,
+            data=data,
+            method=method,
+            headers={"Content-Type": "application/json"} if data else {},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                payload = response.read()
+        except urllib.error.HTTPError as exc:
+            text = exc.read()
+            try:
+                detail = json.loads(text)
+            except ValueError:
+                detail = text.decode(errors="replace")
+            raise ApiError(exc.code, detail) from None
+        return json.loads(payload) if payload else None
+
+    def ready(self) -> bool:
+        try:
+            self.request("GET", "/ready", timeout=2.0)
+        except (ApiError, OSError):
+            return False
+        return True
+
+    def members(self) -> dict[str, str]:
+        """node id -> status, as this node sees them ({} when it does not answer)."""
+        try:
+            data = self.request("GET", "/api/v1/cluster/members", timeout=3.0)
+        except (ApiError, OSError):
+            return {}
+        return {m["node_id"]: m["status"] for m in data["members"]}
+
+    def agents(self) -> dict[str, str]:
+        """agent name -> node id, from this node's registry."""
+        data = self.request("GET", "/api/v1/cluster/agents")
+        return {a["name"]: a["node_id"] for a in data["agents"]}
+
+    def deploy(self, name: str, wasm: bytes) -> dict[str, Any]:
+        body = {"name": name, "wasm_module": base64.b64encode(wasm).decode()}
+        result: dict[str, Any] = self.request("POST", "/api/v1/agents", body)
+        return result
+
+    def ask(self, receiver: str, content: Any, wait_ms: int = 5000) -> dict[str, Any]:
+        """Send a request through this node's API and return the reply."""
+        body = {
+            "performative": "request",
+            "receiver": receiver,
+            "content": content,
+            "wait_ms": wait_ms,
+        }
+        result: dict[str, Any] = self.request(
+            "POST", "/api/v1/messages", body, timeout=wait_ms / 1000 + 10
+        )
+        return result
+
+    def signal(self, signum: int) -> None:
+        assert self.process is not None
+        self.process.send_signal(signum)
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGCONT)
+            self.process.kill()
+            self.process.wait(10)
+
+    def stop(self, timeout: float = 20.0) -> int:
+        """SIGTERM (a graceful shutdown, which leaves the cluster) and wait."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout)
+
+    def log(self) -> str:
+        with contextlib.suppress(OSError):
+            return self.log_path.read_text(errors="replace")
+        return ""
+
+
+class ProcessCluster:
+    """Node processes sharing one config, see the module docstring."""
+
+    def __init__(
+        self,
+        base_dir: Path,
+        *,
+        transport: str = "tcp",
+        cluster: Mapping[str, Any] | None = None,
+        mtls_dir: Path | None = None,
+        gossip_key: bool = True,
+        extra: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> None:
+        self.base_dir = base_dir
+        self.transport = transport
+        self.cluster_settings = dict(FAST if cluster is None else cluster)
+        self.mtls_dir = mtls_dir
+        self.gossip_key = base64.b64encode(os.urandom(32)).decode() if gossip_key else None
+        self.extra = dict(extra or {})
+        self.nodes: dict[str, NodeProcess] = {}
+
+    def config_for(self, node: NodeProcess) -> Path:
+        sections: dict[str, dict[str, Any]] = {
+            "coordination.cluster": dict(self.cluster_settings),
+            "observability": {"log_level": "info"},
+        }
+        if self.mtls_dir is not None:
+            certs = self.mtls_dir / node.node_id
+            sections["security.cluster.mtls"] = {
+                "enabled": True,
+                "ca_cert": str(certs / "ca.crt"),
+                "node_cert": str(certs / "node.crt"),
+                "node_key": str(certs / "node.key"),
+            }
+        else:
+            sections["transport"] = {"plaintext": True}
+        if self.gossip_key:
+            sections["security.cluster"] = {"gossip_keys": [self.gossip_key]}
+        for name, values in self.extra.items():
+            sections.setdefault(name, {}).update(values)
+        path = self.base_dir / f"{node.node_id}.toml"
+        write_toml(path, sections)
+        return path
+
+    def add(self, node_id: str) -> NodeProcess:
+        node = NodeProcess(self, node_id)
+        self.nodes[node_id] = node
+        return node
+
+    def start(self, count: int, *, timeout: float = 60.0) -> list[NodeProcess]:
+        """Start ``count`` nodes (n1 bootstraps, the others join it) and wait until
+        every node sees every other alive."""
+        nodes = [self.add(f"n{i}") for i in range(1, count + 1)]
+        first = nodes[0]
+        first.start(bootstrap=True)
+        self.wait_until(first.ready, timeout, "n1 ready")
+        for node in nodes[1:]:
+            node.start(join=[first.address])
+        self.wait_converged(nodes, timeout)
+        return nodes
+
+    def wait_converged(self, nodes: list[NodeProcess], timeout: float = 60.0) -> None:
+        ids = {n.node_id for n in nodes}
+
+        def converged() -> bool:
+            return all({k for k, v in n.members().items() if v == "alive"} >= ids for n in nodes)
+
+        self.wait_until(converged, timeout, f"{sorted(ids)} all alive in every view")
+
+    def wait_until(
+        self, condition: Callable[[], bool], timeout: float, what: str, interval: float = 0.05
+    ) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if condition():
+                return
+            dead = [n.node_id for n in self.nodes.values() if n.process and not n.running]
+            if dead and what.endswith("ready"):
+                break
+            time.sleep(interval)
+        logs = "\n".join(f"--- {n.node_id} ---\n{n.log()[-3000:]}" for n in self.nodes.values())
+        raise AssertionError(f"timed out after {timeout:g}s waiting for {what}\n{logs}")
+
+    def close(self) -> None:
+        for node in self.nodes.values():
+            node.kill()
+
+
+def issue_certificates(directory: Path, node_ids: Iterable[str]) -> Path:
+    """A CA and one certificate per node, made with the ``caxton security`` commands."""
+    run = [*caxton_command(), "security"]
+    ca = directory / "ca"
+    subprocess.run([*run, "init-ca", "--output", str(ca)], check=True, capture_output=True)
+    for node_id in node_ids:
+        subprocess.run(
+            [*run, "issue-cert", "--ca", str(ca), "--node-id", node_id,
+             "--output", str(directory / node_id), "--host", "127.0.0.1"],
+            check=True,
+            capture_output=True,
+        )  # fmt: skip
+    return directory

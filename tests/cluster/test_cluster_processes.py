@@ -1,0 +1,209 @@
+"""Real clusters: ``caxton server start`` processes on loopback, over tcp and quic.
+
+Each test starts its own three nodes (n1 bootstraps, n2 and n3 join it) with test
+timings (failures found in about two seconds; the pause test uses the defaults) and
+drives them through their REST APIs and the ``caxton`` CLI.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from cluster_support import (
+    ApiError,
+    NodeProcess,
+    ProcessCluster,
+    caxton_command,
+    clean_environment,
+    issue_certificates,
+)
+
+pytestmark = pytest.mark.cluster
+
+MakeCluster = Callable[..., ProcessCluster]
+
+
+def cli(node: NodeProcess, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*caxton_command(), *args, "--api-url", node.api_url],
+        capture_output=True,
+        text=True,
+        env=clean_environment(),
+        timeout=60,
+    )
+
+
+def event_kinds(node: NodeProcess, about: str) -> list[str]:
+    events = node.request("GET", "/api/v1/cluster/events?limit=1000")["events"]
+    return [e["kind"] for e in events if e.get("node_id") == about]
+
+
+def wait_for_agent(cluster: ProcessCluster, name: str, where: str) -> None:
+    nodes = list(cluster.nodes.values())
+    cluster.wait_until(
+        lambda: all(n.agents().get(name) == where for n in nodes if n.running),
+        15,
+        f"{name} on {where} in every registry",
+    )
+
+
+@pytest.mark.parametrize("transport", ["tcp", "quic"])
+def test_nodes_form_a_cluster_and_route_by_name(
+    make_cluster: MakeCluster, echo: bytes, transport: str
+) -> None:
+    cluster = make_cluster(transport=transport)
+    n1, n2, n3 = cluster.start(3)
+    n2.deploy("echo", echo)
+    wait_for_agent(cluster, "echo", "n2")
+
+    # An external client on n1 waits for the reply of an agent on n2.
+    result = n1.ask("echo", {"hello": "from n1"})
+    assert result["status"] == "replied"
+    assert result["reply"]["sender"] == "echo"
+    assert result["reply"]["content"] == {"hello": "from n1"}
+    assert result["reply"]["in_reply_to"] == result["message_id"]
+    for i in range(20):
+        assert n3.ask("echo", i)["reply"]["content"] == i
+
+    with pytest.raises(ApiError) as info:
+        n3.ask("nobody", "hi")
+    assert info.value.status == 404
+    assert "Agent not found: nobody" in json.dumps(info.value.body)
+
+    members = cli(n3, "cluster", "members")
+    assert members.returncode == 0, members.stderr
+    lines = members.stdout.splitlines()
+    assert lines[0].split() == ["NODE-ID", "STATUS", "ADDRESS", "AGENTS", "CPU", "MEMORY"]
+    rows = {line.split()[0]: line.split() for line in lines[1:]}
+    assert set(rows) == {"n1", "n2", "n3"}
+    assert all(row[1] == "alive" for row in rows.values())
+    assert rows["n2"][2] == n2.address
+
+    by_node = cli(n1, "agents", "list", "--by-node", "--json")
+    assert by_node.returncode == 0, by_node.stderr
+    assert json.loads(by_node.stdout) == {"n2": {"running": 1}}
+
+    status = cli(n1, "cluster", "status")
+    assert status.returncode == 0, status.stderr
+    assert "Status: HEALTHY (majority partition)" in status.stdout
+    assert "Operations: READ-WRITE" in status.stdout
+    assert "Nodes: 3/3 active" in status.stdout
+
+
+def test_a_killed_node_is_marked_failed_and_its_agents_disappear(
+    make_cluster: MakeCluster, echo: bytes
+) -> None:
+    cluster = make_cluster()
+    n1, n2, n3 = cluster.start(3)
+    n3.deploy("echo", echo)
+    wait_for_agent(cluster, "echo", "n3")
+
+    n3.kill()  # SIGKILL
+    cluster.wait_until(
+        lambda: n1.members().get("n3") == "failed" and n2.members().get("n3") == "failed",
+        30,
+        "n3 failed on n1 and n2",
+    )
+    assert "echo" not in n1.agents()
+    assert "echo" not in n2.agents()
+    with pytest.raises(ApiError) as info:
+        n1.ask("echo", "anyone?")
+    assert info.value.status == 404
+    assert "failed" in event_kinds(n1, "n3")
+    assert "left" not in event_kinds(n1, "n3")
+
+    status = cli(n2, "cluster", "status")
+    assert "Nodes: 2/3 active" in status.stdout
+
+    refused = cli(n1, "cluster", "remove", "--node", "n3")
+    assert refused.returncode != 0
+    assert "--force" in refused.stderr
+    removed = cli(n1, "cluster", "remove", "--node", "n3", "--force")
+    assert removed.returncode == 0, removed.stderr
+    cluster.wait_until(lambda: n2.members().get("n3") == "left", 10, "n3 removed everywhere")
+
+
+def test_a_short_pause_is_not_a_failure(make_cluster: MakeCluster) -> None:
+    # Default timings: the shortest suspicion timeout is 4 s; the pause is 1.5 s.
+    cluster = make_cluster(cluster={})
+    n1, n2, n3 = cluster.start(3)
+    n3.signal(signal.SIGSTOP)
+    try:
+        time.sleep(1.5)
+    finally:
+        n3.signal(signal.SIGCONT)
+    cluster.wait_converged([n1, n2, n3], timeout=15)
+    time.sleep(1.0)  # a failure declared just before resuming would be gossiped by now
+    for node in (n1, n2):
+        assert "failed" not in event_kinds(node, "n3"), node.node_id
+    assert set(n1.members().values()) == {"alive"}
+
+
+def test_a_restarted_node_rejoins_with_its_agents(make_cluster: MakeCluster, echo: bytes) -> None:
+    cluster = make_cluster()
+    n1, n2, n3 = cluster.start(3)
+    n3.deploy("echo", echo)
+    wait_for_agent(cluster, "echo", "n3")
+    n3.kill()
+    cluster.wait_until(lambda: n1.members().get("n3") == "failed", 30, "n3 failed on n1")
+    cluster.wait_until(lambda: "echo" not in n2.agents(), 10, "echo dropped on n2")
+
+    n3.start(join=[n1.address])  # same id, ports and data: dead-node reclaim
+    cluster.wait_converged([n1, n2, n3], timeout=30)
+    wait_for_agent(cluster, "echo", "n3")  # restored from n3's store, announced again
+    assert n1.ask("echo", "back?")["reply"]["content"] == "back?"
+    assert event_kinds(n2, "n3").count("joined") >= 2
+
+
+def test_a_graceful_leave_is_not_a_failure(make_cluster: MakeCluster, echo: bytes) -> None:
+    cluster = make_cluster()
+    n1, n2, n3 = cluster.start(3)
+    n3.deploy("echo", echo)
+    wait_for_agent(cluster, "echo", "n3")
+    left = cli(n3, "cluster", "leave", "--drain-timeout", "2s")
+    assert left.returncode == 0, left.stderr
+    assert "Node n3 left the cluster" in left.stdout
+    assert n3.process is not None
+    assert n3.process.wait(20) == 0
+    cluster.wait_until(
+        lambda: n1.members().get("n3") == "left" and n2.members().get("n3") == "left",
+        10,
+        "n3 left on n1 and n2",
+    )
+    time.sleep(1.0)  # longer than the suspicion timeout of the test timings
+    for node in (n1, n2):
+        kinds = event_kinds(node, "n3")
+        assert "left" in kinds, (node.node_id, kinds)
+        assert "failed" not in kinds, (node.node_id, kinds)
+        assert "echo" not in node.agents()
+    status = cli(n1, "cluster", "status")
+    assert "Nodes: 2/2 active" in status.stdout
+
+
+def test_an_mtls_cluster_routes_and_its_keys_agree(
+    make_cluster: MakeCluster, echo: bytes, tmp_path: Path
+) -> None:
+    certs = issue_certificates(tmp_path / "pki", ["n1", "n2", "n3"])
+    cluster = make_cluster(mtls_dir=certs, gossip_key=False)
+    n1, n2, n3 = cluster.start(3)
+    n1.deploy("echo", echo)
+    wait_for_agent(cluster, "echo", "n1")
+    assert n3.ask("echo", "over mTLS")["reply"]["content"] == "over mTLS"
+
+    verified = cli(n2, "cluster", "verify-auth", "--json")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    report = json.loads(verified.stdout)
+    assert report["agree"] is True
+    assert {n["node_id"] for n in report["nodes"]} == {"n1", "n2", "n3"}
+    assert len({n["ca_fingerprint"] for n in report["nodes"]}) == 1
+    assert all(n["certificate"]["node_id"] == n["node_id"] for n in report["nodes"])
+
+    ping = cli(n1, "cluster", "ping", "n3")
+    assert ping.returncode == 0, ping.stderr
+    assert ping.stdout.startswith(f"n3 ({n3.address}, alive): gossip ")
