@@ -22,7 +22,7 @@ from typing import Any
 from caxton.api.permissions import PERMISSIONS
 from caxton.errors import ConfigError, Forbidden
 
-__all__ = ["ALL", "DEFAULT_ROLES", "Roles"]
+__all__ = ["ALL", "CLI_PERMISSIONS", "DEFAULT_ROLES", "LOCAL", "Roles"]
 
 #: In ``[security.roles]``: every permission.
 ALL = "*"
@@ -33,6 +33,52 @@ DEFAULT_ROLES: Mapping[str, frozenset[str]] = MappingProxyType(
         "operator": frozenset({"read", "deploy", "update", "remove", "send", "metrics", "cluster"}),
         "developer": frozenset({"read", "deploy", "update", "send", "metrics"}),
         "viewer": frozenset({"read", "metrics"}),
+    }
+)
+
+
+#: In :data:`CLI_PERMISSIONS`: the command works on this host's files, not through the API
+#: (whoever can read the node's config and data directory may run it).
+LOCAL = "local"
+
+#: The permission each core CLI command needs on the node it drives (the strongest
+#: route it calls), or :data:`LOCAL`. A test walks the command tree and fails on any
+#: command missing here.
+CLI_PERMISSIONS: Mapping[str, str] = MappingProxyType(
+    {
+        "deploy": "deploy",
+        "agents list": "read",
+        "agent get": "read",
+        "agent start": "update",
+        "agent stop": "update",
+        "agent suspend": "update",
+        "agent resume": "update",
+        "agent update": "update",
+        "agent remove": "remove",
+        "message send": "send",
+        "queue stats": "metrics",
+        "queue drain": "cluster",
+        "resources": "metrics",
+        "emergency stop": "cluster",
+        "cluster members": "read",
+        "cluster status": "read",
+        "cluster watch": "read",
+        "cluster ping": "read",
+        "cluster verify-auth": "read",
+        "cluster leave": "cluster",
+        "cluster remove": "cluster",
+        "config show": LOCAL,
+        "config validate": LOCAL,
+        "plugins": LOCAL,
+        "plugin new": LOCAL,
+        "server start": LOCAL,
+        "security init-ca": LOCAL,
+        "security issue-cert": LOCAL,
+        "security cert-status": LOCAL,
+        "security api-key create": LOCAL,
+        "security api-key list": LOCAL,
+        "security api-key revoke": LOCAL,
+        "security token create": LOCAL,
     }
 )
 
