@@ -51,6 +51,7 @@ async def test_metrics_report_agents_messages_and_cluster(
         assert after["caxton_agents_total"] == 1
         assert after['caxton_agents_messages_processed_total{agent="echo"}'] == 3
         assert after['caxton_agent_crashes_total{agent="echo"}'] == 0
+        assert "caxton_routing_latency_seconds{quantile=\"0.99\"}" in after
         assert after['caxton_agent_memory_used_bytes{agent="echo"}'] >= 65536
 
 

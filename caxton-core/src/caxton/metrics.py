@@ -122,11 +122,20 @@ class NodeCollector(Collector):
         router = self.node.router
         if router is None:
             return
-        stats = router.queue_stats()
+        stats = router.queue_stats(agents=False)
         yield _gauge(f"{prefix}_queue_depth", "Messages waiting in agent queues",
                      stats.get("total_queued", 0))
         yield _gauge(f"{prefix}_dead_letters", "Messages in the dead-letter queue",
                      stats.get("dead_letters", 0))
+        latency = router.routing_latency()
+        summary = GaugeMetricFamily(
+            f"{prefix}_routing_latency_seconds",
+            "Local send-to-deliver latency (quantiles of a recent sample)",
+            labels=["quantile"],
+        )
+        for quantile, key in (("0.5", "p50"), ("0.9", "p90"), ("0.99", "p99")):
+            summary.add_metric([quantile], float(latency[key]))
+        yield summary
 
 
 def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:

@@ -298,6 +298,7 @@ class Node:
             observer=self._observer(),
             cleanup_interval=messaging["cleanup_interval"],
             batch_size=messaging["batch_size"],
+            priority_routing=bool(messaging["priority_routing"]),
             dead_letter_sink=lambda letter: self.store.add_dead_letter(
                 letter.message, letter.reason
             ),
