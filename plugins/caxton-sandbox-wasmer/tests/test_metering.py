@@ -45,7 +45,8 @@ CONTROL_FLOW = """
             (if (result i32) (i32.and (local.get $i) (i32.const 1))
               (then (call_indirect (type $binop) (local.get $i) (i32.const 3) (i32.const 1)))
               (else (call_indirect (type $binop) (local.get $i) (i32.const 7) (i32.const 0)))))))
-      (local.set $acc (i32.add (local.get $acc) (call $pick (i32.rem_u (local.get $i) (i32.const 4)))))
+      (local.set $acc
+        (i32.add (local.get $acc) (call $pick (i32.rem_u (local.get $i) (i32.const 4)))))
       (call $pair (local.get $i))
       (block $mv (param i32 i32) (result i32) i32.sub)
       (local.set $acc (i32.add (local.get $acc)))
