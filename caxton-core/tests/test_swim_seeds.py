@@ -35,8 +35,11 @@ SEEDS = {"kill": 500, "loss": 200, "pause": 400, "partition": 200, "leave": 500,
 def keep_regression(case: dict[str, Any]) -> Path:
     REGRESSIONS.mkdir(exist_ok=True)
     name = f"{case['scenario']}-seed{case['seed']}"
-    if case.get("params"):
-        name += "-" + "-".join(f"{k}{v}" for k, v in sorted(case["params"].items()))
+    params = case.get("params") or {}
+    if "nodes" in params:
+        name += f"-nodes{params['nodes']}"
+    if "settings" in params:
+        name += "-" + "-".join(f"{k}{v}" for k, v in sorted(params["settings"].items()))
     path = REGRESSIONS / f"{name}.json"
     path.write_text(json.dumps(case, indent=2) + "\n")
     return path
@@ -69,20 +72,17 @@ def test_property_holds_across_seeds(name: str) -> None:
 def test_failure_detected_without_false_positives_for_any_tuning(
     seed: int, nodes: int, probe_interval: float, suspicion_multiplier: int
 ) -> None:
-    params = {
-        "nodes": nodes,
+    tuning = {
         "probe_interval": probe_interval,
+        "probe_timeout": probe_interval / 2,
         "suspicion_multiplier": suspicion_multiplier,
     }
-    tuning = SwimSettings(
-        probe_interval=probe_interval,
-        probe_timeout=probe_interval / 2,
-        suspicion_multiplier=suspicion_multiplier,
-    )
-    result = scenario_kill(seed, nodes, tuning)
+    result = scenario_kill(seed, nodes, SwimSettings(**tuning))
     if result.failure is not None:
-        case = {"scenario": "kill", "seed": seed, "params": params, "failure": result.failure}
-        keep_regression(case)
+        params = {"nodes": nodes, "settings": tuning}
+        keep_regression(
+            {"scenario": "kill", "seed": seed, "params": params, "failure": result.failure}
+        )
     assert result.failure is None
 
 
@@ -148,16 +148,9 @@ def test_regression_replays(case: dict[str, Any]) -> None:
             _check(sim, expectation)
         return
     params = dict(case.get("params") or {})
-    if case["scenario"] == "kill" and "probe_interval" in params:
-        interval = params.pop("probe_interval")
-        tuning = SwimSettings(
-            probe_interval=interval,
-            probe_timeout=interval / 2,
-            suspicion_multiplier=params.pop("suspicion_multiplier"),
-        )
-        result = scenario_kill(case["seed"], params.pop("nodes"), tuning)
-    else:
-        result = SCENARIOS[case["scenario"]](case["seed"], **params)
+    if "settings" in params:
+        params["settings"] = SwimSettings(**params["settings"])
+    result = SCENARIOS[case["scenario"]](case["seed"], **params)
     assert result.failure is None
 
 

@@ -197,6 +197,7 @@ class SwimCore:
         self._probe: _Probe | None = None
         self._probe_order: list[str] = []
         self._probe_index = 0
+        self._recheck_turn = False
         self._seq = 0
         self._syncs: dict[int, SyncRequest] = {}
         #: Seed address -> node id that answered there (seeds are often host names).
@@ -295,7 +296,14 @@ class SwimCore:
         self._probe = None
         self._me.status = LEFT
         self._me.changed_at = now
-        self._broadcasts.queue(self.node_id, codec.left(self._me.incarnation, self.node_id))
+        announcement = codec.left(self._me.incarnation, self.node_id)
+        # Tell every member directly, then gossip it as well: an epidemic can miss a
+        # member now and then, and a member that missed it would probe us, find us
+        # gone and report a failure instead of a leave.
+        for node in self._nodes.values():
+            if node is not self._me and node.status in _LIVE:
+                self._emit_datagram(node.address, [announcement])
+        self._broadcasts.queue(self.node_id, announcement)
         self._gossip_round()
 
     def update_meta(self, now: float, meta: Mapping[str, Any]) -> None:
@@ -470,11 +478,29 @@ class SwimCore:
             self._probe_index = 0
         return None
 
+    def _suspect_to_recheck(self) -> _Node | None:
+        """Every other round while we suspect someone, probe a suspect again.
+
+        The ping carries our suspicion and the suspect answers with its refutation in
+        the same datagram as the ack, so a node that missed the gossiped refutation
+        (it is rare, but it happens, and more with loss) is corrected long before its
+        suspicion runs out, instead of declaring a live member failed.
+        """
+        self._recheck_turn = not self._recheck_turn
+        if not self._recheck_turn or not self._suspicions:
+            return None
+        suspects = [
+            node
+            for node_id in self._suspicions
+            if (node := self._nodes.get(node_id)) is not None and node.status is SUSPECT
+        ]
+        return self.rng.choice(suspects) if suspects else None
+
     def _start_probe(self) -> None:
         now = self._now
         round_length = self.awareness.scale(self.settings.probe_round)
         self._next_probe = now + round_length
-        target = self._next_probe_target()
+        target = self._suspect_to_recheck() or self._next_probe_target()
         if target is None:
             return
         self.stats.probes += 1
