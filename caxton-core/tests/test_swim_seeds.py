@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from caxton.drivers.membership import MemberStatus
 from caxton.membership.settings import SwimSettings
-from caxton.testing.membership import SCENARIOS, SimCluster, scenario_kill
+from caxton.testing.membership import SCENARIOS, SimCluster
 
 REGRESSIONS = Path(__file__).parent / "swim_regressions"
 BASE = int(os.environ.get("CAXTON_SWIM_SEED_BASE", "0"))
@@ -58,30 +58,38 @@ def test_property_holds_across_seeds(name: str) -> None:
 
 
 @settings(
-    max_examples=40,
+    max_examples=60,
     deadline=None,
     database=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
 @given(
     seed=st.integers(0, 2**32 - 1),
+    scenario=st.sampled_from(["kill", "leave", "restart"]),
     nodes=st.integers(3, 12),
     probe_interval=st.sampled_from([0.2, 0.5, 1.0]),
     suspicion_multiplier=st.integers(2, 6),
+    gossip_interval=st.sampled_from([0.1, 0.2, 0.5]),
 )
-def test_failure_detected_without_false_positives_for_any_tuning(
-    seed: int, nodes: int, probe_interval: float, suspicion_multiplier: int
+def test_properties_hold_for_any_size_and_tuning(
+    seed: int,
+    scenario: str,
+    nodes: int,
+    probe_interval: float,
+    suspicion_multiplier: int,
+    gossip_interval: float,
 ) -> None:
     tuning = {
         "probe_interval": probe_interval,
         "probe_timeout": probe_interval / 2,
         "suspicion_multiplier": suspicion_multiplier,
+        "gossip_interval": gossip_interval,
     }
-    result = scenario_kill(seed, nodes, SwimSettings(**tuning))
+    result = SCENARIOS[scenario](seed, nodes, SwimSettings(**tuning))
     if result.failure is not None:
         params = {"nodes": nodes, "settings": tuning}
         keep_regression(
-            {"scenario": "kill", "seed": seed, "params": params, "failure": result.failure}
+            {"scenario": scenario, "seed": seed, "params": params, "failure": result.failure}
         )
     assert result.failure is None
 
