@@ -1,0 +1,210 @@
+"""What is particular to the wasmer sandbox (CPython 3.10): instances moving between
+threads, the disk cache, the pool, start functions under limits."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+import wasmtime
+from conftest import make_wasmer_sandbox, needs_wasmer
+
+from caxton.drivers.sandbox import HostCall, HostFunction, ResourceLimits, WasiCapabilities
+from caxton.errors import ExecutionFailed
+from caxton.testing.sandbox import RecordingAgentHost
+from caxton_sandbox_wasmer.driver import WasmerSandbox
+
+pytestmark = needs_wasmer
+
+#: Keeps a count in a global and another in memory; replies "<global>,<memory>".
+STATEFUL = """
+(module
+  (import "caxton" "reply" (func $reply (param i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (global $n (mut i32) (i32.const 0))
+  (func (export "alloc") (param i32) (result i32) (i32.const 4096))
+  (func (export "handle_message") (param i32 i32) (result i32)
+    (global.set $n (i32.add (global.get $n) (i32.const 1)))
+    (i32.store (i32.const 64) (i32.add (i32.load (i32.const 64)) (i32.const 2)))
+    (i32.store8 (i32.const 0) (i32.add (i32.const 48) (global.get $n)))
+    (i32.store8 (i32.const 1) (i32.const 44))
+    (i32.store8 (i32.const 2) (i32.add (i32.const 48) (i32.load (i32.const 64))))
+    (call $reply (i32.const 0) (i32.const 3)))
+)
+"""
+
+SPINNING_START = """
+(module
+  (memory (export "memory") 1)
+  (start $spin)
+  (func $spin (loop $l (br $l)))
+)
+"""
+
+CALLS_PLUGIN = """
+(module
+  (import "demo" "boom" (func $boom (result i32)))
+  (memory (export "memory") 1)
+  (func (export "alloc") (param i32) (result i32) (i32.const 1024))
+  (func (export "handle_message") (param i32 i32) (result i32) (call $boom))
+)
+"""
+
+
+def wat(source: str) -> bytes:
+    return bytes(wasmtime.wat2wasm(source))
+
+
+def in_thread(fn: Any) -> Any:
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - handed back to the test
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(60)
+    assert not thread.is_alive()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+def test_an_instance_moves_to_another_thread_with_its_state(
+    wasmer_sandbox: WasmerSandbox,
+) -> None:
+    host = RecordingAgentHost()
+    instance = wasmer_sandbox.instantiate(
+        wasmer_sandbox.compile(wat(STATEFUL)),
+        agent_name="stateful",
+        limits=ResourceLimits(),
+        host=host,
+    )
+    instance.handle_message(b"x")
+    in_thread(lambda: instance.handle_message(b"x"))
+    in_thread(lambda: instance.handle_message(b"x"))
+    instance.handle_message(b"x")
+    assert host.replies == [b"1,2", b"2,4", b"3,6", b"4,8"]
+    assert wasmer_sandbox.runtime.stats["moved"] == 3
+    instance.close()
+
+
+def test_a_wasi_instance_refuses_another_thread_clearly(
+    wasmer_sandbox: WasmerSandbox, example_agents: dict[str, bytes]
+) -> None:
+    instance = wasmer_sandbox.instantiate(
+        wasmer_sandbox.compile(example_agents["echo"]),
+        agent_name="wasi-echo",
+        limits=ResourceLimits(),
+        host=RecordingAgentHost(),
+        capabilities=WasiCapabilities(enabled=True),
+    )
+    with pytest.raises(ExecutionFailed, match="thread") as failure:
+        in_thread(lambda: instance.handle_message(b'{"content": 1}'))
+    assert failure.value.reason == "abi"
+    assert instance.handle_message(b'{"content": 1}') == 0  # still fine on its own thread
+    instance.close()
+
+
+async def test_compiled_modules_are_cached_on_disk(
+    tmp_path: Path, example_agents: dict[str, bytes]
+) -> None:
+    first = make_wasmer_sandbox(tmp_path)
+    first.compile(example_agents["echo_c"])
+    assert first.runtime.stats["compile"] == 1
+    second = make_wasmer_sandbox(tmp_path)
+    module = second.compile(example_agents["echo_c"])
+    assert second.runtime.stats["compile"] == 0
+    assert second.runtime.stats["compile_disk_hit"] == 1
+    host = RecordingAgentHost()
+    instance = second.instantiate(module, agent_name="echo", limits=ResourceLimits(), host=host)
+    assert instance.handle_message(b'{"content": "cached"}') == 0
+    assert host.replies_json() == [{"performative": "inform", "content": "cached"}]
+    # A damaged cache file is ignored and the module compiled again.
+    [cached] = (tmp_path / "cache" / "wasmer").glob("*.wasmer")
+    cached.write_bytes(cached.read_bytes()[:100])
+    third = make_wasmer_sandbox(tmp_path)
+    third.compile(example_agents["echo_c"])
+    assert third.runtime.stats["compile"] == 1
+
+
+async def test_the_pool_is_filled_on_the_event_loop_thread(
+    tmp_path: Path, example_agents: dict[str, bytes]
+) -> None:
+    sandbox = make_wasmer_sandbox(tmp_path, agent_pool_size=3)
+    await sandbox.start()
+    module = sandbox.compile(example_agents["echo"])
+    for _ in range(100):
+        if sandbox.pooled(module) == 3:
+            break
+        await asyncio.sleep(0.01)
+    assert sandbox.pooled(module) == 3
+    host = RecordingAgentHost()
+    instance = sandbox.instantiate(module, agent_name="e", limits=ResourceLimits(), host=host)
+    assert sandbox.runtime.stats["pool_hit"] == 1
+    assert instance.handle_message(b'{"content": 7}') == 0
+    assert host.replies_json() == [{"performative": "inform", "content": 7}]
+    await sandbox.close()
+
+
+def test_a_start_function_runs_under_the_limits(wasmer_sandbox: WasmerSandbox) -> None:
+    module = wasmer_sandbox.compile(wat(SPINNING_START))
+    with pytest.raises(ExecutionFailed) as failure:
+        wasmer_sandbox.instantiate(
+            module,
+            agent_name="spinner",
+            limits=ResourceLimits(max_fuel=100_000),
+            host=RecordingAgentHost(),
+        )
+    assert failure.value.reason == "fuel"
+
+
+def test_an_initial_table_over_the_limit_is_refused(wasmer_sandbox: WasmerSandbox) -> None:
+    module = wasmer_sandbox.compile(wat("(module (table 500 funcref))"))
+    with pytest.raises(ExecutionFailed, match="max_table_elements"):
+        wasmer_sandbox.instantiate(
+            module,
+            agent_name="tables",
+            limits=ResourceLimits(max_table_elements=100),
+            host=RecordingAgentHost(),
+        )
+
+
+def test_a_failing_plugin_host_function_is_a_trap(wasmer_sandbox: WasmerSandbox) -> None:
+    def boom(call: HostCall) -> int:
+        raise RuntimeError("no luck")
+
+    instance = wasmer_sandbox.instantiate(
+        wasmer_sandbox.compile(wat(CALLS_PLUGIN)),
+        agent_name="plugged",
+        limits=ResourceLimits(),
+        host=RecordingAgentHost(),
+        extra_functions=(HostFunction("demo", "boom", (), ("i32",), boom),),
+    )
+    with pytest.raises(ExecutionFailed, match=r"host function demo\.boom failed: no luck") as e:
+        instance.handle_message(b"x")
+    assert e.value.reason == "trap"
+
+
+def test_fuel_used_is_the_same_for_the_same_work(
+    wasmer_sandbox: WasmerSandbox, example_agents: dict[str, bytes]
+) -> None:
+    instance = wasmer_sandbox.instantiate(
+        wasmer_sandbox.compile(example_agents["echo"]),
+        agent_name="echo",
+        limits=ResourceLimits(),
+        host=RecordingAgentHost(),
+    )
+    used = []
+    for _ in range(3):
+        instance.handle_message(b'{"content": "same"}')
+        used.append(instance.last_fuel_used)
+    assert used[0] > 0
+    assert used == [used[0]] * 3
+    assert instance.total_fuel_used == sum(used)
