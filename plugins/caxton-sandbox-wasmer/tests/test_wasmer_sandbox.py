@@ -64,7 +64,7 @@ def in_thread(fn: Any) -> Any:
     def run() -> None:
         try:
             outcome["value"] = fn()
-        except BaseException as exc:  # noqa: BLE001 - handed back to the test
+        except BaseException as exc:
             outcome["error"] = exc
 
     thread = threading.Thread(target=run)
