@@ -26,7 +26,7 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -56,6 +56,8 @@ MAX_HOPS = 1
 CONTROL_TIMEOUT = 2.0
 #: Reply routes remembered (names of senders on other nodes, e.g. waiting clients).
 REPLY_ROUTES = 100_000
+#: Routes cached (agents and reply routes); the oldest is dropped beyond.
+ROUTE_CACHE = 100_000
 #: Seconds an unsuccessful lookup is trusted while the registry did not change.
 MISS_TTL = 1.0
 #: Seconds between refreshes of the load figures in this node's metadata.
@@ -460,7 +462,7 @@ class Cluster:
         if origin is not None:
             member = self._live(origin)
             if member is not None:
-                return PeerRoute(self, origin, member.address)
+                return self._cache(name, PeerRoute(self, origin, member.address))
         miss = self._misses.get(name)
         now = time.monotonic()
         if miss is not None and miss[0] == self._generation and now - miss[1] < MISS_TTL:
@@ -479,10 +481,15 @@ class Cluster:
                 continue
             member = self._live(entry.node_id)
             if member is not None:
-                route = PeerRoute(self, entry.node_id, member.address)
-                self._routes[name] = route
-                return route
+                return self._cache(name, PeerRoute(self, entry.node_id, member.address))
         return None
+
+    def _cache(self, name: str, route: PeerRoute) -> PeerRoute:
+        routes = self._routes
+        routes[name] = route
+        if len(routes) > ROUTE_CACHE:
+            del routes[next(iter(routes))]
+        return route
 
     async def _ask_peers(self, name: str) -> None:
         """The registry may be stale: ask every live member whether it hosts ``name``."""
@@ -650,17 +657,37 @@ class Cluster:
 
     @hookimpl
     def caxton_agent_removed(self, node: Node, agent: Agent) -> None:
-        if node is self.node and self.registry.withdraw(agent.name) is not None:
-            self._local_changed()
+        if node is self.node:
+            self.withdraw(agent.name)
 
     def _announce(self, agent: Agent) -> None:
-        entry = self.registry.announce(
+        self.announce(
             agent.name,
             agent.state.value,
             agent_id=agent.id,
             capabilities=agent_capabilities(agent),
         )
+
+    def announce(
+        self,
+        name: str,
+        state: str = "running",
+        *,
+        agent_id: str = "",
+        capabilities: Sequence[str] = (),
+    ) -> None:
+        """Make a name registered with this node's router known to the cluster.
+
+        Agents are announced by the node itself (from the agent hooks); this is for
+        other endpoints a plugin registers with the router.
+        """
+        entry = self.registry.announce(name, state, agent_id=agent_id, capabilities=capabilities)
         if entry is not None:
+            self._local_changed()
+
+    def withdraw(self, name: str) -> None:
+        """The name is no longer served here (a tombstone spreads to every member)."""
+        if self.registry.withdraw(name) is not None:
             self._local_changed()
 
     def _local_changed(self) -> None:
