@@ -95,6 +95,8 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
             "duration_ms": round((time.perf_counter() - started) * 1000, 3),
             "remote": request.remote,
             "user_agent": request.headers.get(hdrs.USER_AGENT, ""),
+            "permission": required_permission(request),
+            "identity": identity.name if (identity := request.get(IDENTITY)) else None,
         }
         access_log.info(json.dumps(entry), extra={"request_id": request_id, "access": entry})
 
@@ -213,6 +215,7 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
         )
     except CaxtonError as exc:
         return error_response(exc.http_status, exc.error, exc.details)
+    request[IDENTITY] = identity
     try:
         if permission == UNDECLARED:
             raise Forbidden(
@@ -223,7 +226,6 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
     except Forbidden as exc:
         audit("denied", exc.http_status, str(exc), identity.name)
         return error_response(exc.http_status, exc.error, exc.details)
-    request[IDENTITY] = identity
     if permission not in AUDITED_PERMISSIONS:
         return await handler(request)
     status, target = 500, None
