@@ -185,3 +185,21 @@ async def test_udp_garbage_on_the_quic_port_is_ignored(pki: TransportPKI) -> Non
         junk.close()
         await a.close()
         await b.close()
+
+
+def test_an_aioquic_without_the_hooked_internals_is_refused(
+    monkeypatch: pytest.MonkeyPatch, pki: TransportPKI
+) -> None:
+    from aioquic import tls
+
+    from caxton.errors import PluginError
+
+    original = tls.Context.__init__
+
+    def without_flag(self: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        del self._request_client_certificate
+
+    monkeypatch.setattr(tls.Context, "__init__", without_flag)
+    with pytest.raises(PluginError, match="missing _request_client_certificate"):
+        build(TransportSettings("node-a", tls=pki.node("node-a")))

@@ -32,7 +32,7 @@ from cryptography import x509
 
 from caxton.config import ConfigSection, Field
 from caxton.drivers.transport import Address
-from caxton.errors import PeerRejected, TransportError
+from caxton.errors import PeerRejected, PluginError, TransportError
 from caxton.security.identity import verify_client_chain
 from caxton.security.pki import ephemeral_certificate, load_certificate
 from caxton.transport import Channel, ConnectionTransport
@@ -112,6 +112,35 @@ QUIC_SECTION = ConfigSection(
     "QUIC transport tuning",
     owner="caxton-transport-quic",
 )
+
+
+def check_aioquic() -> None:
+    """Fail at startup, not silently, if aioquic's internals this driver hooks changed.
+
+    The client-certificate check depends on them: without it a QUIC listener would take
+    any client (aioquic issue #541).
+    """
+    from aioquic import __version__, tls
+    from aioquic.quic.connection import QuicConnection
+    from aioquic.quic.stream import QuicStreamSender
+
+    missing = [
+        name
+        for owner, name in (
+            (QuicConnection, "_initialize"),
+            (QuicConnection, "_write_stream_limits"),
+            (QuicConnection, "_write_connection_limits"),
+            (tls.Context(is_client=False), "_request_client_certificate"),
+            (tls.Context(is_client=False), "_peer_certificate_chain"),
+            (QuicStreamSender(0, True), "_buffer"),
+        )
+        if not hasattr(owner, name)
+    ]
+    if missing:
+        raise PluginError(
+            f"caxton-transport-quic does not support aioquic {__version__} (missing "
+            f"{', '.join(missing)}); install aioquic 1.7 (pip install 'aioquic>=1.7.2,<1.8')"
+        )
 
 
 class QuicChannel(Channel):
@@ -342,6 +371,7 @@ class QuicTransport(ConnectionTransport):
     native_datagrams: ClassVar[bool] = True
 
     def configure(self) -> None:
+        check_aioquic()
         self.settings = replace(
             self.settings, ping_interval=float(self.option("keep_alive_interval"))
         )
