@@ -418,7 +418,9 @@ class CoreDriver(Membership):
         self._changed.set()
         deadline = core.next_deadline()
         if self._timer is not None:
-            if self._timer.when() == deadline:
+            # uvloop's call_at returns a plain Handle (no when()) for a past deadline.
+            when = getattr(self._timer, "when", None)
+            if when is not None and when() == deadline:
                 return
             self._timer.cancel()
         self._timer = loop.call_at(deadline, self._on_timer)
