@@ -66,7 +66,7 @@ CONFIG_SECTION = ConfigSection(
         Field(
             "fuel_slice",
             "int",
-            100_000,
+            1_000_000,
             "Fuel handed to an agent at a time; the wall-clock deadline is checked between slices",
             minimum=1000,
         ),

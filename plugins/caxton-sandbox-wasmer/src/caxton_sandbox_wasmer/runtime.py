@@ -65,7 +65,7 @@ class WasmerSettings:
 
     #: Fuel handed to the guest at a time; the wall-clock deadline is checked between
     #: slices, so this sets the granularity of ``max_execution_time_ms``.
-    fuel_slice: int = 100_000
+    fuel_slice: int = 1_000_000
     #: Node-wide ceiling of any agent's memory: declared memory maxima are capped to it.
     memory_ceiling: int = 512 * 1024 * 1024
 
