@@ -207,7 +207,8 @@ def bench_timeout(limit_ms: int, runs: int, tmp: Path) -> dict[str, Any]:
         try:
             instance.handle_message(MESSAGE)
         except ExecutionFailed as exc:
-            assert exc.reason == "timeout", exc
+            if exc.reason != "timeout":
+                raise
         overshoot.append((time.perf_counter() - start) * 1000 - limit_ms)
         instance.close()
     return {
