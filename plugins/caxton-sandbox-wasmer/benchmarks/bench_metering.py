@@ -187,7 +187,7 @@ def bench_sandbox_message(n: int, tmp: Path) -> dict[str, Any]:
         module,
         agent_name="echo",
         limits=ResourceLimits(),
-        host=NullHost(),  # type: ignore[arg-type]
+        host=NullHost(),
     )
     return timed(lambda: instance.handle_message(MESSAGE), n)
 
@@ -201,7 +201,7 @@ def bench_timeout(limit_ms: int, runs: int, tmp: Path) -> dict[str, Any]:
             module,
             agent_name="loop",
             limits=ResourceLimits(max_fuel=10**15, max_execution_time_ms=limit_ms),
-            host=NullHost(),  # type: ignore[arg-type]
+            host=NullHost(),
         )
         start = time.perf_counter()
         try:
