@@ -139,7 +139,7 @@ def check_aioquic() -> None:
     if missing:
         raise PluginError(
             f"caxton-transport-quic does not support aioquic {__version__} (missing "
-            f"{', '.join(missing)}); install aioquic 1.7 (pip install 'aioquic>=1.7.2,<1.8')"
+            f"{', '.join(missing)}); install a tested one (pip install 'aioquic>=1.7.2,<1.8')"
         )
 
 
