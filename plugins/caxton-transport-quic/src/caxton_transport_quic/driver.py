@@ -15,7 +15,8 @@ verifies the chain against the cluster CA itself (:func:`verify_client_chain`) b
 channel exists, so no frame of an unverified client is ever read. aioquic raises its
 receive windows as data arrives rather than as it is consumed; to give a slow reader
 back-pressure, the window updates are held back while the connection's reading is
-paused. Both are instance-level hooks on aioquic internals, pinned to aioquic 1.7.
+paused. Both are instance-level hooks on aioquic internals (tested with aioquic 1.3 and
+1.7.2); :func:`check_aioquic` refuses to start when they are missing.
 """
 
 from __future__ import annotations
