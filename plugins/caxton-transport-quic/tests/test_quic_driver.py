@@ -7,7 +7,6 @@ import logging
 import os
 import socket
 import ssl
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +14,10 @@ import pytest
 from aioquic.asyncio import connect
 from aioquic.quic.configuration import QuicConfiguration
 
-from caxton.drivers import DriverContext, Frame, FrameKind
+from caxton.drivers import DriverContext, FrameKind
 from caxton.plugins import PluginHost
 from caxton.testing.conformance import driver_config
-from caxton.testing.transport import TransportPKI, make_pki
+from caxton.testing.transport import FrameRecorder, TransportPKI, make_pki
 from caxton.transport import Kind, TransportSettings, frame, pack_envelope
 from caxton_transport_quic import QUIC_SECTION, QuicTransport
 from caxton_transport_quic.driver import ALPN
@@ -29,30 +28,6 @@ def build(settings: TransportSettings, **config: Any) -> QuicTransport:
         settings.node_id, Path("."), PluginHost(use_entry_points=False, env={}).hook
     )
     return QuicTransport(driver_config(QuicTransport, config), context, settings=settings)
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.frames: list[Frame] = []
-        self.datagrams: list[tuple[bytes, tuple[str, int]]] = []
-        self.changed = asyncio.Event()
-
-    async def on_frame(self, frame: Frame) -> bytes | None:
-        self.frames.append(frame)
-        self.changed.set()
-        return b"ok" if frame.request_id else None
-
-    def on_datagram(self, payload: bytes, source: tuple[str, int]) -> None:
-        self.datagrams.append((payload, source))
-        self.changed.set()
-
-    async def until(self, predicate: Callable[[], object], timeout: float = 5.0) -> None:
-        async def wait() -> None:
-            while not predicate():
-                self.changed.clear()
-                await self.changed.wait()
-
-        await asyncio.wait_for(wait(), timeout)
 
 
 @pytest.fixture(scope="module")
@@ -117,9 +92,9 @@ def test_0rtt_is_refused_with_a_warning(
 async def test_datagrams_of_any_size_arrive(pki: TransportPKI, size: int) -> None:
     a = build(TransportSettings("node-a", tls=pki.node("node-a")))
     b = build(TransportSettings("node-b", tls=pki.node("node-b")))
-    recorder = Recorder()
+    recorder = FrameRecorder()
     address = await b.listen(("127.0.0.1", 0), recorder.on_frame, recorder.on_datagram)
-    a_address = await a.listen(("127.0.0.1", 0), Recorder().on_frame, lambda p, s: None)
+    a_address = await a.listen(("127.0.0.1", 0), FrameRecorder().on_frame, lambda p, s: None)
     try:
         await a.send_datagram(address, b"d" * size)
         await recorder.until(lambda: recorder.datagrams)
@@ -133,7 +108,7 @@ async def test_a_second_stream_closes_the_connection(
     pki: TransportPKI, caplog: pytest.LogCaptureFixture
 ) -> None:
     b = build(TransportSettings("node-b", tls=pki.node("node-b")))
-    recorder = Recorder()
+    recorder = FrameRecorder()
     address = await b.listen(("127.0.0.1", 0), recorder.on_frame, recorder.on_datagram)
     configuration = QuicConfiguration(is_client=True, alpn_protocols=[ALPN])
     files = pki.node("node-r")
@@ -158,7 +133,7 @@ async def test_a_second_stream_closes_the_connection(
 async def test_plaintext_mode_still_runs_tls_with_an_ephemeral_certificate() -> None:
     a = build(TransportSettings("node-a", plaintext=True))
     b = build(TransportSettings("node-b", plaintext=True))
-    recorder = Recorder()
+    recorder = FrameRecorder()
     address = await b.listen(("127.0.0.1", 0), recorder.on_frame, recorder.on_datagram)
     try:
         assert await a.request(address, FrameKind.REQUEST, b"hi", 5) == b"ok"
@@ -172,7 +147,7 @@ async def test_plaintext_mode_still_runs_tls_with_an_ephemeral_certificate() -> 
 async def test_udp_garbage_on_the_quic_port_is_ignored(pki: TransportPKI) -> None:
     b = build(TransportSettings("node-b", tls=pki.node("node-b")))
     a = build(TransportSettings("node-a", tls=pki.node("node-a")))
-    recorder = Recorder()
+    recorder = FrameRecorder()
     address = await b.listen(("127.0.0.1", 0), recorder.on_frame, recorder.on_datagram)
     junk = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import socket
-from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -13,11 +11,11 @@ from typing import Any
 import pytest
 
 from caxton.config import load_config
-from caxton.drivers import DriverContext, Frame, FrameKind
+from caxton.drivers import DriverContext, FrameKind
 from caxton.errors import ConfigError, TransportError
 from caxton.plugins import PluginHost
 from caxton.testing.conformance import driver_config
-from caxton.testing.transport import make_pki
+from caxton.testing.transport import FrameRecorder, make_pki
 from caxton.transport import Keyring, TransportSettings
 from caxton_transport_tcp import TCP_SECTION, TcpTransport
 
@@ -30,30 +28,6 @@ def build(settings: TransportSettings, **config: Any) -> TcpTransport:
     return TcpTransport(
         driver_config(TcpTransport, config), context(settings.node_id), settings=settings
     )
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.frames: list[Frame] = []
-        self.datagrams: list[tuple[bytes, tuple[str, int]]] = []
-        self.changed = asyncio.Event()
-
-    async def on_frame(self, frame: Frame) -> bytes | None:
-        self.frames.append(frame)
-        self.changed.set()
-        return b"ok" if frame.request_id else None
-
-    def on_datagram(self, payload: bytes, source: tuple[str, int]) -> None:
-        self.datagrams.append((payload, source))
-        self.changed.set()
-
-    async def until(self, predicate: Callable[[], object], timeout: float = 5.0) -> None:
-        async def wait() -> None:
-            while not predicate():
-                self.changed.clear()
-                await self.changed.wait()
-
-        await asyncio.wait_for(wait(), timeout)
 
 
 def test_published_and_selected_by_name() -> None:
@@ -106,7 +80,7 @@ async def test_socket_options_are_applied(tmp_path: Path) -> None:
         linger=1,
     )
     b = build(TransportSettings("node-b", plaintext=True))
-    recorder = Recorder()
+    recorder = FrameRecorder()
     address = await b.listen(("127.0.0.1", 0), recorder.on_frame, recorder.on_datagram)
     try:
         await a.send(address, FrameKind.MESSAGE, b"x")
@@ -126,7 +100,7 @@ async def test_socket_options_are_applied(tmp_path: Path) -> None:
 async def test_gossip_udp_shares_the_tcp_port_and_is_sealed() -> None:
     key = os.urandom(32)
     b = build(TransportSettings("node-b", plaintext=True, keyring=Keyring([key])))
-    recorder = Recorder()
+    recorder = FrameRecorder()
     address = await b.listen(("127.0.0.1", 0), recorder.on_frame, recorder.on_datagram)
     probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
@@ -147,9 +121,9 @@ async def test_with_mtls_and_no_keyring_udp_is_ignored_and_datagrams_use_tls(
     pki = make_pki(tmp_path)
     a = build(TransportSettings("node-a", tls=pki.node("node-a")))
     b = build(TransportSettings("node-b", tls=pki.node("node-b")))
-    recorder = Recorder()
+    recorder = FrameRecorder()
     address = await b.listen(("127.0.0.1", 0), recorder.on_frame, recorder.on_datagram)
-    a_address = await a.listen(("127.0.0.1", 0), Recorder().on_frame, lambda p, s: None)
+    a_address = await a.listen(("127.0.0.1", 0), FrameRecorder().on_frame, lambda p, s: None)
     probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
         probe.sendto(b"spoofed", address)
@@ -166,7 +140,7 @@ async def test_with_mtls_and_no_keyring_udp_is_ignored_and_datagrams_use_tls(
 async def test_compression_and_batching_settings_keep_payloads_intact(batching: bool) -> None:
     a = build(TransportSettings("node-a", plaintext=True, compression=True, batching=batching))
     b = build(TransportSettings("node-b", plaintext=True))
-    recorder = Recorder()
+    recorder = FrameRecorder()
     address = await b.listen(("127.0.0.1", 0), recorder.on_frame, recorder.on_datagram)
     try:
         payloads = [bytes([i]) * 4000 for i in range(50)]
@@ -183,7 +157,7 @@ async def test_compression_and_batching_settings_keep_payloads_intact(batching: 
 async def test_verify_peer_off_skips_only_the_identity_match(tmp_path: Path) -> None:
     pki = make_pki(tmp_path)
     lenient = build(TransportSettings("node-b", tls=pki.node("node-b"), verify_peer=False))
-    recorder = Recorder()
+    recorder = FrameRecorder()
     address = await lenient.listen(("127.0.0.1", 0), recorder.on_frame, recorder.on_datagram)
     # node-c's valid certificate, claiming node-a: accepted without the identity check...
     other = build(TransportSettings("node-a", tls=pki.node("node-c"), verify_peer=False))

@@ -91,12 +91,16 @@ def _prepare_dir(output_dir: str | Path, names: Iterable[str], force: bool) -> P
     return directory
 
 
+def _read(path: str | Path, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise CertificateError(f"cannot read {what} {path}: {exc.strerror}") from None
+
+
 def load_certificate(path: str | Path) -> x509.Certificate:
     """Read one PEM certificate, with a clear error when it is missing or malformed."""
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise CertificateError(f"cannot read certificate {path}: {exc.strerror}") from None
+    data = _read(path, "certificate")
     try:
         return x509.load_pem_x509_certificate(data)
     except ValueError:
@@ -104,10 +108,7 @@ def load_certificate(path: str | Path) -> x509.Certificate:
 
 
 def load_private_key(path: str | Path) -> ec.EllipticCurvePrivateKey:
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise CertificateError(f"cannot read private key {path}: {exc.strerror}") from None
+    data = _read(path, "private key")
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError):

@@ -52,6 +52,7 @@ from caxton.transport.keyring import Keyring
 from caxton.transport.settings import TransportSettings
 
 __all__ = [
+    "FrameRecorder",
     "RawSocketStream",
     "RawStream",
     "TransportConformance",
@@ -180,6 +181,35 @@ class RawSocketStream:
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self._writer.close()
+
+
+class FrameRecorder:
+    """Handlers for :meth:`Transport.listen` that record what arrives.
+
+    Requests are answered ``b"ok"``; :meth:`until` waits for a condition on the records.
+    """
+
+    def __init__(self) -> None:
+        self.frames: list[Frame] = []
+        self.datagrams: list[tuple[bytes, Address]] = []
+        self.changed = asyncio.Event()
+
+    async def on_frame(self, frame_: Frame) -> bytes | None:
+        self.frames.append(frame_)
+        self.changed.set()
+        return b"ok" if frame_.request_id else None
+
+    def on_datagram(self, payload: bytes, source: Address) -> None:
+        self.datagrams.append((payload, source))
+        self.changed.set()
+
+    async def until(self, predicate: Callable[[], object], timeout: float = 5.0) -> None:
+        async def wait() -> None:
+            while not predicate():
+                self.changed.clear()
+                await self.changed.wait()
+
+        await asyncio.wait_for(wait(), timeout)
 
 
 @dataclass
