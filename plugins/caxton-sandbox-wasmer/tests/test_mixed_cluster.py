@@ -46,6 +46,7 @@ async def nodes(tmp_path: Path) -> AsyncIterator[tuple[Any, Any]]:
     on_wasmer = factory.build("on-wasmer", bootstrap=True, plugin_options=["sandbox=wasmer"])
     await on_wasmer.start()
     try:
+        assert on_wasmer.cluster_address is not None
         seed = f"127.0.0.1:{on_wasmer.cluster_address[1]}"
         on_wasmtime = factory.build("on-wasmtime", join=[seed])
         await on_wasmtime.start()
