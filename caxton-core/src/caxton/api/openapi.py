@@ -769,7 +769,8 @@ def _paths() -> dict[str, Any]:
 def build_openapi(node: Node) -> dict[str, Any]:
     agents = getattr(node, "agents", None)
     ceiling = getattr(agents, "limit_ceiling", None) or node.limit_ceiling()
-    return {
+    schemes = _security_schemes(node)
+    document: dict[str, Any] = {
         "openapi": "3.0.3",
         "info": {
             "title": "Caxton REST API",
@@ -782,18 +783,20 @@ def build_openapi(node: Node) -> dict[str, Any]:
         },
         "servers": [{"url": "/"}],
         "paths": _paths(),
-        "components": {
-            "schemas": _schemas(ceiling),
-            "securitySchemes": _security_schemes(node),
-        },
-        "security": [{scheme: []} for scheme in _security_schemes(node)],
+        "components": {"schemas": _schemas(ceiling)},
     }
+    if schemes:
+        document["components"]["securitySchemes"] = schemes
+        document["security"] = [{scheme: []} for scheme in schemes]
+    return document
 
 
 def _security_schemes(node: Node) -> dict[str, Any]:
-    """The credentials this node's auth chain accepts (both when auth is off)."""
+    """The credentials this node's auth chain accepts; none when auth is off."""
     security = node.config["security"]
-    chain = node.config["plugins"]["auth"] if security["auth_enabled"] else ["api-key", "jwt"]
+    if not security["auth_enabled"]:
+        return {}
+    chain = node.config["plugins"]["auth"]
     schemes: dict[str, Any] = {}
     if "api-key" in chain:
         schemes["ApiKey"] = {"type": "apiKey", "in": "header", "name": security["api_key_header"]}
