@@ -75,6 +75,7 @@ CLI_PERMISSIONS: Mapping[str, str] = MappingProxyType(
         "security init-ca": LOCAL,
         "security issue-cert": LOCAL,
         "security cert-status": LOCAL,
+        "security rotate-certs": LOCAL,
         "security api-key create": LOCAL,
         "security api-key list": LOCAL,
         "security api-key revoke": LOCAL,
