@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
+from cryptography import x509
 
 from caxton.cli.security import security
 from caxton.errors import CertificateError, PeerRejected
@@ -170,3 +171,49 @@ def test_cli_errors_are_one_line(tmp_path: Path, args: tuple[str, ...], message:
     assert "Traceback" not in result.output
     assert result.output.strip().splitlines()[-1].startswith("Error: ")
     assert message in result.output
+
+
+def test_rotate_certs_keeps_identity_and_hosts(ca_dir: Path, tmp_path: Path) -> None:
+    from caxton.security.pki import rotate_node_certs
+
+    old = issue_node_cert(ca_dir, "node-r", tmp_path / "r", days=5, hosts=["10.0.0.9", "r.lan"])
+    (new,) = rotate_node_certs(ca_dir / "ca.crt", ca_dir / "ca.key", [tmp_path], days=90)
+    assert new.node_id == "node-r"
+    assert new.certificate.serial_number != old.certificate.serial_number
+    assert new.certificate.public_key() != old.certificate.public_key()
+    san = new.certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    assert (
+        san.value
+        == old.certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    )
+    kept = x509.load_pem_x509_certificate((tmp_path / "r" / "node.crt.old").read_bytes())
+    assert kept == old.certificate
+    assert cert_status([new.cert_path])[0].status == "OK"
+
+
+def test_cli_rotate_certs(ca_dir: Path, tmp_path: Path) -> None:
+    issue_node_cert(ca_dir, "node-q", tmp_path / "q", days=3)
+    result = invoke(
+        "security",
+        "rotate-certs",
+        "--ca-cert",
+        str(ca_dir / "ca.crt"),
+        "--ca-key",
+        str(ca_dir / "ca.key"),
+        "--dir",
+        str(tmp_path),
+    )
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[1].split()[0] == "node-q"
+    result = invoke(
+        "security",
+        "rotate-certs",
+        "--ca-cert",
+        str(ca_dir / "ca.crt"),
+        "--ca-key",
+        str(ca_dir / "ca.key"),
+        "--dir",
+        str(tmp_path / "empty"),
+    )
+    assert result.exit_code != 0
+    assert "no node certificate (node.crt) found" in result.output

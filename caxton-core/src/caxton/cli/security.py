@@ -81,12 +81,48 @@ def issue_cert_command(
     click.echo(f"Node private key: {issued.key_path}")
 
 
-def _default_paths() -> list[Path]:
+@security.command("rotate-certs")
+@click.option("--ca-cert", required=True, type=click.Path(dir_okay=False), help="CA certificate.")
+@click.option("--ca-key", required=True, type=click.Path(dir_okay=False), help="CA private key.")
+@click.option(
+    "--dir",
+    "directories",
+    multiple=True,
+    type=click.Path(),
+    help="Directory holding node.crt (searched recursively) or a node certificate; "
+    "repeatable. Default: security.cluster.mtls.node_cert.",
+)
+@click.option("--days", default=365, show_default=True, help="Validity of the new certificates.")
+def rotate_certs_command(
+    ca_cert: str, ca_key: str, directories: tuple[str, ...], days: int
+) -> None:
+    """Re-issue node certificates in place (same node id and hosts); restart to apply."""
+    from caxton.cli.main import render_table
+    from caxton.security.pki import rotate_node_certs
+
+    try:
+        paths = [Path(d) for d in directories] if directories else _default_paths("node_cert")
+        rotated = rotate_node_certs(ca_cert, ca_key, paths, days=days)
+    except CaxtonError as exc:
+        raise _fail(exc) from None
+    click.echo(
+        render_table(
+            ("NODE-ID", "EXPIRES", "CERTIFICATE"),
+            [
+                (r.node_id, r.certificate.not_valid_after_utc.strftime("%Y-%m-%d"), r.cert_path)
+                for r in rotated
+            ],
+        )
+    )
+    click.echo("Previous pairs kept as *.old; restart each node to use its new certificate.")
+
+
+def _default_paths(*keys: str) -> list[Path]:
     """The certificates the current config's ``[security.cluster.mtls]`` names."""
     from caxton.config import load_config
 
     mtls = load_config()["security.cluster.mtls"]
-    paths = [Path(mtls[key]) for key in ("ca_cert", "node_cert") if mtls.get(key)]
+    paths = [Path(mtls[key]) for key in keys or ("ca_cert", "node_cert") if mtls.get(key)]
     if not paths:
         raise click.ClickException(
             "no certificates configured in security.cluster.mtls: pass --dir DIR"

@@ -218,29 +218,14 @@ def _general_names(node_id: str, hosts: Sequence[str]) -> list[x509.GeneralName]
     return unique
 
 
-def issue_node_cert(
-    ca_dir: str | Path,
+def _sign_node_cert(
+    ca_cert: x509.Certificate,
+    ca_key: ec.EllipticCurvePrivateKey,
     node_id: str,
-    output_dir: str | Path,
-    *,
-    days: int = 365,
-    hosts: Sequence[str] = (),
+    hosts: Sequence[str],
+    days: int,
     valid_from: datetime.datetime | None = None,
-    force: bool = False,
-) -> NodeCertificate:
-    """Sign a certificate for ``node_id`` with the CA in ``ca_dir``.
-
-    Writes ``node.crt``, ``node.key`` and a copy of ``ca.crt`` (when ``output_dir`` is
-    not the CA directory) so that one directory holds what a node's mTLS config names.
-    ``valid_from`` backdates the certificate (tests use it to make an expired one).
-    """
-    check_node_id(node_id)
-    if days < 1:
-        raise CertificateError(f"--days must be at least 1, got {days}")
-    ca_path = Path(ca_dir)
-    ca_cert = load_certificate(ca_path / CA_CERT)
-    ca_key = load_private_key(ca_path / CA_KEY)
-    directory = _prepare_dir(output_dir, (NODE_CERT, NODE_KEY), force)
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     key = ec.generate_private_key(ec.SECP256R1())
     start = valid_from or (_now() - datetime.timedelta(minutes=5))
     ca_ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
@@ -280,6 +265,33 @@ def issue_node_cert(
         )
         .sign(ca_key, hashes.SHA256())
     )
+    return cert, key
+
+
+def issue_node_cert(
+    ca_dir: str | Path,
+    node_id: str,
+    output_dir: str | Path,
+    *,
+    days: int = 365,
+    hosts: Sequence[str] = (),
+    valid_from: datetime.datetime | None = None,
+    force: bool = False,
+) -> NodeCertificate:
+    """Sign a certificate for ``node_id`` with the CA in ``ca_dir``.
+
+    Writes ``node.crt``, ``node.key`` and a copy of ``ca.crt`` (when ``output_dir`` is
+    not the CA directory) so that one directory holds what a node's mTLS config names.
+    ``valid_from`` backdates the certificate (tests use it to make an expired one).
+    """
+    check_node_id(node_id)
+    if days < 1:
+        raise CertificateError(f"--days must be at least 1, got {days}")
+    ca_path = Path(ca_dir)
+    ca_cert = load_certificate(ca_path / CA_CERT)
+    ca_key = load_private_key(ca_path / CA_KEY)
+    directory = _prepare_dir(output_dir, (NODE_CERT, NODE_KEY), force)
+    cert, key = _sign_node_cert(ca_cert, ca_key, node_id, hosts, days, valid_from)
     cert_path, key_path = directory / NODE_CERT, directory / NODE_KEY
     _write_pair(cert_path, cert, key_path, key)
     copied_ca = directory / CA_CERT
@@ -289,6 +301,69 @@ def issue_node_cert(
         except OSError as exc:
             raise CertificateError(f"cannot write {copied_ca}: {exc.strerror}") from None
     return NodeCertificate(node_id, cert_path, key_path, copied_ca, cert)
+
+
+def _hosts_of(cert: x509.Certificate, node_id: str) -> list[str]:
+    """The ``--host`` values a node certificate was issued with."""
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    hosts: list[str] = []
+    for name in san:  # in issue order
+        if isinstance(name, x509.DNSName) and name.value != node_id:
+            hosts.append(name.value)
+        elif isinstance(name, x509.IPAddress):
+            hosts.append(str(name.value))
+    return hosts
+
+
+def rotate_node_certs(
+    ca_cert: str | Path,
+    ca_key: str | Path,
+    paths: Sequence[str | Path],
+    *,
+    days: int = 365,
+) -> list[NodeCertificate]:
+    """Re-issue node certificates in place: same node id and hosts, new key and dates.
+
+    ``paths`` are node certificate files or directories holding ``node.crt``; each one's
+    key is the ``.key`` file beside it. The previous pair is kept as ``*.old``. Nodes
+    pick the new pair up when they restart.
+    """
+    from caxton.security.identity import node_id_of
+
+    if days < 1:
+        raise CertificateError(f"--days must be at least 1, got {days}")
+    authority = load_certificate(ca_cert)
+    authority_key = load_private_key(ca_key)
+    files: list[Path] = []
+    for item in paths:
+        path = Path(item)
+        found = sorted(path.rglob(NODE_CERT)) if path.is_dir() else [path]
+        if not found or not found[0].exists():
+            raise CertificateError(f"{path}: no node certificate ({NODE_CERT}) found")
+        files.extend(found)
+    rotated: list[NodeCertificate] = []
+    for cert_path in files:
+        old = load_certificate(cert_path)
+        node_id = node_id_of(old)
+        if node_id is None:
+            raise CertificateError(f"{cert_path} is not a Caxton node certificate")
+        key_path = cert_path.with_suffix(".key")
+        if not key_path.exists():
+            raise CertificateError(f"{cert_path}: its key {key_path} is missing")
+        cert, key = _sign_node_cert(
+            authority, authority_key, node_id, _hosts_of(old, node_id), days
+        )
+        for path in (cert_path, key_path):
+            try:
+                shutil.copy2(path, path.with_name(path.name + ".old"))
+            except OSError as exc:
+                raise CertificateError(f"cannot keep a copy of {path}: {exc.strerror}") from None
+        _write_pair(cert_path, cert, key_path, key)
+        rotated.append(NodeCertificate(node_id, cert_path, key_path, Path(ca_cert), cert))
+    return rotated
 
 
 # -------------------------------------------------------------------------
