@@ -11,6 +11,7 @@ from caxton.security.pki import (
     init_ca,
     issue_node_cert,
     load_certificate,
+    rotate_node_certs,
 )
 from caxton.security.tls import TlsFiles, client_context, server_context
 
@@ -25,6 +26,7 @@ __all__ = [
     "issue_node_cert",
     "load_certificate",
     "node_id_of",
+    "rotate_node_certs",
     "server_context",
     "verify_client_chain",
     "verify_peer_identity",
