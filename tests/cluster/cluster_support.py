@@ -253,6 +253,7 @@ class ProcessCluster:
         extra: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
         self.base_dir = base_dir
+        base_dir.mkdir(parents=True, exist_ok=True)
         self.transport = transport
         self.cluster_settings = dict(FAST if cluster is None else cluster)
         self.mtls_dir = mtls_dir

@@ -68,9 +68,9 @@ def _cluster(request: web.Request) -> Any:
 
 def _not_clustered(node: Any, what: str) -> Conflict:
     return Conflict(
-        f"node {node.node_id} is not part of a cluster, so it cannot {what}",
-        details="start nodes with `caxton server start --bootstrap` and "
-        "`--join HOST:PORT` (or coordination.cluster_enabled = true)",
+        f"node {node.node_id} is not part of a cluster, so it cannot {what}; start nodes "
+        f"with `caxton server start --bootstrap` and `--join HOST:PORT` (or "
+        f"coordination.cluster_enabled = true)"
     )
 
 

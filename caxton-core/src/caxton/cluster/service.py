@@ -37,12 +37,20 @@ from caxton.cluster.registry import AgentEntry, AgentRegistry, Delta
 from caxton.drivers.membership import Member, MemberStatus
 from caxton.drivers.partition import ClusterView, PartitionDecision, PartitionMode
 from caxton.drivers.transport import Address, Frame, FrameKind
-from caxton.errors import CaxtonError, Conflict, NotFound, TransportError, ValidationError
+from caxton.errors import (
+    CaxtonError,
+    Conflict,
+    NotFound,
+    PluginError,
+    TransportError,
+    ValidationError,
+)
 from caxton.membership.core import EventKind, MemberEvent
 from caxton.units import format_address, parse_address
 
 if TYPE_CHECKING:
     from caxton.agents import Agent
+    from caxton.api.resources import CpuSampler
     from caxton.messaging import Message
     from caxton.node import Node
 
@@ -68,6 +76,9 @@ META_DEBOUNCE = 0.05
 EVENT_HISTORY = 1000
 #: Seconds a graceful leave waits for its announcement to spread.
 LEAVE_TIMEOUT = 2.0
+
+#: What the cluster layer uses of a membership driver beyond caxton.drivers.Membership.
+MEMBERSHIP_NEEDS = ("subscribe", "member", "cluster_view", "ping", "remove")
 
 _REACHABLE = (MemberStatus.ALIVE, MemberStatus.SUSPECT)
 _GONE = (EventKind.FAILED, EventKind.LEFT, EventKind.REMOVED)
@@ -151,6 +162,7 @@ class Cluster:
         self._publish_handle: asyncio.Handle | None = None
         self._meta_handle: asyncio.TimerHandle | None = None
         self._load: dict[str, Any] = {}
+        self._cpu: CpuSampler | None = None
         self._mode: PartitionMode | None = None
         self._unsubscribe: Callable[[], None] | None = None
         self._plugin_name = f"caxton.cluster.{self.node_id}"
@@ -195,6 +207,13 @@ class Cluster:
         """Announce local agents, become the router's resolver, join the seeds."""
         node = self.node
         self._loop = asyncio.get_running_loop()
+        missing = [m for m in MEMBERSHIP_NEEDS if not callable(getattr(self.membership, m, None))]
+        if missing:
+            raise PluginError(
+                f"the {node.host.selected.get('membership')} membership driver lacks "
+                f"{', '.join(missing)}, which the cluster layer needs; use membership = "
+                f'"swim" (or a driver built on caxton.membership.driver.CoreDriver)'
+            )
         if node.agents is not None:
             for agent in node.agents.list():
                 self._announce(agent)
@@ -205,7 +224,7 @@ class Cluster:
         self._update_meta()
         self._spawn(self._load_loop())
         self.started = True
-        seeds = [s for s in node.join_addresses]
+        seeds = list(node.join_addresses)
         if seeds and not node.bootstrap:
             answered = await self.membership.join(seeds)
             if answered:
@@ -332,7 +351,17 @@ class Cluster:
             if self.node.cluster_address
             else None,
             "counts": dict(self.counts),
+            "gossip": self._gossip_stats(),
         }
+
+    def _gossip_stats(self) -> dict[str, Any]:
+        stats = getattr(self.membership, "stats", None)
+        if stats is None:
+            return {}
+        data: dict[str, Any] = stats()
+        keys = ("bytes_sent", "bytes_received", "datagrams_sent", "syncs_sent",
+                "probe_rtt_ms", "health_score", "send_errors")  # fmt: skip
+        return {key: data[key] for key in keys if key in data}
 
     def agents(self) -> list[dict[str, Any]]:
         """Every agent of the cluster the registry knows, by node then name."""
@@ -871,20 +900,27 @@ class Cluster:
     # -- metadata ---------------------------------------------------------------------
 
     def _refresh_load(self) -> bool:
-        from caxton.api.resources import memory_rss_bytes
+        """Sample CPU and memory; True when they moved enough to be worth gossiping
+        (5 CPU points, 10% of memory, or another agent count): every update is news
+        that every member receives."""
+        from caxton.api.resources import CpuSampler, memory_rss_bytes
 
-        sampler = getattr(self, "_cpu", None)
-        if sampler is None:
-            from caxton.api.resources import CpuSampler
-
-            sampler = self._cpu = CpuSampler(min_interval=0.0)
+        if self._cpu is None:
+            self._cpu = CpuSampler(min_interval=0.0)
         load = {
             "agents": len(self.node.agents) if self.node.agents is not None else 0,
-            "cpu": round(sampler.percent()),
+            "cpu": round(self._cpu.percent()),
             "memory": memory_rss_bytes() // (1 << 20) << 20,  # whole MiB
         }
-        changed = load != self._load
-        self._load = load
+        last = self._load
+        changed = (
+            not last
+            or load["agents"] != last["agents"]
+            or abs(load["cpu"] - last["cpu"]) >= 5
+            or abs(load["memory"] - last["memory"]) > last["memory"] // 10
+        )
+        if changed:
+            self._load = load
         return changed
 
     async def _load_loop(self) -> None:

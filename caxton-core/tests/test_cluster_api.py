@@ -1,0 +1,120 @@
+"""The cluster endpoints and commands on a node that does not cluster, and the CLI's
+own checks and formatting. (Clustered nodes: tests/cluster/ at the repository root.)"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+from click.testing import CliRunner
+
+from caxton.cli.cluster import cluster, event_line, members_table, status_text
+from caxton.node import Node
+from caxton.testing import NodeFactory
+
+
+@pytest.fixture
+async def node(caxton_node_factory: NodeFactory) -> AsyncIterator[Node]:
+    async with caxton_node_factory.node("solo") as node:
+        yield node
+
+
+@pytest.fixture
+async def http(node: Node) -> AsyncIterator[aiohttp.ClientSession]:
+    assert node.api_address is not None
+    host, port = node.api_address
+    async with aiohttp.ClientSession(f"http://{host}:{port}") as session:
+        yield session
+
+
+async def get(http: aiohttp.ClientSession, path: str) -> Any:
+    async with http.get(path) as response:
+        assert response.status == 200, await response.text()
+        return await response.json()
+
+
+async def test_a_standalone_node_is_a_cluster_of_one(
+    node: Node, http: aiohttp.ClientSession
+) -> None:
+    assert node.cluster is None
+    members = (await get(http, "/api/v1/cluster/members"))["members"]
+    assert [(m["node_id"], m["status"], m["local"]) for m in members] == [("solo", "alive", True)]
+    status = await get(http, "/api/v1/cluster/status")
+    assert (status["status"], status["mode"], status["partition"]) == (
+        "HEALTHY",
+        "read-write",
+        "standalone",
+    )
+    assert (status["nodes_reachable"], status["nodes_known"]) == (1, 1)
+    assert await get(http, "/api/v1/cluster/agents") == {"agents": []}
+    assert await get(http, "/api/v1/cluster/events") == {"events": []}
+    ping = await get(http, "/api/v1/cluster/members/solo/ping")
+    assert ping["reachable"] is True
+    auth = await get(http, "/api/v1/cluster/auth")
+    assert auth["agree"] is True
+    assert auth["nodes"][0]["mode"] == "plaintext"
+
+
+async def test_leave_and_remove_are_refused_without_a_cluster(http: aiohttp.ClientSession) -> None:
+    async with http.post("/api/v1/cluster/leave", json={"drain_timeout_ms": 0}) as response:
+        assert response.status == 409
+        assert "is not part of a cluster" in (await response.json())["details"]
+    async with http.post("/api/v1/cluster/remove", json={"node": "x", "force": True}) as response:
+        assert response.status == 409
+    async with http.post("/api/v1/cluster/remove", json={"node": "x"}) as response:
+        assert response.status == 400  # force: true is required
+    async with http.get("/api/v1/cluster/members/other/ping") as response:
+        assert response.status == 404
+
+
+async def test_the_event_stream_of_a_standalone_node_ends(http: aiohttp.ClientSession) -> None:
+    async with http.get("/api/v1/cluster/events/stream?follow=true") as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"] == "application/x-ndjson"
+        lines = (await response.text()).splitlines()
+    assert len(lines) == 1
+    assert '"kind": "standalone"' in lines[0]
+    async with http.get("/api/v1/cluster/events/stream?follow=maybe") as response:
+        assert response.status == 400
+
+
+def test_members_table_matches_the_clustering_guide() -> None:
+    table = members_table(
+        [
+            {"node_id": "node-1", "status": "alive", "address": "10.0.1.10:7946",
+             "agents": 42, "cpu": 15, "memory": 2_254_857_830},
+            {"node_id": "node-2", "status": "failed", "address": "10.0.1.11:7946",
+             "agents": None, "cpu": None, "memory": None},
+        ]
+    )  # fmt: skip
+    assert table.splitlines() == [
+        "NODE-ID    STATUS    ADDRESS           AGENTS    CPU    MEMORY",
+        "node-1     alive     10.0.1.10:7946    42        15%    2.1GB",
+        "node-2     failed    10.0.1.11:7946    -         -      -",
+    ]
+
+
+def test_status_text_and_event_lines() -> None:
+    text = status_text(
+        {"status": "DEGRADED", "partition": "minority", "mode": "read-only",
+         "nodes_reachable": 1, "nodes_known": 3, "reason": "minority partition"}
+    )  # fmt: skip
+    assert text.splitlines()[:3] == [
+        "Status: DEGRADED (minority partition)",
+        "Operations: READ-ONLY",
+        "Nodes: 1/3 active",
+    ]
+    line = event_line({"at": 0, "level": "warning", "text": "Node node-2 detected as failed"})
+    assert line.endswith("[WARNING] Node node-2 detected as failed")
+
+
+def test_remove_needs_force_and_bad_durations_are_refused() -> None:
+    runner = CliRunner()
+    result = runner.invoke(cluster, ["remove", "--node", "n3"])
+    assert result.exit_code == 2
+    assert "needs --force" in result.output
+    result = runner.invoke(cluster, ["leave", "--drain-timeout", "soon"])
+    assert result.exit_code == 2
+    assert "--drain-timeout" in result.output
