@@ -46,6 +46,8 @@ PLUGIN_DIRS = {
     "jwt": "plugins/caxton-auth-jwt",
 }
 EXAMPLE_PLUGIN = "examples/caxton-zone-aware"
+#: wasmer 1.1 ships wheels for CPython 3.10 only.
+WASMER_PYTHONS = ["3.10"]
 
 nox.options.error_on_missing_interpreters = True
 # Never fetch interpreters: this project's machines only reach package registries.
@@ -155,13 +157,12 @@ def run_pytest(session: nox.Session, *paths: str, report_name: str | None = None
         session.warn(f"{session.name}: pytest collected no tests in {', '.join(paths)}")
 
 
-def install_all(session: nox.Session, *, editable: bool = True) -> None:
-    """Core with its test extra, every first-party plugin and the example plugin."""
-    plugins = [d for tag, d in PLUGIN_DIRS.items() if tag != "wasmer" or session.python == "3.10"]
-    flag = ["-e"] if editable else []
-    args: list[str] = [*flag, CORE]
-    for directory in plugins:
-        args += [*flag, f"./{directory}"]
+def install_all(session: nox.Session) -> None:
+    """Core with its test extra and every first-party plugin this Python can run, editable."""
+    args = ["-e", CORE]
+    for tag, directory in PLUGIN_DIRS.items():
+        if tag != "wasmer" or session.python in WASMER_PYTHONS:
+            args += ["-e", f"./{directory}"]
     session.install(*args)
 
 
@@ -195,9 +196,9 @@ def quic(session: nox.Session) -> None:
     plugin_tests(session, "quic")
 
 
-@nox.session(python=["3.10"], tags=["wasmer"])
+@nox.session(python=WASMER_PYTHONS, tags=["wasmer"])
 def wasmer(session: nox.Session) -> None:
-    """caxton-sandbox-wasmer: wasmer 1.1 has wheels for CPython 3.10 only."""
+    """caxton-sandbox-wasmer, on the Pythons wasmer 1.1 has wheels for."""
     plugin_tests(session, "wasmer")
 
 
