@@ -4,9 +4,7 @@ threads, the disk cache, the pool, start functions under limits."""
 from __future__ import annotations
 
 import asyncio
-import threading
 from pathlib import Path
-from typing import Any
 
 import pytest
 import wasmtime
@@ -14,7 +12,7 @@ from conftest import make_wasmer_sandbox, needs_wasmer
 
 from caxton.drivers.sandbox import HostCall, HostFunction, ResourceLimits, WasiCapabilities
 from caxton.errors import ExecutionFailed
-from caxton.testing.sandbox import RecordingAgentHost
+from caxton.testing.sandbox import RecordingAgentHost, call_with_watchdog
 from caxton_sandbox_wasmer.driver import WasmerSandbox
 
 pytestmark = needs_wasmer
@@ -58,24 +56,6 @@ def wat(source: str) -> bytes:
     return bytes(wasmtime.wat2wasm(source))
 
 
-def in_thread(fn: Any) -> Any:
-    outcome: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            outcome["value"] = fn()
-        except BaseException as exc:
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    thread.join(60)
-    assert not thread.is_alive()
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["value"]
-
-
 def test_an_instance_moves_to_another_thread_with_its_state(
     wasmer_sandbox: WasmerSandbox,
 ) -> None:
@@ -87,8 +67,8 @@ def test_an_instance_moves_to_another_thread_with_its_state(
         host=host,
     )
     instance.handle_message(b"x")
-    in_thread(lambda: instance.handle_message(b"x"))
-    in_thread(lambda: instance.handle_message(b"x"))
+    call_with_watchdog(lambda: instance.handle_message(b"x"))
+    call_with_watchdog(lambda: instance.handle_message(b"x"))
     instance.handle_message(b"x")
     assert host.replies == [b"1,2", b"2,4", b"3,6", b"4,8"]
     assert wasmer_sandbox.runtime.stats["moved"] == 3
@@ -106,7 +86,7 @@ def test_a_wasi_instance_refuses_another_thread_clearly(
         capabilities=WasiCapabilities(enabled=True),
     )
     with pytest.raises(ExecutionFailed, match="thread") as failure:
-        in_thread(lambda: instance.handle_message(b'{"content": 1}'))
+        call_with_watchdog(lambda: instance.handle_message(b'{"content": 1}'))
     assert failure.value.reason == "abi"
     assert instance.handle_message(b'{"content": 1}') == 0  # still fine on its own thread
     instance.close()

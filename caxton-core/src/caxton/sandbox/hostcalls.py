@@ -13,6 +13,7 @@ import logging
 from typing import Protocol
 
 from caxton.drivers.sandbox import AgentHostAPI, ResourceLimits
+from caxton.errors import ValidationError
 from caxton.sandbox.abi import (
     MAX_KEY_BYTES,
     MAX_LOG_BYTES,
@@ -226,6 +227,31 @@ class AbiHostCalls:
             return int(self.host.cancel_timer(timer_id))
         except Exception:
             return self._failed("timer_cancel")
+
+
+class MemoryHostCall:
+    """The :class:`caxton.drivers.sandbox.HostCall` handed to plugin host functions:
+    the calling agent, its host, and its memory through a :class:`GuestMemory` (an
+    address outside it is a :class:`caxton.errors.ValidationError`)."""
+
+    __slots__ = ("_memory", "agent_name", "host")
+
+    def __init__(self, agent_name: str, host: AgentHostAPI, memory: GuestMemory) -> None:
+        self.agent_name = agent_name
+        self.host = host
+        self._memory = memory
+
+    def read_memory(self, ptr: int, length: int) -> bytes:
+        try:
+            return self._memory.read(unsigned(ptr), length)
+        except GuestMemoryError as exc:
+            raise ValidationError(str(exc)) from None
+
+    def write_memory(self, ptr: int, data: bytes) -> None:
+        try:
+            self._memory.write(unsigned(ptr), data)
+        except GuestMemoryError as exc:
+            raise ValidationError(str(exc)) from None
 
 
 def _read_c_string(mem: GuestMemory, ptr: int, limit: int) -> str:

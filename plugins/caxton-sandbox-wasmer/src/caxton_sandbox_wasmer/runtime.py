@@ -44,7 +44,7 @@ from caxton.drivers.sandbox import (
 )
 from caxton.errors import AbiMismatch, ExecutionFailed, ModuleInvalid, SandboxError, ValidationError
 from caxton.sandbox import abi
-from caxton.sandbox.hostcalls import AbiHostCalls, GuestMemoryError
+from caxton.sandbox.hostcalls import AbiHostCalls, GuestMemoryError, MemoryHostCall
 from caxton_sandbox_wasmer import metering
 
 log = logging.getLogger("caxton.sandbox.wasmer")
@@ -161,27 +161,6 @@ class _Memory:
         self.memory = None
         self.base = 0
         self.size_seen = 0
-
-
-class _HostCall:
-    """The :class:`caxton.drivers.sandbox.HostCall` handed to plugin host functions."""
-
-    def __init__(self, agent_name: str, host: AgentHostAPI, memory: _Memory) -> None:
-        self.agent_name = agent_name
-        self.host = host
-        self._memory = memory
-
-    def read_memory(self, ptr: int, length: int) -> bytes:
-        try:
-            return self._memory.read(ptr & 0xFFFFFFFF, length)
-        except GuestMemoryError as exc:
-            raise ValidationError(str(exc)) from None
-
-    def write_memory(self, ptr: int, data: bytes) -> None:
-        try:
-            self._memory.write(ptr & 0xFFFFFFFF, data)
-        except GuestMemoryError as exc:
-            raise ValidationError(str(exc)) from None
 
 
 # -------------------------------------------------------------------------
@@ -317,7 +296,7 @@ class Linker:
             inst = self.current
             assert inst is not None
             try:
-                out = function.func(_HostCall(inst.agent_name, inst.host, inst.memory), *args)
+                out = function.func(MemoryHostCall(inst.agent_name, inst.host, inst.memory), *args)
             except Exception as exc:
                 raise inst.host_failed(f"host function {where} failed: {exc}") from exc
             if not expected:
@@ -432,7 +411,9 @@ class WasmerInstance(AgentInstance):
 
     def _adopt(self, live: _Live) -> None:
         self._live = live
-        self._thread = threading.get_ident()
+        # The per-thread state object identifies the thread: thread ids are reused once
+        # a thread ends, while wasmer's binding to the thread that made an object is not.
+        self._owner = self.runtime.thread_state()
         self._linker = live.linker
         funcs = live.funcs
         self._funcs = funcs
@@ -528,7 +509,7 @@ class WasmerInstance(AgentInstance):
             raise ExecutionFailed(abi.POISONED.format(reason=self._poisoned), reason="abi")
         if self._live is None:
             raise ExecutionFailed("agent instance is closed", reason="abi")
-        if self._thread != threading.get_ident():
+        if self._owner is not self.runtime.thread_state():
             self._move_here()
 
     def _enter(self) -> None:
@@ -541,7 +522,7 @@ class WasmerInstance(AgentInstance):
 
     def _leave(self) -> None:
         live = self._live
-        if live is not None and self._thread == threading.get_ident():
+        if live is not None and self._owner is self.runtime.thread_state():
             # What a move to another thread needs, read while this thread can.
             self.memory.size()
             if live.mutable_globals:
@@ -613,7 +594,7 @@ class WasmerInstance(AgentInstance):
     def memory_size(self) -> int:
         if self._live is None:
             return 0
-        if self._thread != threading.get_ident():
+        if self._owner is not self.runtime.thread_state():
             return self.memory.size_seen
         return self.memory.size()
 
@@ -691,7 +672,7 @@ class WasmerRuntime:
         self._local = threading.local()
         self.stats = collections.Counter[str]()
 
-    def _state(self) -> _ThreadState:
+    def thread_state(self) -> _ThreadState:
         state: _ThreadState | None = getattr(self._local, "state", None)
         if state is None:
             state = self._local.state = _ThreadState()
@@ -787,7 +768,7 @@ class WasmerRuntime:
             log.warning("cannot write the module cache %s: %s", path, exc)
 
     def _module_here(self, module: WasmerModule) -> wasmer.Module:
-        state = self._state()
+        state = self.thread_state()
         found = state.modules.get(module.sha256)
         if found is None:
             found = state.modules[module.sha256] = wasmer.Module.deserialize(
@@ -796,7 +777,7 @@ class WasmerRuntime:
         return found
 
     def _trampoline_here(self) -> wasmer.Module:
-        state = self._state()
+        state = self.thread_state()
         if state.trampoline is None:
             from caxton_sandbox_wasmer.wasi import trampoline_wat
 
@@ -806,7 +787,7 @@ class WasmerRuntime:
         return state.trampoline
 
     def linker(self, extra: tuple[HostFunction, ...]) -> Linker:
-        state = self._state()
+        state = self.thread_state()
         found = state.linkers.get(extra)
         if found is None:
             found = state.linkers[extra] = Linker(self.store, extra)
@@ -826,14 +807,14 @@ class WasmerRuntime:
         return _bind(instance, linker, module.shape)
 
     def pooled(self, sha256: str) -> int:
-        state = self._state()
+        state = self.thread_state()
         return sum(len(pool) for (sha, _), pool in state.pools.items() if sha == sha256)
 
     def fill_pool(self, module: WasmerModule, extra: tuple[HostFunction, ...] = ()) -> None:
         """Pre-warm instances of ``module`` for the calling thread."""
         if self.pool_size <= 0 or module.shape.has_start or abi.wasi_imports(module.info):
             return
-        pool = self._state().pools.setdefault((module.sha256, extra), collections.deque())
+        pool = self.thread_state().pools.setdefault((module.sha256, extra), collections.deque())
         while len(pool) < self.pool_size:
             pool.append(self.new_live(module, extra))
             self.stats["pool_filled"] += 1
@@ -871,7 +852,7 @@ class WasmerRuntime:
 
             wasi = WasiImports(self.store, capabilities, agent_name, host, linker)
         else:
-            pool = self._state().pools.get((module.sha256, extra))
+            pool = self.thread_state().pools.get((module.sha256, extra))
             if pool:
                 live = pool.popleft()
                 self.stats["pool_hit"] += 1
