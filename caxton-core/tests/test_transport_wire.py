@@ -199,3 +199,87 @@ async def test_dispatcher_routes_by_kind_and_refuses_unrouted_requests(
     assert [f.payload for f in seen] == [b"g"]
     assert datagrams == [b"probe"]
     assert "no handler for MESSAGE frames" in caplog.text
+
+
+class _PipeChannel:
+    """A channel that records what the connection writes (no wire)."""
+
+    receiver = None
+    remote_address = ("127.0.0.1", 40000)
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.aborted = False
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def buffered(self) -> int:
+        return 0
+
+    async def drain(self) -> None:
+        return None
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    def abort(self) -> None:
+        self.aborted = True
+
+    def peer_certificate(self) -> None:
+        return None
+
+    def send_datagram(self, data: bytes) -> bool:
+        return False
+
+
+class _Owner:
+    def __init__(self) -> None:
+        self.settings = TransportSettings("node-a", plaintext=True, max_frame_size=4096)
+        self.frames: list[object] = []
+        self.on_datagram = None
+        self.advertised_address = ("127.0.0.1", 7946)
+
+    async def on_frame(self, frame: object) -> None:
+        self.frames.append(frame)
+
+    def stats_for(self, peer: object) -> object:
+        from caxton.drivers import PeerStats
+
+        return PeerStats()
+
+    def open_datagram(self, data: bytes) -> bytes:
+        return data
+
+    def connection_ready(self, connection: object) -> None: ...
+
+    def connection_draining(self, connection: object) -> None: ...
+
+    def connection_closed(self, connection: object) -> None: ...
+
+
+@given(st.binary(max_size=3000), st.booleans())
+def test_no_byte_sequence_escapes_the_connection(data: bytes, after_hello: bool) -> None:
+    """Whatever a peer sends, the connection delivers it, waits, or closes: never raises."""
+    import asyncio
+
+    from caxton.transport.connection import Connection, State
+
+    async def feed() -> None:
+        owner = _Owner()
+        channel = _PipeChannel()
+        connection = Connection(owner, channel, outbound=False)  # type: ignore[arg-type]
+        if after_hello:
+            hello = frame(pack_envelope("node-b", [(int(Kind.HELLO), 0, b"\x92\xa1h\x01")]))
+            connection.data_received(hello)
+            assert connection.state is State.OPEN
+        connection.data_received(data)
+        assert connection.state in (State.HANDSHAKE, State.OPEN, State.CLOSED)
+        if connection.state is State.CLOSED:
+            assert channel.aborted
+        connection.connection_lost(None)
+
+    asyncio.run(feed())
