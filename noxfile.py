@@ -26,6 +26,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import nox
+from nox.command import CommandFailed
 
 nox.needs_version = ">=2025.2.9"
 
@@ -217,9 +218,18 @@ def integration(session: nox.Session) -> None:
     """
     install_all(session)
     session.install(f"./{EXAMPLE_PLUGIN}")
-    run_pytest(session, "tests", "--ignore=tests/test_links.py")  # the docs session's
-    # The example is a separate project: its tests run on their own, as its author's would.
-    run_pytest(session, f"{EXAMPLE_PLUGIN}/tests", report_name=f"{session.name}-example")
+    failed = []
+    for paths, report_name in [
+        # The example is a separate project: its tests run on their own, as its author's.
+        ([f"{EXAMPLE_PLUGIN}/tests"], f"{session.name}-example"),
+        (["tests", "--ignore=tests/test_links.py"], session.name),  # links: docs session
+    ]:
+        try:
+            run_pytest(session, *paths, report_name=report_name)
+        except CommandFailed:
+            failed.append(paths[0])
+    if failed:
+        session.error(f"tests failed in {', '.join(failed)}")
 
 
 # -------------------------------------------------------------------------
