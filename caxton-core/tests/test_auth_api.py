@@ -399,6 +399,7 @@ def test_audit_log_rotates_and_queries_across_files(tmp_path: Path) -> None:
     files = log.files()
     log.close()
     assert [p.name for p in files] == ["audit.log", "audit.log.1", "audit.log.2", "audit.log.3"]
+    assert {p.stat().st_mode & 0o777 for p in files} == {0o600}
     assert all(p.stat().st_size <= 1024 for p in files)
     for path in files:
         for line in path.read_text().splitlines():

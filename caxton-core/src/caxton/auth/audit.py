@@ -8,7 +8,8 @@ identity is a name such as ``key:0123456789abcdef`` or a token's subject.
 
 The file is ``security.audit.path`` (default ``DATA_DIR/audit.log``); past
 ``security.audit.max_size`` bytes it moves to ``audit.log.1`` (up to
-``security.audit.backups`` old files), through :class:`logging.handlers.RotatingFileHandler`.
+``security.audit.backups`` old files), through :class:`logging.handlers.RotatingFileHandler`;
+each file is created readable by the node's user only.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import logging.handlers
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -26,6 +28,14 @@ __all__ = ["RESULTS", "AuditEntry", "AuditLog"]
 
 #: What an entry's ``result`` may be.
 RESULTS = ("success", "failure", "denied", "unauthenticated")
+
+
+class _PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):
+    """Creates each file readable by the node's user only (0600)."""
+
+    def _open(self) -> Any:
+        fd = os.open(self.baseFilename, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        return os.fdopen(fd, "a", encoding=self.encoding)
 
 
 @dataclass(frozen=True)
@@ -59,7 +69,7 @@ class AuditLog:
         self.backups = backups
         self.clock = clock
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._handler = logging.handlers.RotatingFileHandler(
+        self._handler = _PrivateRotatingFileHandler(
             self.path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8"
         )
         self._handler.setFormatter(logging.Formatter("%(message)s"))
