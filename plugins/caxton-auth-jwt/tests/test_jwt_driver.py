@@ -423,9 +423,7 @@ def test_create_token_makes_a_token_the_driver_accepts(
     assert (identity.name, identity.roles) == ("jwt:ci", frozenset({"operator"}))
 
 
-async def test_token_from_the_cli_works_against_a_node(
-    caxton_node_factory: NodeFactory, tmp_path: Path
-) -> None:
+async def test_token_from_the_cli_works_against_a_node(tmp_path: Path) -> None:
     from caxton.cli.main import make_cli
 
     data_dir = tmp_path / "cli-node"
