@@ -19,6 +19,7 @@ from caxton.membership.swim_core import (
     push_pull_scale,
     suspicion_bounds,
 )
+from caxton.testing.membership import SimCluster
 
 A = ("10.0.0.1", 7946)
 B = ("10.0.0.2", 7946)
@@ -393,3 +394,23 @@ def test_a_suspect_that_pings_us_is_told_of_the_suspicion() -> None:
     a.handle_datagram(1.1, datagram_from("b", B, codec.ping(5, "a")), B)
     messages = messages_to(a, B)
     assert [codec.MsgType.SUSPECT, 0, "b", "a"] in messages
+
+
+def test_nack_reaches_the_origin_before_its_probe_round_ends() -> None:
+    _a, b = joined_pair()
+    b.handle_datagram(1.0, datagram_from("a", A, codec.ping_req(42, "c", C, True)), A)
+    b.drain()
+    # The origin sent the request probe_timeout into its round; the nack must arrive
+    # before the round's end, or a healthy origin counts it as missed.
+    nack_time = 1.0 + (b.settings.probe_round - b.settings.probe_timeout) * 0.9
+    b.tick(nack_time)
+    assert [codec.MsgType.NACK, 42] in messages_to(b, A)
+
+
+def test_probing_a_dead_member_does_not_hurt_a_healthy_prober() -> None:
+    sim = SimCluster(3)
+    sim.start_nodes(10)
+    sim.run_for(5)
+    sim.kill("n4")
+    sim.run_until(lambda: sim.all_see("n4", MemberStatus.FAILED), timeout=60)
+    assert {node.core.awareness.score for node in sim.live_nodes()} == {0}  # type: ignore[attr-defined]

@@ -141,8 +141,16 @@ class _Probe:
 class _Relay:
     origin: Address
     origin_seq: int
-    want_nack: bool
+    #: When to tell the origin we got no answer either (None: not asked, or told).
+    nack_at: float | None
+    #: Until when a late ack is still forwarded.
     expires: float
+
+
+#: An indirect prober nacks after this fraction of probe_timeout, so the nack reaches
+#: the origin before its probe round ends (nacks arriving later count as missed and
+#: would make a healthy origin doubt itself).
+NACK_FRACTION = 0.8
 
 
 def suspicion_bounds(settings: SwimSettings, cluster_size: int) -> tuple[float, float]:
@@ -262,7 +270,7 @@ class SwimCore:
         for suspicion in self._suspicions.values():
             deadline = min(deadline, suspicion.deadline)
         for relay in self._relays.values():
-            deadline = min(deadline, relay.expires)
+            deadline = min(deadline, relay.nack_at or relay.expires, relay.expires)
         return deadline
 
     def drain(self) -> Outbox:
@@ -431,10 +439,11 @@ class SwimCore:
                 if node is not None and node.status is SUSPECT:
                     self._on_dead(node_id, node.incarnation, self.node_id, left=False)
         for seq, relay in list(self._relays.items()):
+            if relay.nack_at is not None and relay.nack_at <= now:
+                relay.nack_at = None
+                self._send(relay.origin, [codec.nack(relay.origin_seq)])
             if relay.expires <= now:
                 del self._relays[seq]
-                if relay.want_nack:
-                    self._send(relay.origin, [codec.nack(relay.origin_seq)])
         probe = self._probe
         if probe is not None and not probe.indirect_sent and now >= probe.timeout_at:
             self._probe_indirectly(probe)
@@ -669,8 +678,9 @@ class SwimCore:
         elif kind == MsgType.PING_REQ:
             _, seq, target_id, host, port, want_nack = message
             local_seq = self._next_seq()
-            expires = self._now + self.settings.probe_timeout
-            self._relays[local_seq] = _Relay(header.address, seq, want_nack, expires)
+            timeout = self.settings.probe_timeout
+            nack_at = self._now + NACK_FRACTION * timeout if want_nack else None
+            self._relays[local_seq] = _Relay(header.address, seq, nack_at, self._now + timeout)
             self._send((host, port), [codec.ping(local_seq, target_id)])
         elif kind == MsgType.ALIVE:
             _, incarnation, node_id, host, port, meta = message
