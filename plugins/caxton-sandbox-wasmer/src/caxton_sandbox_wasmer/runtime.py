@@ -468,7 +468,9 @@ class WasmerInstance(AgentInstance):
         linker.current = self
         try:
             return func(*args)
-        except Exception as exc:
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # a wasmer panic is a BaseException: contain it too
             self._fail(exc)
         finally:
             linker.current = previous
@@ -488,7 +490,7 @@ class WasmerInstance(AgentInstance):
             reason, text = "trap", abi.STACK_OVERFLOW
         elif self._memory_exhausted():
             reason, text = "memory", abi.memory_message(self.limits.max_memory_bytes)
-        elif isinstance(exc, RuntimeError):
+        elif type(exc) is RuntimeError:
             reason, text = "trap", f"wasm trap: {_trap_summary(detail)}"
         else:
             log.error("agent %s: host call failed", self.agent_name, exc_info=exc)
@@ -570,6 +572,8 @@ class WasmerInstance(AgentInstance):
         handle = self._handle
         if handle is None or self._alloc is None:
             raise ExecutionFailed(abi.NO_HANDLER, reason="abi")
+        if type(message) is not bytes:
+            message = bytes(message)
         size = len(message)
         if size > self.limits.max_message_bytes:
             raise ValidationError(abi.message_too_large(size, self.limits.max_message_bytes))
