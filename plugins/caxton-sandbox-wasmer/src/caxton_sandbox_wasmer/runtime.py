@@ -402,6 +402,8 @@ class WasmerInstance(AgentInstance):
         self._host_failure: str | None = None
         self._busy = threading.Lock()
         self._close_requested = False
+        #: Set while a call runs on the instance's own thread.
+        self._here = False
         self._global_values: list[Any] = []
         self.last_fuel_used = 0
         self.total_fuel_used = 0
@@ -513,6 +515,7 @@ class WasmerInstance(AgentInstance):
             raise ExecutionFailed("agent instance is closed", reason="abi")
         if self._owner is not self.runtime.thread_state():
             self._move_here()
+        self._here = True
 
     def _enter(self) -> None:
         if not self._busy.acquire(blocking=False):
@@ -524,8 +527,9 @@ class WasmerInstance(AgentInstance):
 
     def _leave(self) -> None:
         live = self._live
-        if live is not None and self._owner is self.runtime.thread_state():
+        if self._here and live is not None:
             # What a move to another thread needs, read while this thread can.
+            self._here = False
             self.memory.size()
             if live.mutable_globals:
                 self._global_values = [g.value for g in live.mutable_globals]
