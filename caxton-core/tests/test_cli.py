@@ -335,9 +335,13 @@ def test_server_start_serves_health_and_stops_cleanly(
 def test_server_start_accepts_the_cluster_flags(tmp_path: Path) -> None:
     """--bootstrap makes the node cluster, which needs the selected transport (tcp)."""
     port = free_port()
+    config = tmp_path / "caxton.toml"
+    config.write_text("[transport]\nplaintext = true\n")  # no certificates in this test
     process = caxton(
         "server",
         "start",
+        "--config",
+        str(config),
         "--node-id",
         "n1",
         "--metrics-addr",
