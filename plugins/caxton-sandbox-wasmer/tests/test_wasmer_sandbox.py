@@ -52,6 +52,54 @@ CALLS_PLUGIN = """
 """
 
 
+#: A WASI agent probing what read-only preopens, stdin and poll_oneoff allow. Commands:
+#: U unlink data.txt, D mkdir newdir, O open data.txt and write to it, Q open and read it
+#: (returns the bytes read), I read stdin (bytes read), S poll_oneoff (errno).
+WASI_LIMITS = """
+(module
+  (import "wasi_snapshot_preview1" "path_open"
+    (func $open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_write" (func $write (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_read" (func $read (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "path_unlink_file"
+    (func $unlink (param i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "path_create_directory"
+    (func $mkdir (param i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "poll_oneoff"
+    (func $poll (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 96) "data.txt")
+  (data (i32.const 128) "newdir")
+  (func (export "alloc") (param i32) (result i32) (i32.const 2048))
+  (func $open_data (result i32)
+    (drop (call $open (i32.const 3) (i32.const 0) (i32.const 96) (i32.const 8) (i32.const 0)
+                      (i64.const 2) (i64.const 0) (i32.const 0) (i32.const 32)))
+    (i32.load (i32.const 32)))
+  (func (export "handle_message") (param $p i32) (param $n i32) (result i32)
+    (local $cmd i32)
+    (local.set $cmd (i32.load8_u (local.get $p)))
+    (i32.store (i32.const 0) (i32.const 512))
+    (i32.store (i32.const 4) (i32.const 64))
+    (i32.store (i32.const 16) (i32.const 99))
+    (if (i32.eq (local.get $cmd) (i32.const 85)) ;; U
+      (then (return (call $unlink (i32.const 3) (i32.const 96) (i32.const 8)))))
+    (if (i32.eq (local.get $cmd) (i32.const 68)) ;; D
+      (then (return (call $mkdir (i32.const 3) (i32.const 128) (i32.const 6)))))
+    (if (i32.eq (local.get $cmd) (i32.const 79)) ;; O
+      (then (return (call $write (call $open_data) (i32.const 0) (i32.const 1) (i32.const 16)))))
+    (if (i32.eq (local.get $cmd) (i32.const 81)) ;; Q
+      (then
+        (drop (call $read (call $open_data) (i32.const 0) (i32.const 1) (i32.const 16)))
+        (return (i32.load (i32.const 16)))))
+    (if (i32.eq (local.get $cmd) (i32.const 73)) ;; I
+      (then
+        (drop (call $read (i32.const 0) (i32.const 0) (i32.const 1) (i32.const 16)))
+        (return (i32.load (i32.const 16)))))
+    (call $poll (i32.const 600) (i32.const 700) (i32.const 1) (i32.const 16)))
+)
+"""
+
+
 def wat(source: str) -> bytes:
     return bytes(wasmtime.wat2wasm(source))
 
@@ -188,3 +236,25 @@ def test_fuel_used_is_the_same_for_the_same_work(
     assert used[0] > 0
     assert used == [used[0]] * 3
     assert instance.total_fuel_used == sum(used)
+
+
+def test_wasi_preopens_are_read_only_stdin_is_empty_and_sleeping_is_refused(
+    wasmer_sandbox: WasmerSandbox, tmp_path: Path
+) -> None:
+    (tmp_path / "data.txt").write_text("readable")
+    instance = wasmer_sandbox.instantiate(
+        wasmer_sandbox.compile(wat(WASI_LIMITS)),
+        agent_name="wasi-limits",
+        limits=ResourceLimits(),
+        host=RecordingAgentHost(),
+        capabilities=WasiCapabilities(enabled=True, preopen_dirs={"/data": str(tmp_path)}),
+    )
+    not_capable, not_supported = 76, 58
+    assert instance.handle_message(b"Q") == len("readable")
+    assert instance.handle_message(b"U") == not_capable
+    assert instance.handle_message(b"D") == not_capable
+    assert instance.handle_message(b"O") == not_capable  # opened for reading: no writing
+    assert (tmp_path / "data.txt").read_text() == "readable"
+    assert not (tmp_path / "newdir").exists()
+    assert instance.handle_message(b"I") == 0
+    assert instance.handle_message(b"S") == not_supported

@@ -7,8 +7,9 @@ The imports built here replace those functions so that WASI gives exactly what
 
 * stdout/stderr go to the node log (``stdio``) or nowhere; stdin is always empty;
 * preopened directories are read-only: opening with create/truncate/exclusive flags or
-  with write rights, and every call that changes the file system, fail with
-  ``ENOTCAPABLE``, and the rights of opened files are narrowed to reading;
+  with write rights, writing to any file descriptor but stdout/stderr, and every call
+  that changes the file system, fail with ``ENOTCAPABLE`` (the rights of opened files
+  are narrowed to reading too, but wasmer 1.1 does not enforce them on ``fd_write``);
 * ``poll_oneoff`` fails with ``ENOTSUP`` (a sleeping agent would stop the whole node:
   wasmer runs wasm with the GIL held); agents use timers instead;
 * wasmer's WASI functions are native and cannot be called from Python, so the Python
@@ -185,7 +186,9 @@ class WasiImports:
 
         def fd_write(fd: int, iovs: int, count: int, written: int) -> int:
             if fd > 2:
-                return self.delegate("fd_write", fd, iovs, count, written)
+                # Nothing the agent opens is writable. wasmer does not enforce the rights
+                # of a file opened for reading: it writes anyway (seen with 1.1.0).
+                return ERRNO_NOTCAPABLE
             if fd == 0:
                 return ERRNO_BADF
             memory = self._memory()
