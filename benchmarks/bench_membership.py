@@ -47,7 +47,7 @@ from typing import Any
 from caxton.drivers.membership import MemberStatus
 from caxton.membership.settings import SwimSettings
 from caxton.membership.swim_core import suspicion_bounds
-from caxton.testing.membership import SimCluster
+from caxton.testing.membership import SimCluster, formed_cluster
 
 DEFAULT = SwimSettings()
 #: A tuning for small LAN clusters that detects failures in about two seconds.
@@ -88,12 +88,7 @@ def settings_summary(settings: SwimSettings) -> dict[str, Any]:
 
 
 def formed(seed: int, nodes: int, settings: SwimSettings = DEFAULT) -> SimCluster:
-    sim = SimCluster(seed, settings)
-    sim.start_nodes(nodes)
-    if sim.run_until(sim.converged, timeout=60) is None:
-        raise RuntimeError(f"seed {seed}: {nodes} nodes did not converge")
-    sim.run_for(2.0 + sim.rng.random())
-    return sim
+    return formed_cluster(seed, nodes, settings)
 
 
 def live_failures(sim: SimCluster, dead: set[str]) -> int:

@@ -15,8 +15,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import socket
-from abc import abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -92,6 +92,8 @@ class CoreDriver(Membership):
     config_section: ClassVar[ConfigSection | None] = _core_section()
     #: Entry-point name, for messages.
     name: ClassVar[str] = ""
+    #: The sans-IO core the driver runs (constructed like :class:`SwimCore`).
+    core_class: ClassVar[Callable[..., MembershipCore]]
 
     def __init__(self, config: Mapping[str, Any], context: DriverContext) -> None:
         super().__init__(config, context)
@@ -115,9 +117,11 @@ class CoreDriver(Membership):
 
     # -- construction -------------------------------------------------------------------
 
-    @abstractmethod
     def make_core(self, address: Address, meta: Mapping[str, Any], now: float) -> MembershipCore:
-        """Build the sans-IO core for this node."""
+        """Build the sans-IO core for this node (:attr:`core_class`)."""
+        return self.core_class(
+            self.context.node_id, address, self.settings, now=now, rng=random.Random(), meta=meta
+        )
 
     @property
     def core(self) -> MembershipCore:

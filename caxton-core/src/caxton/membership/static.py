@@ -9,9 +9,8 @@ when it announced a leave. See :mod:`caxton.membership.static_core`.
 from __future__ import annotations
 
 import asyncio
-import random
-from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from collections.abc import Sequence
+from typing import ClassVar
 
 from caxton.drivers.membership import MemberStatus
 from caxton.drivers.transport import Address
@@ -22,16 +21,7 @@ from caxton.membership.static_core import StaticCore
 
 class StaticMembership(CoreDriver):
     name: ClassVar[str] = "static"
-
-    def make_core(self, address: Address, meta: Mapping[str, Any], now: float) -> StaticCore:
-        return StaticCore(
-            self.context.node_id,
-            address,
-            self.settings,
-            now=now,
-            rng=random.Random(),
-            meta=meta,
-        )
+    core_class = StaticCore
 
     async def join(self, seeds: Sequence[Address | str]) -> int:
         """Add ``seeds`` to the fixed list, probe them, and count those answering

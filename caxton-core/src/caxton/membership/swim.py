@@ -7,24 +7,12 @@ Configured by ``[coordination.cluster]``; see docs/membership.md.
 
 from __future__ import annotations
 
-import random
-from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import ClassVar
 
-from caxton.drivers.transport import Address
 from caxton.membership.driver import CoreDriver
 from caxton.membership.swim_core import SwimCore
 
 
 class SwimMembership(CoreDriver):
     name: ClassVar[str] = "swim"
-
-    def make_core(self, address: Address, meta: Mapping[str, Any], now: float) -> SwimCore:
-        return SwimCore(
-            self.context.node_id,
-            address,
-            self.settings,
-            now=now,
-            rng=random.Random(),
-            meta=meta,
-        )
+    core_class = SwimCore

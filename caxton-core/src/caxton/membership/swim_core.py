@@ -802,13 +802,21 @@ class SwimCore:
         elif changed:
             self._event(EventKind.UPDATED, node)
 
-    def _on_suspect(self, node_id: str, incarnation: int, accuser: str) -> None:
+    def _accusation_target(self, node_id: str, incarnation: int) -> _Node | None:
+        """The member a suspect/failed/left report is about; None when the report is
+        stale, about an unknown member, or about us (then we refute it)."""
         node = self._nodes.get(node_id)
         if node is None or incarnation < node.incarnation:
-            return
+            return None
         if node is self._me:
             if not self.leaving:
                 self._refute(incarnation)
+            return None
+        return node
+
+    def _on_suspect(self, node_id: str, incarnation: int, accuser: str) -> None:
+        node = self._accusation_target(node_id, incarnation)
+        if node is None:
             return
         if node.status is SUSPECT:
             suspicion = self._suspicions.get(node_id)
@@ -830,12 +838,8 @@ class SwimCore:
         self._event(EventKind.SUSPECT, node)
 
     def _on_dead(self, node_id: str, incarnation: int, accuser: str, *, left: bool) -> None:
-        node = self._nodes.get(node_id)
-        if node is None or incarnation < node.incarnation:
-            return
-        if node is self._me:
-            if not self.leaving:
-                self._refute(incarnation)
+        node = self._accusation_target(node_id, incarnation)
+        if node is None:
             return
         if node.status is LEFT or (node.status is FAILED and not left):
             return

@@ -63,6 +63,7 @@ __all__ = [
     "SimNode",
     "UdpLoopbackTransport",
     "VersionedMapDelegate",
+    "formed_cluster",
 ]
 
 CoreFactory = Callable[[str, Address, float, random.Random], MembershipCore]
@@ -471,7 +472,8 @@ def _failures_other_than(sim: SimCluster, expected: Iterable[str] = ()) -> list[
     ]
 
 
-def _formed(seed: int, nodes: int, settings: SwimSettings | None) -> SimCluster:
+def formed_cluster(seed: int, nodes: int, settings: SwimSettings | None = None) -> SimCluster:
+    """A simulated cluster of ``nodes`` that has converged, at a random probe phase."""
     sim = SimCluster(seed, settings)
     sim.start_nodes(nodes)
     if sim.run_until(sim.converged, timeout=30) is None:
@@ -485,7 +487,7 @@ def scenario_kill(
     seed: int, nodes: int = 5, settings: SwimSettings | None = None
 ) -> ScenarioResult:
     """Kill one node: every survivor marks it failed, and nobody else is failed."""
-    sim = _formed(seed, nodes, settings)
+    sim = formed_cluster(seed, nodes, settings)
     victim = f"n{1 + sim.rng.randrange(nodes - 1)}"
     sim.kill(victim)
     took = sim.run_until(lambda: sim.all_see(victim, MemberStatus.FAILED), 120, step=0.01)
@@ -504,7 +506,7 @@ def scenario_loss(
     duration: float = 60.0,
 ) -> ScenarioResult:
     """One node loses ``loss`` of its packets both ways: nobody is declared failed."""
-    sim = _formed(seed, nodes, settings)
+    sim = formed_cluster(seed, nodes, settings)
     sim.set_loss(f"n{1 + sim.rng.randrange(nodes - 1)}", loss)
     sim.run_for(duration)
     wrong = _failures_other_than(sim)
@@ -516,7 +518,7 @@ def scenario_pause(
 ) -> ScenarioResult:
     """One node stops for ``pause`` seconds (shorter than the suspicion timeout): it is
     not declared failed."""
-    sim = _formed(seed, nodes, settings)
+    sim = formed_cluster(seed, nodes, settings)
     sim.pause(f"n{1 + sim.rng.randrange(nodes - 1)}", pause)
     sim.run_for(pause + 30)
     wrong = _failures_other_than(sim)
@@ -527,7 +529,7 @@ def scenario_partition(
     seed: int, nodes: int = 6, settings: SwimSettings | None = None, split: float = 60.0
 ) -> ScenarioResult:
     """Split the cluster for ``split`` seconds, heal: views merge again by themselves."""
-    sim = _formed(seed, nodes, settings)
+    sim = formed_cluster(seed, nodes, settings)
     names = sorted(sim.nodes)
     sim.rng.shuffle(names)
     cut = 1 + sim.rng.randrange(nodes - 1)
@@ -550,7 +552,7 @@ def scenario_leave(
     seed: int, nodes: int = 5, settings: SwimSettings | None = None
 ) -> ScenarioResult:
     """A node leaves gracefully then stops: everyone lists it left, nobody failed."""
-    sim = _formed(seed, nodes, settings)
+    sim = formed_cluster(seed, nodes, settings)
     leaver = f"n{1 + sim.rng.randrange(nodes - 1)}"
     sim.leave(leaver)
     took = sim.run_until(lambda: sim.nodes[leaver].core.leave_done, timeout=10)
@@ -569,7 +571,7 @@ def scenario_restart(
 ) -> ScenarioResult:
     """Kill a node, let it be declared failed, restart it with the same id: it reclaims
     its name (a higher incarnation) and every view converges."""
-    sim = _formed(seed, nodes, settings)
+    sim = formed_cluster(seed, nodes, settings)
     victim = f"n{1 + sim.rng.randrange(nodes - 1)}"
     sim.kill(victim)
     if sim.run_until(lambda: sim.all_see(victim, MemberStatus.FAILED), 120) is None:
