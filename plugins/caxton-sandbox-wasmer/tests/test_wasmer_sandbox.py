@@ -258,3 +258,22 @@ def test_wasi_preopens_are_read_only_stdin_is_empty_and_sleeping_is_refused(
     assert not (tmp_path / "newdir").exists()
     assert instance.handle_message(b"I") == 0
     assert instance.handle_message(b"S") == not_supported
+
+
+def test_a_symlink_out_of_a_preopened_directory_is_not_followed(
+    wasmer_sandbox: WasmerSandbox, tmp_path: Path
+) -> None:
+    (tmp_path / "secret.txt").write_text("secret")
+    inside = tmp_path / "inside"
+    inside.mkdir()
+    (inside / "data.txt").symlink_to(tmp_path / "secret.txt")
+    instance = wasmer_sandbox.instantiate(
+        wasmer_sandbox.compile(wat(WASI_LIMITS)),
+        agent_name="wasi-escape",
+        limits=ResourceLimits(),
+        host=RecordingAgentHost(),
+        capabilities=WasiCapabilities(enabled=True, preopen_dirs={"/data": str(inside)}),
+    )
+    assert instance.handle_message(b"Q") == 0  # the open failed: nothing was read
+    assert instance.memory_size() > 0
+    assert b"secret" not in instance.memory.read(512, 64)  # type: ignore[attr-defined]

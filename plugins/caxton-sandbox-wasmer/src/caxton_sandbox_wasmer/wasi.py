@@ -15,6 +15,8 @@ The imports built here replace those functions so that WASI gives exactly what
 * wasmer's WASI functions are native and cannot be called from Python, so the Python
   functions above reach them through a small *trampoline* instance (generated wasm that
   imports them and the agent's memory, and exports a wrapper per function);
+* paths are resolved on the host (symlinks included) and must stay inside the preopened
+  directory: wasmer 1.1 follows a symlink out of it;
 * wasmer puts a virtual root directory at fd 3 and the preopens after it; the guest sees
   the preopens from fd 3 on, named by their guest paths, as WASI programs expect (file
   descriptors are translated on the way in and out).
@@ -133,6 +135,12 @@ class WasiImports:
         for key, value in capabilities.env.items():
             builder.environment(key, value)
         self.preopens = [path.encode() for path in capabilities.preopen_dirs]
+        #: Guest directory fd -> (the preopen's real host root, the directory's real path):
+        #: paths are resolved on the host, symlinks included, and must stay in the root.
+        self.directories: dict[int, tuple[str, str]] = {}
+        for index, host_dir in enumerate(capabilities.preopen_dirs.values()):
+            root = os.path.realpath(host_dir)
+            self.directories[FIRST_FD + index] = (root, root)
         for guest_path, host_dir in capabilities.preopen_dirs.items():
             if not os.path.isdir(host_dir):
                 raise ValidationError(
@@ -167,6 +175,23 @@ class WasiImports:
     def _memory(self) -> Any:
         assert self.instance is not None
         return self.instance.memory
+
+    def _resolve(self, fd: int, path: int, path_len: int) -> tuple[str, str] | None:
+        """(root, real host path) of ``path`` relative to the directory ``fd``, or None
+        when it leaves the preopened directory (through ``..``, an absolute path or a
+        symlink) or cannot be read. Unknown descriptors pass: wasmer refuses them."""
+        directory = self.directories.get(fd)
+        if directory is None:
+            return ("", "")
+        root, base = directory
+        try:
+            relative = self._memory().read(path, path_len).decode("utf-8")
+        except (GuestMemoryError, UnicodeDecodeError):
+            return None
+        real = os.path.realpath(os.path.join(base, relative.lstrip("/")))
+        if real != root and not real.startswith(root.rstrip(os.sep) + os.sep):
+            return None
+        return root, real
 
     def delegate(self, name: str, *args: int) -> int:
         """Call wasmer's ``name`` with the guest's file descriptors translated."""
@@ -257,6 +282,9 @@ class WasiImports:
                 or fdflags & FDFLAGS_APPEND
             ):
                 return ERRNO_NOTCAPABLE
+            target = self._resolve(fd, path, path_len)
+            if target is None:
+                return ERRNO_NOTCAPABLE
             keep = ALL_RIGHTS & ~MUTATING_RIGHTS
             errno = self.delegate(
                 "path_open",
@@ -274,6 +302,28 @@ class WasiImports:
                 memory = self._memory()
                 (new_fd,) = struct.unpack("<I", memory.read(opened, 4))
                 memory.write(opened, struct.pack("<I", new_fd - 1))
+                if os.path.isdir(target[1]):
+                    self.directories[new_fd - 1] = target
+            return errno
+
+        def path_filestat_get(fd: int, flags: int, path: int, path_len: int, out: int) -> int:
+            if self._resolve(fd, path, path_len) is None:
+                return ERRNO_NOTCAPABLE
+            return self.delegate("path_filestat_get", fd, flags, path, path_len, out)
+
+        def fd_close(fd: int) -> int:
+            errno = self.delegate("fd_close", fd)
+            if errno == ERRNO_SUCCESS:
+                self.directories.pop(fd, None)
+            return errno
+
+        def fd_renumber(fd: int, to: int) -> int:
+            errno = self.delegate("fd_renumber", fd, to)
+            if errno == ERRNO_SUCCESS:
+                moved = self.directories.pop(fd, None)
+                self.directories.pop(to, None)
+                if moved is not None:
+                    self.directories[to] = moved
             return errno
 
         def refuse(*_args: int) -> int:
@@ -290,6 +340,9 @@ class WasiImports:
                 store, original["fd_prestat_dir_name"], fd_prestat_dir_name
             ),
             "path_open": _like(store, original["path_open"], path_open),
+            "path_filestat_get": _like(store, original["path_filestat_get"], path_filestat_get),
+            "fd_close": _like(store, original["fd_close"], fd_close),
+            "fd_renumber": _like(store, original["fd_renumber"], fd_renumber),
             "poll_oneoff": _like(store, original["poll_oneoff"], not_supported),
         }
         for name in READ_ONLY_REFUSED:
