@@ -277,3 +277,32 @@ def test_a_symlink_out_of_a_preopened_directory_is_not_followed(
     assert instance.handle_message(b"Q") == 0  # the open failed: nothing was read
     assert instance.memory_size() > 0
     assert b"secret" not in instance.memory.read(512, 64)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("name", "params", "args"),
+    [
+        ("proc_raise", "i32", "(i32.const 9)"),
+        ("sock_recv", "i32 i32 i32 i32 i32 i32", "(i32.const 3) " * 6),
+        ("sock_send", "i32 i32 i32 i32 i32", "(i32.const 3) " * 5),
+        ("sock_shutdown", "i32 i32", "(i32.const 3) (i32.const 0)"),
+    ],
+)
+def test_wasi_functions_wasmer_leaves_unimplemented_are_not_supported(
+    wasmer_sandbox: WasmerSandbox, name: str, params: str, args: str
+) -> None:
+    source = f"""
+    (module
+      (import "wasi_snapshot_preview1" "{name}" (func $f (param {params}) (result i32)))
+      (memory (export "memory") 1)
+      (func (export "alloc") (param i32) (result i32) (i32.const 1024))
+      (func (export "handle_message") (param i32 i32) (result i32) (call $f {args})))
+    """
+    instance = wasmer_sandbox.instantiate(
+        wasmer_sandbox.compile(wat(source)),
+        agent_name="unimplemented",
+        limits=ResourceLimits(),
+        host=RecordingAgentHost(),
+        capabilities=WasiCapabilities(enabled=True),
+    )
+    assert instance.handle_message(b"x") == 58  # ENOTSUP, not a panic

@@ -11,7 +11,8 @@ The imports built here replace those functions so that WASI gives exactly what
   that changes the file system, fail with ``ENOTCAPABLE`` (the rights of opened files
   are narrowed to reading too, but wasmer 1.1 does not enforce them on ``fd_write``);
 * ``poll_oneoff`` fails with ``ENOTSUP`` (a sleeping agent would stop the whole node:
-  wasmer runs wasm with the GIL held); agents use timers instead;
+  wasmer runs wasm with the GIL held); agents use timers instead. So do ``proc_raise``
+  and the ``sock_*`` functions, which wasmer 1.1 leaves unimplemented (they panic);
 * wasmer's WASI functions are native and cannot be called from Python, so the Python
   functions above reach them through a small *trampoline* instance (generated wasm that
   imports them and the agent's memory, and exports a wrapper per function);
@@ -97,6 +98,10 @@ FD_ARGUMENTS: dict[str, tuple[int, ...]] = {
 }  # fmt: skip
 #: wasmer's virtual root directory takes fd 3; guest fd N >= 3 is wasmer's N + 1.
 FIRST_FD = 3
+
+#: Functions answered with ENOTSUP: poll_oneoff may sleep with the GIL held; the others
+#: are unimplemented in wasmer 1.1 and panic.
+NOT_SUPPORTED = ("poll_oneoff", "proc_raise", "sock_recv", "sock_send", "sock_shutdown")
 
 #: Functions that change the file system: refused outright.
 READ_ONLY_REFUSED = (
@@ -343,8 +348,9 @@ class WasiImports:
             "path_filestat_get": _like(store, original["path_filestat_get"], path_filestat_get),
             "fd_close": _like(store, original["fd_close"], fd_close),
             "fd_renumber": _like(store, original["fd_renumber"], fd_renumber),
-            "poll_oneoff": _like(store, original["poll_oneoff"], not_supported),
         }
+        for name in NOT_SUPPORTED:
+            overrides[name] = _like(store, original[name], not_supported)
         for name in READ_ONLY_REFUSED:
             overrides[name] = _like(store, original[name], refuse)
         return overrides
