@@ -104,12 +104,27 @@ def test_a_killed_node_is_marked_failed_and_its_agents_disappear(
     n3.deploy("echo", echo)
     wait_for_agent(cluster, "echo", "n3")
 
-    n3.kill()  # SIGKILL
-    cluster.wait_until(
-        lambda: n1.members().get("n3") == "failed" and n2.members().get("n3") == "failed",
-        30,
-        "n3 failed on n1 and n2",
+    watch = subprocess.Popen(
+        [*caxton_command(), "cluster", "watch", "--history", "0", "--api-url", n1.api_url],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=clean_environment(),
     )
+    try:
+        time.sleep(1.0)  # let the watcher connect
+        n3.kill()  # SIGKILL
+        cluster.wait_until(
+            lambda: n1.members().get("n3") == "failed" and n2.members().get("n3") == "failed",
+            30,
+            "n3 failed on n1 and n2",
+        )
+        time.sleep(0.5)
+    finally:
+        watch.terminate()
+        watched, _ = watch.communicate(timeout=10)
+    assert "[WARNING] Node n3 detected as failed" in watched
+    assert "[INFO] 1 agents of n3 dropped from the registry" in watched
     assert "echo" not in n1.agents()
     assert "echo" not in n2.agents()
     with pytest.raises(ApiError) as info:
@@ -207,3 +222,11 @@ def test_an_mtls_cluster_routes_and_its_keys_agree(
     ping = cli(n1, "cluster", "ping", "n3")
     assert ping.returncode == 0, ping.stderr
     assert ping.stdout.startswith(f"n3 ({n3.address}, alive): gossip ")
+
+    # n1 asks n2 to leave: n2 drains, announces it and stops.
+    left = cli(n1, "cluster", "leave", "--node", "n2", "--drain-timeout", "0s")
+    assert left.returncode == 0, left.stderr
+    assert "Node n2 leaving the cluster" in left.stdout
+    assert n2.process is not None
+    assert n2.process.wait(20) == 0
+    cluster.wait_until(lambda: n3.members().get("n2") == "left", 10, "n2 left on n3")

@@ -163,6 +163,7 @@ class Cluster:
         self._meta_handle: asyncio.TimerHandle | None = None
         self._load: dict[str, Any] = {}
         self._cpu: CpuSampler | None = None
+        self._stopper: asyncio.Task[None] | None = None
         self._mode: PartitionMode | None = None
         self._unsubscribe: Callable[[], None] | None = None
         self._plugin_name = f"caxton.cluster.{self.node_id}"
@@ -662,7 +663,9 @@ class Cluster:
             return wire.pack(self.node_id)
         if op == "leave":
             drain = float(args[0]) if args else 0.0
-            self._spawn(self._leave_and_stop(drain))
+            # Not one of self._tasks: stopping the node closes this service, which
+            # cancels those.
+            self._stopper = self._get_loop().create_task(self._leave_and_stop(drain))
             return wire.pack(True)
         raise ValidationError(f"unknown cluster control operation {op!r}")
 
