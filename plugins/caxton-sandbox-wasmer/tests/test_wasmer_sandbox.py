@@ -11,7 +11,8 @@ import wasmtime
 from conftest import make_wasmer_sandbox, needs_wasmer
 
 from caxton.drivers.sandbox import HostCall, HostFunction, ResourceLimits, WasiCapabilities
-from caxton.errors import ExecutionFailed
+from caxton.errors import ConfigError, ExecutionFailed
+from caxton.testing import NodeFactory
 from caxton.testing.sandbox import RecordingAgentHost, call_with_watchdog
 from caxton_sandbox_wasmer.driver import WasmerSandbox
 
@@ -306,3 +307,21 @@ def test_wasi_functions_wasmer_leaves_unimplemented_are_not_supported(
         capabilities=WasiCapabilities(enabled=True),
     )
     assert instance.handle_message(b"x") == 58  # ENOTSUP, not a panic
+
+
+async def test_config_section_is_honoured_and_validated(tmp_path: Path) -> None:
+    factory = NodeFactory(tmp_path)
+    factory.register_driver("sandbox", "wasmer", WasmerSandbox)
+    config = {
+        "sandbox.wasmer.fuel_slice": 250_000,
+        "sandbox.wasmer.memory_ceiling": "64MB",
+        "sandbox.wasmer.agent_pool_size": 2,
+    }
+    async with factory.node(plugin_options=["sandbox=wasmer"], config=config) as node:
+        runtime = node.sandbox.runtime
+        assert (runtime.settings.fuel_slice, runtime.settings.memory_ceiling) == (250_000, 64 << 20)
+        assert runtime.pool_size == 2
+    bad = {"sandbox.wasmer.fuel_slice": 5}
+    with pytest.raises(ConfigError, match="fuel_slice: must be at least 1000"):
+        async with factory.node(plugin_options=["sandbox=wasmer"], config=bad):
+            pass
