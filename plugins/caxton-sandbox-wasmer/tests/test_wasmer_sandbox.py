@@ -276,8 +276,6 @@ def test_a_symlink_out_of_a_preopened_directory_is_not_followed(
         capabilities=WasiCapabilities(enabled=True, preopen_dirs={"/data": str(inside)}),
     )
     assert instance.handle_message(b"Q") == 0  # the open failed: nothing was read
-    assert instance.memory_size() > 0
-    assert b"secret" not in instance.memory.read(512, 64)  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize(
