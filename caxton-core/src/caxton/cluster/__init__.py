@@ -5,13 +5,15 @@
   membership driver, registry and router together.
 - :mod:`caxton.cluster.wire`: what nodes say to each other.
 - :mod:`caxton.cluster.auth`: ``caxton cluster verify-auth``.
+- :mod:`caxton.cluster.events`: what ``caxton cluster watch`` shows.
 
 See docs/cluster.md.
 """
 
 from __future__ import annotations
 
+from caxton.cluster.events import ClusterEvent
 from caxton.cluster.registry import AgentEntry, AgentRegistry, Delta
-from caxton.cluster.service import Cluster, ClusterEvent, PeerRoute
+from caxton.cluster.service import Cluster, PeerRoute
 
 __all__ = ["AgentEntry", "AgentRegistry", "Cluster", "ClusterEvent", "Delta", "PeerRoute"]

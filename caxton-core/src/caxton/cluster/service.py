@@ -25,14 +25,14 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from caxton import hookimpl
 from caxton.cluster import wire
 from caxton.cluster.auth import compare, security_summary
+from caxton.cluster.events import ClusterEvent, EventLog
 from caxton.cluster.registry import AgentEntry, AgentRegistry, Delta
 from caxton.drivers.membership import Member, MemberStatus
 from caxton.drivers.partition import ClusterView, PartitionDecision, PartitionMode
@@ -72,8 +72,6 @@ MISS_TTL = 1.0
 LOAD_INTERVAL = 5.0
 #: Seconds between two metadata updates (each is news gossiped to every member).
 META_DEBOUNCE = 0.05
-#: Events kept for ``caxton cluster watch`` and ``GET /api/v1/cluster/events``.
-EVENT_HISTORY = 1000
 #: Seconds a graceful leave waits for its announcement to spread.
 LEAVE_TIMEOUT = 2.0
 
@@ -82,28 +80,6 @@ MEMBERSHIP_NEEDS = ("subscribe", "member", "cluster_view", "ping", "remove")
 
 _REACHABLE = (MemberStatus.ALIVE, MemberStatus.SUSPECT)
 _GONE = (EventKind.FAILED, EventKind.LEFT, EventKind.REMOVED)
-
-
-@dataclass(frozen=True)
-class ClusterEvent:
-    """One line of ``caxton cluster watch``."""
-
-    kind: str
-    text: str
-    level: str = "info"
-    node_id: str = ""
-    at: float = field(default_factory=time.time)
-    details: Mapping[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "at": self.at,
-            "level": self.level,
-            "kind": self.kind,
-            "node_id": self.node_id,
-            "text": self.text,
-            **({"details": dict(self.details)} if self.details else {}),
-        }
 
 
 class PeerRoute:
@@ -145,7 +121,7 @@ class Cluster:
         self.node = node
         self.node_id = node.node_id
         self.registry = AgentRegistry(node.node_id)
-        self.events: deque[ClusterEvent] = deque(maxlen=EVENT_HISTORY)
+        self.events = EventLog()
         self.counts: dict[str, int] = dict.fromkeys(
             ("forwarded", "received", "undeliverable", "pushes", "pulls", "lookups"), 0
         )
@@ -156,7 +132,6 @@ class Cluster:
         self._resolving: dict[str, asyncio.Future[PeerRoute | None]] = {}
         self._hops: dict[str, int] = {}
         self._pulling: dict[str, asyncio.Task[None]] = {}
-        self._watchers: set[asyncio.Queue[ClusterEvent]] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._pushed = 0
         self._publish_handle: asyncio.Handle | None = None
@@ -272,8 +247,7 @@ class Cluster:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        for queue in list(self._watchers):
-            queue.put_nowait(ClusterEvent("closed", f"node {self.node_id} stopped"))
+        self.events.close(f"node {self.node_id} stopped")
 
     async def leave(self, drain_timeout: float) -> int:
         """Drain queued messages (up to ``drain_timeout``), then announce the leave.
@@ -369,18 +343,11 @@ class Cluster:
         return [entry.to_dict() for entry in self.registry.entries()]
 
     def recent_events(self, limit: int = 100) -> list[ClusterEvent]:
-        events = list(self.events)
-        return events[-limit:] if limit > 0 else []
+        return self.events.recent(limit)
 
-    @contextlib.asynccontextmanager
-    async def watch(self) -> AsyncIterator[asyncio.Queue[ClusterEvent]]:
-        """A queue that receives every event from now on."""
-        queue: asyncio.Queue[ClusterEvent] = asyncio.Queue(maxsize=10_000)
-        self._watchers.add(queue)
-        try:
-            yield queue
-        finally:
-            self._watchers.discard(queue)
+    def watch(self) -> contextlib.AbstractAsyncContextManager[asyncio.Queue[ClusterEvent]]:
+        """A queue that receives every event from now on (``async with``)."""
+        return self.events.watch()
 
     # -- operations -------------------------------------------------------------------
 
@@ -998,13 +965,7 @@ class Cluster:
         level: str = "info",
         details: Mapping[str, Any] | None = None,
     ) -> None:
-        event = ClusterEvent(kind, text, level, node_id, details=dict(details or {}))
-        self.events.append(event)
-        if level != "debug":
-            log.log(logging.WARNING if level == "warning" else logging.INFO, "%s", text)
-        for queue in list(self._watchers):
-            with contextlib.suppress(asyncio.QueueFull):
-                queue.put_nowait(event)
+        self.events.record(kind, text, node_id=node_id, level=level, details=details)
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = self._get_loop().create_task(coro)
