@@ -423,6 +423,8 @@ class WasmerInstance(AgentInstance):
         self._handle = funcs.get("handle_message")
         self._dealloc = funcs.get("dealloc")
         self._fuel = live.fuel
+        self._wasmer_memory = live.memory
+        self._mutable_globals = live.mutable_globals
         self.memory.release()
         self.memory = _Memory(live.memory)
         live.memory_cap.value = min(
@@ -526,13 +528,13 @@ class WasmerInstance(AgentInstance):
             )
 
     def _leave(self) -> None:
-        live = self._live
-        if self._here and live is not None:
+        if self._here:
             # What a move to another thread needs, read while this thread can.
             self._here = False
-            self.memory.size()
-            if live.mutable_globals:
-                self._global_values = [g.value for g in live.mutable_globals]
+            if self._wasmer_memory is not None:
+                self.memory.size_seen = self._wasmer_memory.data_size
+            if self._mutable_globals:
+                self._global_values = [g.value for g in self._mutable_globals]
         self._busy.release()
         if self._close_requested:
             self.close()
@@ -651,6 +653,8 @@ class WasmerInstance(AgentInstance):
             self.memory.release()
             self._funcs = {}
             self._alloc = self._handle = self._dealloc = None
+            self._wasmer_memory = None
+            self._mutable_globals = []
             self._live = None
         finally:
             self._busy.release()
