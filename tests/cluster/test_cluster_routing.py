@@ -107,6 +107,32 @@ async def test_replies_reach_a_client_waiting_on_another_node(nodes: list[Node])
     assert all(r.receiver.startswith("client-") for r in replies)
 
 
+async def test_a_fipa_request_conversation_spans_nodes(nodes: list[Node]) -> None:
+    n1, n2, _ = nodes
+
+    def deliver(message: Message) -> None:  # agree, then inform: fipa-request
+        for answer in (Performative.AGREE, Performative.INFORM):
+            n2.router.send_nowait(
+                message.create_reply(answer, sender="worker", content={"done": message.content})
+            )
+
+    n2.router.register("worker", deliver)
+    n2.cluster.announce("worker")
+    await eventually(lambda: bool(n1.cluster.registry.lookup("worker")))
+    request = Message(
+        Performative.REQUEST, sender="", receiver="worker", content=7, protocol="fipa-request"
+    )
+    reply = await n1.router.request(request, 5.0)
+    assert reply.performative is Performative.INFORM
+    assert reply.content == {"done": 7}
+    assert reply.conversation_id == request.conversation_id
+    for node in (n1, n2):  # both routers followed the conversation to its end
+        conversation = node.router.conversation(request.conversation_id)
+        assert conversation is not None
+        assert conversation.to_dict()["state"] == "done", node.node_id
+        assert conversation.message_count == 3, node.node_id
+
+
 async def test_a_stale_registry_asks_the_peers(nodes: list[Node]) -> None:
     n1, n2, _ = nodes
     received: list[Message] = []
