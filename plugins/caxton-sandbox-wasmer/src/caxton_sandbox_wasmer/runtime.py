@@ -584,21 +584,36 @@ class WasmerInstance(AgentInstance):
         if size > self.limits.max_message_bytes:
             raise ValidationError(abi.message_too_large(size, self.limits.max_message_bytes))
         self._arm()
-        ptr = self._call(self._alloc, size) & 0xFFFFFFFF
-        memory = self.memory
-        if ptr == 0 or ptr + size > memory.size():
-            self._account()
+        alloc, dealloc, memory = self._alloc, self._dealloc, self.memory
+        status = ptr = 0
+        usable = False
+        # One binding of the host functions for the three calls.
+        linker = self._linker
+        previous = linker.current
+        linker.current = self
+        try:
+            try:
+                ptr = alloc(size) & 0xFFFFFFFF
+                usable = ptr != 0 and ptr + size <= memory.size()
+                if usable:
+                    ctypes.memmove(memory.base + ptr, message, size)
+                    status = int(handle(ptr, size))
+                    if dealloc is not None:
+                        dealloc(ptr, size)
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException as exc:  # a wasmer panic is a BaseException: contain it
+                self._fail(exc)
+        finally:
+            linker.current = previous
+        self._account()
+        if not usable:
             if self._memory_exhausted(size):
                 self._raise("memory", abi.memory_message(self.limits.max_memory_bytes))
             self._raise(
                 "abi",
                 f"alloc({size}) returned {ptr}, which is not a usable buffer in the agent's memory",
             )
-        ctypes.memmove(memory.base + ptr, message, size)
-        status = int(self._call(handle, ptr, size))
-        if self._dealloc is not None:
-            self._call(self._dealloc, ptr, size)
-        self._account()
         return status
 
     def memory_size(self) -> int:
