@@ -258,8 +258,7 @@ async def cluster_leave(request: web.Request) -> web.Response:
     if cluster.leaving:
         raise Conflict(f"node {node.node_id} is already leaving the cluster")
     remaining = await cluster.leave(drain_ms / 1000)
-    # Stop once this answer is on its way: the process then exits.
-    asyncio.get_running_loop().call_later(0.2, lambda: asyncio.ensure_future(node.stop()))
+    cluster.stop_node_soon(delay=0.2)  # once this answer is on its way; the process exits
     return json_response({"node_id": node.node_id, "status": "left", "remaining": remaining})
 
 

@@ -26,7 +26,7 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from caxton import hookimpl
@@ -630,17 +630,26 @@ class Cluster:
             return wire.pack(self.node_id)
         if op == "leave":
             drain = float(args[0]) if args else 0.0
-            # Not one of self._tasks: stopping the node closes this service, which
-            # cancels those.
-            self._stopper = self._get_loop().create_task(self._leave_and_stop(drain))
+            self.stop_node_soon(self.leave(drain))
             return wire.pack(True)
         raise ValidationError(f"unknown cluster control operation {op!r}")
 
-    async def _leave_and_stop(self, drain_timeout: float) -> None:
-        try:
-            await self.leave(drain_timeout)
-        finally:
-            await self.node.stop()
+    def stop_node_soon(self, first: Awaitable[Any] | None = None, delay: float = 0.0) -> None:
+        """Stop the node in the background, after ``first`` (a leave) and ``delay``.
+
+        Not one of the service's own tasks: stopping the node closes this service,
+        which cancels those.
+        """
+
+        async def stop() -> None:
+            try:
+                if first is not None:
+                    await first
+                await asyncio.sleep(delay)
+            finally:
+                await self.node.stop()
+
+        self._stopper = self._get_loop().create_task(stop())
 
     # -- the registry -----------------------------------------------------------------
 
