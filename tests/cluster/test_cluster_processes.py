@@ -230,3 +230,31 @@ def test_an_mtls_cluster_routes_and_its_keys_agree(
     assert n2.process is not None
     assert n2.process.wait(20) == 0
     cluster.wait_until(lambda: n3.members().get("n2") == "left", 10, "n2 left on n3")
+
+
+def test_a_node_cut_off_from_the_majority_is_degraded_until_it_heals(
+    make_cluster: MakeCluster,
+) -> None:
+    cluster = make_cluster()
+    n1, n2, n3 = cluster.start(3)
+
+    def status() -> dict[str, object]:
+        result: dict[str, object] = n1.request("GET", "/api/v1/cluster/status")
+        return result
+
+    # n2 and n3 stop answering for longer than the suspicion timeout: n1 is alone.
+    n2.signal(signal.SIGSTOP)
+    n3.signal(signal.SIGSTOP)
+    try:
+        cluster.wait_until(lambda: status()["status"] == "DEGRADED", 30, "n1 degraded")
+        degraded = cli(n1, "cluster", "status")
+        assert "Status: DEGRADED (minority partition)" in degraded.stdout
+        assert "Operations: READ-ONLY" in degraded.stdout
+        assert "Nodes: 1/3 active" in degraded.stdout
+    finally:
+        n2.signal(signal.SIGCONT)
+        n3.signal(signal.SIGCONT)
+    cluster.wait_converged([n1, n2, n3], timeout=30)  # the failed members refute, rejoin
+    cluster.wait_until(lambda: status()["status"] == "HEALTHY", 10, "n1 healthy again")
+    kinds = [e["kind"] for e in n1.request("GET", "/api/v1/cluster/events")["events"]]
+    assert kinds.count("mode") == 2  # read-only, then read-write again
