@@ -26,7 +26,7 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from caxton import hookimpl
@@ -258,7 +258,7 @@ class Cluster:
         remaining = 0
         if self.router is not None and drain_timeout > 0:
             remaining = int(await self.router.drain(drain_timeout))
-        self._record("left", f"Node {self.node_id} leaving the cluster", node_id=self.node_id)
+        self.events.record("left", f"Node {self.node_id} leaving the cluster", node_id=self.node_id)
         await self.membership.leave(LEAVE_TIMEOUT)
         return remaining
 
@@ -739,7 +739,7 @@ class Cluster:
                 del self._routes[entry.name]
             if kind != "updated":
                 where = "on" if kind == "registered" else "from"
-                self._record(
+                self.events.record(
                     f"agent-{kind}",
                     f"Agent '{entry.name}' {kind} {where} {entry.node_id}",
                     node_id=entry.node_id,
@@ -813,7 +813,7 @@ class Cluster:
             return
         if kind is EventKind.JOINED:
             self._invalidate_node(node_id)
-            self._record("joined", f"Node {node_id} joined the cluster", node_id=node_id)
+            self.events.record("joined", f"Node {node_id} joined the cluster", node_id=node_id)
             # A node that comes back starts a new registry epoch: forget the old one.
             known = self.registry.known_version(node_id)
             advertised = advertised_version(member)
@@ -823,14 +823,14 @@ class Cluster:
             if self._pushed:
                 self._send_full(member)
         elif kind is EventKind.SUSPECT:
-            self._record(
+            self.events.record(
                 "suspect",
                 f"Node {node_id} suspected of failure",
                 node_id=node_id,
                 level="warning",
             )
         elif kind is EventKind.ALIVE:
-            self._record("alive", f"Node {node_id} refuted the suspicion", node_id=node_id)
+            self.events.record("alive", f"Node {node_id} refuted the suspicion", node_id=node_id)
         elif kind is EventKind.UPDATED:
             self._check_version(member)
         self._mode_changed()
@@ -846,9 +846,9 @@ class Cluster:
         for name in [n for n, origin in self._reply_routes.items() if origin == node_id]:
             del self._reply_routes[name]
         details = {"agents": len(changes)} if changes else {}
-        self._record(kind, text, node_id=node_id, level=level, details=details)
+        self.events.record(kind, text, node_id=node_id, level=level, details=details)
         if changes:
-            self._record(
+            self.events.record(
                 "agents-dropped",
                 f"{len(changes)} agents of {node_id} dropped from the registry",
                 node_id=node_id,
@@ -871,7 +871,7 @@ class Cluster:
             if self._mode is not None:
                 level = "info" if mode is PartitionMode.READ_WRITE else "warning"
                 reason = decision.reason if decision is not None else ""
-                self._record(
+                self.events.record(
                     "mode", f"Node {self.node_id} is now {mode.value} ({reason})", level=level
                 )
             self._mode = mode
@@ -964,17 +964,6 @@ class Cluster:
             await self.transport.send(address, FrameKind.CONTROL, payload)
         except CaxtonError as exc:
             log.debug("control frame to %s failed: %s", format_address(address), exc)
-
-    def _record(
-        self,
-        kind: str,
-        text: str,
-        *,
-        node_id: str = "",
-        level: str = "info",
-        details: Mapping[str, Any] | None = None,
-    ) -> None:
-        self.events.record(kind, text, node_id=node_id, level=level, details=details)
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = self._get_loop().create_task(coro)
