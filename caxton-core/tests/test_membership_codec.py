@@ -121,7 +121,7 @@ def test_invalid_fields_are_malformed(message: object) -> None:
 
 def test_other_protocol_versions_are_refused() -> None:
     with pytest.raises(MalformedMessage, match="version"):
-        codec.decode_datagram(msgpack.packb([99, "peer", "h", 1, [codec.MsgType.ACK, 1]]))
+        codec.decode_datagram(msgpack.packb([99, "peer", "h", 1, [codec.MsgType.ACK, 1, 0]]))
 
 
 def test_compound_datagram_fits_the_budget() -> None:

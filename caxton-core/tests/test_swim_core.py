@@ -120,9 +120,9 @@ def test_indirect_probe_request_is_relayed_and_acked_back() -> None:
     b.handle_datagram(1.0, datagram_from("a", A, codec.ping_req(42, "c", C, True)), A)
     (ping,) = [m for m in messages_to(b, C) if m[0] == codec.MsgType.PING]
     relay_seq = ping[1]
-    b.handle_datagram(1.1, datagram_from("c", C, codec.ack(relay_seq)), C)
+    b.handle_datagram(1.1, datagram_from("c", C, codec.ack(relay_seq, 3)), C)
     acks = [m for m in messages_to(b, A) if m[0] == codec.MsgType.ACK]
-    assert acks == [[codec.MsgType.ACK, 42]]
+    assert acks == [[codec.MsgType.ACK, 42, 3]]
 
 
 def test_indirect_probe_without_answer_sends_nack() -> None:
@@ -383,7 +383,7 @@ def test_refutation_rides_in_the_ack_of_the_probe_that_carried_the_suspicion() -
     datagrams = [d for d in a.drain().datagrams if d.address == B]
     assert len(datagrams) == 1
     messages = codec.decode_datagram(datagrams[0].payload)[1]
-    assert messages[0] == [codec.MsgType.ACK, 9]
+    assert messages[0] == [codec.MsgType.ACK, 9, 1]
     assert messages[1][:2] == [codec.MsgType.ALIVE, 1]
 
 
@@ -414,3 +414,23 @@ def test_probing_a_dead_member_does_not_hurt_a_healthy_prober() -> None:
     sim.kill("n4")
     sim.run_until(lambda: sim.all_see("n4", MemberStatus.FAILED), timeout=60)
     assert {node.core.awareness.score for node in sim.live_nodes()} == {0}  # type: ignore[attr-defined]
+
+
+def test_an_ack_with_a_newer_incarnation_ends_the_suspicion() -> None:
+    a, _b = joined_pair()
+    a.handle_datagram(1.0, datagram_from("c", C, codec.suspect(0, "b", "c")), C)
+    a.drain()
+    a._next_probe = 1.0
+    a._recheck_turn = False  # the next round rechecks the suspect b
+    a.tick(1.0)
+    (ping,) = [m for m in messages_to(a, B) if m[0] == codec.MsgType.PING]
+    # b's refutation got lost; its ack (here relayed by a helper) says incarnation 1.
+    a.handle_datagram(1.1, datagram_from("c", C, codec.ack(ping[1], 1)), C)
+    assert a.status_of("b") is MemberStatus.ALIVE
+    member = a.member("b")
+    assert member is not None
+    assert member.incarnation == 0  # the full ALIVE of incarnation 1 still applies
+    a.handle_datagram(1.2, datagram_from("b", B, codec.alive(1, "b", B, {"agents": 2})), B)
+    member = a.member("b")
+    assert member is not None
+    assert member.meta == {"agents": 2}

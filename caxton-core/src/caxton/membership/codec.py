@@ -43,7 +43,7 @@ class MalformedMessage(ValueError):
 class MsgType(IntEnum):
     PING = 0  # [PING, seq, target_id]
     PING_REQ = 1  # [PING_REQ, seq, target_id, host, port, want_nack]
-    ACK = 2  # [ACK, seq]
+    ACK = 2  # [ACK, seq, incarnation of the member that was pinged]
     NACK = 3  # [NACK, seq]
     ALIVE = 4  # [ALIVE, incarnation, node_id, host, port, meta]
     SUSPECT = 5  # [SUSPECT, incarnation, node_id, from_id]
@@ -116,8 +116,8 @@ def ping_req(seq: int, target_id: str, target: Address, want_nack: bool) -> byte
     return pack([MsgType.PING_REQ, seq, target_id, target[0], target[1], want_nack])
 
 
-def ack(seq: int) -> bytes:
-    return pack([MsgType.ACK, seq])
+def ack(seq: int, incarnation: int) -> bytes:
+    return pack([MsgType.ACK, seq, incarnation])
 
 
 def nack(seq: int) -> bytes:
@@ -241,7 +241,7 @@ def _address(host: Any, port: Any) -> Address:
 _ARITY = {
     MsgType.PING: 3,
     MsgType.PING_REQ: 6,
-    MsgType.ACK: 2,
+    MsgType.ACK: 3,
     MsgType.NACK: 2,
     MsgType.ALIVE: 6,
     MsgType.SUSPECT: 4,
@@ -252,7 +252,7 @@ _ARITY = {
 _FIELD_CHECKS: dict[MsgType, tuple[Any, ...]] = {
     MsgType.PING: (_uint, _str),
     MsgType.PING_REQ: (_uint, _str, _str, _port, _bool),
-    MsgType.ACK: (_uint,),
+    MsgType.ACK: (_uint, _uint),
     MsgType.NACK: (_uint,),
     MsgType.ALIVE: (_uint, _str, _str, _port, decode_meta),
     MsgType.SUSPECT: (_uint, _str, _str),

@@ -157,7 +157,7 @@ class StaticCore:
         for message in messages:
             kind = message[0]
             if kind == MsgType.PING and message[2] in ("", self.node_id) and not self.leaving:
-                self._send(header.address, [codec.ack(message[1])])
+                self._send(header.address, [codec.ack(message[1], self._incarnation)])
             elif kind == MsgType.ACK:
                 self._on_ack(message[1], header)
             elif kind == MsgType.LEFT and message[2] == header.sender_id:

@@ -538,9 +538,13 @@ class SwimCore:
             if n.status is ALIVE and n is not self._me and n is not target
         ]
         chosen = self.rng.sample(helpers, min(self.settings.indirect_probes, len(helpers)))
-        request = codec.ping_req(probe.seq, target.node_id, target.address, True)
+        messages = [codec.ping_req(probe.seq, target.node_id, target.address, True)]
+        if target.status is SUSPECT:
+            # The helpers pass the suspicion on with their ping, so the suspect's
+            # refutation comes back with the forwarded ack, even if we cannot reach it.
+            messages.append(codec.suspect(target.incarnation, target.node_id, self.node_id))
         for helper in chosen:
-            self._send(helper.address, [request])
+            self._send(helper.address, messages)
         probe.expected_nacks = len(chosen)
 
     def _probe_failed(self, probe: _Probe) -> None:
@@ -662,7 +666,7 @@ class SwimCore:
         if kind == MsgType.PING:
             _, seq, target_id = message
             if not target_id or target_id == self.node_id:
-                reply = [codec.ack(seq), *self._direct]
+                reply = [codec.ack(seq, self._me.incarnation), *self._direct]
                 self._direct = []
                 sender = self._nodes.get(header.sender_id)
                 if sender is not None and sender.status is SUSPECT:
@@ -671,7 +675,7 @@ class SwimCore:
                     reply.append(codec.suspect(sender.incarnation, sender.node_id, self.node_id))
                 self._send(header.address, reply)
         elif kind == MsgType.ACK:
-            self._on_ack(message[1])
+            self._on_ack(message[1], message[2])
         elif kind == MsgType.NACK:
             if self._probe is not None and self._probe.seq == message[1]:
                 self._probe.nacks += 1
@@ -703,15 +707,16 @@ class SwimCore:
         elif kind == MsgType.USER:
             self._on_user(message[1], message[2])
 
-    def _on_ack(self, seq: int) -> None:
+    def _on_ack(self, seq: int, incarnation: int) -> None:
         relay = self._relays.pop(seq, None)
         if relay is not None:
-            self._send(relay.origin, [codec.ack(relay.origin_seq)])
+            self._send(relay.origin, [codec.ack(relay.origin_seq, incarnation)])
             return
         probe = self._probe
         if probe is not None and probe.seq == seq:
             self._probe = None
             self.awareness.apply(-1)
+            self._cleared_by_ack(probe.target_id, incarnation)
             if not probe.indirect_sent:
                 rtt = (self._now - probe.sent_at) * 1000.0
                 previous = self.stats.probe_rtt_ms
@@ -747,6 +752,20 @@ class SwimCore:
         except Exception:
             self.stats.delegate_errors += 1
             return None
+
+    def _cleared_by_ack(self, node_id: str, incarnation: int) -> None:
+        """A suspect answered a probe (perhaps through a helper) with an incarnation
+        newer than the one we suspect: it has refuted, we only missed the news.
+
+        The suspicion ends, but the stored incarnation stays: the full ``ALIVE`` (with
+        the metadata of that incarnation) still applies when it arrives.
+        """
+        node = self._nodes.get(node_id)
+        if node is not None and node.status is SUSPECT and incarnation > node.incarnation:
+            node.status = ALIVE
+            node.changed_at = self._now
+            self._suspicions.pop(node_id, None)
+            self._event(EventKind.ALIVE, node)
 
     def _merge(self, sender_id: str, entries: Iterable[StateEntry]) -> None:
         for entry in entries:
