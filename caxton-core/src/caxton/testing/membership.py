@@ -1,4 +1,5 @@
-"""Test doubles for membership: a deterministic cluster simulator and a UDP transport.
+"""Membership test helpers: a deterministic cluster simulator, property scenarios, a
+UDP transport double, a gossip delegate double and the membership conformance suite.
 
 :class:`SimCluster` runs sans-IO membership cores (:class:`~caxton.membership.swim_core.
 SwimCore`, :class:`~caxton.membership.static_core.StaticCore`) on a simulated clock and
@@ -12,10 +13,16 @@ comes from one seed, so a failing seed replays exactly::
     sim.kill("n3")
     sim.run_until(lambda: sim.all_see("n3", MemberStatus.FAILED), timeout=30)
 
+:data:`SCENARIOS` (kill, loss, pause, partition, leave, restart) each run one seeded
+cluster and check one property; ``caxton-core/tests/test_swim_seeds.py`` sweeps them
+over thousands of seeds and :func:`formed_cluster` starts from a converged cluster.
+
 :class:`UdpLoopbackTransport` is a small :class:`~caxton.drivers.transport.Transport`
 over one asyncio UDP socket (datagrams and request/response both), enough to run the
-real asyncio membership drivers on loopback before the TCP/QUIC transports exist.
-It is a test double: no reliability, no security.
+real asyncio membership drivers on loopback without a transport plugin. It is a test
+double: no reliability, no security. :class:`VersionedMapDelegate` is a minimal
+:class:`~caxton.membership.core.GossipDelegate`. :class:`MembershipConformance` is the
+contract suite a membership driver's tests subclass.
 """
 
 from __future__ import annotations
