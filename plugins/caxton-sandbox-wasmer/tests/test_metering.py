@@ -61,6 +61,7 @@ CONTROL_FLOW = """
   (func (export "grow") (param i32) (result i32) (memory.grow (local.get 0)))
   (func (export "tgrow") (param i32) (result i32) (table.grow (ref.null func) (local.get 0)))
   (func (export "funcref_ok") (result i32) (ref.is_null (global.get $fref)))
+  (func (export "fill") (param $n i32) (memory.fill (i32.const 0) (i32.const 7) (local.get $n)))
 )
 """
 
@@ -159,6 +160,27 @@ def test_every_loop_iteration_is_charged() -> None:
 
     base = used(1)
     assert used(1001) - base >= 1000 * 5  # five counted instructions per iteration
+
+
+def test_bulk_memory_operations_cost_fuel_by_length() -> None:
+    metered = Metered(wat(CONTROL_FLOW))
+
+    def used(n: int) -> int:
+        metered.set_global(metering.FUEL_GLOBAL, 10**12)
+        metered.call("fill", n)
+        return int(10**12 - metered.global_value(metering.FUEL_GLOBAL))
+
+    assert used(65536) - used(0) == 65536 >> metering.BULK_BYTES_PER_FUEL_SHIFT
+
+
+def test_a_charge_larger_than_a_slice_asks_until_it_is_paid() -> None:
+    grants = iter([100] * 10 + [0])
+    metered = Metered(wat(CONTROL_FLOW), grant=lambda: next(grants))
+    metered.call("fill", 64 * 10)  # 10 fuel: one slice is enough
+    assert metered.refuels == 1
+    with pytest.raises(wasmtime.Trap, match="unreachable"):
+        metered.call("fill", 65536)  # 1,024 fuel: more than the nine slices left
+    assert metered.refuels == 11
 
 
 def test_exhausted_fuel_asks_the_host_and_traps_when_refused() -> None:

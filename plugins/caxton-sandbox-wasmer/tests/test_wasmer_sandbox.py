@@ -323,3 +323,32 @@ async def test_config_section_is_honoured_and_validated(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="fuel_slice: must be at least 1000"):
         async with factory.node(plugin_options=["sandbox=wasmer"], config=bad):
             pass
+
+
+#: Fills 16 MiB over and over: few instructions, much time per iteration.
+BULK_RUNAWAY = """
+(module
+  (memory (export "memory") 256)
+  (func (export "alloc") (param i32) (result i32) (i32.const 1024))
+  (func (export "handle_message") (param i32 i32) (result i32)
+    (loop $l (memory.fill (i32.const 0) (i32.const 1) (i32.const 16777216)) (br $l))
+    (i32.const 0))
+)
+"""
+
+
+def test_a_loop_of_bulk_memory_operations_meets_the_deadline(
+    wasmer_sandbox: WasmerSandbox,
+) -> None:
+    limits = ResourceLimits(
+        max_fuel=10**15, max_execution_time_ms=200, max_memory_bytes=32 * 1024 * 1024
+    )
+    instance = wasmer_sandbox.instantiate(
+        wasmer_sandbox.compile(wat(BULK_RUNAWAY)),
+        agent_name="bulk",
+        limits=limits,
+        host=RecordingAgentHost(),
+    )
+    with pytest.raises(ExecutionFailed) as failure:
+        call_with_watchdog(lambda: instance.handle_message(b"x"))
+    assert failure.value.reason == "timeout"

@@ -11,6 +11,10 @@ gas metering). :func:`instrument` returns a new module in which:
   out the next slice of fuel (after checking the wall-clock deadline) or returns 0, upon
   which the guest executes ``unreachable``. Every loop iteration and every call passes
   through at least one charge, so no guest code runs unmetered;
+* bulk memory and table operations (``memory.fill``, ``memory.copy``, ``memory.init``
+  and their table counterparts) are also charged one fuel per 64 bytes (elements) of
+  their length, so that a loop of huge copies reaches the deadline check as often as a
+  loop of arithmetic;
 * ``memory.grow`` and ``table.grow`` call injected functions that refuse (return -1)
   growth past the exported mutable globals ``__caxton_memory_pages_max`` and
   ``__caxton_table_elements_max``, which the host sets per agent; the declared memory
@@ -36,7 +40,7 @@ from caxton.errors import AbiMismatch, ModuleInvalid
 from caxton.sandbox import abi
 
 #: Bump when the rewriting changes: it is part of the compiled-module cache key.
-INSTRUMENTATION_VERSION = 1
+INSTRUMENTATION_VERSION = 2
 
 METERING_MODULE = "caxton:metering"
 REFUEL = "refuel"
@@ -161,6 +165,7 @@ class _Layout:
     table_cap_global: int
     slow_func: int
     grow_memory_func: int
+    charge_length_func: int
     grow_table_funcs: dict[int, int]
 
     def shift(self, index: int) -> int:
@@ -250,12 +255,16 @@ def instrument(wasm: bytes, *, max_memory_pages: int = MAX_PAGES) -> Instrumente
         table_cap_global=imported_globals + global_count + 2,
         slow_func=first_new_func,
         grow_memory_func=first_new_func + 1,
-        grow_table_funcs={i: first_new_func + 2 + i for i in range(len(tables))},
+        charge_length_func=first_new_func + 2,
+        grow_table_funcs={i: first_new_func + 3 + i for i in range(len(tables))},
     )
-    new_func_types = [t_void, t_grow] + [table_types[reftype] for reftype, _ in tables]
-    new_bodies = [_slow_body(layout), _grow_memory_body(layout, bool(info.memories))] + [
-        _grow_table_body(layout, i) for i in range(len(tables))
-    ]
+    # $charge_length has the type of $grow_memory: (i32) -> i32.
+    new_func_types = [t_void, t_grow, t_grow] + [table_types[reftype] for reftype, _ in tables]
+    new_bodies = [
+        _slow_body(layout),
+        _grow_memory_body(layout, bool(info.memories)),
+        _charge_length_body(layout),
+    ] + [_grow_table_body(layout, i) for i in range(len(tables))]
 
     memory_cap = max_memory_pages
     rebuilt: dict[int, bytes] = {}
@@ -382,15 +391,41 @@ def _read_tables(payload: bytes) -> list[tuple[int, int]]:
 
 def _slow_body(layout: _Layout) -> bytes:
     """(func $slow (local i64)
-    call $refuel  local.tee 0  i64.eqz  if unreachable end
-    global.get $fuel  local.get 0  i64.add  global.set $fuel)"""
+    loop  call $refuel  local.tee 0  i64.eqz  if unreachable end
+          global.get $fuel  local.get 0  i64.add  global.set $fuel
+          global.get $fuel  i64.const 0  i64.lt_s  br_if 0  end)
+
+    Asks until the debt is paid: a bulk-memory charge may exceed one slice, and every
+    slice granted is checked against the budget and the deadline."""
     fuel = u32(layout.fuel_global)
     return (
         b"\x01\x01\x7e"
+        + b"\x03\x40"
         + b"\x10" + u32(layout.imported_funcs)
         + b"\x22\x00\x50\x04\x40\x00\x0b"
         + b"\x23" + fuel + b"\x20\x00\x7c\x24" + fuel
-        + b"\x0b"
+        + b"\x23" + fuel + b"\x42\x00\x53\x0d\x00"
+        + b"\x0b\x0b"
+    )  # fmt: skip
+
+
+#: Bulk memory and table operations cost one fuel per this many bytes (elements) on top
+#: of their instruction: a loop of large ``memory.fill``s must reach the deadline check.
+BULK_BYTES_PER_FUEL_SHIFT = 6
+
+
+def _charge_length_body(layout: _Layout) -> bytes:
+    """(func $charge_length (param $n i32) (result i32)
+    charge n >> 6 (as for a segment), then return n: inserted before a bulk operation,
+    whose length is on top of the stack)."""
+    fuel = u32(layout.fuel_global)
+    return (
+        b"\x00"
+        + b"\x23" + fuel
+        + b"\x20\x00\x41" + s64(BULK_BYTES_PER_FUEL_SHIFT) + b"\x76\xad\x7d"
+        + b"\x24" + fuel
+        + b"\x23" + fuel + b"\x42\x00\x53\x04\x40\x10" + u32(layout.slow_func) + b"\x0b"
+        + b"\x20\x00\x0b"
     )  # fmt: skip
 
 
@@ -568,6 +603,9 @@ def _charge_code(layout: _Layout) -> Callable[[int], bytes]:
 
 
 _TABLE_MUTATORS = frozenset({12, 14, 15, 17})  # table.init, .copy, .grow, .fill
+#: memory.init, memory.copy, memory.fill, table.init, table.copy, table.fill: the
+#: length is their last operand.
+_BULK = frozenset({8, 10, 11, 12, 14, 17})
 
 
 def _rewrite_body(body: bytes, layout: _Layout) -> tuple[bytes, bool]:
@@ -626,6 +664,11 @@ def _rewrite_body(body: bytes, layout: _Layout) -> tuple[bytes, bool]:
                 out.append(b"\x10" + u32(layout.grow_table_funcs[table]))
                 copied = pos = after
             else:
+                if sub in _BULK:
+                    # The length is on top of the stack: charge for it first.
+                    out.append(body[copied:pos])
+                    out.append(b"\x10" + u32(layout.charge_length_func))
+                    copied = pos
                 pos = _skip_instruction(body, pos)
             if sub in _TABLE_MUTATORS:
                 mutates_tables = True
