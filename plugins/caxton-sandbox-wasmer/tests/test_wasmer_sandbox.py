@@ -352,3 +352,33 @@ def test_a_loop_of_bulk_memory_operations_meets_the_deadline(
     with pytest.raises(ExecutionFailed) as failure:
         call_with_watchdog(lambda: instance.handle_message(b"x"))
     assert failure.value.reason == "timeout"
+
+
+#: Spends its time in host calls (64 KiB of random bytes each): little fuel per second.
+HOST_CALL_RUNAWAY = """
+(module
+  (import "caxton" "random" (func $random (param i32 i32) (result i32)))
+  (memory (export "memory") 2)
+  (func (export "alloc") (param i32) (result i32) (i32.const 1024))
+  (func (export "handle_message") (param i32 i32) (result i32)
+    (loop $l (drop (call $random (i32.const 0) (i32.const 65536))) (br $l))
+    (i32.const 0))
+)
+"""
+
+
+def test_a_loop_of_host_calls_is_stopped_at_the_deadline_not_a_slice_later(
+    wasmer_sandbox: WasmerSandbox,
+) -> None:
+    limits = ResourceLimits(max_fuel=10**15, max_execution_time_ms=200)
+    instance = wasmer_sandbox.instantiate(
+        wasmer_sandbox.compile(wat(HOST_CALL_RUNAWAY)),
+        agent_name="caller",
+        limits=limits,
+        host=RecordingAgentHost(),
+    )
+    with pytest.raises(ExecutionFailed) as failure:
+        call_with_watchdog(lambda: instance.handle_message(b"x"))
+    assert failure.value.reason == "timeout"
+    # Stopped by the host call that saw the deadline, long before a slice was burnt.
+    assert 0 < instance.last_fuel_used < wasmer_sandbox.runtime.settings.fuel_slice

@@ -232,8 +232,13 @@ class Linker:
         self.namespaces[module][name] = wasmer.Function(store, body, function_type)
 
     def _abi_bodies(self) -> dict[tuple[str, str], Callable[..., Any]]:
+        clock = time.monotonic_ns
+
         def me() -> WasmerInstance:
-            return self.current  # type: ignore[return-value]
+            inst: WasmerInstance = self.current  # type: ignore[assignment]
+            if clock() >= inst._deadline:
+                inst.expire()
+            return inst
 
         def send(ptr: int, length: int) -> int:
             inst = me()
@@ -295,6 +300,8 @@ class Linker:
         def call(*args: Any) -> Any:
             inst = self.current
             assert inst is not None
+            if time.monotonic_ns() >= inst._deadline:
+                inst.expire()
             try:
                 out = function.func(MemoryHostCall(inst.agent_name, inst.host, inst.memory), *args)
             except Exception as exc:
@@ -437,6 +444,16 @@ class WasmerInstance(AgentInstance):
     def host_failed(self, text: str) -> _HostFunctionFailed:
         self._host_failure = text
         return _HostFunctionFailed(text)
+
+    def expire(self) -> None:
+        """Called from a host function once the deadline has passed: empty the fuel
+        counter (keeping the accounting) so the guest's next charge asks for fuel and
+        is stopped. A guest that spends its time in host calls burns little fuel, so
+        without this it would reach the deadline check only after a whole slice."""
+        left = self._fuel.value
+        if left >= 0:
+            self._fuel.value = -1
+            self._given -= left + 1
 
     def _refuel(self) -> int:
         if time.monotonic_ns() >= self._deadline:
