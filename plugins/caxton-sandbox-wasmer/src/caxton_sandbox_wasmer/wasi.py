@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 import struct
+import time
 from typing import TYPE_CHECKING, Any
 
 import wasmer
@@ -177,6 +178,11 @@ class WasiImports:
         imports.register(abi.WASI_MODULE, {name: self.original[name] for name in TRAMPOLINED})
         self.trampoline = wasmer.Instance(trampoline_module, imports).exports
 
+    def _check_deadline(self) -> None:
+        instance = self.instance
+        if instance is not None and time.monotonic_ns() >= instance._deadline:
+            instance.expire()
+
     def _memory(self) -> Any:
         assert self.instance is not None
         return self.instance.memory
@@ -200,6 +206,7 @@ class WasiImports:
 
     def delegate(self, name: str, *args: int) -> int:
         """Call wasmer's ``name`` with the guest's file descriptors translated."""
+        self._check_deadline()
         translated = list(args)
         for position in FD_ARGUMENTS.get(name, ()):
             if translated[position] >= FIRST_FD:
@@ -221,6 +228,7 @@ class WasiImports:
                 return ERRNO_NOTCAPABLE
             if fd == 0:
                 return ERRNO_BADF
+            self._check_deadline()
             memory = self._memory()
             try:
                 data = b"".join(
