@@ -300,8 +300,7 @@ class Linker:
         def call(*args: Any) -> Any:
             inst = self.current
             assert inst is not None
-            if time.monotonic_ns() >= inst._deadline:
-                inst.expire()
+            inst.check_deadline()
             try:
                 out = function.func(MemoryHostCall(inst.agent_name, inst.host, inst.memory), *args)
             except Exception as exc:
@@ -444,6 +443,11 @@ class WasmerInstance(AgentInstance):
     def host_failed(self, text: str) -> _HostFunctionFailed:
         self._host_failure = text
         return _HostFunctionFailed(text)
+
+    def check_deadline(self) -> None:
+        """For host functions: :meth:`expire` when the delivery's deadline has passed."""
+        if time.monotonic_ns() >= self._deadline:
+            self.expire()
 
     def expire(self) -> None:
         """Called from a host function once the deadline has passed: empty the fuel

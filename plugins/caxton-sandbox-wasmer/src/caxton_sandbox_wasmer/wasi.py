@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import os
 import struct
-import time
 from typing import TYPE_CHECKING, Any
 
 import wasmer
@@ -179,9 +178,8 @@ class WasiImports:
         self.trampoline = wasmer.Instance(trampoline_module, imports).exports
 
     def _check_deadline(self) -> None:
-        instance = self.instance
-        if instance is not None and time.monotonic_ns() >= instance._deadline:
-            instance.expire()
+        if self.instance is not None:
+            self.instance.check_deadline()
 
     def _memory(self) -> Any:
         assert self.instance is not None
