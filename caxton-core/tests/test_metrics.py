@@ -36,6 +36,7 @@ async def test_metrics_report_agents_messages_and_cluster(
         before = await scrape(node.metrics_address)
         assert before["caxton_agents_total"] == 0
         assert before["caxton_cluster_nodes_alive"] == 1
+        assert before["caxton_cluster_agents_total"] == 0
         assert before["caxton_memory_used_bytes"] > 0
 
         await node.agents.deploy("echo", example_agents["echo"])
@@ -49,6 +50,7 @@ async def test_metrics_report_agents_messages_and_cluster(
 
         after = await scrape(node.metrics_address)
         assert after["caxton_agents_total"] == 1
+        assert after["caxton_cluster_agents_total"] == 1
         assert after['caxton_agents_messages_processed_total{agent="echo"}'] == 3
         assert after['caxton_agent_crashes_total{agent="echo"}'] == 0
         assert "caxton_routing_latency_seconds{quantile=\"0.99\"}" in after

@@ -117,6 +117,12 @@ class NodeCollector(Collector):
         yield _gauge(f"{prefix}_cluster_nodes_total", "Known cluster members", members)
         yield _gauge(f"{prefix}_cluster_nodes_alive", "Alive cluster members", alive)
         yield _gauge(f"{prefix}_cluster_nodes_failed", "Failed cluster members", failed)
+        cluster = self.node.cluster
+        if cluster is not None:
+            agents = cluster.registry.count()
+        else:
+            agents = len(self.node.agents.list()) if self.node.agents is not None else 0
+        yield _gauge(f"{prefix}_cluster_agents_total", "Agents known in the cluster", agents)
 
     def _router(self, prefix: str) -> Iterator[Metric]:
         router = self.node.router
