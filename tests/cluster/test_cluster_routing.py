@@ -188,3 +188,28 @@ async def _next(queue: asyncio.Queue[Any], kind: str) -> Any:
         event = await queue.get()
         if event.kind == kind:
             return event
+
+
+async def test_an_allow_list_refuses_a_sender_on_another_node(nodes: list[Node]) -> None:
+    n1, n2, _ = nodes
+    guarded: list[Message] = []
+    register(n2, "guarded", guarded)
+    n2.context.services["agent_policy"].set("guarded", ["friend-*"])
+    await eventually(lambda: bool(n1.cluster.registry.lookup("guarded")))
+    stranger: list[Message] = []
+    friend: list[Message] = []
+    register(n1, "stranger", stranger)
+    register(n1, "friend-1", friend)
+    await eventually(lambda: bool(n2.cluster.registry.lookup("stranger")))
+    for sender in ("stranger", "friend-1"):
+        await n1.router.send(
+            Message(Performative.REQUEST, sender=sender, receiver="guarded", content="hi")
+        )
+    await eventually(lambda: bool(stranger) and bool(friend))
+    assert stranger[0].performative is Performative.REFUSE
+    assert "does not accept messages from stranger" in str(stranger[0].content)
+    assert friend[0].performative is Performative.INFORM
+    assert [m.sender for m in guarded] == ["friend-1"]
+    # A refusal is not a missing agent: n1 keeps its route to n2.
+    assert n2.cluster.counts["refused"] == 1
+    assert n1.cluster.registry.lookup("guarded")

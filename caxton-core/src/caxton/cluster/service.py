@@ -38,14 +38,17 @@ from caxton.drivers.membership import Member, MemberStatus
 from caxton.drivers.partition import ClusterView, PartitionDecision, PartitionMode
 from caxton.drivers.transport import Address, Frame, FrameKind
 from caxton.errors import (
+    AgentNotFound,
     CaxtonError,
     Conflict,
+    Forbidden,
     NotFound,
     PluginError,
     TransportError,
     ValidationError,
 )
 from caxton.membership.core import EventKind, MemberEvent
+from caxton.messaging import Performative
 from caxton.units import format_address, parse_address
 
 if TYPE_CHECKING:
@@ -123,7 +126,7 @@ class Cluster:
         self.registry = AgentRegistry(node.node_id)
         self.events = EventLog()
         self.counts: dict[str, int] = dict.fromkeys(
-            ("forwarded", "received", "undeliverable", "pushes", "pulls", "lookups"), 0
+            ("forwarded", "received", "undeliverable", "refused", "pushes", "pulls", "lookups"), 0
         )
         self._routes: dict[str, PeerRoute] = {}
         self._reply_routes: OrderedDict[str, str] = OrderedDict()
@@ -582,10 +585,26 @@ class Cluster:
                 self._notify_miss(origin, receiver)
         try:
             router.send_nowait(message)
-        except CaxtonError as exc:
+        except Forbidden as exc:
+            # The receiver's allow-list refused a sender from another node: answer it
+            # with `refuse`, as a local sender would be answered.
+            self._refuse(message, str(exc))
+        except AgentNotFound as exc:
             self._undeliverable(message, origin, str(exc))
+        except CaxtonError as exc:
+            self._undeliverable(message, origin, str(exc), miss=False)
 
-    def _undeliverable(self, message: Message, origin: str, reason: str) -> None:
+    def _refuse(self, message: Message, reason: str) -> None:
+        self.counts["refused"] += 1
+        if self.router is None or not message.sender:
+            return
+        refusal = message.create_reply(Performative.REFUSE, reason, sender=message.receiver)
+        with contextlib.suppress(CaxtonError):
+            self.router.send_nowait(refusal)
+
+    def _undeliverable(
+        self, message: Message, origin: str, reason: str, *, miss: bool = True
+    ) -> None:
         self.counts["undeliverable"] += 1
         text = f"undeliverable: {reason} (forwarded from {origin or 'a peer'})"
         log.warning("message %s to %s %s", message.message_id, message.receiver, text)
@@ -593,7 +612,7 @@ class Cluster:
         if store is not None:
             with contextlib.suppress(Exception):
                 store.add_dead_letter(message, text)
-        if origin:
+        if origin and miss:
             self._notify_miss(origin, message.receiver)
 
     def _notify_miss(self, origin: str, name: str) -> None:
