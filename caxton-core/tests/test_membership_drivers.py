@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -24,6 +25,7 @@ from caxton.testing.conformance import driver_config
 from caxton.testing.membership import (
     FAST_CLUSTER,
     MembershipConformance,
+    UdpLoopbackTransport,
     VersionedMapDelegate,
 )
 from caxton.testing.node import HookRecorder
@@ -335,3 +337,48 @@ async def test_a_closed_driver_stays_quiet_while_its_transport_still_delivers(
     failed = [c.member.node_id for c in cluster.recorder.calls("caxton_member_failed")]
     assert failed == ["b"]
     assert a.stats()["nodes_alive"] == 1
+
+
+def test_bad_advertise_address_is_a_config_error(tmp_path: Path) -> None:
+    driver = SwimMembership({"advertise_addr": "node-1:99999"}, context(tmp_path))
+    with pytest.raises(ConfigError, match=r"coordination\.cluster\.advertise_addr"):
+        driver.advertise_address()
+
+
+async def test_node_labels_too_large_to_gossip_are_a_config_error(tmp_path: Path) -> None:
+    node = SimpleNamespace(
+        version="0.2.0",
+        config={"node": {"region": "eu", "zone": "", "labels": {"blob": "x" * 1000}}},
+        api_address=None,
+        cluster_address=None,
+    )
+    ctx = context(tmp_path, UdpLoopbackTransport())
+    ctx.services["node"] = node
+    driver = SwimMembership(driver_config(SwimMembership, FAST_CLUSTER), ctx)
+    with pytest.raises(ConfigError, match=r"shorten node\.labels"):
+        await driver.start()
+
+
+async def test_node_facts_are_gossiped_from_the_start(tmp_path: Path) -> None:
+    node = SimpleNamespace(
+        version="0.2.0",
+        config={"node": {"region": "eu-west", "zone": "eu-west-1a", "labels": {"gpu": "yes"}}},
+        api_address=("127.0.0.1", 8080),
+        cluster_address=("127.0.0.1", 7999),
+    )
+    ctx = context(tmp_path, UdpLoopbackTransport())
+    ctx.services["node"] = node
+    driver = SwimMembership(driver_config(SwimMembership, FAST_CLUSTER), ctx)
+    await driver.start()
+    try:
+        local = driver.local_member()
+        assert local.address == ("127.0.0.1", 7999)
+        assert local.meta == {
+            "version": "0.2.0",
+            "region": "eu-west",
+            "zone": "eu-west-1a",
+            "labels": {"gpu": "yes"},
+            "api": "127.0.0.1:8080",
+        }
+    finally:
+        await driver.close()

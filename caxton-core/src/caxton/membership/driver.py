@@ -25,7 +25,14 @@ from caxton.drivers.base import DriverContext
 from caxton.drivers.membership import Member, Membership, MemberStatus
 from caxton.drivers.partition import ClusterView
 from caxton.drivers.transport import Address, Frame, FrameKind
-from caxton.errors import CaxtonError, Conflict, NotFound, PluginError, ValidationError
+from caxton.errors import (
+    CaxtonError,
+    ConfigError,
+    Conflict,
+    NotFound,
+    PluginError,
+    ValidationError,
+)
 from caxton.membership import codec
 from caxton.membership.core import (
     Datagram,
@@ -143,14 +150,13 @@ class CoreDriver(Membership):
         """Where peers reach this node: ``advertise_addr``, else the bound address."""
         node = self.context.services.get("node")
         bound = getattr(node, "cluster_address", None)
-        bind = parse_address(str(self.config.get("bind_addr") or "127.0.0.1:7946"))
+        bind = _address_key("bind_addr", str(self.config.get("bind_addr") or "127.0.0.1:7946"))
         if bound:
             bind = (str(bound[0]), int(bound[1]))
         advertise = str(self.config.get("advertise_addr") or "auto").strip()
         if advertise and advertise != "auto":
-            _host, sep, port = advertise.rpartition(":")
-            if sep and port.isdigit():
-                return parse_address(advertise)
+            if ":" in advertise and not advertise.endswith("]"):
+                return _address_key("advertise_addr", advertise)
             return (advertise.strip("[]"), bind[1])
         if bind[0] in ("0.0.0.0", "::", ""):
             return (_local_ip(), bind[1])
@@ -181,7 +187,12 @@ class CoreDriver(Membership):
             return
         self.transport  # noqa: B018 - fail early, with the install hint, when missing
         self._loop = asyncio.get_running_loop()
-        meta = {**self.initial_metadata(), **self._meta}
+        try:
+            meta = check_metadata({**self.initial_metadata(), **self._meta})
+        except ValidationError as exc:
+            raise ConfigError(
+                f"this node's gossiped metadata is unusable ({exc}); shorten node.labels"
+            ) from None
         self._core = self.make_core(self.advertise_address(), meta, self._loop.time())
         if self._delegate is not None:
             self._attach_delegate(self._delegate)
@@ -501,6 +512,13 @@ class CoreDriver(Membership):
         if waiter is not None and not waiter.done():
             waiter.set_result(merged)
         self._pump()
+
+
+def _address_key(key: str, value: str) -> Address:
+    try:
+        return parse_address(value)
+    except ValueError as exc:
+        raise ConfigError(f"{SECTION}.{key}: {exc}") from None
 
 
 def _local_ip() -> str:
