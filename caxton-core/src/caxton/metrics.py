@@ -71,10 +71,16 @@ class NodeCollector(Collector):
         cpu = self.cpu.percent()
         yield _gauge(f"{prefix}_cpu_usage_percent", "Node CPU use (% of one core)", cpu)
         yield _gauge(f"{prefix}_system_cpu_usage_percent", "Node CPU use (% of one core)", cpu)
-        yield _gauge(f"{prefix}_system_memory_available_bytes", "Host memory available",
-                     memory_available_bytes())
-        yield _gauge(f"{prefix}_up_seconds", "Seconds since the node started",
-                     time.time() - (node.started_at or time.time()))
+        yield _gauge(
+            f"{prefix}_system_memory_available_bytes",
+            "Host memory available",
+            memory_available_bytes(),
+        )
+        yield _gauge(
+            f"{prefix}_up_seconds",
+            "Seconds since the node started",
+            time.time() - (node.started_at or time.time()),
+        )
         yield from self._agents(prefix)
         yield from self._cluster(prefix)
         yield from self._router(prefix)
@@ -85,13 +91,16 @@ class NodeCollector(Collector):
             return
         agents = list(manager.list())
         yield _gauge(f"{prefix}_agents_total", "Agents on this node", len(agents))
-        processed = CounterMetricFamily(f"{prefix}_agents_messages_processed",
-                                        "Messages handled by agents", labels=["agent"])
+        processed = CounterMetricFamily(
+            f"{prefix}_agents_messages_processed", "Messages handled by agents", labels=["agent"]
+        )
         crashes = CounterMetricFamily(f"{prefix}_agent_crashes", "Agent crashes", labels=["agent"])
-        fuel = CounterMetricFamily(f"{prefix}_agent_fuel_used", "Fuel consumed by agents",
-                                   labels=["agent"])
-        memory = GaugeMetricFamily(f"{prefix}_agent_memory_used_bytes",
-                                   "Linear memory of each agent", labels=["agent"])
+        fuel = CounterMetricFamily(
+            f"{prefix}_agent_fuel_used", "Fuel consumed by agents", labels=["agent"]
+        )
+        memory = GaugeMetricFamily(
+            f"{prefix}_agent_memory_used_bytes", "Linear memory of each agent", labels=["agent"]
+        )
         for agent in agents:
             counters = agent.counters
             processed.add_metric([agent.name], counters.messages_handled)
@@ -129,10 +138,16 @@ class NodeCollector(Collector):
         if router is None:
             return
         stats = router.queue_stats(agents=False)
-        yield _gauge(f"{prefix}_queue_depth", "Messages waiting in agent queues",
-                     stats.get("total_queued", 0))
-        yield _gauge(f"{prefix}_dead_letters", "Messages in the dead-letter queue",
-                     stats.get("dead_letters", 0))
+        yield _gauge(
+            f"{prefix}_queue_depth",
+            "Messages waiting in agent queues",
+            stats.get("total_queued", 0),
+        )
+        yield _gauge(
+            f"{prefix}_dead_letters",
+            "Messages in the dead-letter queue",
+            stats.get("dead_letters", 0),
+        )
         latency = router.routing_latency()
         summary = GaugeMetricFamily(
             f"{prefix}_routing_latency_seconds",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from caxton.drivers.auth import AuthDriver, Credentials, Identity
 from caxton.drivers.base import Driver, DriverContext
-from caxton.drivers.membership import Member, MemberStatus, Membership
+from caxton.drivers.membership import Member, Membership, MemberStatus
 from caxton.drivers.partition import ClusterView, PartitionDecision, PartitionMode, PartitionPolicy
 from caxton.drivers.placement import NodeLoad, PlacementRequest, PlacementStrategy
 from caxton.drivers.sandbox import (

@@ -31,7 +31,7 @@ class DriverContext:
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("caxton"))
 
 
-class Driver(ABC):
+class Driver(ABC):  # noqa: B024 - each kind's subclass declares the abstract methods
     """Base class of every driver kind.
 
     Subclasses are published under the kind's entry-point group; the entry-point name
