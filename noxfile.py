@@ -131,15 +131,13 @@ if MISSING_PYTHONS:
 
 def run_pytest(session: nox.Session, *paths: str, report_name: str | None = None) -> None:
     """Run pytest on ``paths`` (options may be among them), writing a JUnit report
-    named after the session.
-
-    Exit code 5 (no tests collected) is accepted with a warning: a package whose tests
-    are not written yet has nothing to fail, and its report says it ran nothing. A
-    tests directory that does not exist skips the session, saying so.
+    named after the session. A missing tests directory, or one where pytest collects
+    nothing, fails the session: every package has tests, and losing them is a failure.
     """
     missing = [p for p in paths if not p.startswith("-") and not Path(p).exists()]
     if missing:
-        session.skip(f"no tests: {', '.join(missing)} does not exist")
+        session.error(f"no tests: {', '.join(missing)} does not exist")
+    ensure_wasm_toolchain(session)
     REPORT_DIR.mkdir(parents=True, exist_ok=True)
     report = REPORT_DIR / f"{report_name or session.name}.xml"
     report.unlink(missing_ok=True)
@@ -152,10 +150,30 @@ def run_pytest(session: nox.Session, *paths: str, report_name: str | None = None
         "-p",
         "no:cacheprovider",
         *session.posargs,
-        success_codes=[0, 5],
     )
-    if report.exists() and ' tests="0"' in report.read_text(encoding="utf-8"):
-        session.warn(f"{session.name}: pytest collected no tests in {', '.join(paths)}")
+
+
+#: Debian packages that build the example C agents (clang for wasm32-wasi).
+WASM_TOOLCHAIN = ["clang", "lld", "wasi-libc", "libclang-rt-dev-wasm32"]
+
+
+def ensure_wasm_toolchain(session: nox.Session) -> None:
+    """The tests build the example C agents: install clang, lld and wasi-libc with
+    apt-get when they are missing and we may (root on Debian), else say what to run."""
+    if shutil.which("clang") and shutil.which("wasm-ld") and WASI_LIBC.exists():
+        return
+    command = ["apt-get", "install", "-y", "--no-install-recommends", *WASM_TOOLCHAIN]
+    if shutil.which("apt-get") is None or os.geteuid() != 0:
+        session.error(
+            "the example C agents need clang, lld and wasi-libc: run "
+            f"`sudo apt-get update && sudo {' '.join(command)}`"
+        )
+    session.log("installing the wasm32-wasi C toolchain for the example agents")
+    session.run("apt-get", "update", external=True)
+    session.run(*command, external=True)
+
+
+WASI_LIBC = Path("/usr/lib/wasm32-wasi/libc.a")
 
 
 def install_all(session: nox.Session) -> None:
