@@ -96,9 +96,10 @@ def rss_bytes() -> int:
 
 
 class Bench:
-    def __init__(self, data_dir: Path, max_agents: int) -> None:
+    def __init__(self, data_dir: Path, max_agents: int, sandbox: str = "wasmtime") -> None:
         import wasmtime
 
+        self.sandbox_name = sandbox
         self.data_dir = data_dir
         self.max_agents = max_agents
         self.echo = bytes(wasmtime.wat2wasm(ECHO_WAT.read_text()))
@@ -109,12 +110,13 @@ class Bench:
         from caxton.drivers.base import DriverContext
         from caxton.messaging import Router
         from caxton.plugins import PluginHost
-        from caxton.sandbox.wasmtime_sandbox import WasmtimeSandbox
         from caxton.store import Store
 
+        # The sandbox driver comes through its entry point, as on a node.
+        driver = PluginHost().driver_class("sandbox", self.sandbox_name)
         self.host = PluginHost(use_entry_points=False)
         context = DriverContext(node_id="bench", data_dir=self.data_dir, hook=self.host.hook)
-        self.sandbox = WasmtimeSandbox({}, context)
+        self.sandbox = driver({}, context)
         await self.sandbox.start()
         self.store = Store(self.data_dir / "local.db")
         await self.store.open()
@@ -359,9 +361,17 @@ class Bench:
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
+    runs = {}
+    for sandbox in [name.strip() for name in args.sandbox.split(",") if name.strip()]:
+        print(f"... sandbox {sandbox}", file=sys.stderr, flush=True)
+        runs[sandbox] = {"sandbox": sandbox, **await run_one(args, sandbox)}
+    return next(iter(runs.values())) if len(runs) == 1 else {"sandboxes": runs}
+
+
+async def run_one(args: argparse.Namespace, sandbox: str) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="caxton-bench-") as tmp:
         results: dict[str, Any] = {}
-        async with Bench(Path(tmp) / "node", args.agents + 1000) as bench:
+        async with Bench(Path(tmp) / "node", args.agents + 1000, sandbox) as bench:
             steps: list[tuple[str, Callable[[], Awaitable[dict[str, Any]]]]] = [
                 ("routing", lambda: bench.routing(args.round_trips, args.pingers)),
                 ("overhead", lambda: bench.overhead(args.round_trips)),
@@ -378,6 +388,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small counts, for a smoke run")
+    parser.add_argument(
+        "--sandbox",
+        default="wasmtime",
+        help="sandbox driver(s) by entry-point name, comma-separated to compare them in one run",
+    )
     parser.add_argument("--round-trips", type=int, default=50_000)
     parser.add_argument("--pingers", type=int, default=16, help="loops in flight (throughput)")
     parser.add_argument("--startups", type=int, default=500)

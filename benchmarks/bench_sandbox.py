@@ -324,17 +324,39 @@ async def bench_rss(driver: type[Sandbox], wasm: bytes, count: int, tmp: Path) -
 
 async def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Caxton sandbox benchmark")
-    parser.add_argument("--sandbox", default="wasmtime", help="driver name (caxton.sandbox)")
+    parser.add_argument(
+        "--sandbox",
+        default="wasmtime",
+        help="driver name(s) (caxton.sandbox), comma-separated to compare them in one run",
+    )
     parser.add_argument("--messages", type=int, default=20_000)
     parser.add_argument("--instantiations", type=int, default=1_000)
     parser.add_argument("--instances", type=int, default=1_000, help="for RSS per instance")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
 
-    driver = load_driver(args.sandbox)
+    names = [name.strip() for name in args.sandbox.split(",") if name.strip()]
+    runs = {name: await bench_sandbox(name, args) for name in names}
+    for results in runs.values():
+        report(results)
+        print()
+    if args.json is not None:
+        outputs = {args.json: runs[names[0]] if len(names) == 1 else runs}
+    else:
+        results_dir = ROOT / "benchmarks" / "results"
+        outputs = {results_dir / f"sandbox-{name}.json": runs[name] for name in names}
+    for out, data in outputs.items():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+        print(f"written: {out}")
+    return 0
+
+
+async def bench_sandbox(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    driver = load_driver(name)
     wasm = echo_wasm()
     results: dict[str, Any] = {
-        "sandbox": args.sandbox,
+        "sandbox": name,
         "python": platform.python_version(),
         "machine": platform.machine(),
         "cpus": os.cpu_count(),
@@ -347,7 +369,7 @@ async def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="caxton-bench-") as tmp_name:
         tmp = Path(tmp_name)
         results["message"] = await bench_messages(driver, wasm, args.messages, tmp)
-        if args.sandbox == "wasmtime":
+        if name == "wasmtime":
             results["message_high_level_api"] = bench_high_level_wasmtime(
                 wasm, max(2000, args.messages // 4)
             )
@@ -359,13 +381,7 @@ async def main(argv: list[str] | None = None) -> int:
             driver, wasm, args.instantiations, tmp, pooled=False
         )
         results["memory"] = await bench_rss(driver, wasm, args.instances, tmp)
-
-    report(results)
-    out = args.json or ROOT / "benchmarks" / "results" / f"sandbox-{args.sandbox}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    print(f"\nwritten: {out}")
-    return 0
+    return results
 
 
 def report(r: dict[str, Any]) -> None:

@@ -3,9 +3,9 @@
 
 Runs each ``bench_*.py`` of this directory in its own process, one after the other (the
 figures of docs/performance.md come from this command), and writes every result to
-``benchmarks/results/NAME.json``. The wasmer sandbox runs beside wasmtime when an
-interpreter with the ``caxton-sandbox-wasmer`` plugin is given (``--wasmer-python``;
-wasmer 1.1 needs CPython 3.10).
+``benchmarks/results/NAME.json``. With ``--wasmer-python PY`` (an interpreter where
+``caxton-sandbox-wasmer`` is installed; wasmer 1.1 needs CPython 3.10) the sandbox and
+agents benchmarks also run with ``sandbox=wasmer`` beside ``sandbox=wasmtime`` in one run.
 """
 
 from __future__ import annotations
@@ -36,8 +36,16 @@ BENCHMARKS: dict[str, tuple[str, str, list[str], list[str]]] = {
 }
 
 
+#: With --wasmer-python: result name -> (benchmark whose script runs, its arguments).
+SIDE_BY_SIDE = {
+    "sandbox-wasmtime-vs-wasmer": ("sandbox-wasmtime", ["--sandbox", "wasmtime,wasmer"]),
+    "agents-wasmtime-vs-wasmer": ("agents", ["--sandbox", "wasmtime,wasmer"]),
+}
+
+
 def run(name: str, python: str, quick: bool, extra: list[str] | None = None) -> bool:
-    script, flag, args, quick_args = BENCHMARKS[name.replace("sandbox-wasmer", "sandbox-wasmtime")]
+    bench, extra = SIDE_BY_SIDE.get(name, (name, extra))
+    script, flag, args, quick_args = BENCHMARKS[bench]
     if extra is not None:
         args = extra
     out = RESULTS / f"{name}.json"
@@ -56,7 +64,7 @@ def run(name: str, python: str, quick: bool, extra: list[str] | None = None) -> 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small counts (smoke run)")
-    parser.add_argument("--only", action="append", choices=[*BENCHMARKS, "sandbox-wasmer"])
+    parser.add_argument("--only", action="append", choices=[*BENCHMARKS, *SIDE_BY_SIDE])
     parser.add_argument("--wasmer-python", help="interpreter with caxton-sandbox-wasmer")
     options = parser.parse_args()
     RESULTS.mkdir(exist_ok=True)
@@ -64,16 +72,14 @@ def main() -> int:
     failed = [
         name
         for name in names
-        if name != "sandbox-wasmer" and not run(name, sys.executable, options.quick)
+        if name not in SIDE_BY_SIDE and not run(name, sys.executable, options.quick)
     ]
-    wanted = not options.only or "sandbox-wasmer" in options.only
-    wasmer_args = ["--sandbox", "wasmer"]
-    if (
-        options.wasmer_python
-        and wanted
-        and not run("sandbox-wasmer", options.wasmer_python, options.quick, wasmer_args)
-    ):
-        failed.append("sandbox-wasmer")
+    if options.wasmer_python:
+        for name in SIDE_BY_SIDE:
+            if (not options.only or name in options.only) and not run(
+                name, options.wasmer_python, options.quick
+            ):
+                failed.append(name)
     summary = {
         path.stem: json.loads(path.read_text())
         for path in sorted(RESULTS.glob("*.json"))
