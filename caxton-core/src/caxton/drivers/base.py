@@ -30,6 +30,18 @@ class DriverContext:
     services: dict[str, Any] = field(default_factory=dict)
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("caxton"))
 
+    def node_config(self, section: str) -> Mapping[str, Any]:
+        """Section ``section`` of the node's configuration (``"runtime"``), or an empty
+        mapping when no node built this driver (tests, benchmarks, embedding)."""
+        config = getattr(self.services.get("node"), "config", None)
+        if config is None:
+            return {}
+        try:
+            values = config[section]
+        except (KeyError, TypeError):
+            return {}
+        return values if isinstance(values, Mapping) else {}
+
 
 class Driver(ABC):  # noqa: B024 - each kind's subclass declares the abstract methods
     """Base class of every driver kind.

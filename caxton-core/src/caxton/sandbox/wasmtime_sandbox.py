@@ -107,7 +107,7 @@ class WasmtimeSandbox(Sandbox):
         from caxton.sandbox.wasmtime_runtime import EngineSettings, WasmtimeRuntime
 
         values = {**CONFIG_SECTION.defaults(), **self.config}
-        runtime = _node_runtime_config(context)
+        runtime = context.node_config("runtime")
         pool_size = _first(values["agent_pool_size"], runtime.get("agent_pool_size"), 4)
         use_cache = _first(values["module_cache"], runtime.get("module_cache"), True)
         cache_dir: Path | None = None
@@ -187,19 +187,6 @@ class WasmtimeSandbox(Sandbox):
             capabilities=capabilities,
             extra_functions=extra_functions,
         )
-
-
-def _node_runtime_config(context: DriverContext) -> Mapping[str, Any]:
-    """The node's ``[runtime]`` section when a node built this driver, else nothing."""
-    node = context.services.get("node")
-    config = getattr(node, "config", None)
-    if config is None:
-        return {}
-    try:
-        runtime = config["runtime"]
-    except (KeyError, TypeError):
-        return {}
-    return runtime if isinstance(runtime, Mapping) else {}
 
 
 def _first(*values: Any) -> Any:
