@@ -250,6 +250,16 @@ class Node:
 
     async def _driver(self, kind: str, name: str) -> Any:
         driver = self.host.create_driver(kind, name, self.config, self.context)
+        await self.start_driver(kind, name, driver)
+        self.context.services[kind] = driver
+        return driver
+
+    async def start_driver(self, kind: str, name: str, driver: Any) -> None:
+        """Start a created driver and close it with the node.
+
+        A failure that is not a :class:`CaxtonError` becomes a one-line
+        :class:`PluginError` naming the driver.
+        """
         # close() must be safe after a failed start(): it releases what start() got.
         self._stack.push_async_callback(driver.close)
         try:
@@ -258,8 +268,6 @@ class Node:
             raise
         except Exception as exc:
             raise PluginError(f"{kind} driver '{name}' failed to start: {error_line(exc)}") from exc
-        self.context.services[kind] = driver
-        return driver
 
     async def _start_services(self) -> None:
         from caxton.agents import AgentManager

@@ -18,7 +18,7 @@ from caxton.auth.agent_policy import AgentPolicy
 from caxton.auth.audit import AuditLog
 from caxton.auth.rbac import Roles
 from caxton.drivers.auth import AuthDriver, Credentials, Identity
-from caxton.errors import AuthError, CaxtonError, ConfigError, PluginError, ServiceUnavailable
+from caxton.errors import AuthError, CaxtonError, ConfigError, ServiceUnavailable
 from caxton.plugins import error_line
 
 if TYPE_CHECKING:
@@ -127,13 +127,7 @@ async def start_security(node: Node, stack: contextlib.AsyncExitStack) -> list[A
         )
     drivers = node.host.create_chain("auth", names, node.config, node.context)
     for name, driver in zip(names, drivers, strict=True):
-        stack.push_async_callback(driver.close)
-        try:
-            await driver.start()
-        except CaxtonError:
-            raise
-        except Exception as exc:
-            raise PluginError(f"auth driver '{name}' failed to start: {error_line(exc)}") from exc
+        await node.start_driver("auth", name, driver)
     guard = Guard(
         drivers,
         roles,
