@@ -61,3 +61,22 @@ async def test_metrics_can_be_switched_off(tmp_path: Path) -> None:
     factory = NodeFactory(tmp_path)
     async with factory.node("m2", config={"observability.enable_metrics": False}) as node:
         assert node.metrics_address is None
+
+
+async def test_a_taken_metrics_port_is_a_config_error(tmp_path: Path) -> None:
+    import socket
+
+    import pytest
+
+    from caxton.errors import ConfigError
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        node = NodeFactory(tmp_path).build(
+            "m3", config={"networking.metrics_address": f"127.0.0.1:{port}"}
+        )
+        with pytest.raises(ConfigError, match=r"networking.metrics_address"):
+            await node.start()
+        assert node.state == "failed"

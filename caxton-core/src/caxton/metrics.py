@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from caxton.errors import ConfigError
 from caxton.units import parse_address
 
 if TYPE_CHECKING:
@@ -180,6 +181,12 @@ async def start_metrics(node: Node, stack: contextlib.AsyncExitStack) -> tuple[s
     stack.push_async_callback(runner.cleanup)
     host, port = parse_address(node.config["networking"]["metrics_address"])
     site = web.TCPSite(runner, host, port, reuse_address=True)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot serve metrics on {host}:{port}: {exc.strerror or exc} "
+            f"(networking.metrics_address; is another node using the port?)"
+        ) from exc
     bound = runner.addresses[0] if runner.addresses else (host, port)
     return str(bound[0]), int(bound[1])
