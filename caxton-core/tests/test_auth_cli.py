@@ -86,16 +86,6 @@ def test_revoke_unknown_key(tmp_path: Path) -> None:
     assert "no API key with id 0123456789abcdef" in result.output
 
 
-def test_token_create_without_a_secret_says_what_to_set(tmp_path: Path) -> None:
-    pytest.importorskip("caxton_auth_jwt")
-    result = run(
-        ["security", "token", "create", "--role", "viewer", "--data-dir", str(tmp_path)],
-        env={"JWT_SECRET": ""},
-    )
-    assert result.exit_code == 1
-    assert "needs a secret: set security.jwt_secret" in result.output
-
-
 async def test_a_created_key_drives_the_cli_against_a_node(tmp_path: Path) -> None:
     factory = NodeFactory(tmp_path)
     node = factory.build("n1", config={"security.auth_enabled": True})
