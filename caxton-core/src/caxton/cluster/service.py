@@ -33,6 +33,7 @@ from caxton import hookimpl
 from caxton.cluster import wire
 from caxton.cluster.auth import compare, security_summary
 from caxton.cluster.events import ClusterEvent, EventLog
+from caxton.cluster.partition import PartitionGuard, QueuedRoute
 from caxton.cluster.registry import AgentEntry, AgentRegistry, Delta
 from caxton.drivers.membership import Member, MemberStatus
 from caxton.drivers.partition import ClusterView, PartitionDecision, PartitionMode
@@ -143,6 +144,7 @@ class Cluster:
         self._cpu: CpuSampler | None = None
         self._stopper: asyncio.Task[None] | None = None
         self._mode: PartitionMode | None = None
+        self.partition = PartitionGuard(self)
         self._unsubscribe: Callable[[], None] | None = None
         self._plugin_name = f"caxton.cluster.{self.node_id}"
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -193,6 +195,7 @@ class Cluster:
                 f"{', '.join(missing)}, which the cluster layer needs; use membership = "
                 f'"swim" (or a driver built on caxton.membership.driver.CoreDriver)'
             )
+        await self.partition.start()
         if node.agents is not None:
             for agent in node.agents.list():
                 self._announce(agent)
@@ -330,6 +333,7 @@ class Cluster:
             else None,
             "counts": dict(self.counts),
             "gossip": self._gossip_stats(),
+            **self.partition.status(),
         }
 
     def _gossip_stats(self) -> dict[str, Any]:
@@ -431,8 +435,11 @@ class Cluster:
 
     # -- routing: the router's resolver ------------------------------------------------
 
-    async def resolve(self, name: str) -> PeerRoute | None:
+    async def resolve(self, name: str) -> PeerRoute | QueuedRoute | None:
         """Where ``name`` lives when it is not registered here (None: nowhere)."""
+        held = self.partition.held(name)
+        if held is not None:
+            return held
         route = self._routes.get(name)
         if route is not None:
             return route
@@ -527,6 +534,8 @@ class Cluster:
             await self.transport.send(route.address, FrameKind.MESSAGE, payload)
         except TransportError:
             self._invalidate_node(route.node_id)
+            if await self.partition.forward_failed(route, message):
+                return
             raise
         self.counts["forwarded"] += 1
 
@@ -861,6 +870,7 @@ class Cluster:
 
     def _forget_node(self, node_id: str, text: str, kind: str, level: str = "info") -> None:
         changes = self.registry.drop_node(node_id)
+        self.partition.node_gone(node_id, kind, changes)
         self._invalidate_node(node_id)
         for name in [n for n, origin in self._reply_routes.items() if origin == node_id]:
             del self._reply_routes[name]
@@ -885,6 +895,7 @@ class Cluster:
         except Exception:
             log.exception("the partition decision failed")
             return
+        self.partition.mode_changed(decision)
         mode = decision.mode if decision is not None else PartitionMode.READ_WRITE
         if mode is not self._mode:
             if self._mode is not None:

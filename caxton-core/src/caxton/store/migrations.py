@@ -183,3 +183,26 @@ CORE_MIGRATIONS: tuple[Migration, ...] = (
         V2_CONVERSATIONS_DLQ_COUNTERS,
     ),
 )
+
+# -------------------------------------------------------------------------
+# The cluster's schema (registered by caxton.cluster.partition when a node clusters)
+# -------------------------------------------------------------------------
+
+CLUSTER_NAMESPACE = "cluster"
+
+V1_QUEUED_WRITES = """
+CREATE TABLE queued_writes (
+    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+    message_id TEXT    NOT NULL UNIQUE,
+    receiver   TEXT    NOT NULL,
+    node_id    TEXT    NOT NULL,
+    body       BLOB    NOT NULL,
+    queued_at  REAL    NOT NULL
+);
+"""
+
+CLUSTER_MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1, "messages queued in a minority partition, replayed when it heals", V1_QUEUED_WRITES
+    ),
+)

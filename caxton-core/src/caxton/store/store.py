@@ -103,6 +103,15 @@ class _Batch:
         )  # fmt: skip
 
 
+@dataclass(frozen=True)
+class QueuedWrite:
+    """A message queued in a minority partition: ``seq`` orders the replay."""
+
+    seq: int
+    node_id: str
+    message: Message
+
+
 class Store:
     """SQLite state of one node: agents, modules, agent KV, durable outbox, DLQ.
 
@@ -612,6 +621,52 @@ class Store:
             }
             for mid, receiver, reason, body, at in rows
         ]
+
+    # -- writes queued in a minority partition (caxton.cluster.partition) ------------
+
+    async def queue_write(self, message: Message, node_id: str) -> None:
+        """Keep ``message`` for ``node_id`` (out of reach); return once committed.
+
+        Needs the ``cluster`` schema (:data:`~caxton.store.migrations.CLUSTER_MIGRATIONS`).
+        """
+        self.enqueue(
+            "INSERT OR IGNORE INTO queued_writes (message_id, receiver, node_id, body,"
+            " queued_at) VALUES (?, ?, ?, ?, ?)",
+            (message.message_id, str(message.receiver), node_id, message.to_json(), time.time()),
+        )
+        await self.flush()
+
+    async def queued_writes(self, limit: int = 1000, *, after: int = 0) -> list[QueuedWrite]:
+        """Queued messages in the order they were queued, from sequence ``after`` on."""
+        from caxton.messaging import Message
+
+        await self.flush()
+        rows = await self._connection().execute_fetchall(
+            "SELECT seq, node_id, body FROM queued_writes WHERE seq > ? ORDER BY seq LIMIT ?",
+            (after, limit),
+        )
+        queued = []
+        for seq, node_id, body in rows:
+            try:
+                message = Message.from_json(bytes(body))
+            except CaxtonError as exc:
+                log.error("dropping an unreadable queued message (seq %s): %s", seq, exc)
+                self.unqueue_write(int(seq))
+                continue
+            queued.append(QueuedWrite(int(seq), str(node_id), message))
+        return queued
+
+    def unqueue_write(self, seq: int) -> None:
+        """Forget a queued message once delivered (write-behind)."""
+        self.enqueue("DELETE FROM queued_writes WHERE seq = ?", (seq,))
+
+    async def queued_write_counts(self) -> dict[str, int]:
+        """How many messages are queued for each receiver."""
+        await self.flush()
+        rows = await self._connection().execute_fetchall(
+            "SELECT receiver, COUNT(*) FROM queued_writes GROUP BY receiver"
+        )
+        return {str(receiver): int(count) for receiver, count in rows}
 
     def save_conversation(
         self,

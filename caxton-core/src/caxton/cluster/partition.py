@@ -1,0 +1,381 @@
+"""What a node does in a partition: refuse writes, queue messages, replay them.
+
+The partition policy (``caxton_partition_decision``, :mod:`caxton.partition.quorum`)
+only *decides* a mode; :class:`PartitionGuard` enforces it for the cluster service:
+
+- **Refused writes.** While the mode is not read-write, :meth:`PartitionGuard.check_write`
+  raises :class:`~caxton.errors.ReadOnlyMode` naming the partition and the node counts.
+  The REST API calls it for every route that needs a permission of
+  :data:`WRITE_PERMISSIONS` (deploy, update, lifecycle, remove: the
+  :func:`caxton.api.cluster.refuse_writes_in_partition` middleware) and for what changes
+  the membership (``cluster remove``). Reads,
+  and messages to agents this node can reach, keep working.
+- **Queued writes.** In read-only mode with ``queue_writes`` on, a message for an agent
+  whose node is out of reach (the registry, or what the registry held when that node
+  failed, names a node that is not alive, or forwarding to it fails) is written to the
+  ``queued_writes`` table of this node's store instead of failing, up to
+  ``partition.max_queued_writes``; beyond, the sender gets ``Queue full``.
+  In local-only mode such a message is refused instead: only local agents are served.
+- **Replay.** When the mode is read-write again and a peer is reachable, the queued
+  messages are forwarded in the order they were queued (so per conversation, and per
+  receiver, FIFO holds); a message sent meanwhile to a receiver that still has queued
+  messages waits behind them. The queue is in SQLite, so it survives a restart.
+
+See docs/cluster.md, "Network partitions".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import TYPE_CHECKING, Any, Final
+
+from caxton.drivers.partition import PartitionDecision, PartitionMode
+from caxton.errors import CaxtonError, QueueFull, ReadOnlyMode, TransportError
+from caxton.store.migrations import CLUSTER_MIGRATIONS, CLUSTER_NAMESPACE
+
+if TYPE_CHECKING:
+    from caxton.cluster.service import Cluster, PeerRoute
+    from caxton.messaging import Message
+
+__all__ = [
+    "WRITE_PERMISSIONS",
+    "PartitionGuard",
+    "QueuedRoute",
+    "partition_report",
+]
+
+log = logging.getLogger("caxton.cluster.partition")
+
+#: REST permissions whose routes change cluster state, refused unless read-write.
+WRITE_PERMISSIONS: Final = frozenset({"deploy", "update", "remove"})
+#: Queued messages read from the store per replay round.
+REPLAY_BATCH = 256
+#: Seconds a replay keeps retrying a message whose receiver is not found (yet) or whose
+#: node does not answer, before dead-lettering it.
+REPLAY_PATIENCE = 30.0
+#: Seconds between two attempts at such a message.
+REPLAY_RETRY = 0.2
+
+
+class QueuedRoute:
+    """The way to an agent on a node out of reach: the queue (a ``RemoteRoute``)."""
+
+    __slots__ = ("guard", "node_id")
+
+    def __init__(self, guard: PartitionGuard, node_id: str) -> None:
+        self.guard = guard
+        self.node_id = node_id
+
+    async def forward(self, message: Message) -> None:
+        await self.guard.queue(message, self.node_id)
+
+    def __repr__(self) -> str:
+        return f"<QueuedRoute for {self.node_id}>"
+
+
+class PartitionGuard:
+    """Enforces the partition mode of one cluster service (see the module docstring)."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        settings = cluster.node.config["partition"]
+        self.max_queued = int(settings["max_queued_writes"])
+        self.decision: PartitionDecision | None = None
+        #: Messages queued, per receiver (the replay empties them in order).
+        self.waiting: dict[str, int] = {}
+        self.replayed = 0
+        #: Where each agent of a failed node lived (the registry forgets them).
+        self._homes: dict[str, str] = {}
+        self._replay: asyncio.Task[None] | None = None
+        self._replaying: str | None = None
+        self._replaying_message: str | None = None
+        self._ready = False
+
+    # -- state ------------------------------------------------------------------------
+
+    @property
+    def mode(self) -> PartitionMode:
+        decision = self.decision
+        return PartitionMode.READ_WRITE if decision is None else decision.mode
+
+    @property
+    def queued(self) -> int:
+        return sum(self.waiting.values())
+
+    @property
+    def queueing(self) -> bool:
+        """Whether undeliverable messages for unreachable nodes are queued now."""
+        decision = self.decision
+        return (
+            decision is not None
+            and decision.mode is PartitionMode.READ_ONLY
+            and decision.queue_writes
+            and self._ready
+        )
+
+    async def start(self) -> None:
+        """Create the queue's table if needed and count what a previous run queued."""
+        store = self.cluster.node.store
+        if store is None:
+            return
+        store.register_migrations(CLUSTER_NAMESPACE, CLUSTER_MIGRATIONS)
+        await store.migrate()
+        self.waiting = await store.queued_write_counts()
+        self._ready = True
+        if self.waiting:
+            log.info("%d messages queued during a partition wait for replay", self.queued)
+
+    def status(self) -> dict[str, Any]:
+        """This guard's part of ``Cluster.status()``."""
+        return {
+            "queued_writes": self.queued,
+            "max_queued_writes": self.max_queued,
+            "replaying": self._replay is not None,
+            "replayed_writes": self.replayed,
+        }
+
+    # -- refused writes -------------------------------------------------------------
+
+    def check_write(self, operation: str) -> None:
+        """Raise :class:`ReadOnlyMode` unless this node may change cluster state."""
+        mode = self.mode
+        if mode is PartitionMode.READ_WRITE:
+            return
+        view = self.cluster.view()
+        reachable, known = len(view.reachable_nodes), len(view.known_nodes)
+        reason = self.decision.reason if self.decision is not None else ""
+        raise ReadOnlyMode(
+            f"{operation} refused: node {self.cluster.node_id} is {mode.value} in a minority "
+            f"partition ({reachable} of {known} nodes reachable)",
+            details=(
+                f"node {self.cluster.node_id} is {mode.value}: {reason}. It changes no "
+                f"cluster state until the partition heals; retry then, or on a node of the "
+                f"majority partition (`caxton cluster detect-partition` shows them)"
+            ),
+        )
+
+    # -- routing ----------------------------------------------------------------------
+
+    def held(self, name: str) -> QueuedRoute | None:
+        """The queue, when a message for ``name`` (not on this node) must wait in it.
+
+        It must while ``name`` has queued messages (they go first), and in read-only
+        mode when the node ``name`` lives on is out of reach. Raises
+        :class:`ReadOnlyMode` in local-only mode and :class:`QueueFull` past the bound.
+        """
+        waiting = self.waiting.get(name, 0)
+        if waiting and name != self._replaying:
+            self._check_room()
+            return QueuedRoute(self, self._homes.get(name, ""))
+        mode = self.mode
+        if mode is PartitionMode.READ_WRITE:
+            return None
+        if mode is PartitionMode.LOCAL_ONLY:
+            raise ReadOnlyMode(
+                f"agent {name} is not on node {self.cluster.node_id}, which is local-only "
+                f"({self.decision.reason if self.decision else 'partitioned'}): only agents "
+                f"on this node are served until the partition heals"
+            )
+        if not self.queueing:
+            return None
+        home = self._unreachable_home(name)
+        if home is None:
+            return None
+        self._check_room()
+        return QueuedRoute(self, home)
+
+    def _unreachable_home(self, name: str) -> str | None:
+        """The node ``name`` lives on when that node is out of reach (else None)."""
+        cluster = self.cluster
+        homes = [e.node_id for e in cluster.registry.lookup(name) if e.routable]
+        remembered = self._homes.get(name)
+        if remembered is not None:
+            homes.append(remembered)
+        if not homes or any(cluster._live(node_id) is not None for node_id in homes):
+            return None
+        return homes[0]
+
+    def _check_room(self) -> None:
+        if self.queued >= self.max_queued:
+            raise QueueFull(
+                f"Queue full: {self.queued} messages are queued on node "
+                f"{self.cluster.node_id} for nodes out of reach "
+                f"(partition.max_queued_writes = {self.max_queued})",
+                details="the partition has lasted long; retry when it heals or raise "
+                "partition.max_queued_writes",
+            )
+
+    async def queue(self, message: Message, node_id: str) -> None:
+        """Keep ``message`` for ``node_id`` in the store until the partition heals."""
+        store = self.cluster.node.store
+        if store is None or not self._ready:
+            raise TransportError(f"node {node_id} is out of reach and no store keeps messages")
+        self._check_room()
+        name = str(message.receiver)
+        self.waiting[name] = self.waiting.get(name, 0) + 1
+        try:
+            await store.queue_write(message, node_id)
+        except BaseException:
+            self._unwait(name)
+            raise
+        if self._homes.get(name) is None and node_id:
+            self._homes[name] = node_id
+        if self.mode is PartitionMode.READ_WRITE:
+            self._start_replay(healed=False)
+
+    async def forward_failed(self, route: PeerRoute, message: Message) -> bool:
+        """Queue a message whose forwarding failed, when queueing; True if queued."""
+        if not self.queueing or message.message_id == self._replaying_message:
+            return False
+        try:
+            await self.queue(message, route.node_id)
+        except CaxtonError as exc:
+            log.warning("could not queue message %s: %s", message.message_id, exc)
+            return False
+        return True
+
+    def node_gone(self, node_id: str, kind: str, entries: list[tuple[str, Any]]) -> None:
+        """A peer failed (or left): remember where its agents lived, if it failed."""
+        if kind != "failed":
+            return
+        for _change, entry in entries:
+            self._homes.setdefault(entry.name, node_id)
+
+    # -- the mode and the replay -------------------------------------------------------
+
+    def mode_changed(self, decision: PartitionDecision | None) -> None:
+        """Called by the cluster service on every membership change."""
+        before = self.mode
+        self.decision = decision
+        mode = self.mode
+        if mode is not PartitionMode.READ_WRITE:
+            return
+        live = {n for n, home in self._homes.items() if self.cluster._live(home) is not None}
+        for name in live:
+            if not self.waiting.get(name):
+                del self._homes[name]
+        if self.waiting and len(self.cluster.view().reachable_nodes) > 1:
+            self._start_replay(healed=before is not PartitionMode.READ_WRITE)
+
+    def _start_replay(self, *, healed: bool) -> None:
+        if self._replay is not None or not self._ready or not self.cluster.started:
+            return
+        count = self.queued
+        text = (
+            f"Partition healed, replaying {count} queued messages"
+            if healed
+            else f"Replaying {count} queued messages"
+        )
+        self.cluster.events.record("replay", text, details={"queued_writes": count})
+        self._replay = self.cluster._spawn(self._replay_all())
+
+    async def _replay_all(self) -> None:
+        store = self.cluster.node.store
+        started = time.monotonic()
+        sent = 0
+        after = 0
+        try:
+            while self.mode is PartitionMode.READ_WRITE:
+                batch = await store.queued_writes(REPLAY_BATCH, after=after)
+                if not batch:
+                    if after == 0:
+                        break
+                    after = 0  # messages queued behind the first pass
+                    continue
+                for item in batch:
+                    if self.mode is not PartitionMode.READ_WRITE:
+                        return
+                    outcome = await self._replay_one(item.message)
+                    if outcome is None:
+                        return
+                    sent += outcome
+                    store.unqueue_write(item.seq)
+                    self._unwait(str(item.message.receiver))
+                    after = item.seq
+            if sent or not self.waiting:
+                self.cluster.events.record(
+                    "replayed",
+                    f"Cluster synchronized: {sent} queued messages replayed in "
+                    f"{time.monotonic() - started:.1f}s",
+                    details={"replayed": sent, "queued_writes": self.queued},
+                )
+        finally:
+            self._replay = None
+            self._replaying = None
+            self.replayed += sent
+
+    async def _replay_one(self, message: Message) -> bool | None:
+        """Forward one queued message.
+
+        True: forwarded; False: dead-lettered (its receiver stayed unknown or its node
+        silent for :data:`REPLAY_PATIENCE`); None: the partition is back, keep it.
+        """
+        cluster = self.cluster
+        name = str(message.receiver)
+        deadline = time.monotonic() + REPLAY_PATIENCE
+        problem = ""
+        self._replaying, self._replaying_message = name, message.message_id
+        try:
+            while time.monotonic() < deadline:
+                if self.mode is not PartitionMode.READ_WRITE:
+                    return None
+                try:
+                    route = await cluster._find(name)
+                    if route is not None:
+                        await cluster.forward(route, message)
+                        return True
+                    problem = f"Agent not found: {name}"
+                except CaxtonError as exc:
+                    problem = str(exc)
+                await asyncio.sleep(REPLAY_RETRY)
+        finally:
+            self._replaying_message = None
+        reason = f"undeliverable after the partition healed: {problem}"
+        log.warning("queued message %s to %s %s", message.message_id, name, reason)
+        store = cluster.node.store
+        if store is not None:
+            with contextlib.suppress(CaxtonError):
+                store.add_dead_letter(message, reason)
+        return False
+
+    def _unwait(self, name: str) -> None:
+        left = self.waiting.get(name, 0) - 1
+        if left > 0:
+            self.waiting[name] = left
+        else:
+            self.waiting.pop(name, None)
+
+
+def partition_report(cluster: Cluster) -> dict[str, Any]:
+    """What ``caxton cluster detect-partition`` prints: the sides this node can tell apart.
+
+    This node's side is the members it reaches (alive or suspect); the other side is the
+    known members it does not (failed). A crashed node and a cut-off one look alike
+    from here: both are reported.
+    """
+    view = cluster.view()
+    reachable = sorted(view.reachable_nodes)
+    cut = sorted(set(view.known_nodes) - set(reachable))
+    known = len(view.known_nodes)
+    quorum = view.quorum_size or known // 2 + 1
+    guard = cluster.partition
+    groups = sorted(
+        ((nodes, local) for nodes, local in ((reachable, True), (cut, False)) if nodes),
+        key=lambda group: (len(group[0]) < quorum, -len(group[0]), group[0]),
+    )
+    sides = [
+        {"nodes": nodes, "majority": len(nodes) >= quorum, "local": local}
+        for nodes, local in groups
+    ]
+    return {
+        "node_id": cluster.node_id,
+        "partitioned": bool(cut),
+        "partitions": sides,
+        "quorum": quorum,
+        "mode": guard.mode.value,
+        "reason": guard.decision.reason if guard.decision is not None else "",
+        "queued_writes": guard.queued,
+    }
