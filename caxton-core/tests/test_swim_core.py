@@ -19,7 +19,7 @@ from caxton.membership.swim_core import (
     push_pull_scale,
     suspicion_bounds,
 )
-from caxton.testing.membership import SimCluster
+from caxton.testing.membership import SimCluster, formed_cluster
 
 A = ("10.0.0.1", 7946)
 B = ("10.0.0.2", 7946)
@@ -434,3 +434,31 @@ def test_an_ack_with_a_newer_incarnation_ends_the_suspicion() -> None:
     member = a.member("b")
     assert member is not None
     assert member.meta == {"agents": 2}
+
+
+def test_every_member_is_probed_by_exactly_one_other_every_round(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The shared probe ring: no member goes a round unprobed, none is probed twice,
+    and its prober changes from round to round."""
+    probes: list[tuple[int, str, str]] = []
+    start_probe = SwimCore._start_probe
+
+    def recording(core: SwimCore) -> None:
+        start_probe(core)
+        if core._probe is not None:
+            shared_round = math.floor(core._now / core.settings.probe_interval)
+            probes.append((shared_round, core._probe.target_id, core.node_id))
+
+    sim = formed_cluster(3, 7)
+    monkeypatch.setattr(SwimCore, "_start_probe", recording)
+    sim.run_for(30.0)
+    by_round: dict[int, list[tuple[str, str]]] = {}
+    for shared_round, target, prober in probes:
+        by_round.setdefault(shared_round, []).append((target, prober))
+    complete = [by_round[r] for r in sorted(by_round)[1:-1]]
+    assert len(complete) >= 25
+    for pairs in complete:
+        assert sorted(target for target, _ in pairs) == sorted(sim.nodes)
+    probers_of_n0 = {prober for pairs in complete for target, prober in pairs if target == "n0"}
+    assert len(probers_of_n0) >= 4
