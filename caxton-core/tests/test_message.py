@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from caxton.errors import MessageTooLarge, ValidationError
 from caxton.messaging import Message, Performative, Priority, new_message_id
+from caxton.messaging.message import dumps, loads
 
 P = Performative
 
@@ -445,3 +446,45 @@ def test_json_roundtrip(message: Message) -> None:
 @given(messages)
 def test_msgpack_property_roundtrip(message: Message) -> None:
     assert Message.from_msgpack(message.to_msgpack()) == message
+
+
+@pytest.mark.parametrize(
+    "content",
+    [2**70, {1: "int key"}, "\ud800", [1.5, "é", None, True]],
+    ids=["huge-int", "int-key", "lone-surrogate", "plain"],
+)
+def test_json_codec_encodes_what_the_standard_library_does(content: object) -> None:
+    """orjson first; what it refuses falls back to json, with json's result or error."""
+    standard = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+    try:
+        expected: bytes | type[Exception] = standard(content).encode()
+    except ValueError:
+        expected = ValueError
+    if expected is ValueError:
+        with pytest.raises(ValueError):
+            dumps(content)
+    else:
+        assert dumps(content) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"n": NaN}',
+        '{"big": 123456789012345678901234567890}',
+        "[-9223372036854775809, 18446744073709551616]",
+        '"\\ud800"',
+        '{"a": 1}',
+    ],
+)
+def test_json_codec_parses_what_the_standard_library_does(text: str) -> None:
+    parsed = loads(text.encode())
+    expected = json.loads(text)
+    assert repr(parsed) == repr(expected)
+
+
+def test_json_codec_fails_like_the_standard_library() -> None:
+    with pytest.raises(ValueError, match="Expecting"):
+        loads(b'{"a": }')
+    with pytest.raises(UnicodeDecodeError):
+        loads(b'"\xff"')

@@ -26,6 +26,7 @@ from caxton.errors import (
     MessageTooLarge,
     QueueFull,
 )
+from caxton.messaging.message import loads
 from caxton.sandbox.abi import MAX_KEY_BYTES, LogLevel, Status
 
 if TYPE_CHECKING:
@@ -33,7 +34,6 @@ if TYPE_CHECKING:
     from caxton.messaging import Message
 
 agent_log = logging.getLogger("caxton.agent")
-_decode_json = json.JSONDecoder().decode
 
 #: ABI log levels -> logging levels.
 LOG_LEVELS: dict[int, int] = {
@@ -386,7 +386,7 @@ class AgentRuntime:
 
     def _parse(self, data: bytes) -> dict[str, Any] | int:
         try:
-            payload = _decode_json(data.decode())  # the ABI says UTF-8: no sniffing
+            payload = loads(data)  # the ABI says UTF-8: no sniffing
         except (ValueError, UnicodeDecodeError):
             agent_log.debug("agent %s sent a message that is not JSON", self.name)
             return Status.INVALID
