@@ -6,6 +6,10 @@ cluster port must be free for TCP and UDP: the tcp transport listens on both), s
 the first node with ``--bootstrap`` and the others with ``--join``, and talks to every
 node through its REST API. Processes are killed when the cluster is closed.
 
+Nodes can also run in Linux network namespaces on one bridge (:class:`NetnsLab`), each
+binding its own address, so an nftables rule on the bridge makes a real network
+partition (tests/cluster/test_partition_netns.py).
+
 A plain module, not conftest.py, so the benchmark can import it too.
 """
 
@@ -15,6 +19,7 @@ import base64
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -103,14 +108,31 @@ class ApiError(Exception):
 
 
 class NodeProcess:
-    """One node process, its ports and its REST API."""
+    """One node process, its ports and its REST API.
 
-    def __init__(self, cluster: ProcessCluster, node_id: str) -> None:
+    By default it binds free ports on 127.0.0.1; with ``netns`` it runs in that network
+    namespace (``ip netns exec``) and binds ``host`` on the fixed ports 7946, 8080 and
+    9090, which no other process there uses.
+    """
+
+    def __init__(
+        self,
+        cluster: ProcessCluster,
+        node_id: str,
+        *,
+        host: str = "127.0.0.1",
+        netns: str | None = None,
+    ) -> None:
         self.cluster = cluster
         self.node_id = node_id
-        self.cluster_port = free_port(udp_too=True)
-        self.api_port = free_port(udp_too=False)
-        self.metrics_port = free_port(udp_too=False)
+        self.host = host
+        self.netns = netns
+        if netns is None:
+            self.cluster_port = free_port(udp_too=True)
+            self.api_port = free_port(udp_too=False)
+            self.metrics_port = free_port(udp_too=False)
+        else:
+            self.cluster_port, self.api_port, self.metrics_port = 7946, 8080, 9090
         self.data_dir = cluster.base_dir / node_id
         self.log_path = cluster.base_dir / f"{node_id}.log"
         self.process: subprocess.Popen[bytes] | None = None
@@ -118,14 +140,15 @@ class NodeProcess:
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.cluster_port}"
+        return f"{self.host}:{self.cluster_port}"
 
     @property
     def api_url(self) -> str:
-        return f"http://127.0.0.1:{self.api_port}"
+        return f"http://{self.host}:{self.api_port}"
 
     def start(self, *, bootstrap: bool = False, join: Iterable[str] = ()) -> None:
         args = [
+            *(["ip", "netns", "exec", self.netns] if self.netns else []),
             *caxton_command(),
             "server",
             "start",
@@ -136,9 +159,9 @@ class NodeProcess:
             "--bind-addr",
             self.address,
             "--api-addr",
-            f"127.0.0.1:{self.api_port}",
+            f"{self.host}:{self.api_port}",
             "--metrics-addr",
-            f"127.0.0.1:{self.metrics_port}",
+            f"{self.host}:{self.metrics_port}",
             "--data-dir",
             str(self.data_dir),
             "--plugin",
@@ -284,8 +307,9 @@ class ProcessCluster:
         write_toml(path, sections)
         return path
 
-    def add(self, node_id: str) -> NodeProcess:
-        node = NodeProcess(self, node_id)
+    def add(self, node_id: str, **where: str) -> NodeProcess:
+        """A node, not started; ``where``: ``host`` and ``netns`` (see NodeProcess)."""
+        node = NodeProcess(self, node_id, **where)
         self.nodes[node_id] = node
         return node
 
@@ -341,3 +365,131 @@ def issue_certificates(directory: Path, node_ids: Iterable[str]) -> Path:
             capture_output=True,
         )  # fmt: skip
     return directory
+
+
+# -------------------------------------------------------------------------
+# Real network partitions: network namespaces on a bridge, cut with nftables
+# -------------------------------------------------------------------------
+
+
+def netns_missing() -> str | None:
+    """What this machine lacks for :class:`NetnsLab` (None: nothing)."""
+    if not sys.platform.startswith("linux"):
+        return "Linux network namespaces"
+    if os.geteuid() != 0:
+        return "root (CAP_NET_ADMIN) to create network namespaces and nftables rules"
+    for tool, package in (("ip", "iproute2"), ("nft", "nftables")):
+        if shutil.which(tool) is None:
+            return f"the `{tool}` command (apt-get install -y {package})"
+    probe = f"cxprobe{os.getpid() % 100_000}"
+    made = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
+    if made.returncode != 0:
+        return f"CAP_NET_ADMIN: `ip netns add` failed: {made.stderr.strip()}"
+    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
+    return None
+
+
+def _run(*args: str) -> None:
+    done = subprocess.run(args, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} failed: {done.stderr.strip()}")
+
+
+class NetnsLab:
+    """Network namespaces joined by one bridge, and nftables rules that cut them apart.
+
+    Every name carries a token unique to the run, so concurrent runs do not collide.
+    Each namespace gets a veth pair (one end on the bridge, the other, ``eth0``, inside)
+    and an address ``10.77.S.N/24``; the host gets ``10.77.S.254`` on the bridge, so
+    the test process reaches every node's API. :meth:`cut` drops, in a ``bridge``-family
+    nftables table, what the bridge forwards from or to a namespace's veth: the nodes
+    no longer reach each other, while the host still reaches each of them (that traffic
+    is the bridge's own input and output, not forwarded). :meth:`close` removes
+    everything, and is safe to call twice or after a half-made setup.
+    """
+
+    def __init__(self) -> None:
+        self.token = f"{os.getpid() % 10_000:04d}{os.urandom(1).hex()}"
+        self.bridge = f"cxb{self.token}"
+        self.table = f"caxton_{self.token}"
+        self.subnet = self._free_subnet()
+        self.namespaces: dict[str, str] = {}  # name -> namespace
+        self.veths: dict[str, str] = {}  # name -> the veth end on the bridge
+        self.addresses: dict[str, str] = {}
+        self._cut = False
+        try:
+            _run("ip", "link", "add", self.bridge, "type", "bridge")
+            _run("ip", "addr", "add", f"{self.host_address}/24", "dev", self.bridge)
+            _run("ip", "link", "set", self.bridge, "up")
+        except BaseException:
+            self.close()
+            raise
+
+    @staticmethod
+    def _free_subnet() -> int:
+        used = subprocess.run(
+            ["ip", "-4", "-o", "addr", "show"], capture_output=True, text=True
+        ).stdout
+        taken = {int(ip.split(".")[2]) for ip in used.split() if ip.startswith("10.77.")}
+        free = [n for n in range(256) if n not in taken]
+        if not free:
+            raise RuntimeError("no free 10.77.S.0/24 subnet on this host")
+        return free[int.from_bytes(os.urandom(2), "big") % len(free)]
+
+    @property
+    def host_address(self) -> str:
+        return f"10.77.{self.subnet}.254"
+
+    def add(self, name: str) -> str:
+        """A namespace for node ``name`` on the bridge; returns its address."""
+        index = len(self.namespaces) + 1
+        namespace = f"cx{self.token}-{name}"
+        veth, inner = f"cx{self.token}v{index}", f"cx{self.token}i{index}"
+        address = f"10.77.{self.subnet}.{index}"
+        _run("ip", "netns", "add", namespace)
+        self.namespaces[name] = namespace
+        _run("ip", "link", "add", veth, "type", "veth", "peer", "name", inner)
+        self.veths[name] = veth
+        _run("ip", "link", "set", inner, "netns", namespace)
+        _run("ip", "link", "set", veth, "master", self.bridge)
+        _run("ip", "link", "set", veth, "up")
+        inside = ("ip", "netns", "exec", namespace, "ip")
+        _run(*inside, "link", "set", inner, "name", "eth0")
+        _run(*inside, "addr", "add", f"{address}/24", "dev", "eth0")
+        _run(*inside, "link", "set", "eth0", "up")
+        _run(*inside, "link", "set", "lo", "up")
+        self.addresses[name] = address
+        return address
+
+    def cut(self, *names: str) -> None:
+        """Drop everything the bridge forwards from or to the namespaces ``names``."""
+        if not self._cut:
+            _run("nft", "add", "table", "bridge", self.table)
+            _run(
+                "nft", "add", "chain", "bridge", self.table, "cut",
+                "{ type filter hook forward priority 0; policy accept; }",
+            )  # fmt: skip
+            self._cut = True
+        for name in names:
+            veth = self.veths[name]
+            _run("nft", "add", "rule", "bridge", self.table, "cut", "iifname", veth, "drop")
+            _run("nft", "add", "rule", "bridge", self.table, "cut", "oifname", veth, "drop")
+
+    def heal(self) -> None:
+        """Delete the drop rules (their whole table)."""
+        if self._cut:
+            _run("nft", "delete", "table", "bridge", self.table)
+            self._cut = False
+
+    def close(self) -> None:
+        """Remove the rules, namespaces, veths and bridge; ignore what is already gone."""
+        commands = [["ip", "netns", "del", namespace] for namespace in self.namespaces.values()]
+        commands += [["ip", "link", "del", veth] for veth in self.veths.values()]
+        commands.append(["ip", "link", "del", self.bridge])
+        if self._cut:
+            commands.insert(0, ["nft", "delete", "table", "bridge", self.table])
+            self._cut = False
+        for command in commands:
+            subprocess.run(command, capture_output=True)
+        self.namespaces.clear()
+        self.veths.clear()

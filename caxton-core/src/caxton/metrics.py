@@ -133,6 +133,12 @@ class NodeCollector(Collector):
         else:
             agents = len(self.node.agents.list()) if self.node.agents is not None else 0
         yield _gauge(f"{prefix}_cluster_agents_total", "Agents known in the cluster", agents)
+        queued = cluster.partition.queued if cluster is not None else 0
+        yield _gauge(
+            f"{prefix}_cluster_queued_writes",
+            "Messages queued for nodes out of reach in a partition, replayed when it heals",
+            queued,
+        )
 
     def _router(self, prefix: str) -> Iterator[Metric]:
         router = self.node.router

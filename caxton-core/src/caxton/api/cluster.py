@@ -3,6 +3,10 @@
 A node that does not cluster answers as a cluster of one: itself, alive, healthy; leave
 and remove are refused (409). :func:`extend_openapi` adds these operations and their
 schemas to the document :func:`caxton.api.openapi.build_openapi` builds.
+
+:func:`refuse_writes_in_partition` is the middleware that refuses routes changing
+cluster state (deploy, update, remove permissions) while the node is not read-write
+(:class:`~caxton.errors.ReadOnlyMode`, 503; :mod:`caxton.cluster.partition`).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import asyncio
 import contextlib
 import json
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -25,13 +30,14 @@ from caxton.api.openapi import (
     _string,
     schema_ref,
 )
-from caxton.api.permissions import requires
+from caxton.api.permissions import required_permission, requires
 from caxton.api.responses import json_response
 from caxton.cluster.auth import problems_of, security_summary
+from caxton.cluster.partition import WRITE_PERMISSIONS, partition_report
 from caxton.errors import Conflict, NotFound, ValidationError
 from caxton.units import format_address
 
-__all__ = ["extend_openapi", "routes"]
+__all__ = ["extend_openapi", "refuse_writes_in_partition", "routes"]
 
 routes = web.RouteTableDef()
 
@@ -127,6 +133,27 @@ async def cluster_status(request: web.Request) -> web.Response:
             "membership": None,
             "address": None,
             "counts": {},
+            "queued_writes": 0,
+        }
+    )
+
+
+@routes.get("/api/v1/cluster/partition")
+@requires("read")
+async def cluster_detect_partition(request: web.Request) -> web.Response:
+    cluster = _cluster(request)
+    if cluster is not None:
+        return json_response(partition_report(cluster))
+    node = _node(request)
+    return json_response(
+        {
+            "node_id": node.node_id,
+            "partitioned": False,
+            "partitions": [{"nodes": [node.node_id], "majority": True, "local": True}],
+            "quorum": 1,
+            "mode": "read-write",
+            "reason": "this node does not cluster",
+            "queued_writes": 0,
         }
     )
 
@@ -270,6 +297,7 @@ async def cluster_remove(request: web.Request) -> web.Response:
     cluster = _cluster(request)
     if cluster is None:
         raise _not_clustered(node, "remove a member")
+    cluster.partition.check_write(f"removing member {data['node']}")
     member = cluster.remove(data["node"])
     return json_response({"node_id": member.node_id, "status": member.status.value})
 
@@ -332,8 +360,42 @@ def _schemas() -> dict[str, Any]:
                 "nodes_known": {"type": "integer", "minimum": 0},
                 "members": {"type": "object"},
                 "agents_total": {"type": "integer", "minimum": 0},
+                "queued_writes": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "description": "Messages queued for nodes out of reach, replayed on heal",
+                },
             },
             ("node_id", "status", "mode", "nodes_reachable", "nodes_known"),
+            closed=False,
+        ),
+        "ClusterPartition": _object(
+            {
+                "node_id": {"type": "string"},
+                "partitioned": {
+                    "type": "boolean",
+                    "description": "Some known members are out of this node's reach",
+                },
+                "partitions": {
+                    "type": "array",
+                    "items": _object(
+                        {
+                            "nodes": {"type": "array", "items": {"type": "string"}},
+                            "majority": {"type": "boolean"},
+                            "local": {
+                                "type": "boolean",
+                                "description": "This node's side",
+                            },
+                        },
+                        ("nodes", "majority", "local"),
+                    ),
+                },
+                "quorum": {"type": "integer", "minimum": 1},
+                "mode": {"type": "string", "enum": ["read-write", "read-only", "local-only"]},
+                "reason": {"type": "string"},
+                "queued_writes": {"type": "integer", "minimum": 0},
+            },
+            ("node_id", "partitioned", "partitions", "mode", "queued_writes"),
             closed=False,
         ),
         "ClusterAgent": _object(
@@ -443,6 +505,16 @@ def _paths() -> dict[str, Any]:
                 tag="cluster",
             )
         },
+        "/api/v1/cluster/partition": {
+            "get": _operation(
+                "clusterDetectPartition",
+                "The partitions this node can tell apart: its side and the members it "
+                "cannot reach, with its mode and queued writes",
+                "read",
+                {200: "ClusterPartition"},
+                tag="cluster",
+            )
+        },
         "/api/v1/cluster/agents": {
             "get": _operation(
                 "clusterAgents",
@@ -510,7 +582,7 @@ def _paths() -> dict[str, Any]:
                 "Force a failed member out (every node records it as left)",
                 "cluster",
                 {200: "ClusterRemoveResult"},
-                (400, 404, 408, 409, 413),
+                (400, 404, 408, 409, 413, 503),
                 body="ClusterRemove",
                 tag="cluster",
             )
@@ -523,3 +595,16 @@ def extend_openapi(document: dict[str, Any]) -> dict[str, Any]:
     document["paths"].update(_paths())
     document["components"]["schemas"].update(_schemas())
     return document
+
+
+@web.middleware
+async def refuse_writes_in_partition(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Refuse routes that change cluster state while this node is not read-write."""
+    if required_permission(request) in WRITE_PERMISSIONS:
+        cluster = getattr(request.config_dict[NODE], "cluster", None)
+        if cluster is not None:
+            action = getattr(request.match_info.handler, "__name__", request.method)
+            cluster.partition.check_write(action.replace("_", " "))
+    return await handler(request)

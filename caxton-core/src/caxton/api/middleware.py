@@ -11,6 +11,8 @@
    a :class:`~caxton.errors.CaxtonError` into its ``http_status``, aiohttp's own HTTP
    errors (unknown route, wrong method, body too large) into theirs, and anything else
    into a logged 500.
+6. :func:`~caxton.api.cluster.refuse_writes_in_partition` refuses routes that change
+   cluster state while the node is in a minority partition (503, docs/cluster.md).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import hdrs, web
 
+from caxton.api.cluster import refuse_writes_in_partition
 from caxton.api.keys import (
     AWAITING_FIRST_REQUEST,
     GUARD,
@@ -290,4 +293,4 @@ def _http_error(request: web.Request, exc: web.HTTPException) -> web.Response:
     return response
 
 
-MIDDLEWARES = (request_context, cors, rate_limit, authenticate, errors)
+MIDDLEWARES = (request_context, cors, rate_limit, authenticate, errors, refuse_writes_in_partition)

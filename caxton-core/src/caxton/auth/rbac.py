@@ -62,6 +62,7 @@ CLI_PERMISSIONS: Mapping[str, str] = MappingProxyType(
         "emergency stop": "cluster",
         "cluster members": "read",
         "cluster status": "read",
+        "cluster detect-partition": "read",
         "cluster watch": "read",
         "cluster ping": "read",
         "cluster verify-auth": "read",

@@ -1,4 +1,5 @@
-"""``caxton cluster``: members, status, watch, ping, verify-auth, leave and remove.
+"""``caxton cluster``: members, status, detect-partition, watch, ping, verify-auth, leave
+and remove.
 
 Every command drives a running node through its REST API (``/api/v1/cluster/...``) and
 takes ``--api-url``, ``--token`` and ``--api-key`` like the other operator commands. See
@@ -86,6 +87,8 @@ def status_text(status: dict[str, Any]) -> str:
         lines.append(f"Reason: {status['reason']}")
     if status.get("agents_total") is not None:
         lines.append(f"Agents: {status['agents_total']}")
+    if status.get("mode") != "read-write" or status.get("queued_writes"):
+        lines.append(f"Queued writes: {status.get('queued_writes', 0)}")
     return "\n".join(lines)
 
 
@@ -99,6 +102,41 @@ def status(client: ApiClient, as_json: bool) -> None:
         emit_json(data)
         return
     click.echo(status_text(data))
+
+
+def partition_text(report: dict[str, Any]) -> str:
+    """The partitions as the operations guide prints them, lettered A, B..."""
+    sides = report["partitions"]
+    if not report["partitioned"]:
+        count = len(sides[0]["nodes"]) if sides else 1
+        return f"No network partition detected: {count}/{count} nodes reachable"
+    lines = ["WARNING: Network partition detected"]
+    for letter, side in zip("ABCDEFGHIJ", sides, strict=False):
+        size = "majority" if side["majority"] else "minority"
+        lines.append(f"Partition {letter}: [{', '.join(side['nodes'])}] ({size})")
+    mode = str(report.get("mode", "-")).upper()
+    lines.append(
+        f"This node: {report['node_id']} ({mode}, queued writes: {report.get('queued_writes', 0)})"
+    )
+    return "\n".join(lines)
+
+
+@cluster.command("detect-partition")
+@json_option
+@api_options
+def detect_partition(client: ApiClient, as_json: bool) -> None:
+    """Show the partitions this node can tell apart; exit 1 when partitioned.
+
+    This node's side is the members it reaches; the other side, the known members it
+    cannot reach (a crashed node looks the same from here).
+    """
+    data = client.request("GET", "/api/v1/cluster/partition")
+    if as_json:
+        emit_json(data)
+    else:
+        click.echo(partition_text(data))
+    if data["partitioned"]:
+        sys.exit(1)
 
 
 # -------------------------------------------------------------------------

@@ -147,13 +147,16 @@ class PartitionGuard:
         view = self.cluster.view()
         reachable, known = len(view.reachable_nodes), len(view.known_nodes)
         reason = self.decision.reason if self.decision is not None else ""
-        raise ReadOnlyMode(
+        message = (
             f"{operation} refused: node {self.cluster.node_id} is {mode.value} in a minority "
-            f"partition ({reachable} of {known} nodes reachable)",
+            f"partition ({reachable} of {known} nodes reachable)"
+        )
+        raise ReadOnlyMode(
+            message,
             details=(
-                f"node {self.cluster.node_id} is {mode.value}: {reason}. It changes no "
-                f"cluster state until the partition heals; retry then, or on a node of the "
-                f"majority partition (`caxton cluster detect-partition` shows them)"
+                f"{message}: {reason}. It changes no cluster state until the partition "
+                f"heals; retry then, or on a node of the majority partition (`caxton "
+                f"cluster detect-partition` shows them)"
             ),
         )
 
