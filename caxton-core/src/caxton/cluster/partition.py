@@ -260,11 +260,15 @@ class PartitionGuard:
         for name in live:
             if not self.waiting.get(name):
                 del self._homes[name]
-        if self.waiting and len(self.cluster.view().reachable_nodes) > 1:
+        if self.waiting:
             self._start_replay(healed=before is not PartitionMode.READ_WRITE)
 
     def _start_replay(self, *, healed: bool) -> None:
+        """Replay the queue unless a replay runs or no peer is there to take it (a
+        node restarted during a partition is read-write alone, and waits)."""
         if self._replay is not None or not self._ready or not self.cluster.started:
+            return
+        if len(self.cluster.view().reachable_nodes) < 2:
             return
         count = self.queued
         text = (
