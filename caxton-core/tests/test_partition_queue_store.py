@@ -13,6 +13,7 @@ import aiohttp
 import pytest
 
 from caxton.cli.cluster import partition_text, status_text
+from caxton.cluster.partition import compare_digests
 from caxton.messaging import Message, Performative
 from caxton.store import Store
 from caxton.store.migrations import CLUSTER_MIGRATIONS, CLUSTER_NAMESPACE
@@ -100,6 +101,29 @@ def test_detect_partition_prints_the_sides_majority_first() -> None:
     ]
     whole = {"node_id": "n1", "partitioned": False, "partitions": [{"nodes": ["n1", "n2"]}]}
     assert partition_text(whole) == "No network partition detected: 2/2 nodes reachable"
+
+
+def test_verify_names_who_disagrees_on_members_and_registry_versions() -> None:
+    def digest(node_id: str, alive: str, registry: dict[str, list[int]]) -> dict[str, object]:
+        members = {n: "alive" if n in alive.split() else "failed" for n in ("n1", "n2", "n3")}
+        return {"node_id": node_id, "members": members, "registry": registry}
+
+    agreeing = [
+        digest("n1", "n1 n2 n3", {"n1": [7, 3], "n2": [5, 1]}),
+        digest("n2", "n1 n2 n3", {"n2": [5, 1], "n1": [7, 3], "n3": [2, 0]}),
+        digest("n3", "n1 n2 n3", {"n3": [2, 0], "n1": [7, 3], "n2": [5, 1]}),
+    ]
+    # n1 holds nothing of n3, which has no agents: that agrees.
+    assert compare_digests(agreeing) == {"n1": [], "n2": [], "n3": []}
+    behind = [*agreeing[:2], digest("n3", "n2 n3", {"n3": [2, 0], "n1": [7, 2], "n2": [5, 1]})]
+    assert compare_digests(behind) == {
+        "n1": [],
+        "n2": [],
+        "n3": [
+            "does not see n1 alive",
+            "holds version 7.2 of n1's agents, n1 is at 7.3",
+        ],
+    }
 
 
 def test_status_shows_queued_writes_in_a_minority_or_when_some_wait() -> None:

@@ -165,3 +165,9 @@ def test_a_minority_partition_refuses_writes_queues_messages_and_replays_them_on
     reply = n1.ask("counter", {"seq": "after"})
     assert reply["reply"]["content"] == {"count": QUEUED + 1}  # each one exactly once
     assert cli(n3, "detect-partition").returncode == 0
+    cluster.wait_until(
+        lambda: n3.request("GET", "/api/v1/cluster/verify")["consistent"], 30, "views agree"
+    )
+    verified = cli(n3, "verify")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert "Cluster consistent" in verified.stdout

@@ -22,6 +22,7 @@ from click.testing import CliRunner
 from caxton import hookimpl
 from caxton.cli.cluster import cluster as cluster_cli
 from caxton.cli.cluster import status_text
+from caxton.cluster.partition import verify_cluster
 from caxton.drivers import PartitionDecision, PartitionMode
 from caxton.errors import QueueFull, ReadOnlyMode
 from caxton.messaging import Message, Performative
@@ -248,5 +249,15 @@ async def test_the_replay_keeps_the_order_and_later_messages_wait_behind_the_que
         await wait_for(lambda: len(replies) == 5, "5 echoes")
         assert replies == [0, 1, 2, 3, 4]
         assert n2.cluster.partition.queued == 0
+        for _attempt in range(50):  # the registries converge by gossip
+            report = await verify_cluster(n2.cluster)
+            if report["consistent"]:
+                break
+            await asyncio.sleep(0.1)
+        assert report["consistent"], report
+        assert [(n["node_id"], n["members_alive"]) for n in report["nodes"]] == [
+            ("n1", 2),
+            ("n2", 2),
+        ]
     finally:
         await factory.stop_all()

@@ -33,7 +33,7 @@ from caxton.api.openapi import (
 from caxton.api.permissions import required_permission, requires
 from caxton.api.responses import json_response
 from caxton.cluster.auth import problems_of, security_summary
-from caxton.cluster.partition import WRITE_PERMISSIONS, partition_report
+from caxton.cluster.partition import WRITE_PERMISSIONS, partition_report, verify_cluster
 from caxton.errors import Conflict, NotFound, ValidationError
 from caxton.units import format_address
 
@@ -269,6 +269,30 @@ async def cluster_verify_auth(request: web.Request) -> web.Response:
     )
 
 
+@routes.get("/api/v1/cluster/verify")
+@requires("read")
+async def cluster_verify(request: web.Request) -> web.Response:
+    cluster = _cluster(request)
+    if cluster is not None:
+        return json_response(await verify_cluster(cluster))
+    node = _node(request)
+    return json_response(
+        {
+            "consistent": True,
+            "nodes": [
+                {
+                    "node_id": node.node_id,
+                    "reachable": True,
+                    "members_alive": 1,
+                    "registry_version": None,
+                    "agrees": True,
+                    "problems": [],
+                }
+            ],
+        }
+    )
+
+
 @routes.post("/api/v1/cluster/leave")
 @requires("cluster")
 async def cluster_leave(request: web.Request) -> web.Response:
@@ -441,6 +465,17 @@ def _schemas() -> dict[str, Any]:
             ("agree", "nodes"),
             closed=False,
         ),
+        "ClusterVerify": _object(
+            {
+                "consistent": {
+                    "type": "boolean",
+                    "description": "Every reachable member agrees on members and registry",
+                },
+                "nodes": {"type": "array", "items": {"type": "object"}},
+            },
+            ("consistent", "nodes"),
+            closed=False,
+        ),
         "ClusterLeave": _object(
             {
                 "node": _string(255, description="The node to leave (default: this one)"),
@@ -561,6 +596,15 @@ def _paths() -> dict[str, Any]:
                 "Do the members' certificates and gossip keys agree with this node's?",
                 "read",
                 {200: "ClusterAuth"},
+                tag="cluster",
+            )
+        },
+        "/api/v1/cluster/verify": {
+            "get": _operation(
+                "clusterVerify",
+                "Do the reachable members agree on the membership and the registry versions?",
+                "read",
+                {200: "ClusterVerify"},
                 tag="cluster",
             )
         },

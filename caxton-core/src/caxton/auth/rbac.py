@@ -65,6 +65,7 @@ CLI_PERMISSIONS: Mapping[str, str] = MappingProxyType(
         "cluster detect-partition": "read",
         "cluster watch": "read",
         "cluster ping": "read",
+        "cluster verify": "read",
         "cluster verify-auth": "read",
         "cluster leave": "cluster",
         "cluster remove": "cluster",

@@ -1,5 +1,5 @@
-"""``caxton cluster``: members, status, detect-partition, watch, ping, verify-auth, leave
-and remove.
+"""``caxton cluster``: members, status, detect-partition, watch, ping, verify,
+verify-auth, leave and remove.
 
 Every command drives a running node through its REST API (``/api/v1/cluster/...``) and
 takes ``--api-url``, ``--token`` and ``--api-key`` like the other operator commands. See
@@ -258,6 +258,45 @@ def verify_auth(client: ApiClient, as_json: bool) -> None:
         )
         click.echo("keys and certificates agree" if data["agree"] else "MISMATCH: see PROBLEMS")
     if not data["agree"]:
+        sys.exit(1)
+
+
+def _changes(version: Any) -> str:
+    """A registry version as its counter: the node's changes since it started."""
+    return "-" if not version else str(version[1])
+
+
+@cluster.command("verify")
+@json_option
+@api_options
+def verify(client: ApiClient, as_json: bool) -> None:
+    """Check that the reachable members agree on the membership and on every node's
+    registry version (exit 1 if not)."""
+    data = client.request("GET", "/api/v1/cluster/verify", wait=5.0)
+    if as_json:
+        emit_json(data)
+    else:
+        click.echo(
+            render_table(
+                ("NODE-ID", "ALIVE", "REGISTRY-VERSION", "AGREES", "PROBLEMS"),
+                [
+                    (
+                        n["node_id"],
+                        "-" if n.get("members_alive") is None else n["members_alive"],
+                        _changes(n.get("registry_version")),
+                        "yes" if n.get("agrees") else "NO",
+                        "; ".join(n.get("problems") or ()) or "-",
+                    )
+                    for n in data["nodes"]
+                ],
+            )
+        )
+        click.echo(
+            "Cluster consistent: members and registry agree"
+            if data["consistent"]
+            else "INCONSISTENT: see PROBLEMS (gossip converges within seconds; run again)"
+        )
+    if not data["consistent"]:
         sys.exit(1)
 
 

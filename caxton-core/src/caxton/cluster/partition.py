@@ -21,6 +21,9 @@ only *decides* a mode; :class:`PartitionGuard` enforces it for the cluster servi
   receiver, FIFO holds); a message sent meanwhile to a receiver that still has queued
   messages waits behind them. The queue is in SQLite, so it survives a restart.
 
+:func:`verify_cluster` (``caxton cluster verify``) then checks that the reachable
+members agree on the membership and on the registry versions.
+
 See docs/cluster.md, "Network partitions".
 """
 
@@ -30,8 +33,11 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import Counter
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final
 
+from caxton.drivers.membership import MemberStatus
 from caxton.drivers.partition import PartitionDecision, PartitionMode
 from caxton.errors import CaxtonError, QueueFull, ReadOnlyMode, TransportError
 from caxton.store.migrations import CLUSTER_MIGRATIONS, CLUSTER_NAMESPACE
@@ -44,7 +50,10 @@ __all__ = [
     "WRITE_PERMISSIONS",
     "PartitionGuard",
     "QueuedRoute",
+    "compare_digests",
+    "consistency_digest",
     "partition_report",
+    "verify_cluster",
 ]
 
 log = logging.getLogger("caxton.cluster.partition")
@@ -58,6 +67,8 @@ REPLAY_BATCH = 256
 REPLAY_PATIENCE = 30.0
 #: Seconds between two attempts at such a message.
 REPLAY_RETRY = 0.2
+#: Member statuses counted as live when comparing views.
+_REACHABLE_STATUSES = frozenset({MemberStatus.ALIVE.value, MemberStatus.SUSPECT.value})
 
 
 class QueuedRoute:
@@ -386,3 +397,118 @@ def partition_report(cluster: Cluster) -> dict[str, Any]:
         "reason": guard.decision.reason if guard.decision is not None else "",
         "queued_writes": guard.queued,
     }
+
+
+# -------------------------------------------------------------------------
+# After a heal: do the members agree? (``caxton cluster verify``)
+# -------------------------------------------------------------------------
+
+
+def consistency_digest(cluster: Cluster) -> dict[str, Any]:
+    """This node's view to compare: member statuses, registry versions held per node.
+
+    The answer to the ``verify`` control operation.
+    """
+    registry = cluster.registry
+    members = {
+        m.node_id: m.status.value
+        for m in cluster.membership.members()
+        if m.status is not MemberStatus.LEFT
+    }
+    versions = {}
+    for node_id in (cluster.node_id, *registry.nodes()):
+        version = registry.known_version(node_id)
+        if version is not None:
+            versions[node_id] = list(version)
+    return {"node_id": cluster.node_id, "members": members, "registry": versions}
+
+
+def _live_members(digest: Mapping[str, Any]) -> set[str]:
+    members: Mapping[str, str] = digest.get("members") or {}
+    return {node_id for node_id, status in members.items() if status in _REACHABLE_STATUSES}
+
+
+def compare_digests(digests: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """What each node disagrees on with the others: node id -> problems.
+
+    Membership: every node should see the same live members (alive or suspect); a
+    node is blamed when its view differs from the one most nodes share.
+    Registry: every node should hold each node's agents at that node's own version
+    (a node with no agents yet may be held at no version at all).
+    """
+    problems: dict[str, list[str]] = {d["node_id"]: [] for d in digests}
+    own = {d["node_id"]: d.get("registry", {}).get(d["node_id"]) for d in digests}
+    views = {d["node_id"]: frozenset(_live_members(d)) for d in digests}
+    tally = Counter(views.values())
+    # The view most nodes share (on a tie, the asking node's: it comes first).
+    usual = max(tally, key=lambda view: tally[view]) if tally else frozenset()
+    for digest in digests:
+        node_id = digest["node_id"]
+        missing, extra = usual - views[node_id], views[node_id] - usual
+        if missing:
+            problems[node_id].append(f"does not see {', '.join(sorted(missing))} alive")
+        if extra:
+            problems[node_id].append(f"sees {', '.join(sorted(extra))} alive, others do not")
+        held = digest.get("registry", {})
+        for origin, version in sorted(own.items()):
+            if origin == node_id or version is None:
+                continue
+            copy = held.get(origin)
+            if copy != version and not (copy is None and version[1] == 0):
+                at = "nothing" if copy is None else f"version {copy[0]}.{copy[1]}"
+                problems[node_id].append(
+                    f"holds {at} of {origin}'s agents, {origin} is at {version[0]}.{version[1]}"
+                )
+    return problems
+
+
+async def verify_cluster(cluster: Cluster, timeout: float = 2.0) -> dict[str, Any]:
+    """Ask every reachable member for its digest; report who disagrees on what."""
+    peers = [
+        m
+        for m in cluster.membership.members()
+        if m.node_id != cluster.node_id and m.status.value in _REACHABLE_STATUSES
+    ]
+
+    async def ask(member: Any) -> dict[str, Any] | str:
+        try:
+            answer = await cluster._control(member.address, timeout, "verify")
+        except CaxtonError as exc:
+            return f"unreachable over the transport: {exc}"
+        if not isinstance(answer, dict) or answer.get("node_id") != member.node_id:
+            return "gave a malformed or misaddressed answer"
+        return answer
+
+    answers = await asyncio.gather(*(ask(m) for m in peers))
+    digests = [consistency_digest(cluster)]
+    failures: dict[str, str] = {}
+    for member, answer in zip(peers, answers, strict=True):
+        if isinstance(answer, str):
+            failures[member.node_id] = answer
+        else:
+            digests.append(answer)
+    problems = compare_digests(digests)
+    nodes = [
+        {
+            "node_id": d["node_id"],
+            "reachable": True,
+            "members_alive": len(_live_members(d)),
+            "registry_version": d.get("registry", {}).get(d["node_id"]),
+            "agrees": not problems[d["node_id"]],
+            "problems": problems[d["node_id"]],
+        }
+        for d in digests
+    ]
+    nodes += [
+        {
+            "node_id": node_id,
+            "reachable": False,
+            "members_alive": None,
+            "registry_version": None,
+            "agrees": False,
+            "problems": [problem],
+        }
+        for node_id, problem in failures.items()
+    ]
+    nodes.sort(key=lambda n: n["node_id"])
+    return {"consistent": all(n["agrees"] for n in nodes), "nodes": nodes}

@@ -33,7 +33,7 @@ from caxton import hookimpl
 from caxton.cluster import wire
 from caxton.cluster.auth import compare, security_summary
 from caxton.cluster.events import ClusterEvent, EventLog
-from caxton.cluster.partition import PartitionGuard, QueuedRoute
+from caxton.cluster.partition import PartitionGuard, QueuedRoute, consistency_digest
 from caxton.cluster.registry import AgentEntry, AgentRegistry, Delta
 from caxton.drivers.membership import Member, MemberStatus
 from caxton.drivers.partition import ClusterView, PartitionDecision, PartitionMode
@@ -656,6 +656,8 @@ class Cluster:
             return wire.pack(security_summary(self.node_id, self.node.config))
         if op == "ping":
             return wire.pack(self.node_id)
+        if op == "verify":
+            return wire.pack(consistency_digest(self))
         if op == "leave":
             drain = float(args[0]) if args else 0.0
             self.stop_node_soon(self.leave(drain))
