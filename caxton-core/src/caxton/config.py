@@ -273,6 +273,10 @@ CORE_SECTIONS: tuple[ConfigSection, ...] = (
         F("bootstrap_expect", "int", 0, minimum=0),
         F("regions", "list", []),
         F("cross_region", "table", {}),
+        F("failover", "bool", True, "Restart a failed node's agents on a survivor"),
+        F("replicas", "int", 2, "Peers keeping each agent's module and spec", minimum=0),
+        F("replica_max_size", "size", "8MB", "Largest module replicated to peers",
+          minimum=0),
     ), "SWIM membership"),
     ConfigSection("partition", (
         F("strategy", "str", None, "Partition policy driver (alias of plugins.partition_policy)",

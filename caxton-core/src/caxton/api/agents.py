@@ -13,6 +13,7 @@ from caxton.api.openapi import DRAIN_TIMEOUT_SCHEMA, LIMIT_ALIASES, STATE_SCHEMA
 from caxton.api.permissions import requires
 from caxton.api.responses import json_response
 from caxton.api.validation import decode_base64
+from caxton.cluster.placement import DeploySpec, deploy_local, place
 from caxton.drivers.placement import PlacementRequest
 from caxton.errors import AgentNotFound, ValidationError
 
@@ -50,22 +51,16 @@ def _agent(request: web.Request) -> Agent:
     return agent
 
 
-def _placement(request: web.Request, name: str, data: dict[str, Any]) -> PlacementRequest:
-    """Check the placement fields; a single node can only place on itself for now."""
-    node = request.config_dict[NODE]
-    placement = PlacementRequest(
+def _placement(name: str, data: dict[str, Any]) -> PlacementRequest | None:
+    """The placement the request asks for; None: deploy on this node, as always."""
+    if not any(data.get(key) for key in ("placement_strategy", "prefer_nodes", "target_node")):
+        return None
+    return PlacementRequest(
         agent_name=name,
         strategy=data.get("placement_strategy"),
         prefer_nodes=tuple(data.get("prefer_nodes", ())),
         target_node=data.get("target_node"),
     )
-    target = placement.target_node
-    if target is not None and target != node.node_id:
-        raise ValidationError(
-            f"target node {target!r} is not available: this node is {node.node_id!r} and "
-            f"deploys only locally until placement across the cluster is enabled"
-        )
-    return placement
 
 
 @routes.get("/api/v1/agents")
@@ -85,29 +80,24 @@ async def list_agents(request: web.Request) -> web.Response:
 @requires("deploy")
 async def deploy_agent(request: web.Request) -> web.Response:
     data = await body(request, "DeployAgent")
-    manager = service(request, "agents")
+    service(request, "agents")
+    node = request.config_dict[NODE]
     wasm = decode_base64(data["wasm_module"], "wasm_module")
-    _placement(request, data["name"], data)
-    # The allow-list is in place before the agent can receive anything.
-    policy = request.config_dict[NODE].context.services.get("agent_policy")
-    name = data["name"].strip()
-    previous = policy.deployed_senders(name) if policy is not None else None
-    if policy is not None:
-        policy.set(name, data.get("allowed_senders"))
-    try:
-        agent = await manager.deploy(
-            data["name"],
-            wasm,
-            limits=_limits(data.get("resource_limits")),
-            start=data.get("start", True),
-        )
-    except BaseException:
-        if policy is not None:
-            policy.set(name, previous)
-        raise
-    return json_response(
-        agent.to_dict(), status=201, headers={"Location": f"/api/v1/agents/{agent.id}"}
+    spec = DeploySpec(
+        name=data["name"],
+        limits=_limits(data.get("resource_limits")),
+        start=data.get("start", True),
+        allowed_senders=data.get("allowed_senders"),
     )
+    placement = _placement(data["name"].strip(), data)
+    if placement is None:
+        local = True
+        agent = (await deploy_local(node, spec, wasm)).to_dict()
+    else:
+        # Placed by the strategy and hooks; another node answers with its own agent.
+        agent, local = await place(node, spec, wasm, placement)
+    headers = {"Location": f"/api/v1/agents/{agent['id']}"} if local else None
+    return json_response(agent, status=201, headers=headers)
 
 
 @routes.get("/api/v1/agents/{agent_id}")

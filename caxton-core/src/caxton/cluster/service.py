@@ -33,6 +33,8 @@ from caxton import hookimpl
 from caxton.cluster import wire
 from caxton.cluster.auth import compare, security_summary
 from caxton.cluster.events import ClusterEvent, EventLog
+from caxton.cluster.failover import OPS as FAILOVER_OPS
+from caxton.cluster.failover import Failover
 from caxton.cluster.partition import PartitionGuard, QueuedRoute, consistency_digest
 from caxton.cluster.registry import AgentEntry, AgentRegistry, Delta
 from caxton.drivers.membership import Member, MemberStatus
@@ -150,6 +152,8 @@ class Cluster:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.started = False
         self.leaving = False
+        #: Replicas of this node's agents and failover (caxton.cluster.failover).
+        self.failover = Failover(self)
 
     # -- services -----------------------------------------------------------------
 
@@ -200,6 +204,7 @@ class Cluster:
             for agent in node.agents.list():
                 self._announce(agent)
         node.host.register(self, name=self._plugin_name)
+        await self.failover.start()
         self.router.resolver = self.resolve
         self._unsubscribe = self.membership.subscribe(self._on_member_event)
         self._refresh_load()
@@ -246,6 +251,7 @@ class Cluster:
             self.router.resolver = None
         with contextlib.suppress(Exception):
             self.node.host.pm.unregister(name=self._plugin_name)
+        self.failover.close()
         for handle in (self._publish_handle, self._meta_handle):
             if handle is not None:
                 handle.cancel()
@@ -652,6 +658,8 @@ class Cluster:
             if frame.sender and self._reply_routes.get(name) == frame.sender:
                 del self._reply_routes[name]
             return None
+        if op in FAILOVER_OPS:  # deploy, replica, holdings, claim: sealed, see cluster.trust
+            return await self.failover.on_control(frame, op, args)
         if op == "auth":
             return wire.pack(security_summary(self.node_id, self.node.config))
         if op == "ping":
@@ -762,6 +770,7 @@ class Cluster:
         """Peers' entries changed: drop stale routes, record the events."""
         if changes:
             self._generation += 1
+            self.failover.registry_changed(changes)
         for kind, entry in changes:
             route = self._routes.get(entry.name)
             stale = kind == "unregistered" or not entry.routable

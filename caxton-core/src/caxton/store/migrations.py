@@ -175,12 +175,36 @@ CREATE TABLE dead_letters (
 CREATE INDEX idx_dead_letters_created ON dead_letters(created_at);
 """
 
+V3_CLUSTER_REPLICAS = """
+CREATE TABLE agent_replicas (
+    agent_id      TEXT PRIMARY KEY,
+    name          TEXT    NOT NULL,
+    owner         TEXT    NOT NULL,
+    generation    INTEGER NOT NULL,
+    module_sha256 TEXT    NOT NULL,
+    spec          TEXT    NOT NULL,
+    holders       TEXT    NOT NULL,
+    updated_at    REAL    NOT NULL
+);
+CREATE INDEX idx_agent_replicas_module ON agent_replicas(module_sha256);
+CREATE TABLE agent_placements (
+    agent_id   TEXT PRIMARY KEY,
+    name       TEXT    NOT NULL,
+    generation INTEGER NOT NULL
+);
+"""
+
 CORE_MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "modules, agents, agent key/value store, durable outbox", V1_INITIAL),
     Migration(
         2,
         "conversations, dead letters, agent restart policy and counters",
         V2_CONVERSATIONS_DLQ_COUNTERS,
+    ),
+    Migration(
+        3,
+        "cluster failover: replicas of other nodes' agents, placement generations",
+        V3_CLUSTER_REPLICAS,
     ),
 )
 

@@ -59,6 +59,25 @@ AGENT_COLUMNS = (
 )
 
 
+#: Deletes a module unless a local agent or a replica (another node's agent kept here
+#: for failover, :mod:`caxton.cluster.failover`) still refers to it.
+UNUSED_MODULE_DELETE = (
+    "DELETE FROM modules WHERE sha256 = ?"
+    " AND NOT EXISTS (SELECT 1 FROM agents WHERE module_sha256 = ?)"
+    " AND NOT EXISTS (SELECT 1 FROM agent_replicas WHERE module_sha256 = ?)"
+)
+REPLICA_COLUMNS = (
+    "agent_id",
+    "name",
+    "owner",
+    "generation",
+    "module_sha256",
+    "spec",
+    "holders",
+    "updated_at",
+)
+
+
 class StoreError(CaxtonError):
     """The state store failed (disk full, unreadable file, closed store)."""
 
@@ -432,9 +451,7 @@ class Store:
             await conn.execute(sql, params)
         if b.module_deletes:
             await conn.executemany(
-                "DELETE FROM modules WHERE sha256 = ? AND NOT EXISTS"
-                " (SELECT 1 FROM agents WHERE module_sha256 = ?)",
-                b.module_deletes,
+                UNUSED_MODULE_DELETE, [(sha, sha, sha) for sha, _ in b.module_deletes]
             )
 
     def enqueue(self, sql: str, params: Iterable[Any] = ()) -> None:
@@ -471,6 +488,90 @@ class Store:
         await self.flush()
         rows = list(await self._connection().execute_fetchall("SELECT COUNT(*) FROM modules"))
         return int(rows[0][0])
+
+    # -- replicas of other nodes' agents (caxton.cluster.failover) -------------------
+
+    def put_replica(self, record: Mapping[str, Any], wasm: bytes | None = None) -> None:
+        """Keep (or update) a replica: ``record`` has :data:`REPLICA_COLUMNS` but
+        ``updated_at`` (``spec`` and ``holders`` as JSON-able values). ``wasm``: the
+        module's bytes, stored once by sha256; None when this store already has them."""
+        self._touch()
+        if wasm is not None:
+            self._p_statements.append(
+                (
+                    "INSERT OR IGNORE INTO modules (sha256, size, wasm, created_at)"
+                    " VALUES (?, ?, ?, ?)",
+                    (record["module_sha256"], len(wasm), wasm, time.time()),
+                )
+            )
+        values = {
+            **record,
+            "spec": json.dumps(record["spec"], sort_keys=True),
+            "holders": json.dumps(list(record["holders"])),
+            "updated_at": time.time(),
+        }
+        self._p_statements.append(
+            (
+                f"INSERT OR REPLACE INTO agent_replicas ({', '.join(REPLICA_COLUMNS)})"
+                f" VALUES ({', '.join('?' * len(REPLICA_COLUMNS))})",
+                tuple(values[column] for column in REPLICA_COLUMNS),
+            )
+        )
+
+    def delete_replica(self, agent_id: str, module_sha256: str) -> None:
+        """Drop a replica, and its module unless something else still uses it."""
+        self._touch()
+        self._p_statements.append(("DELETE FROM agent_replicas WHERE agent_id = ?", (agent_id,)))
+        self._p_statements.append(
+            (UNUSED_MODULE_DELETE, (module_sha256, module_sha256, module_sha256))
+        )
+
+    async def load_replicas(self) -> list[dict[str, Any]]:
+        """Every replica kept here (committed, after flushing what is queued)."""
+        await self.flush()
+        rows = await self._connection().execute_fetchall(
+            f"SELECT {', '.join(REPLICA_COLUMNS)} FROM agent_replicas ORDER BY name"
+        )
+        records = []
+        for row in rows:
+            record = dict(zip(REPLICA_COLUMNS, row, strict=True))
+            record["spec"] = json.loads(record["spec"])
+            record["holders"] = json.loads(record["holders"])
+            records.append(record)
+        return records
+
+    async def has_module(self, sha256: str) -> bool:
+        """Whether the module ``sha256`` is stored (or queued to be)."""
+        if sha256 in self._p_modules:
+            return True
+        await self.flush()
+        rows = await self._connection().execute_fetchall(
+            "SELECT 1 FROM modules WHERE sha256 = ?", (sha256,)
+        )
+        return bool(list(rows))
+
+    def put_placement(self, agent_id: str, name: str, generation: int) -> None:
+        """Record the placement generation of an agent hosted here."""
+        self._touch()
+        self._p_statements.append(
+            (
+                "INSERT OR REPLACE INTO agent_placements (agent_id, name, generation)"
+                " VALUES (?, ?, ?)",
+                (agent_id, name, generation),
+            )
+        )
+
+    def delete_placement(self, agent_id: str) -> None:
+        self._touch()
+        self._p_statements.append(("DELETE FROM agent_placements WHERE agent_id = ?", (agent_id,)))
+
+    async def load_placements(self) -> dict[str, int]:
+        """agent id -> placement generation, for the agents hosted here."""
+        await self.flush()
+        rows = await self._connection().execute_fetchall(
+            "SELECT agent_id, generation FROM agent_placements"
+        )
+        return {str(agent_id): int(generation) for agent_id, generation in rows}
 
     # -- agents --------------------------------------------------------------------
 

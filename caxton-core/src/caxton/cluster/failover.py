@@ -1,0 +1,641 @@
+"""Replicas of this node's agents on peers; a failed node's agents restarted on one survivor.
+
+**Replication.** Each agent deployed here is replicated to ``coordination.cluster.replicas``
+peers (ranked by the placement driver and hooks): its module, stored once per sha256 in
+the peer's ``modules`` table, and its :class:`~caxton.cluster.placement.DeploySpec`, with
+the agent's *placement generation* and the ordered list of its holders. A holder that
+already has the module is sent only the spec. The replicas are checked after every
+deploy and removal, when members join, fail or leave, and every few seconds (a hot
+swap changes the module): a holder that failed is replaced, a holder that came back is
+told which replicas it should still keep (``holdings``).
+
+**Failover.** When a member is declared *failed* (not when it leaves: a graceful leave
+drains) and this node is read-write (``Cluster.decision()``: a node in a minority
+partition never fails over), each agent the failed node hosted is restarted by exactly
+one survivor: the first live node in the agent's holder list. Every holder has the same
+list, so they all agree without talking; the taker deploys the agent under the same id
+through :func:`~caxton.cluster.placement.deploy_local`, one generation higher, and the
+registry spreads it. Every survivor records the progress for ``caxton cluster watch``.
+
+**One copy.** If two nodes end up hosting the same agent (a failed node restarted with
+its data, a healed partition, two survivors with different views), the registry shows
+the same name and id on both, and the nodes compare placements (``claim``): the higher
+generation wins, then the lower node id; the other removes its copy and logs it.
+
+See docs/cluster.md, "Placement and failover".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from caxton import hookimpl
+from caxton.cluster import wire
+from caxton.cluster.placement import DeploySpec, deploy_local, error_answer, node_loads, on_deploy
+from caxton.cluster.registry import ROUTABLE_STATES, AgentEntry
+from caxton.cluster.trust import PeerTrust
+from caxton.drivers import PlacementRequest
+from caxton.drivers.partition import PartitionMode
+from caxton.errors import AgentNotFound, CaxtonError, ValidationError
+from caxton.placement import NoPlacement, rank_nodes
+
+if TYPE_CHECKING:
+    from caxton.agents import Agent
+    from caxton.cluster.registry import Change
+    from caxton.cluster.service import Cluster
+    from caxton.drivers.membership import Member
+    from caxton.drivers.transport import Frame
+    from caxton.node import Node
+
+__all__ = ["OPS", "Failover", "Replica", "wins"]
+
+log = logging.getLogger("caxton.cluster")
+
+#: The control ops :class:`Failover` answers (all sealed: :mod:`caxton.cluster.trust`).
+OPS = frozenset({"deploy", "replica", "holdings", "claim"})
+#: Seconds a survivor waits for every agent of a failed node to run somewhere again.
+REDISTRIBUTE_TIMEOUT = 30.0
+#: Seconds between two checks of this node's replicas (catches hot swaps).
+RECONCILE_INTERVAL = 5.0
+#: Seconds a replica or claim request may take (sending a module included).
+REPLICA_TIMEOUT = 15.0
+
+
+def wins(generation: int, node_id: str, other_generation: int, other_node: str) -> bool:
+    """Does the placement ``(generation, node_id)`` win over the other one?"""
+    return generation > other_generation or (
+        generation == other_generation and node_id < other_node
+    )
+
+
+@dataclass(frozen=True)
+class Replica:
+    """Another node's agent, kept here so that it can be restarted if that node fails."""
+
+    agent_id: str
+    name: str
+    owner: str
+    generation: int
+    module_sha256: str
+    spec: DeploySpec
+    #: The nodes holding a replica, in takeover order.
+    holders: tuple[str, ...]
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "agent_id": self.agent_id,
+            "name": self.name,
+            "generation": self.generation,
+            "module_sha256": self.module_sha256,
+            "spec": self.spec.to_wire(),
+            "holders": list(self.holders),
+        }
+
+    def record(self) -> dict[str, Any]:
+        """The store's row (:meth:`caxton.store.Store.put_replica`)."""
+        return {**self.to_wire(), "owner": self.owner}
+
+    @classmethod
+    def from_wire(cls, owner: str, data: Any) -> Replica:
+        try:
+            holders = data["holders"]
+            replica = cls(
+                agent_id=str(data["agent_id"]),
+                name=str(data["name"]),
+                owner=owner,
+                generation=int(data["generation"]),
+                module_sha256=str(data["module_sha256"]),
+                spec=DeploySpec.from_wire(data["spec"]),
+                holders=tuple(str(h) for h in holders),
+            )
+        except (KeyError, TypeError, ValueError):
+            raise ValidationError("malformed replica") from None
+        if len(replica.module_sha256) != 64 or not isinstance(holders, list):
+            raise ValidationError("malformed replica")
+        return replica
+
+
+@dataclass
+class _Redistribution:
+    """A failed node's agents not yet seen running elsewhere."""
+
+    node_id: str
+    started: float
+    pending: dict[str, str]  # agent id -> name
+
+
+class Failover:
+    """Replication and failover of one node (built by :class:`~caxton.cluster.Cluster`)."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self.node: Node = cluster.node
+        self.node_id = cluster.node_id
+        settings = self.node.config["coordination.cluster"]
+        self.enabled = bool(settings.get("failover", True))
+        self.copies = int(settings.get("replicas", 2))
+        self.max_size = int(settings.get("replica_max_size", 8 * 1024 * 1024))
+        self.trust = PeerTrust(self.node)
+        #: Replicas of other nodes' agents kept here, by agent id.
+        self.replicas: dict[str, Replica] = {}
+        #: Placement generation of the agents hosted here, by agent id.
+        self.generations: dict[str, int] = {}
+        #: Holders of the agents hosted here, by agent id (takeover order).
+        self.holders: dict[str, tuple[str, ...]] = {}
+        self._pushed: dict[str, tuple[Any, ...]] = {}
+        self._too_large: set[str] = set()
+        self._dropping: set[str] = set()
+        self._stale: set[str] = set()
+        self._claims: set[tuple[str, str]] = set()
+        self._joined: set[str] = set()
+        self._redistributions: dict[str, _Redistribution] = {}
+        self._reconcile_task: asyncio.Task[None] | None = None
+        self._again = False
+        self._plugin_name = f"caxton.failover.{self.node_id}"
+        self.started = False
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load the replicas and generations kept here; take part in the hooks."""
+        store = self.node.store
+        for row in await store.load_replicas():
+            try:
+                replica = Replica.from_wire(str(row["owner"]), row)
+            except ValidationError:
+                log.warning("ignoring an unreadable replica of agent %s", row.get("name"))
+                continue
+            self.replicas[replica.agent_id] = replica
+        self.generations = await store.load_placements()
+        self.node.host.register(self, name=self._plugin_name)
+        self.started = True
+        self.cluster._spawn(self._reconcile_loop())
+
+    def close(self) -> None:
+        self.started = False
+        with contextlib.suppress(Exception):
+            self.node.host.pm.unregister(name=self._plugin_name)
+
+    def generation(self, agent_id: str) -> int:
+        """The placement generation of an agent hosted here (1: never moved)."""
+        return self.generations.get(agent_id, 1)
+
+    # -- hooks: this node's agents and the members ------------------------------------
+
+    @hookimpl
+    def caxton_agent_deployed(self, node: Node, agent: Agent) -> None:
+        if node is not self.node:
+            return
+        generation = self.generations.setdefault(agent.id, 1)
+        node.store.put_placement(agent.id, agent.name, generation)
+        replica = self.replicas.pop(agent.id, None)
+        if replica is not None:  # hosted here now: the replica is superseded
+            node.store.delete_replica(replica.agent_id, replica.module_sha256)
+        self.schedule_reconcile()
+
+    @hookimpl
+    def caxton_agent_removed(self, node: Node, agent: Agent) -> None:
+        if node is not self.node:
+            return
+        self.generations.pop(agent.id, None)
+        node.store.delete_placement(agent.id)
+        self._pushed.pop(agent.id, None)
+        holders = self.holders.pop(agent.id, ())
+        # A stale copy removed after a claim leaves the replicas to the new owner.
+        if agent.id in self._stale:
+            self._stale.discard(agent.id)
+            return
+        for holder in holders:
+            self.cluster._spawn(self._send_holdings(holder))
+
+    @hookimpl
+    def caxton_member_joined(self, node: Node, member: Member) -> None:
+        if node is self.node and member.node_id != self.node_id:
+            self._joined.add(member.node_id)
+            self.schedule_reconcile()
+
+    @hookimpl
+    def caxton_member_left(self, node: Node, member: Member) -> None:
+        if node is self.node:
+            self.schedule_reconcile()
+
+    @hookimpl
+    def caxton_member_failed(self, node: Node, member: Member) -> None:
+        if node is not self.node or member.node_id == self.node_id:
+            return
+        # Called before the cluster drops the member's agents from the registry (hooks
+        # run before membership listeners): keep what it hosted, act on the next turn,
+        # after "Node ... detected as failed" is recorded.
+        entries = self.cluster.registry.entries(member.node_id)
+        loop = self.cluster._get_loop()
+        loop.call_soon(self._node_failed, member.node_id, entries)
+        self.schedule_reconcile()
+
+    # -- failover ---------------------------------------------------------------------
+
+    def _node_failed(self, failed: str, entries: Sequence[AgentEntry]) -> None:
+        if not self.started or not self.enabled:
+            return
+        replicas = [r for r in self.replicas.values() if r.owner == failed]
+        agents = {e.agent_id or e.name: e.name for e in entries}
+        agents.update((r.agent_id, r.name) for r in replicas)
+        if not agents:
+            return
+        events = self.cluster.events
+        decision = self.cluster.decision()
+        mode = decision.mode if decision is not None else PartitionMode.READ_WRITE
+        if mode is not PartitionMode.READ_WRITE:
+            reason = decision.reason if decision is not None else ""
+            events.record(
+                "redistribution-skipped",
+                f"Not redistributing {len(agents)} agents of {failed}: node {self.node_id} "
+                f"is {mode.value} ({reason})",
+                node_id=failed,
+                level="warning",
+            )
+            return
+        events.record(
+            "redistributing",
+            f"Redistributing {len(agents)} agents from {failed}",
+            node_id=failed,
+            details={"agents": len(agents)},
+        )
+        self._redistributions[failed] = _Redistribution(failed, time.monotonic(), agents)
+        states = {e.agent_id: e.state for e in entries}
+        for replica in replicas:
+            if self.taker(replica) == self.node_id:
+                start = states.get(replica.agent_id, "running") in ROUTABLE_STATES
+                self.cluster._spawn(self._take(replica, start))
+        for entry in self.cluster.registry.entries():
+            self._seen_running(entry)
+        self.cluster._spawn(self._redistribution_deadline(failed))
+
+    def taker(self, replica: Replica) -> str | None:
+        """The survivor that restarts ``replica``'s agent: its first live holder."""
+        for holder in replica.holders:
+            if holder == self.node_id or (
+                holder != replica.owner and self.cluster._live(holder) is not None
+            ):
+                return holder
+        return None
+
+    async def _take(self, replica: Replica, start: bool) -> None:
+        """Restart a failed node's agent here, under its id, one generation higher."""
+        agents = self.node.agents
+        if agents is None or replica.agent_id in agents:
+            return
+        for entry in self.cluster.registry.lookup(replica.name):
+            if entry.agent_id == replica.agent_id and entry.node_id != replica.owner:
+                return  # already running elsewhere
+        wasm = await self.node.store.load_module(replica.module_sha256)
+        events = self.cluster.events
+        if wasm is None:
+            events.record(
+                "migration-failed",
+                f"Agent '{replica.name}' of {replica.owner} cannot be restarted on "
+                f"{self.node_id}: its module {replica.module_sha256[:12]} is missing",
+                node_id=replica.owner,
+                level="warning",
+            )
+            return
+        self.generations[replica.agent_id] = replica.generation + 1
+        self.holders[replica.agent_id] = tuple(h for h in replica.holders if h != self.node_id)
+        spec = dataclasses.replace(replica.spec, agent_id=replica.agent_id, start=start)
+        try:
+            await deploy_local(self.node, spec, wasm)
+        except CaxtonError as exc:
+            self.generations.pop(replica.agent_id, None)
+            self.holders.pop(replica.agent_id, None)
+            events.record(
+                "migration-failed",
+                f"Agent '{replica.name}' of {replica.owner} could not be restarted on "
+                f"{self.node_id}: {exc}",
+                node_id=replica.owner,
+                level="warning",
+            )
+            return
+        self._migrated(replica.owner, replica.agent_id, replica.name, self.node_id)
+
+    def _seen_running(self, entry: AgentEntry) -> None:
+        """A registry entry: is it one of a failed node's agents, running again?"""
+        for failed, redistribution in list(self._redistributions.items()):
+            if entry.node_id != failed and entry.agent_id in redistribution.pending:
+                self._migrated(failed, entry.agent_id, entry.name, entry.node_id)
+
+    def _migrated(self, failed: str, agent_id: str, name: str, where: str) -> None:
+        redistribution = self._redistributions.get(failed)
+        if redistribution is None or redistribution.pending.pop(agent_id, None) is None:
+            return
+        events = self.cluster.events
+        events.record("agent-migrated", f"Agent '{name}' migrated to {where}", node_id=where)
+        if not redistribution.pending:
+            del self._redistributions[failed]
+            took = time.monotonic() - redistribution.started
+            events.record(
+                "redistributed",
+                f"All agents successfully redistributed ({took:.1f}s)",
+                node_id=failed,
+                details={"seconds": round(took, 3)},
+            )
+
+    async def _redistribution_deadline(self, failed: str) -> None:
+        await asyncio.sleep(REDISTRIBUTE_TIMEOUT)
+        redistribution = self._redistributions.pop(failed, None)
+        if redistribution is None or not redistribution.pending:
+            return
+        names = sorted(redistribution.pending.values())
+        self.cluster.events.record(
+            "redistribution-incomplete",
+            f"{len(names)} agents of {failed} were not redistributed: {', '.join(names)} "
+            f"(no live node holds their replica; see coordination.cluster.replicas)",
+            node_id=failed,
+            level="warning",
+        )
+
+    # -- one copy: claims ---------------------------------------------------------------
+
+    def registry_changed(self, changes: Sequence[Change]) -> None:
+        """Peers' registry entries changed (called by the cluster)."""
+        if not self.started:
+            return
+        agents = self.node.agents
+        for kind, entry in changes:
+            if kind == "unregistered" or entry.node_id == self.node_id:
+                continue
+            self._seen_running(entry)
+            if agents is None or not entry.agent_id or entry.name not in agents:
+                continue
+            if agents.get(entry.name).id == entry.agent_id:
+                self.cluster._spawn(self._claim(entry.node_id, entry.name, entry.agent_id))
+
+    async def _claim(self, peer: str, name: str, agent_id: str) -> None:
+        """Compare placements with ``peer``, which also hosts ``agent_id``."""
+        key = (agent_id, peer)
+        if key in self._claims:
+            return
+        self._claims.add(key)
+        try:
+            member = self.cluster._live(peer)
+            if member is None:
+                return
+            mine = self.generation(agent_id)
+            body = {"agent_id": agent_id, "name": name, "generation": mine}
+            answer = await self.cluster._control(
+                member.address, REPLICA_TIMEOUT, "claim", self.trust.seal(body)
+            )
+            if isinstance(answer, int) and not wins(mine, self.node_id, answer, peer):
+                await self._drop_stale(name, agent_id, peer, answer)
+        except CaxtonError as exc:
+            log.warning("could not compare the placement of %s with %s: %s", name, peer, exc)
+        finally:
+            self._claims.discard(key)
+
+    def _on_claim(self, sender: str, body: Any) -> int | None:
+        if not isinstance(body, Mapping):
+            raise ValidationError("malformed claim")
+        agent_id, name, theirs = body.get("agent_id"), body.get("name"), body.get("generation")
+        if not (isinstance(agent_id, str) and isinstance(name, str) and isinstance(theirs, int)):
+            raise ValidationError("malformed claim")
+        if not self._hosts(name, agent_id):
+            return None
+        mine = self.generation(agent_id)
+        if not wins(mine, self.node_id, theirs, sender):
+            self.cluster._spawn(self._drop_stale(name, agent_id, sender, theirs))
+        return mine
+
+    def _hosts(self, name: str, agent_id: str) -> bool:
+        agents = self.node.agents
+        return agents is not None and name in agents and agents.get(name).id == agent_id
+
+    async def _drop_stale(self, name: str, agent_id: str, winner: str, generation: int) -> None:
+        """Another node's placement of this agent won: remove the copy here."""
+        if not self._hosts(name, agent_id) or agent_id in self._dropping:
+            return
+        self._dropping.add(agent_id)
+        self._stale.add(agent_id)
+        try:
+            await self.node.agents.remove(agent_id)
+        except AgentNotFound:
+            return
+        finally:
+            self._dropping.discard(agent_id)
+        self.cluster.events.record(
+            "agent-deduplicated",
+            f"Agent '{name}' runs on {winner} (placement {generation}): removed the stale "
+            f"copy on {self.node_id}",
+            node_id=winner,
+            level="warning",
+        )
+
+    # -- replication: this node's agents on peers ---------------------------------------
+
+    def schedule_reconcile(self) -> None:
+        """Check the replicas of this node's agents soon (coalesced)."""
+        if not self.started:
+            return
+        if self._reconcile_task is not None and not self._reconcile_task.done():
+            self._again = True
+            return
+        self._reconcile_task = self.cluster._spawn(self._reconcile_until_settled())
+
+    async def _reconcile_loop(self) -> None:
+        while True:
+            await asyncio.sleep(RECONCILE_INTERVAL)
+            self.schedule_reconcile()
+
+    async def _reconcile_until_settled(self) -> None:
+        await asyncio.sleep(0)  # let the deploy or event that asked finish first
+        while True:
+            self._again = False
+            try:
+                await self.reconcile()
+            except CaxtonError as exc:
+                log.warning("replicating this node's agents failed: %s", exc)
+            if not self._again:
+                return
+
+    async def reconcile(self) -> None:
+        """Give every agent here ``replicas`` live holders with its current spec."""
+        agents = self.node.agents
+        if agents is None or not self.started:
+            return
+        joined, self._joined = self._joined, set()
+        if self.copies > 0:
+            jobs = [self._replicate(agent) for agent in agents.list()]
+            await asyncio.gather(*jobs)
+        for node_id in joined:
+            await self._send_holdings(node_id)
+
+    def _choose_holders(self, agent: Agent) -> tuple[str, ...]:
+        current = self.holders.get(agent.id, ())
+        holders = [h for h in current if self.cluster._live(h) is not None][: self.copies]
+        if len(holders) < self.copies:
+            request = PlacementRequest(agent_name=agent.name)
+            candidates = [
+                load
+                for load in node_loads(self.node)
+                if load.node_id != self.node_id
+                and load.node_id not in holders
+                and self.cluster._live(load.node_id) is not None
+            ]
+            if candidates:
+                with contextlib.suppress(NoPlacement):
+                    ranked = rank_nodes(self.node.hook, self.node.placement, request, candidates)
+                    holders += [c.node_id for c in ranked][: self.copies - len(holders)]
+        return tuple(holders)
+
+    async def _replicate(self, agent: Agent) -> None:
+        if agent.id in self._dropping or agent.id in self._too_large:
+            return
+        holders = self._choose_holders(agent)
+        policy = self.node.context.services.get("agent_policy")
+        senders = policy.deployed_senders(agent.name) if policy is not None else None
+        spec = DeploySpec.of_agent(agent, senders)
+        replica = Replica(
+            agent.id,
+            agent.name,
+            self.node_id,
+            self.generation(agent.id),
+            agent.module_sha256,
+            spec,
+            holders,
+        )
+        key = (holders, replica.generation, agent.module_sha256, _canonical(spec))
+        if self._pushed.get(agent.id) == key:
+            return
+        self.holders[agent.id] = holders
+        if not holders:
+            return
+        results = await asyncio.gather(*(self._push(replica, h) for h in holders))
+        if self.generation(agent.id) != replica.generation or agent.id not in self.holders:
+            return  # removed or moved meanwhile
+        if all(results):
+            self._pushed[agent.id] = key
+            self.cluster.events.record(
+                "agent-replicated",
+                f"Agent '{agent.name}' replicated to {', '.join(holders)}",
+                node_id=self.node_id,
+                level="debug",
+            )
+
+    async def _push(self, replica: Replica, holder: str) -> bool:
+        member = self.cluster._live(holder)
+        if member is None:
+            return False
+        body = replica.to_wire()
+        try:
+            answer = await self.cluster._control(
+                member.address, REPLICA_TIMEOUT, "replica", self.trust.seal(body)
+            )
+            if answer == "module":
+                wasm = await self.node.store.load_module(replica.module_sha256)
+                if wasm is None:
+                    return False
+                if len(wasm) > self.max_size:
+                    self._too_large.add(replica.agent_id)
+                    self.cluster.events.record(
+                        "not-replicated",
+                        f"Agent '{replica.name}' is not replicated: its module ({len(wasm)} "
+                        f"bytes) exceeds coordination.cluster.replica_max_size; it cannot "
+                        f"fail over",
+                        node_id=self.node_id,
+                        level="warning",
+                    )
+                    return False
+                answer = await self.cluster._control(
+                    member.address,
+                    REPLICA_TIMEOUT,
+                    "replica",
+                    self.trust.seal({**body, "wasm": wasm}),
+                )
+        except CaxtonError as exc:
+            log.debug("replicating %s to %s failed: %s", replica.name, holder, exc)
+            return False
+        if answer not in ("ok", "stale"):
+            log.warning("node %s refused the replica of %s: %s", holder, replica.name, answer)
+            return False
+        return True
+
+    async def _on_replica(self, owner: str, body: Any) -> str:
+        replica = Replica.from_wire(owner, body)
+        if self._hosts(replica.name, replica.agent_id) and wins(
+            self.generation(replica.agent_id), self.node_id, replica.generation, owner
+        ):
+            return "stale"  # this node's placement is newer: a claim settles it
+        existing = self.replicas.get(replica.agent_id)
+        if (
+            existing is not None
+            and existing.owner != owner
+            and wins(existing.generation, existing.owner, replica.generation, owner)
+        ):
+            return "stale"
+        wasm = body.get("wasm") if isinstance(body, Mapping) else None
+        store = self.node.store
+        if wasm is None:
+            if not await store.has_module(replica.module_sha256):
+                return "module"
+        elif not isinstance(wasm, bytes) or len(wasm) > self.max_size:
+            raise ValidationError(
+                f"replica module refused: larger than this node's "
+                f"coordination.cluster.replica_max_size ({self.max_size} bytes)"
+            )
+        store.put_replica(replica.record(), wasm)
+        self.replicas[replica.agent_id] = replica
+        return "ok"
+
+    async def _send_holdings(self, node_id: str) -> None:
+        """Tell ``node_id`` which of this node's agents it should keep replicas of."""
+        member = self.cluster._live(node_id)
+        if member is None:
+            return
+        keep = sorted(agent_id for agent_id, hs in self.holders.items() if node_id in hs)
+        try:
+            await self.cluster._control(
+                member.address, REPLICA_TIMEOUT, "holdings", self.trust.seal({"keep": keep})
+            )
+        except CaxtonError as exc:
+            log.debug("telling %s its replicas failed: %s", node_id, exc)
+
+    def _on_holdings(self, owner: str, body: Any) -> bool:
+        keep = body.get("keep") if isinstance(body, Mapping) else None
+        if not isinstance(keep, list):
+            raise ValidationError("malformed holdings")
+        kept = set(keep)
+        for replica in [r for r in self.replicas.values() if r.owner == owner]:
+            if replica.agent_id not in kept:
+                del self.replicas[replica.agent_id]
+                self.node.store.delete_replica(replica.agent_id, replica.module_sha256)
+        return True
+
+    # -- control ops --------------------------------------------------------------------
+
+    async def on_control(self, frame: Frame, op: str, args: Sequence[Any]) -> bytes:
+        """Answer one of :data:`OPS` (the cluster dispatches them here)."""
+        answer: Any
+        try:
+            sender, body = self.trust.open(op, frame.sender, args[0] if args else None)
+            if op == "deploy":
+                answer = await on_deploy(self.node, sender, body)
+            elif op == "replica":
+                answer = await self._on_replica(sender, body)
+            elif op == "holdings":
+                answer = self._on_holdings(sender, body)
+            else:
+                answer = self._on_claim(sender, body)
+        except CaxtonError as exc:
+            if op != "deploy":
+                log.warning("refused cluster operation '%s' from %s: %s", op, frame.sender, exc)
+            answer = error_answer(exc)
+        return wire.pack(answer)
+
+
+def _canonical(spec: DeploySpec) -> str:
+    return json.dumps(spec.to_wire(), sort_keys=True, default=str)
