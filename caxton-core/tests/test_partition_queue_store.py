@@ -5,13 +5,16 @@ tests/cluster/test_partition_queue.py and test_partition_netns.py.)"""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import pytest
+from click.testing import CliRunner
 
+from caxton.cli.cluster import cluster as cluster_cli
 from caxton.cli.cluster import partition_text, status_text
 from caxton.cluster.partition import compare_digests
 from caxton.messaging import Message, Performative
@@ -167,3 +170,18 @@ async def test_a_node_that_does_not_cluster_is_never_partitioned_nor_read_only(
             deploy = {"name": "x", "wasm_module": base64.b64encode(b"\0asm").decode()}
             async with http.post("/api/v1/agents", json=deploy) as answer:
                 assert answer.status != 503  # refused for its module, not a partition
+        runner = CliRunner()
+        url = ["--api-url", f"http://{host}:{port}"]
+        for command, expected in (
+            ("verify", "Cluster consistent: members and registry agree"),
+            ("verify-auth", "keys and certificates agree"),
+            ("detect-partition", "No network partition detected: 1/1 nodes reachable"),
+        ):
+            result = await asyncio.to_thread(runner.invoke, cluster_cli, [command, *url])
+            assert result.exit_code == 0, result.output
+            lines = result.output.splitlines()
+            assert lines[-1] == expected
+        verify = await asyncio.to_thread(runner.invoke, cluster_cli, ["verify", *url])
+        header, row = verify.output.splitlines()[:2]
+        assert header.split() == ["NODE-ID", "ALIVE", "REGISTRY-VERSION", "AGREES", "PROBLEMS"]
+        assert row.split() == ["solo", "1", "-", "yes", "-"]

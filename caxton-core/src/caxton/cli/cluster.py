@@ -14,7 +14,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import click
@@ -231,6 +231,25 @@ def ping(client: ApiClient, node: str, count: int, as_json: bool) -> None:
         sys.exit(1)
 
 
+def agreement_table(
+    headers: tuple[str, ...],
+    nodes: list[dict[str, Any]],
+    columns: Callable[[dict[str, Any]], tuple[Any, ...]],
+) -> str:
+    """One row per node (``columns``), then whether it agrees and its problems."""
+    return render_table(
+        (*headers, "AGREES", "PROBLEMS"),
+        [
+            (
+                *columns(n),
+                "yes" if n.get("agrees") else "NO",
+                "; ".join(n.get("problems") or ()) or "-",
+            )
+            for n in nodes
+        ],
+    )
+
+
 @cluster.command("verify-auth")
 @json_option
 @api_options
@@ -241,19 +260,15 @@ def verify_auth(client: ApiClient, as_json: bool) -> None:
         emit_json(data)
     else:
         click.echo(
-            render_table(
-                ("NODE-ID", "MODE", "CA", "GOSSIP-KEYS", "AGREES", "PROBLEMS"),
-                [
-                    (
-                        n.get("node_id", "-"),
-                        n.get("mode", "-"),
-                        (n.get("ca_fingerprint") or "-")[:16],
-                        ",".join(n.get("gossip_keys") or ()) or "-",
-                        "yes" if n.get("agrees") else "NO",
-                        "; ".join(n.get("problems") or ()) or "-",
-                    )
-                    for n in data["nodes"]
-                ],
+            agreement_table(
+                ("NODE-ID", "MODE", "CA", "GOSSIP-KEYS"),
+                data["nodes"],
+                lambda n: (
+                    n.get("node_id", "-"),
+                    n.get("mode", "-"),
+                    (n.get("ca_fingerprint") or "-")[:16],
+                    ",".join(n.get("gossip_keys") or ()) or "-",
+                ),
             )
         )
         click.echo("keys and certificates agree" if data["agree"] else "MISMATCH: see PROBLEMS")
@@ -277,18 +292,14 @@ def verify(client: ApiClient, as_json: bool) -> None:
         emit_json(data)
     else:
         click.echo(
-            render_table(
-                ("NODE-ID", "ALIVE", "REGISTRY-VERSION", "AGREES", "PROBLEMS"),
-                [
-                    (
-                        n["node_id"],
-                        "-" if n.get("members_alive") is None else n["members_alive"],
-                        _changes(n.get("registry_version")),
-                        "yes" if n.get("agrees") else "NO",
-                        "; ".join(n.get("problems") or ()) or "-",
-                    )
-                    for n in data["nodes"]
-                ],
+            agreement_table(
+                ("NODE-ID", "ALIVE", "REGISTRY-VERSION"),
+                data["nodes"],
+                lambda n: (
+                    n["node_id"],
+                    "-" if n.get("members_alive") is None else n["members_alive"],
+                    _changes(n.get("registry_version")),
+                ),
             )
         )
         click.echo(
