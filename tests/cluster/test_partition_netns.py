@@ -143,6 +143,15 @@ def test_a_minority_partition_refuses_writes_queues_messages_and_replays_them_on
         n3.request("POST", "/api/v1/messages", message)
     cluster.wait_until(lambda: status(n3).get("queued_writes") == QUEUED, 30, "queued writes")
     assert metric(n3, "caxton_cluster_queued_writes") == QUEUED
+    assert n3.request("GET", "/api/v1/queues")["queued_writes"] == QUEUED
+    queues = subprocess.run(
+        [*caxton_command(), "queue", "stats", "--api-url", n3.api_url],
+        capture_output=True,
+        text=True,
+        env=clean_environment(),
+        timeout=60,
+    )
+    assert f"Queued writes (partition): {QUEUED}" in queues.stdout, queues.stdout + queues.stderr
     shown = cli(n3, "status")
     assert f"Queued writes: {QUEUED}" in shown.stdout, shown.stdout + shown.stderr
     detected = cli(n3, "detect-partition")

@@ -67,7 +67,11 @@ async def openapi(request: web.Request) -> web.Response:
 @routes.get("/api/v1/queues")
 @requires("metrics")
 async def queue_stats(request: web.Request) -> web.Response:
-    return json_response(service(request, "router").queue_stats())
+    stats = service(request, "router").queue_stats()
+    cluster = getattr(request.config_dict[NODE], "cluster", None)
+    # Messages held for nodes out of reach in a partition (caxton.cluster.partition).
+    stats["queued_writes"] = cluster.partition.queued if cluster is not None else 0
+    return json_response(stats)
 
 
 @routes.post("/api/v1/queues/drain")

@@ -528,6 +528,8 @@ def queue_stats(client: ApiClient, as_json: bool) -> None:
         f"\nQueued: {totals.get('queued', sum(r[1] for r in rows))}    "
         f"Dead letters: {stats.get('dead_letters', 0)}"
     )
+    if stats.get("queued_writes"):
+        click.echo(f"Queued writes (partition): {stats['queued_writes']}")
 
 
 @queue_group.command("drain")
