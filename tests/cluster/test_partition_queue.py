@@ -22,7 +22,7 @@ from click.testing import CliRunner
 from caxton import hookimpl
 from caxton.cli.cluster import cluster as cluster_cli
 from caxton.cli.cluster import status_text
-from caxton.cluster.partition import verify_cluster
+from caxton.cluster.partition import QueuedRoute, verify_cluster
 from caxton.drivers import PartitionDecision, PartitionMode
 from caxton.errors import QueueFull, ReadOnlyMode
 from caxton.messaging import Message, Performative
@@ -249,6 +249,12 @@ async def test_the_replay_keeps_the_order_and_later_messages_wait_behind_the_que
         await wait_for(lambda: len(replies) == 5, "5 echoes")
         assert replies == [0, 1, 2, 3, 4]
         assert n2.cluster.partition.queued == 0
+        # A route to the queue taken before the heal, used after the replay emptied it:
+        # the message goes straight on rather than behind messages sent later.
+        late = QueuedRoute(n2.cluster.partition, "n1")
+        await late.forward(Message(Performative.INFORM, "tester", "echo", 5))
+        assert n2.cluster.partition.queued == 0
+        await wait_for(lambda: len(replies) == 6, "the sixth echo")
         for _attempt in range(50):  # the registries converge by gossip
             report = await verify_cluster(n2.cluster)
             if report["consistent"]:

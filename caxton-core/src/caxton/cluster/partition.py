@@ -81,7 +81,7 @@ class QueuedRoute:
         self.node_id = node_id
 
     async def forward(self, message: Message) -> None:
-        await self.guard.queue(message, self.node_id)
+        await self.guard.forward_or_queue(message, self.node_id)
 
     def __repr__(self) -> str:
         return f"<QueuedRoute for {self.node_id}>"
@@ -221,6 +221,19 @@ class PartitionGuard:
                 details="the partition has lasted long; retry when it heals or raise "
                 "partition.max_queued_writes",
             )
+
+    async def forward_or_queue(self, message: Message, node_id: str) -> None:
+        """What a :class:`QueuedRoute` does with a message: queue it, unless the route
+        was taken before the partition healed and nothing for the receiver waits any
+        more; then the message goes straight on (queued, a replay would send it after
+        messages sent later)."""
+        name = str(message.receiver)
+        if self.mode is PartitionMode.READ_WRITE and not self.waiting.get(name):
+            route = await self.cluster._find(name)
+            if route is not None:
+                await self.cluster.forward(route, message)
+                return
+        await self.queue(message, node_id)
 
     async def queue(self, message: Message, node_id: str) -> None:
         """Keep ``message`` for ``node_id`` in the store until the partition heals."""
