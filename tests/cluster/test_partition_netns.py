@@ -40,16 +40,23 @@ def counter_wasm(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     return build_example_agents(tmp_path_factory.mktemp("agents"))["counter"]
 
 
-@pytest.fixture
-def lab_cluster(tmp_path: Path) -> Iterator[tuple[NetnsLab, ProcessCluster]]:
-    """Three node processes in namespaces, not started; everything removed afterwards."""
+@pytest.fixture(params=["tcp", "quic"])
+def lab_cluster(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[tuple[NetnsLab, ProcessCluster]]:
+    """Three node processes in namespaces (over each transport), not started;
+    everything removed afterwards."""
     missing = netns_missing()
     if missing is not None:
         if os.environ.get("CI"):
             pytest.fail(f"the network partition test needs {missing}; CI must provide it")
         pytest.skip(f"needs {missing}")
     lab = NetnsLab()
-    cluster = ProcessCluster(tmp_path, extra={"security": {"allow_insecure_remote": True}})
+    cluster = ProcessCluster(
+        tmp_path,
+        transport=request.param,
+        extra={"security": {"allow_insecure_remote": True}},
+    )
     try:
         for name in NODES:
             address = lab.add(name)
