@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from cluster_support import (
+    FAST,
     ApiError,
     NodeProcess,
     ProcessCluster,
@@ -99,7 +100,7 @@ def test_nodes_form_a_cluster_and_route_by_name(
 def test_a_killed_node_is_marked_failed_and_its_agents_disappear(
     make_cluster: MakeCluster, echo: bytes
 ) -> None:
-    cluster = make_cluster()
+    cluster = make_cluster(cluster={**FAST, "failover": False})  # failover: test_failover_*
     n1, n2, n3 = cluster.start(3)
     n3.deploy("echo", echo)
     wait_for_agent(cluster, "echo", "n3")
@@ -161,7 +162,7 @@ def test_a_short_pause_is_not_a_failure(make_cluster: MakeCluster) -> None:
 
 
 def test_a_restarted_node_rejoins_with_its_agents(make_cluster: MakeCluster, echo: bytes) -> None:
-    cluster = make_cluster()
+    cluster = make_cluster(cluster={**FAST, "failover": False})  # failover: test_failover_*
     n1, n2, n3 = cluster.start(3)
     n3.deploy("echo", echo)
     wait_for_agent(cluster, "echo", "n3")
