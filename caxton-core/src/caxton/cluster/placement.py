@@ -322,6 +322,8 @@ async def on_deploy(node: Node, sender: str, body: Any) -> list[Any]:
         if not isinstance(body, Mapping) or not isinstance(body.get("wasm"), bytes):
             raise ValidationError("malformed deploy request: no module")
         spec = DeploySpec.from_wire(body.get("spec"))
+        if node.cluster is not None:  # a minority node takes no deploys, local or placed
+            node.cluster.partition.check_write(f"deploying agent '{spec.name}'")
         agent = await deploy_local(node, spec, body["wasm"])
     except CaxtonError as exc:
         return error_answer(exc)

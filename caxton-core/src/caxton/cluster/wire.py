@@ -6,17 +6,27 @@
   at most once more).
 - ``FrameKind.CONTROL``: ``[op, args...]``; as a request it gets a msgpack answer.
 
-=========  =====================================  ============================
-op         request                                answer
-=========  =====================================  ============================
-``pull``   ``[epoch, counter]`` or ``nil``        a registry delta
-``push``   a registry delta (no answer)           -
-``where``  ``name``                               ``[delta]`` or ``[]``
-``miss``   ``name`` (no answer: it is not here)   -
-``auth``   -                                      the node's security summary
-``ping``   -                                      ``node_id``
-``leave``  ``drain_timeout``                      ``true``
-=========  =====================================  ============================
+============  ========================================  ===============================
+op            request                                   answer
+============  ========================================  ===============================
+``pull``      ``[epoch, counter]`` or ``nil``           a registry delta
+``push``      a registry delta (no answer)              -
+``where``     ``name``                                  ``[delta]`` or ``[]``
+``miss``      ``name`` (no answer: it is not here)      -
+``auth``      -                                         the node's security summary
+``ping``      -                                         ``node_id``
+``leave``     ``drain_timeout``                         ``true``
+``deploy``    sealed ``{spec, wasm}``                   ``["ok", agent]`` or an error
+``replica``   sealed replica (``wasm`` when asked)      ``"ok"``, ``"module"``, ``"stale"``
+``holdings``  sealed ``{keep: [agent ids]}``            ``true``
+``claim``     sealed ``{agent_id, name, generation}``   the generation here, or ``nil``
+============  ========================================  ===============================
+
+*Sealed* bodies carry their sender and are authenticated (mTLS or the gossip keyring),
+see :mod:`caxton.cluster.trust`; a refused one is answered with
+``["error", status, error, message, details]``. ``deploy`` places an agent here
+(:mod:`caxton.cluster.placement`); ``replica``, ``holdings`` and ``claim`` keep the
+replicas of agents and settle which node runs a moved one (:mod:`caxton.cluster.failover`).
 """
 
 from __future__ import annotations
