@@ -53,7 +53,7 @@ async def test_queued_writes_come_back_in_order_and_survive_a_reopen(
     await reopened.open()
     try:
         queued = await reopened.queued_writes()
-        assert [(q.node_id, q.message.receiver, q.message.content) for q in queued] == [
+        assert [(q.node_id, q.receiver, q.message and q.message.content) for q in queued] == [
             ("n1", "a", 0),
             ("n1", "a", 1),
             ("n1", "a", 2),
@@ -61,27 +61,29 @@ async def test_queued_writes_come_back_in_order_and_survive_a_reopen(
             ("n1", "a", 0),
         ]
         assert [q.seq for q in queued] == sorted(q.seq for q in queued)
+        assert queued[0].message is not None
         assert queued[0].message.conversation_id == "c1"
         reopened.unqueue_write(queued[0].seq)
         later = await reopened.queued_writes(2, after=queued[1].seq)
-        assert [q.message.content for q in later] == [2, 9]
+        assert [q.message and q.message.content for q in later] == [2, 9]
         assert await reopened.queued_write_counts() == {"a": 3, "b": 1}
         assert (await reopened.schema_versions())[CLUSTER_NAMESPACE] == len(CLUSTER_MIGRATIONS)
     finally:
         await reopened.close()
 
 
-async def test_an_unreadable_queued_message_is_dropped_with_an_error(
-    store: Store, caplog: pytest.LogCaptureFixture
-) -> None:
+async def test_an_unreadable_queued_message_comes_back_with_its_problem(store: Store) -> None:
     await store.queue_write(message("a", 1), "n1")
     store.enqueue(
         "INSERT INTO queued_writes (message_id, receiver, node_id, body, queued_at)"
-        " VALUES ('bad', 'a', 'n1', x'7b7b', 0)"
+        " VALUES ('bad', 'b', 'n2', x'7b7b', 0)"
     )
-    queued = await store.queued_writes()
-    assert [q.message.content for q in queued] == [1]
-    assert "dropping an unreadable queued message" in caplog.text
+    good, bad = await store.queued_writes()
+    assert good.message is not None
+    assert good.message.content == 1
+    assert (bad.receiver, bad.node_id, bad.message) == ("b", "n2", None)
+    assert bad.problem  # why it could not be read
+    store.unqueue_write(bad.seq)
     assert await store.queued_write_counts() == {"a": 1}
 
 

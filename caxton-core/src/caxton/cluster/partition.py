@@ -8,8 +8,8 @@ only *decides* a mode; :class:`PartitionGuard` enforces it for the cluster servi
   The REST API calls it for every route that needs a permission of
   :data:`WRITE_PERMISSIONS` (deploy, update, lifecycle, remove: the
   :func:`caxton.api.cluster.refuse_writes_in_partition` middleware) and for what changes
-  the membership (``cluster remove``). Reads,
-  and messages to agents this node can reach, keep working.
+  the membership (``cluster remove``). Reads, and messages to agents this node can
+  reach, keep working.
 - **Queued writes.** In read-only mode with ``queue_writes`` on, a message for an agent
   whose node is out of reach (the registry, or what the registry held when that node
   failed, names a node that is not alive, or forwarding to it fails) is written to the
@@ -251,7 +251,7 @@ class PartitionGuard:
         if self._homes.get(name) is None and node_id:
             self._homes[name] = node_id
         if self.mode is PartitionMode.READ_WRITE:
-            self._start_replay(healed=False)
+            self._start_replay(False)
 
     async def forward_failed(self, route: PeerRoute, message: Message) -> bool:
         """Queue a message whose forwarding failed, when queueing; True if queued."""
@@ -287,7 +287,7 @@ class PartitionGuard:
         if self.waiting:
             self._start_replay(healed=before is not PartitionMode.READ_WRITE)
 
-    def _start_replay(self, *, healed: bool) -> None:
+    def _start_replay(self, healed: bool) -> None:
         """Replay the queue unless a replay runs or no peer is there to take it (a
         node restarted during a partition is read-write alone, and waits)."""
         if self._replay is not None or not self._ready or not self.cluster.started:
@@ -307,24 +307,29 @@ class PartitionGuard:
         store = self.cluster.node.store
         started = time.monotonic()
         sent = 0
-        after = 0
+        after = 0  # messages queued during the replay come later: they are read too
         try:
             while self.mode is PartitionMode.READ_WRITE:
                 batch = await store.queued_writes(REPLAY_BATCH, after=after)
                 if not batch:
-                    if after == 0:
-                        break
-                    after = 0  # messages queued behind the first pass
-                    continue
+                    break
                 for item in batch:
                     if self.mode is not PartitionMode.READ_WRITE:
                         return
-                    outcome = await self._replay_one(item.message)
-                    if outcome is None:
-                        return
-                    sent += outcome
+                    if item.message is None:
+                        log.error(
+                            "dropping an unreadable queued message to %s (seq %d): %s",
+                            item.receiver,
+                            item.seq,
+                            item.problem,
+                        )
+                    else:
+                        outcome = await self._replay_one(item.message)
+                        if outcome is None:
+                            return
+                        sent += outcome
                     store.unqueue_write(item.seq)
-                    self._unwait(str(item.message.receiver))
+                    self._unwait(item.receiver)
                     after = item.seq
             if sent or not self.waiting:
                 self.cluster.events.record(
@@ -337,6 +342,10 @@ class PartitionGuard:
             self._replay = None
             self._replaying = None
             self.replayed += sent
+            if self.waiting and self.mode is PartitionMode.READ_WRITE and self.cluster.started:
+                # Queued while this replay read its last batch: the next one takes them.
+                loop = asyncio.get_running_loop()
+                loop.call_later(REPLAY_RETRY, self._start_replay, False)
 
     async def _replay_one(self, message: Message) -> bool | None:
         """Forward one queued message.

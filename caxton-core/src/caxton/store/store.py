@@ -124,11 +124,17 @@ class _Batch:
 
 @dataclass(frozen=True)
 class QueuedWrite:
-    """A message queued in a minority partition: ``seq`` orders the replay."""
+    """A message queued in a minority partition: ``seq`` orders the replay.
+
+    ``message`` is None when the stored body cannot be read back (then ``problem``
+    says why): the caller drops it, knowing its receiver.
+    """
 
     seq: int
     node_id: str
-    message: Message
+    receiver: str
+    message: Message | None
+    problem: str = ""
 
 
 class Store:
@@ -743,18 +749,18 @@ class Store:
 
         await self.flush()
         rows = await self._connection().execute_fetchall(
-            "SELECT seq, node_id, body FROM queued_writes WHERE seq > ? ORDER BY seq LIMIT ?",
+            "SELECT seq, node_id, receiver, body FROM queued_writes WHERE seq > ?"
+            " ORDER BY seq LIMIT ?",
             (after, limit),
         )
         queued = []
-        for seq, node_id, body in rows:
+        for seq, node_id, receiver, body in rows:
             try:
-                message = Message.from_json(bytes(body))
+                message: Message | None = Message.from_json(bytes(body))
+                problem = ""
             except CaxtonError as exc:
-                log.error("dropping an unreadable queued message (seq %s): %s", seq, exc)
-                self.unqueue_write(int(seq))
-                continue
-            queued.append(QueuedWrite(int(seq), str(node_id), message))
+                message, problem = None, str(exc)
+            queued.append(QueuedWrite(int(seq), str(node_id), str(receiver), message, problem))
         return queued
 
     def unqueue_write(self, seq: int) -> None:
