@@ -267,3 +267,23 @@ async def test_the_replay_keeps_the_order_and_later_messages_wait_behind_the_que
         ]
     finally:
         await factory.stop_all()
+
+
+async def test_a_message_whose_forwarding_fails_in_read_only_mode_is_queued(
+    factory: NodeFactory, agents: dict[str, bytes]
+) -> None:
+    forced = ForcedMode()
+    n1 = factory.build("n1", bootstrap=True)
+    await n1.start()
+    n2 = factory.build("n2", join=[seed(n1)], plugins=[forced])
+    await n2.start()
+    try:
+        await n1.agents.deploy("counter", agents["counter"])
+        await wait_for(lambda: bool(n2.cluster.registry.lookup("counter")), "counter known on n2")
+        force(n2, forced, PartitionMode.READ_ONLY, "told so")
+        await crash(n1)  # n2 still believes n1 alive: the registry routes there
+        assert n2.cluster._live("n1") is not None
+        await n2.router.send(Message(Performative.INFORM, "tester", "counter", 1))
+        await wait_for(lambda: n2.cluster.partition.queued == 1, "the failed forward queued")
+    finally:
+        await factory.stop_all()
