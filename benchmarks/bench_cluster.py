@@ -31,6 +31,11 @@ Figures (targets from the cluster issue):
   (each answered by the agent: two node-to-node frames per message).
 - ``bandwidth``: gossip bytes sent per node per second in a steady 5-node cluster
   (membership's own counters; the registry sends nothing when nothing changes).
+- ``failover_default`` / ``failover_fast``: 3 processes; the echo agent placed on n3
+  (``target_node``) and replicated; n3 SIGKILLed; seconds until a request sent by name
+  through n1's REST API is answered again by the agent restarted on a survivor
+  (``kill_to_answer_s``), and from the survivors' "failed" event to the taker's
+  "migrated" event (``failed_to_running_s``). Each round starts a fresh cluster.
 """
 
 from __future__ import annotations
@@ -51,7 +56,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "cluster"))
 
-from cluster_support import NodeProcess, ProcessCluster, echo_wasm  # noqa: E402
+from cluster_support import ApiError, NodeProcess, ProcessCluster, echo_wasm  # noqa: E402
 
 DEFAULTS: dict[str, Any] = {}
 FAST_LAN = {
@@ -330,6 +335,66 @@ def bandwidth(base: Path, transport: str, window: float) -> dict[str, Any]:
 
 
 # -------------------------------------------------------------------------
+# failover
+# -------------------------------------------------------------------------
+
+
+def failover_round(base: Path, transport: str, timings: dict[str, Any]) -> dict[str, float]:
+    """A fresh 3-node cluster; echo on n3; SIGKILL n3; until echo answers through n1."""
+    import base64
+
+    cluster = ProcessCluster(base, transport=transport, cluster=timings)
+    try:
+        n1, _n2, n3 = cluster.start(3)
+        module = base64.b64encode(echo_wasm()).decode()
+        n1.request("POST", "/api/v1/agents", {"name": "echo", "wasm_module": module,
+                                              "target_node": "n3"})  # fmt: skip
+        cluster.wait_until(
+            lambda: any(e["kind"] == "agent-replicated" for e in events(n3)), 30, "replicated"
+        )
+        time.sleep(1.0)  # a steady cluster
+        killed_at = time.time()
+        n3.kill()
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if n1.ask("echo", "ping", wait_ms=500)["reply"]["content"] == "ping":
+                    break
+            except (ApiError, OSError):
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError("echo did not come back within 60 s")
+            time.sleep(0.02)
+        answered_at = time.time()
+        failed = [t for n in cluster.nodes.values() if n.running
+                  for t in [event_time(n, "failed", "n3", killed_at)] if t is not None]  # fmt: skip
+        migrated = [
+            e["at"]
+            for n in cluster.nodes.values()
+            if n.running
+            for e in events(n)
+            if e["kind"] == "agent-migrated" and e["node_id"] == n.node_id
+            and e["at"] >= killed_at
+        ]  # fmt: skip
+        return {
+            "kill_to_answer": answered_at - killed_at,
+            "failed_to_running": min(migrated) - min(failed) if failed and migrated else -1.0,
+        }
+    finally:
+        cluster.close()
+
+
+def failover(base: Path, transport: str, timings: dict[str, Any], rounds: int) -> dict[str, Any]:
+    samples = [failover_round(base / f"round{i}", transport, timings) for i in range(rounds)]
+    return {
+        "settings": timings or "defaults",
+        "nodes": 3,
+        "kill_to_answer_s": distribution([s["kill_to_answer"] for s in samples]),
+        "failed_to_running_s": distribution([s["failed_to_running"] for s in samples]),
+    }
+
+
+# -------------------------------------------------------------------------
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -337,7 +402,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="Fewer rounds (smoke test).")
     parser.add_argument(
         "--only",
-        default="join,detection,registry,routing,bandwidth",
+        default="join,detection,registry,routing,bandwidth,failover",
         help="Comma-separated figures to run.",
     )
     parser.add_argument(
@@ -379,6 +444,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             result["bandwidth"] = bandwidth(
                 base / "bandwidth", main_transport, 5.0 if quick else 10.0
             )
+        if "failover" in only:
+            for label, timings in (("default", DEFAULTS), ("fast", FAST_LAN)):
+                result[f"failover_{label}"] = failover(
+                    base / f"failover-{label}", main_transport, timings, 2 if quick else 5
+                )
     text = json.dumps(result, indent=2)
     print(text)
     if args.out is not None:
