@@ -48,6 +48,58 @@ async def test_undelivered_messages_survive_a_restart_through_sqlite(tmp_path: P
     await reopened.close()
 
 
+async def test_conversations_survive_a_restart_through_sqlite(tmp_path: Path) -> None:
+    """A fipa-request conversation half done before a restart continues after it: the
+    restored protocol state accepts the inform and still refuses what is out of turn."""
+    clock = [1000.0]
+    store = Store(tmp_path / "local.db")
+    await store.open()
+    router = Router(node_id="n1", conversation_store=store, wall_clock=lambda: clock[0])
+    for name in ("a", "b"):
+        router.register(name, Recorder())
+    await router.start()
+    for performative, sender, receiver in (("request", "a", "b"), ("agree", "b", "a")):
+        await router.send(
+            Message(Performative.parse(performative), sender, receiver,
+                    conversation_id="c1", protocol="fipa-request")
+        )  # fmt: skip
+    await router.send(Message(Performative.INFORM, "a", "b", conversation_id="idle"))
+    await router.close()
+    await store.close()
+
+    clock[0] += 1800.0  # half the default ttl later
+    reopened = Store(tmp_path / "local.db")
+    await reopened.open()
+    restarted = Router(node_id="n1", conversation_store=reopened, wall_clock=lambda: clock[0])
+    got = Recorder()
+    restarted.register("a", got)
+    restarted.register("b", Recorder())
+    await restarted.start()
+    conversation = restarted.conversation("c1")
+    assert conversation is not None
+    assert (conversation.protocol, conversation.initiator) == ("fipa-request", "a")
+    assert conversation.roles == {"b": "agreed"}
+    assert conversation.message_count == 2
+    assert conversation.participants == {"a", "b"}
+    # a second agree is out of turn: b is told so, a never sees it
+    await restarted.send(
+        Message(Performative.AGREE, "b", "a", conversation_id="c1", protocol="fipa-request")
+    )
+    assert got.messages == []
+    assert restarted.queue_stats()["totals"]["not_understood"] == 1
+    await restarted.send(
+        Message(Performative.INFORM, "b", "a", conversation_id="c1", protocol="fipa-request")
+    )
+    assert got.performatives == ["inform"]
+    assert restarted.conversation("c1").state == "done"  # type: ignore[union-attr]
+
+    clock[0] += 3600.0  # every conversation idle past its ttl: forgotten, in SQLite too
+    restarted.expire()
+    await restarted.close()
+    assert await reopened.load_conversations() == []
+    await reopened.close()
+
+
 class TestStoreOutbox(DurableOutboxConformance):
     """The SQLite store is the outbox the router relies on."""
 

@@ -234,18 +234,27 @@ async def test_agent_record_is_serialized_at_commit_time(store: Store) -> None:
     assert row["state"] == "running"
 
 
-async def test_conversations_keep_their_creation_time(store: Store) -> None:
-    store.save_conversation("c1", protocol="fipa-request", participants=["b", "a"], state="open")
+def _conversation(cid: str, state: str, **changes: Any) -> dict[str, Any]:
+    return {
+        "conversation_id": cid, "protocol": "fipa-request", "initiator": "a",
+        "participants": ["a", "b"], "state": state, "roles": {"b": state},
+        "message_count": 1, "started_at": 10.0, "updated_at": 10.0, "ttl": 60.0,
+        "active": True, **changes,
+    }  # fmt: skip
+
+
+async def test_conversations_are_kept_replaced_and_forgotten(store: Store) -> None:
+    store.save_conversations([_conversation("c1", "requested"), _conversation("c2", "agreed")])
     await store.flush()
-    [first] = await store.load_conversations()
-    store.save_conversation("c1", protocol="fipa-request", participants=["a", "b"],
-                            state="done", active=False)  # fmt: skip
-    await store.flush()
-    assert await store.load_conversations() == []
-    [done] = await store.load_conversations(active_only=False)
-    assert done["created_at"] == first["created_at"]
-    assert done["participants"] == ["a", "b"]
-    assert done["state"] == "done"
+    assert [c["conversation_id"] for c in await store.load_conversations()] == ["c1", "c2"]
+    done = _conversation("c1", "done", message_count=3, updated_at=20.0, active=False)
+    store.save_conversations([done])
+    store.forget_conversations(["c2"])
+    assert await store.load_conversations() == [done]
+    assert await store.load_conversations(active_only=True) == []
+    store.forget_conversations(["c1"])
+    store.save_conversations([_conversation("c1", "requested")])  # the id is used again
+    assert await store.load_conversations() == [_conversation("c1", "requested")]
 
 
 async def test_writes_after_close_are_refused(tmp_path: Path) -> None:

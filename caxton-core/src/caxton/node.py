@@ -303,6 +303,7 @@ class Node:
             dead_letter_limit=messaging["dead_letter_limit"],
             guarantee="at-least-once" if durable else "at-most-once",
             outbox=self.store if durable else None,
+            conversation_store=self.store,
             observer=self._observer(),
             cleanup_interval=messaging["cleanup_interval"],
             batch_size=messaging["batch_size"],

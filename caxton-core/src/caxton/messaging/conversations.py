@@ -3,10 +3,13 @@
 The router records each conversation's participants, protocol, state and timestamps,
 checks protocol conversations against their :mod:`~caxton.messaging.protocols` state
 machine, and forgets a conversation once it has been idle for its time to live.
+With a node's state store the table is kept there too (write-behind, see
+:meth:`ConversationTable.take_changes`), so conversations outlive a restart.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,18 +66,41 @@ class Conversation:
             "started_at": self.started_at,
             "updated_at": self.updated_at,
             "expires_at": self.expires_at,
+            "ttl": self.ttl,
+            "active": not self.finished,
         }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Conversation:
+        """The inverse of :meth:`to_dict` (what the state store gives back)."""
+        return cls(
+            conversation_id=data["conversation_id"],
+            protocol=data["protocol"],
+            initiator=data["initiator"],
+            started_at=data["started_at"],
+            updated_at=data["updated_at"],
+            ttl=data["ttl"],
+            state=data["state"],
+            message_count=data["message_count"],
+            participants=set(data["participants"]),
+            roles=dict(data["roles"]),
+        )
 
 
 class ConversationTable:
     """Conversations by id, bounded by ``limit`` (the oldest is forgotten first)."""
 
-    __slots__ = ("_items", "limit", "ttl")
+    __slots__ = ("_changed", "_forgotten", "_items", "limit", "tracking", "ttl")
 
     def __init__(self, *, ttl: float, limit: int = 100_000) -> None:
         self.ttl = ttl
         self.limit = limit
         self._items: dict[str, Conversation] = {}
+        #: Whether to note what changes for take_changes() (a store keeps the table).
+        self.tracking = False
+        #: Ids recorded or forgotten since the last take_changes().
+        self._changed: set[str] = set()
+        self._forgotten: set[str] = set()
 
     def __len__(self) -> int:
         return len(self._items)
@@ -108,7 +134,7 @@ class ConversationTable:
                 conversation.roles[message.receiver] = target
                 conversation.state = _summary(spec, conversation)
             if len(self._items) >= self.limit:
-                del self._items[next(iter(self._items))]
+                self._forget(next(iter(self._items)))
             self._items[conversation_id] = conversation
         else:
             spec = PROTOCOLS.get(conversation.protocol) if conversation.protocol else None
@@ -121,17 +147,52 @@ class ConversationTable:
         participants = conversation.participants
         participants.add(message.sender)
         participants.add(message.receiver)
+        if self.tracking:
+            self._changed.add(conversation_id)
         return None
 
     def expire(self, now: float) -> list[Conversation]:
         """Forget conversations idle for longer than their ttl; return them."""
         gone = [c for c in self._items.values() if c.updated_at + c.ttl <= now]
         for conversation in gone:
-            del self._items[conversation.conversation_id]
+            self._forget(conversation.conversation_id)
         return gone
 
     def clear(self) -> None:
         self._items.clear()
+        self._changed.clear()
+        self._forgotten.clear()
+
+    def _forget(self, conversation_id: str) -> None:
+        del self._items[conversation_id]
+        if self.tracking:
+            self._changed.discard(conversation_id)
+            self._forgotten.add(conversation_id)
+
+    @property
+    def has_changes(self) -> bool:
+        return bool(self._changed or self._forgotten)
+
+    def take_changes(self) -> tuple[list[Conversation], list[str]]:
+        """The conversations recorded and the ids forgotten since the last call."""
+        changed = [self._items[cid] for cid in self._changed if cid in self._items]
+        forgotten = list(self._forgotten)
+        self._changed.clear()
+        self._forgotten.clear()
+        return changed, forgotten
+
+    def restore(self, conversations: Iterable[Conversation], now: float) -> int:
+        """Load conversations kept by the state store, skipping those idle past their
+        ttl (forgotten at once) and any beyond ``limit``; return how many were loaded."""
+        loaded = 0
+        for conversation in conversations:
+            if conversation.expires_at <= now or len(self._items) >= self.limit:
+                if self.tracking:
+                    self._forgotten.add(conversation.conversation_id)
+                continue
+            self._items[conversation.conversation_id] = conversation
+            loaded += 1
+        return loaded
 
 
 def _advance(spec: InteractionProtocol, conversation: Conversation, message: Message) -> str | None:

@@ -97,6 +97,24 @@ class DurableOutbox(Protocol):
         ...
 
 
+class ConversationStore(Protocol):
+    """Where conversations are kept across restarts (the node's SQLite store)."""
+
+    def save_conversations(self, conversations: Sequence[Mapping[str, Any]]) -> None:
+        """Record conversations (:meth:`Conversation.to_dict`), write-behind."""
+
+    def forget_conversations(self, conversation_ids: Sequence[str]) -> None:
+        """Drop conversations the router forgot (idle past their ttl), write-behind."""
+
+    async def load_conversations(self) -> list[dict[str, Any]]:
+        """Every kept conversation, as :meth:`save_conversations` was given them."""
+        ...
+
+
+#: How long conversation changes wait to be written together (write-behind).
+CONVERSATION_FLUSH_DELAY = 0.05
+
+
 class RemoteRoute(Protocol):
     """How to reach an agent on another node (provided by the cluster layer)."""
 
@@ -163,6 +181,7 @@ class Router:
         observer: Observer | None = None,
         conversation_ttl: float = 3600.0,
         max_conversations: int = 100_000,
+        conversation_store: ConversationStore | None = None,
         cleanup_interval: float = 10.0,
         batch_size: int = 64,
         pump_budget: int = 1024,
@@ -221,6 +240,9 @@ class Router:
         self._delivering = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._conversations = ConversationTable(ttl=conversation_ttl, limit=max_conversations)
+        self.conversation_store = conversation_store
+        self._conversations.tracking = conversation_store is not None
+        self._conversation_flush: asyncio.TimerHandle | None = None
         self._dead: deque[DeadLetter] = deque(maxlen=dead_letter_limit)
         self._deadlines = ReplyDeadlines(self._reply_timed_out)
         self._notices: dict[str, None] = {}  # ids of recent not-understood notices
@@ -502,6 +524,8 @@ class Router:
                 return None
         if message.conversation_id is not None:
             problem = self._conversations.observe(message, self.wall_clock())
+            if self._conversation_flush is None and self.conversation_store is not None:
+                self._schedule_conversation_flush()
             if problem is not None:
                 self._counts["not_understood"] += 1
                 if waiter is not None:
@@ -1048,7 +1072,38 @@ class Router:
             else:
                 del self._parked[name]
         self._conversations.expire(self.wall_clock())
+        self.flush_conversations()
         return expired
+
+    # -- conversations in the state store ---------------------------------------------
+
+    def _schedule_conversation_flush(self) -> None:
+        loop = self._loop
+        if loop is not None and not self._closed:
+            self._conversation_flush = loop.call_later(
+                CONVERSATION_FLUSH_DELAY, self.flush_conversations
+            )
+
+    def flush_conversations(self) -> None:
+        """Hand what changed in the conversation table to the conversation store."""
+        self._conversation_flush = None
+        store = self.conversation_store
+        if store is None or not self._conversations.has_changes:
+            return
+        changed, forgotten = self._conversations.take_changes()
+        try:
+            if changed:
+                store.save_conversations([c.to_dict() for c in changed])
+            if forgotten:
+                store.forget_conversations(forgotten)
+        except Exception:  # a closed store at shutdown: the next start reloads the rest
+            log.exception("could not keep %d conversations", len(changed) + len(forgotten))
+
+    async def _restore_conversations(self, store: ConversationStore) -> None:
+        kept = [Conversation.from_dict(data) for data in await store.load_conversations()]
+        loaded = self._conversations.restore(kept, self.wall_clock())
+        if loaded:
+            log.info("node %s: %d conversations restored", self.node_id, loaded)
 
     async def _sweep_loop(self) -> None:
         while True:
@@ -1155,6 +1210,8 @@ class Router:
         """Start expiry sweeps and replay undelivered durable messages."""
         self._loop = asyncio.get_running_loop()
         self._closed = False
+        if self.conversation_store is not None and not len(self._conversations):
+            await self._restore_conversations(self.conversation_store)
         if self._durable and self.outbox is not None and not self._replayed:
             self._replayed = True
             replayed = await self.outbox.pending()
@@ -1179,6 +1236,9 @@ class Router:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.shield(self._persist_task), 5.0)
         self._closed = True
+        if self._conversation_flush is not None:
+            self._conversation_flush.cancel()
+        self.flush_conversations()
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None

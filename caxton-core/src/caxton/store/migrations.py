@@ -194,6 +194,13 @@ CREATE TABLE agent_placements (
 );
 """
 
+V4_CONVERSATION_DETAILS = """
+ALTER TABLE conversations ADD COLUMN initiator TEXT NOT NULL DEFAULT '';
+ALTER TABLE conversations ADD COLUMN roles TEXT NOT NULL DEFAULT '{}';
+ALTER TABLE conversations ADD COLUMN message_count INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE conversations ADD COLUMN ttl REAL NOT NULL DEFAULT 3600;
+"""
+
 CORE_MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "modules, agents, agent key/value store, durable outbox", V1_INITIAL),
     Migration(
@@ -206,7 +213,13 @@ CORE_MIGRATIONS: tuple[Migration, ...] = (
         "cluster failover: replicas of other nodes' agents, placement generations",
         V3_CLUSTER_REPLICAS,
     ),
+    Migration(
+        4,
+        "conversations kept across restarts: initiator, protocol roles, counts, ttl",
+        V4_CONVERSATION_DETAILS,
+    ),
 )
+
 
 # -------------------------------------------------------------------------
 # The cluster's schema (registered by caxton.cluster.partition when a node clusters)

@@ -58,7 +58,6 @@ AGENT_COLUMNS = (
     "updated_at",
 )
 
-
 #: Deletes a module unless a local agent or a replica (another node's agent kept here
 #: for failover, :mod:`caxton.cluster.failover`) still refers to it.
 UNUSED_MODULE_DELETE = (
@@ -109,6 +108,7 @@ class _Batch:
         default_factory=list
     )
     conversations: list[tuple[Any, ...]] = field(default_factory=list)
+    conversation_deletes: list[tuple[str]] = field(default_factory=list)
     statements: list[tuple[str, tuple[Any, ...]]] = field(default_factory=list)
     module_deletes: list[tuple[str, str]] = field(default_factory=list)
     waiters: list[asyncio.Future[None]] = field(default_factory=list)
@@ -118,7 +118,7 @@ class _Batch:
             len(self.agent_deletes) + len(self.modules) + len(self.agents)
             + len(self.kv_puts) + len(self.kv_deletes) + len(self.outbox) + len(self.acks)
             + len(self.dead_letters) + len(self.conversations) + len(self.statements)
-            + len(self.module_deletes)
+            + len(self.module_deletes) + len(self.conversation_deletes)
         )  # fmt: skip
 
 
@@ -211,7 +211,8 @@ class Store:
         self._p_outbox: list[tuple[str, str, bytes, float]] = []
         self._p_acks: dict[str, float] = {}
         self._p_dead: list[tuple[str | None, str | None, str, bytes, float]] = []
-        self._p_conversations: dict[str, tuple[Any, ...]] = {}
+        #: Conversation rows by id; None: delete it.
+        self._p_conversations: dict[str, tuple[Any, ...] | None] = {}
         self._p_statements: list[tuple[str, tuple[Any, ...]]] = []
         self._p_waiters: list[asyncio.Future[None]] = []
 
@@ -375,7 +376,10 @@ class Store:
             outbox=self._p_outbox,
             acks=[(at, mid) for mid, at in self._p_acks.items()],
             dead_letters=self._p_dead,
-            conversations=list(self._p_conversations.values()),
+            conversations=[row for row in self._p_conversations.values() if row is not None],
+            conversation_deletes=[
+                (cid,) for cid, row in self._p_conversations.items() if row is None
+            ],
             statements=self._p_statements,
             module_deletes=[(sha, sha) for sha in self._p_module_deletes],
             waiters=self._p_waiters,
@@ -445,12 +449,13 @@ class Store:
                 " VALUES (?, ?, ?, ?, ?)",
                 b.dead_letters,
             )
+        if b.conversation_deletes:
+            await conn.executemany("DELETE FROM conversations WHERE id = ?", b.conversation_deletes)
         if b.conversations:
             await conn.executemany(
                 "INSERT OR REPLACE INTO conversations (id, protocol, participants, state,"
-                " active, created_at, updated_at, expires_at)"
-                " VALUES (?, ?, ?, ?, ?, COALESCE((SELECT created_at FROM conversations"
-                " WHERE id = ?), ?), ?, ?)",
+                " active, created_at, updated_at, expires_at, initiator, roles,"
+                " message_count, ttl) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 b.conversations,
             )
         for sql, params in b.statements:
@@ -775,53 +780,65 @@ class Store:
         )
         return {str(receiver): int(count) for receiver, count in rows}
 
-    def save_conversation(
-        self,
-        conversation_id: str,
-        *,
-        protocol: str | None,
-        participants: Sequence[str],
-        state: str,
-        active: bool = True,
-        expires_at: float | None = None,
-    ) -> None:
-        """Record a conversation's latest state (write-behind, coalesced by id)."""
-        self._touch()
-        now = time.time()
-        self._p_conversations[conversation_id] = (
-            conversation_id,
-            protocol,
-            json.dumps(sorted(participants)),
-            state,
-            int(active),
-            conversation_id,
-            now,
-            now,
-            expires_at,
-        )
+    def save_conversations(self, conversations: Sequence[Mapping[str, Any]]) -> None:
+        """Record conversations' latest state (write-behind, coalesced by id).
 
-    async def load_conversations(self, *, active_only: bool = True) -> list[dict[str, Any]]:
+        Each is a :meth:`caxton.messaging.Conversation.to_dict`; a finished one is kept
+        inactive until the router forgets it.
+        """
+        self._touch()
+        for data in conversations:
+            cid = data["conversation_id"]
+            self._p_conversations[cid] = (
+                cid,
+                data["protocol"],
+                json.dumps(list(data["participants"])),
+                data["state"],
+                int(bool(data.get("active", True))),
+                data["started_at"],
+                data["updated_at"],
+                data["updated_at"] + data["ttl"],
+                data["initiator"],
+                json.dumps(dict(data["roles"])),
+                int(data["message_count"]),
+                data["ttl"],
+            )
+
+    def forget_conversations(self, conversation_ids: Sequence[str]) -> None:
+        """Drop conversations (write-behind)."""
+        self._touch()
+        for cid in conversation_ids:
+            self._p_conversations[cid] = None
+
+    async def load_conversations(self, *, active_only: bool = False) -> list[dict[str, Any]]:
+        """Kept conversations, oldest first, in :meth:`save_conversations`' shape."""
         await self.flush()
         sql = (
             "SELECT id, protocol, participants, state, active, created_at, updated_at,"
-            " expires_at FROM conversations"
+            " initiator, roles, message_count, ttl FROM conversations"
         )
         if active_only:
             sql += " WHERE active = 1"
         rows = await self._connection().execute_fetchall(sql + " ORDER BY created_at")
         return [
             {
-                "id": cid,
+                "conversation_id": cid,
                 "protocol": protocol,
                 "participants": json.loads(participants),
                 "state": state,
                 "active": bool(active),
-                "created_at": created,
+                "started_at": started,
                 "updated_at": updated,
-                "expires_at": expires,
+                "initiator": initiator,
+                "roles": json.loads(roles),
+                "message_count": count,
+                "ttl": ttl,
             }
-            for cid, protocol, participants, state, active, created, updated, expires in rows
-        ]
+            for (
+                cid, protocol, participants, state, active, started, updated,
+                initiator, roles, count, ttl,
+            ) in rows
+        ]  # fmt: skip
 
 
 def _agent_row(agent: StoredAgent) -> tuple[Any, ...]:
