@@ -24,11 +24,11 @@ from caxton.api.common import body, query
 from caxton.api.keys import NODE
 from caxton.api.openapi import (
     MAX_WAIT_MS,
-    _integer,
-    _object,
-    _operation,
-    _string,
+    integer_schema,
+    object_schema,
+    operation,
     schema_ref,
+    string_schema,
 )
 from caxton.api.permissions import required_permission, requires
 from caxton.api.responses import json_response
@@ -49,7 +49,7 @@ DEFAULT_EVENTS = 100
 KEEPALIVE = 15.0
 
 _NODE_ID = {"type": "string", "minLength": 1, "maxLength": 255}
-_LIMIT = _integer(0, 1000, f"Most recent events to return (default {DEFAULT_EVENTS})")
+_LIMIT = integer_schema(0, 1000, f"Most recent events to return (default {DEFAULT_EVENTS})")
 _FOLLOW = {"type": "boolean", "description": "Keep the stream open for live events"}
 
 
@@ -335,7 +335,7 @@ def _schemas() -> dict[str, Any]:
     nullable_string = {"type": "string", "nullable": True}
     nullable_integer = {"type": "integer", "nullable": True}
     nullable_number = {"type": "number", "nullable": True}
-    member = _object(
+    member = object_schema(
         {
             "node_id": {"type": "string"},
             "status": {"type": "string", "enum": ["alive", "suspect", "failed", "left"]},
@@ -354,7 +354,7 @@ def _schemas() -> dict[str, Any]:
         ("node_id", "status", "address", "agents", "cpu", "memory"),
         closed=False,
     )
-    event = _object(
+    event = object_schema(
         {
             "at": {"type": "number", "description": "Unix time, seconds"},
             "level": {"type": "string", "enum": ["debug", "info", "warning"]},
@@ -368,12 +368,12 @@ def _schemas() -> dict[str, Any]:
     )
     return {
         "ClusterMember": member,
-        "ClusterMembers": _object(
+        "ClusterMembers": object_schema(
             {"members": {"type": "array", "items": schema_ref("ClusterMember")}},
             ("members",),
             closed=False,
         ),
-        "ClusterStatus": _object(
+        "ClusterStatus": object_schema(
             {
                 "node_id": {"type": "string"},
                 "status": {"type": "string", "enum": ["HEALTHY", "DEGRADED"]},
@@ -393,7 +393,7 @@ def _schemas() -> dict[str, Any]:
             ("node_id", "status", "mode", "nodes_reachable", "nodes_known"),
             closed=False,
         ),
-        "ClusterPartition": _object(
+        "ClusterPartition": object_schema(
             {
                 "node_id": {"type": "string"},
                 "partitioned": {
@@ -402,7 +402,7 @@ def _schemas() -> dict[str, Any]:
                 },
                 "partitions": {
                     "type": "array",
-                    "items": _object(
+                    "items": object_schema(
                         {
                             "nodes": {"type": "array", "items": {"type": "string"}},
                             "majority": {"type": "boolean"},
@@ -422,7 +422,7 @@ def _schemas() -> dict[str, Any]:
             ("node_id", "partitioned", "partitions", "mode", "queued_writes"),
             closed=False,
         ),
-        "ClusterAgent": _object(
+        "ClusterAgent": object_schema(
             {
                 "name": {"type": "string"},
                 "id": {"type": "string"},
@@ -434,18 +434,18 @@ def _schemas() -> dict[str, Any]:
             ("name", "node_id", "state"),
             closed=False,
         ),
-        "ClusterAgents": _object(
+        "ClusterAgents": object_schema(
             {"agents": {"type": "array", "items": schema_ref("ClusterAgent")}},
             ("agents",),
             closed=False,
         ),
         "ClusterEvent": event,
-        "ClusterEvents": _object(
+        "ClusterEvents": object_schema(
             {"events": {"type": "array", "items": schema_ref("ClusterEvent")}},
             ("events",),
             closed=False,
         ),
-        "ClusterPing": _object(
+        "ClusterPing": object_schema(
             {
                 "node_id": {"type": "string"},
                 "status": {"type": "string"},
@@ -457,7 +457,7 @@ def _schemas() -> dict[str, Any]:
             ("node_id", "status"),
             closed=False,
         ),
-        "ClusterAuth": _object(
+        "ClusterAuth": object_schema(
             {
                 "agree": {"type": "boolean"},
                 "nodes": {"type": "array", "items": {"type": "object"}},
@@ -465,7 +465,7 @@ def _schemas() -> dict[str, Any]:
             ("agree", "nodes"),
             closed=False,
         ),
-        "ClusterVerify": _object(
+        "ClusterVerify": object_schema(
             {
                 "consistent": {
                     "type": "boolean",
@@ -476,15 +476,15 @@ def _schemas() -> dict[str, Any]:
             ("consistent", "nodes"),
             closed=False,
         ),
-        "ClusterLeave": _object(
+        "ClusterLeave": object_schema(
             {
-                "node": _string(255, description="The node to leave (default: this one)"),
-                "drain_timeout_ms": _integer(
+                "node": string_schema(255, description="The node to leave (default: this one)"),
+                "drain_timeout_ms": integer_schema(
                     0, MAX_WAIT_MS, "Wait for queued messages first (default 60000)"
                 ),
             }
         ),
-        "ClusterLeaveResult": _object(
+        "ClusterLeaveResult": object_schema(
             {
                 "node_id": {"type": "string"},
                 "status": {"type": "string", "enum": ["left", "leaving"]},
@@ -493,14 +493,14 @@ def _schemas() -> dict[str, Any]:
             ("node_id", "status"),
             closed=False,
         ),
-        "ClusterRemove": _object(
+        "ClusterRemove": object_schema(
             {
-                "node": _string(255, description="The failed member to remove"),
+                "node": string_schema(255, description="The failed member to remove"),
                 "force": {"type": "boolean", "enum": [True]},
             },
             ("node", "force"),
         ),
-        "ClusterRemoveResult": _object(
+        "ClusterRemoveResult": object_schema(
             {"node_id": {"type": "string"}, "status": {"type": "string"}},
             ("node_id", "status"),
             closed=False,
@@ -511,7 +511,7 @@ def _schemas() -> dict[str, Any]:
 def _paths() -> dict[str, Any]:
     limit = {"name": "limit", "in": "query", "required": False, "schema": _LIMIT}
     follow = {"name": "follow", "in": "query", "required": False, "schema": _FOLLOW}
-    stream = _operation(
+    stream = operation(
         "clusterEventStream",
         "Membership, registry and mode events as newline-delimited JSON (follow: live)",
         "read",
@@ -523,7 +523,7 @@ def _paths() -> dict[str, Any]:
     stream["responses"]["200"]["content"] = {"application/x-ndjson": {"schema": {"type": "string"}}}
     return {
         "/api/v1/cluster/members": {
-            "get": _operation(
+            "get": operation(
                 "clusterMembers",
                 "Members with status, address and gossiped load (NODE-ID STATUS ADDRESS ...)",
                 "read",
@@ -532,7 +532,7 @@ def _paths() -> dict[str, Any]:
             )
         },
         "/api/v1/cluster/status": {
-            "get": _operation(
+            "get": operation(
                 "clusterStatus",
                 "HEALTHY/DEGRADED and READ-WRITE/READ-ONLY, from the partition decision",
                 "read",
@@ -541,7 +541,7 @@ def _paths() -> dict[str, Any]:
             )
         },
         "/api/v1/cluster/partition": {
-            "get": _operation(
+            "get": operation(
                 "clusterDetectPartition",
                 "The partitions this node can tell apart: its side and the members it "
                 "cannot reach, with its mode and queued writes",
@@ -551,7 +551,7 @@ def _paths() -> dict[str, Any]:
             )
         },
         "/api/v1/cluster/agents": {
-            "get": _operation(
+            "get": operation(
                 "clusterAgents",
                 "Every agent of the cluster with its node (the agent registry)",
                 "read",
@@ -560,7 +560,7 @@ def _paths() -> dict[str, Any]:
             )
         },
         "/api/v1/cluster/events": {
-            "get": _operation(
+            "get": operation(
                 "clusterEvents",
                 "Recent membership, registry and mode events",
                 "read",
@@ -572,7 +572,7 @@ def _paths() -> dict[str, Any]:
         },
         "/api/v1/cluster/events/stream": {"get": stream},
         "/api/v1/cluster/members/{node_id}/ping": {
-            "get": _operation(
+            "get": operation(
                 "clusterPing",
                 "Probe a member: SWIM ping and transport round trip, ms",
                 "read",
@@ -591,7 +591,7 @@ def _paths() -> dict[str, Any]:
             )
         },
         "/api/v1/cluster/auth": {
-            "get": _operation(
+            "get": operation(
                 "clusterVerifyAuth",
                 "Do the members' certificates and gossip keys agree with this node's?",
                 "read",
@@ -600,7 +600,7 @@ def _paths() -> dict[str, Any]:
             )
         },
         "/api/v1/cluster/verify": {
-            "get": _operation(
+            "get": operation(
                 "clusterVerify",
                 "Do the reachable members agree on the membership and the registry versions?",
                 "read",
@@ -609,7 +609,7 @@ def _paths() -> dict[str, Any]:
             )
         },
         "/api/v1/cluster/leave": {
-            "post": _operation(
+            "post": operation(
                 "clusterLeave",
                 "Drain, announce the leave and stop this node (or the one named)",
                 "cluster",
@@ -621,7 +621,7 @@ def _paths() -> dict[str, Any]:
             )
         },
         "/api/v1/cluster/remove": {
-            "post": _operation(
+            "post": operation(
                 "clusterRemove",
                 "Force a failed member out (every node records it as left)",
                 "cluster",

@@ -73,18 +73,18 @@ def schema_ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-def _string(max_length: int = MAX_FIELD_LENGTH, **extra: Any) -> dict[str, Any]:
+def string_schema(max_length: int = MAX_FIELD_LENGTH, **extra: Any) -> dict[str, Any]:
     return {"type": "string", "minLength": 1, "maxLength": max_length, **extra}
 
 
-def _integer(minimum: int, maximum: int, description: str = "") -> dict[str, Any]:
+def integer_schema(minimum: int, maximum: int, description: str = "") -> dict[str, Any]:
     schema: dict[str, Any] = {"type": "integer", "minimum": minimum, "maximum": maximum}
     if description:
         schema["description"] = description
     return schema
 
 
-def _object(
+def object_schema(
     properties: dict[str, Any], required: tuple[str, ...] = (), *, closed: bool = True, **extra: Any
 ) -> dict[str, Any]:
     schema: dict[str, Any] = {"type": "object", "properties": properties}
@@ -100,7 +100,7 @@ def _schemas(ceiling: ResourceLimits) -> dict[str, Any]:
     ceilings = dataclasses.asdict(ceiling)
     limit_inputs = {
         key: {
-            **_integer(1, ceilings[key], LIMIT_DESCRIPTIONS[key]),
+            **integer_schema(1, ceilings[key], LIMIT_DESCRIPTIONS[key]),
             "x-maximum-hint": "this node's ceiling (see runtime.* in the config)",
         }
         for key in LIMIT_DESCRIPTIONS
@@ -121,10 +121,10 @@ def _schemas(ceiling: ResourceLimits) -> dict[str, Any]:
         "description": "1-64 characters after trimming blanks; no control characters",
         "example": "production-agent-1",
     }
-    agent_name = _string()
+    agent_name = string_schema()
     message_fields: dict[str, Any] = {
         "performative": {"type": "string", "enum": sorted({p.value for p in Performative})},
-        "sender": _string(description="Default: a temporary client-... endpoint"),
+        "sender": string_schema(description="Default: a temporary client-... endpoint"),
         "receiver": agent_name,
         "receivers": {
             "type": "array",
@@ -133,14 +133,14 @@ def _schemas(ceiling: ResourceLimits) -> dict[str, Any]:
             "maxItems": MAX_RECIPIENTS,
         },
         "content": {"description": "Any JSON value"},
-        "language": _string(),
-        "ontology": _string(),
-        "protocol": _string(),
-        "conversation_id": _string(),
-        "reply_with": _string(),
-        "in_reply_to": _string(),
+        "language": string_schema(),
+        "ontology": string_schema(),
+        "protocol": string_schema(),
+        "conversation_id": string_schema(),
+        "reply_with": string_schema(),
+        "in_reply_to": string_schema(),
         "reply_by": {"type": "number", "minimum": 0, "description": "Unix time, seconds"},
-        "message_id": _string(),
+        "message_id": string_schema(),
         "priority": {"type": "string", "enum": [p.name.lower() for p in Priority]},
     }
     message_out = {
@@ -156,16 +156,16 @@ def _schemas(ceiling: ResourceLimits) -> dict[str, Any]:
     message_out["in_reply_to"] = {"type": "string"}
     message_out["receivers"] = {"type": "array", "items": {"type": "string"}}
     return {
-        "Error": _object(
+        "Error": object_schema(
             {
                 "error": {"type": "string", "description": "Short summary"},
                 "details": {"type": "string", "description": "What happened and what to do"},
             },
             ("error", "details"),
         ),
-        "Health": _object({"status": {"type": "string", "enum": ["healthy"]}}, ("status",)),
-        "Liveness": _object({"status": {"type": "string", "enum": ["alive"]}}, ("status",)),
-        "Readiness": _object(
+        "Health": object_schema({"status": {"type": "string", "enum": ["healthy"]}}, ("status",)),
+        "Liveness": object_schema({"status": {"type": "string", "enum": ["alive"]}}, ("status",)),
+        "Readiness": object_schema(
             {
                 "status": {"type": "string", "enum": ["ready", "not-ready"]},
                 "state": {"type": "string"},
@@ -174,13 +174,13 @@ def _schemas(ceiling: ResourceLimits) -> dict[str, Any]:
             ("status", "state", "checks"),
         ),
         "AgentName": name,
-        "ResourceLimitsInput": _object(limit_inputs),
-        "ResourceLimits": _object(
+        "ResourceLimitsInput": object_schema(limit_inputs),
+        "ResourceLimits": object_schema(
             {key: {"type": "integer", "minimum": 1} for key in LIMIT_DESCRIPTIONS},
             tuple(LIMIT_DESCRIPTIONS),
             closed=False,
         ),
-        "DeployAgent": _object(
+        "DeployAgent": object_schema(
             {
                 "name": schema_ref("AgentName"),
                 "wasm_module": {
@@ -192,17 +192,19 @@ def _schemas(ceiling: ResourceLimits) -> dict[str, Any]:
                 },
                 "resource_limits": schema_ref("ResourceLimitsInput"),
                 "start": {"type": "boolean", "description": "Start it at once (default true)"},
-                "placement_strategy": _string(64, description="Placement driver to rank nodes"),
+                "placement_strategy": string_schema(
+                    64, description="Placement driver to rank nodes"
+                ),
                 "prefer_nodes": {
                     "type": "array",
-                    "items": _string(),
+                    "items": string_schema(),
                     "maxItems": 64,
                     "description": "Nodes to favour, best first",
                 },
-                "target_node": _string(description="Deploy on exactly this node"),
+                "target_node": string_schema(description="Deploy on exactly this node"),
                 "allowed_senders": {
                     "type": "array",
-                    "items": _string(256),
+                    "items": string_schema(256),
                     "maxItems": 256,
                     "description": (
                         "Agent names or patterns (client-* for REST clients) allowed to "
@@ -222,14 +224,14 @@ def _schemas(ceiling: ResourceLimits) -> dict[str, Any]:
                 },
             },
         ),
-        "UpdateAgent": _object(
+        "UpdateAgent": object_schema(
             {
                 "wasm_module": {"type": "string", "format": "byte", "minLength": 1},
                 "resource_limits": schema_ref("ResourceLimitsInput"),
             },
             minProperties=1,
         ),
-        "Agent": _object(
+        "Agent": object_schema(
             {
                 "id": {"type": "string", "format": "uuid"},
                 "name": {"type": "string"},
@@ -248,22 +250,22 @@ def _schemas(ceiling: ResourceLimits) -> dict[str, Any]:
             closed=False,
         ),
         "AgentList": {"type": "array", "items": schema_ref("Agent")},
-        "SendMessage": _object(
+        "SendMessage": object_schema(
             {
                 **message_fields,
-                "wait_ms": _integer(
+                "wait_ms": integer_schema(
                     0, MAX_WAIT_MS, "Wait this long for the reply (0: do not wait)"
                 ),
             },
             ("performative",),
             anyOf=[{"required": ["receiver"]}, {"required": ["receivers"]}],
         ),
-        "Message": _object(
+        "Message": object_schema(
             message_out,
             ("performative", "sender", "receiver", "message_id", "priority"),
             closed=False,
         ),
-        "SendResult": _object(
+        "SendResult": object_schema(
             {
                 "status": {"type": "string", "enum": ["accepted", "replied"]},
                 "message_id": {"type": "string"},
@@ -274,7 +276,7 @@ def _schemas(ceiling: ResourceLimits) -> dict[str, Any]:
             ("status", "message_id", "sender"),
             closed=False,
         ),
-        "Conversation": _object(
+        "Conversation": object_schema(
             {
                 "conversation_id": {"type": "string"},
                 "protocol": {"type": "string", "nullable": True},
@@ -290,7 +292,7 @@ def _schemas(ceiling: ResourceLimits) -> dict[str, Any]:
             ("conversation_id", "state", "participants"),
             closed=False,
         ),
-        "CreateTask": _object(
+        "CreateTask": object_schema(
             {
                 "content": {"description": "The task, any JSON value, sent in the cfp"},
                 "participants": {
@@ -300,17 +302,17 @@ def _schemas(ceiling: ResourceLimits) -> dict[str, Any]:
                     "maxItems": MAX_RECIPIENTS,
                     "uniqueItems": True,
                 },
-                "initiator": _string(description="Default: a temporary client-... endpoint"),
-                "deadline_ms": _integer(1, MAX_WAIT_MS, "How long bids are collected"),
-                "result_timeout_ms": _integer(
+                "initiator": string_schema(description="Default: a temporary client-... endpoint"),
+                "deadline_ms": integer_schema(1, MAX_WAIT_MS, "How long bids are collected"),
+                "result_timeout_ms": integer_schema(
                     1, MAX_WAIT_MS, "How long the winner has to report (default: deadline_ms)"
                 ),
-                "language": _string(),
-                "ontology": _string(),
+                "language": string_schema(),
+                "ontology": string_schema(),
             },
             ("content", "participants"),
         ),
-        "Task": _object(
+        "Task": object_schema(
             {
                 "id": {"type": "string", "format": "uuid"},
                 "state": {
@@ -333,7 +335,7 @@ def _schemas(ceiling: ResourceLimits) -> dict[str, Any]:
             ("id", "state", "initiator", "participants", "deadline_ms", "created_at"),
             closed=False,
         ),
-        "QueueStats": _object(
+        "QueueStats": object_schema(
             {
                 "agents": {"type": "object", "additionalProperties": {"type": "object"}},
                 "priorities": {"type": "object", "additionalProperties": {"type": "integer"}},
@@ -343,8 +345,8 @@ def _schemas(ceiling: ResourceLimits) -> dict[str, Any]:
             ("agents", "priorities", "dead_letters"),
             closed=False,
         ),
-        "Drain": _object({"timeout_ms": _integer(0, MAX_WAIT_MS, "Default 60000")}),
-        "DrainResult": _object(
+        "Drain": object_schema({"timeout_ms": integer_schema(0, MAX_WAIT_MS, "Default 60000")}),
+        "DrainResult": object_schema(
             {
                 "drained": {"type": "boolean"},
                 "remaining": {"type": "integer", "minimum": 0},
@@ -353,7 +355,7 @@ def _schemas(ceiling: ResourceLimits) -> dict[str, Any]:
             ("drained", "remaining", "timeout_ms"),
             closed=False,
         ),
-        "NodeResources": _object(
+        "NodeResources": object_schema(
             {
                 "node_id": {"type": "string"},
                 "cpu_percent": {"type": "number", "minimum": 0},
@@ -372,18 +374,18 @@ def _schemas(ceiling: ResourceLimits) -> dict[str, Any]:
             ("node_id", "cpu_percent", "memory_rss_bytes", "agents"),
             closed=False,
         ),
-        "Resources": _object(
+        "Resources": object_schema(
             {"nodes": {"type": "array", "items": schema_ref("NodeResources")}},
             ("nodes",),
             closed=False,
         ),
-        "EmergencyStop": _object(
+        "EmergencyStop": object_schema(
             {"all_agents": {"type": "boolean", "enum": [True]}}, ("all_agents",)
         ),
-        "EmergencyStopResult": _object(
+        "EmergencyStopResult": object_schema(
             {"stopped": {"type": "integer", "minimum": 0}}, ("stopped",), closed=False
         ),
-        "AuditEntry": _object(
+        "AuditEntry": object_schema(
             {
                 "time": {"type": "number"},
                 "identity": {"type": "string", "nullable": True},
@@ -398,7 +400,7 @@ def _schemas(ceiling: ResourceLimits) -> dict[str, Any]:
             ("time", "identity", "action", "target", "result", "source", "request_id"),
             closed=False,
         ),
-        "AuditLog": _object(
+        "AuditLog": object_schema(
             {"entries": {"type": "array", "items": schema_ref("AuditEntry")}},
             ("entries",),
             closed=False,
@@ -457,7 +459,7 @@ def _responses(
     return responses
 
 
-def _operation(
+def operation(
     operation_id: str,
     summary: str,
     permission: str,
@@ -523,7 +525,7 @@ def _paths() -> dict[str, Any]:
     task_id = _path_id("task_id", "The task's id")
     lifecycle = {
         action: {
-            "post": _operation(
+            "post": operation(
                 f"{action}Agent",
                 f"{action.capitalize()} the agent",
                 "update",
@@ -549,10 +551,10 @@ def _paths() -> dict[str, Any]:
     }
     return {
         "/health": {
-            "get": _operation("liveness", "Liveness", PUBLIC, {200: "Liveness"}, tag="health")
+            "get": operation("liveness", "Liveness", PUBLIC, {200: "Liveness"}, tag="health")
         },
         "/ready": {
-            "get": _operation(
+            "get": operation(
                 "readiness",
                 "Readiness: state store open, plugins started, cluster joined when asked",
                 PUBLIC,
@@ -562,15 +564,15 @@ def _paths() -> dict[str, Any]:
             )
         },
         "/api/v1/health": {
-            "get": _operation("health", "API health", PUBLIC, {200: "Health"}, tag="health")
+            "get": operation("health", "API health", PUBLIC, {200: "Health"}, tag="health")
         },
         "/api/v1/openapi.json": {
             "get": {
-                **_operation("openapi", "This document", PUBLIC, {200: None}, tag="health"),
+                **operation("openapi", "This document", PUBLIC, {200: None}, tag="health"),
             }
         },
         "/api/v1/agents": {
-            "get": _operation(
+            "get": operation(
                 "listAgents",
                 "List agents",
                 "read",
@@ -593,7 +595,7 @@ def _paths() -> dict[str, Any]:
                     },
                 ],
             ),
-            "post": _operation(
+            "post": operation(
                 "deployAgent",
                 "Deploy an agent",
                 "deploy",
@@ -614,7 +616,7 @@ def _paths() -> dict[str, Any]:
             ),
         },
         "/api/v1/agents/{agent_id}": {
-            "get": _operation(
+            "get": operation(
                 "getAgent",
                 "Get one agent",
                 "read",
@@ -622,7 +624,7 @@ def _paths() -> dict[str, Any]:
                 (400, 404),
                 parameters=[agent_id],
             ),
-            "put": _operation(
+            "put": operation(
                 "updateAgent",
                 "Replace the module and/or limits (hot swap: same id, name and state)",
                 "update",
@@ -631,7 +633,7 @@ def _paths() -> dict[str, Any]:
                 body="UpdateAgent",
                 parameters=[agent_id],
             ),
-            "delete": _operation(
+            "delete": operation(
                 "removeAgent",
                 "Stop and remove the agent",
                 "remove",
@@ -642,7 +644,7 @@ def _paths() -> dict[str, Any]:
         },
         **{f"/api/v1/agents/{{agent_id}}/{action}": ops for action, ops in lifecycle.items()},
         "/api/v1/messages": {
-            "post": _operation(
+            "post": operation(
                 "sendMessage",
                 "Send a FIPA-ACL message; with wait_ms, wait for the reply",
                 "send",
@@ -653,7 +655,7 @@ def _paths() -> dict[str, Any]:
             )
         },
         "/api/v1/conversations/{conversation_id}": {
-            "get": _operation(
+            "get": operation(
                 "getConversation",
                 "What the router knows of a conversation",
                 "read",
@@ -664,14 +666,14 @@ def _paths() -> dict[str, Any]:
                         "name": "conversation_id",
                         "in": "path",
                         "required": True,
-                        "schema": _string(),
+                        "schema": string_schema(),
                     }
                 ],
                 tag="messages",
             )
         },
         "/api/v1/tasks": {
-            "post": _operation(
+            "post": operation(
                 "createTask",
                 "Create a contract-net task (distribute it to run the call for proposals)",
                 "send",
@@ -683,7 +685,7 @@ def _paths() -> dict[str, Any]:
             )
         },
         "/api/v1/tasks/{task_id}": {
-            "get": _operation(
+            "get": operation(
                 "getTask",
                 "Get a task",
                 "read",
@@ -694,7 +696,7 @@ def _paths() -> dict[str, Any]:
             )
         },
         "/api/v1/tasks/{task_id}/distribute": {
-            "post": _operation(
+            "post": operation(
                 "distributeTask",
                 "Run the contract-net round: cfp, collect bids, award; returns the winner",
                 "send",
@@ -708,7 +710,7 @@ def _paths() -> dict[str, Any]:
             )
         },
         "/api/v1/queues": {
-            "get": _operation(
+            "get": operation(
                 "queueStats",
                 "Queue depths per agent and priority, dead letters",
                 "metrics",
@@ -718,7 +720,7 @@ def _paths() -> dict[str, Any]:
             )
         },
         "/api/v1/queues/drain": {
-            "post": _operation(
+            "post": operation(
                 "drainQueues",
                 "Wait until the queues are empty or the timeout passes",
                 "cluster",
@@ -730,7 +732,7 @@ def _paths() -> dict[str, Any]:
             )
         },
         "/api/v1/resources": {
-            "get": _operation(
+            "get": operation(
                 "resources",
                 "Node CPU, memory and agents",
                 "metrics",
@@ -739,7 +741,7 @@ def _paths() -> dict[str, Any]:
             )
         },
         "/api/v1/audit": {
-            "get": _operation(
+            "get": operation(
                 "auditLog",
                 "The audit log, newest first (admin)",
                 "audit",
@@ -753,7 +755,7 @@ def _paths() -> dict[str, Any]:
             )
         },
         "/api/v1/emergency/stop": {
-            "post": _operation(
+            "post": operation(
                 "emergencyStop",
                 "Stop every agent at once (no agent_shutdown)",
                 "cluster",
