@@ -418,3 +418,30 @@ def test_audit_refuses_an_unknown_result(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="audit result must be one of"):
         log.record("x", "ok")
     log.close()
+
+
+async def test_only_admins_may_send_in_a_deployed_agents_name(
+    http: aiohttp.ClientSession, keys: dict[str, str]
+) -> None:
+    """An allow-list is about sender names, so a REST caller may not pick an agent's."""
+    for extra in ({"name": "checkout"}, {"name": "billing", "allowed_senders": ["checkout"]}):
+        deploy = {"wasm_module": EMPTY_MODULE, **extra}
+        status, _, _ = await call(http, "POST", "/api/v1/agents", keys["admin"], deploy)
+        assert status == 201
+    as_checkout = {"performative": "inform", "receiver": "billing", "sender": "checkout"}
+    status, answer, _ = await call(http, "POST", "/api/v1/messages", keys["operator"], as_checkout)
+    assert status == 403
+    assert answer["details"].startswith(
+        "sender 'checkout' is a deployed agent: sending in an agent's name needs the "
+        "'impersonate' permission, which "
+    )
+    task = {"participants": ["billing"], "initiator": "checkout", "content": {}}
+    status, answer, _ = await call(http, "POST", "/api/v1/tasks", keys["developer"], task)
+    assert status == 403
+    assert "initiator 'checkout' is a deployed agent" in answer["details"]
+    # a name that is no agent's is the caller's to choose; admins may speak for agents
+    as_client = {"performative": "inform", "receiver": "checkout", "sender": "batch-job"}
+    status, _, _ = await call(http, "POST", "/api/v1/messages", keys["operator"], as_client)
+    assert status == 202
+    status, _, _ = await call(http, "POST", "/api/v1/messages", keys["admin"], as_checkout)
+    assert status == 202

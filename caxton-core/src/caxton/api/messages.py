@@ -7,11 +7,18 @@ import logging
 from aiohttp import web
 
 from caxton.api.common import body, path_uuid, service
-from caxton.api.keys import TASKS
+from caxton.api.keys import GUARD, IDENTITY, NODE, TASKS
 from caxton.api.permissions import requires
 from caxton.api.responses import json_response
 from caxton.api.tasks import Task
-from caxton.errors import AgentNotFound, CaxtonError, Conflict, NotFound, ValidationError
+from caxton.errors import (
+    AgentNotFound,
+    CaxtonError,
+    Conflict,
+    Forbidden,
+    NotFound,
+    ValidationError,
+)
 from caxton.messaging import Message, new_message_id
 
 __all__ = ["routes"]
@@ -28,13 +35,47 @@ def _client_name() -> str:
     return f"client-{new_message_id()[:12]}"
 
 
+def _speaking_as(request: web.Request, name: str, field: str) -> None:
+    """Refuse ``name`` when it is an agent's and the caller may not speak for agents.
+
+    An agent's allow-list is about sender names: a REST caller that could pick any
+    name would get past it. So naming a deployed agent (on this node or, from the
+    cluster registry, on another) needs the ``impersonate`` permission (admins). With
+    auth off there is no caller to check: the API then only listens on loopback
+    unless an operator opted in.
+    """
+    identity = request.get(IDENTITY)
+    guard = request.config_dict.get(GUARD)
+    if identity is None or guard is None or not _is_agent(request, name):
+        return
+    try:
+        guard.authorize(identity, "impersonate")
+    except Forbidden:
+        raise Forbidden(
+            f"{field} {name!r} is a deployed agent: sending in an agent's name needs the "
+            f"'impersonate' permission, which {identity.name!r} lacks (leave {field} out "
+            f"to send as a client)"
+        ) from None
+
+
+def _is_agent(request: web.Request, name: str) -> bool:
+    node = request.app[NODE]
+    if node.agents is not None and name in node.agents:
+        return True
+    cluster = getattr(node, "cluster", None)
+    return cluster is not None and bool(cluster.registry.lookup(name))
+
+
 @routes.post("/api/v1/messages")
 @requires("send")
 async def send_message(request: web.Request) -> web.Response:
     data = await body(request, "SendMessage")
     router = service(request, "router")
     wait_ms = data.pop("wait_ms", 0)
-    data.setdefault("sender", _client_name())
+    if data.get("sender") is None:
+        data["sender"] = _client_name()
+    elif isinstance(data["sender"], str):
+        _speaking_as(request, data["sender"], "sender")
     message = Message.from_dict(data)
     if wait_ms:
         reply = await router.request(message, wait_ms / 1000)
@@ -83,6 +124,7 @@ async def create_task(request: web.Request) -> web.Response:
     data = await body(request, "CreateTask")
     participants = tuple(data["participants"])
     initiator = data.get("initiator") or _client_name()
+    _speaking_as(request, initiator, "initiator")
     if initiator in participants:
         raise ValidationError(f"the initiator {initiator!r} is also a participant")
     task = request.config_dict[TASKS].add(

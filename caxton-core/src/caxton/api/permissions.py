@@ -36,6 +36,7 @@ PERMISSIONS: Final[dict[str, str]] = {
     "update": "start, stop, suspend, resume and update agents",
     "remove": "remove agents",
     "send": "send messages and run contract-net tasks",
+    "impersonate": "send messages and tasks in the name of a deployed agent",
     "metrics": "view metrics",
     "config": "modify configuration",
     "cluster": "manage the cluster: drain queues, emergency stop",
