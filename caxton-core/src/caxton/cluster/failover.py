@@ -178,6 +178,7 @@ class Failover:
         self.node.host.register(self, name=self._plugin_name)
         self.started = True
         self.cluster._spawn(self._reconcile_loop())
+        self.schedule_reconcile()
 
     def close(self) -> None:
         self.started = False
@@ -487,9 +488,11 @@ class Failover:
                 and self.cluster._live(load.node_id) is not None
             ]
             if candidates:
-                with contextlib.suppress(NoPlacement):
+                try:
                     ranked = rank_nodes(self.node.hook, self.node.placement, request, candidates)
-                    holders += [c.node_id for c in ranked][: self.copies - len(holders)]
+                except NoPlacement:  # a strategy that ranks only this node ("local")
+                    ranked = sorted(candidates, key=lambda c: (c.agents, c.node_id))
+                holders += [c.node_id for c in ranked][: self.copies - len(holders)]
         return tuple(holders)
 
     async def _replicate(self, agent: Agent) -> None:
