@@ -76,7 +76,9 @@ def test_an_agent_placed_on_a_killed_node_comes_back_once(
         30,
         "one echo, on the survivor, in every registry",
     )
-    assert any("removed the stale copy on n3" in t for t in texts(n3))
+    cluster.wait_until(
+        lambda: any("removed the stale copy on n3" in t for t in texts(n3)), 10, "dedup event"
+    )
     for node in everyone:
         assert node.ask("echo", f"via {node.node_id}")["reply"]["content"] == f"via {node.node_id}"
     assert hosting(everyone, "echo") == [taker]
