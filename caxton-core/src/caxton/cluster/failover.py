@@ -221,6 +221,8 @@ class Failover:
     def caxton_member_joined(self, node: Node, member: Member) -> None:
         if node is self.node and member.node_id != self.node_id:
             self._joined.add(member.node_id)
+            # Back before its agents all ran elsewhere: claims settle the rest.
+            self._redistributions.pop(member.node_id, None)
             self.schedule_reconcile()
 
     @hookimpl
@@ -246,12 +248,17 @@ class Failover:
         if not self.started or not self.enabled:
             return
         replicas = [r for r in self.replicas.values() if r.owner == failed]
-        agents = {e.agent_id or e.name: e.name for e in entries}
+        # Names a plugin announced without an agent id are endpoints, not agents.
+        agents = {e.agent_id: e.name for e in entries if e.agent_id}
         agents.update((r.agent_id, r.name) for r in replicas)
         if not agents:
             return
         events = self.cluster.events
-        decision = self.cluster.decision()
+        try:
+            decision = self.cluster.decision()
+        except Exception:
+            log.exception("the partition decision failed: not failing over %s", failed)
+            return
         mode = decision.mode if decision is not None else PartitionMode.READ_WRITE
         if mode is not PartitionMode.READ_WRITE:
             reason = decision.reason if decision is not None else ""
