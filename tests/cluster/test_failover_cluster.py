@@ -6,25 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from pathlib import Path
 from typing import Any
 
-import pytest
 from test_cluster_routing import eventually
-from test_placement_cluster import FAST, ask, crash, deploy, start_cluster
+from test_placement_cluster import ask, crash, deploy, start_cluster
+from test_placement_cluster import factory as factory  # the fixture
 
 from caxton import hookimpl
 from caxton.cluster.placement import DeploySpec, deploy_local
 from caxton.drivers.partition import ClusterView, PartitionDecision, PartitionMode
 from caxton.node import Node
 from caxton.testing import NodeFactory
-
-
-@pytest.fixture
-def factory(tmp_path: Path) -> NodeFactory:
-    factory = NodeFactory(tmp_path, config=FAST)
-    factory.register_driver("transport", "tcp", "caxton_transport_tcp.driver:TcpTransport")
-    return factory
 
 
 def hosts(nodes: list[Node], name: str) -> list[str]:
@@ -47,128 +39,112 @@ async def replicated(nodes: list[Node], agent_id: str, holders: int = 2) -> None
 async def test_agents_are_replicated_with_their_module_stored_once(
     factory: NodeFactory, echo: bytes
 ) -> None:
-    try:
-        n1, n2, n3 = await start_cluster(factory)
-        ids = []
-        for name in ("e1", "e2"):
-            status, agent, _ = await deploy(
-                n3, {"name": name, "resource_limits": {"max_fuel": 123_456}}, echo
-            )
-            assert status == 201, agent
-            ids.append(agent["id"])
-        for agent_id in ids:
-            await replicated([n1, n2], agent_id)
-        replica = n1.cluster.failover.replicas[ids[0]]
-        assert replica.owner == "n3"
-        assert replica.generation == 1
-        assert replica.spec.limits is not None
-        assert replica.spec.limits["max_fuel"] == 123_456
-        assert set(replica.holders) == {"n1", "n2"}
-        assert n2.cluster.failover.replicas[ids[0]].holders == replica.holders
-        assert await n1.store.module_count() == 1  # two replicas, one module
-        # Removing the agent drops its replicas; the module goes with the last one.
-        await n3.agents.remove("e1")
-        await eventually(lambda: ids[0] not in n1.cluster.failover.replicas)
-        await n3.agents.remove("e2")
-        await eventually(lambda: not n1.cluster.failover.replicas)
-        await eventually(lambda: not n2.cluster.failover.replicas)
-        assert await n1.store.module_count() == 0
-    finally:
-        await factory.stop_all()
+    n1, n2, n3 = await start_cluster(factory)
+    ids = []
+    for name in ("e1", "e2"):
+        status, agent, _ = await deploy(
+            n3, {"name": name, "resource_limits": {"max_fuel": 123_456}}, echo
+        )
+        assert status == 201, agent
+        ids.append(agent["id"])
+    for agent_id in ids:
+        await replicated([n1, n2], agent_id)
+    replica = n1.cluster.failover.replicas[ids[0]]
+    assert replica.owner == "n3"
+    assert replica.generation == 1
+    assert replica.spec.limits is not None
+    assert replica.spec.limits["max_fuel"] == 123_456
+    assert set(replica.holders) == {"n1", "n2"}
+    assert n2.cluster.failover.replicas[ids[0]].holders == replica.holders
+    assert await n1.store.module_count() == 1  # two replicas, one module
+    # Removing the agent drops its replicas; the module goes with the last one.
+    await n3.agents.remove("e1")
+    await eventually(lambda: ids[0] not in n1.cluster.failover.replicas)
+    await n3.agents.remove("e2")
+    await eventually(lambda: not n1.cluster.failover.replicas)
+    await eventually(lambda: not n2.cluster.failover.replicas)
+    assert await n1.store.module_count() == 0
 
 
 async def test_a_failed_nodes_agent_restarts_on_exactly_one_survivor(
     factory: NodeFactory, echo: bytes
 ) -> None:
-    try:
-        n1, n2, n3 = await start_cluster(factory)
-        status, agent, _ = await deploy(n1, {"name": "worker", "target_node": "n3"}, echo)
-        assert status == 201, agent
-        await replicated([n1, n2], agent["id"])
-        taker = n1.cluster.failover.replicas[agent["id"]].holders[0]
-        await crash(n3)
-        survivors = [n1, n2]
-        await eventually(lambda: hosts(survivors, "worker") == [taker], 20)
-        moved = next(n for n in survivors if n.node_id == taker).agents.get("worker")
-        assert moved.id == agent["id"]  # the same agent, under its id
-        for node in survivors:
-            await eventually(
-                lambda node=node: (
-                    [e.node_id for e in node.cluster.registry.lookup("worker")] == [taker]
-                )
+    n1, n2, n3 = await start_cluster(factory)
+    status, agent, _ = await deploy(n1, {"name": "worker", "target_node": "n3"}, echo)
+    assert status == 201, agent
+    await replicated([n1, n2], agent["id"])
+    taker = n1.cluster.failover.replicas[agent["id"]].holders[0]
+    await crash(n3)
+    survivors = [n1, n2]
+    await eventually(lambda: hosts(survivors, "worker") == [taker], 20)
+    moved = next(n for n in survivors if n.node_id == taker).agents.get("worker")
+    assert moved.id == agent["id"]  # the same agent, under its id
+    for node in survivors:
+        await eventually(
+            lambda node=node: [e.node_id for e in node.cluster.registry.lookup("worker")] == [taker]
+        )
+    other = next(n for n in survivors if n.node_id != taker)
+    assert await ask(other, "worker", "still there?") == "still there?"
+    for node in survivors:
+        await eventually(
+            lambda node=node: any(
+                t.startswith("All agents successfully redistributed") for t in texts(node)
             )
-        other = next(n for n in survivors if n.node_id != taker)
-        assert await ask(other, "worker", "still there?") == "still there?"
-        for node in survivors:
-            await eventually(
-                lambda node=node: any(
-                    t.startswith("All agents successfully redistributed") for t in texts(node)
-                )
-            )
-            lines = texts(node)
-            assert "Redistributing 1 agents from n3" in lines
-            assert f"Agent 'worker' migrated to {taker}" in lines
-        # The taker replicates it in turn, one generation higher.
-        await eventually(lambda: agent["id"] in other.cluster.failover.replicas)
-        replica = other.cluster.failover.replicas[agent["id"]]
-        assert (replica.owner, replica.generation) == (taker, 2)
-        assert hosts(survivors, "worker") == [taker]
-    finally:
-        await factory.stop_all()
+        )
+        lines = texts(node)
+        assert "Redistributing 1 agents from n3" in lines
+        assert f"Agent 'worker' migrated to {taker}" in lines
+    # The taker replicates it in turn, one generation higher.
+    await eventually(lambda: agent["id"] in other.cluster.failover.replicas)
+    replica = other.cluster.failover.replicas[agent["id"]]
+    assert (replica.owner, replica.generation) == (taker, 2)
+    assert hosts(survivors, "worker") == [taker]
 
 
 async def test_the_old_node_restarted_with_its_data_drops_its_stale_copy(
     factory: NodeFactory, echo: bytes
 ) -> None:
-    try:
-        n1, n2, n3 = await start_cluster(factory)
-        status, agent, _ = await deploy(n3, {"name": "once"}, echo)
-        assert status == 201, agent
-        await replicated([n1, n2], agent["id"])
-        await crash(n3)
-        await eventually(lambda: len(hosts([n1, n2], "once")) == 1, 20)
-        taker = hosts([n1, n2], "once")[0]
-        address = n3.cluster_address
-        assert address is not None
-        await n3.stop()
-        seed = f"127.0.0.1:{n1.cluster_address[1]}"
-        # A restart: same data directory, same cluster address.
-        again = factory.build(
-            "n3", join=[seed], config={"coordination.cluster.bind_addr": f"127.0.0.1:{address[1]}"}
+    n1, n2, n3 = await start_cluster(factory)
+    status, agent, _ = await deploy(n3, {"name": "once"}, echo)
+    assert status == 201, agent
+    await replicated([n1, n2], agent["id"])
+    await crash(n3)
+    await eventually(lambda: len(hosts([n1, n2], "once")) == 1, 20)
+    taker = hosts([n1, n2], "once")[0]
+    address = n3.cluster_address
+    assert address is not None
+    await n3.stop()
+    seed = f"127.0.0.1:{n1.cluster_address[1]}"
+    # A restart: same data directory, same cluster address.
+    again = factory.build(
+        "n3", join=[seed], config={"coordination.cluster.bind_addr": f"127.0.0.1:{address[1]}"}
+    )
+    await again.start()
+    everyone = [n1, n2, again]
+    await eventually(lambda: all(all_alive(n, 3) for n in everyone), 20)
+    await eventually(lambda: any("removed the stale copy on n3" in t for t in texts(again)), 20)
+    assert hosts(everyone, "once") == [taker]
+    for node in everyone:
+        await eventually(
+            lambda node=node: [e.node_id for e in node.cluster.registry.lookup("once")] == [taker]
         )
-        await again.start()
-        everyone = [n1, n2, again]
-        await eventually(lambda: all(all_alive(n, 3) for n in everyone), 20)
-        await eventually(lambda: any("removed the stale copy on n3" in t for t in texts(again)), 20)
-        assert hosts(everyone, "once") == [taker]
-        for node in everyone:
-            await eventually(
-                lambda node=node: (
-                    [e.node_id for e in node.cluster.registry.lookup("once")] == [taker]
-                )
-            )
-        assert await ask(again, "once", "which one?") == "which one?"
-        assert hosts(everyone, "once") == [taker]
-    finally:
-        await factory.stop_all()
+    assert await ask(again, "once", "which one?") == "which one?"
+    assert hosts(everyone, "once") == [taker]
 
 
 async def test_failover_can_be_turned_off(factory: NodeFactory, echo: bytes) -> None:
-    try:
-        n1, n2, n3 = await start_cluster(factory, **{"coordination.cluster.failover": False})
-        status, agent, _ = await deploy(n3, {"name": "stays"}, echo)
-        assert status == 201, agent
-        await replicated([n1, n2], agent["id"])
-        await crash(n3)
-        for node in (n1, n2):
-            await eventually(
-                lambda node=node: "1 agents of n3 dropped from the registry" in texts(node), 20
-            )
-        await asyncio.sleep(1.0)  # a takeover would have started by now
-        assert hosts([n1, n2], "stays") == []
-        assert not any("Redistributing" in t for t in texts(n1) + texts(n2))
-    finally:
-        await factory.stop_all()
+    n1, n2, n3 = await start_cluster(factory, **{"coordination.cluster.failover": False})
+    status, agent, _ = await deploy(n3, {"name": "stays"}, echo)
+    assert status == 201, agent
+    await replicated([n1, n2], agent["id"])
+    await crash(n3)
+    for node in (n1, n2):
+        await eventually(
+            lambda node=node: "1 agents of n3 dropped from the registry" in texts(node), 20
+        )
+    await asyncio.sleep(1.0)  # a takeover would have started by now
+    assert hosts([n1, n2], "stays") == []
+    assert not any("Redistributing" in t for t in texts(n1) + texts(n2))
 
 
 class ReadOnly:
@@ -180,39 +156,33 @@ class ReadOnly:
 
 
 async def test_a_node_in_a_minority_does_not_fail_over(factory: NodeFactory, echo: bytes) -> None:
-    try:
-        n1, n2, n3 = await start_cluster(factory)
-        status, agent, _ = await deploy(n3, {"name": "kept"}, echo)
-        assert status == 201, agent
-        await replicated([n1, n2], agent["id"])
-        for node in (n1, n2):
-            node.host.register(ReadOnly(), name="read-only")
-        await crash(n3)
-        for node in (n1, n2):
-            await eventually(
-                lambda node=node: any(
-                    t.startswith("Not redistributing 1 agents of n3") for t in texts(node)
-                ),
-                20,
-            )
-        assert hosts([n1, n2], "kept") == []
-    finally:
-        await factory.stop_all()
+    n1, n2, n3 = await start_cluster(factory)
+    status, agent, _ = await deploy(n3, {"name": "kept"}, echo)
+    assert status == 201, agent
+    await replicated([n1, n2], agent["id"])
+    for node in (n1, n2):
+        node.host.register(ReadOnly(), name="read-only")
+    await crash(n3)
+    for node in (n1, n2):
+        await eventually(
+            lambda node=node: any(
+                t.startswith("Not redistributing 1 agents of n3") for t in texts(node)
+            ),
+            20,
+        )
+    assert hosts([n1, n2], "kept") == []
 
 
 async def test_an_unauthenticated_replica_is_refused(factory: NodeFactory, echo: bytes) -> None:
-    try:
-        n1, n2 = await start_cluster(factory, ("n1", "n2"))
-        member = n2.cluster._live("n1")
-        assert member is not None
-        forged: Any = n2.cluster.failover.trust.keyring.__class__([b"k" * 32]).seal(b"anything")
-        answer = await n2.cluster._control(member.address, 5.0, "replica", forged)
-        assert answer[:2] == ["error", 403]
-        answer = await n2.cluster._control(member.address, 5.0, "claim", base64.b64encode(b"x"))
-        assert answer[:2] == ["error", 403]
-        assert not n1.cluster.failover.replicas
-    finally:
-        await factory.stop_all()
+    n1, n2 = await start_cluster(factory, ("n1", "n2"))
+    member = n2.cluster._live("n1")
+    assert member is not None
+    forged: Any = n2.cluster.failover.trust.keyring.__class__([b"k" * 32]).seal(b"anything")
+    answer = await n2.cluster._control(member.address, 5.0, "replica", forged)
+    assert answer[:2] == ["error", 403]
+    answer = await n2.cluster._control(member.address, 5.0, "claim", base64.b64encode(b"x"))
+    assert answer[:2] == ["error", 403]
+    assert not n1.cluster.failover.replicas
 
 
 async def test_two_copies_of_one_placement_settle_on_the_lower_node_id(
@@ -220,15 +190,12 @@ async def test_two_copies_of_one_placement_settle_on_the_lower_node_id(
 ) -> None:
     # Two survivors that disagreed about who takes an agent both start it with the
     # same generation: the lower node id keeps it.
-    try:
-        n1, n2 = await start_cluster(factory, ("n1", "n2"))
-        status, agent, _ = await deploy(n2, {"name": "twin"}, echo)
-        assert status == 201, agent
-        spec = DeploySpec("twin", agent_id=agent["id"])
-        await deploy_local(n1, spec, echo)
-        await eventually(lambda: any("removed the stale copy on n2" in t for t in texts(n2)))
-        assert hosts([n1, n2], "twin") == ["n1"]
-        await eventually(lambda: [e.node_id for e in n2.cluster.registry.lookup("twin")] == ["n1"])
-        assert await ask(n2, "twin", "one") == "one"
-    finally:
-        await factory.stop_all()
+    n1, n2 = await start_cluster(factory, ("n1", "n2"))
+    status, agent, _ = await deploy(n2, {"name": "twin"}, echo)
+    assert status == 201, agent
+    spec = DeploySpec("twin", agent_id=agent["id"])
+    await deploy_local(n1, spec, echo)
+    await eventually(lambda: any("removed the stale copy on n2" in t for t in texts(n2)))
+    assert hosts([n1, n2], "twin") == ["n1"]
+    await eventually(lambda: [e.node_id for e in n2.cluster.registry.lookup("twin")] == ["n1"])
+    assert await ask(n2, "twin", "one") == "one"

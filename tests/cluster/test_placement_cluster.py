@@ -46,18 +46,17 @@ async def start_cluster(
 
 
 @pytest.fixture
-def factory(tmp_path: Path) -> NodeFactory:
+async def factory(tmp_path: Path) -> AsyncIterator[NodeFactory]:
+    """A node factory over tcp; every node it built is stopped after the test."""
     factory = NodeFactory(tmp_path, config=FAST)
     factory.register_driver("transport", "tcp", "caxton_transport_tcp.driver:TcpTransport")
-    return factory
+    yield factory
+    await factory.stop_all()
 
 
 @pytest.fixture
-async def nodes(factory: NodeFactory) -> AsyncIterator[list[Node]]:
-    try:
-        yield await start_cluster(factory)
-    finally:
-        await factory.stop_all()
+async def nodes(factory: NodeFactory) -> list[Node]:
+    return await start_cluster(factory)
 
 
 async def deploy(
@@ -152,18 +151,15 @@ async def test_placement_hooks_filter_and_score_the_members(
             return 10.0 if candidate.node_id == "n3" else 0.0
 
     factory.register(NotN2(), name="not-n2")
-    try:
-        n1, _, _ = await start_cluster(factory)
-        status, agent, _ = await deploy(
-            n1, {"name": "scored", "placement_strategy": "least-loaded"}, echo
-        )
-        assert status == 201, agent
-        assert agent["node_id"] == "n3"
-        status, error, _ = await deploy(n1, {"name": "filtered", "target_node": "n2"}, echo)
-        assert status == 503
-        assert "target node 'n2' is not available" in error["details"]
-    finally:
-        await factory.stop_all()
+    n1, _, _ = await start_cluster(factory)
+    status, agent, _ = await deploy(
+        n1, {"name": "scored", "placement_strategy": "least-loaded"}, echo
+    )
+    assert status == 201, agent
+    assert agent["node_id"] == "n3"
+    status, error, _ = await deploy(n1, {"name": "filtered", "target_node": "n2"}, echo)
+    assert status == 503
+    assert "target node 'n2' is not available" in error["details"]
 
 
 async def test_errors_are_clear_and_never_500(nodes: list[Node], echo: bytes) -> None:
@@ -189,49 +185,38 @@ async def test_errors_are_clear_and_never_500(nodes: list[Node], echo: bytes) ->
 
 
 async def test_a_failed_target_is_not_reachable(factory: NodeFactory, echo: bytes) -> None:
-    try:
-        n1, _, n3 = await start_cluster(factory)
-        await crash(n3)
-        await eventually(lambda: n1.membership.member("n3").status.value == "failed", 15)
-        status, error, _ = await deploy(n1, {"name": "x", "target_node": "n3"}, echo)
-        assert (status, error["error"]) == (409, "Node not reachable")
-        assert "node 'n3' is not reachable: it is failed" in error["details"]
-        with pytest.raises(NodeUnreachable):
-            await deploy_remote(n1.cluster, "n3", DeploySpec("x"), echo)
-    finally:
-        await factory.stop_all()
+    n1, _, n3 = await start_cluster(factory)
+    await crash(n3)
+    await eventually(lambda: n1.membership.member("n3").status.value == "failed", 15)
+    status, error, _ = await deploy(n1, {"name": "x", "target_node": "n3"}, echo)
+    assert (status, error["error"]) == (409, "Node not reachable")
+    assert "node 'n3' is not reachable: it is failed" in error["details"]
+    with pytest.raises(NodeUnreachable):
+        await deploy_remote(n1.cluster, "n3", DeploySpec("x"), echo)
 
 
 async def test_a_peer_without_the_cluster_key_cannot_deploy(
     factory: NodeFactory, echo: bytes
 ) -> None:
-    try:
-        n1, n2 = await start_cluster(factory, ("n1", "n2"))
-        # n2 forgets the key: its sealed deploys no longer open on n1.
-        n2.cluster.failover.trust.keyring = type(n2.cluster.failover.trust.keyring)(
-            [os.urandom(32)]
-        )
-        status, error, _ = await deploy(n2, {"name": "intruder", "target_node": "n1"}, echo)
-        assert status == 403, error
-        assert "not sealed with one of this node's security.cluster.gossip_keys" in error["details"]
-        assert "intruder" not in n1.agents
-    finally:
-        await factory.stop_all()
+    n1, n2 = await start_cluster(factory, ("n1", "n2"))
+    # n2 forgets the key: its sealed deploys no longer open on n1.
+    n2.cluster.failover.trust.keyring = type(n2.cluster.failover.trust.keyring)([os.urandom(32)])
+    status, error, _ = await deploy(n2, {"name": "intruder", "target_node": "n1"}, echo)
+    assert status == 403, error
+    assert "not sealed with one of this node's security.cluster.gossip_keys" in error["details"]
+    assert "intruder" not in n1.agents
 
 
 async def test_without_cluster_authentication_remote_deploys_are_refused(
     factory: NodeFactory, echo: bytes
 ) -> None:
-    try:
-        n1, _ = await start_cluster(factory, ("n1", "n2"), **{"security.cluster.gossip_keys": []})
-        status, error, _ = await deploy(n1, {"name": "open", "target_node": "n2"}, echo)
-        assert status == 403, error
-        assert "authenticates no peer" in error["details"]
-        # Local deploys are not affected.
-        status, agent, _ = await deploy(n1, {"name": "here", "target_node": "n1"}, echo)
-        assert (status, agent["node_id"]) == (201, "n1")
-    finally:
-        await factory.stop_all()
+    n1, _ = await start_cluster(factory, ("n1", "n2"), **{"security.cluster.gossip_keys": []})
+    status, error, _ = await deploy(n1, {"name": "open", "target_node": "n2"}, echo)
+    assert status == 403, error
+    assert "authenticates no peer" in error["details"]
+    # Local deploys are not affected.
+    status, agent, _ = await deploy(n1, {"name": "here", "target_node": "n1"}, echo)
+    assert (status, agent["node_id"]) == (201, "n1")
 
 
 async def crash(node: Node) -> None:
