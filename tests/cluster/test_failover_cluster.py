@@ -13,6 +13,7 @@ from test_placement_cluster import ask, crash, deploy, start_cluster
 from test_placement_cluster import factory as factory  # the fixture
 
 from caxton import hookimpl
+from caxton.cluster.failover import Replica
 from caxton.cluster.placement import DeploySpec, deploy_local
 from caxton.drivers.partition import ClusterView, PartitionDecision, PartitionMode
 from caxton.node import Node
@@ -173,7 +174,9 @@ async def test_a_node_in_a_minority_does_not_fail_over(factory: NodeFactory, ech
     assert hosts([n1, n2], "kept") == []
 
 
-async def test_an_unauthenticated_replica_is_refused(factory: NodeFactory, echo: bytes) -> None:
+async def test_unauthenticated_or_forged_replicas_are_refused(
+    factory: NodeFactory, echo: bytes
+) -> None:
     n1, n2 = await start_cluster(factory, ("n1", "n2"))
     member = n2.cluster._live("n1")
     assert member is not None
@@ -182,6 +185,12 @@ async def test_an_unauthenticated_replica_is_refused(factory: NodeFactory, echo:
     assert answer[:2] == ["error", 403]
     answer = await n2.cluster._control(member.address, 5.0, "claim", base64.b64encode(b"x"))
     assert answer[:2] == ["error", 403]
+    # Sealed, but the module is not what its sha256 says.
+    replica = Replica("id-1", "fake", "n2", 1, "0" * 64, DeploySpec("fake"), ("n1",))
+    sealed = n2.cluster.failover.trust.seal({**replica.to_wire(), "wasm": echo})
+    answer = await n2.cluster._control(member.address, 5.0, "replica", sealed)
+    assert answer[:2] == ["error", 400]
+    assert "do not match its sha256" in answer[3]
     assert not n1.cluster.failover.replicas
 
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import hashlib
 import json
 import logging
 import time
@@ -597,6 +598,8 @@ class Failover:
                 f"replica module refused: larger than this node's "
                 f"coordination.cluster.replica_max_size ({self.max_size} bytes)"
             )
+        elif hashlib.sha256(wasm).hexdigest() != replica.module_sha256:
+            raise ValidationError("replica module refused: its bytes do not match its sha256")
         store.put_replica(replica.record(), wasm)
         self.replicas[replica.agent_id] = replica
         return "ok"
