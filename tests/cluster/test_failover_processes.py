@@ -1,14 +1,17 @@
 """Placement and failover with real ``caxton server start`` processes (tcp, test
-timings): the echo agent placed on n3 through n1, n3 SIGKILLed, the agent back on
-exactly one survivor, then n3 restarted with its data without running it twice."""
+timings): the echo agent placed on n3 with ``caxton deploy --target-node`` through n1,
+n3 SIGKILLed, the agent back on exactly one survivor, then n3 restarted with its data
+without running it twice."""
 
 from __future__ import annotations
 
-import base64
+import json
+import subprocess
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
-from cluster_support import NodeProcess, ProcessCluster
+from cluster_support import NodeProcess, ProcessCluster, caxton_command, clean_environment
 
 pytestmark = pytest.mark.cluster
 
@@ -32,12 +35,19 @@ def hosting(nodes: list[NodeProcess], name: str) -> list[str]:
 
 
 def test_an_agent_placed_on_a_killed_node_comes_back_once(
-    make_cluster: MakeCluster, echo: bytes
+    make_cluster: MakeCluster, echo: bytes, tmp_path: Path
 ) -> None:
     cluster = make_cluster()
     n1, n2, n3 = cluster.start(3)
-    body = {"name": "echo", "wasm_module": base64.b64encode(echo).decode(), "target_node": "n3"}
-    agent = n1.request("POST", "/api/v1/agents", body)
+    module = tmp_path / "echo.wasm"
+    module.write_bytes(echo)
+    deployed = subprocess.run(
+        [*caxton_command(), "deploy", str(module), "--name", "echo", "--target-node", "n3",
+         "--json", "--api-url", n1.api_url],
+        capture_output=True, text=True, env=clean_environment(), timeout=60,
+    )  # fmt: skip
+    assert deployed.returncode == 0, deployed.stderr
+    agent = json.loads(deployed.stdout)
     assert agent["node_id"] == "n3"
     assert hosting([n1, n2, n3], "echo") == ["n3"]
     cluster.wait_until(
