@@ -208,3 +208,22 @@ async def test_two_copies_of_one_placement_settle_on_the_lower_node_id(
     assert hosts([n1, n2], "twin") == ["n1"]
     await eventually(lambda: [e.node_id for e in n2.cluster.registry.lookup("twin")] == ["n1"])
     assert await ask(n2, "twin", "one") == "one"
+
+
+async def test_a_failed_holder_is_replaced(factory: NodeFactory, echo: bytes) -> None:
+    nodes = await start_cluster(factory, ("n1", "n2", "n3", "n4"))
+    n1 = nodes[0]
+    status, agent, _ = await deploy(n1, {"name": "kept"}, echo)
+    assert status == 201, agent
+    await replicated(nodes[1:], agent["id"])
+    lost = n1.cluster.failover.holders[agent["id"]][0]
+    await crash(next(n for n in nodes if n.node_id == lost))
+    others = [n for n in nodes[1:] if n.node_id != lost]
+    await replicated(others, agent["id"], holders=2)
+    holders = n1.cluster.failover.holders[agent["id"]]
+    assert lost not in holders
+    assert sorted(holders) == sorted(n.node_id for n in others)
+    for node in others:  # every holder knows the new takeover order
+        await eventually(
+            lambda node=node: node.cluster.failover.replicas[agent["id"]].holders == holders
+        )
