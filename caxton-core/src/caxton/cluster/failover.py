@@ -11,7 +11,10 @@ told which replicas it should still keep (``holdings``).
 
 **Failover.** When a member is declared *failed* (not when it leaves: a graceful leave
 drains) and this node is read-write (``Cluster.decision()``: a node in a minority
-partition never fails over), each agent the failed node hosted is restarted by exactly
+partition never fails over) and a quorum of the members answers a round trip now
+(:meth:`Failover.quorum_answers`: the membership view alone is not enough, since a node
+cut off from the others sees them fail one by one, and while only the first has failed
+it still counts a majority), each agent the failed node hosted is restarted by exactly
 one survivor: the first live node in the agent's holder list. Every holder has the same
 list, so they all agree without talking; the taker deploys the agent under the same id
 through :func:`~caxton.cluster.placement.deploy_local`, one generation higher, and the
@@ -68,6 +71,8 @@ REDISTRIBUTE_TIMEOUT = 30.0
 RECONCILE_INTERVAL = 5.0
 #: Seconds a replica or claim request may take (sending a module included).
 REPLICA_TIMEOUT = 15.0
+#: Seconds a member has to answer the quorum check that precedes a failover.
+QUORUM_TIMEOUT = 1.0
 
 
 def wins(generation: int, node_id: str, other_generation: int, other_node: str) -> bool:
@@ -254,6 +259,15 @@ class Failover:
         agents.update((r.agent_id, r.name) for r in replicas)
         if not agents:
             return
+        self.cluster._spawn(self._redistribute(failed, entries, agents, replicas))
+
+    async def _redistribute(
+        self,
+        failed: str,
+        entries: Sequence[AgentEntry],
+        agents: dict[str, str],
+        replicas: list[Replica],
+    ) -> None:
         events = self.cluster.events
         try:
             decision = self.cluster.decision()
@@ -261,8 +275,13 @@ class Failover:
             log.exception("the partition decision failed: not failing over %s", failed)
             return
         mode = decision.mode if decision is not None else PartitionMode.READ_WRITE
+        reason = decision.reason if decision is not None else ""
+        if mode is PartitionMode.READ_WRITE:
+            answered, quorum = await self.quorum_answers()
+            if answered < quorum:
+                mode = PartitionMode.READ_ONLY
+                reason = f"only {answered} nodes answer now, quorum {quorum}"
         if mode is not PartitionMode.READ_WRITE:
-            reason = decision.reason if decision is not None else ""
             events.record(
                 "redistribution-skipped",
                 f"Not redistributing {len(agents)} agents of {failed}: node {self.node_id} "
@@ -286,6 +305,26 @@ class Failover:
         for entry in self.cluster.registry.entries():
             self._seen_running(entry)
         self.cluster._spawn(self._redistribution_deadline(failed))
+
+    async def quorum_answers(self) -> tuple[int, int]:
+        """How many members answer a transport round trip now (this node counts), and
+        the quorum: what a failover needs beyond a read-write membership view."""
+        view = self.cluster.view()
+        quorum = view.quorum_size or len(view.known_nodes) // 2 + 1
+
+        async def answers(node_id: str) -> bool:
+            member = self.cluster._live(node_id)
+            if member is None:
+                return False
+            try:
+                await self.cluster._control(member.address, QUORUM_TIMEOUT, "ping")
+            except CaxtonError:
+                return False
+            return True
+
+        others = [n for n in view.reachable_nodes if n != self.node_id]
+        results = await asyncio.gather(*(answers(n) for n in others))
+        return 1 + sum(results), quorum
 
     def taker(self, replica: Replica) -> str | None:
         """The survivor that restarts ``replica``'s agent: its first live holder."""
