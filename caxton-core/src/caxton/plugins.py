@@ -42,7 +42,7 @@ from caxton.drivers import (
     Sandbox,
     Transport,
 )
-from caxton.errors import CaxtonError, ConfigError, DriverNotFound, PluginError
+from caxton.errors import CaxtonError, DriverNotFound, PluginError
 
 log = logging.getLogger("caxton.plugins")
 
@@ -490,7 +490,7 @@ class PluginHost:
         against the loaded configuration first; ``section`` overrides the values passed.
         """
         cls = self.driver_class(kind, name)
-        values = self._driver_config(cls, config) if section is None else dict(section)
+        values = self.driver_config(cls, config) if section is None else dict(section)
         try:
             driver = cls(values, context)
         except PluginError:
@@ -536,14 +536,13 @@ class PluginHost:
         return [self.create_driver(kind, name, config, context) for name in names]
 
     @staticmethod
-    def _driver_config(cls: type[Driver], config: Config) -> dict[str, Any]:
+    def driver_config(cls: type[Driver], config: Config) -> dict[str, Any]:
+        """The values of driver class ``cls``'s own config section, validated (declaring
+        the section on ``config`` first); ``{}`` for a driver without one."""
         section: ConfigSection | None = cls.config_section
         if section is None:
             return {}
-        try:
-            config.add_section(section)
-        except ConfigError:
-            raise
+        config.add_section(section)
         return dict(config[section.path])
 
     def _register_driver_hooks(self, kind: str, name: str, driver: object) -> None:

@@ -217,7 +217,7 @@ def strategy_named(node: Node, name: str | None) -> PlacementStrategy:
         cls = node.host.driver_class("placement", name)  # DriverNotFound names the installed
         try:
             # The driver's own config section, validated as for the selected driver.
-            values = PluginHost._driver_config(cls, node.config)
+            values = PluginHost.driver_config(cls, node.config)
             cache[name] = cls(values, node.context)  # type: ignore[assignment]
         except CaxtonError:
             raise
