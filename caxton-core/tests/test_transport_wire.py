@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import zlib
+from typing import Any
 
 import msgpack
 import pytest
@@ -11,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from caxton.config import load_config
-from caxton.errors import ConfigError, ProtocolError
+from caxton.errors import ConfigError, ProtocolError, TransportError
 from caxton.transport import (
     FrameDecoder,
     FrameTooLarge,
@@ -24,7 +26,7 @@ from caxton.transport import (
     unpack_envelope,
 )
 from caxton.transport.keyring import decode_key
-from caxton.transport.pool import Backoff
+from caxton.transport.pool import Backoff, PeerPool
 
 records = st.lists(
     st.tuples(st.integers(1, 21), st.integers(0, 2**63), st.binary(max_size=300)),
@@ -283,3 +285,28 @@ def test_no_byte_sequence_escapes_the_connection(data: bytes, after_hello: bool)
         connection.connection_lost(None)
 
     asyncio.run(feed())
+
+
+async def test_an_abandoned_dial_fails_at_once_instead_of_retrying() -> None:
+    """forget_peer's core: a dial retrying a dead address gives up when told."""
+    attempts = 0
+    retrying = asyncio.Event()
+
+    async def refused(peer: tuple[str, int], timeout: float) -> Any:
+        nonlocal attempts
+        attempts += 1
+        if attempts == 3:
+            retrying.set()
+        raise ConnectionRefusedError("connection refused")
+
+    pool = PeerPool(refused, backoff_initial=0.05, backoff_max=0.2)
+    peer = ("127.0.0.1", 9)
+    dial = asyncio.ensure_future(pool.get(peer, timeout=30.0))
+    await asyncio.wait_for(retrying.wait(), 5.0)
+    waiter = asyncio.ensure_future(pool.get(peer, timeout=30.0))  # shares the dial
+    await asyncio.sleep(0)
+    pool.abandon(peer, "membership reports the peer failed or left")
+    for call in (dial, waiter):
+        with pytest.raises(TransportError, match="membership reports the peer failed"):
+            await asyncio.wait_for(call, 1.0)
+    pool.abandon(peer, "no dial under way: nothing to do")

@@ -848,6 +848,8 @@ class Cluster:
                 EventKind.REMOVED: f"Node {node_id} forgotten",
             }[kind]
             level = "warning" if kind is EventKind.FAILED else "info"
+            # Forwards stuck dialling it fail now, not after the dial's retries.
+            self.transport.forget_peer(member.address)
             self._forget_node(node_id, text, kind.value, level)
             return
         if kind is EventKind.JOINED:

@@ -85,3 +85,11 @@ class Transport(Driver):
     @abstractmethod
     def peer_stats(self) -> Mapping[Address, PeerStats]:
         """Per-peer counters and the last measured round-trip time."""
+
+    def forget_peer(self, peer: Address) -> None:
+        """Membership says ``peer`` failed or left: a dial to it under way gives up now.
+
+        Its callers get :class:`caxton.errors.TransportError` instead of waiting out
+        the dial's retries (seconds), so what queued behind them can go elsewhere. The
+        default does nothing (a transport that does not retry dials needs nothing).
+        """

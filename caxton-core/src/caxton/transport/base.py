@@ -223,6 +223,15 @@ class ConnectionTransport(Transport):
             return connection
         return await self._pool.get(peer, timeout or self.settings.connect_timeout)
 
+    def forget_peer(self, peer: Address) -> None:
+        """Membership says ``peer`` is gone: end a dial to it under way, and drop the
+        pooled connection (a partition leaves it open, with sends stuck behind it)."""
+        reason = "membership reports the peer failed or left"
+        self._pool.abandon(peer, reason)
+        connection = self._pool.live(peer)
+        if connection is not None:
+            connection.fail(reason)
+
     async def send(self, peer: Address, kind: FrameKind, payload: bytes) -> None:
         connection = self._pool.live(peer) or await self.connection(peer)
         await connection.send(kind, payload)
