@@ -358,7 +358,7 @@ def failover_round(base: Path, transport: str, timings: dict[str, Any]) -> dict[
         deadline = time.monotonic() + 60
         while True:
             try:
-                if n1.ask("echo", "ping", wait_ms=500)["reply"]["content"] == "ping":
+                if n1.ask("echo", "ping", wait_ms=100)["reply"]["content"] == "ping":
                     break
             except (ApiError, OSError):
                 pass
