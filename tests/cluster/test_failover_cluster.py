@@ -227,3 +227,43 @@ async def test_a_failed_holder_is_replaced(factory: NodeFactory, echo: bytes) ->
         await eventually(
             lambda node=node: node.cluster.failover.replicas[agent["id"]].holders == holders
         )
+
+
+async def test_the_agents_key_value_state_moves_with_it(
+    factory: NodeFactory, tmp_path_factory: Any
+) -> None:
+    """The counter keeps its count in its KV store: replicated to the holders shortly
+    after each change, it carries on from there on the survivor."""
+    from caxton.testing.sandbox import build_example_agents
+
+    counter = build_example_agents(tmp_path_factory.mktemp("agents"))["counter"]
+    n1, n2, n3 = await start_cluster(factory)
+    status, agent, _ = await deploy(n1, {"name": "counter", "target_node": "n3"}, counter)
+    assert status == 201, agent
+    await replicated([n1, n2], agent["id"])
+    for expected in (1, 2, 3):
+        assert await ask(n1, "counter", "tick") == {"count": expected}
+
+    async def holders_have(count: bytes) -> None:
+        async def kept() -> list[bytes | None]:
+            return [(await n.store.load_kv(agent["id"])).get(b"count") for n in (n1, n2)]
+
+        for _ in range(100):
+            if await kept() == [count, count]:
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"holders keep {await kept()}, not {count!r}")
+
+    await holders_have(b"3")
+    await crash(n3)
+    await eventually(lambda: len(hosts([n1, n2], "counter")) == 1, 20)
+    assert await ask(n1, "counter", "tick") == {"count": 4}
+    # The survivor that did not take it over now holds the new owner's replica, state too.
+    (other,) = [n for n in (n1, n2) if n.agents is not None and "counter" not in n.agents]
+    await eventually(lambda: agent["id"] in other.cluster.failover.replicas, 20)
+    for _ in range(100):
+        if (await other.store.load_kv(agent["id"])).get(b"count") == b"4":
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise AssertionError("the remaining holder never got the count after the failover")

@@ -15,7 +15,7 @@ import hashlib
 import logging
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from caxton.agents.lifecycle import check_operation, check_transition
@@ -111,6 +111,9 @@ class AgentManager:
         self.drain_timeout = drain_timeout
         self.kv_max_value_bytes = kv_max_value_bytes
         self.kv_quota_bytes = kv_quota_bytes
+        #: Called with an agent's id after each change to its key/value state (the
+        #: cluster's failover replicates it); None: nobody listens.
+        self.kv_listener: Callable[[str], None] | None = None
         self.max_timers = max_timers
         self.backlog_limit = backlog_limit
         self.counters_interval = counters_interval
@@ -236,8 +239,12 @@ class AgentManager:
         start: bool = True,
         agent_id: str | None = None,
         restart_policy: RestartPolicy | Mapping[str, Any] | None = None,
+        kv: Mapping[bytes, bytes] | None = None,
     ) -> Agent:
         """Compile and record a new agent, then start it unless ``start=False``.
+
+        ``kv`` is the key/value state it starts with (a failover carries the replica of
+        a failed node's agent over with it); by default it starts empty.
 
         Raises ValidationError (name, limits, capabilities), Conflict (name or id taken,
         node full), ModuleInvalid/AbiMismatch (the wasm). A failing ``agent_init`` does
@@ -277,11 +284,13 @@ class AgentManager:
             restart_policy=policy,
             node_id=self.node_id,
         )
-        runtime = AgentRuntime(self, agent, module)
+        runtime = AgentRuntime(self, agent, module, dict(kv) if kv else None)
         self._by_id[agent.id] = runtime
         self._by_name[name] = runtime
         self.store.put_module(module.sha256, wasm)
         self.store.save_agent(agent)
+        for key, value in (kv or {}).items():
+            self.store.kv_put(agent.id, key, value)
         if start:
             try:
                 await self._start_runtime(runtime)

@@ -348,6 +348,8 @@ class AgentRuntime:
         manager.store.kv_put(self.agent.id, key, value)
         self.kv[key] = value
         self.kv_bytes += grown
+        if manager.kv_listener is not None:
+            manager.kv_listener(self.agent.id)
         return Status.OK
 
     def kv_load(self, key: bytes) -> bytes | None:
@@ -357,9 +359,12 @@ class AgentRuntime:
         old = self.kv.get(key)
         if old is None:
             return Status.NOT_FOUND
-        self.manager.store.kv_delete(self.agent.id, key)
+        manager = self.manager
+        manager.store.kv_delete(self.agent.id, key)
         del self.kv[key]
         self.kv_bytes -= len(key) + len(old)
+        if manager.kv_listener is not None:
+            manager.kv_listener(self.agent.id)
         return Status.OK
 
     def set_timer(self, delay_ms: int, repeat: bool) -> int:

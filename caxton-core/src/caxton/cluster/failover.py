@@ -71,6 +71,9 @@ REDISTRIBUTE_TIMEOUT = 30.0
 RECONCILE_INTERVAL = 5.0
 #: Seconds a replica or claim request may take (sending a module included).
 REPLICA_TIMEOUT = 15.0
+#: Seconds between an agent's key/value change and its replicas being brought up to
+#: date (changes in between go together).
+KV_SYNC_DELAY = 0.1
 #: Seconds a member has to answer the quorum check that precedes a failover.
 QUORUM_TIMEOUT = 1.0
 
@@ -157,6 +160,10 @@ class Failover:
         #: Holders of the agents hosted here, by agent id (takeover order).
         self.holders: dict[str, tuple[str, ...]] = {}
         self._pushed: dict[str, tuple[Any, ...]] = {}
+        #: Changes to each local agent's key/value state (part of what is replicated).
+        self._kv_versions: dict[str, int] = {}
+        self._kv_sync: asyncio.TimerHandle | None = None
+        self._kv_too_large: set[str] = set()
         self._too_large: set[str] = set()
         self._dropping: set[str] = set()
         self._stale: set[str] = set()
@@ -182,12 +189,18 @@ class Failover:
             self.replicas[replica.agent_id] = replica
         self.generations = await store.load_placements()
         self.node.host.register(self, name=self._plugin_name)
+        if self.node.agents is not None:
+            self.node.agents.kv_listener = self._kv_changed
         self.started = True
         self.cluster._spawn(self._reconcile_loop())
         self.schedule_reconcile()
 
     def close(self) -> None:
         self.started = False
+        if self._kv_sync is not None:
+            self._kv_sync.cancel()
+        if self.node.agents is not None and self.node.agents.kv_listener == self._kv_changed:
+            self.node.agents.kv_listener = None
         with contextlib.suppress(Exception):
             self.node.host.pm.unregister(name=self._plugin_name)
 
@@ -357,8 +370,9 @@ class Failover:
         self.generations[replica.agent_id] = replica.generation + 1
         self.holders[replica.agent_id] = tuple(h for h in replica.holders if h != self.node_id)
         spec = dataclasses.replace(replica.spec, agent_id=replica.agent_id, start=start)
+        kv = await self.node.store.load_kv(replica.agent_id)
         try:
-            await deploy_local(self.node, spec, wasm)
+            await deploy_local(self.node, spec, wasm, kv)
         except CaxtonError as exc:
             self.generations.pop(replica.agent_id, None)
             self.holders.pop(replica.agent_id, None)
@@ -558,7 +572,8 @@ class Failover:
             spec,
             holders,
         )
-        key = (holders, replica.generation, agent.module_sha256, _canonical(spec))
+        kv_version = self._kv_versions.get(agent.id, 0)
+        key = (holders, replica.generation, agent.module_sha256, _canonical(spec), kv_version)
         if self._pushed.get(agent.id) == key:
             return
         self.holders[agent.id] = holders
@@ -581,6 +596,9 @@ class Failover:
         if member is None:
             return False
         body = replica.to_wire()
+        kv = self._kv_snapshot(replica)
+        if kv is not None:
+            body["kv"] = kv
         try:
             answer = await self.cluster._control(
                 member.address, REPLICA_TIMEOUT, "replica", self.trust.seal(body)
@@ -641,7 +659,64 @@ class Failover:
             raise ValidationError("replica module refused: its bytes do not match its sha256")
         store.put_replica(replica.record(), wasm)
         self.replicas[replica.agent_id] = replica
+        if isinstance(body, Mapping) and "kv" in body:
+            await self._keep_kv(replica.agent_id, body["kv"])
         return "ok"
+
+    # -- key/value state ------------------------------------------------------------------
+
+    def _kv_changed(self, agent_id: str) -> None:
+        """An agent here changed its key/value state: bring its replicas up to date soon."""
+        self._kv_versions[agent_id] = self._kv_versions.get(agent_id, 0) + 1
+        if self._kv_sync is None and self.started:
+            self._kv_sync = self.cluster._get_loop().call_later(KV_SYNC_DELAY, self._kv_due)
+
+    def _kv_due(self) -> None:
+        self._kv_sync = None
+        self.schedule_reconcile()
+
+    def _kv_snapshot(self, replica: Replica) -> list[list[bytes]] | None:
+        """The agent's whole key/value state, to send with its replica; None when it
+        has none or it is larger than ``replica_max_size`` (then it does not move)."""
+        agents = self.node.agents
+        if agents is None or replica.agent_id not in agents:
+            return None
+        kv = agents.runtime(replica.agent_id).kv
+        if not kv:
+            return [] if self._kv_versions.get(replica.agent_id) else None
+        if sum(len(k) + len(v) for k, v in kv.items()) > self.max_size:
+            if replica.agent_id not in self._kv_too_large:
+                self._kv_too_large.add(replica.agent_id)
+                self.cluster.events.record(
+                    "kv-not-replicated",
+                    f"Agent '{replica.name}' key/value state exceeds "
+                    f"coordination.cluster.replica_max_size: a failover starts it empty",
+                    node_id=self.node_id,
+                    level="warning",
+                )
+            return None
+        self._kv_too_large.discard(replica.agent_id)
+        return [[k, v] for k, v in kv.items()]
+
+    async def _keep_kv(self, agent_id: str, items: Any) -> None:
+        """Make this node's copy of a replicated agent's key/value state ``items``."""
+        if not isinstance(items, list) or not all(
+            isinstance(i, list) and len(i) == 2 and all(isinstance(x, bytes) for x in i)
+            for i in items
+        ):
+            raise ValidationError("malformed replica key/value state")
+        agents = self.node.agents
+        if agents is not None and agent_id in agents:
+            return  # it runs here: its own state is the one that counts
+        store = self.node.store
+        wanted = {bytes(k): bytes(v) for k, v in items}
+        for key, value in (await store.load_kv(agent_id)).items():
+            if key not in wanted:
+                store.kv_delete(agent_id, key)
+            elif wanted[key] == value:
+                del wanted[key]
+        for key, value in wanted.items():
+            store.kv_put(agent_id, key, value)
 
     async def _send_holdings(self, node_id: str) -> None:
         """Tell ``node_id`` which of this node's agents it should keep replicas of."""
@@ -665,6 +740,9 @@ class Failover:
             if replica.agent_id not in kept:
                 del self.replicas[replica.agent_id]
                 self.node.store.delete_replica(replica.agent_id, replica.module_sha256)
+                agents = self.node.agents
+                if agents is None or replica.agent_id not in agents:
+                    self.node.store.delete_agent(replica.agent_id)  # its key/value copy
         return True
 
     # -- control ops --------------------------------------------------------------------

@@ -138,9 +138,12 @@ class DeploySpec:
         return cls(**{**data, "start": bool(data.get("start", True))})
 
 
-async def deploy_local(node: Node, spec: DeploySpec, wasm: bytes) -> Agent:
+async def deploy_local(
+    node: Node, spec: DeploySpec, wasm: bytes, kv: Mapping[bytes, bytes] | None = None
+) -> Agent:
     """Deploy on this node: the allow-list first (in place before the agent can
-    receive anything, restored if the deploy fails), then the agent manager."""
+    receive anything, restored if the deploy fails), then the agent manager.
+    ``kv``: the key/value state to start with (a failover's replica)."""
     manager = node.agents
     if manager is None:
         raise ServiceUnavailable(f"the agents service of node {node.node_id} is not running")
@@ -158,6 +161,7 @@ async def deploy_local(node: Node, spec: DeploySpec, wasm: bytes) -> Agent:
             restart_policy=spec.restart_policy,
             start=spec.start,
             agent_id=spec.agent_id,
+            kv=kv,
         )
     except BaseException:
         if policy is not None:
