@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections import OrderedDict
@@ -146,6 +147,8 @@ class Cluster:
         self._cpu: CpuSampler | None = None
         self._stopper: asyncio.Task[None] | None = None
         self._mode: PartitionMode | None = None
+        #: Loop time each member now suspect was first suspected (partition.detection_timeout).
+        self._suspected_at: dict[str, float] = {}
         self.partition = PartitionGuard(self)
         self._unsubscribe: Callable[[], None] | None = None
         self._plugin_name = f"caxton.cluster.{self.node_id}"
@@ -301,8 +304,22 @@ class Cluster:
         return rows
 
     def view(self) -> ClusterView:
-        quorum = self.node.config["partition"]["quorum_size"]
-        view: ClusterView = self.membership.cluster_view(quorum)
+        """The membership's view, where a member suspected for longer than
+        ``partition.detection_timeout`` no longer counts as reachable.
+
+        In a minority a suspicion lasts long (Lifeguard waits for confirmations that
+        cannot come from the other side: about 11 s at the defaults with five members),
+        and a suspect counts as reachable meanwhile; the timeout bounds how long a node
+        cut off from the majority goes on accepting writes.
+        """
+        partition = self.node.config["partition"]
+        view: ClusterView = self.membership.cluster_view(partition["quorum_size"])
+        if self._suspected_at:
+            cutoff = self._get_loop().time() - float(partition["detection_timeout"])
+            gone = {n for n, since in self._suspected_at.items() if since <= cutoff}
+            if gone & set(view.reachable_nodes):
+                reachable = [n for n in view.reachable_nodes if n not in gone]
+                view = dataclasses.replace(view, reachable_nodes=reachable)
         return view
 
     def decision(self) -> PartitionDecision | None:
@@ -841,6 +858,13 @@ class Cluster:
         if node_id == self.node_id:
             return
         self._generation += 1
+        if kind is EventKind.SUSPECT:
+            loop = self._get_loop()
+            self._suspected_at.setdefault(node_id, loop.time())
+            timeout = float(self.node.config["partition"]["detection_timeout"])
+            loop.call_later(timeout + 0.01, self._suspicion_aged)
+        else:
+            self._suspected_at.pop(node_id, None)
         if kind in _GONE:
             text = {
                 EventKind.FAILED: f"Node {node_id} detected as failed",
@@ -901,6 +925,10 @@ class Cluster:
         self._generation += 1
         for name in [n for n, r in self._routes.items() if r.node_id == node_id]:
             del self._routes[name]
+
+    def _suspicion_aged(self) -> None:
+        if self.started:
+            self._mode_changed()
 
     def _mode_changed(self) -> None:
         try:
