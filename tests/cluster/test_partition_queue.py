@@ -155,6 +155,38 @@ async def test_read_only_refuses_writes_over_rest_and_keeps_reads(
     node.cluster.partition.check_write("update")
 
 
+async def test_without_degraded_mode_a_minority_node_serves_no_agent_traffic(
+    factory: NodeFactory,
+) -> None:
+    forced = ForcedMode()
+    factory.register(forced)
+    async with factory.node(
+        "lone", bootstrap=True, config={"partition.degraded_mode": False}
+    ) as node:
+        assert node.api_address is not None
+        host, port = node.api_address
+        message = {"performative": "inform", "receiver": "anyone", "content": 1}
+        async with aiohttp.ClientSession(f"http://{host}:{port}") as http:
+            async with http.get("/api/v1/agents") as answer:
+                assert answer.status == 200  # read-write: served
+            force(node, forced, PartitionMode.READ_ONLY, "minority partition: 1/3 nodes reachable")
+            for method, path, body in (
+                ("GET", "/api/v1/agents", None),
+                ("POST", "/api/v1/messages", message),
+            ):
+                async with http.request(method, path, json=body) as answer:
+                    assert answer.status == 503, path
+                    error = await answer.json()
+                assert error["error"] == "Unavailable (minority partition)"
+                assert "partition.degraded_mode = false" in error["details"]
+            for path in ("/api/v1/cluster/status", "/api/v1/health", "/api/v1/cluster/partition"):
+                async with http.get(path) as answer:
+                    assert answer.status == 200, path  # what an operator needs to look
+            force(node, forced, PartitionMode.READ_WRITE, "quorum")
+            async with http.get("/api/v1/agents") as answer:
+                assert answer.status == 200
+
+
 async def test_local_only_refuses_messages_to_other_nodes(lone: tuple[Node, ForcedMode]) -> None:
     node, forced = lone
     force(node, forced, PartitionMode.LOCAL_ONLY, "alone: local agents only")

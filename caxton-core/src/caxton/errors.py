@@ -97,6 +97,14 @@ class ReadOnlyMode(CaxtonError):
     error = "Read-only (minority partition)"
 
 
+class MinorityPartition(CaxtonError):
+    """This node is in a minority partition and, with ``partition.degraded_mode`` off,
+    serves no agent traffic until it heals."""
+
+    http_status = 503
+    error = "Unavailable (minority partition)"
+
+
 class SandboxError(CaxtonError):
     """A module or instance failed in the sandbox (compile, ABI, trap, limit)."""
 

@@ -34,7 +34,8 @@ from caxton.api.permissions import required_permission, requires
 from caxton.api.responses import json_response
 from caxton.cluster.auth import problems_of, security_summary
 from caxton.cluster.partition import WRITE_PERMISSIONS, partition_report, verify_cluster
-from caxton.errors import Conflict, NotFound, ValidationError
+from caxton.drivers.partition import PartitionMode
+from caxton.errors import Conflict, MinorityPartition, NotFound, ValidationError
 from caxton.units import format_address
 
 __all__ = ["extend_openapi", "refuse_writes_in_partition", "routes"]
@@ -645,10 +646,31 @@ def extend_openapi(document: dict[str, Any]) -> dict[str, Any]:
 async def refuse_writes_in_partition(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
-    """Refuse routes that change cluster state while this node is not read-write."""
-    if required_permission(request) in WRITE_PERMISSIONS:
-        cluster = getattr(request.config_dict[NODE], "cluster", None)
-        if cluster is not None:
-            action = getattr(request.match_info.handler, "__name__", request.method)
-            cluster.partition.check_write(action.replace("_", " "))
+    """Refuse routes that change cluster state while this node is not read-write; with
+    ``partition.degraded_mode`` off, refuse agent reads and messages too (the cluster's
+    own routes, metrics and health stay, to see what is going on)."""
+    permission = required_permission(request)
+    node = request.config_dict[NODE]
+    cluster = getattr(node, "cluster", None)
+    if cluster is None or cluster.partition.mode is PartitionMode.READ_WRITE:
+        return await handler(request)
+    action = getattr(request.match_info.handler, "__name__", request.method).replace("_", " ")
+    if permission in WRITE_PERMISSIONS:
+        cluster.partition.check_write(action)
+    elif (
+        permission in STOPPED_WHEN_NOT_DEGRADED
+        and not node.config["partition"]["degraded_mode"]
+        and not request.path.startswith("/api/v1/cluster")
+    ):
+        raise MinorityPartition(
+            f"{action} refused: node {cluster.node_id} is in a minority partition and "
+            f"partition.degraded_mode is off",
+            details=f"{action} refused: node {cluster.node_id} is in a minority partition "
+            f"and serves no agent traffic until it heals (partition.degraded_mode = false); "
+            f"use a node of the majority (`caxton cluster detect-partition` shows them)",
+        )
     return await handler(request)
+
+
+#: What a minority node stops serving when ``partition.degraded_mode`` is off.
+STOPPED_WHEN_NOT_DEGRADED = frozenset({"read", "send", "impersonate"})
