@@ -229,6 +229,19 @@ async def test_a_failed_holder_is_replaced(factory: NodeFactory, echo: bytes) ->
         )
 
 
+async def holders_have(holders: list[Node], agent_id: str, count: bytes) -> None:
+    """Wait until every holder keeps ``count`` as the replicated counter's count."""
+
+    async def kept() -> list[bytes | None]:
+        return [(await n.store.load_kv(agent_id)).get(b"count") for n in holders]
+
+    for _ in range(100):
+        if await kept() == [count] * len(holders):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"holders keep {await kept()}, not {count!r}")
+
+
 async def test_the_agents_key_value_state_moves_with_it(
     factory: NodeFactory, tmp_path_factory: Any
 ) -> None:
@@ -244,17 +257,7 @@ async def test_the_agents_key_value_state_moves_with_it(
     for expected in (1, 2, 3):
         assert await ask(n1, "counter", "tick") == {"count": expected}
 
-    async def holders_have(count: bytes) -> None:
-        async def kept() -> list[bytes | None]:
-            return [(await n.store.load_kv(agent["id"])).get(b"count") for n in (n1, n2)]
-
-        for _ in range(100):
-            if await kept() == [count, count]:
-                return
-            await asyncio.sleep(0.05)
-        raise AssertionError(f"holders keep {await kept()}, not {count!r}")
-
-    await holders_have(b"3")
+    await holders_have([n1, n2], agent["id"], b"3")
     await crash(n3)
     await eventually(lambda: len(hosts([n1, n2], "counter")) == 1, 20)
     assert await ask(n1, "counter", "tick") == {"count": 4}
@@ -267,3 +270,34 @@ async def test_the_agents_key_value_state_moves_with_it(
         await asyncio.sleep(0.05)
     else:
         raise AssertionError("the remaining holder never got the count after the failover")
+
+
+async def test_an_at_least_once_message_sent_as_its_node_dies_follows_the_agent(
+    factory: NodeFactory, tmp_path_factory: Any
+) -> None:
+    """Forwarding fails while the node is dying: an at-least-once message is tried again,
+    re-resolved, until it reaches the agent where the failover restarted it."""
+    from caxton.messaging import Message, Performative
+    from caxton.testing.sandbox import build_example_agents
+
+    counter = build_example_agents(tmp_path_factory.mktemp("agents"))["counter"]
+    config = {"messaging.delivery_guarantee": "at-least-once"}
+    n1, n2, n3 = await start_cluster(factory, **config)
+    status, agent, _ = await deploy(n1, {"name": "counter", "target_node": "n3"}, counter)
+    assert status == 201, agent
+    await replicated([n1, n2], agent["id"])
+    assert await ask(n1, "counter", "tick") == {"count": 1}
+    await holders_have([n1, n2], agent["id"], b"1")
+    await crash(n3)
+    # n3 is suspect: its connection is gone, and the registry still routes there.
+    await eventually(lambda: n1.membership.member("n3").status.value == "suspect", 20)
+    await n1.router.send(Message(Performative.INFORM, "tester", "counter", "sent as n3 died"))
+    await eventually(lambda: len(hosts([n1, n2], "counter")) == 1, 20)
+    # The inform arrived after the failover (count 2), then this request (count 3).
+    for _ in range(50):
+        if n1.router.queue_stats()["totals"]["forwarding"] == 0:
+            break
+        await asyncio.sleep(0.1)
+    assert await ask(n1, "counter", "tick") == {"count": 3}
+    # (the counter's replies to "tester", who is nobody, are the only dead letters)
+    assert [d.message.receiver for d in n1.router.dead_letters()] in ([], ["tester"])

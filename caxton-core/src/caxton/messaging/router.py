@@ -113,6 +113,11 @@ class ConversationStore(Protocol):
 
 #: How long conversation changes wait to be written together (write-behind).
 CONVERSATION_FLUSH_DELAY = 0.05
+#: At-least-once messages whose node could not be reached are tried again, re-resolved
+#: (so they follow an agent that fails over), first after this many seconds ...
+FORWARD_RETRY_INITIAL = 0.1
+#: ... doubling up to this, for as long as the message TTL (a minute without one).
+FORWARD_RETRY_MAX = 1.0
 
 
 class RemoteRoute(Protocol):
@@ -804,33 +809,57 @@ class Router:
             outgoing.task = self._spawn(self._forward_loop(outgoing))
 
     async def _forward_loop(self, outgoing: _Outgoing) -> None:
+        """Forward ``outgoing``'s messages in order.
+
+        A message that cannot be forwarded is dead-lettered, except an at-least-once one
+        whose forwarding failed (its node died, or cannot be reached): that one is tried
+        again, resolved anew each time, until the message TTL runs out, and the messages
+        behind it wait (order is kept). So it reaches its agent where it runs after a
+        failover, this node included.
+        """
         route: RemoteRoute | None = None
+        retry_until: float | None = None  # set while the head message is being retried
+        delay = 0.0
         try:
             while outgoing.queue:
                 message, given = outgoing.queue.popleft()
+                box = self._boxes.get(outgoing.name)
+                if box is not None:  # the agent runs here now (it failed over here)
+                    self._to_box(box, message)
+                    retry_until, delay = None, 0.0
+                    continue
                 outgoing.inflight = 1
+                problem: str | None = None
                 try:
-                    if given is not None:
+                    if given is not None and retry_until is None:
                         route = given
                     elif route is None and self.resolver is not None:
                         route = await _resolve(self.resolver, outgoing.name)
                     if route is None:
-                        self._dead_letter(
-                            message, f"undeliverable: Agent not found: {outgoing.name}"
-                        )
-                        continue
-                    await route.forward(message)
+                        problem = f"undeliverable: Agent not found: {outgoing.name}"
+                    else:
+                        await route.forward(message)
                 except Exception as exc:
-                    self._dead_letter(
-                        message, f"delivery error: forwarding to {outgoing.name} failed: {exc}"
-                    )
+                    problem = f"delivery error: forwarding to {outgoing.name} failed: {exc}"
                     route = None
-                else:
-                    self._counts["forwarded"] += 1
-                    if self._durable:
-                        self._ack(message.message_id)
+                    if self._durable and retry_until is None:
+                        ttl = self.message_ttl if self.message_ttl < math.inf else 60.0
+                        retry_until = self.clock() + ttl
                 finally:
                     outgoing.inflight = 0
+                retry = retry_until is not None and self.clock() < retry_until
+                if problem is not None and retry and not self._closed:
+                    outgoing.queue.appendleft((message, None))
+                    delay = min(max(2 * delay, FORWARD_RETRY_INITIAL), FORWARD_RETRY_MAX)
+                    await asyncio.sleep(delay)
+                    continue
+                retry_until, delay = None, 0.0
+                if problem is not None:
+                    self._dead_letter(message, problem)
+                    continue
+                self._counts["forwarded"] += 1
+                if self._durable:
+                    self._ack(message.message_id)
         finally:
             outgoing.task = None
             if not outgoing.queue and self._outgoing.get(outgoing.name) is outgoing:
