@@ -46,14 +46,6 @@ async def node(caxton_node_factory: NodeFactory) -> AsyncIterator[Node]:
         yield node
 
 
-@pytest.fixture
-async def http(node: Node) -> AsyncIterator[aiohttp.ClientSession]:
-    assert node.api_address is not None
-    host, port = node.api_address
-    async with aiohttp.ClientSession(f"http://{host}:{port}") as session:
-        yield session
-
-
 async def call(
     http: aiohttp.ClientSession, method: str, path: str, body: Any = None, **kwargs: Any
 ) -> tuple[int, Any]:

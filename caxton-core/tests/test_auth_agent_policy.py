@@ -156,14 +156,6 @@ async def node(caxton_node_factory: NodeFactory) -> AsyncIterator[Node]:
         yield node
 
 
-@pytest.fixture
-async def http(node: Node) -> AsyncIterator[aiohttp.ClientSession]:
-    assert node.api_address is not None
-    host, port = node.api_address
-    async with aiohttp.ClientSession(f"http://{host}:{port}") as session:
-        yield session
-
-
 async def test_allowed_senders_at_deploy_are_enforced(
     node: Node, http: aiohttp.ClientSession
 ) -> None:

@@ -67,14 +67,6 @@ async def node(caxton_node_factory: NodeFactory) -> AsyncIterator[Node]:
 
 
 @pytest.fixture
-async def http(node: Node) -> AsyncIterator[aiohttp.ClientSession]:
-    assert node.api_address is not None
-    host, port = node.api_address
-    async with aiohttp.ClientSession(f"http://{host}:{port}") as session:
-        yield session
-
-
-@pytest.fixture
 async def keys(node: Node) -> dict[str, str]:
     return {role: await new_key(node, role) for role in DEFAULT_ROLES}
 

@@ -21,14 +21,6 @@ async def node(caxton_node_factory: NodeFactory) -> AsyncIterator[Node]:
         yield node
 
 
-@pytest.fixture
-async def http(node: Node) -> AsyncIterator[aiohttp.ClientSession]:
-    assert node.api_address is not None
-    host, port = node.api_address
-    async with aiohttp.ClientSession(f"http://{host}:{port}") as session:
-        yield session
-
-
 async def get(http: aiohttp.ClientSession, path: str) -> Any:
     async with http.get(path) as response:
         assert response.status == 200, await response.text()

@@ -195,3 +195,10 @@ class ServiceUnavailable(CaxtonError):
 
     http_status = 503
     error = "Service unavailable"
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of ``exc``'s message (a library's error may run to pages), or the
+    name of its type when it has none."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -42,7 +42,7 @@ from caxton.drivers import (
     Sandbox,
     Transport,
 )
-from caxton.errors import CaxtonError, DriverNotFound, PluginError
+from caxton.errors import CaxtonError, DriverNotFound, PluginError, first_line
 
 log = logging.getLogger("caxton.plugins")
 
@@ -156,8 +156,8 @@ def _target_of(registered: type[Driver] | str) -> str:
 
 def error_line(exc: BaseException) -> str:
     """``Type: first line of the message``, for one-line reports."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    name = type(exc).__name__
+    return f"{name}: {first_line(exc)}" if str(exc).strip() else name
 
 
 def parse_plugin_options(options: Iterable[str]) -> tuple[dict[str, str], list[str], list[str]]:

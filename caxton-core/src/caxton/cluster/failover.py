@@ -681,10 +681,11 @@ class Failover:
         agents = self.node.agents
         if agents is None or replica.agent_id not in agents:
             return None
-        kv = agents.runtime(replica.agent_id).kv
+        runtime = agents.runtime(replica.agent_id)
+        kv = runtime.kv
         if not kv:
             return [] if self._kv_versions.get(replica.agent_id) else None
-        if sum(len(k) + len(v) for k, v in kv.items()) > self.max_size:
+        if runtime.kv_bytes > self.max_size:
             if replica.agent_id not in self._kv_too_large:
                 self._kv_too_large.add(replica.agent_id)
                 self.cluster.events.record(

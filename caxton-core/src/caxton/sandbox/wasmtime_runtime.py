@@ -37,7 +37,14 @@ from caxton.drivers.sandbox import (
     ResourceLimits,
     WasiCapabilities,
 )
-from caxton.errors import AbiMismatch, ExecutionFailed, ModuleInvalid, SandboxError, ValidationError
+from caxton.errors import (
+    AbiMismatch,
+    ExecutionFailed,
+    ModuleInvalid,
+    SandboxError,
+    ValidationError,
+    first_line,
+)
 from caxton.sandbox import _capi as capi
 from caxton.sandbox import abi
 from caxton.sandbox.hostcalls import AbiHostCalls, GuestMemoryError
@@ -788,7 +795,7 @@ class WasmtimeRuntime:
                 module = wasmtime.Module(self.engine, wasm)
             except wasmtime.WasmtimeError as exc:
                 raise ModuleInvalid(
-                    f"invalid WebAssembly module: {_first_line(exc)}", details=str(exc)
+                    f"invalid WebAssembly module: {first_line(exc)}", details=str(exc)
                 ) from None
             self.stats["compile"] += 1
             self._store_cached(sha, module)
@@ -817,7 +824,7 @@ class WasmtimeRuntime:
             log.warning("cannot read cached module %s: %s", path, exc)
             return None
         except wasmtime.WasmtimeError as exc:
-            log.warning("ignoring unusable cached module %s: %s", path, _first_line(exc))
+            log.warning("ignoring unusable cached module %s: %s", path, first_line(exc))
             return None
         self.stats["compile_disk_hit"] += 1
         return module
@@ -864,7 +871,7 @@ class WasmtimeRuntime:
             pre = linker.linker.instantiate_pre(module.wasmtime_module)
         except wasmtime.WasmtimeError as exc:
             raise AbiMismatch(
-                f"cannot link the module: {_first_line(exc)}", details=str(exc)
+                f"cannot link the module: {first_line(exc)}", details=str(exc)
             ) from None
         with self._lock:
             self._templates.setdefault(key, _Template(module, pre))
@@ -1006,8 +1013,3 @@ def _wasi_config(
         config.env = list(capabilities.env.items())
     config.argv = [agent_name, *capabilities.args]
     return config
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 from caxton.config import ConfigSection
 from caxton.drivers.auth import AuthDriver, Credentials, Identity
 from caxton.drivers.base import DriverContext
-from caxton.errors import AuthError
+from caxton.errors import AuthError, first_line
 from caxton_auth_jwt.keyring import KeyRing
 from caxton_auth_jwt.settings import SECTION, JwtSettings
 
@@ -65,7 +65,7 @@ class JwtAuth(AuthDriver):
             header = jwt.get_unverified_header(token)
             unverified = jwt.decode(token, options={"verify_signature": False})
         except jwt.PyJWTError as exc:
-            raise AuthError(f"invalid token: not a JWT ({_first_line(exc)})") from None
+            raise AuthError(f"invalid token: not a JWT ({first_line(exc)[:200]})") from None
         # PyJWT reads "exp": "1700000000" as a number; a NumericDate is a JSON number.
         for claim in TIME_CLAIMS:
             value = unverified.get(claim, 0)
@@ -111,7 +111,7 @@ class JwtAuth(AuthDriver):
         except jwt.InvalidSignatureError:
             raise AuthError("invalid token: bad signature") from None
         except jwt.PyJWTError as exc:
-            raise AuthError(f"invalid token: {_first_line(exc)}") from None
+            raise AuthError(f"invalid token: {first_line(exc)[:200]}") from None
         if settings.audience == () and "aud" in claims:
             raise AuthError("invalid token: it names an audience and auth.jwt.audience is unset")
         return claims
@@ -147,8 +147,3 @@ def _roles(claims: Mapping[str, Any], path: str) -> list[str]:
     if isinstance(value, list) and all(isinstance(role, str) for role in value):
         return list(value)
     raise AuthError(f"invalid token: claim {path!r} must be a list of roles or a string")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__

@@ -42,7 +42,14 @@ from caxton.drivers.sandbox import (
     ResourceLimits,
     WasiCapabilities,
 )
-from caxton.errors import AbiMismatch, ExecutionFailed, ModuleInvalid, SandboxError, ValidationError
+from caxton.errors import (
+    AbiMismatch,
+    ExecutionFailed,
+    ModuleInvalid,
+    SandboxError,
+    ValidationError,
+    first_line,
+)
 from caxton.sandbox import abi
 from caxton.sandbox.hostcalls import AbiHostCalls, GuestMemoryError, MemoryHostCall
 from caxton_sandbox_wasmer import metering
@@ -754,14 +761,14 @@ class WasmerRuntime:
                 wasmer.Module(self.store, wasm)
             except Exception as exc:
                 raise ModuleInvalid(
-                    f"invalid WebAssembly module: {_first_line(exc)}", details=str(exc)
+                    f"invalid WebAssembly module: {first_line(exc)}", details=str(exc)
                 ) from None
         result = metering.instrument(wasm, max_memory_pages=self.settings.ceiling_pages)
         try:
             module = wasmer.Module(self.store, result.wasm)
         except Exception as exc:
             raise SandboxError(
-                f"wasmer could not compile the instrumented module: {_first_line(exc)}",
+                f"wasmer could not compile the instrumented module: {first_line(exc)}",
                 details=str(exc),
             ) from None
         self.stats["compile"] += 1
@@ -789,7 +796,7 @@ class WasmerRuntime:
             serialized = data[4 + length :]
             wasmer.Module.deserialize(self.store, serialized)  # usable?
         except Exception as exc:
-            log.warning("ignoring unusable cached module %s: %s", path, _first_line(exc))
+            log.warning("ignoring unusable cached module %s: %s", path, first_line(exc))
             return None
         self.stats["compile_disk_hit"] += 1
         return shape, serialized
@@ -955,15 +962,10 @@ class WasmerRuntime:
 def _instantiate_failure(exc: Exception) -> CaxtonErrorLike:
     text = str(exc)
     if "importing" in text or "import" in text.split(":")[0]:
-        return AbiMismatch(f"cannot link the module: {_first_line(exc)}", details=text)
+        return AbiMismatch(f"cannot link the module: {first_line(exc)}", details=text)
     error = ExecutionFailed(f"instantiation failed: {_trap_summary(text)}", reason="trap")
     error.details = text
     return error
 
 
 CaxtonErrorLike = AbiMismatch | ExecutionFailed
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
