@@ -485,6 +485,10 @@ async def test_queues_and_drain(
     assert (status, result["drained"], result["remaining"]) == (200, True, 0)
     status, result = await call(http, "POST", "/api/v1/queues/drain")
     assert (status, result["timeout_ms"]) == (200, 60000)
+    # An optional body is absent or JSON; blanks are neither (schemathesis found "\t").
+    status, result = await call(http, "POST", "/api/v1/queues/drain", "\t")
+    assert status == 400
+    assert "only blanks" in result["details"]
 
 
 async def test_resources(http: aiohttp.ClientSession, node: Node) -> None:

@@ -86,8 +86,10 @@ async def read_json(request: web.Request, *, optional: bool = False) -> Any:
     """The body parsed as JSON; :data:`EMPTY` for no body when ``optional``."""
     body = await read_body(request)
     if not body.strip():
-        if optional:
+        if optional and not body:
             return EMPTY
+        if optional:  # an optional body is absent, or JSON: blanks are neither
+            raise MalformedJSON("the request body is only blanks: send a JSON object or nothing")
         raise MalformedJSON("the request body is empty: send a JSON object")
     try:
         text = body.decode("utf-8")
