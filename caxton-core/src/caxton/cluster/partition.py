@@ -43,7 +43,8 @@ from caxton.errors import CaxtonError, QueueFull, ReadOnlyMode, TransportError
 from caxton.store.migrations import CLUSTER_MIGRATIONS, CLUSTER_NAMESPACE
 
 if TYPE_CHECKING:
-    from caxton.cluster.service import Cluster, PeerRoute
+    from caxton.cluster.forwarding import PeerRoute
+    from caxton.cluster.service import Cluster
     from caxton.messaging import Message
 
 __all__ = [
@@ -231,7 +232,7 @@ class PartitionGuard:
         if self.mode is PartitionMode.READ_WRITE and not self.waiting.get(name):
             route = await self.cluster._find(name)
             if route is not None:
-                await self.cluster.forward(route, message)
+                await route.forward(message)
                 return
         await self.queue(message, node_id)
 
@@ -365,7 +366,7 @@ class PartitionGuard:
                 try:
                     route = await cluster._find(name)
                     if route is not None:
-                        await cluster.forward(route, message)
+                        await route.forward(message)
                         return True
                     problem = f"Agent not found: {name}"
                 except CaxtonError as exc:

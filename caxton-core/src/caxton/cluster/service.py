@@ -4,8 +4,9 @@
 ``coordination.cluster_enabled``). It
 
 - listens on ``coordination.cluster.bind_addr`` and dispatches what arrives: datagrams
-  and ``GOSSIP`` frames to the membership driver, ``MESSAGE`` frames to the local
-  router, ``CONTROL`` frames to itself (:mod:`caxton.cluster.wire`);
+  and ``GOSSIP`` frames to the membership driver, ``MESSAGE`` frames to
+  :class:`~caxton.cluster.forwarding.Forwarding` (which also sends them),
+  ``CONTROL`` frames to itself (:mod:`caxton.cluster.wire`);
 - keeps the :class:`~caxton.cluster.registry.AgentRegistry`: this node's agents come
   from the agent hooks; every change is pushed to the live members at once, and the
   registry version rides in this node's membership metadata (``reg``), so a member that
@@ -36,37 +37,32 @@ from caxton.cluster.auth import compare, security_summary
 from caxton.cluster.events import ClusterEvent, EventLog
 from caxton.cluster.failover import OPS as FAILOVER_OPS
 from caxton.cluster.failover import Failover
+from caxton.cluster.forwarding import Forwarding, PeerRoute
 from caxton.cluster.partition import PartitionGuard, QueuedRoute, consistency_digest
 from caxton.cluster.registry import AgentEntry, AgentRegistry, Delta
 from caxton.drivers.membership import Member, MemberStatus
 from caxton.drivers.partition import ClusterView, PartitionDecision, PartitionMode
 from caxton.drivers.transport import Address, Frame, FrameKind
 from caxton.errors import (
-    AgentNotFound,
     CaxtonError,
     Conflict,
-    Forbidden,
     NotFound,
     PluginError,
     TransportError,
     ValidationError,
 )
 from caxton.membership.core import EventKind, MemberEvent
-from caxton.messaging import Performative
 from caxton.units import format_address, parse_address
 
 if TYPE_CHECKING:
     from caxton.agents import Agent
     from caxton.api.resources import CpuSampler
-    from caxton.messaging import Message
     from caxton.node import Node
 
 __all__ = ["Cluster", "ClusterEvent", "PeerRoute"]
 
 log = logging.getLogger("caxton.cluster")
 
-#: Nodes a message may pass through after the first (a stale registry costs one hop).
-MAX_HOPS = 1
 #: Seconds to wait for a registry pull, a "where" answer or a control request.
 CONTROL_TIMEOUT = 2.0
 #: Reply routes remembered (names of senders on other nodes, e.g. waiting clients).
@@ -87,23 +83,6 @@ MEMBERSHIP_NEEDS = ("subscribe", "member", "cluster_view", "ping", "remove")
 
 _REACHABLE = (MemberStatus.ALIVE, MemberStatus.SUSPECT)
 _GONE = (EventKind.FAILED, EventKind.LEFT, EventKind.REMOVED)
-
-
-class PeerRoute:
-    """The way to an agent on another node (a :class:`caxton.messaging.RemoteRoute`)."""
-
-    __slots__ = ("address", "cluster", "node_id")
-
-    def __init__(self, cluster: Cluster, node_id: str, address: Address) -> None:
-        self.cluster = cluster
-        self.node_id = node_id
-        self.address = address
-
-    async def forward(self, message: Message) -> None:
-        await self.cluster.forward(self, message)
-
-    def __repr__(self) -> str:
-        return f"<PeerRoute {self.node_id}@{format_address(self.address)}>"
 
 
 def agent_capabilities(agent: Agent) -> list[str]:
@@ -137,7 +116,6 @@ class Cluster:
         self._misses: dict[str, tuple[int, float]] = {}
         self._generation = 0  # bumped by every registry or membership change
         self._resolving: dict[str, asyncio.Future[PeerRoute | None]] = {}
-        self._hops: dict[str, int] = {}
         self._pulling: dict[str, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._pushed = 0
@@ -155,6 +133,8 @@ class Cluster:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.started = False
         self.leaving = False
+        #: MESSAGE frames out and in (caxton.cluster.forwarding).
+        self.forwarding = Forwarding(self)
         #: Replicas of this node's agents and failover (caxton.cluster.failover).
         self.failover = Failover(self)
 
@@ -549,19 +529,6 @@ class Cluster:
             for task in tasks:
                 task.cancel()
 
-    async def forward(self, route: PeerRoute, message: Message) -> None:
-        """Send ``message`` to the node of ``route`` (in order, on its one connection)."""
-        hops = self._hops.pop(message.message_id, 0) if self._hops else 0
-        payload = wire.encode_message(message, hops)
-        try:
-            await self.transport.send(route.address, FrameKind.MESSAGE, payload)
-        except TransportError:
-            self._invalidate_node(route.node_id)
-            if await self.partition.forward_failed(route, message):
-                return
-            raise
-        self.counts["forwarded"] += 1
-
     # -- inbound --------------------------------------------------------------------
 
     def _on_datagram(self, payload: bytes, source: Address) -> None:
@@ -572,7 +539,7 @@ class Cluster:
     async def _on_frame(self, frame: Frame) -> bytes | None:
         kind = frame.kind
         if kind is FrameKind.MESSAGE:
-            self._on_message(frame)
+            self.forwarding.on_message(frame)
             return None
         if kind is FrameKind.GOSSIP:
             membership = self.node.membership
@@ -585,72 +552,15 @@ class Cluster:
         log.debug("ignored a %s frame from %s", kind.name, frame.sender)
         return None
 
-    def _on_message(self, frame: Frame) -> None:
-        router = self.router
-        try:
-            message, hops = wire.decode_message(frame.payload)
-        except CaxtonError as exc:
-            log.warning("dropped a message frame from %s: %s", frame.sender, exc)
-            return
-        self.counts["received"] += 1
-        origin = frame.sender
-        sender = message.sender
-        if origin and sender and origin != self.node_id:
-            routes = self._reply_routes
-            if routes.get(sender) != origin:
-                routes[sender] = origin
-                if len(routes) > REPLY_ROUTES:
-                    routes.popitem(last=False)
-            else:
-                routes.move_to_end(sender)
-        if router is None:
-            return
-        receiver = message.receiver
-        if not router.is_registered(receiver):
-            if hops >= MAX_HOPS or self.leaving:
-                self._undeliverable(message, origin, f"Agent not found: {receiver}")
-                return
-            self._hops[message.message_id] = hops + 1
-            if len(self._hops) > 10_000:
-                self._hops.clear()
-            if origin:
-                self._notify_miss(origin, receiver)
-        try:
-            router.send_nowait(message)
-        except Forbidden as exc:
-            # The receiver's allow-list refused a sender from another node: answer it
-            # with `refuse`, as a local sender would be answered.
-            self._refuse(message, str(exc))
-        except AgentNotFound as exc:
-            self._undeliverable(message, origin, str(exc))
-        except CaxtonError as exc:
-            self._undeliverable(message, origin, str(exc), miss=False)
-
-    def _refuse(self, message: Message, reason: str) -> None:
-        self.counts["refused"] += 1
-        if self.router is None or not message.sender:
-            return
-        refusal = message.create_reply(Performative.REFUSE, reason, sender=message.receiver)
-        with contextlib.suppress(CaxtonError):
-            self.router.send_nowait(refusal)
-
-    def _undeliverable(
-        self, message: Message, origin: str, reason: str, *, miss: bool = True
-    ) -> None:
-        self.counts["undeliverable"] += 1
-        text = f"undeliverable: {reason} (forwarded from {origin or 'a peer'})"
-        log.warning("message %s to %s %s", message.message_id, message.receiver, text)
-        store = self.node.store
-        if store is not None:
-            with contextlib.suppress(Exception):
-                store.add_dead_letter(message, text)
-        if origin and miss:
-            self._notify_miss(origin, message.receiver)
-
-    def _notify_miss(self, origin: str, name: str) -> None:
-        member = self._live(origin)
-        if member is not None:
-            self._send_later(member.address, wire.encode_control("miss", name))
+    def learn_reply_route(self, sender: str, origin: str) -> None:
+        """``sender`` (a client waiting for replies, say) is reached through ``origin``."""
+        routes = self._reply_routes
+        if routes.get(sender) != origin:
+            routes[sender] = origin
+            if len(routes) > REPLY_ROUTES:
+                routes.popitem(last=False)
+        else:
+            routes.move_to_end(sender)
 
     async def _on_control(self, frame: Frame) -> bytes | None:
         op, args = wire.decode_control(frame.payload)

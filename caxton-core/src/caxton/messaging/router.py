@@ -56,6 +56,7 @@ from caxton.messaging.deadlines import ReplyDeadlines, iso_time
 from caxton.messaging.mailbox import UNSCHEDULED, Deliver, Mailbox, is_async_callable
 from caxton.messaging.message import MAX_FIELD_LENGTH, Message, encode_content, too_large
 from caxton.messaging.performatives import Performative, Priority
+from caxton.messaging.remote import RemoteQueues, RemoteRoute, Resolver, resolve
 
 __all__ = [
     "GUARANTEES",
@@ -113,21 +114,6 @@ class ConversationStore(Protocol):
 
 #: How long conversation changes wait to be written together (write-behind).
 CONVERSATION_FLUSH_DELAY = 0.05
-#: At-least-once messages whose node could not be reached are tried again, re-resolved
-#: (so they follow an agent that fails over), first after this many seconds ...
-FORWARD_RETRY_INITIAL = 0.1
-#: ... doubling up to this, for as long as the message TTL (a minute without one).
-FORWARD_RETRY_MAX = 1.0
-
-
-class RemoteRoute(Protocol):
-    """How to reach an agent on another node (provided by the cluster layer)."""
-
-    async def forward(self, message: Message) -> None:
-        """Hand ``message`` to the node hosting its receiver."""
-
-
-Resolver = Callable[[str], Awaitable[RemoteRoute | None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,18 +126,6 @@ class DeadLetter:
 
     def to_dict(self) -> dict[str, Any]:
         return {"reason": self.reason, "at": self.at, "message": self.message.to_dict()}
-
-
-class _Outgoing:
-    """Messages for one remote name, forwarded in order by one task."""
-
-    __slots__ = ("inflight", "name", "queue", "task")
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.queue: deque[tuple[Message, RemoteRoute | None]] = deque()
-        self.task: asyncio.Task[None] | None = None
-        self.inflight = 0
 
 
 Target = Mailbox | RemoteRoute | None
@@ -254,7 +228,7 @@ class Router:
         #: Sampled send-to-deliver waits in seconds (see routing_latency()).
         self._waits: deque[float] = deque(maxlen=1024)
         self._direct_count = 0
-        self._outgoing: dict[str, _Outgoing] = {}
+        self._remote = RemoteQueues(self)
         self._staged: list[tuple[Message, Target, asyncio.Future[None] | None]] = []
         self._persist_task: asyncio.Task[None] | None = None
         self._persisting = 0  # messages in the persist call under way
@@ -358,7 +332,7 @@ class Router:
         if resolver is not None and not local_only:
             for name in message.receivers or (message.receiver,):
                 if name and name not in self._boxes:
-                    route = await _resolve(resolver, name)
+                    route = await resolve(resolver, name)
                     if route is None:
                         raise AgentNotFound(name)
                     if routes is None:
@@ -489,10 +463,10 @@ class Router:
             route = None
         else:
             raise AgentNotFound(name)
-        outgoing = self._outgoing.get(name)
-        if outgoing is not None and len(outgoing.queue) >= self.queue_size:
+        queued = self._remote.queued(name)
+        if queued >= self.queue_size:
             raise QueueFull(
-                f"Queue full: agent {name} has {len(outgoing.queue)} queued messages",
+                f"Queue full: agent {name} has {queued} queued messages",
                 details="the remote node is not keeping up; retry later",
             )
         return route
@@ -567,7 +541,7 @@ class Router:
                 target = replacement
             self._to_box(target, message)
         else:
-            self._to_remote(message, target)  # type: ignore[arg-type]
+            self._remote.put(message, target)  # type: ignore[arg-type]
 
     def _to_box(self, box: Mailbox, message: Message) -> None:
         if box.direct and not box.count and not self._delivering and not box.busy and not box.held:
@@ -593,7 +567,7 @@ class Router:
             else:
                 self._to_box(box, message)
         elif self.resolver is not None:
-            self._to_remote(message, None)
+            self._remote.put(message, None)
         else:
             self._dead_letter(message, f"undeliverable: Agent not found: {message.receiver}")
 
@@ -797,75 +771,7 @@ class Router:
         detail = str(exc) if isinstance(exc, CaxtonError) else f"{type(exc).__name__}: {exc}"
         self._dead_letter(message, f"delivery error: {detail}")
 
-    # -- remote names ---------------------------------------------------------------
-
-    def _to_remote(self, message: Message, route: RemoteRoute | None) -> None:
-        name = message.receiver
-        outgoing = self._outgoing.get(name)
-        if outgoing is None:
-            outgoing = self._outgoing[name] = _Outgoing(name)
-        outgoing.queue.append((message, route))
-        if outgoing.task is None:
-            outgoing.task = self._spawn(self._forward_loop(outgoing))
-
-    async def _forward_loop(self, outgoing: _Outgoing) -> None:
-        """Forward ``outgoing``'s messages in order.
-
-        A message that cannot be forwarded is dead-lettered, except an at-least-once one
-        whose forwarding failed (its node died, or cannot be reached): that one is tried
-        again, resolved anew each time, until the message TTL runs out, and the messages
-        behind it wait (order is kept). So it reaches its agent where it runs after a
-        failover, this node included.
-        """
-        route: RemoteRoute | None = None
-        retry_until: float | None = None  # set while the head message is being retried
-        delay = 0.0
-        try:
-            while outgoing.queue:
-                message, given = outgoing.queue.popleft()
-                box = self._boxes.get(outgoing.name)
-                if box is not None:  # the agent runs here now (it failed over here)
-                    self._to_box(box, message)
-                    retry_until, delay = None, 0.0
-                    continue
-                outgoing.inflight = 1
-                problem: str | None = None
-                try:
-                    if given is not None and retry_until is None:
-                        route = given
-                    elif route is None and self.resolver is not None:
-                        route = await _resolve(self.resolver, outgoing.name)
-                    if route is None:
-                        problem = f"undeliverable: Agent not found: {outgoing.name}"
-                    else:
-                        await route.forward(message)
-                except Exception as exc:
-                    problem = f"delivery error: forwarding to {outgoing.name} failed: {exc}"
-                    route = None
-                    if self._durable and retry_until is None:
-                        ttl = self.message_ttl if self.message_ttl < math.inf else 60.0
-                        retry_until = self.clock() + ttl
-                finally:
-                    outgoing.inflight = 0
-                retry = retry_until is not None and self.clock() < retry_until
-                if problem is not None and retry and not self._closed:
-                    outgoing.queue.appendleft((message, None))
-                    delay = min(max(2 * delay, FORWARD_RETRY_INITIAL), FORWARD_RETRY_MAX)
-                    await asyncio.sleep(delay)
-                    continue
-                retry_until, delay = None, 0.0
-                if problem is not None:
-                    self._dead_letter(message, problem)
-                    continue
-                self._counts["forwarded"] += 1
-                if self._durable:
-                    self._ack(message.message_id)
-        finally:
-            outgoing.task = None
-            if not outgoing.queue and self._outgoing.get(outgoing.name) is outgoing:
-                del self._outgoing[outgoing.name]
-
-    # -- durability -----------------------------------------------------------------
+        # -- durability -----------------------------------------------------------------
 
     def _stage(self, message: Message, target: Target, waiter: asyncio.Future[None] | None) -> None:
         self._staged.append((message, target, waiter))
@@ -1090,7 +996,7 @@ class Router:
                 if parked_at >= parked_cutoff:
                     keep.append((parked_at, message))
                 elif self.resolver is not None:
-                    self._to_remote(message, None)
+                    self._remote.put(message, None)
                 else:
                     self._dead_letter(
                         message,
@@ -1168,7 +1074,7 @@ class Router:
                 "held": box.held,
                 "delivered": box.delivered,
             }
-        remote = {name: len(o.queue) + o.inflight for name, o in self._outgoing.items()}
+        remote = self._remote.depths()
         return {
             "node_id": self.node_id,
             "guarantee": self.guarantee,
@@ -1215,7 +1121,7 @@ class Router:
             box = self._box(name)
             return box.count + box.busy
         total = sum(box.count + box.busy for box in self._boxes.values())
-        total += sum(len(o.queue) + o.inflight for o in self._outgoing.values())
+        total += self._remote.pending()
         return total + len(self._staged) + self._persisting
 
     async def drain(self, timeout: float, *, name: str | None = None) -> int:
@@ -1321,15 +1227,6 @@ def _check_name(name: Any) -> None:
         raise ValidationError(
             f"Invalid agent name {name!r}: expected 1 to {MAX_FIELD_LENGTH} characters"
         )
-
-
-async def _resolve(resolver: Resolver, name: str) -> RemoteRoute | None:
-    try:
-        return await resolver(name)
-    except CaxtonError:
-        raise
-    except Exception as exc:
-        raise CaxtonError(f"Could not resolve agent {name}: {exc}") from exc
 
 
 async def _all_done(waiters: Sequence[asyncio.Future[None]]) -> None:
