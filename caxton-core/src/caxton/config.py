@@ -595,6 +595,20 @@ def _is_section_prefix(path: str, sections: Mapping[str, ConfigSection], plugins
     return path.rpartition(".")[2] in plugins
 
 
+#: Read when neither ``--config`` nor ``$CAXTON_CONFIG_PATH`` names a file: the first
+#: that exists, as a packaged service (systemd unit, container) expects.
+SYSTEM_CONFIG_FILES = (
+    Path("/etc/caxton/config.toml"),
+    Path("/etc/caxton/config.yaml"),
+    Path("/etc/caxton/config.yml"),
+)
+
+
+def system_config_file() -> Path | None:
+    """The first of :data:`SYSTEM_CONFIG_FILES` that exists, or None."""
+    return next((path for path in SYSTEM_CONFIG_FILES if path.is_file()), None)
+
+
 def load_config(
     path: str | Path | None = None,
     *,
@@ -605,16 +619,17 @@ def load_config(
 ) -> Config:
     """Build the effective configuration.
 
-    ``path`` defaults to ``$CAXTON_CONFIG_PATH``; ``overrides`` are dotted keys from
-    flags. ``plugin_section_names`` names installed plugins whose sections may appear in
-    the file before those plugins load (``transport.quic`` when ``quic`` is installed).
+    ``path`` defaults to ``$CAXTON_CONFIG_PATH``, then to :func:`system_config_file`;
+    ``overrides`` are dotted keys from flags. ``plugin_section_names`` names installed
+    plugins whose sections may appear in the file before those plugins load
+    (``transport.quic`` when ``quic`` is installed).
     """
     env = os.environ if env is None else env
     sections = {s.path: s for s in (*CORE_SECTIONS, *extra_sections)}
     known_plugins = set(plugin_section_names)
     if path is None and env.get("CAXTON_CONFIG_PATH"):
         path = env["CAXTON_CONFIG_PATH"]
-    file_path = Path(path) if path is not None else None
+    file_path = Path(path) if path is not None else system_config_file()
 
     # Collect raw values: (section, key) -> (value, origin)
     raw: dict[tuple[str, str], tuple[Any, str]] = {}

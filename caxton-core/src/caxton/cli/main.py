@@ -11,6 +11,7 @@ import asyncio
 import importlib
 import itertools
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -57,10 +58,29 @@ def render_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
-@click.group(cls=CaxtonCLI, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    cls=CaxtonCLI,
+    invoke_without_command=True,
+    no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
 @click.version_option(__version__, prog_name="caxton")
-def cli() -> None:
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Config file for every command (as $CAXTON_CONFIG_PATH). Alone, "
+    "'caxton --config FILE' starts a node with it, as 'server start' does.",
+)
+@click.pass_context
+def cli(ctx: click.Context, config_path: str | None) -> None:
     """Caxton: a secure WebAssembly runtime for multi-agent systems."""
+    if config_path is not None:
+        # The commands' own --config wins; otherwise they read $CAXTON_CONFIG_PATH.
+        os.environ["CAXTON_CONFIG_PATH"] = os.path.abspath(config_path)
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(server_start, config_path=config_path)
 
 
 # -------------------------------------------------------------------------
@@ -204,6 +224,12 @@ def server_group() -> None:
 )
 @click.option("--bootstrap", is_flag=True, help="Start a new cluster with this node as seed.")
 @click.option("--join", "join", default="", help="Seeds to join: HOST:PORT[,HOST:PORT...].")
+@click.option(
+    "--cluster",
+    "cluster",
+    is_flag=True,
+    help="Cluster: join coordination.cluster.seeds, or be the first node when there are none.",
+)
 @click.option("--strict", is_flag=True, help="A plugin that fails to load stops the node.")
 @click.pass_context
 def server_start(
@@ -217,6 +243,7 @@ def server_start(
     plugin_options: tuple[str, ...],
     bootstrap: bool,
     join: str,
+    cluster: bool,
     strict: bool,
 ) -> None:
     """Start one node and serve until SIGINT/SIGTERM."""
@@ -235,6 +262,8 @@ def server_start(
             overrides[key] = value
     if strict:
         overrides["plugins.strict"] = True
+    if cluster:
+        overrides["coordination.cluster_enabled"] = True
     seeds = [s.strip() for s in join.split(",") if s.strip()]
     host = _shared_host(ctx)
     host.strict = host.strict or strict
