@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from caxton import __version__
+from caxton import __version__, systemd
 from caxton.config import Config, load_config
 from caxton.drivers import DriverContext, ResourceLimits
 from caxton.errors import CaxtonError, ConfigError, PluginError
@@ -389,10 +389,17 @@ class Node:
             with contextlib.suppress(NotImplementedError):
                 loop.add_signal_handler(sig, stop_requested.set)
         await self.start()
+        api = f"{self.api_address[0]}:{self.api_address[1]}" if self.api_address else "off"
+        systemd.notify(f"READY=1\nSTATUS=node {self.node_id} serving, API {api}")
         waiter = asyncio.ensure_future(self._stopped.wait())
         signalled = asyncio.ensure_future(stop_requested.wait())
+        tasks: set[asyncio.Future[Any]] = {waiter, signalled}
+        interval = systemd.watchdog_interval()
+        if interval is not None:
+            tasks.add(asyncio.ensure_future(systemd.watchdog(interval)))
         await asyncio.wait({waiter, signalled}, return_when=asyncio.FIRST_COMPLETED)
-        for task in (waiter, signalled):
+        for task in tasks:
             task.cancel()
         log.info("node %s shutting down", self.node_id)
+        systemd.notify(f"STOPPING=1\nSTATUS=node {self.node_id} stopping")
         await self.stop()
