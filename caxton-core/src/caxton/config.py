@@ -379,6 +379,17 @@ CORE_SECTIONS: tuple[ConfigSection, ...] = (
         F("default_limits", "table", {}),
         F("overrides", "list", []),
     ), "Per-agent limit defaults and overrides"),
+    ConfigSection("backup", (
+        F("dir", "str", None, "Backup directory (default: DATA_DIR/backups)", optional=True),
+        F("schedule", "duration", None, "Make a backup every interval, e.g. 6h (unset: never)",
+          optional=True),
+        F("retention", "int", 7, "Scheduled backups kept, here and at dest", minimum=1),
+        F("dest", "str", None, "Also copy scheduled backups to a directory or s3://BUCKET/PREFIX",
+          optional=True),
+        F("type", "str", "full", "What scheduled backups hold", choices=("full", "state")),
+        F("before_migrations", "bool", True,
+          "Back up the state store before a schema migration changes it"),
+    ), "Backups (docs/operations.md)"),
     ConfigSection("plugins", (
         F("sandbox", "str", "wasmtime"),
         F("transport", "str", "tcp"),

@@ -85,6 +85,13 @@ class NodeCollector(Collector):
         yield from self._agents(prefix)
         yield from self._cluster(prefix)
         yield from self._router(prefix)
+        backups = self.node.backups
+        if backups is not None:
+            yield _gauge(
+                f"{prefix}_backup_last_success_timestamp_seconds",
+                "Unix time of the newest backup of this node (0: none)",
+                backups.last_success or 0,
+            )
 
     def _agents(self, prefix: str) -> Iterator[Metric]:
         manager = self.node.agents

@@ -17,7 +17,7 @@ import socket
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from caxton import __version__, systemd
 from caxton.config import Config, load_config
@@ -25,6 +25,9 @@ from caxton.drivers import DriverContext, ResourceLimits
 from caxton.errors import CaxtonError, ConfigError, PluginError
 from caxton.plugins import PluginHost, error_line, parse_plugin_options
 from caxton.units import parse_address
+
+if TYPE_CHECKING:
+    from caxton.backup.service import BackupService
 
 log = logging.getLogger("caxton.node")
 
@@ -135,6 +138,7 @@ class Node:
         self.placement: Any = None
         self.partition_policy: Any = None
         self.cluster: Any = None
+        self.backups: BackupService | None = None
         self.auth_chain: list[Any] = []
         self.api_address: tuple[str, int] | None = None
         self.metrics_address: tuple[str, int] | None = None
@@ -273,6 +277,7 @@ class Node:
         from caxton.agents import AgentManager
         from caxton.api import start_api
         from caxton.auth.chain import start_security
+        from caxton.backup.service import BackupService, backup_directory
         from caxton.messaging import Router
         from caxton.metrics import start_metrics
         from caxton.store import Store
@@ -287,6 +292,10 @@ class Node:
             mmap_size=storage["mmap_size"],
             journal_size_limit=storage["wal_size_limit"],
             auto_vacuum=storage["auto_vacuum"].upper(),
+            node_id=self.node_id,
+            migration_backups=backup_directory(self.config, self.data_dir)
+            if self.config["backup"]["before_migrations"]
+            else None,
         )
         await self.store.open()
         self._stack.push_async_callback(self.store.close)
@@ -338,6 +347,11 @@ class Node:
         await self.agents.start()
         self._stack.push_async_callback(self.agents.close)
         self.context.services["agents"] = self.agents
+
+        self.backups = BackupService(self)
+        await self.backups.start()
+        self._stack.push_async_callback(self.backups.close)
+        self.context.services["backups"] = self.backups
 
         self.api_address = await start_api(self, self._stack)
         self.metrics_address = await start_metrics(self, self._stack)

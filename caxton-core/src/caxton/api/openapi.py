@@ -420,7 +420,9 @@ _STATUS_TEXT = {
     408: "The request body arrived too slowly",
     409: "Conflict with the current state",
     413: "Request body too large",
+    422: "The content cannot be processed: a damaged or mismatched backup (see details)",
     429: "Rate limited: retry after Retry-After seconds",
+    502: "Another node or a backup destination failed (see details)",
     503: "Not available now",
     504: "No reply in time",
 }

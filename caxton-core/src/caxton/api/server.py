@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
-from caxton.api import agents, audit, cluster, messages, system
+from caxton.api import agents, audit, backups, cluster, messages, system
 from caxton.api.keys import (
     AWAITING_FIRST_REQUEST,
     CPU,
@@ -58,7 +58,14 @@ REFUSAL_LOG_INTERVAL = 10.0
 #: Seconds a connection may linger after an answer that left its body unread.
 LINGERING_TIME = 1.0
 #: Core's route tables, in the order they are added.
-CORE_ROUTES = (system.routes, agents.routes, messages.routes, audit.routes, cluster.routes)
+CORE_ROUTES = (
+    system.routes,
+    agents.routes,
+    messages.routes,
+    audit.routes,
+    cluster.routes,
+    backups.routes,
+)
 
 
 def build_app(node: Node, settings: ApiSettings | None = None) -> web.Application:
@@ -71,7 +78,7 @@ def build_app(node: Node, settings: ApiSettings | None = None) -> web.Applicatio
     guard = getattr(getattr(node, "context", None), "services", {}).get("auth")
     if guard is not None:
         app[GUARD] = guard
-    app[OPENAPI] = cluster.extend_openapi(build_openapi(node))
+    app[OPENAPI] = backups.extend_openapi(cluster.extend_openapi(build_openapi(node)))
     app[AWAITING_FIRST_REQUEST] = set()
     app[TASKS] = TaskBoard()
     app[CPU] = CpuSampler()

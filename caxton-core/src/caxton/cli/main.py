@@ -29,6 +29,7 @@ CORE_COMMANDS: tuple[tuple[str, str], ...] = (
     ("caxton.cli.template", "plugin"),
     ("caxton.cli.client", "COMMANDS"),
     ("caxton.cli.cluster", "cluster"),
+    ("caxton.cli.backup", "COMMANDS"),
 )
 
 

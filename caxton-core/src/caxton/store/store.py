@@ -34,7 +34,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 import aiosqlite
 
 from caxton.errors import CaxtonError, ConfigError
-from caxton.store.migrations import CORE_MIGRATIONS, Migration, apply_migrations, check_sequence
+from caxton.store.migrations import (
+    CORE_MIGRATIONS,
+    Migration,
+    applied_versions,
+    apply_migrations,
+    check_sequence,
+)
 
 if TYPE_CHECKING:
     from caxton.messaging import Message
@@ -160,6 +166,8 @@ class Store:
         flush_interval: float = 0.005,
         outbox_retention: float = 3600.0,
         seen_limit: int = 100_000,
+        node_id: str = "",
+        migration_backups: Path | None = None,
     ) -> None:
         synchronous = synchronous.upper()
         journal_mode = journal_mode.upper()
@@ -189,6 +197,10 @@ class Store:
         self.flush_interval = flush_interval
         self.outbox_retention = outbox_retention
         self.seen_limit = seen_limit
+        self.node_id = node_id
+        #: Where a backup is written before a migration changes an existing database
+        #: (None: no backup). See :mod:`caxton.backup.archive`.
+        self.migration_backups = migration_backups
         self._migrations: dict[str, tuple[Migration, ...]] = {"core": CORE_MIGRATIONS}
         self._conn: aiosqlite.Connection | None = None
         self._writer: asyncio.Task[None] | None = None
@@ -267,6 +279,8 @@ class Store:
     async def migrate(self) -> dict[str, list[int]]:
         """Apply every registered namespace's pending migrations; return what ran."""
         conn = self._connection()
+        if self.migration_backups is not None:
+            await self._backup_before_migrating(conn)
         applied: dict[str, list[int]] = {}
         for namespace, migrations in self._migrations.items():
             done = await apply_migrations(conn, namespace, migrations)
@@ -274,6 +288,32 @@ class Store:
                 log.info("state store %s: %s schema -> v%d", self.path, namespace, done[-1])
                 applied[namespace] = done
         return applied
+
+    async def _backup_before_migrating(self, conn: aiosqlite.Connection) -> None:
+        """Back up the database before a migration changes a schema it already has.
+
+        A namespace's first migrations (a new database, a newly installed plugin) only
+        add tables, so they need no backup.
+        """
+        from caxton.backup.archive import make_backup
+
+        current = await applied_versions(conn)
+        pending = [
+            f"{namespace} v{current[namespace]} -> v{len(migrations)}"
+            for namespace, migrations in self._migrations.items()
+            if 0 < current.get(namespace, 0) < len(migrations)
+        ]
+        if not pending:
+            return
+        assert self.migration_backups is not None
+        path, _ = await asyncio.to_thread(
+            make_backup,
+            self.path,
+            self.migration_backups,
+            node_id=self.node_id,
+            note=f"before migrating {', '.join(pending)}",
+        )
+        log.warning("state store %s: backed up to %s before migrating", self.path, path)
 
     async def schema_versions(self) -> dict[str, int]:
         rows = await self._connection().execute_fetchall(

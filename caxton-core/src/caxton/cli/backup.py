@@ -1,0 +1,297 @@
+"""``caxton backup``: create, list, verify and restore a node's backups; and the cluster
+snapshot commands ``caxton cluster backup`` / ``caxton cluster restore``.
+
+``create`` and ``list`` drive a running node through its REST API (``--api-url``);
+``verify`` and ``restore`` work on files and data directories, so they also work while
+the node is stopped, which ``restore`` requires. See docs/operations.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import click
+
+from caxton.cli.client import api_options, json_option
+from caxton.cli.client_http import ApiClient
+from caxton.cli.main import emit_json, render_table
+from caxton.units import format_size
+
+__all__ = ["COMMANDS"]
+
+
+# -------------------------------------------------------------------------
+# Local settings: which data directory, database and node id
+# -------------------------------------------------------------------------
+
+
+class LocalNode:
+    """Where a node keeps its state, from ``--config`` and the flags (no node started)."""
+
+    def __init__(
+        self, config_path: str | None, data_dir: str | None, node_id: str | None = None
+    ) -> None:
+        from caxton.backup.service import backup_directory
+        from caxton.node import build_host_and_config
+
+        overrides: dict[str, Any] = {}
+        if data_dir is not None:
+            overrides["node.data_dir"] = data_dir
+        if node_id is not None:
+            overrides["node.id"] = node_id
+        _host, config = build_host_and_config(config_path, overrides=overrides)
+        self.config = config
+        self.data_dir = Path(config["node"]["data_dir"]).expanduser()
+        self.node_id: str = config["node"]["id"] or socket.gethostname()
+        local = config["coordination"]["local_state_path"]
+        self.database = Path(local).expanduser() if local else self.data_dir / "local.db"
+        self.backups = backup_directory(config, self.data_dir)
+
+
+def local_options(command: Any) -> Any:
+    for option in reversed(
+        (
+            click.option(
+                "--config",
+                "config_path",
+                type=click.Path(dir_okay=False),
+                default=None,
+                help="The node's config file (default: $CAXTON_CONFIG_PATH).",
+            ),
+            click.option(
+                "--data-dir",
+                "--target",
+                "data_dir",
+                type=click.Path(file_okay=False),
+                default=None,
+                help="The node's data directory (default: node.data_dir of the config).",
+            ),
+        )
+    ):
+        command = option(command)
+    return command
+
+
+def _describe(entry: dict[str, Any]) -> str:
+    return (
+        f"{entry['id']} of node {entry['node_id']} ({entry['type']}, {entry['agents']} agents, "
+        f"{format_size(int(entry.get('size') or entry['database_size']))})"
+    )
+
+
+def download(client: ApiClient, path: str, target: Path) -> None:
+    """GET ``path`` into ``target``, atomically (a partial file is never left in place)."""
+    request = urllib.request.Request(client.url + path, headers=client.headers())
+    partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
+    try:
+        with (
+            urllib.request.urlopen(request, timeout=client.timeout) as response,
+            partial.open("wb") as out,
+        ):
+            while chunk := response.read(1024 * 1024):
+                out.write(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(partial, target)
+    except urllib.error.HTTPError as exc:
+        raise client._api_error(exc) from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise click.ClickException(client._network_problem(exc, client.timeout)) from None
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            partial.unlink()
+
+
+# -------------------------------------------------------------------------
+# caxton backup
+# -------------------------------------------------------------------------
+
+
+@click.group("backup")
+def backup_group() -> None:
+    """Back up and restore a node's state store."""
+
+
+@backup_group.command("create")
+@click.option(
+    "--type",
+    "kind",
+    type=click.Choice(["full", "state"]),
+    default="full",
+    show_default=True,
+    help="full: the whole store; state: agents, modules, key/value state, messages.",
+)
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Also download the backup to this file.",
+)
+@click.option(
+    "--destination",
+    "--dest",
+    "destination",
+    default=None,
+    metavar="DIR|s3://BUCKET/PREFIX",
+    help="Also copy the backup there (as NODE_ID/BACKUP_ID.tar.gz).",
+)
+@click.option("--compress", is_flag=True, help="Accepted for the runbook: always compressed.")
+@json_option
+@api_options
+def backup_create(
+    client: ApiClient,
+    kind: str,
+    output: str | None,
+    destination: str | None,
+    compress: bool,
+    as_json: bool,
+) -> None:
+    """Back up the node --api-url reaches, online, into its backup directory."""
+    entry = client.request("POST", "/api/v1/backups", {"type": kind}, wait=3600)
+    archive = f"/api/v1/backups/{entry['id']}/archive"
+    if output is not None:
+        download(client, archive, Path(output))
+        entry["output"] = str(Path(output).resolve())
+    if destination is not None:
+        from caxton.backup.destinations import open_destination
+
+        store = open_destination(destination)
+        with tempfile.TemporaryDirectory(prefix="caxton-backup-") as tmp:
+            local = Path(tmp) / f"{entry['id']}.tar.gz"
+            download(client, archive, local)
+            name = f"{entry['node_id']}/{local.name}"
+            store.put_file(local, name)
+        entry["destination"] = store.describe(name)
+    if as_json:
+        emit_json(entry)
+        return
+    click.echo(f"Backup {_describe(entry)}: {entry['path']}")
+    for key in ("output", "destination"):
+        if key in entry:
+            click.echo(f"Copied to {entry[key]}")
+
+
+@backup_group.command("list")
+@click.option(
+    "--data-dir",
+    "data_dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="List a stopped node's backups from its data directory instead of asking it.",
+)
+@json_option
+@api_options
+def backup_list(client: ApiClient, data_dir: str | None, as_json: bool) -> None:
+    """The node's backups, oldest first."""
+    if data_dir is not None:
+        from caxton.backup.archive import list_backups
+
+        entries = list_backups(LocalNode(None, data_dir).backups)
+    else:
+        entries = client.request("GET", "/api/v1/backups")["backups"]
+    if as_json:
+        emit_json(entries)
+        return
+    click.echo(
+        render_table(
+            ("ID", "NODE", "TYPE", "AGENTS", "SIZE", "CREATED"),
+            [
+                (
+                    e["id"],
+                    e.get("node_id", "-"),
+                    e.get("type", "-"),
+                    e.get("agents", "-"),
+                    format_size(int(e.get("size", 0))),
+                    time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(e["created_at"]))
+                    if "created_at" in e
+                    else f"unreadable: {e.get('error', '')}",
+                )
+                for e in entries
+            ],
+        )
+    )
+
+
+def _backup_file(file: str | None, backup_id: str | None, local: LocalNode | None) -> Path:
+    from caxton.backup.archive import find_backup
+
+    if file is not None and backup_id is None:
+        return find_backup(file, Path("."))
+    if file is None and backup_id is not None and local is not None:
+        return find_backup(backup_id, local.backups)
+    raise click.UsageError("give a backup FILE or --id BACKUP_ID (one of them)")
+
+
+@backup_group.command("verify")
+@click.argument("file", required=False, type=click.Path(dir_okay=False))
+@click.option("--id", "backup_id", help="A backup of the node's backup directory, by id.")
+@local_options
+@json_option
+def backup_verify(
+    file: str | None,
+    backup_id: str | None,
+    config_path: str | None,
+    data_dir: str | None,
+    as_json: bool,
+) -> None:
+    """Check a backup: its manifest, sha256 and SQLite integrity_check."""
+    from caxton.backup.archive import verify_backup
+
+    local = LocalNode(config_path, data_dir) if backup_id is not None else None
+    path = _backup_file(file, backup_id, local)
+    manifest = verify_backup(path)
+    if as_json:
+        emit_json({**manifest.to_dict(), "path": str(path), "verified": True})
+        return
+    click.echo(f"{path}: OK: {_describe({**manifest.to_dict(), 'size': path.stat().st_size})}")
+
+
+@backup_group.command("restore")
+@click.argument("file", required=False, type=click.Path(dir_okay=False))
+@click.option("--id", "backup_id", help="A backup of the node's backup directory, by id.")
+@click.option("--node-id", default=None, help="The node restored (default: node.id or host name).")
+@click.option("--force", is_flag=True, help="Restore a backup of another node id.")
+@local_options
+@json_option
+def backup_restore(
+    file: str | None,
+    backup_id: str | None,
+    node_id: str | None,
+    force: bool,
+    config_path: str | None,
+    data_dir: str | None,
+    as_json: bool,
+) -> None:
+    """Replace a stopped node's state store with a backup (the old one is kept aside)."""
+    from caxton.backup.archive import restore_backup
+
+    local = LocalNode(config_path, data_dir, node_id)
+    path = _backup_file(file, backup_id, local)
+    result = restore_backup(path, local.database, node_id=local.node_id, force=force)
+    if as_json:
+        emit_json(
+            {
+                **result.manifest.to_dict(),
+                "database": str(result.database),
+                "replaced": str(result.replaced) if result.replaced else None,
+            }
+        )
+        return
+    click.echo(
+        f"Restored {result.manifest.id} of node {result.manifest.node_id} "
+        f"({result.manifest.agents} agents) into {result.database}"
+    )
+    if result.replaced is not None:
+        click.echo(f"The replaced database is kept as {result.replaced}")
+
+
+COMMANDS: list[click.Command] = [backup_group]
