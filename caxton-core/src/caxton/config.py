@@ -332,8 +332,13 @@ CORE_SECTIONS: tuple[ConfigSection, ...] = (
         F("log_retention_days", "int", 30, minimum=0),
         F("enable_metrics", "bool", True),
         F("metrics_prefix", "str", "caxton"),
-        F("histogram_buckets", "list", [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-                                        2.5, 5.0, 10.0]),
+        F("legacy_metric_names", "bool", True,
+          "Also export the product documents' two gauges in milliseconds "
+          "(caxton_cluster_gossip_latency_ms, caxton_cluster_convergence_time_ms), "
+          "which Prometheus naming (promtool check metrics) rejects"),
+        F("histogram_buckets", "list", [0.0001, 0.0005, 0.001, 0.005, 0.01, 0.025, 0.05,
+                                        0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
+          "Upper bounds (seconds) of every latency histogram's buckets"),
         F("enable_tracing", "bool", False),
         F("trace_sample_rate", "float", 0.1, minimum=0, maximum=1),
         F("otlp_endpoint", "str", None, optional=True),

@@ -23,6 +23,7 @@ from caxton import __version__, systemd
 from caxton.config import Config, load_config
 from caxton.drivers import DriverContext, ResourceLimits
 from caxton.errors import CaxtonError, ConfigError, PluginError
+from caxton.http_stats import HttpStats
 from caxton.plugins import PluginHost, error_line, parse_plugin_options
 from caxton.units import parse_address
 
@@ -142,6 +143,8 @@ class Node:
         self.auth_chain: list[Any] = []
         self.api_address: tuple[str, int] | None = None
         self.metrics_address: tuple[str, int] | None = None
+        #: What the REST API served (the metrics read it).
+        self.http_stats = HttpStats()
         self.cluster_address: tuple[str, int] | None = None
         self._stack = contextlib.AsyncExitStack()
         self._stopped = asyncio.Event()

@@ -9,6 +9,7 @@ commit). docs/agents.md describes the states and the policies.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import dataclasses
 import hashlib
@@ -43,6 +44,7 @@ from caxton.errors import (
     ExecutionFailed,
     ValidationError,
 )
+from caxton.samples import Samples
 
 if TYPE_CHECKING:
     import pluggy
@@ -124,6 +126,10 @@ class AgentManager:
         self._compiling: dict[str, asyncio.Future[CompiledModule]] = {}
         self._persister: asyncio.Task[None] | None = None
         self._started = False
+        #: Seconds from instantiation to running, per start (caxton_agent_startup_time).
+        self.startup_times = Samples()
+        #: Seconds each agent spent handling a message (its runtimes feed this one).
+        self.processing_times = Samples()
 
     # -- node lifecycle --------------------------------------------------------------
 
@@ -205,6 +211,10 @@ class AgentManager:
 
     def list(self) -> list[Agent]:
         return [runtime.agent for runtime in self._by_id.values()]
+
+    def runtimes(self) -> builtins.list[AgentRuntime]:
+        """Every agent's live side (for metrics and diagnostics)."""
+        return list(self._by_id.values())
 
     def runtime(self, name_or_id: str) -> AgentRuntime:
         """The live side of an agent (instance, KV, timers); for tests and tools."""
@@ -548,6 +558,7 @@ class AgentManager:
     async def _start_runtime(self, runtime: AgentRuntime) -> None:
         """loaded/stopped/failed -> ready (instantiated, initialised) -> running."""
         agent = runtime.agent
+        started = time.perf_counter()
         instance = self._instantiate(runtime, runtime.module, agent.limits)
         runtime.instance = instance
         self._set_state(runtime, S.READY)
@@ -556,6 +567,7 @@ class AgentManager:
         self._register(runtime)
         self._set_state(runtime, S.RUNNING)
         runtime.accepting = True
+        self.startup_times.pending.append(time.perf_counter() - started)
 
     def _instantiate(
         self, runtime: AgentRuntime, module: CompiledModule, limits: ResourceLimits

@@ -15,6 +15,7 @@ import logging
 import os
 import time
 from collections import deque
+from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from caxton.agents.model import Agent, AgentState
@@ -27,6 +28,7 @@ from caxton.errors import (
     QueueFull,
 )
 from caxton.messaging.message import loads
+from caxton.samples import Samples
 from caxton.sandbox.abi import MAX_KEY_BYTES, LogLevel, Status
 
 if TYPE_CHECKING:
@@ -92,6 +94,8 @@ class AgentRuntime:
         #: Consecutive failed deliveries (reset by a successful one).
         self.streak = 0
         self.restart_handle: asyncio.TimerHandle | None = None
+        #: Seconds each message took in the agent (caxton_agent_message_latency_p99).
+        self.processing = Samples(pending=512, window=256, parent=manager.processing_times)
         #: Counters changed since the record was last queued for the store.
         self.dirty = False
         self.lock = asyncio.Lock()
@@ -161,6 +165,7 @@ class AgentRuntime:
             self._track(message)
         self.busy = True
         self.current = message
+        started = perf_counter()
         try:
             instance.handle_message(data)
         except ExecutionFailed as exc:
@@ -183,6 +188,7 @@ class AgentRuntime:
             return
         self.busy = False
         self.current = None
+        self.processing.pending.append(perf_counter() - started)
         counters = self.agent.counters
         counters.messages_handled += 1
         counters.fuel_used += instance.last_fuel_used

@@ -11,6 +11,7 @@ from caxton.api.resources import CpuSampler
 from caxton.api.settings import ApiSettings
 from caxton.api.tasks import TaskBoard
 from caxton.drivers.auth import Identity
+from caxton.http_stats import HttpStats
 from caxton.node import Node
 
 if TYPE_CHECKING:
@@ -26,6 +27,8 @@ OPENAPI = web.AppKey("openapi", dict[str, Any])
 AWAITING_FIRST_REQUEST = web.AppKey("awaiting_first_request", set[object])
 TASKS = web.AppKey("tasks", TaskBoard)
 CPU = web.AppKey("cpu", CpuSampler)
+#: The node's request counts and durations (its metrics read them).
+HTTP_STATS = web.AppKey("http_stats", HttpStats)
 #: Set only when ``security.auth_enabled`` is true: the node's auth chain and roles.
 GUARD: web.AppKey[Guard] = web.AppKey("guard")
 

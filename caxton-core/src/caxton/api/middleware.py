@@ -32,6 +32,7 @@ from caxton.api.cluster import refuse_writes_in_partition
 from caxton.api.keys import (
     AWAITING_FIRST_REQUEST,
     GUARD,
+    HTTP_STATS,
     IDENTITY,
     LIMITER,
     REQUEST_ID,
@@ -41,6 +42,7 @@ from caxton.api.permissions import PUBLIC, UNDECLARED, required_permission
 from caxton.api.responses import error_response
 from caxton.drivers.auth import Credentials
 from caxton.errors import AuthError, CaxtonError, Forbidden, RateLimited
+from caxton.http_stats import route_of
 
 __all__ = [
     "AUDITED_PERMISSIONS",
@@ -90,12 +92,14 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         response.headers[REQUEST_ID_HEADER] = request_id
         return response
     finally:
+        duration = time.perf_counter() - started
+        request.config_dict[HTTP_STATS].observe(request.method, route_of(request), status, duration)
         entry = {
             "request_id": request_id,
             "method": request.method,
             "path": request.rel_url.path,
             "status": status,
-            "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+            "duration_ms": round(duration * 1000, 3),
             "remote": request.remote,
             "user_agent": request.headers.get(hdrs.USER_AGENT, ""),
             "permission": required_permission(request),

@@ -30,6 +30,7 @@ from caxton.api.keys import (
     AWAITING_FIRST_REQUEST,
     CPU,
     GUARD,
+    HTTP_STATS,
     LIMITER,
     NODE,
     OPENAPI,
@@ -43,6 +44,7 @@ from caxton.api.resources import CpuSampler
 from caxton.api.settings import ApiSettings
 from caxton.api.tasks import TaskBoard
 from caxton.errors import ConfigError
+from caxton.http_stats import HttpStats
 from caxton.units import parse_address
 
 if TYPE_CHECKING:
@@ -82,6 +84,8 @@ def build_app(node: Node, settings: ApiSettings | None = None) -> web.Applicatio
     app[AWAITING_FIRST_REQUEST] = set()
     app[TASKS] = TaskBoard()
     app[CPU] = CpuSampler()
+    stats = getattr(node, "http_stats", None)
+    app[HTTP_STATS] = stats if isinstance(stats, HttpStats) else HttpStats()
     for table in CORE_ROUTES:
         app.add_routes(table)
     for result in node.hook.caxton_api_routes(node=node):

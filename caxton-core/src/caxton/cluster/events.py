@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,6 +49,8 @@ class EventLog:
     def __init__(self, history: int = EVENT_HISTORY) -> None:
         self._events: deque[ClusterEvent] = deque(maxlen=history)
         self._watchers: set[asyncio.Queue[ClusterEvent]] = set()
+        #: Events recorded per kind since the node started (caxton_cluster_events_total).
+        self.counts: Counter[str] = Counter()
 
     def record(
         self,
@@ -62,6 +64,7 @@ class EventLog:
         """Keep the event, log it (unless ``debug``) and hand it to every watcher."""
         event = ClusterEvent(kind, text, level, node_id, details=dict(details or {}))
         self._events.append(event)
+        self.counts[kind] += 1
         if level != "debug":
             log.log(logging.WARNING if level == "warning" else logging.INFO, "%s", text)
         for queue in list(self._watchers):

@@ -52,6 +52,7 @@ from caxton.errors import (
     ValidationError,
 )
 from caxton.membership.core import EventKind, MemberEvent
+from caxton.samples import Samples
 from caxton.units import format_address, parse_address
 
 if TYPE_CHECKING:
@@ -137,6 +138,9 @@ class Cluster:
         self.forwarding = Forwarding(self)
         #: Replicas of this node's agents and failover (caxton.cluster.failover).
         self.failover = Failover(self)
+        #: Seconds from a member's metadata update (its wall clock, ``at``) to this node
+        #: hearing of it by gossip: the gossip convergence time, within clock drift.
+        self.convergence = Samples(pending=256, window=256)
 
     # -- services -----------------------------------------------------------------
 
@@ -808,7 +812,15 @@ class Cluster:
             self.events.record("alive", f"Node {node_id} refuted the suspicion", node_id=node_id)
         elif kind is EventKind.UPDATED:
             self._check_version(member)
+            self._heard_update(member)
         self._mode_changed()
+
+    def _heard_update(self, member: Member) -> None:
+        at = member.meta.get("at")
+        if isinstance(at, int | float):
+            delay = time.time() - at
+            if 0.0 <= delay < 300.0:  # beyond: the clocks disagree, not gossip
+                self.convergence.pending.append(delay)
 
     def _send_full(self, member: Member) -> None:
         """Give a member that just (re)joined our agents at once."""
@@ -902,6 +914,7 @@ class Cluster:
         meta = dict(membership.local_member().meta)
         meta.update(self._load)
         meta["reg"] = list(self.registry.version)
+        meta["at"] = round(time.time(), 3)  # for the others' convergence time
         try:
             membership.update_metadata(meta)
         except CaxtonError as exc:

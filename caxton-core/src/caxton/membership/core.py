@@ -81,6 +81,8 @@ class MembershipStats:
     probes: int = 0
     probes_failed: int = 0
     refutations: int = 0
+    #: Members this node started to suspect (each a suspicion, refuted or confirmed).
+    suspicions: int = 0
     delegate_errors: int = 0
     #: Smoothed round-trip time of direct probes, in milliseconds (0: none measured).
     probe_rtt_ms: float = 0.0

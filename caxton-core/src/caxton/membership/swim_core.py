@@ -877,6 +877,7 @@ class SwimCore:
             expected = 0
         minimum, maximum = suspicion_bounds(self.settings, size)
         self._suspicions[node_id] = Suspicion(accuser, expected, minimum, maximum, self._now)
+        self.stats.suspicions += 1
         self._broadcasts.queue(node_id, codec.suspect(incarnation, node_id, accuser))
         self._event(EventKind.SUSPECT, node)
 

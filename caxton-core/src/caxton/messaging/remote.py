@@ -131,7 +131,9 @@ class RemoteQueues:
                     if route is None:
                         problem = f"undeliverable: Agent not found: {outgoing.name}"
                     else:
+                        started = router.clock()
                         await route.forward(message)
+                        router.forward_latency.pending.append(router.clock() - started)
                 except Exception as exc:
                     problem = f"delivery error: forwarding to {outgoing.name} failed: {exc}"
                     route = None

@@ -57,6 +57,7 @@ from caxton.messaging.mailbox import UNSCHEDULED, Deliver, Mailbox, is_async_cal
 from caxton.messaging.message import MAX_FIELD_LENGTH, Message, encode_content, too_large
 from caxton.messaging.performatives import Performative, Priority
 from caxton.messaging.remote import RemoteQueues, RemoteRoute, Resolver, resolve
+from caxton.samples import Samples
 
 __all__ = [
     "GUARANTEES",
@@ -225,8 +226,12 @@ class Router:
         self._dead: deque[DeadLetter] = deque(maxlen=dead_letter_limit)
         self._deadlines = ReplyDeadlines(self._reply_timed_out)
         self._notices: dict[str, None] = {}  # ids of recent not-understood notices
-        #: Sampled send-to-deliver waits in seconds (see routing_latency()).
-        self._waits: deque[float] = deque(maxlen=1024)
+        #: Sampled send-to-deliver waits in seconds (see routing_latency()); the hot
+        #: path appends to ``latency.pending`` (``_waits``) and nothing more.
+        self.latency = Samples()
+        self._waits = self.latency.pending
+        #: Seconds each forward to another node took (the remote routing latency).
+        self.forward_latency = Samples()
         self._direct_count = 0
         self._remote = RemoteQueues(self)
         self._staged: list[tuple[Message, Target, asyncio.Future[None] | None]] = []
@@ -1103,17 +1108,8 @@ class Router:
         coroutine delivery and of one direct delivery in 64 (which waits 0), the last
         1,024 of them: ``{"samples", "p50", "p90", "p99", "max"}``.
         """
-        waits = sorted(self._waits)
-        if not waits:
-            return {"samples": 0, "p50": 0.0, "p90": 0.0, "p99": 0.0, "max": 0.0}
-        last = len(waits) - 1
-        return {
-            "samples": len(waits),
-            "p50": waits[last * 50 // 100],
-            "p90": waits[last * 90 // 100],
-            "p99": waits[last * 99 // 100],
-            "max": waits[-1],
-        }
+        p50, p90, p99, top = self.latency.quantiles(0.5, 0.9, 0.99, 1.0)
+        return {"samples": len(self.latency.window), "p50": p50, "p90": p90, "p99": p99, "max": top}
 
     def pending(self, name: str | None = None) -> int:
         """Messages not yet handed over: queued, being delivered, persisted or forwarded."""
