@@ -27,7 +27,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -372,6 +372,35 @@ def issue_certificates(directory: Path, node_ids: Iterable[str]) -> Path:
 # -------------------------------------------------------------------------
 
 
+Link = tuple[str, str]
+
+
+def split_links(groups: Sequence[Sequence[str]]) -> set[Link]:
+    """The directed links a partition into ``groups`` cuts: every pair across groups."""
+    return {
+        (a, b)
+        for i, group in enumerate(groups)
+        for j, other in enumerate(groups)
+        if i != j
+        for a in group
+        for b in other
+    }
+
+
+def bridge_links(left: Sequence[str], middle: str, right: Sequence[str]) -> set[Link]:
+    """A bridge: ``left`` and ``right`` cut apart, ``middle`` (in neither) reaching both."""
+    if middle in (*left, *right):
+        raise ValueError(f"the bridge {middle} must be in neither side")
+    return split_links([left, right])
+
+
+def ring_links(names: Sequence[str]) -> set[Link]:
+    """A majorities ring: every node keeps only its two neighbours on ``names``."""
+    count = len(names)
+    neighbours = {names[i]: {names[(i - 1) % count], names[(i + 1) % count]} for i in range(count)}
+    return {(a, b) for a in names for b in names if a != b and b not in neighbours[a]}
+
+
 def netns_missing() -> str | None:
     """What this machine lacks for :class:`NetnsLab` (None: nothing)."""
     if not sys.platform.startswith("linux"):
@@ -404,8 +433,11 @@ class NetnsLab:
     the test process reaches every node's API. :meth:`cut` drops, in a ``bridge``-family
     nftables table, what the bridge forwards from or to a namespace's veth: the nodes
     no longer reach each other, while the host still reaches each of them (that traffic
-    is the bridge's own input and output, not forwarded). :meth:`close` removes
-    everything, and is safe to call twice or after a half-made setup.
+    is the bridge's own input and output, not forwarded). :meth:`block` drops single
+    directions (one-way cuts); :meth:`split`, :meth:`bridge_cut` and :meth:`ring` build
+    the non-transitive shapes from it; :meth:`loss` drops a share of a node's packets;
+    :meth:`heal` undoes all of them. :meth:`close` removes everything, and is safe to
+    call twice or after a half-made setup.
     """
 
     def __init__(self) -> None:
@@ -461,8 +493,7 @@ class NetnsLab:
         self.addresses[name] = address
         return address
 
-    def cut(self, *names: str) -> None:
-        """Drop everything the bridge forwards from or to the namespaces ``names``."""
+    def _rules(self) -> None:
         if not self._cut:
             _run("nft", "add", "table", "bridge", self.table)
             _run(
@@ -470,13 +501,55 @@ class NetnsLab:
                 "{ type filter hook forward priority 0; policy accept; }",
             )  # fmt: skip
             self._cut = True
+
+    def cut(self, *names: str) -> None:
+        """Drop everything the bridge forwards from or to the namespaces ``names``."""
+        self._rules()
         for name in names:
             veth = self.veths[name]
             _run("nft", "add", "rule", "bridge", self.table, "cut", "iifname", veth, "drop")
             _run("nft", "add", "rule", "bridge", self.table, "cut", "oifname", veth, "drop")
 
+    isolate = cut
+
+    def block(self, links: Iterable[tuple[str, str]]) -> None:
+        """Drop what the bridge forwards from ``a`` to ``b``, for each ``(a, b)``: one
+        direction only, so ``b`` still reaches ``a`` unless ``(b, a)`` is listed too."""
+        self._rules()
+        for source, target in links:
+            _run(
+                "nft", "add", "rule", "bridge", self.table, "cut",
+                "iifname", self.veths[source], "oifname", self.veths[target], "drop",
+            )  # fmt: skip
+
+    def cut_one_way(self, source: str, target: str) -> None:
+        """``target`` no longer hears ``source``; ``source`` still hears ``target``."""
+        self.block([(source, target)])
+
+    def split(self, *groups: Iterable[str]) -> None:
+        """Only members of one group reach each other (a clean partition)."""
+        self.block(split_links([list(group) for group in groups]))
+
+    def bridge_cut(self, left: Iterable[str], middle: str, right: Iterable[str]) -> None:
+        """``left`` and ``right`` do not reach each other; ``middle`` reaches both."""
+        self.block(bridge_links(list(left), middle, list(right)))
+
+    def ring(self, names: Sequence[str]) -> None:
+        """Each node reaches only its two neighbours on the ring ``names``: with five
+        nodes every node sees a majority (itself and two), a different one each."""
+        self.block(ring_links(names))
+
+    def loss(self, name: str, percent: int) -> None:
+        """Drop ``percent`` % of what ``name`` sends to the other namespaces, at random
+        (nftables ``numgen random``: it needs no qdisc module, which tc netem does)."""
+        self._rules()
+        _run(
+            "nft", "add", "rule", "bridge", self.table, "cut", "iifname", self.veths[name],
+            "numgen", "random", "mod", "100", "<", str(percent), "drop",
+        )  # fmt: skip
+
     def heal(self) -> None:
-        """Delete the drop rules (their whole table)."""
+        """Delete the drop rules (their whole table): cuts and losses alike."""
         if self._cut:
             _run("nft", "delete", "table", "bridge", self.table)
             self._cut = False
