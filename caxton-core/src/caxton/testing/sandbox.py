@@ -430,6 +430,24 @@ class SandboxConformance:
         second.handle_message(_json_message("tick"))
         assert host.replies_json()[-1]["content"] == {"count": 4}
 
+    def test_ledger_records_each_id_and_names_its_copy(self, start: Any) -> None:
+        host = RecordingAgentHost()
+        first = start("ledger", host_api=host)
+        first.init()
+        assert first.handle_message(_json_message({"id": "r-1"})) == 0
+        assert first.handle_message(_json_message({"id": "m-2"}, performative="inform")) == 0
+        assert host.kv == {b"r-1": b"1", b"m-2": b"1"}
+        [reply] = host.replies_json()  # an inform is recorded, not answered
+        assert reply["content"]["id"] == "r-1"
+        copy = reply["content"]["copy"]
+        assert len(copy) == 16
+        assert host.log_texts()[-1] == f"ledger m-2 recorded by copy {copy}"
+        assert first.handle_message(_json_message({"no": "id"})) == Status.INVALID
+        second = start("ledger", host_api=host)  # another instance draws another token
+        second.init()
+        second.handle_message(_json_message({"id": "r-3"}))
+        assert host.replies_json()[-1]["content"]["copy"] != copy
+
     def test_kv_store_load_delete(self, start: Any, host: RecordingAgentHost) -> None:
         instance = start("probe")
         assert instance.handle_message(b"Kvalue-1") == Status.NOT_FOUND
