@@ -243,7 +243,8 @@ def integration(session: nox.Session) -> None:
     for paths, report_name in [
         # The example is a separate project: its tests run on their own, as its author's.
         ([f"{EXAMPLE_PLUGIN}/tests"], f"{session.name}-example"),
-        (["tests", "--ignore=tests/test_links.py"], session.name),  # links: docs session
+        # links: docs session; faults: its own session (once, not per Python)
+        (["tests", "--ignore=tests/test_links.py", "--ignore=tests/faults"], session.name),
     ]:
         try:
             run_pytest(session, *paths, report_name=report_name)
@@ -251,6 +252,30 @@ def integration(session: nox.Session) -> None:
             failed.append(paths[0])
     if failed:
         session.error(f"tests failed in {', '.join(failed)}")
+
+
+#: Options of the campaign's command line: with one of them, ``nox -s faults`` runs a
+#: campaign instead of the tests.
+CAMPAIGN_OPTIONS = (
+    "--faults", "--transport", "--seed", "--hold", "--rate", "--drift-margin", "--out"
+)  # fmt: skip
+
+
+@nox.session(python="3.11", tags=["faults"])
+def faults(session: nox.Session) -> None:
+    """The fault campaign (docs/reliability.md): five node processes in network
+    namespaces, seeded faults, the checker. Needs root, ``ip`` and ``nft``.
+
+    ``nox -s faults`` runs tests/faults: the checker's tests and the short campaign
+    (12 faults over tcp, about three minutes). ``nox -s faults -- --faults 100
+    --transport quic --seed 42 [--out DIR]`` runs a long campaign and prints its report.
+    """
+    install_all(session)
+    if any(arg.split("=")[0] in CAMPAIGN_OPTIONS for arg in session.posargs):
+        ensure_wasm_toolchain(session)
+        session.run("python", "tests/faults/campaign.py", *session.posargs)
+    else:
+        run_pytest(session, "tests/faults")
 
 
 # -------------------------------------------------------------------------
@@ -272,10 +297,17 @@ def lint(session: nox.Session) -> None:
 
 @nox.session(python="3.11", tags=["typecheck"])
 def typecheck(session: nox.Session) -> None:
-    """mypy --strict on caxton-core (config in pyproject.toml) and the example plugin."""
+    """mypy --strict on caxton-core (config in pyproject.toml), the example plugin and
+    the fault campaign (tests/faults)."""
     session.install(MYPY, "-e", CORE)
     session.run("mypy", "caxton-core/src/caxton")
     session.run("mypy", "--strict", f"{EXAMPLE_PLUGIN}/src/caxton_zone_aware")
+    # The fault campaign is a harness others copy: strict too (its modules import each
+    # other and the network lab by their file names, as pytest runs them).
+    session.run(
+        "mypy", "--strict", "--explicit-package-bases", "tests/faults",
+        env={"MYPYPATH": "tests/cluster:tests/faults"},
+    )  # fmt: skip
 
 
 @nox.session(python="3.11", tags=["docs"])

@@ -1,0 +1,400 @@
+"""The checker: reads a campaign's history and final state, and says, per property,
+whether the cluster kept its promises (see docs/reliability.md).
+
+Each property is one function from the :class:`~history.History` to a list of
+:class:`Anomaly`; :func:`check` runs them all and adds what was measured. Only
+acknowledged (``ok``) operations are held against the cluster; ``info`` ones (timeouts,
+cut connections) may or may not have happened, and ``fail`` ones did not.
+
+    python tests/faults/checker.py HISTORY.json [--json]
+
+checks a saved history again (exit status 1 when a property has an anomaly).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from itertools import pairwise
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cluster"))
+
+from history import History, Injected, Operation
+
+#: Seconds a node's reported mode may lag the true topology beyond the detection
+#: timeout: the 100 ms sampling period plus the time an event takes to be handled.
+MODE_GRACE = 1.0
+#: How many anomalies of each property the report lists in full.
+EXAMPLES = 10
+
+
+@dataclass
+class Anomaly:
+    property: str
+    what: str
+    at: float = 0.0  # seconds since the campaign started
+    node: str = ""
+    agent: str = ""
+    fault: str = ""  # "#index kind (detail)" of the fault in force, if any
+
+
+@dataclass(frozen=True)
+class Property:
+    name: str
+    title: str
+    check: Callable[[History], list[Anomaly]]
+
+
+def _fault_label(item: Injected | None) -> str:
+    if item is None:
+        return ""
+    return f"#{item.fault.index} {item.fault.kind} ({item.fault.detail})"
+
+
+def _fault_at(history: History, at: float, after: float = 0.0) -> Injected | None:
+    """The fault in force at ``at`` (or healed less than ``after`` seconds before)."""
+    for item in history.faults:
+        if item.start <= at <= item.end + after:
+            return item
+    return None
+
+
+def _against(
+    name: str, op: Operation, what: str, history: History, at: float, fault: Injected | None
+) -> Anomaly:
+    """An anomaly of property ``name`` about the operation ``op``, seen at ``at``."""
+    return Anomaly(name, what, at - history.started, op.node, op.agent, _fault_label(fault))
+
+
+def _acked(history: History, *kinds: str) -> Iterable[Operation]:
+    return (op for op in history.operations if op.outcome == "ok" and op.kind in kinds)
+
+
+def _final(history: History) -> Any:
+    if history.final is None:
+        raise ValueError("the history has no final state: the campaign did not finish")
+    return history.final
+
+
+# -------------------------------------------------------------------------
+# The properties
+# -------------------------------------------------------------------------
+
+
+def lost_messages(history: History) -> list[Anomaly]:
+    """An at-least-once message answered 202 was neither delivered nor dead-lettered."""
+    final = _final(history)
+    delivered = {d.op_id for d in final.deliveries}
+    delivered.update(i for ids in final.ledger_ids.values() for i in ids)
+    pending = set(final.pending)
+    anomalies = []
+    for op in _acked(history, "send"):
+        if op.op_id in delivered or op.op_id in final.dead_letters:
+            continue
+        where = "still pending at the end" if op.op_id in pending else "gone"
+        what = (
+            f"{op.op_id} to {op.agent} accepted by {op.node} (202), never delivered nor "
+            f"dead-lettered ({where})"
+        )
+        fault = _fault_at(history, op.complete, after=2.0)
+        anomalies.append(_against("lost-messages", op, what, history, op.complete, fault))
+    return anomalies
+
+
+def duplicates(history: History) -> list[Anomaly]:
+    """A message delivered twice, other than redelivered after its node crashed between
+    the delivery and its acknowledgement (the documented at-least-once window)."""
+    final = _final(history)
+    kills = [(i.fault.nodes[0], i.start) for i in history.faults if i.fault.kind == "kill"]
+    by_id = defaultdict(list)
+    for delivery in final.deliveries:
+        by_id[delivery.op_id].append(delivery)
+    agent_of = {op.op_id: op.agent for op in history.operations}
+    anomalies = []
+    for op_id, seen in by_id.items():
+        seen.sort(key=lambda d: d.at)
+        first = seen[0]
+        for again in seen[1:]:
+            crashed = any(node == first.node and first.at <= t <= again.at for node, t in kills)
+            if crashed:
+                continue
+            anomalies.append(
+                Anomaly(
+                    "duplicates",
+                    f"{op_id} delivered on {first.node} (copy {first.copy}) and again "
+                    f"{again.at - first.at:.2f} s later on {again.node} (copy {again.copy}) "
+                    "without a crash in between",
+                    again.at - history.started,
+                    again.node,
+                    agent_of.get(op_id, ""),
+                    _fault_label(_fault_at(history, again.at, after=5.0)),
+                )
+            )
+    return anomalies
+
+
+def lost_state(history: History) -> list[Anomaly]:
+    """An id the ledger acknowledged is missing from the ledger's final state."""
+    final = _final(history)
+    state = {agent: set(ids) for agent, ids in final.ledger_ids.items()}
+    anomalies = []
+    for op in _acked(history, "record"):
+        if op.op_id in state.get(op.agent, set()):
+            continue
+        what = (
+            f"{op.op_id} acknowledged by {op.agent} (copy {op.value}) through {op.node}, "
+            f"missing from its final state (hosts at the end: "
+            f"{final.hosts.get(op.agent) or 'none'})"
+        )
+        fault = _fault_at(history, op.complete, after=5.0)
+        anomalies.append(_against("lost-state", op, what, history, op.complete, fault))
+    return anomalies
+
+
+def two_copies(history: History) -> list[Anomaly]:
+    """Two acknowledged results from two copies of one agent: a counter value returned
+    to two requests, or two ledger copies acknowledging in overlapping periods."""
+    anomalies = []
+    values: dict[tuple[str, Any], list[Operation]] = defaultdict(list)
+    for op in _acked(history, "count"):
+        values[(op.agent, op.value)].append(op)
+    for (agent, value), ops in sorted(values.items(), key=lambda kv: kv[1][0].complete):
+        if len(ops) < 2:
+            continue
+        ops.sort(key=lambda op: op.complete)
+        what = (
+            f"{agent} returned count {value} to {len(ops)} acknowledged requests "
+            f"({', '.join(f'{op.op_id} via {op.node}' for op in ops[:3])})"
+        )
+        second = ops[1]
+        fault = _fault_at(history, second.complete, after=5.0)
+        anomalies.append(_against("two-copies", second, what, history, second.complete, fault))
+    # In real time: once a newer copy has acknowledged one request, the older copy must
+    # not acknowledge a request sent after that (its answer could not be in flight).
+    copies: dict[str, dict[str, list[Operation]]] = defaultdict(lambda: defaultdict(list))
+    for op in _acked(history, "record"):
+        copies[op.agent][str(op.value)].append(op)
+    for agent, by_copy in copies.items():
+        spans = sorted(
+            (min(op.complete for op in ops), max(op.invoke for op in ops), copy, len(ops))
+            for copy, ops in by_copy.items()
+        )
+        for older, newer in pairwise(spans):
+            (_, last_sent, old_copy, _), (first_acked, _, new_copy, count) = older, newer
+            if last_sent <= first_acked:
+                continue
+            fault = _fault_at(history, first_acked, after=5.0)
+            anomalies.append(
+                Anomaly(
+                    "two-copies",
+                    f"{agent}: copy {old_copy} still acknowledged a request sent "
+                    f"{last_sent - first_acked:.2f} s after copy {new_copy} first acknowledged "
+                    f"one ({count} acks by {new_copy})",
+                    first_acked - history.started,
+                    agent=agent,
+                    fault=_fault_label(fault),
+                )
+            )
+    return anomalies
+
+
+def minority_writes(history: History) -> list[Anomaly]:
+    """A node without a quorum (by the topology the campaign imposed) reported read-write
+    longer than the detection timeout after losing it, or accepted a deploy."""
+    detection = float(history.settings["detection_timeout"])
+    everyone = history.nodes
+    anomalies = []
+    worst: dict[tuple[int, str], tuple[float, float]] = {}
+    for sample in history.samples:
+        if sample.mode != "read-write":
+            continue
+        item = _fault_at(history, sample.at)
+        if item is None or sample.node in item.fault.quorum(everyone):
+            continue
+        late = sample.at - item.start - detection
+        if late <= MODE_GRACE:
+            continue
+        key = (item.fault.index, sample.node)
+        first, _ = worst.get(key, (sample.at, 0.0))
+        worst[key] = (first, max(late, worst.get(key, (0.0, 0.0))[1]))
+    for (index, node), (first, late) in sorted(worst.items()):
+        item = history.faults[index]
+        anomalies.append(
+            Anomaly(
+                "minority-writes",
+                f"{node} still read-write without a quorum {late + detection:.1f} s after the cut "
+                f"(detection timeout {detection:g} s)",
+                first - history.started,
+                node,
+                fault=_fault_label(item),
+            )
+        )
+    for op in _acked(history, "deploy"):
+        item = _fault_at(history, op.invoke)
+        if item is None or op.node in item.fault.quorum(everyone):
+            continue
+        what = (
+            f"{op.node} accepted the deploy of {op.agent} without a quorum "
+            f"{op.invoke - item.start:.1f} s after the cut"
+        )
+        anomalies.append(_against("minority-writes", op, what, history, op.invoke, item))
+    return anomalies
+
+
+def failover_times(history: History) -> list[tuple[Injected, str, float | None]]:
+    """For each fault with a clear majority that leaves an agent's every host out of it,
+    and held long enough to tell: (fault, agent, seconds until a request through the
+    majority was answered again, None if none was during the hold)."""
+    bound = failover_bound(history)
+    everyone = history.nodes
+    requested = {op.agent for op in history.operations if op.kind in ("count", "record")}
+    measured = []
+    for item in history.faults:
+        majority = item.fault.clear_majority(everyone)
+        if majority is None or majority == frozenset(everyone):
+            continue
+        if item.end - item.start < bound + 1.0:
+            continue
+        for agent, hosts in _hosts_before(history, item.start).items():
+            if agent not in requested or hosts & majority:
+                continue
+            answered = [
+                op.complete
+                for op in _acked(history, "count", "record")
+                if op.agent == agent
+                and op.node in majority
+                and op.invoke >= item.start
+                and op.complete <= item.end
+            ]
+            measured.append((item, agent, min(answered) - item.start if answered else None))
+    return measured
+
+
+def failover_bound(history: History) -> float:
+    settings = history.settings
+    return float(settings["detection_timeout"]) + float(settings["drift_margin"]) + 2.0
+
+
+def failover_liveness(history: History) -> list[Anomaly]:
+    """While a majority exists, every agent cut off with its node is answered again
+    through the majority within detection timeout + drift margin + 2 s."""
+    bound = failover_bound(history)
+    anomalies = []
+    for item, agent, took in failover_times(history):
+        if took is not None and took <= bound:
+            continue
+        what = "never answered during the hold" if took is None else f"answered after {took:.1f} s"
+        anomalies.append(
+            Anomaly(
+                "failover-liveness",
+                f"{agent} {what} of {item.end - item.start:.1f} s (bound {bound:.1f} s)",
+                item.start - history.started,
+                agent=agent,
+                fault=_fault_label(item),
+            )
+        )
+    return anomalies
+
+
+def _hosts_before(history: History, at: float, window: float = 2.0) -> dict[str, set[str]]:
+    """Agent name -> nodes that ran it in their last answered sample before ``at``."""
+    last: dict[str, tuple[float, list[str]]] = {}
+    for sample in history.samples:
+        recent = at - window <= sample.at < at and sample.mode
+        if recent and sample.at >= last.get(sample.node, (0.0, []))[0]:
+            last[sample.node] = (sample.at, sample.agents)
+    hosts: dict[str, set[str]] = defaultdict(set)
+    for node, (_, agents) in last.items():
+        for agent in agents:
+            hosts[agent].add(node)
+    return hosts
+
+
+PROPERTIES = (
+    Property("lost-messages", "acknowledged messages lost", lost_messages),
+    Property("duplicates", "duplicates beyond the documented window", duplicates),
+    Property("lost-state", "acknowledged state changes missing from the final state", lost_state),
+    Property("two-copies", "acknowledged results from two copies of one agent", two_copies),
+    Property("minority-writes", "writes accepted by a node without a quorum", minority_writes),
+    Property("failover-liveness", "failover within detection + drift + 2 s", failover_liveness),
+)
+NAMES = tuple(p.name for p in PROPERTIES)
+
+
+# -------------------------------------------------------------------------
+# The report
+# -------------------------------------------------------------------------
+
+
+def check(history: History) -> dict[str, Any]:
+    """Every property's anomalies (the first :data:`EXAMPLES` in full) and the figures."""
+    outcomes = Counter(f"{op.kind}:{op.outcome}" for op in history.operations)
+    final = _final(history)
+    properties: dict[str, Any] = {}
+    for prop in PROPERTIES:
+        found = prop.check(history)
+        properties[prop.name] = {
+            "title": prop.title,
+            "anomalies": len(found),
+            "holds": not found,
+            "by_fault": dict(Counter(a.fault.split(" ")[1] if a.fault else "none" for a in found)),
+            "examples": [asdict(a) for a in found[:EXAMPLES]],
+        }
+    times = [t for _, _, t in failover_times(history) if t is not None]
+    properties["failover-liveness"]["measured"] = {
+        "failovers": len(failover_times(history)),
+        "bound_s": failover_bound(history),
+        "p50_s": round(statistics.median(times), 2) if times else None,
+        "max_s": round(max(times), 2) if times else None,
+    }
+    acked_sends = {op.op_id for op in _acked(history, "send")}
+    properties["lost-messages"]["measured"] = {
+        "acknowledged": len(acked_sends),
+        "dead_lettered": len(acked_sends & final.dead_letters.keys()),
+    }
+    return {
+        "seed": history.seed,
+        "transport": history.transport,
+        "faults": len(history.faults),
+        "fault_kinds": dict(Counter(i.fault.kind for i in history.faults)),
+        "duration_s": round(history.finished - history.started, 1),
+        "operations": dict(sorted(outcomes.items())),
+        "settings": history.settings,
+        "properties": properties,
+    }
+
+
+def summary(report: dict[str, Any]) -> str:
+    """The report as a few lines for a terminal or a test's output."""
+    lines = [
+        f"fault campaign: seed {report['seed']}, {report['transport']}, {report['faults']} "
+        f"faults, {report['duration_s']} s; operations {report['operations']}"
+    ]
+    for name, result in report["properties"].items():
+        verdict = "holds" if result["holds"] else f"{result['anomalies']} anomalies"
+        extra = f" by fault {result['by_fault']}" if result["by_fault"] else ""
+        extra += f" {result['measured']}" if "measured" in result else ""
+        lines.append(f"  {name:<18} {verdict}{extra}")
+        for example in result["examples"][:3]:
+            where = f" [{example['fault']}]" if example["fault"] else ""
+            lines.append(f"      t={example['at']:.1f}s {example['what']}{where}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0].startswith("-"):
+        print("usage: checker.py HISTORY.json [--json]", file=sys.stderr)
+        return 2
+    report = check(History.load(Path(argv[0])))
+    print(json.dumps(report, indent=2) if "--json" in argv else summary(report))
+    return 0 if all(p["holds"] for p in report["properties"].values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
