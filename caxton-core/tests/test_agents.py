@@ -7,6 +7,7 @@ one timer agent written here in WAT because no example uses timers through JSON.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import itertools
 import logging
@@ -32,6 +33,7 @@ from caxton.messaging import Message, Router
 from caxton.plugins import PluginHost
 from caxton.sandbox.wasmtime_sandbox import WasmtimeSandbox
 from caxton.store import Store
+from caxton.store.store import StoreError
 from caxton.testing import HookRecorder
 
 TIMER_AGENT = """
@@ -284,6 +286,76 @@ async def test_counter_keeps_its_count_in_kv(node: Node, example_agents: dict[st
     counts = [(await node.client.ask("counter")).content["count"] for _ in range(3)]
     assert counts == [1, 2, 3]
     assert node.manager.runtime("counter").kv == {b"count": b"3"}
+
+
+def committed_count(store: Store, agent_id: str) -> bytes | None:
+    """The counter's count as committed in SQLite (another connection: no pending rows)."""
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(store.path)) as db:
+        row = db.execute(
+            "SELECT value FROM agent_kv WHERE agent_id = ? AND key = ?", (agent_id, b"count")
+        ).fetchone()
+    return None if row is None else bytes(row[0])
+
+
+async def test_a_reply_after_a_state_change_leaves_once_the_change_is_committed(
+    node: Node, example_agents: dict[str, bytes]
+) -> None:
+    agent = await node.manager.deploy("counter", example_agents["counter"])
+    seen: list[tuple[Any, bytes | None]] = []
+    deliver = node.client._deliver
+
+    def check(message: Message) -> None:
+        seen.append((message.content["count"], committed_count(node.store, agent.id)))
+        deliver(message)
+
+    node.router.register("client", check, replace=True)
+    replies = await asyncio.gather(*(node.client.ask("counter") for _ in range(20)))
+    assert sorted(r.content["count"] for r in replies) == list(range(1, 21))
+    # Each reply was delivered when its count (or a later one) was already in SQLite.
+    assert all(stored is not None and int(stored) >= count for count, stored in seen)
+    assert node.manager.outputs.released == 20
+
+
+async def test_durability_async_replies_before_the_commit(
+    tmp_path: Path, wasmtime_sandbox: WasmtimeSandbox, example_agents: dict[str, bytes]
+) -> None:
+    node = Node(tmp_path, wasmtime_sandbox, durability="async")
+    await node.start()
+    try:
+        agent = await node.manager.deploy("counter", example_agents["counter"])
+        stored: list[bytes | None] = []
+        deliver = node.client._deliver
+
+        def check(message: Message) -> None:
+            stored.append(committed_count(node.store, agent.id))
+            deliver(message)
+
+        node.router.register("client", check, replace=True)
+        reply = await node.client.ask("counter")
+        assert reply.content == {"count": 1}
+        assert stored == [None]  # delivered while the count was still in the write-behind
+        assert node.manager.outputs.released == 0
+    finally:
+        await node.stop()
+
+
+async def test_outputs_waiting_for_a_failed_commit_are_dead_lettered(
+    node: Node, example_agents: dict[str, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await node.manager.deploy("counter", example_agents["counter"])
+
+    async def broken() -> None:
+        raise StoreError("disk full")
+
+    monkeypatch.setattr(node.store, "flush", broken)
+    await node.router.send(node.client.message("counter"))
+    letters = await eventually(node.router.dead_letters)
+    assert letters[0].message.receiver == "client"
+    assert "not acknowledged: agent counter" in letters[0].reason
+    assert "disk full" in letters[0].reason
+    assert not node.client.inbox
 
 
 async def test_contract_net_between_wasm_agents(

@@ -277,6 +277,9 @@ CORE_SECTIONS: tuple[ConfigSection, ...] = (
         F("replicas", "int", 2, "Peers keeping each agent's module and spec", minimum=0),
         F("replica_max_size", "size", "8MB", "Largest module replicated to peers",
           minimum=0),
+        F("durability", "str", "quorum",
+          "When an agent's reply may follow a state change: quorum, async or local",
+          choices=("quorum", "async", "local")),
     ), "SWIM membership"),
     ConfigSection("partition", (
         F("strategy", "str", None, "Partition policy driver (alias of plugins.partition_policy)",

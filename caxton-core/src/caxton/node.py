@@ -346,6 +346,7 @@ class Node:
             restart_max=runtime["restart_max"],
             restart_backoff=runtime["restart_backoff"],
             extra_functions=extra_functions,
+            durability=self.config["coordination.cluster"]["durability"],
         )
         await self.agents.start()
         self._stack.push_async_callback(self.agents.close)

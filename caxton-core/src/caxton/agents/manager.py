@@ -19,6 +19,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from caxton.agents.commit import OutputCommit, check_mode
 from caxton.agents.lifecycle import check_operation, check_transition
 from caxton.agents.model import (
     Agent,
@@ -93,6 +94,7 @@ class AgentManager:
         max_timers: int = 1000,
         backlog_limit: int = 10_000,
         counters_interval: float = 1.0,
+        durability: str = "quorum",
     ) -> None:
         self.node_id = node_id
         self.sandbox = sandbox
@@ -116,6 +118,10 @@ class AgentManager:
         #: Called with an agent's id after each change to its key/value state (the
         #: cluster's failover replicates it); None: nobody listens.
         self.kv_listener: Callable[[str], None] | None = None
+        #: What an agent emits after a key/value change waits until the change is
+        #: durable (caxton.agents.commit); ``durability`` is the default mode of agents.
+        self.durability = check_mode(durability)
+        self.outputs = OutputCommit(router, store)
         self.max_timers = max_timers
         self.backlog_limit = backlog_limit
         self.counters_interval = counters_interval

@@ -99,6 +99,14 @@ class AgentRuntime:
         #: Counters changed since the record was last queued for the store.
         self.dirty = False
         self.lock = asyncio.Lock()
+        #: Output commit (caxton.agents.commit): ``version`` counts this runtime's
+        #: key/value changes, ``committed`` the ones known durable; what the agent emits
+        #: while they differ waits in ``held`` (version, message), in order.
+        self.durability = manager.durability
+        self.version = 0
+        self.committed = 0
+        self.changed_keys: set[bytes] = set()
+        self.held: deque[tuple[int, Message]] = deque()
 
     # -- delivery (the hot path) ----------------------------------------------------
 
@@ -228,7 +236,7 @@ class AgentRuntime:
             return
         try:
             answer = message.create_reply(performative, content, sender=self.name)
-            self.manager.router.send_nowait(answer)
+            self.manager.outputs.emit(self, answer)
         except CaxtonError as exc:
             agent_log.debug("agent %s: could not answer %s: %s", self.name, message.sender, exc)
 
@@ -354,6 +362,7 @@ class AgentRuntime:
         manager.store.kv_put(self.agent.id, key, value)
         self.kv[key] = value
         self.kv_bytes += grown
+        manager.outputs.changed(self, key)
         if manager.kv_listener is not None:
             manager.kv_listener(self.agent.id)
         return Status.OK
@@ -369,6 +378,7 @@ class AgentRuntime:
         manager.store.kv_delete(self.agent.id, key)
         del self.kv[key]
         self.kv_bytes -= len(key) + len(old)
+        manager.outputs.changed(self, key)
         if manager.kv_listener is not None:
             manager.kv_listener(self.agent.id)
         return Status.OK
@@ -417,7 +427,7 @@ class AgentRuntime:
 
     def _submit(self, message: Message) -> int:
         try:
-            self.manager.router.send_nowait(message)
+            self.manager.outputs.emit(self, message)
         except AgentNotFound:
             return Status.NOT_FOUND
         except QueueFull:

@@ -152,6 +152,8 @@ class Failover:
         self.enabled = bool(settings.get("failover", True))
         self.copies = int(settings.get("replicas", 2))
         self.max_size = int(settings.get("replica_max_size", 8 * 1024 * 1024))
+        #: "local": the agents' key/value state stays on this node (not replicated).
+        self.durability = str(settings.get("durability", "quorum"))
         self.trust = PeerTrust(self.node)
         #: Replicas of other nodes' agents kept here, by agent id.
         self.replicas: dict[str, Replica] = {}
@@ -679,7 +681,7 @@ class Failover:
         """The agent's whole key/value state, to send with its replica; None when it
         has none or it is larger than ``replica_max_size`` (then it does not move)."""
         agents = self.node.agents
-        if agents is None or replica.agent_id not in agents:
+        if agents is None or replica.agent_id not in agents or self.durability == "local":
             return None
         runtime = agents.runtime(replica.agent_id)
         kv = runtime.kv

@@ -947,6 +947,10 @@ class Router:
 
     # -- dead letters and expiry ------------------------------------------------------
 
+    def dead_letter(self, message: Message, reason: str) -> None:
+        """Give up on ``message`` with ``reason`` (kept in the dead-letter queue)."""
+        self._dead_letter(message, reason)
+
     def _dead_letter(self, message: Message, reason: str, *, event: str = "dead-lettered") -> None:
         self._counts["dead_lettered"] += 1
         letter = DeadLetter(message, reason, self.wall_clock())

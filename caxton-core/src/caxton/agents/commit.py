@@ -1,0 +1,163 @@
+"""Output commit: what an agent sends after changing its state waits until the change is durable.
+
+An agent that changes its key/value state while it handles a message and then replies
+must not have the reply seen while the change can still be lost. So every message an
+agent emits (replies, sends, the node's answers on its behalf) after a state change that
+is not yet durable is *held* in the agent's runtime, in order, and released once the
+change is; a message emitted while nothing is pending goes at once.
+
+Changes are committed in groups: the first change of an event-loop turn schedules one
+commit at the end of the turn for every agent that changed during it (*group commit*),
+so a burst of N messages costs one commit, not N. What "durable" means is the
+:class:`Durability` in use:
+
+* :class:`LocalDurability` (a node without replicas, and ``durability = "local"``): the
+  change is committed to the node's SQLite (one transaction for the turn), so a
+  ``kill -9`` never loses a change whose reply was seen;
+* the cluster's quorum replication (:mod:`caxton.cluster.ownership`,
+  ``durability = "quorum"``): the change is on a majority of the agent's replica set;
+* ``durability = "async"`` holds nothing (the write-behind window and the replication
+  delay may lose the last changes; see docs/state.md and docs/cluster.md).
+
+See docs/design/0001-fenced-ownership.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from caxton.errors import CaxtonError, ConfigError
+
+if TYPE_CHECKING:
+    from caxton.agents.runtime import AgentRuntime
+    from caxton.messaging import Message
+    from caxton.messaging.router import Router
+    from caxton.store import Store
+
+__all__ = ["DURABILITY_MODES", "Change", "Durability", "LocalDurability", "OutputCommit"]
+
+log = logging.getLogger("caxton.agents")
+
+#: ``coordination.cluster.durability`` values (see docs/cluster.md, "Durability").
+DURABILITY_MODES = ("quorum", "async", "local")
+
+
+def check_mode(mode: str) -> str:
+    if mode not in DURABILITY_MODES:
+        raise ConfigError(f"durability must be one of {', '.join(DURABILITY_MODES)}, not {mode!r}")
+    return mode
+
+
+@dataclass(frozen=True)
+class Change:
+    """One agent's state changes of one turn: up to ``version``, the keys in ``keys``."""
+
+    runtime: AgentRuntime
+    version: int
+    keys: frozenset[bytes]
+
+
+class Durability(Protocol):
+    """Makes agents' changes durable, then calls :meth:`OutputCommit.committed` (or
+    :meth:`OutputCommit.failed`) for each."""
+
+    def commit(self, changes: Sequence[Change]) -> None: ...
+
+
+class LocalDurability:
+    """Durable = committed to the node's SQLite (one group commit per turn)."""
+
+    def __init__(self, store: Store, outputs: OutputCommit) -> None:
+        self.store = store
+        self.outputs = outputs
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def commit(self, changes: Sequence[Change]) -> None:
+        task = asyncio.get_running_loop().create_task(self._commit(changes))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _commit(self, changes: Sequence[Change]) -> None:
+        try:
+            await self.store.flush()
+        except CaxtonError as exc:
+            for change in changes:
+                self.outputs.failed(change.runtime, f"its state change was not stored: {exc}")
+            return
+        for change in changes:
+            self.outputs.committed(change.runtime, change.version)
+
+
+class OutputCommit:
+    """Holds each agent's outputs behind its uncommitted state changes (one per node)."""
+
+    def __init__(self, router: Router, store: Store) -> None:
+        self.router = router
+        self.durability: Durability = LocalDurability(store, self)
+        self._changed: dict[str, AgentRuntime] = {}
+        self._scheduled = False
+        #: Outputs released after a commit, and dropped (dead-lettered) after a failure.
+        self.released = 0
+        self.dropped = 0
+
+    def changed(self, runtime: AgentRuntime, key: bytes) -> None:
+        """``runtime`` changed ``key``: its outputs from now on wait for a commit."""
+        runtime.version += 1
+        if runtime.durability == "async":
+            runtime.committed = runtime.version
+            return
+        runtime.changed_keys.add(key)
+        self._changed[runtime.agent.id] = runtime
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._end_of_turn)
+
+    def emit(self, runtime: AgentRuntime, message: Message) -> None:
+        """Send ``message`` for ``runtime`` now, or once its pending changes commit.
+
+        Raises what :meth:`Router.send_nowait` raises when the message goes at once.
+        """
+        if runtime.version > runtime.committed or runtime.held:
+            runtime.held.append((runtime.version, message))
+            return
+        self.router.send_nowait(message)
+
+    def _end_of_turn(self) -> None:
+        self._scheduled = False
+        changed, self._changed = self._changed, {}
+        changes = []
+        for runtime in changed.values():
+            keys = frozenset(runtime.changed_keys)
+            runtime.changed_keys.clear()
+            changes.append(Change(runtime, runtime.version, keys))
+        if changes:
+            self.durability.commit(changes)
+
+    def committed(self, runtime: AgentRuntime, version: int) -> None:
+        """``runtime``'s changes up to ``version`` are durable: release what followed them."""
+        if version <= runtime.committed:
+            return
+        runtime.committed = version
+        held = runtime.held
+        while held and held[0][0] <= version:
+            message = held.popleft()[1]
+            self.released += 1
+            try:
+                self.router.send_nowait(message)
+            except CaxtonError as exc:
+                self.router.dead_letter(message, f"undeliverable: {exc}")
+
+    def failed(self, runtime: AgentRuntime, reason: str) -> None:
+        """``runtime``'s pending changes will never be acknowledged: dead-letter what
+        waits for them, with ``reason``, and let later outputs go again."""
+        held, runtime.held = runtime.held, type(runtime.held)()
+        runtime.committed = runtime.version
+        for _, message in held:
+            self.dropped += 1
+            self.router.dead_letter(message, f"not acknowledged: agent {runtime.name}: {reason}")
+        if held:
+            log.warning("agent %s: %d outputs dead-lettered: %s", runtime.name, len(held), reason)
