@@ -21,6 +21,7 @@ import click
 
 from caxton.cli.client import _duration, api_options, json_option
 from caxton.cli.client_http import ApiClient
+from caxton.cli.local_cluster import cluster_down, cluster_up
 from caxton.cli.main import emit_json, render_table
 from caxton.units import format_size
 
@@ -30,6 +31,10 @@ __all__ = ["cluster"]
 @click.group("cluster")
 def cluster() -> None:
     """Inspect and operate the cluster this node belongs to."""
+
+
+cluster.add_command(cluster_up)
+cluster.add_command(cluster_down)
 
 
 # -------------------------------------------------------------------------
