@@ -15,15 +15,16 @@ import contextlib
 import json
 import os
 import shutil
-import socket
+import signal
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import nox
 from nox.command import CommandFailed
@@ -327,49 +328,6 @@ def fetch_json(url: str) -> object:
         return json.loads(response.read())
 
 
-@contextlib.contextmanager
-def background_node(session: nox.Session, *args: str) -> Iterator[subprocess.Popen[bytes]]:
-    """``caxton server start ARGS`` in the background; terminated (SIGTERM) on exit."""
-    caxton = str(Path(session.bin) / "caxton")
-    process = subprocess.Popen([caxton, "server", "start", *args])
-    try:
-        yield process
-    finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-
-def check_port_free(session: nox.Session, address: str, option: str) -> None:
-    """Fail now if ``address`` is taken: another server there would answer our checks."""
-    host, _, port = address.rpartition(":")
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
-        try:
-            probe.bind((host.strip("[]"), int(port)))
-        except OSError as exc:
-            session.error(
-                f"{address} is not available ({exc.strerror}); choose another: "
-                f"nox -s demo -- {option} HOST:PORT"
-            )
-
-
-def wait_for_health(process: subprocess.Popen[bytes], url: str, timeout: float = 60) -> object:
-    deadline = time.monotonic() + timeout
-    while True:
-        if process.poll() is not None:
-            raise RuntimeError(f"the node exited with code {process.returncode} before serving")
-        try:
-            return fetch_json(url)
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"no answer from {url} after {timeout:.0f}s") from None
-            time.sleep(0.25)
-
-
 def plugin_options(args: Sequence[str]) -> list[str]:
     """The ``--plugin SPEC`` options among ``args``, for ``caxton plugins``."""
     options: list[str] = []
@@ -393,48 +351,66 @@ def compile_wat(session: nox.Session, source: str, target: Path) -> None:
 
 @nox.session(python="3.11", default=False)
 def demo(session: nox.Session) -> None:
-    """Install everything, start a node, deploy the echo agent and message it; serve until
-    Ctrl-C.
+    """Install everything, start a local 3-node cluster, deploy the echo agent on n2, message
+    it through n1, kill n2 and see echo answer again from a survivor; serve until Ctrl-C.
 
-    ``nox -s demo -- --once`` (and any run with CI=true) stops after the exchange. Other
-    arguments go to ``caxton server start`` (``nox -s demo -- --api-addr 127.0.0.1:8081
-    --plugin placement=zone-aware``).
+    ``nox -s demo -- --once`` (and any run with CI=true) stops the cluster after that.
+    ``--api-port N`` and ``--cluster-port N`` choose n1's ports (0: any free ones); other
+    arguments go to ``caxton cluster up`` (``--plugin placement=zone-aware``, ``--nodes 5``).
     """
     once = IN_CI or "--once" in session.posargs
     extra = [arg for arg in session.posargs if arg != "--once"]
-    if "--api-addr" in extra[:-1]:
-        api_addr = extra.pop(extra.index("--api-addr") + 1)
-        extra.remove("--api-addr")
-    else:
-        api_addr = "127.0.0.1:8080"
-    api_url = f"http://{api_addr}"
-    check_port_free(session, api_addr, "--api-addr")
     install_all(session)
     session.install(f"./{EXAMPLE_PLUGIN}")
-    plugin_args = plugin_options(extra)
+    session.run("caxton", "plugins", *plugin_options(extra))
     with tempfile.TemporaryDirectory(prefix="caxton-demo-") as workdir:
-        echo = Path(workdir) / "echo.wasm"
-        compile_wat(session, "examples/agents/wat/echo.wat", echo)
-        args = ["--api-addr", api_addr, "--data-dir", str(Path(workdir) / "data"), *extra]
-        with background_node(session, *args) as process:
-            try:
-                health = wait_for_health(process, f"{api_url}/api/v1/health")
-            except RuntimeError as exc:
-                session.error(str(exc))
-            session.log(f"GET {api_url}/api/v1/health -> {json.dumps(health)}")
-            session.run("caxton", "plugins", *plugin_args)
-            session.run("caxton", "deploy", str(echo), "--api-url", api_url)
-            session.run(
-                "caxton", "message", "send", "--to", "echo", "--content", "hello from the demo",
-                "--wait", "5s", "--api-url", api_url,
-            )  # fmt: skip
+        cluster_dir = Path(workdir) / "cluster"
+        up = session.run(
+            "caxton", "cluster", "up", "--fast", "--data-dir", str(cluster_dir), "--json",
+            *extra, silent=True,
+        )  # fmt: skip
+        nodes = json.loads(str(up))["nodes"]
+        try:
+            demo_cluster(session, nodes, Path(workdir))
             if once:
                 return
             session.log(
-                f"node running with agent 'echo'; try: {session.bin}/caxton message send "
-                f"--to echo --content hi --wait 5s --api-url {api_url}. Ctrl-C stops it."
+                f"the cluster keeps running; try: {session.bin}/caxton cluster members "
+                f"--api-url {nodes[0]['api_url']}. Ctrl-C stops it."
             )
-            try:
-                process.wait()
-            except KeyboardInterrupt:
-                session.log("stopping the node")
+            with contextlib.suppress(KeyboardInterrupt):
+                while True:
+                    time.sleep(3600)
+        finally:
+            session.run("caxton", "cluster", "down", "--data-dir", str(cluster_dir))
+
+
+def demo_cluster(session: nox.Session, nodes: list[dict[str, Any]], workdir: Path) -> None:
+    """Cross-node routing and a failover, with the commands a user would type."""
+    n1 = nodes[0]["api_url"]
+    for node in nodes:
+        session.log(f"{node['node_id']}: API {node['api_url']}, pid {node['pid']}")
+    session.run("caxton", "cluster", "members", "--api-url", n1)
+    echo = workdir / "echo.wasm"
+    compile_wat(session, "examples/agents/wat/echo.wat", echo)
+    session.run("caxton", "deploy", str(echo), "--target-node", "n2", "--api-url", n1)
+    send = ("caxton", "message", "send", "--to", "echo", "--wait", "5s", "--api-url", n1)
+    session.run(*send, "--content", "hello from n1, answered on n2")
+    if len(nodes) < 3:
+        return
+    session.log("killing n2 (SIGKILL): a survivor restarts echo from its replica")
+    os.kill(nodes[1]["pid"], signal.SIGKILL)
+    killed = time.monotonic()
+    while True:
+        try:
+            reply = session.run(*send, "--content", "hello after the failover", silent=True)
+            break
+        except CommandFailed:
+            if time.monotonic() - killed > 60:
+                session.error("echo did not answer again within 60 s of the kill")
+            time.sleep(0.5)
+    session.log(f"{str(reply).strip()} ({time.monotonic() - killed:.1f} s after the kill)")
+    agents = fetch_json(f"{n1}/api/v1/cluster/agents")
+    where = [a["node_id"] for a in agents["agents"] if a["name"] == "echo"]  # type: ignore[index]
+    session.log(f"echo now runs on {', '.join(where)}")
+    session.run("caxton", "cluster", "members", "--api-url", n1)
