@@ -137,6 +137,8 @@ class NodeProcess:
         self.log_path = cluster.base_dir / f"{node_id}.log"
         self.process: subprocess.Popen[bytes] | None = None
         self.config_path = cluster.config_for(self)
+        #: Sent with every request (X-API-Key) when the nodes authenticate.
+        self.api_key: str | None = None
 
     @property
     def address(self) -> str:
@@ -184,11 +186,11 @@ class NodeProcess:
 
     def request(self, method: str, path: str, body: Any = None, *, timeout: float = 10.0) -> Any:
         data = None if body is None else json.dumps(body).encode()
+        headers = {"Content-Type": "application/json"} if data else {}
+        if self.api_key is not None:
+            headers["X-API-Key"] = self.api_key
         request = urllib.request.Request(
-            self.api_url + path,
-            data=data,
-            method=method,
-            headers={"Content-Type": "application/json"} if data else {},
+            self.api_url + path, data=data, method=method, headers=headers
         )
         try:
             with urllib.request.urlopen(request, timeout=timeout) as response:

@@ -1,21 +1,27 @@
-"""``/api/v1/agents``: deploy, list, get, update, remove, and lifecycle actions."""
+"""``/api/v1/agents``: deploy, list, get, update, remove, and lifecycle actions.
+
+The routes for one agent work through any node of a cluster: the agent's node carries
+them out (:mod:`caxton.cluster.agent_ops`). ``GET /api/v1/agents`` lists this node's
+agents, or with ``scope=cluster`` every node's.
+"""
 
 from __future__ import annotations
 
+import fnmatch
 from typing import Any
 
 from aiohttp import web
 
-from caxton.agents import Agent
 from caxton.api.common import body, path_uuid, query, service
-from caxton.api.keys import NODE
-from caxton.api.openapi import DRAIN_TIMEOUT_SCHEMA, LIMIT_ALIASES, STATE_SCHEMA
+from caxton.api.keys import IDENTITY, NODE, REQUEST_ID
+from caxton.api.openapi import DRAIN_TIMEOUT_SCHEMA, LIMIT_ALIASES, LIST_QUERY
 from caxton.api.permissions import requires
 from caxton.api.responses import json_response
 from caxton.api.validation import decode_base64
+from caxton.cluster.agent_ops import Caller, list_cluster, perform
 from caxton.cluster.placement import DeploySpec, deploy_local, place
 from caxton.drivers.placement import PlacementRequest
-from caxton.errors import AgentNotFound, ValidationError
+from caxton.errors import ValidationError
 
 __all__ = ["routes"]
 
@@ -39,16 +45,15 @@ def _limits(given: dict[str, Any] | None) -> dict[str, int] | None:
     return limits
 
 
-def _agent(request: web.Request) -> Agent:
-    """The agent named by the ``agent_id`` path parameter (by id only, never by name)."""
+def _caller(request: web.Request) -> Caller:
+    return Caller.of(request.get(IDENTITY), request.get(REQUEST_ID), request.remote)
+
+
+async def _act(request: web.Request, action: str, **options: Any) -> dict[str, Any] | None:
+    """Run ``action`` on the agent of the ``agent_id`` path parameter (by id only, never
+    by name), on whichever node runs it (:mod:`caxton.cluster.agent_ops`)."""
     agent_id = path_uuid(request, "agent_id")
-    try:
-        agent: Agent = service(request, "agents").get(agent_id)
-    except AgentNotFound:
-        agent = None  # type: ignore[assignment]
-    if agent is None or agent.id != agent_id:
-        raise AgentNotFound(agent_id)
-    return agent
+    return await perform(request.config_dict[NODE], action, agent_id, _caller(request), **options)
 
 
 def _placement(name: str, data: dict[str, Any]) -> PlacementRequest | None:
@@ -66,14 +71,24 @@ def _placement(name: str, data: dict[str, Any]) -> PlacementRequest | None:
 @routes.get("/api/v1/agents")
 @requires("read")
 async def list_agents(request: web.Request) -> web.Response:
-    name = query(request, "name", {"$ref": "#/components/schemas/AgentName"})
-    state = query(request, "state", STATE_SCHEMA)
-    agents = service(request, "agents").list()
-    if name is not None:
-        agents = [a for a in agents if a.name == name.strip()]
-    if state is not None:
-        agents = [a for a in agents if a.state.value == state]
-    return json_response([a.to_dict() for a in agents])
+    params = {name: query(request, name, schema) for name, schema in LIST_QUERY.items()}
+    node = request.config_dict[NODE]
+    if params["scope"] == "cluster":
+        agents = await list_cluster(node, _caller(request))
+    else:
+        agents = [a.to_dict() for a in service(request, "agents").list()]
+    if params["name"] is not None:
+        pattern = params["name"].strip()
+        agents = [a for a in agents if fnmatch.fnmatchcase(a["name"], pattern)]
+    if params["state"] is not None:
+        agents = [a for a in agents if a["state"] == params["state"]]
+    if params["node"] is not None:
+        agents = [a for a in agents if a.get("node_id") == params["node"]]
+    total = len(agents)
+    offset = params["offset"] or 0
+    limit = params["limit"]
+    page = agents[offset : None if limit is None else offset + limit]
+    return json_response(page, headers={"X-Total-Count": str(total)})
 
 
 @routes.post("/api/v1/agents")
@@ -103,66 +118,47 @@ async def deploy_agent(request: web.Request) -> web.Response:
 @routes.get("/api/v1/agents/{agent_id}")
 @requires("read")
 async def get_agent(request: web.Request) -> web.Response:
-    return json_response(_agent(request).to_dict())
+    return json_response(await _act(request, "get"))
 
 
 @routes.put("/api/v1/agents/{agent_id}")
 @requires("update")
 async def update_agent(request: web.Request) -> web.Response:
-    agent = _agent(request)
+    path_uuid(request, "agent_id")
     data = await body(request, "UpdateAgent")
     wasm = decode_base64(data["wasm_module"], "wasm_module") if "wasm_module" in data else None
-    updated = await service(request, "agents").update(
-        agent.id, wasm=wasm, limits=_limits(data.get("resource_limits"))
+    return json_response(
+        await _act(request, "update", wasm=wasm, limits=_limits(data.get("resource_limits")))
     )
-    return json_response(updated.to_dict())
 
 
 @routes.delete("/api/v1/agents/{agent_id}")
 @requires("remove")
 async def remove_agent(request: web.Request) -> web.Response:
-    agent = _agent(request)
-    await service(request, "agents").remove(agent.id)
+    await _act(request, "remove")
     return web.Response(status=204)
-
-
-async def _lifecycle(request: web.Request, operation: str, **options: Any) -> web.Response:
-    agent = _agent(request)
-    manager = service(request, "agents")
-    method = getattr(manager, LIFECYCLE_METHODS[operation])
-    changed: Agent = await method(agent.id, **options)
-    return json_response(changed.to_dict())
-
-
-#: Lifecycle action -> AgentManager method.
-LIFECYCLE_METHODS = {
-    "start": "start_agent",
-    "stop": "stop_agent",
-    "suspend": "suspend",
-    "resume": "resume",
-}
 
 
 @routes.post("/api/v1/agents/{agent_id}/start")
 @requires("update")
 async def start_agent(request: web.Request) -> web.Response:
-    return await _lifecycle(request, "start")
+    return json_response(await _act(request, "start"))
 
 
 @routes.post("/api/v1/agents/{agent_id}/stop")
 @requires("update")
 async def stop_agent(request: web.Request) -> web.Response:
     drain_ms = query(request, "drain_timeout_ms", DRAIN_TIMEOUT_SCHEMA)
-    return await _lifecycle(request, "stop", drain_timeout=(drain_ms or 0) / 1000)
+    return json_response(await _act(request, "stop", drain_timeout=(drain_ms or 0) / 1000))
 
 
 @routes.post("/api/v1/agents/{agent_id}/suspend")
 @requires("update")
 async def suspend_agent(request: web.Request) -> web.Response:
-    return await _lifecycle(request, "suspend")
+    return json_response(await _act(request, "suspend"))
 
 
 @routes.post("/api/v1/agents/{agent_id}/resume")
 @requires("update")
 async def resume_agent(request: web.Request) -> web.Response:
-    return await _lifecycle(request, "resume")
+    return json_response(await _act(request, "resume"))

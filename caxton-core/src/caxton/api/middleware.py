@@ -40,6 +40,7 @@ from caxton.api.keys import (
 )
 from caxton.api.permissions import PUBLIC, UNDECLARED, required_permission
 from caxton.api.responses import error_response
+from caxton.auth.audit import AUDITED_PERMISSIONS
 from caxton.drivers.auth import Credentials
 from caxton.errors import AuthError, CaxtonError, Forbidden, RateLimited
 from caxton.http_stats import route_of
@@ -72,8 +73,6 @@ EXPOSED_HEADERS = (
     "Retry-After",
     "Location",
 )
-#: Routes needing these permissions are written to the audit log, whatever the outcome.
-AUDITED_PERMISSIONS = frozenset({"deploy", "update", "remove", "config", "cluster"})
 #: Longest Retry-After we announce, seconds (a zero refill rate never refills).
 MAX_RETRY_AFTER = 86_400
 

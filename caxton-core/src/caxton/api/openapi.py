@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 __all__ = [
     "AUDIT_QUERY",
     "DRAIN_TIMEOUT_SCHEMA",
+    "LIST_QUERY",
     "MAX_WAIT_MS",
     "STATE_SCHEMA",
     "build_openapi",
@@ -53,6 +54,37 @@ AUDIT_QUERY: dict[str, dict[str, Any]] = {
     "action": {"type": "string", "minLength": 1, "maxLength": 256},
     "result": {"type": "string", "enum": ["success", "failure", "denied", "unauthenticated"]},
     "since": {"type": "number", "minimum": 0},
+}
+#: The query parameters of ``GET /api/v1/agents``, by name (each with a description).
+LIST_QUERY: dict[str, dict[str, Any]] = {
+    "scope": {
+        "type": "string",
+        "enum": ["local", "cluster"],
+        "description": "local (the default): this node's agents; cluster: every node's",
+    },
+    "name": {
+        "$ref": "#/components/schemas/AgentName",
+        "description": "Only agents whose name matches this glob (*, ?, [seq])",
+    },
+    "state": {**STATE_SCHEMA, "description": "Only agents in this state"},
+    "node": {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": 255,
+        "description": "Only agents on this node",
+    },
+    "limit": {
+        "type": "integer",
+        "minimum": 1,
+        "maximum": 10_000,
+        "description": "At most this many agents (X-Total-Count has how many matched)",
+    },
+    "offset": {
+        "type": "integer",
+        "minimum": 0,
+        "maximum": 1_000_000,
+        "description": "Skip this many matching agents first",
+    },
 }
 #: Schema of ``?drain_timeout_ms=`` of the stop action.
 DRAIN_TIMEOUT_SCHEMA: dict[str, Any] = {"type": "integer", "minimum": 0, "maximum": MAX_WAIT_MS}
@@ -582,19 +614,13 @@ def _paths() -> dict[str, Any]:
                 (400,),
                 parameters=[
                     {
-                        "name": "name",
+                        "name": name,
                         "in": "query",
                         "required": False,
-                        "description": "Only the agent with this name",
-                        "schema": schema_ref("AgentName"),
-                    },
-                    {
-                        "name": "state",
-                        "in": "query",
-                        "required": False,
-                        "description": "Only agents in this state",
-                        "schema": STATE_SCHEMA,
-                    },
+                        "description": schema["description"],
+                        "schema": {k: v for k, v in schema.items() if k != "description"},
+                    }
+                    for name, schema in LIST_QUERY.items()
                 ],
             ),
             "post": operation(

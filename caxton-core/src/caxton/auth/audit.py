@@ -24,10 +24,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RESULTS", "AuditEntry", "AuditLog"]
+__all__ = ["AUDITED_PERMISSIONS", "RESULTS", "AuditEntry", "AuditLog"]
 
 #: What an entry's ``result`` may be.
 RESULTS = ("success", "failure", "denied", "unauthenticated")
+#: Requests needing these permissions are written to the audit log, whatever the outcome.
+AUDITED_PERMISSIONS = frozenset({"deploy", "update", "remove", "config", "cluster"})
 
 
 class _PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):

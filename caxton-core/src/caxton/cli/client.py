@@ -247,17 +247,45 @@ def agents_group() -> None:
 
 
 @agents_group.command("list")
+@click.option(
+    "--cluster", "whole_cluster", is_flag=True, help="Every node's agents, not this node's."
+)
 @click.option("--by-node", is_flag=True, help="Count the cluster's agents per node and state.")
 @click.option("--state", help="Only agents in this state.")
+@click.option("--node", "node_id", metavar="NODE", help="Only agents on NODE (implies --cluster).")
+@click.option("--name", "name_glob", metavar="GLOB", help="Only names matching, e.g. 'echo-*'.")
+@click.option("--limit", type=click.IntRange(min=1, max=10_000), help="At most this many agents.")
+@click.option("--offset", type=click.IntRange(min=0), help="Skip this many agents first.")
 @json_option
 @api_options
-def agents_list(client: ApiClient, by_node: bool, state: str | None, as_json: bool) -> None:
-    """List the deployed agents (``--by-node``: of the whole cluster, per node)."""
+def agents_list(
+    client: ApiClient,
+    whole_cluster: bool,
+    by_node: bool,
+    state: str | None,
+    node_id: str | None,
+    name_glob: str | None,
+    limit: int | None,
+    offset: int | None,
+    as_json: bool,
+) -> None:
+    """List this node's agents (``--cluster``: every node's; ``--by-node``: counts per node)."""
     if by_node:
         registry = client.request("GET", "/api/v1/cluster/agents")["agents"]
         agents = [a for a in registry if state is None or a["state"] == state]
     else:
-        agents = client.request("GET", "/api/v1/agents", query={"state": state})
+        agents = client.request(
+            "GET",
+            "/api/v1/agents",
+            query={
+                "scope": "cluster" if whole_cluster or node_id else None,
+                "state": state,
+                "node": node_id,
+                "name": name_glob,
+                "limit": limit,
+                "offset": offset,
+            },
+        )
     if by_node:
         nodes: dict[str, Counter[str]] = defaultdict(Counter)
         for agent in agents:
@@ -291,7 +319,7 @@ def agents_list(client: ApiClient, by_node: bool, state: str | None, as_json: bo
                     a["id"],
                     a["state"],
                     a.get("node_id") or "-",
-                    format_size(a["limits"]["max_memory_bytes"]),
+                    format_size(a["limits"]["max_memory_bytes"]) if "limits" in a else "-",
                     a.get("counters", {}).get("messages_handled", 0),
                     a.get("counters", {}).get("restarts", 0),
                 )

@@ -8,6 +8,7 @@ network errors (connection refused, unknown host, timeout).
 from __future__ import annotations
 
 import errno
+import glob
 import json
 import socket
 import urllib.error
@@ -134,11 +135,14 @@ class ApiClient:
     # -- agents by name ---------------------------------------------------------------
 
     def agent(self, name_or_id: str) -> dict[str, Any]:
-        """The agent with this id, or else this name."""
+        """The agent with this id, or else this name, on whichever node of the cluster
+        runs it."""
         if _is_uuid(name_or_id):
             found: dict[str, Any] = self.request("GET", f"/api/v1/agents/{name_or_id}")
             return found
-        matches = self.request("GET", "/api/v1/agents", query={"name": name_or_id})
+        matches = self.request(
+            "GET", "/api/v1/agents", query={"scope": "cluster", "name": glob.escape(name_or_id)}
+        )
         if not matches:
             raise ApiError(404, "Not found", f"Agent not found: {name_or_id}")
         first: dict[str, Any] = matches[0]

@@ -32,7 +32,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from caxton import hookimpl
-from caxton.cluster import wire
+from caxton.cluster import agent_ops, wire
+from caxton.cluster.agent_ops import OPS as AGENT_OPS
 from caxton.cluster.auth import compare, security_summary
 from caxton.cluster.events import ClusterEvent, EventLog
 from caxton.cluster.failover import OPS as FAILOVER_OPS
@@ -591,6 +592,8 @@ class Cluster:
             return None
         if op in FAILOVER_OPS:  # deploy, replica, holdings, claim: sealed, see cluster.trust
             return await self.failover.on_control(frame, op, args)
+        if op in AGENT_OPS:  # agent: an agent operation forwarded by another node
+            return await agent_ops.on_control(self.node, frame, args)
         if op == "auth":
             return wire.pack(security_summary(self.node_id, self.node.config))
         if op == "ping":

@@ -20,6 +20,8 @@ op            request                                   answer
 ``replica``   sealed replica (``wasm`` when asked)      ``"ok"``, ``"module"``, ``"stale"``
 ``holdings``  sealed ``{keep: [agent ids]}``            ``true``
 ``claim``     sealed ``{agent_id, name, generation}``   the generation here, or ``nil``
+``agent``     sealed ``{action, agent_id, options,      ``["ok", result]`` or an error
+              caller}``
 ============  ========================================  ===============================
 
 *Sealed* bodies carry their sender and are authenticated (mTLS or the gossip keyring),
@@ -27,6 +29,8 @@ see :mod:`caxton.cluster.trust`; a refused one is answered with
 ``["error", status, error, message, details]``. ``deploy`` places an agent here
 (:mod:`caxton.cluster.placement`); ``replica``, ``holdings`` and ``claim`` keep the
 replicas of agents and settle which node runs a moved one (:mod:`caxton.cluster.failover`).
+``agent`` carries out a REST agent operation that reached another node, with the
+caller's identity (:mod:`caxton.cluster.agent_ops`).
 """
 
 from __future__ import annotations

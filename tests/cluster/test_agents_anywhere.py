@@ -1,0 +1,177 @@
+"""Agents by id through any node, in one process: three nodes with auth on (the tcp
+transport, a shared gossip key), the echo agent on n3 driven entirely through n1's REST
+API; the caller's roles checked and audited on both nodes."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from test_cluster_routing import eventually
+from test_placement_cluster import FAST
+
+from caxton.auth.keys import ApiKeyStore
+from caxton.node import Node
+from caxton.testing import NodeFactory
+
+AUTH = {"security.auth_enabled": True}
+#: n3's own role table: its operators may not start, stop, suspend or resume agents.
+STRICT_N3 = {"security.roles": {"operator": ["read", "deploy", "remove", "send"]}}
+
+Call = tuple[int, Any, Mapping[str, str]]
+
+
+async def new_key(node: Node, role: str) -> str:
+    keys = ApiKeyStore(node.store)
+    await keys.setup()
+    key, _ = await keys.create(role)
+    return key
+
+
+async def call(node: Node, method: str, path: str, key: str, body: Any = None) -> Call:
+    assert node.api_address is not None
+    host, port = node.api_address
+    async with (
+        aiohttp.ClientSession() as http,
+        http.request(
+            method, f"http://{host}:{port}{path}", json=body, headers={"X-API-Key": key}
+        ) as response,
+    ):
+        text = await response.text()
+        return response.status, (await response.json()) if text else None, response.headers
+
+
+def audit(node: Node, action: str) -> list[dict[str, Any]]:
+    guard = node.context.services["auth"]
+    return [e for e in guard.audit.query(limit=1000) if e["action"] == action]
+
+
+@pytest.fixture
+async def factory(tmp_path: Path) -> AsyncIterator[NodeFactory]:
+    factory = NodeFactory(tmp_path, config={**FAST, **AUTH})
+    factory.register_driver("transport", "tcp", "caxton_transport_tcp.driver:TcpTransport")
+    yield factory
+    await factory.stop_all()
+
+
+@pytest.fixture
+async def nodes(factory: NodeFactory) -> list[Node]:
+    first = factory.build("n1", bootstrap=True)
+    await first.start()
+    seed = f"127.0.0.1:{first.cluster_address[1]}"
+    await factory.build("n2", join=[seed], config={"security.auth_enabled": False}).start()
+    await factory.build("n3", join=[seed], config=STRICT_N3).start()
+    await eventually(lambda: all(n.membership.cluster_size_estimate() == 3 for n in factory.nodes))
+    return list(factory.nodes)
+
+
+async def test_an_agent_on_n3_is_managed_through_n1(nodes: list[Node], echo: bytes) -> None:
+    n1, _, n3 = nodes
+    admin = await new_key(n1, "admin")
+    status, agent, _ = await call(
+        n1, "POST", "/api/v1/agents", admin,
+        {"name": "echo", "wasm_module": base64.b64encode(echo).decode(), "target_node": "n3"},
+    )  # fmt: skip
+    assert (status, agent["node_id"]) == (201, "n3"), agent
+    path = f"/api/v1/agents/{agent['id']}"
+    await eventually(lambda: any(e.name == "echo" for e in n1.cluster.registry.entries("n3")))
+
+    status, got, _ = await call(n1, "GET", path, admin)
+    assert (status, got["node_id"], got["state"]) == (200, "n3", "running")
+    for action, state in (("suspend", "suspended"), ("resume", "running"),
+                          ("stop", "stopped"), ("start", "running")):  # fmt: skip
+        status, changed, _ = await call(n1, "POST", f"{path}/{action}", admin)
+        assert (status, changed["state"]) == (200, state), changed
+        assert n3.agents.get("echo").state.value == state
+        for node in (n1, n3):
+            [entry] = audit(node, f"{action}_agent")
+            assert entry["result"] == "success", entry
+        [on_n1], [on_n3] = audit(n1, f"{action}_agent"), audit(n3, f"{action}_agent")
+        assert on_n1["identity"] == on_n3["identity"]
+        assert on_n1["identity"].startswith("key:")
+        assert on_n3["source"].startswith("node:n1")
+    status, swapped, _ = await call(
+        n1, "PUT", path, admin, {"resource_limits": {"max_fuel": 123_456}}
+    )
+    assert (status, swapped["limits"]["max_fuel"]) == (200, 123_456)
+    assert n3.agents.get("echo").limits.max_fuel == 123_456
+
+    status, removed, _ = await call(n1, "DELETE", path, admin)
+    assert status == 204, removed
+    assert "echo" not in n3.agents
+    assert [e["result"] for e in audit(n3, "remove_agent")] == ["success"]
+    status, error, _ = await call(n1, "GET", path, admin)
+    assert status == 404, error
+
+
+async def test_roles_are_checked_on_both_nodes(nodes: list[Node], echo: bytes) -> None:
+    n1, n2, n3 = nodes
+    keys = {role: await new_key(n1, role) for role in ("admin", "operator", "viewer")}
+    _, agent, _ = await call(
+        n1, "POST", "/api/v1/agents", keys["admin"],
+        {"name": "echo", "wasm_module": base64.b64encode(echo).decode(), "target_node": "n3"},
+    )  # fmt: skip
+    path = f"/api/v1/agents/{agent['id']}"
+    await eventually(lambda: any(e.name == "echo" for e in n1.cluster.registry.entries("n3")))
+
+    # A viewer may read through n1, and is refused a change by n1 itself.
+    status, got, _ = await call(n1, "GET", path, keys["viewer"])
+    assert (status, got["node_id"]) == (200, "n3")
+    status, error, _ = await call(n1, "POST", f"{path}/suspend", keys["viewer"])
+    assert status == 403, error
+    assert [e["result"] for e in audit(n1, "suspend_agent")] == ["denied"]
+    assert audit(n3, "suspend_agent") == []
+
+    # n1 lets an operator suspend; n3's own role table does not.
+    status, error, _ = await call(n1, "POST", f"{path}/suspend", keys["operator"])
+    assert status == 403, error
+    assert "node 'n3'" in error["details"]
+    assert "operator" in error["details"]
+    assert [e["result"] for e in audit(n3, "suspend_agent")] == ["denied"]
+    assert n3.agents.get("echo").state.value == "running"
+
+    # n2 authenticates no one: n3 refuses what it forwards, without an identity.
+    status, error, _ = await call(n2, "POST", f"{path}/suspend", "")
+    assert status == 403, error
+    assert "without an identity" in error["details"]
+    assert n3.agents.get("echo").state.value == "running"
+
+
+async def test_the_cluster_listing_filters_and_pages(nodes: list[Node], echo: bytes) -> None:
+    n1, _, _ = nodes
+    admin = await new_key(n1, "admin")
+    wasm = base64.b64encode(echo).decode()
+    for name, node in (("echo-a", "n1"), ("echo-b", "n2"), ("echo-c", "n3"), ("other", "n3")):
+        status, agent, _ = await call(
+            n1, "POST", "/api/v1/agents", admin,
+            {"name": name, "wasm_module": wasm, "target_node": node},
+        )  # fmt: skip
+        assert status == 201, agent
+    await eventually(lambda: len(n1.cluster.registry.entries()) == 4)
+
+    status, local, _ = await call(n1, "GET", "/api/v1/agents", admin)
+    assert [a["name"] for a in local] == ["echo-a"]  # the default stays local
+    status, every, headers = await call(n1, "GET", "/api/v1/agents?scope=cluster", admin)
+    assert status == 200, every
+    assert [(a["name"], a["node_id"], a["source"]) for a in every] == [
+        ("echo-a", "n1", "node"),
+        ("echo-b", "n2", "node"),
+        ("echo-c", "n3", "node"),
+        ("other", "n3", "node"),
+    ]
+    assert every[2]["counters"]["messages_handled"] == 0
+    assert headers["X-Total-Count"] == "4"
+    _, on_n3, _ = await call(n1, "GET", "/api/v1/agents?scope=cluster&node=n3", admin)
+    assert [a["name"] for a in on_n3] == ["echo-c", "other"]
+    _, echoes, headers = await call(
+        n1, "GET", "/api/v1/agents?scope=cluster&name=echo-*&offset=1&limit=1", admin
+    )
+    assert ([a["name"] for a in echoes], headers["X-Total-Count"]) == (["echo-b"], "3")
+    _, none, _ = await call(n1, "GET", "/api/v1/agents?scope=cluster&state=stopped", admin)
+    assert none == []
+    status, error, _ = await call(n1, "GET", "/api/v1/agents?scope=everywhere", admin)
+    assert status == 400, error
