@@ -132,6 +132,13 @@ def one_line_error(result: Result) -> str:
     return lines[0]
 
 
+def not_found(result: Result) -> str:
+    """An unknown agent (the API's 404): exit 3 and one line on stderr."""
+    assert result.exit_code == 3, result.output
+    [line] = result.stderr.strip().splitlines()
+    return line
+
+
 def usage_error(result: Result) -> str:
     """A command-line mistake: exit 2, click's usage hint, the problem on the last line."""
     assert result.exit_code == 2, result.output
@@ -178,13 +185,40 @@ def test_deploy_several_files(caxton: Any, wasm_files: dict[str, Path], tmp_path
         path = tmp_path / f"{name}.wasm"
         path.write_bytes(wasm_files["no_handler"].read_bytes())
         paths.append(str(path))
-    deployed = json.loads(ok(caxton("deploy", *paths, "--no-start", "--json")))
-    assert [(a["name"], a["state"]) for a in deployed] == [
+    reports = json.loads(ok(caxton("deploy", *paths, "--no-start", "--json")))
+    assert [(r["file"], r["result"]) for r in reports] == [(p, "deployed") for p in paths]
+    assert [(r["agent"]["name"], r["agent"]["state"]) for r in reports] == [
         ("multi-a", "loaded"),
         ("multi-b", "loaded"),
     ]
     error = usage_error(caxton("deploy", *paths, "--name", "x"))
     assert "--name names one agent" in error
+
+
+def test_deploy_reports_each_file(caxton: Any, wasm_files: dict[str, Path], tmp_path: Path) -> None:
+    paths = [str(tmp_path / f"{name}.wasm") for name in ("rep-a", "rep-bad", "rep-c")]
+    Path(paths[0]).write_bytes(wasm_files["echo"].read_bytes())
+    Path(paths[1]).write_bytes(b"not wasm")
+    Path(paths[2]).write_bytes(wasm_files["echo"].read_bytes())
+    result = caxton("deploy", *paths)
+    assert result.exit_code == 1, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("Deployed agent rep-a (")
+    assert lines[1].startswith(f"Failed {paths[1]}: Invalid WebAssembly module: ")
+    assert lines[2].startswith("Deployed agent rep-c (")
+    assert result.stderr.strip() == "Error: 1 of 3 files failed to deploy"
+
+    for path in (paths[0], paths[2]):  # now taken: both fail; --fail-fast stops at the first
+        Path(path).write_bytes(wasm_files["echo"].read_bytes())
+    result = caxton("deploy", *paths, "--fail-fast", "--json")
+    assert result.exit_code == 1, result.output
+    reports = json.loads(result.stdout)
+    assert [r["result"] for r in reports] == ["failed", "skipped", "skipped"]
+    assert reports[0]["status"] == 409
+    assert reports[0]["error"].startswith("Conflict: an agent named 'rep-a' already exists")
+    assert result.stderr.strip() == (
+        "Error: 1 of 3 files failed to deploy, 2 not tried (--fail-fast)"
+    )
 
 
 def test_deploy_errors_are_one_line(caxton: Any, wasm_files: dict[str, Path]) -> None:
@@ -224,7 +258,7 @@ def test_agent_get(caxton: Any, wasm_files: dict[str, Path]) -> None:
     assert f"ID:               {deployed['id']}" in out
     assert "State:            running" in out
     assert json.loads(ok(caxton("agent", "get", deployed["id"], "--json")))["name"] == "shown"
-    error = one_line_error(caxton("agent", "get", "ghost"))
+    error = not_found(caxton("agent", "get", "ghost"))
     assert error == "Error: Not found: Agent not found: ghost"
 
 
@@ -269,7 +303,7 @@ def test_update(caxton: Any, wasm_files: dict[str, Path]) -> None:
 def test_remove(caxton: Any, wasm_files: dict[str, Path]) -> None:
     ok(caxton("deploy", str(wasm_files["echo"]), "--name", "removed"))
     assert ok(caxton("agent", "remove", "removed")).startswith("Removed agent removed (")
-    assert one_line_error(caxton("agent", "remove", "removed")).endswith("Agent not found: removed")
+    assert not_found(caxton("agent", "remove", "removed")).endswith("Agent not found: removed")
 
 
 # -------------------------------------------------------------------------
@@ -297,7 +331,7 @@ def test_message_send(caxton: Any, wasm_files: dict[str, Path]) -> None:
         )
     )
     assert result["reply"]["content"] == "j"
-    error = one_line_error(caxton("message", "send", "--to", "nobody", "--content", "x"))
+    error = not_found(caxton("message", "send", "--to", "nobody", "--content", "x"))
     assert error == "Error: Not found: Agent not found: nobody"
 
 

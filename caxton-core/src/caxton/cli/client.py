@@ -23,13 +23,16 @@ from typing import Any, TypeVar
 
 import click
 
-from caxton.cli.client_http import DEFAULT_API_URL, ApiClient
+from caxton.cli.client_http import DEFAULT_API_URL, ApiClient, ApiError
 from caxton.cli.main import emit_json, render_table
 from caxton.units import format_size, parse_duration, parse_size
 
 __all__ = ["COMMANDS"]
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+#: Reply performatives that make ``caxton message send --wait`` exit with status 1.
+FAILED_REPLIES = frozenset({"failure", "refuse", "not-understood"})
 T = TypeVar("T")
 
 
@@ -191,6 +194,9 @@ def _agent_line(agent: dict[str, Any]) -> str:
 @click.option("--prefer-nodes", callback=_names, metavar="NODES", help="Nodes to favour: a,b.")
 @click.option("--target-node", help="Deploy on exactly this node.")
 @click.option("--no-start", is_flag=True, help="Deploy without starting.")
+@click.option(
+    "--fail-fast", is_flag=True, help="Stop at the first file that fails (default: go on)."
+)
 @json_option
 @api_options
 def deploy(
@@ -204,36 +210,74 @@ def deploy(
     prefer_nodes: list[str] | None,
     target_node: str | None,
     no_start: bool,
+    fail_fast: bool,
     as_json: bool,
 ) -> None:
-    """Deploy the agent(s) in FILES (compiled .wasm modules)."""
+    """Deploy the agent(s) in FILES (compiled .wasm modules).
+
+    Several files are deployed one by one and reported per file; a file that fails does
+    not stop the others unless --fail-fast. The exit status is 1 when any failed.
+    """
     if name is not None and len(files) > 1:
         raise click.UsageError("--name names one agent; deploy several files without --name")
     limits = _limits(max_memory, max_fuel, timeout)
-    deployed = []
-    with _progress(files, "Deploying", show=len(files) > 1 and not as_json) as paths:
-        for path in paths:
-            body: dict[str, Any] = {
-                "name": name or Path(path).stem,
-                "wasm_module": _read_module(path),
-            }
-            if limits:
-                body["resource_limits"] = limits
-            for key, value in (
-                ("placement_strategy", placement_strategy),
-                ("prefer_nodes", prefer_nodes),
-                ("target_node", target_node),
-            ):
-                if value is not None:
-                    body[key] = value
-            if no_start:
-                body["start"] = False
-            deployed.append(client.request("POST", "/api/v1/agents", body))
-    if as_json:
-        emit_json(deployed[0] if len(deployed) == 1 else deployed)
+    options: dict[str, Any] = {"resource_limits": limits} if limits else {}
+    for key, value in (
+        ("placement_strategy", placement_strategy),
+        ("prefer_nodes", prefer_nodes),
+        ("target_node", target_node),
+    ):
+        if value is not None:
+            options[key] = value
+    if no_start:
+        options["start"] = False
+
+    def deploy_one(path: str) -> dict[str, Any]:
+        body = {"name": name or Path(path).stem, "wasm_module": _read_module(path), **options}
+        agent: dict[str, Any] = client.request("POST", "/api/v1/agents", body)
+        return agent
+
+    if len(files) == 1:  # one file: the agent, or the error as it is
+        agent = deploy_one(files[0])
+        if as_json:
+            emit_json(agent)
+        else:
+            click.echo(f"Deployed agent {_agent_line(agent)}")
         return
-    for agent in deployed:
-        click.echo(f"Deployed agent {_agent_line(agent)}")
+    reports: list[dict[str, Any]] = []
+    with _progress(files, "Deploying", show=not as_json) as paths:
+        for path in paths:
+            if fail_fast and any(r["result"] == "failed" for r in reports):
+                reports.append({"file": path, "result": "skipped"})
+                continue
+            try:
+                reports.append({"file": path, "result": "deployed", "agent": deploy_one(path)})
+            except click.ClickException as exc:
+                failed: dict[str, Any] = {
+                    "file": path,
+                    "result": "failed",
+                    "error": exc.format_message(),
+                }
+                if isinstance(exc, ApiError):
+                    failed["status"] = exc.status
+                reports.append(failed)
+    if as_json:
+        emit_json(reports)
+    else:
+        for report in reports:
+            if report["result"] == "deployed":
+                click.echo(f"Deployed agent {_agent_line(report['agent'])}")
+            elif report["result"] == "failed":
+                click.echo(f"Failed {report['file']}: {report['error']}")
+            else:
+                click.echo(f"Skipped {report['file']} (--fail-fast)")
+    failures = sum(r["result"] == "failed" for r in reports)
+    if failures:
+        skipped = sum(r["result"] == "skipped" for r in reports)
+        raise click.ClickException(
+            f"{failures} of {len(files)} files failed to deploy"
+            + (f", {skipped} not tried (--fail-fast)" if skipped else "")
+        )
 
 
 # -------------------------------------------------------------------------
@@ -508,6 +552,8 @@ def message_send(
     result = client.request("POST", "/api/v1/messages", body, wait=wait or 0.0)
     if as_json:
         emit_json(result)
+        if (result.get("reply") or {}).get("performative") in FAILED_REPLIES:
+            raise click.exceptions.Exit(1)
         return
     reply = result.get("reply")
     if reply is None:
@@ -517,6 +563,8 @@ def message_send(
     if not isinstance(content_text, str):
         content_text = json.dumps(content_text)
     click.echo(f"Reply from {reply['sender']} ({reply['performative']}): {content_text}")
+    if reply.get("performative") in FAILED_REPLIES:
+        raise click.exceptions.Exit(1)
 
 
 # -------------------------------------------------------------------------

@@ -21,21 +21,36 @@ from typing import Any
 
 import click
 
-__all__ = ["DEFAULT_API_URL", "ApiClient", "ApiError"]
+__all__ = ["DEFAULT_API_URL", "ApiClient", "ApiError", "NotFoundError"]
 
 DEFAULT_API_URL = "http://127.0.0.1:8080"
 #: Seconds to wait for an answer, on top of any wait the request itself asks for.
 DEFAULT_TIMEOUT = 30.0
 
 
+#: Exit status of a command whose object was not found (the API's 404).
+EXIT_NOT_FOUND = 3
+
+
 class ApiError(click.ClickException):
-    """The API answered with an error status."""
+    """The API answered with an error status (exit status 3 for a 404, else 1)."""
 
     def __init__(self, status: int, error: str, details: str) -> None:
         super().__init__(f"{error}: {details}" if details and details != error else error)
         self.status = status
         self.error = error
         self.details = details
+
+    @classmethod
+    def of(cls, status: int, error: str, details: str) -> ApiError:
+        """The error for ``status``: a :class:`NotFoundError` for a 404."""
+        return (NotFoundError if status == 404 else cls)(status, error, details)
+
+
+class NotFoundError(ApiError):
+    """The API answered 404 (exit status 3)."""
+
+    exit_code = EXIT_NOT_FOUND
 
 
 @dataclass
@@ -111,8 +126,8 @@ class ApiClient:
         except (ValueError, OSError):
             data = None
         if isinstance(data, dict) and "error" in data:
-            return ApiError(exc.code, str(data["error"]), str(data.get("details", "")))
-        return ApiError(
+            return ApiError.of(exc.code, str(data["error"]), str(data.get("details", "")))
+        return ApiError.of(
             exc.code,
             f"HTTP {exc.code} {exc.reason}",
             f"from {self.url}; is --api-url the Caxton API?",
@@ -144,7 +159,7 @@ class ApiClient:
             "GET", "/api/v1/agents", query={"scope": "cluster", "name": glob.escape(name_or_id)}
         )
         if not matches:
-            raise ApiError(404, "Not found", f"Agent not found: {name_or_id}")
+            raise NotFoundError(404, "Not found", f"Agent not found: {name_or_id}")
         first: dict[str, Any] = matches[0]
         return first
 
