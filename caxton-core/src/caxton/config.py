@@ -271,6 +271,15 @@ CORE_SECTIONS: tuple[ConfigSection, ...] = (
           minimum=0),
         F("push_pull_interval", "duration", "30s"),
         F("bootstrap_expect", "int", 0, minimum=0),
+        F("discovery", "str", "static", "How seeds are found: static (seeds) or dns",
+          choices=("static", "dns")),
+        F("dns_name", "str", None, "DNS name whose records are the seeds (discovery = dns)",
+          optional=True),
+        F("dns_port", "int", None, "Seed port for A/AAAA records (default: bind_addr's)",
+          optional=True, minimum=1),
+        F("dns_server", "address", None, "DNS server (default: /etc/resolv.conf)",
+          optional=True),
+        F("dns_interval", "duration", "5s", "Resolve again this often while alone"),
         F("regions", "list", []),
         F("cross_region", "table", {}),
         F("failover", "bool", True, "Restart a failed node's agents on a survivor"),
@@ -731,6 +740,7 @@ def load_config(
         section_path, _, key = dotted.rpartition(".")
         if section_path in values and key in values[section_path]:
             del values[section_path][key]
+    _check_discovery(values["coordination.cluster"], sources)
     return Config(
         sections,
         values,
@@ -740,6 +750,15 @@ def load_config(
         pending_env=pending_env,
         pending_flags=pending_flags,
     )
+
+
+def _check_discovery(cluster: Mapping[str, Any], sources: Mapping[str, str]) -> None:
+    if cluster["discovery"] == "dns" and not cluster["dns_name"]:
+        raise ConfigError(
+            f"{sources['coordination.cluster.discovery']}: coordination.cluster.discovery = "
+            f"'dns' needs coordination.cluster.dns_name (a headless Service's name for its A "
+            f"records, or _PORT._tcp.NAME for SRV records)"
+        )
 
 
 def _env_names_plugin(name: str, plugin_names: set[str]) -> bool:

@@ -154,7 +154,10 @@ class Node:
     @property
     def clustered(self) -> bool:
         return bool(
-            self.bootstrap or self.join_addresses or self.config["coordination"]["cluster_enabled"]
+            self.bootstrap
+            or self.join_addresses
+            or self.config["coordination"]["cluster_enabled"]
+            or self.config["coordination.cluster"]["discovery"] == "dns"
         )
 
     def default_limits(self) -> ResourceLimits:

@@ -516,4 +516,3 @@ def restore_backup(
 
 def _default_in_use(database: Path) -> str | None:
     return "its state store is open" if store_in_use(database) else None
-

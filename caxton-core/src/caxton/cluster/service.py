@@ -35,6 +35,7 @@ from caxton import hookimpl
 from caxton.cluster import agent_ops, wire
 from caxton.cluster.agent_ops import OPS as AGENT_OPS
 from caxton.cluster.auth import compare, security_summary
+from caxton.cluster.discovery import DnsSeeds, rejoin_until_joined
 from caxton.cluster.events import ClusterEvent, EventLog
 from caxton.cluster.failover import OPS as FAILOVER_OPS
 from caxton.cluster.failover import Failover
@@ -200,6 +201,18 @@ class Cluster:
         self._spawn(self._load_loop())
         self.started = True
         seeds = list(node.join_addresses)
+        discovered = self._dns_seeds()
+        if discovered is not None:
+            seeds += [seed for seed in await discovered.resolve() if seed not in seeds]
+            self._spawn(
+                rejoin_until_joined(
+                    discovered,
+                    self.membership.join,
+                    lambda: bool(self._peers()),
+                    node.config["coordination.cluster"]["dns_interval"],
+                    known=set(seeds),
+                )
+            )
         if seeds and not node.bootstrap:
             answered = await self.membership.join(seeds)
             if answered:
@@ -924,6 +937,16 @@ class Cluster:
             log.warning("could not gossip this node's metadata: %s", exc)
 
     # -- helpers ----------------------------------------------------------------------
+
+    def _dns_seeds(self) -> DnsSeeds | None:
+        """The DNS name to find seeds in, when ``discovery = "dns"`` (docs/deployment.md)."""
+        settings = self.node.config["coordination.cluster"]
+        if settings["discovery"] != "dns":
+            return None
+        bound_port = self.node.cluster_address[1] if self.node.cluster_address else 0
+        return DnsSeeds(
+            settings["dns_name"], settings["dns_port"] or bound_port, settings["dns_server"]
+        )
 
     def _peers(self) -> list[Member]:
         return [
