@@ -330,6 +330,20 @@ def test_config_section_is_documented_key_by_key(section: ConfigSection) -> None
             assert f"`{choice}`" in meaning, f"{where}: choice {choice!r} not listed"
 
 
+def test_config_doc_marks_exactly_the_keys_that_do_nothing() -> None:
+    """A † in docs/configuration.md for each core key of caxton.inert_keys, and only those."""
+    from caxton.inert_keys import INERT_KEYS
+
+    marked = {
+        f"{path}.{key}"
+        for path, rows in config_tables().items()
+        for key, (_, _, meaning) in rows.items()
+        if meaning.endswith("†")
+    }
+    core = {f"{s.path}.{f.name}" for s in CORE_SECTIONS for f in s.fields}
+    assert marked == set(INERT_KEYS) & core
+
+
 def test_config_doc_has_no_stale_sections() -> None:
     assert set(config_tables()) == {s.path for s in CORE_SECTIONS}
 

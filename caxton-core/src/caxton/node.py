@@ -223,6 +223,16 @@ class Node:
                 if section is not None:
                     self.config.add_section(section)
 
+    def preflight(self) -> None:
+        """Run the checks of :func:`caxton.preflight.preflight` (what ``config validate``
+        reports): log a warning for each key that does nothing, raise the problems."""
+        from caxton.preflight import preflight
+
+        report = preflight(self)
+        for warning in report.warnings:
+            log.warning("config: %s", warning)
+        report.raise_problems()
+
     # -- lifecycle ----------------------------------------------------------------
 
     async def start(self) -> None:
@@ -231,8 +241,7 @@ class Node:
         self.state = "starting"
         plugins = self.config["plugins"]
         try:
-            self.check_exposure()
-            self.check_drivers()
+            self.preflight()
             self.data_dir.mkdir(parents=True, exist_ok=True)
             self.sandbox = await self._driver("sandbox", plugins["sandbox"])
             self.placement = await self._driver("placement", plugins["placement"])

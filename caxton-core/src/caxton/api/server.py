@@ -48,9 +48,10 @@ from caxton.http_stats import HttpStats
 from caxton.units import parse_address
 
 if TYPE_CHECKING:
+    from caxton.config import Config
     from caxton.node import Node
 
-__all__ = ["ConnectionGuard", "build_app", "start_api"]
+__all__ = ["ConnectionGuard", "api_ssl_context", "build_app", "start_api"]
 
 log = logging.getLogger("caxton.api")
 
@@ -154,8 +155,9 @@ class _Refuse(asyncio.Protocol):
         transport.close()
 
 
-def _ssl_context(node: Node) -> ssl.SSLContext | None:
-    networking = node.config["networking"]
+def api_ssl_context(config: Config) -> ssl.SSLContext | None:
+    """The API's TLS context (``networking.tls_*``), or None without TLS."""
+    networking = config["networking"]
     if not networking["tls_enabled"]:
         return None
     cert, key = networking["tls_cert_path"], networking["tls_key_path"]
@@ -198,7 +200,7 @@ async def start_api(node: Node, stack: contextlib.AsyncExitStack) -> tuple[str, 
     loop = asyncio.get_running_loop()
     try:
         server = await loop.create_server(
-            factory, host, port, ssl=_ssl_context(node), reuse_address=True, backlog=1024
+            factory, host, port, ssl=api_ssl_context(node.config), reuse_address=True, backlog=1024
         )
     except OSError as exc:
         raise ConfigError(

@@ -22,9 +22,10 @@ from caxton.errors import AuthError, CaxtonError, ConfigError, ServiceUnavailabl
 from caxton.plugins import error_line
 
 if TYPE_CHECKING:
+    from caxton.config import Config
     from caxton.node import Node
 
-__all__ = ["Guard", "start_security"]
+__all__ = ["Guard", "auth_chain_names", "start_security"]
 
 log = logging.getLogger("caxton.auth")
 
@@ -104,6 +105,17 @@ def audit_log_for(node: Node) -> AuditLog | None:
     )
 
 
+def auth_chain_names(config: Config) -> list[str]:
+    """The auth drivers of ``plugins.auth``, in order; none is a :class:`ConfigError`."""
+    names = list(config["plugins"]["auth"])
+    if not names:
+        raise ConfigError(
+            "security.auth_enabled is true but plugins.auth is empty: list the auth "
+            'drivers to use, e.g. plugins.auth = ["api-key"]'
+        )
+    return names
+
+
 async def start_security(node: Node, stack: contextlib.AsyncExitStack) -> list[Any]:
     """Start the agent policy and, with ``security.auth_enabled``, the auth chain.
 
@@ -119,12 +131,7 @@ async def start_security(node: Node, stack: contextlib.AsyncExitStack) -> list[A
     if not security["auth_enabled"]:
         return []
     roles = Roles.from_config(security["roles"])
-    names = list(node.config["plugins"]["auth"])
-    if not names:
-        raise ConfigError(
-            "security.auth_enabled is true but plugins.auth is empty: list the auth "
-            'drivers to use, e.g. plugins.auth = ["api-key"]'
-        )
+    names = auth_chain_names(node.config)
     drivers = node.host.create_chain("auth", names, node.config, node.context)
     for name, driver in zip(names, drivers, strict=True):
         await node.start_driver("auth", name, driver)

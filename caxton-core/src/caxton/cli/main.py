@@ -183,14 +183,29 @@ def config_show(ctx: click.Context, config_path: str | None, as_json: bool, sour
 
 @config_group.command("validate")
 @click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--strict", is_flag=True, help="Keys that do nothing are errors, not warnings.")
 @click.pass_context
-def config_validate(ctx: click.Context, file: str) -> None:
-    """Check FILE: exit 0 when valid, one line naming the problem otherwise."""
+def config_validate(ctx: click.Context, file: str, strict: bool) -> None:
+    """Check FILE as `server start` would before it binds: exit 0 when it would start.
+
+    Prints one line per problem that would stop start, and one warning per key that is
+    accepted but does nothing (errors with --strict).
+    """
     from caxton.node import Node, build_host_and_config
+    from caxton.preflight import preflight
 
     host, config = build_host_and_config(file, host=_shared_host(ctx))
-    Node(config, host).check_drivers()  # the drivers a node would use, and their sections
-    click.echo(f"{file}: valid")
+    report = preflight(Node(config, host))
+    for warning in report.warnings:
+        click.echo(f"{'Error' if strict else 'Warning'}: {file}: {warning}", err=True)
+    for problem in report.problems:  # a key's error names its file already
+        where = "" if problem.startswith(f"{file}: ") else f"{file}: "
+        click.echo(f"Error: {where}{problem}", err=True)
+    if report.problems or (strict and report.warnings):
+        sys.exit(1)
+    click.echo(
+        f"{file}: valid" + (f" ({len(report.warnings)} warnings)" if report.warnings else "")
+    )
 
 
 # -------------------------------------------------------------------------
