@@ -71,7 +71,6 @@ INERT_KEYS: dict[str, str] = {
     ),
     "observability.log_rotation": "logrotate or journald",
     "observability.log_retention_days": "logrotate or journald",
-    "observability.histogram_buckets": _OBSERVE,
     "observability.enable_tracing": _OBSERVE,
     "observability.trace_sample_rate": _OBSERVE,
     "observability.otlp_endpoint": _OBSERVE,

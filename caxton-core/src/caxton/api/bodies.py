@@ -17,6 +17,7 @@ from aiohttp import web
 
 from caxton.api.keys import SETTINGS
 from caxton.errors import ClientTimeout, MalformedJSON, PayloadTooLarge
+from caxton.text import first_unencodable
 
 __all__ = ["EMPTY", "MAX_DEPTH", "json_depth", "read_body", "read_json"]
 
@@ -106,4 +107,8 @@ async def read_json(request: web.Request, *, optional: bool = False) -> Any:
         raise MalformedJSON(
             f"the request body is nested too deeply; the limit is {MAX_DEPTH} levels"
         )
+    unencodable = first_unencodable(value)
+    if unencodable is not None:
+        where, problem = unencodable
+        raise MalformedJSON(f"the request body's string at {where} {problem}")
     return value

@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from caxton.agents.model import capabilities_to_dict
+from caxton.agents.model import capabilities_to_dict, validate_name
 from caxton.drivers import NodeLoad, PlacementRequest, PlacementStrategy
 from caxton.drivers.membership import MemberStatus
 from caxton.errors import (
@@ -148,7 +148,7 @@ async def deploy_local(
     if manager is None:
         raise ServiceUnavailable(f"the agents service of node {node.node_id} is not running")
     policy = node.context.services.get("agent_policy")
-    name = spec.name.strip()
+    name = validate_name(spec.name)  # before the allow-list row is queued for the store
     previous = policy.deployed_senders(name) if policy is not None else None
     if policy is not None:
         policy.set(name, spec.allowed_senders)

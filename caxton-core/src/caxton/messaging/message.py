@@ -27,6 +27,7 @@ import orjson
 
 from caxton.errors import MessageTooLarge, ValidationError
 from caxton.messaging.performatives import Performative, Priority
+from caxton.text import text_problem
 
 __all__ = ["MAX_FIELD_LENGTH", "Message", "encode_content", "new_message_id", "too_large"]
 
@@ -263,7 +264,13 @@ class Message:
             found = Performative.parse(performative)
 
         sender = get("sender")
-        if type(sender) is not str or not sender or len(sender) > MAX_FIELD_LENGTH:
+        # isprintable() is false for NUL and lone surrogates: _name then says which
+        if (
+            type(sender) is not str
+            or not sender
+            or len(sender) > MAX_FIELD_LENGTH
+            or not sender.isprintable()
+        ):
             sender = _required_name(data, "sender")
 
         receiver = get("receiver")
@@ -271,7 +278,12 @@ class Message:
         raw_receivers = get("receivers")
         if raw_receivers is not None:
             receivers = _names(raw_receivers, "receivers")
-        if type(receiver) is not str or not receiver or len(receiver) > MAX_FIELD_LENGTH:
+        if (
+            type(receiver) is not str
+            or not receiver
+            or len(receiver) > MAX_FIELD_LENGTH
+            or not receiver.isprintable()
+        ):
             if isinstance(receiver, (list, tuple)):
                 receivers = receivers or _names(receiver, "receiver")
                 receiver = receivers[0]
@@ -283,14 +295,22 @@ class Message:
         for name in _OPTIONAL_STRINGS:
             value = get(name)
             if value is not None and (
-                type(value) is not str or not value or len(value) > MAX_FIELD_LENGTH
+                type(value) is not str
+                or not value
+                or len(value) > MAX_FIELD_LENGTH
+                or not value.isprintable()
             ):
                 _name(data, name, what="a string")  # raises, naming the field
 
         message_id = get("message_id")
         if message_id is None:
             message_id = new_message_id()
-        elif type(message_id) is not str or not message_id or len(message_id) > MAX_FIELD_LENGTH:
+        elif (
+            type(message_id) is not str
+            or not message_id
+            or len(message_id) > MAX_FIELD_LENGTH
+            or not message_id.isprintable()
+        ):
             _name(data, "message_id", what="an id")
 
         priority = get("priority")
@@ -457,6 +477,11 @@ def _name(values: Mapping[str, Any], key: str, *, what: str = "a name") -> str |
             f"Invalid message: field {key!r} is {len(value)} characters long; "
             f"the limit is {MAX_FIELD_LENGTH}"
         )
+    if "\x00" in value:
+        raise ValidationError(f"Invalid message: field {key!r} holds a NUL character")
+    problem = text_problem(value)
+    if problem is not None:
+        raise ValidationError(f"Invalid message: field {key!r} {problem}")
     return value
 
 

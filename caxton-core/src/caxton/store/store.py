@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import sqlite3
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
@@ -71,6 +72,24 @@ UNUSED_MODULE_DELETE = (
     " AND NOT EXISTS (SELECT 1 FROM agents WHERE module_sha256 = ?)"
     " AND NOT EXISTS (SELECT 1 FROM agent_replicas WHERE module_sha256 = ?)"
 )
+MODULE_INSERT = "INSERT OR IGNORE INTO modules (sha256, size, wasm, created_at) VALUES (?, ?, ?, ?)"
+AGENT_UPSERT = (
+    f"INSERT OR REPLACE INTO agents ({', '.join(AGENT_COLUMNS)})"
+    f" VALUES ({', '.join('?' * len(AGENT_COLUMNS))})"
+)
+KV_UPSERT = "INSERT OR REPLACE INTO agent_kv (agent_id, key, value) VALUES (?, ?, ?)"
+OUTBOX_INSERT = (
+    "INSERT OR IGNORE INTO outbox (message_id, receiver, body, created_at) VALUES (?, ?, ?, ?)"
+)
+DEAD_LETTER_INSERT = (
+    "INSERT INTO dead_letters (message_id, receiver, reason, body, created_at)"
+    " VALUES (?, ?, ?, ?, ?)"
+)
+CONVERSATION_UPSERT = (
+    "INSERT OR REPLACE INTO conversations (id, protocol, participants, state,"
+    " active, created_at, updated_at, expires_at, initiator, roles,"
+    " message_count, ttl) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
 REPLICA_COLUMNS = (
     "agent_id",
     "name",
@@ -80,6 +99,19 @@ REPLICA_COLUMNS = (
     "spec",
     "holders",
     "updated_at",
+)
+
+
+#: What one row can fail with (its values, not the database): such a row is left out of
+#: its group commit instead of failing it. Other errors (disk full, I/O) fail the batch.
+ROW_ERRORS = (
+    sqlite3.IntegrityError,
+    sqlite3.InterfaceError,
+    sqlite3.ProgrammingError,
+    sqlite3.DataError,
+    ValueError,  # UnicodeEncodeError: a lone surrogate in a text value
+    OverflowError,  # an integer past 64 bits
+    TypeError,
 )
 
 
@@ -118,6 +150,40 @@ class _Batch:
     statements: list[tuple[str, tuple[Any, ...]]] = field(default_factory=list)
     module_deletes: list[tuple[str, str]] = field(default_factory=list)
     waiters: list[asyncio.Future[None]] = field(default_factory=list)
+    #: message id -> the waiter of the :meth:`Store.persist` call that queued it.
+    outbox_waiters: dict[str, asyncio.Future[None]] = field(default_factory=dict)
+
+    def operations(self) -> list[tuple[str, list[tuple[Any, ...]]]]:
+        """The batch as ``(sql, rows)`` groups, in the order they are written."""
+        ops: list[tuple[str, list[tuple[Any, ...]]]] = []
+        if self.agent_deletes:
+            ids = [(i,) for i in self.agent_deletes]
+            ops.append(("DELETE FROM agents WHERE id = ?", ids))
+            ops.append(("DELETE FROM agent_kv WHERE agent_id = ?", ids))
+        if self.modules:
+            ops.append((MODULE_INSERT, list(self.modules)))
+        if self.agents:
+            ops.append((AGENT_UPSERT, self.agents))
+        if self.kv_puts:
+            ops.append((KV_UPSERT, list(self.kv_puts)))
+        if self.kv_deletes:
+            ops.append(
+                ("DELETE FROM agent_kv WHERE agent_id = ? AND key = ?", list(self.kv_deletes))
+            )
+        if self.outbox:
+            ops.append((OUTBOX_INSERT, list(self.outbox)))
+        if self.acks:
+            ops.append(("UPDATE outbox SET acked_at = ? WHERE message_id = ?", list(self.acks)))
+        if self.dead_letters:
+            ops.append((DEAD_LETTER_INSERT, list(self.dead_letters)))
+        if self.conversation_deletes:
+            ops.append(("DELETE FROM conversations WHERE id = ?", list(self.conversation_deletes)))
+        if self.conversations:
+            ops.append((CONVERSATION_UPSERT, self.conversations))
+        ops.extend((sql, [params]) for sql, params in self.statements)
+        if self.module_deletes:
+            ops.append((UNUSED_MODULE_DELETE, [(sha, sha, sha) for sha, _ in self.module_deletes]))
+        return ops
 
     def rows(self) -> int:
         return (
@@ -213,6 +279,8 @@ class Store:
         #: Commits and rows written by the write-behind task, for tests and metrics.
         self.commits = 0
         self.rows_written = 0
+        #: Rows left out of their commit because they could not be stored.
+        self.rows_skipped = 0
 
     def _clear_pending(self) -> None:
         self._p_agent_deletes: dict[str, None] = {}
@@ -227,6 +295,7 @@ class Store:
         self._p_conversations: dict[str, tuple[Any, ...] | None] = {}
         self._p_statements: list[tuple[str, tuple[Any, ...]]] = []
         self._p_waiters: list[asyncio.Future[None]] = []
+        self._p_outbox_waiters: dict[str, asyncio.Future[None]] = {}
 
     @classmethod
     def from_config(cls, config: Any, data_dir: Path) -> Store:
@@ -388,8 +457,7 @@ class Store:
             batch = self._take_batch()
             durable = [w for w in batch.waiters if not w.done()]
             try:
-                if batch.rows():
-                    await self._commit(batch)
+                failed = await self._commit(batch) if batch.rows() else []
             except Exception as exc:
                 log.exception(
                     "state store %s: a group commit of %d rows failed", self.path, batch.rows()
@@ -399,6 +467,12 @@ class Store:
                     if not waiter.done():
                         waiter.set_exception(error)
             else:
+                for sql, row in failed:  # only a persist() call gets a row's failure
+                    owner = batch.outbox_waiters.get(row[0]) if sql == OUTBOX_INSERT else None
+                    if owner is not None and not owner.done():
+                        owner.set_exception(
+                            StoreError(f"message {row[0]} cannot be stored; it was not sent")
+                        )
                 for waiter in durable:
                     if not waiter.done():
                         waiter.set_result(None)
@@ -410,7 +484,7 @@ class Store:
         batch = _Batch(
             agent_deletes=list(self._p_agent_deletes),
             modules=[(sha, len(wasm), wasm, now) for sha, wasm in self._p_modules.items()],
-            agents=[_agent_row(agent) for agent in self._p_agents.values()],
+            agents=self._agent_rows(),
             kv_puts=[(a, k, v) for (a, k), v in self._p_kv.items() if v is not None],
             kv_deletes=[(a, k) for (a, k), v in self._p_kv.items() if v is None],
             outbox=self._p_outbox,
@@ -423,87 +497,96 @@ class Store:
             statements=self._p_statements,
             module_deletes=[(sha, sha) for sha in self._p_module_deletes],
             waiters=self._p_waiters,
+            outbox_waiters=self._p_outbox_waiters,
         )
         self._clear_pending()
         return batch
 
-    async def _commit(self, batch: _Batch) -> None:
+    def _agent_rows(self) -> list[tuple[Any, ...]]:
+        rows = []
+        for agent in self._p_agents.values():
+            try:
+                rows.append(_agent_row(agent))
+            except Exception as exc:  # one record that cannot be serialized costs itself
+                self.rows_skipped += 1
+                log.error("state store %s: left out agent %s: %s", self.path, agent.id, exc)
+        return rows
+
+    async def _commit(self, batch: _Batch) -> list[tuple[str, tuple[Any, ...]]]:
+        """Commit ``batch`` in one transaction; return the rows left out (see
+        :meth:`_commit_isolating`, tried when a row's values fail the whole batch)."""
         conn = self._connection()
         # Acknowledged durable messages must survive power loss: FULL syncs the WAL on
         # this commit (NORMAL lost acknowledged commits under simulated power loss).
         durable = bool(batch.outbox) and self.synchronous in {"OFF", "NORMAL"}
         if durable:
             await conn.execute("PRAGMA synchronous=FULL")
-        await conn.execute("BEGIN IMMEDIATE")
+        failed: list[tuple[str, tuple[Any, ...]]] = []
         try:
-            await self._write_batch(conn, batch)
-        except BaseException:
-            await conn.execute("ROLLBACK")
-            raise
-        else:
-            await conn.execute("COMMIT")
+            await conn.execute("BEGIN IMMEDIATE")
+            try:
+                await self._write_batch(conn, batch)
+            except ROW_ERRORS:
+                await conn.execute("ROLLBACK")
+                failed = await self._commit_isolating(batch)
+            except BaseException:
+                await conn.execute("ROLLBACK")
+                raise
+            else:
+                await conn.execute("COMMIT")
         finally:
             if durable:
                 await conn.execute(f"PRAGMA synchronous={self.synchronous}")
         self.commits += 1
-        self.rows_written += batch.rows()
+        self.rows_written += batch.rows() - len(failed)
+        return failed
 
     @staticmethod
-    async def _write_batch(conn: aiosqlite.Connection, b: _Batch) -> None:
-        if b.agent_deletes:
-            ids = [(i,) for i in b.agent_deletes]
-            await conn.executemany("DELETE FROM agents WHERE id = ?", ids)
-            await conn.executemany("DELETE FROM agent_kv WHERE agent_id = ?", ids)
-        if b.modules:
-            await conn.executemany(
-                "INSERT OR IGNORE INTO modules (sha256, size, wasm, created_at)"
-                " VALUES (?, ?, ?, ?)",
-                b.modules,
-            )
-        if b.agents:
-            await conn.executemany(
-                f"INSERT OR REPLACE INTO agents ({', '.join(AGENT_COLUMNS)})"
-                f" VALUES ({', '.join('?' * len(AGENT_COLUMNS))})",
-                b.agents,
-            )
-        if b.kv_puts:
-            await conn.executemany(
-                "INSERT OR REPLACE INTO agent_kv (agent_id, key, value) VALUES (?, ?, ?)",
-                b.kv_puts,
-            )
-        if b.kv_deletes:
-            await conn.executemany(
-                "DELETE FROM agent_kv WHERE agent_id = ? AND key = ?", b.kv_deletes
-            )
-        if b.outbox:
-            await conn.executemany(
-                "INSERT OR IGNORE INTO outbox (message_id, receiver, body, created_at)"
-                " VALUES (?, ?, ?, ?)",
-                b.outbox,
-            )
-        if b.acks:
-            await conn.executemany("UPDATE outbox SET acked_at = ? WHERE message_id = ?", b.acks)
-        if b.dead_letters:
-            await conn.executemany(
-                "INSERT INTO dead_letters (message_id, receiver, reason, body, created_at)"
-                " VALUES (?, ?, ?, ?, ?)",
-                b.dead_letters,
-            )
-        if b.conversation_deletes:
-            await conn.executemany("DELETE FROM conversations WHERE id = ?", b.conversation_deletes)
-        if b.conversations:
-            await conn.executemany(
-                "INSERT OR REPLACE INTO conversations (id, protocol, participants, state,"
-                " active, created_at, updated_at, expires_at, initiator, roles,"
-                " message_count, ttl) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                b.conversations,
-            )
-        for sql, params in b.statements:
-            await conn.execute(sql, params)
-        if b.module_deletes:
-            await conn.executemany(
-                UNUSED_MODULE_DELETE, [(sha, sha, sha) for sha, _ in b.module_deletes]
-            )
+    async def _write_batch(conn: aiosqlite.Connection, batch: _Batch) -> None:
+        for sql, rows in batch.operations():
+            if len(rows) == 1:
+                await conn.execute(sql, rows[0])
+            else:
+                await conn.executemany(sql, rows)
+
+    async def _commit_isolating(self, batch: _Batch) -> list[tuple[str, tuple[Any, ...]]]:
+        """Commit ``batch`` leaving out the rows that cannot be written; return those.
+
+        Each group of rows runs under a savepoint; a group that fails is retried row by
+        row, so one bad row (text UTF-8 cannot encode, an integer SQLite cannot hold)
+        costs only itself. Each left-out row is logged once.
+        """
+        conn = self._connection()
+        failed: list[tuple[str, tuple[Any, ...]]] = []
+        await conn.execute("BEGIN IMMEDIATE")
+        try:
+            for sql, rows in batch.operations():
+                await conn.execute("SAVEPOINT caxton_group")
+                try:
+                    await conn.executemany(sql, rows)
+                except ROW_ERRORS:
+                    await conn.execute("ROLLBACK TO caxton_group")
+                    for row in rows:
+                        await conn.execute("SAVEPOINT caxton_row")
+                        try:
+                            await conn.execute(sql, row)
+                        except ROW_ERRORS as exc:
+                            await conn.execute("ROLLBACK TO caxton_row")
+                            failed.append((sql, row))
+                            log.error(
+                                "state store %s: left out a row that cannot be stored (%s): %s",
+                                self.path,
+                                sql.split("(")[0].strip(),
+                                exc,
+                            )
+                        await conn.execute("RELEASE caxton_row")
+                await conn.execute("RELEASE caxton_group")
+        except BaseException:
+            await conn.execute("ROLLBACK")
+            raise
+        await conn.execute("COMMIT")
+        self.rows_skipped += len(failed)
+        return failed
 
     def enqueue(self, sql: str, params: Iterable[Any] = ()) -> None:
         """Queue one statement for the next group commit (plugins' own tables)."""
@@ -697,6 +780,8 @@ class Store:
             self._remember(message.message_id)
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._p_waiters.append(waiter)
+        for message in messages:
+            self._p_outbox_waiters[message.message_id] = waiter
         self._urgent.set()
         await waiter
 
