@@ -121,6 +121,12 @@ class OutputCommit:
 
         Raises what :meth:`Router.send_nowait` raises when the message goes at once.
         """
+        if runtime.fenced is not None:
+            self.dropped += 1
+            self.router.dead_letter(
+                message, f"not acknowledged: agent {runtime.name}: fenced: {runtime.fenced}"
+            )
+            return
         if runtime.version > runtime.committed or runtime.held:
             runtime.held.append((runtime.version, message))
             return

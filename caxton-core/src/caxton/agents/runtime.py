@@ -107,6 +107,8 @@ class AgentRuntime:
         self.committed = 0
         self.changed_keys: set[bytes] = set()
         self.held: deque[tuple[int, Message]] = deque()
+        #: Why this copy lost its ownership (caxton.cluster.ownership): it emits nothing.
+        self.fenced: str | None = None
 
     # -- delivery (the hot path) ----------------------------------------------------
 

@@ -43,6 +43,8 @@ from typing import TYPE_CHECKING, Any
 
 from caxton import hookimpl
 from caxton.cluster import wire
+from caxton.cluster.ownership import OPS as OWNERSHIP_OPS
+from caxton.cluster.ownership import Ownership
 from caxton.cluster.placement import DeploySpec, deploy_local, error_answer, node_loads, on_deploy
 from caxton.cluster.registry import ROUTABLE_STATES, AgentEntry
 from caxton.cluster.trust import PeerTrust
@@ -64,7 +66,7 @@ __all__ = ["OPS", "Failover", "Replica", "wins"]
 log = logging.getLogger("caxton.cluster")
 
 #: The control ops :class:`Failover` answers (all sealed: :mod:`caxton.cluster.trust`).
-OPS = frozenset({"deploy", "replica", "holdings", "claim"})
+OPS = frozenset({"deploy", "replica", "holdings", "claim"}) | OWNERSHIP_OPS
 #: Seconds a survivor waits for every agent of a failed node to run somewhere again.
 REDISTRIBUTE_TIMEOUT = 30.0
 #: Seconds between two checks of this node's replicas (catches hot swaps).
@@ -176,6 +178,9 @@ class Failover:
         self._again = False
         self._plugin_name = f"caxton.failover.{self.node_id}"
         self.started = False
+        #: Quorum replication of the agents' state and fenced takeovers (durability
+        #: "quorum"); see caxton.cluster.ownership.
+        self.ownership = Ownership(self)
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -190,8 +195,9 @@ class Failover:
                 continue
             self.replicas[replica.agent_id] = replica
         self.generations = await store.load_placements()
+        await self.ownership.start()
         self.node.host.register(self, name=self._plugin_name)
-        if self.node.agents is not None:
+        if self.node.agents is not None and self.durability == "async":
             self.node.agents.kv_listener = self._kv_changed
         self.started = True
         self.cluster._spawn(self._reconcile_loop())
@@ -199,6 +205,7 @@ class Failover:
 
     def close(self) -> None:
         self.started = False
+        self.ownership.close()
         if self._kv_sync is not None:
             self._kv_sync.cancel()
         if self.node.agents is not None and self.node.agents.kv_listener == self._kv_changed:
@@ -369,10 +376,18 @@ class Failover:
                 level="warning",
             )
             return
-        self.generations[replica.agent_id] = replica.generation + 1
-        self.holders[replica.agent_id] = tuple(h for h in replica.holders if h != self.node_id)
+        if self.ownership.enabled:
+            taken = await self.ownership.take(replica)
+            if taken is None or replica.agent_id in agents:
+                return
+            generation, kv, holders = taken
+        else:
+            generation = replica.generation + 1
+            holders = tuple(h for h in replica.holders if h != self.node_id)
+            kv = await self.node.store.load_kv(replica.agent_id)
+        self.generations[replica.agent_id] = generation
+        self.holders[replica.agent_id] = holders
         spec = dataclasses.replace(replica.spec, agent_id=replica.agent_id, start=start)
-        kv = await self.node.store.load_kv(replica.agent_id)
         try:
             await deploy_local(self.node, spec, wasm, kv)
         except CaxtonError as exc:
@@ -579,6 +594,7 @@ class Failover:
         if self._pushed.get(agent.id) == key:
             return
         self.holders[agent.id] = holders
+        self.ownership.refresh(agent.id)
         if not holders:
             return
         results = await asyncio.gather(*(self._push(replica, h) for h in holders))
@@ -640,6 +656,8 @@ class Failover:
             self.generation(replica.agent_id), self.node_id, replica.generation, owner
         ):
             return "stale"  # this node's placement is newer: a claim settles it
+        if replica.generation < self.ownership.promised(replica.agent_id):
+            return "stale"  # a newer owner was promised: this one is fenced
         existing = self.replicas.get(replica.agent_id)
         if (
             existing is not None
@@ -681,8 +699,8 @@ class Failover:
         """The agent's whole key/value state, to send with its replica; None when it
         has none or it is larger than ``replica_max_size`` (then it does not move)."""
         agents = self.node.agents
-        if agents is None or replica.agent_id not in agents or self.durability == "local":
-            return None
+        if agents is None or replica.agent_id not in agents or self.durability != "async":
+            return None  # quorum: caxton.cluster.ownership replicates it; local: it stays
         runtime = agents.runtime(replica.agent_id)
         kv = runtime.kv
         if not kv:
@@ -746,6 +764,7 @@ class Failover:
                 agents = self.node.agents
                 if agents is None or replica.agent_id not in agents:
                     self.node.store.delete_agent(replica.agent_id)  # its key/value copy
+                    self.ownership.forget_state(replica.agent_id)
         return True
 
     # -- control ops --------------------------------------------------------------------
@@ -761,6 +780,10 @@ class Failover:
                 answer = await self._on_replica(sender, body)
             elif op == "holdings":
                 answer = self._on_holdings(sender, body)
+            elif op == "writes":
+                answer = await self.ownership.on_writes(sender, body)
+            elif op == "promise":
+                answer = await self.ownership.on_promise(sender, body)
             else:
                 answer = self._on_claim(sender, body)
         except CaxtonError as exc:

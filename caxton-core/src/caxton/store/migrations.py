@@ -238,8 +238,22 @@ CREATE TABLE queued_writes (
 );
 """
 
+V2_AGENT_FENCES = """
+CREATE TABLE agent_fences (
+    agent_id   TEXT    PRIMARY KEY,
+    promised   INTEGER NOT NULL,
+    generation INTEGER NOT NULL,
+    version    INTEGER NOT NULL
+);
+"""
+
 CLUSTER_MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1, "messages queued in a minority partition, replayed when it heals", V1_QUEUED_WRITES
+    ),
+    Migration(
+        2,
+        "fenced ownership: each agent's promised generation and the state version kept here",
+        V2_AGENT_FENCES,
     ),
 )

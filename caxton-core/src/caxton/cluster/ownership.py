@@ -1,0 +1,573 @@
+"""Fenced ownership: an agent's state on a majority of its replica set, stale owners fenced.
+
+With ``coordination.cluster.durability = "quorum"`` (the default) an agent's *replica set*
+is its node (the *owner*) plus its replica holders (:mod:`caxton.cluster.failover`).
+
+**Writes.** The key/value changes the node's agents make in one event-loop turn go to
+each holder in ONE ``writes`` frame (every agent, every change of the turn; frames are
+pipelined, not awaited one by one). An entry carries the agent's id, the owner's
+*generation*, the state *version* it brings the holder to, and either the changed keys
+(a delta from the version last sent to that holder) or the whole state. A holder applies
+it, commits it to SQLite with the promise it keeps for the agent, and answers the
+version it now holds. The agent's held outputs (:mod:`caxton.agents.commit`) go once a
+majority of the replica set holds the change: the owner itself (committed locally) and
+enough holders.
+
+**Fencing.** A holder refuses every write of a generation lower than the one it has
+*promised* (answer ``fenced``). A takeover (:meth:`Ownership.take`) first asks the replica
+set to promise generation g+1 (``promise``), needs a majority, adopts the highest state
+(generation, then version) among the answers, writes it to the new holders at g+1, and
+only then is the agent started. So once a takeover has its majority, the old owner can
+reach no majority any more: the refusals tell it so, and it fences its copy (its held
+outputs are dead-lettered with the reason, never released; the copy is removed). An old
+owner that still answers (a false failure detection) promises too, which fences it at
+once. Promises and versions are committed to SQLite (``agent_fences``) before they are
+answered, so a restart does not forget them.
+
+Why nothing acknowledged is lost: an acknowledged change is on a majority of the replica
+set, the takeover reads a majority, and two majorities intersect. See
+docs/design/0001-fenced-ownership.md and docs/cluster.md, "Durability".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from caxton.agents.commit import Change, Durability
+from caxton.errors import CaxtonError, ValidationError
+from caxton.store.migrations import CLUSTER_MIGRATIONS, CLUSTER_NAMESPACE
+
+if TYPE_CHECKING:
+    from caxton.agents.runtime import AgentRuntime
+    from caxton.cluster.failover import Failover, Replica
+
+__all__ = ["OPS", "Fence", "Ownership", "majority"]
+
+log = logging.getLogger("caxton.cluster")
+
+#: The control ops :class:`Ownership` answers (sealed, :mod:`caxton.cluster.trust`).
+OPS = frozenset({"writes", "promise"})
+#: Seconds a holder has to answer a frame of writes, and a member a promise.
+WRITE_TIMEOUT = 2.0
+PROMISE_TIMEOUT = 2.0
+#: Seconds before a holder that missed writes is sent the whole state again.
+RESYNC_DELAY = 0.2
+#: An owner's versions start this far above the last one it committed, whenever it
+#: (re)starts owning an agent: writes it sent before a crash and never committed itself
+#: can then never be taken for newer than what it sends after.
+VERSION_JUMP = 1 << 32
+
+Items = list[list[bytes]]
+
+
+def majority(size: int) -> int:
+    return size // 2 + 1
+
+
+@dataclass
+class Fence:
+    """What this node keeps of one agent: the highest generation it promised, and the
+    generation and version of the state it holds."""
+
+    promised: int = 0
+    generation: int = 0
+    version: int = 0
+
+
+@dataclass
+class _Owned:
+    """The owner's side of one agent replicated here in quorum mode."""
+
+    runtime: AgentRuntime
+    generation: int
+    #: Wire version = offset + the runtime's version.
+    offset: int
+    holders: tuple[str, ...]
+    #: Version each holder has been sent (None: send the whole state next).
+    sent: dict[str, int | None] = field(default_factory=dict)
+    #: Version each holder said it holds.
+    acked: dict[str, int] = field(default_factory=dict)
+    #: Generation each refusing holder has promised.
+    refused: dict[str, int] = field(default_factory=dict)
+    #: Version committed to this node's SQLite, and the one known on a majority.
+    local: int = 0
+    committed: int = 0
+
+    @property
+    def version(self) -> int:
+        return self.offset + self.runtime.version
+
+    def needed(self) -> int:
+        """Holders whose acknowledgement a change needs besides this node's own."""
+        return majority(len(self.holders) + 1) - 1
+
+
+class Ownership:
+    """Quorum replication, fencing and fenced takeovers of one node's agents."""
+
+    def __init__(self, failover: Failover) -> None:
+        self.failover = failover
+        self.cluster = failover.cluster
+        self.node = failover.node
+        self.node_id = failover.node_id
+        self.enabled = failover.durability == "quorum"
+        self.fences: dict[str, Fence] = {}
+        #: Holder copies of other nodes' agents' state (loaded on first write).
+        self.states: dict[str, dict[bytes, bytes]] = {}
+        self.owned: dict[str, _Owned] = {}
+        self._lock = asyncio.Lock()
+        self._resync: set[str] = set()
+        self._resync_handle: asyncio.TimerHandle | None = None
+        self._previous: Durability | None = None
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    async def start(self) -> None:
+        store = self.node.store
+        store.register_migrations(CLUSTER_NAMESPACE, CLUSTER_MIGRATIONS)
+        await store.migrate()
+        await store.flush()
+        rows = await store.connection.execute_fetchall(
+            "SELECT agent_id, promised, generation, version FROM agent_fences"
+        )
+        self.fences = {str(a): Fence(int(p), int(g), int(v)) for a, p, g, v in rows}
+        agents = self.node.agents
+        if self.enabled and agents is not None:
+            self._previous = agents.outputs.durability
+            agents.outputs.durability = self
+
+    def close(self) -> None:
+        if self._resync_handle is not None:
+            self._resync_handle.cancel()
+        agents = self.node.agents
+        if self._previous is not None and agents is not None:
+            agents.outputs.durability = self._previous
+
+    def promised(self, agent_id: str) -> int:
+        fence = self.fences.get(agent_id)
+        return fence.promised if fence is not None else 0
+
+    def _persist(self, agent_id: str, fence: Fence) -> None:
+        self.fences[agent_id] = fence
+        self.node.store.enqueue(
+            "INSERT OR REPLACE INTO agent_fences (agent_id, promised, generation, version)"
+            " VALUES (?, ?, ?, ?)",
+            (agent_id, fence.promised, fence.generation, fence.version),
+        )
+
+    def forget_state(self, agent_id: str) -> None:
+        """The holder copy of ``agent_id``'s state was deleted (the promise stays)."""
+        self.states.pop(agent_id, None)
+        fence = self.fences.get(agent_id)
+        if fence is not None:
+            self._persist(agent_id, Fence(fence.promised, 0, 0))
+
+    # -- the owner: output commit by quorum ------------------------------------------
+
+    def commit(self, changes: Sequence[Change]) -> None:
+        """:class:`~caxton.agents.commit.Durability`: replicate one turn's changes."""
+        batches: dict[str, list[list[Any]]] = {}
+        local: list[Change] = []
+        owned_now: list[tuple[_Owned, int]] = []
+        for change in changes:
+            owned = self._owned(change.runtime)
+            if owned is None:
+                local.append(change)
+                continue
+            version = owned.offset + change.version
+            agent_id = change.runtime.agent.id
+            self._persist(agent_id, Fence(owned.generation, owned.generation, version))
+            for holder in owned.holders:
+                entry = self._entry(owned, holder, change.keys, version)
+                batches.setdefault(holder, []).append(entry)
+            owned_now.append((owned, version))
+        self.cluster._spawn(self._commit_locally(local, owned_now))
+        for holder, entries in batches.items():
+            self.cluster._spawn(self._send(holder, entries))
+
+    async def _commit_locally(
+        self, local: Sequence[Change], owned: Sequence[tuple[_Owned, int]]
+    ) -> None:
+        outputs = self.node.agents.outputs
+        try:
+            await self.node.store.flush()
+        except CaxtonError as exc:
+            for change in local:
+                outputs.failed(change.runtime, f"its state change was not stored: {exc}")
+            for item, _ in owned:
+                outputs.failed(item.runtime, f"its state change was not stored: {exc}")
+            return
+        for change in local:
+            outputs.committed(change.runtime, change.version)
+        for item, version in owned:
+            item.local = max(item.local, version)
+            self._check(item)
+
+    def _owned(self, runtime: AgentRuntime) -> _Owned | None:
+        """The replication state of an agent hosted here (None: not replicated)."""
+        failover = self.failover
+        agent_id = runtime.agent.id
+        generation = failover.generation(agent_id)
+        owned = self.owned.get(agent_id)
+        if owned is not None and owned.runtime is runtime and owned.generation == generation:
+            self.refresh(agent_id)
+            return owned
+        if failover.copies <= 0:
+            return None
+        holders = failover.holders.get(agent_id)
+        if holders is None:
+            holders = failover._choose_holders(runtime.agent)
+            failover.holders[agent_id] = holders
+        fence = self.fences.get(agent_id)
+        offset = fence.version + VERSION_JUMP if fence and fence.generation == generation else 0
+        owned = _Owned(runtime, generation, offset, holders)
+        owned.committed = owned.local = offset + runtime.committed
+        self.owned[agent_id] = owned
+        return owned
+
+    def refresh(self, agent_id: str) -> None:
+        """The holders of an agent hosted here may have changed: a new one is sent the
+        whole state soon (before it counts towards a majority, it acknowledges it)."""
+        owned = self.owned.get(agent_id)
+        if owned is None:
+            return
+        holders = self.failover.holders.get(agent_id, owned.holders)
+        if holders != owned.holders:
+            owned.holders = holders
+            owned.sent = {h: owned.sent.get(h) for h in holders}
+            owned.acked = {h: a for h, a in owned.acked.items() if h in holders}
+            owned.refused = {h: g for h, g in owned.refused.items() if h in holders}
+            self._schedule_resync(agent_id)
+
+    def _entry(self, owned: _Owned, holder: str, keys: frozenset[bytes], version: int) -> list[Any]:
+        """One agent's entry of a ``writes`` frame to ``holder``."""
+        runtime = owned.runtime
+        base = owned.sent.get(holder)
+        owned.sent[holder] = version
+        kv = runtime.kv
+        if base is None:
+            items = [[k, v] for k, v in kv.items()]
+            return [runtime.agent.id, owned.generation, 0, version, True, items, []]
+        puts = [[k, kv[k]] for k in keys if k in kv]
+        deletes = [k for k in keys if k not in kv]
+        return [runtime.agent.id, owned.generation, base, version, False, puts, deletes]
+
+    async def _send(self, holder: str, entries: list[list[Any]]) -> None:
+        member = self.cluster._live(holder)
+        answer: Any = None
+        if member is not None:
+            try:
+                answer = await self.cluster._control(
+                    member.address,
+                    WRITE_TIMEOUT,
+                    "writes",
+                    self.failover.trust.seal(entries),
+                )
+            except CaxtonError as exc:
+                log.debug("writes to %s failed: %s", holder, exc)
+        if not isinstance(answer, list) or len(answer) != len(entries):
+            answer = [None] * len(entries)
+        for entry, result in zip(entries, answer, strict=True):
+            owned = self.owned.get(entry[0])
+            if owned is None or owned.generation != entry[1] or holder not in owned.holders:
+                continue
+            kind = result[0] if isinstance(result, list) and result else None
+            if kind == "ok" and isinstance(result[1], int):
+                owned.refused.pop(holder, None)
+                if result[1] > owned.acked.get(holder, 0):
+                    owned.acked[holder] = result[1]
+                    self._check(owned)
+                continue
+            owned.sent[holder] = None  # send the whole state again
+            if kind == "fenced" and isinstance(result[1], int):
+                owned.refused[holder] = result[1]
+                if self._lost_majority(owned):
+                    self.fence(
+                        entry[0],
+                        f"holders promised generation {max(owned.refused.values())} to a new owner",
+                    )
+                    continue
+            self._schedule_resync(entry[0])
+
+    def _check(self, owned: _Owned) -> None:
+        """Release the outputs of what is now on a majority of the replica set."""
+        needed = owned.needed()
+        if needed:
+            acks = sorted((owned.acked.get(h, 0) for h in owned.holders), reverse=True)
+            on_majority = min(owned.local, acks[needed - 1])
+        else:
+            on_majority = owned.local
+        if on_majority > owned.committed:
+            owned.committed = on_majority
+            self.node.agents.outputs.committed(owned.runtime, on_majority - owned.offset)
+
+    def _lost_majority(self, owned: _Owned) -> bool:
+        size = len(owned.holders) + 1
+        refusing = sum(1 for g in owned.refused.values() if g > owned.generation)
+        return refusing > size - majority(size)
+
+    def _schedule_resync(self, agent_id: str) -> None:
+        self._resync.add(agent_id)
+        if self._resync_handle is None:
+            loop = self.cluster._get_loop()
+            self._resync_handle = loop.call_later(RESYNC_DELAY, self._resync_now)
+
+    def _resync_now(self) -> None:
+        """Send the whole state to the holders that missed writes."""
+        self._resync_handle = None
+        due, self._resync = self._resync, set()
+        batches: dict[str, list[list[Any]]] = {}
+        for agent_id in due:
+            owned = self.owned.get(agent_id)
+            if owned is None or owned.runtime.agent.id not in (self.node.agents or ()):
+                continue
+            for holder in owned.holders:
+                if owned.sent.get(holder) is None:
+                    entry = self._entry(owned, holder, frozenset(), owned.version)
+                    batches.setdefault(holder, []).append(entry)
+        for holder, entries in batches.items():
+            self.cluster._spawn(self._send(holder, entries))
+
+    def fence(self, agent_id: str, reason: str) -> None:
+        """This node's copy of ``agent_id`` lost its ownership: it acknowledges nothing
+        more (held outputs are dead-lettered with ``reason``) and is removed."""
+        owned = self.owned.pop(agent_id, None)
+        agents = self.node.agents
+        if agents is None or agent_id not in agents:
+            return
+        runtime = owned.runtime if owned is not None else agents.runtime(agent_id)
+        if runtime.fenced:
+            return
+        runtime.fenced = reason
+        agents.outputs.failed(runtime, f"fenced: {reason}")
+        self.cluster.events.record(
+            "agent-fenced",
+            f"Agent '{runtime.name}' on {self.node_id} is fenced ({reason}): it acknowledges "
+            f"nothing more and its copy here is removed",
+            node_id=self.node_id,
+            level="warning",
+        )
+        self.failover._stale.add(agent_id)
+        self.cluster._spawn(self._remove(runtime.name, agent_id))
+
+    async def _remove(self, name: str, agent_id: str) -> None:
+        try:
+            await self.node.agents.remove(agent_id)
+        except CaxtonError as exc:
+            log.warning("could not remove the fenced copy of %s: %s", name, exc)
+
+    # -- holders: writes and promises ---------------------------------------------------
+
+    async def on_writes(self, owner: str, body: Any) -> list[list[Any]]:
+        if not isinstance(body, list):
+            raise ValidationError("malformed writes")
+        async with self._lock:
+            answers = [await self._apply(owner, _entry_of(entry)) for entry in body]
+        await self.node.store.flush()
+        return answers
+
+    async def _apply(self, owner: str, entry: tuple[Any, ...]) -> list[Any]:
+        agent_id, generation, base, version, full, puts, deletes = entry
+        if self._hosts(agent_id):
+            mine = self.failover.generation(agent_id)
+            if generation <= mine:
+                return ["fenced", mine]
+            self.fence(agent_id, f"{owner} writes it at generation {generation}")
+            return ["gap", 0]  # write the whole state again once the copy here is gone
+        fence = self.fences.get(agent_id, Fence())
+        if generation < fence.promised:
+            return ["fenced", fence.promised]
+        state = await self._state(agent_id)
+        if generation > fence.generation or full:
+            if not full:
+                self._persist(agent_id, Fence(generation, fence.generation, fence.version))
+                return ["gap", 0]
+            if generation == fence.generation and version <= fence.version:
+                return ["ok", fence.version]
+            self._replace(agent_id, state, {k: v for k, v in puts})
+        elif base == fence.version:
+            store = self.node.store
+            for key, value in puts:
+                state[key] = value
+                store.kv_put(agent_id, key, value)
+            for key in deletes:
+                if state.pop(key, None) is not None:
+                    store.kv_delete(agent_id, key)
+        elif version > fence.version:
+            return ["gap", fence.version]
+        else:
+            return ["ok", fence.version]
+        self._persist(agent_id, Fence(max(fence.promised, generation), generation, version))
+        return ["ok", version]
+
+    async def _state(self, agent_id: str) -> dict[bytes, bytes]:
+        state = self.states.get(agent_id)
+        if state is None:
+            state = self.states[agent_id] = await self.node.store.load_kv(agent_id)
+        return state
+
+    def _replace(self, agent_id: str, state: dict[bytes, bytes], new: dict[bytes, bytes]) -> None:
+        store = self.node.store
+        for key in [k for k in state if k not in new]:
+            del state[key]
+            store.kv_delete(agent_id, key)
+        for key, value in new.items():
+            if state.get(key) != value:
+                state[key] = value
+                store.kv_put(agent_id, key, value)
+
+    async def on_promise(self, sender: str, body: Any) -> list[Any]:
+        if not isinstance(body, Mapping):
+            raise ValidationError("malformed promise")
+        agent_id, generation = body.get("agent_id"), body.get("generation")
+        if not isinstance(agent_id, str) or not isinstance(generation, int):
+            raise ValidationError("malformed promise")
+        async with self._lock:
+            answer = await self._promise(agent_id, generation, sender)
+        await self.node.store.flush()
+        return answer
+
+    async def _promise(self, agent_id: str, generation: int, taker: str) -> list[Any]:
+        """Promise ``generation`` for ``agent_id`` (refuse writes below it) and answer the
+        state held here: ``["promised", generation, version, items]``, or
+        ``["refused", promised]`` when this node promised as much already."""
+        if self._hosts(agent_id):
+            mine = self.failover.generation(agent_id)
+            if generation <= mine:
+                return ["refused", mine]
+            runtime = self.node.agents.runtime(agent_id)
+            owned = self.owned.get(agent_id)
+            version = owned.version if owned is not None else runtime.version
+            items = [[k, v] for k, v in runtime.kv.items()]
+            self.fence(agent_id, f"{taker} takes it over at generation {generation}")
+            self._persist(agent_id, Fence(generation, 0, 0))
+            return ["promised", mine, version, items]
+        fence = self.fences.get(agent_id, Fence())
+        if generation <= fence.promised:
+            return ["refused", fence.promised]
+        self._persist(agent_id, Fence(generation, fence.generation, fence.version))
+        state = await self._state(agent_id)
+        return ["promised", fence.generation, fence.version, [[k, v] for k, v in state.items()]]
+
+    # -- takeover -----------------------------------------------------------------------
+
+    async def take(
+        self, replica: Replica
+    ) -> tuple[int, dict[bytes, bytes], tuple[str, ...]] | None:
+        """Get a majority of ``replica``'s set to promise the next generation and put the
+        highest state among their answers on a majority of the new set.
+
+        Returns ``(generation, state, holders)`` to start the agent with, or None (an
+        event says why) when no majority promised or took the state.
+        """
+        agent_id = replica.agent_id
+        fence = self.fences.get(agent_id, Fence())
+        generation = max(replica.generation, fence.promised, fence.generation) + 1
+        members = list(dict.fromkeys([replica.owner, *replica.holders, self.node_id]))
+        others = [m for m in members if m != self.node_id]
+        async with self._lock:
+            mine = await self._promise(agent_id, generation, self.node_id)
+        answers = await asyncio.gather(*(self._ask(m, agent_id, generation) for m in others))
+        await self.node.store.flush()
+        promised = [(self.node_id, mine)] + [
+            (m, a) for m, a in zip(others, answers, strict=True) if _promised(a)
+        ]
+        if not _promised(mine) or len(promised) < majority(len(members)):
+            self._takeover_failed(
+                replica,
+                f"{len(promised) if _promised(mine) else 0} of the {len(members)} members of "
+                f"its replica set promised generation {generation}, a majority is "
+                f"{majority(len(members))}",
+            )
+            return None
+        _, best = max(promised, key=lambda p: (p[1][1], p[1][2]))
+        state = {bytes(k): bytes(v) for k, v in best[3]}
+        holders = tuple(m for m, _ in promised if m not in (self.node_id, replica.owner))
+        # The state at the new generation on a majority of the new set before it starts.
+        items = [[k, v] for k, v in state.items()]
+        entry = [agent_id, generation, 0, 0, True, items, []]
+        results = await asyncio.gather(*(self._write_one(h, entry) for h in holders))
+        taken = tuple(h for h, ok in zip(holders, results, strict=True) if ok)
+        if 1 + len(taken) < majority(1 + len(holders)):
+            self._takeover_failed(replica, "its state did not reach a majority of its holders")
+            return None
+        async with self._lock:  # the key/value rows here become the chosen state
+            self._replace(agent_id, await self._state(agent_id), state)
+            self._persist(agent_id, Fence(generation, generation, 0))
+            self.states.pop(agent_id, None)
+        return generation, state, holders
+
+    async def _ask(self, member_id: str, agent_id: str, generation: int) -> Any:
+        member = self.cluster._live(member_id)
+        if member is None:
+            return None
+        body = {"agent_id": agent_id, "generation": generation}
+        try:
+            return await self.cluster._control(
+                member.address, PROMISE_TIMEOUT, "promise", self.failover.trust.seal(body)
+            )
+        except CaxtonError as exc:
+            log.debug("promise from %s failed: %s", member_id, exc)
+            return None
+
+    async def _write_one(self, holder: str, entry: list[Any]) -> bool:
+        member = self.cluster._live(holder)
+        if member is None:
+            return False
+        try:
+            answer = await self.cluster._control(
+                member.address, WRITE_TIMEOUT, "writes", self.failover.trust.seal([entry])
+            )
+        except CaxtonError:
+            return False
+        return isinstance(answer, list) and len(answer) == 1 and answer[0][:1] == ["ok"]
+
+    def _takeover_failed(self, replica: Replica, reason: str) -> None:
+        self.cluster.events.record(
+            "migration-failed",
+            f"Agent '{replica.name}' of {replica.owner} is not restarted on {self.node_id}: "
+            f"{reason}",
+            node_id=replica.owner,
+            level="warning",
+        )
+
+    def _hosts(self, agent_id: str) -> bool:
+        agents = self.node.agents
+        return agents is not None and agent_id in agents
+
+
+def _promised(answer: Any) -> bool:
+    return (
+        isinstance(answer, list)
+        and len(answer) == 4
+        and answer[0] == "promised"
+        and isinstance(answer[1], int)
+        and isinstance(answer[2], int)
+        and isinstance(answer[3], list)
+    )
+
+
+def _entry_of(data: Any) -> tuple[Any, ...]:
+    """A ``writes`` entry from the wire, checked."""
+    try:
+        agent_id, generation, base, version, full, puts, deletes = data
+    except (TypeError, ValueError):
+        raise ValidationError("malformed write") from None
+    if not (
+        isinstance(agent_id, str)
+        and all(isinstance(n, int) for n in (generation, base, version))
+        and isinstance(full, bool)
+        and isinstance(puts, list)
+        and isinstance(deletes, list)
+        and all(
+            isinstance(p, list) and len(p) == 2 and all(isinstance(x, bytes) for x in p)
+            for p in puts
+        )
+        and all(isinstance(k, bytes) for k in deletes)
+    ):
+        raise ValidationError("malformed write")
+    return agent_id, generation, base, version, full, [(k, v) for k, v in puts], deletes

@@ -1,0 +1,169 @@
+"""Fenced ownership and quorum-replicated state, in one process: three nodes over the real
+tcp transport, the counter example agent as the real wasm module, and deterministic cuts
+of the node-to-node control calls (replication, promises, claims: one-way, both ways or
+bridge-shaped) while membership (SWIM) keeps seeing every node alive, so the moment of a
+takeover is the test's, not the failure detector's.
+
+Each test is one anomaly the fault campaign found on the asynchronous replication
+(``durability = "async"``, the behaviour before issue 12), where it fails; with the
+default ``quorum`` it passes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+from typing import Any
+
+import pytest
+from test_cluster_routing import eventually
+from test_failover_cluster import hosts, replicated
+from test_placement_cluster import crash, deploy, start_cluster
+from test_placement_cluster import factory as factory  # the fixture
+
+from caxton.errors import CaxtonError, TransportError
+from caxton.messaging import Message, Performative
+from caxton.node import Node
+from caxton.testing import NodeFactory
+
+
+class Cuts:
+    """Drops the cluster control calls from one node to another (SWIM is untouched)."""
+
+    def __init__(self, nodes: list[Node]) -> None:
+        self.cut: set[tuple[str, str]] = set()
+        by_address = {tuple(n.cluster_address): n.node_id for n in nodes}
+        for node in nodes:
+            cluster = node.cluster
+            original = cluster._control
+
+            async def control(
+                address: Any,
+                timeout: float,
+                op: str,
+                *args: Any,
+                _from: str = node.node_id,
+                _original: Any = original,
+            ) -> Any:
+                if (_from, by_address.get(tuple(address))) in self.cut:
+                    await asyncio.sleep(0.01)
+                    raise TransportError(f"test: {_from} cannot reach that node")
+                return await _original(address, timeout, op, *args)
+
+            cluster._control = control  # type: ignore[method-assign]
+
+    def one_way(self, source: str, *targets: str) -> None:
+        self.cut.update((source, t) for t in targets)
+
+    def isolate(self, node: str, *others: str) -> None:
+        for other in others:
+            self.cut.update({(node, other), (other, node)})
+
+    def heal(self) -> None:
+        self.cut.clear()
+
+
+async def tick(node: Node, timeout: float = 0.5) -> int | None:
+    """Ask the counter on ``node`` itself; its count, or None when no answer came."""
+    request = Message(Performative.REQUEST, sender="", receiver="counter", content="tick")
+    try:
+        reply = await node.router.request(request, timeout)
+    except CaxtonError:
+        return None
+    content = reply.content
+    return content["count"] if reply.performative == "inform" else None
+
+
+@pytest.fixture(scope="module")
+def counter(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    from caxton.testing.sandbox import build_example_agents
+
+    return build_example_agents(tmp_path_factory.mktemp("agents"))["counter"]
+
+
+async def counter_on_n3(factory: NodeFactory, counter: bytes) -> tuple[list[Node], str, Cuts]:
+    nodes = await start_cluster(factory)
+    status, agent, _ = await deploy(nodes[0], {"name": "counter", "target_node": "n3"}, counter)
+    assert status == 201, agent
+    await replicated(nodes[:2], agent["id"])
+    for expected in (1, 2, 3):
+        assert await tick(nodes[2], 5.0) == expected
+    return nodes, agent["id"], Cuts(nodes)
+
+
+def taker_of(nodes: list[Node], agent_id: str) -> Node:
+    holder = nodes[0].cluster.failover.replicas[agent_id].holders[0]
+    return next(n for n in nodes if n.node_id == holder)
+
+
+async def take_over(taker: Node, agent_id: str) -> None:
+    """What a failover does on the taker (the failure detector is left out)."""
+    replica = taker.cluster.failover.replicas[agent_id]
+    await taker.cluster.failover._take(replica, True)
+    assert "counter" in taker.agents
+
+
+async def test_a_failover_during_a_replication_stall_loses_no_acknowledged_increment(
+    factory: NodeFactory, counter: bytes
+) -> None:
+    (n1, n2, n3), _, cuts = await counter_on_n3(factory, counter)
+    cuts.one_way("n3", "n1", "n2")  # n3 hears its holders but cannot reach them
+    acknowledged = [c for c in [await tick(n3) for _ in range(10)] if c is not None]
+    await crash(n3)
+    cuts.heal()
+    await eventually(lambda: len(hosts([n1, n2], "counter")) == 1, 20)
+    survivor = n1 if "counter" in n1.agents else n2
+    after = await tick(survivor, 5.0)
+    assert after is not None
+    assert after > max([3, *acknowledged]), (
+        f"acknowledged {acknowledged} during the stall, the survivor counts {after}"
+    )
+
+
+async def test_a_cut_off_owner_and_its_successor_never_both_acknowledge(
+    factory: NodeFactory, counter: bytes
+) -> None:
+    (n1, n2, n3), agent_id, cuts = await counter_on_n3(factory, counter)
+    cuts.isolate("n3", "n1", "n2")  # n3 is cut off; SWIM has not noticed yet
+    taker = taker_of([n1, n2], agent_id)
+    await take_over(taker, agent_id)
+    counts: list[int] = []
+    for _ in range(5):
+        for node in (n3, taker):
+            count = await tick(node)
+            if count is not None:
+                counts.append(count)
+    assert len(counts) == len(set(counts)), f"two copies acknowledged the same count: {counts}"
+    assert counts == [4, 5, 6, 7, 8]  # only the new owner, from the acknowledged state on
+    # The other holder's promise is on its disk (a restart does not forget it).
+    other = n2 if taker is n1 else n1
+    with contextlib.closing(sqlite3.connect(other.store.path)) as db:
+        row = db.execute(
+            "SELECT promised FROM agent_fences WHERE agent_id = ?", (agent_id,)
+        ).fetchone()
+    assert row == (2,)
+
+
+async def test_a_heal_loses_no_state_the_old_copy_acknowledged(
+    factory: NodeFactory, counter: bytes
+) -> None:
+    (n1, n2, n3), agent_id, cuts = await counter_on_n3(factory, counter)
+    taker = taker_of([n1, n2], agent_id)
+    other = n2 if taker is n1 else n1
+    # A bridge: the taker reaches the other holder, which still reaches n3, but the
+    # taker and n3 do not reach each other.
+    cuts.isolate("n3", taker.node_id)
+    await take_over(taker, agent_id)
+    acknowledged = 3
+    for _ in range(5):
+        for node in (n3, taker):
+            if await tick(node) is not None:
+                acknowledged += 1
+    cuts.heal()
+    await eventually(lambda: hosts([n1, n2, n3], "counter") == [taker.node_id], 20)
+    final = await tick(other, 5.0)
+    assert final == acknowledged + 1, (
+        f"{acknowledged} increments were acknowledged, but the count went on from "
+        f"{None if final is None else final - 1}"
+    )
