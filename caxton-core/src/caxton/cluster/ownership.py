@@ -271,6 +271,8 @@ class Ownership:
                 log.debug("writes to %s failed: %s", holder, exc)
         if not isinstance(answer, list) or len(answer) != len(entries):
             answer = [None] * len(entries)
+        # A holder that is not live is replaced by the next reconcile (which resyncs).
+        resync = member is not None
         for entry, result in zip(entries, answer, strict=True):
             owned = self.owned.get(entry[0])
             if owned is None or owned.generation != entry[1] or holder not in owned.holders:
@@ -291,7 +293,8 @@ class Ownership:
                         f"holders promised generation {max(owned.refused.values())} to a new owner",
                     )
                     continue
-            self._schedule_resync(entry[0])
+            if resync:
+                self._schedule_resync(entry[0])
 
     def _check(self, owned: _Owned) -> None:
         """Release the outputs of what is now on a majority of the replica set."""
