@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AUDIT_QUERY",
+    "DEAD_LETTER_QUERY",
     "DRAIN_TIMEOUT_SCHEMA",
     "LIST_QUERY",
     "MAX_WAIT_MS",
@@ -85,6 +86,11 @@ LIST_QUERY: dict[str, dict[str, Any]] = {
         "maximum": 1_000_000,
         "description": "Skip this many matching agents first",
     },
+}
+#: Query parameters of ``GET /api/v1/queues/dead-letters``.
+DEAD_LETTER_QUERY: dict[str, dict[str, Any]] = {
+    "limit": {"type": "integer", "minimum": 1, "maximum": 10_000},
+    "message_id": {"type": "string", "minLength": 1, "maxLength": 256},
 }
 #: Schema of ``?drain_timeout_ms=`` of the stop action.
 DRAIN_TIMEOUT_SCHEMA: dict[str, Any] = {"type": "integer", "minimum": 0, "maximum": MAX_WAIT_MS}
@@ -375,6 +381,22 @@ def _schemas(ceiling: ResourceLimits) -> dict[str, Any]:
                 "totals": {"type": "object"},
             },
             ("agents", "priorities", "dead_letters"),
+            closed=False,
+        ),
+        "DeadLetter": object_schema(
+            {
+                "message_id": {"type": "string", "nullable": True},
+                "receiver": {"type": "string", "nullable": True},
+                "reason": {"type": "string"},
+                "at": {"type": "number"},
+                "message": {"type": "object"},
+            },
+            ("message_id", "receiver", "reason", "at", "message"),
+            closed=False,
+        ),
+        "DeadLetters": object_schema(
+            {"dead_letters": {"type": "array", "items": schema_ref("DeadLetter")}},
+            ("dead_letters",),
             closed=False,
         ),
         "Drain": object_schema({"timeout_ms": integer_schema(0, MAX_WAIT_MS, "Default 60000")}),
@@ -747,6 +769,17 @@ def _paths() -> dict[str, Any]:
                 tag="operations",
             )
         },
+        "/api/v1/queues/dead-letters": {
+            "get": operation(
+                "deadLetters",
+                "Messages this node gave up on, newest first, each with its reason",
+                "read",
+                {200: "DeadLetters"},
+                (400, 503),
+                parameters=_query_parameters(DEAD_LETTER_QUERY),
+                tag="operations",
+            )
+        },
         "/api/v1/queues/drain": {
             "post": operation(
                 "drainQueues",
@@ -775,10 +808,7 @@ def _paths() -> dict[str, Any]:
                 "audit",
                 {200: "AuditLog"},
                 (400, 404),
-                parameters=[
-                    {"name": name, "in": "query", "required": False, "schema": schema}
-                    for name, schema in AUDIT_QUERY.items()
-                ],
+                parameters=_query_parameters(AUDIT_QUERY),
                 tag="operations",
             )
         },
@@ -794,6 +824,14 @@ def _paths() -> dict[str, Any]:
             )
         },
     }
+
+
+def _query_parameters(schemas: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Optional query parameters, one per ``name: schema``."""
+    return [
+        {"name": name, "in": "query", "required": False, "schema": schema}
+        for name, schema in schemas.items()
+    ]
 
 
 def build_openapi(node: Node) -> dict[str, Any]:

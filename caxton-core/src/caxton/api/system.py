@@ -6,8 +6,9 @@ from typing import Any
 
 from aiohttp import web
 
-from caxton.api.common import body, service
+from caxton.api.common import body, query, service
 from caxton.api.keys import CPU, NODE, OPENAPI
+from caxton.api.openapi import DEAD_LETTER_QUERY
 from caxton.api.permissions import public, requires
 from caxton.api.resources import node_resources
 from caxton.api.responses import json_response
@@ -72,6 +73,16 @@ async def queue_stats(request: web.Request) -> web.Response:
     # Messages held for nodes out of reach in a partition (caxton.cluster.partition).
     stats["queued_writes"] = cluster.partition.queued if cluster is not None else 0
     return json_response(stats)
+
+
+@routes.get("/api/v1/queues/dead-letters")
+@requires("read")
+async def dead_letters(request: web.Request) -> web.Response:
+    """What this node gave up on, with why: kept in its store across restarts."""
+    limit = query(request, "limit", DEAD_LETTER_QUERY["limit"]) or 100
+    message_id = query(request, "message_id", DEAD_LETTER_QUERY["message_id"])
+    letters = await service(request, "store").dead_letters(limit, message_id=message_id)
+    return json_response({"dead_letters": letters})
 
 
 @routes.post("/api/v1/queues/drain")

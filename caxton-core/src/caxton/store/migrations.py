@@ -201,6 +201,10 @@ ALTER TABLE conversations ADD COLUMN message_count INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE conversations ADD COLUMN ttl REAL NOT NULL DEFAULT 3600;
 """
 
+V5_DEAD_LETTERS_BY_MESSAGE = """
+CREATE INDEX idx_dead_letters_message ON dead_letters(message_id);
+"""
+
 CORE_MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "modules, agents, agent key/value store, durable outbox", V1_INITIAL),
     Migration(
@@ -217,6 +221,11 @@ CORE_MIGRATIONS: tuple[Migration, ...] = (
         4,
         "conversations kept across restarts: initiator, protocol roles, counts, ttl",
         V4_CONVERSATION_DETAILS,
+    ),
+    Migration(
+        5,
+        "dead letters looked up by message id (what became of an accepted message)",
+        V5_DEAD_LETTERS_BY_MESSAGE,
     ),
 )
 

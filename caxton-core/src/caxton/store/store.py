@@ -840,13 +840,17 @@ class Store:
             (message.message_id, str(message.receiver), reason, message.to_json(), time.time())
         )
 
-    async def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
-        """The newest dead letters first: ``message_id, receiver, reason, message, at``."""
+    async def dead_letters(
+        self, limit: int = 100, *, message_id: str | None = None
+    ) -> list[dict[str, Any]]:
+        """The newest dead letters first: ``message_id, receiver, reason, message, at``
+        (only those of ``message_id`` when given)."""
         await self.flush()
+        where, args = ("WHERE message_id = ? ", (message_id,)) if message_id else ("", ())
         rows = await self._connection().execute_fetchall(
-            "SELECT message_id, receiver, reason, body, created_at FROM dead_letters"
-            " ORDER BY id DESC LIMIT ?",
-            (limit,),
+            "SELECT message_id, receiver, reason, body, created_at FROM dead_letters "
+            f"{where}ORDER BY id DESC LIMIT ?",
+            (*args, limit),
         )
         return [
             {
