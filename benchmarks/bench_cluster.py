@@ -28,7 +28,9 @@ Figures (targets from the cluster issue):
 - ``routing_<transport>``: this script runs a node itself, joined to one node process
   that hosts the echo agent: request/reply latency of ``router.request`` to the remote
   agent (target P50 <= 5 ms, P99 <= 50 ms), and throughput of pipelined messages to it
-  (each answered by the agent: two node-to-node frames per message).
+  (each answered by the agent: two node-to-node frames per message); both nodes
+  ``--guarantee at-most-once`` (the default) or ``at-least-once`` (persisted, and
+  acknowledged node to node), or both.
 - ``bandwidth``: gossip bytes sent per node per second in a steady 5-node cluster
   (membership's own counters; the registry sends nothing when nothing changes).
 - ``failover_default`` / ``failover_fast``: 3 processes; the echo agent placed on n3
@@ -222,7 +224,7 @@ def registry(base: Path, transport: str, agents: int) -> dict[str, Any]:
 
 
 async def _routing(
-    remote: NodeProcess, base: Path, transport: str, seconds: float
+    remote: NodeProcess, base: Path, transport: str, seconds: float, guarantee: str
 ) -> dict[str, Any]:
     from caxton.messaging import Message, Performative
     from caxton.testing import NodeFactory
@@ -234,6 +236,7 @@ async def _routing(
             "transport.plaintext": True,
             "security.cluster.gossip_keys": [remote.cluster.gossip_key],
             "plugins.transport": transport,
+            "messaging.delivery_guarantee": guarantee,
         },
     )
     local = factory.build("bench", join=[remote.address])
@@ -285,13 +288,19 @@ async def _routing(
             "targets_ms": {"p50": 5.0, "p99": 50.0},
             "throughput_msgs_per_s": round(total / elapsed),
             "throughput_note": "pipelined informs (512 in flight), each answered by the echo agent",
+            "guarantee": guarantee,
         }
     finally:
         await local.stop()
 
 
-def routing(base: Path, transport: str, seconds: float) -> dict[str, Any]:
-    cluster = ProcessCluster(base, transport=transport, cluster=DEFAULTS)
+def routing(
+    base: Path, transport: str, seconds: float, guarantee: str = "at-most-once"
+) -> dict[str, Any]:
+    messaging = {"delivery_guarantee": guarantee}
+    cluster = ProcessCluster(
+        base, transport=transport, cluster=DEFAULTS, extra={"messaging": messaging}
+    )
     try:
         (remote,) = cluster.start(1)
         remote.deploy("echo", echo_wasm())
@@ -302,7 +311,7 @@ def routing(base: Path, transport: str, seconds: float) -> dict[str, Any]:
             runner = uvloop.run
         except ImportError:
             pass
-        return dict(runner(_routing(remote, base, transport, seconds)))
+        return dict(runner(_routing(remote, base, transport, seconds, guarantee)))
     finally:
         cluster.close()
 
@@ -408,6 +417,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--transport", default="tcp", help="tcp, quic or both (tcp,quic); routing runs each."
     )
+    parser.add_argument(
+        "--guarantee",
+        default="at-most-once",
+        help="Delivery guarantee of both nodes in the routing figure: at-most-once, "
+        "at-least-once, or both (comma-separated); routing runs each.",
+    )
     parser.add_argument("--out", type=Path, help="Also write the JSON here.")
     args = parser.parse_args(argv)
     only = set(args.only.split(","))
@@ -437,9 +452,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             result["registry"] = registry(base / "registry", main_transport, 10 if quick else 50)
         if "routing" in only:
             for transport in transports:
-                result[f"routing_{transport}"] = routing(
-                    base / f"routing-{transport}", transport, 2.0 if quick else 5.0
-                )
+                for guarantee in args.guarantee.split(","):
+                    key = f"routing_{transport}" + (
+                        "" if guarantee == "at-most-once" else f"_{guarantee}"
+                    )
+                    result[key] = routing(
+                        base / key, transport, 2.0 if quick else 5.0, guarantee.strip()
+                    )
         if "bandwidth" in only:
             result["bandwidth"] = bandwidth(
                 base / "bandwidth", main_transport, 5.0 if quick else 10.0

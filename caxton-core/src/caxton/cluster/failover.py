@@ -495,11 +495,16 @@ class Failover:
         return agents is not None and name in agents and agents.get(name).id == agent_id
 
     async def _drop_stale(self, name: str, agent_id: str, winner: str, generation: int) -> None:
-        """Another node's placement of this agent won: remove the copy here."""
+        """Another node's placement of this agent won: remove the copy here; the
+        messages queued for it are forwarded to the winner."""
         if not self._hosts(name, agent_id) or agent_id in self._dropping:
             return
         self._dropping.add(agent_id)
         self._stale.add(agent_id)
+        router = self.node.router
+        if router is not None and router.is_registered(name):
+            # What queued for this copy goes to the winning one, not to dead letters.
+            router.hand_over(name)
         try:
             await self.node.agents.remove(agent_id)
         except AgentNotFound:

@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from caxton.cluster.forwarding import PeerRoute
     from caxton.cluster.service import Cluster
     from caxton.messaging import Message
+    from caxton.messaging.remote import Acknowledgement
 
 __all__ = [
     "WRITE_PERMISSIONS",
@@ -81,8 +82,8 @@ class QueuedRoute:
         self.guard = guard
         self.node_id = node_id
 
-    async def forward(self, message: Message) -> None:
-        await self.guard.forward_or_queue(message, self.node_id)
+    async def forward(self, message: Message) -> Acknowledgement | None:
+        return await self.guard.forward_or_queue(message, self.node_id)
 
     def __repr__(self) -> str:
         return f"<QueuedRoute for {self.node_id}>"
@@ -223,7 +224,7 @@ class PartitionGuard:
                 "partition.max_queued_writes",
             )
 
-    async def forward_or_queue(self, message: Message, node_id: str) -> None:
+    async def forward_or_queue(self, message: Message, node_id: str) -> Acknowledgement | None:
         """What a :class:`QueuedRoute` does with a message: queue it, unless the route
         was taken before the partition healed and nothing for the receiver waits any
         more; then the message goes straight on (queued, a replay would send it after
@@ -232,9 +233,9 @@ class PartitionGuard:
         if self.mode is PartitionMode.READ_WRITE and not self.waiting.get(name):
             route = await self.cluster._find(name)
             if route is not None:
-                await route.forward(message)
-                return
+                return await route.forward(message)
         await self.queue(message, node_id)
+        return None
 
     async def queue(self, message: Message, node_id: str) -> None:
         """Keep ``message`` for ``node_id`` in the store until the partition heals."""
@@ -366,8 +367,12 @@ class PartitionGuard:
                 try:
                     route = await cluster._find(name)
                     if route is not None:
-                        await route.forward(message)
-                        return True
+                        ack = await route.forward(message)
+                        reason = await ack if ack is not None else None
+                        if reason is None:
+                            return True
+                        problem = reason
+                        break
                     problem = f"Agent not found: {name}"
                 except CaxtonError as exc:
                     problem = str(exc)

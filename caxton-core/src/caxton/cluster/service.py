@@ -195,6 +195,10 @@ class Cluster:
         node.host.register(self, name=self._plugin_name)
         await self.failover.start()
         self.router.resolver = self.resolve
+        # at-least-once messages replayed at start that were on their way elsewhere
+        forwarded = self.router.forward_parked()
+        if forwarded:
+            log.info("node %s: forwarding %d replayed messages", self.node_id, forwarded)
         self._unsubscribe = self.membership.subscribe(self._on_member_event)
         self._refresh_load()
         self._update_meta()
@@ -490,7 +494,7 @@ class Cluster:
         if origin is not None:
             member = self._live(origin)
             if member is not None:
-                return self._cache(name, PeerRoute(self, origin, member.address))
+                return self._cache(name, self._peer_route(member))
         miss = self._misses.get(name)
         now = time.monotonic()
         if miss is not None and miss[0] == self._generation and now - miss[1] < MISS_TTL:
@@ -509,8 +513,11 @@ class Cluster:
                 continue
             member = self._live(entry.node_id)
             if member is not None:
-                return self._cache(name, PeerRoute(self, entry.node_id, member.address))
+                return self._cache(name, self._peer_route(member))
         return None
+
+    def _peer_route(self, member: Member) -> PeerRoute:
+        return PeerRoute(self, member.node_id, member.address, wire_version(member))
 
     def _cache(self, name: str, route: PeerRoute) -> PeerRoute:
         routes = self._routes
@@ -557,6 +564,8 @@ class Cluster:
     async def _on_frame(self, frame: Frame) -> bytes | None:
         kind = frame.kind
         if kind is FrameKind.MESSAGE:
+            if frame.request_id:  # acknowledged (wire version 2)
+                return await self.forwarding.on_batch(frame)
             self.forwarding.on_message(frame)
             return None
         if kind is FrameKind.GOSSIP:
@@ -569,6 +578,14 @@ class Cluster:
             return await self._on_control(frame)
         log.debug("ignored a %s frame from %s", kind.name, frame.sender)
         return None
+
+    def drop_route(self, name: str, node_id: str) -> None:
+        """``node_id`` says ``name`` is not there: forget the routes to it through that node."""
+        route = self._routes.get(name)
+        if route is not None and route.node_id == node_id:
+            del self._routes[name]
+        if self._reply_routes.get(name) == node_id:
+            del self._reply_routes[name]
 
     def learn_reply_route(self, sender: str, origin: str) -> None:
         """``sender`` (a client waiting for replies, say) is reached through ``origin``."""
@@ -596,12 +613,8 @@ class Cluster:
             answer = [self.registry.delta(since).to_wire()] if hosted else []
             return wire.pack(answer)
         if op == "miss":
-            name = str(args[0])
-            route = self._routes.get(name)
-            if route is not None and route.node_id == frame.sender:
-                del self._routes[name]
-            if frame.sender and self._reply_routes.get(name) == frame.sender:
-                del self._reply_routes[name]
+            if frame.sender:
+                self.drop_route(str(args[0]), frame.sender)
             return None
         if op in FAILOVER_OPS:  # deploy, replica, holdings, claim: sealed, see cluster.trust
             return await self.failover.on_control(frame, op, args)
@@ -931,6 +944,7 @@ class Cluster:
         meta.update(self._load)
         meta["reg"] = list(self.registry.version)
         meta["at"] = round(time.time(), 3)  # for the others' convergence time
+        meta["wire"] = wire.MESSAGE_VERSION
         try:
             membership.update_metadata(meta)
         except CaxtonError as exc:
@@ -1004,6 +1018,13 @@ def _version(value: Any) -> tuple[int, int] | None:
     if not (isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) for v in value)):
         raise ValidationError("malformed registry version")
     return (value[0], value[1])
+
+
+def wire_version(member: Member) -> int:
+    """The newest MESSAGE frame version ``member`` speaks (``wire`` in its metadata; a
+    node that gossips none predates the key and speaks version 1)."""
+    value = member.meta.get("wire")
+    return value if isinstance(value, int) and value > 0 else wire.FIRST_VERSION
 
 
 def advertised_version(member: Member) -> tuple[int, int] | None:

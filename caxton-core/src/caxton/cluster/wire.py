@@ -1,9 +1,18 @@
 """What cluster nodes say to each other over the transport (msgpack).
 
-- ``FrameKind.MESSAGE``: one routed agent message, ``[1, hops, message]`` with the
-  message as :meth:`caxton.messaging.Message.to_dict` gives it. ``hops`` counts the
-  nodes that forwarded it already (a node that does not host the receiver forwards it
-  at most once more).
+- ``FrameKind.MESSAGE``, version 1: one routed agent message, ``[1, hops, message]``
+  with the message as :meth:`caxton.messaging.Message.to_dict` gives it, sent as a
+  plain frame (no answer). ``hops`` counts the nodes that forwarded it already (a node
+  that does not host the receiver forwards it at most once more).
+- ``FrameKind.MESSAGE``, version 2 (acknowledged): ``[2, [message, ...]]``, each
+  message packed on its own (msgpack bytes of its ``to_dict()``), sent as a *request*.
+  The receiving node answers once every message is enqueued there (committed to its
+  SQLite store when it runs at-least-once) with one result per message: ``nil`` (taken),
+  ``["miss", reason]`` (the receiver is not here: resolve again) or ``["dead", reason]``
+  (it cannot be taken: dead-letter it with the reason). A node speaks the versions up
+  to :data:`MESSAGE_VERSION` and gossips it in its metadata (``wire``); it sends
+  version 2 only to a node that gossips 2 or more (docs/design/0003-wire-protocol-
+  versioning.md).
 - ``FrameKind.CONTROL``: ``[op, args...]``; as a request it gets a msgpack answer.
 
 ============  ========================================  ===============================
@@ -43,21 +52,32 @@ from caxton.errors import ValidationError
 from caxton.messaging import Message
 
 __all__ = [
+    "ACKED_VERSION",
     "MESSAGE_VERSION",
+    "decode_batch",
     "decode_control",
     "decode_message",
+    "decode_results",
+    "encode_batch",
     "encode_control",
     "encode_message",
+    "pack_message",
 ]
 
-MESSAGE_VERSION = 1
+#: The newest MESSAGE frame version this node speaks (gossiped as ``wire``).
+MESSAGE_VERSION = 2
+#: The first version whose MESSAGE frames are acknowledged by the receiving node.
+ACKED_VERSION = 2
+#: What a node that gossips no ``wire`` speaks (it predates the key).
+FIRST_VERSION = 1
 
 _packb = msgpack.Packer(use_bin_type=True).pack
 
 
 def encode_message(message: Message, hops: int = 0) -> bytes:
+    """A version 1 frame (not acknowledged)."""
     try:
-        return bytes(_packb([MESSAGE_VERSION, hops, message.to_dict()]))
+        return bytes(_packb([FIRST_VERSION, hops, message.to_dict()]))
     except (TypeError, ValueError, OverflowError) as exc:
         raise ValidationError(
             f"Invalid message: content cannot be encoded for another node ({exc})"
@@ -70,11 +90,83 @@ def decode_message(payload: bytes, max_size: int | None = None) -> tuple[Message
         version, hops, data = msgpack.unpackb(payload, raw=False, strict_map_key=True)
     except (ValueError, TypeError, msgpack.UnpackException):
         raise ValidationError("malformed message frame") from None
-    if version != MESSAGE_VERSION or not isinstance(hops, int) or not isinstance(data, dict):
+    if version != FIRST_VERSION or not isinstance(hops, int) or not isinstance(data, dict):
         raise ValidationError(f"unsupported message frame (version {version!r})")
     message = Message.from_dict(data)
     message.wire_size = None
     return message, hops
+
+
+def pack_message(message: Message) -> bytes:
+    """One message of a version 2 frame; ValidationError when its content cannot travel."""
+    try:
+        return bytes(_packb(message.to_dict()))
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ValidationError(
+            f"Invalid message: content cannot be encoded for another node ({exc})"
+        ) from None
+
+
+def encode_batch(packed: list[bytes]) -> bytes:
+    """A version 2 frame of messages packed by :func:`pack_message`."""
+    return bytes(_packb([ACKED_VERSION, packed]))
+
+
+def decode_batch(payload: bytes) -> list[Message | ValidationError]:
+    """The messages of a version 2 frame; a malformed one is its ValidationError (the
+    others still count); a malformed frame raises ValidationError."""
+    try:
+        data = msgpack.unpackb(payload, raw=False, strict_map_key=True)
+    except (ValueError, TypeError, msgpack.UnpackException):
+        raise ValidationError("malformed message frame") from None
+    if not isinstance(data, list) or not data:
+        raise ValidationError("malformed message frame")
+    if data[0] != ACKED_VERSION:
+        raise ValidationError(f"unsupported message frame (version {data[0]!r})")
+    packed = data[1] if len(data) == 2 else None
+    if not isinstance(packed, list):
+        raise ValidationError("malformed message frame")
+    messages: list[Message | ValidationError] = []
+    for item in packed:
+        try:
+            data = msgpack.unpackb(item, raw=False, strict_map_key=True)
+            if not isinstance(data, dict):
+                raise ValidationError("malformed message in a message frame")
+            message = Message.from_dict(data)
+        except (ValueError, TypeError, msgpack.UnpackException):
+            messages.append(ValidationError("malformed message in a message frame"))
+            continue
+        except ValidationError as exc:
+            messages.append(exc)
+            continue
+        message.wire_size = None
+        messages.append(message)
+    return messages
+
+
+def decode_results(payload: bytes, count: int) -> list[tuple[str, str] | None]:
+    """The answer to a version 2 frame of ``count`` messages: per message ``None``
+    (taken) or ``(kind, reason)``, kind ``"miss"`` or ``"dead"``."""
+    try:
+        data = msgpack.unpackb(payload, raw=False, strict_map_key=True)
+    except (ValueError, TypeError, msgpack.UnpackException):
+        data = None
+    if not isinstance(data, list) or len(data) != count:
+        raise ValidationError("malformed acknowledgement of a message frame")
+    results: list[tuple[str, str] | None] = []
+    for item in data:
+        if item is None:
+            results.append(None)
+        elif (
+            isinstance(item, list)
+            and len(item) == 2
+            and item[0] in ("miss", "dead")
+            and isinstance(item[1], str)
+        ):
+            results.append((item[0], item[1]))
+        else:
+            raise ValidationError("malformed acknowledgement of a message frame")
+    return results
 
 
 def encode_control(op: str, *args: Any) -> bytes:

@@ -3,14 +3,19 @@
 The cluster layer gives the router a :data:`Resolver`, which finds a
 :class:`RemoteRoute` for a name not registered here. :class:`RemoteQueues` keeps one
 ordered queue per such name, forwarded by one task each (never one per message), so
-per-conversation order holds across nodes. A message that cannot be forwarded is
-dead-lettered, except an at-least-once one, which is tried again re-resolved (it may
-have moved, or failed over here) until the message TTL runs out.
+per-conversation order holds across nodes. A route may hand back an
+:data:`Acknowledgement` (the receiving node answers once it holds the message): the
+queue sends on without waiting for it, up to :data:`UNACKED_LIMIT` unanswered, and the
+at-least-once outbox row is marked done only when it comes. A message that cannot be
+forwarded is dead-lettered, except an at-least-once one, which is sent again
+re-resolved (it may have moved, or failed over here) until the message TTL runs out,
+then dead-lettered with the reason.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -25,6 +30,8 @@ if TYPE_CHECKING:
 __all__ = [
     "FORWARD_RETRY_INITIAL",
     "FORWARD_RETRY_MAX",
+    "UNACKED_LIMIT",
+    "Acknowledgement",
     "RemoteQueues",
     "RemoteRoute",
     "Resolver",
@@ -38,11 +45,27 @@ FORWARD_RETRY_INITIAL = 0.1
 FORWARD_RETRY_MAX = 1.0
 
 
+#: Messages forwarded to one name and not yet acknowledged by the receiving node; the
+#: name's queue waits beyond (back-pressure on a slow or silent node).
+UNACKED_LIMIT = 4096
+
+#: What the receiving node makes of a forwarded message (see :class:`RemoteRoute`).
+Acknowledgement = asyncio.Future[str | None]
+
+
 class RemoteRoute(Protocol):
     """How to reach an agent on another node (provided by the cluster layer)."""
 
-    async def forward(self, message: Message) -> None:
-        """Hand ``message`` to the node hosting its receiver."""
+    async def forward(self, message: Message) -> Acknowledgement | None:
+        """Hand ``message`` to the node hosting its receiver.
+
+        Returns None once the transport took it (nothing more will be known of it), or
+        an :data:`Acknowledgement` the receiving node settles: ``None`` once it holds
+        the message (enqueued there; committed to its store when it runs at-least-once),
+        a reason when it cannot take it (the message is dead-lettered with it). An
+        exception, raised here or set on the acknowledgement (connection lost, no answer
+        in time, the receiver is not on that node), means: resolve again and retry.
+        """
 
 
 Resolver = Callable[[str], Awaitable[RemoteRoute | None]]
@@ -61,13 +84,35 @@ async def resolve(resolver: Resolver, name: str) -> RemoteRoute | None:
 class _Outgoing:
     """Messages for one remote name, forwarded in order by one task."""
 
-    __slots__ = ("inflight", "name", "queue", "task")
+    __slots__ = (
+        "backoff",
+        "inflight",
+        "name",
+        "not_before",
+        "queue",
+        "retries",
+        "room",
+        "route",
+        "task",
+        "unacked",
+    )
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.queue: deque[tuple[Message, RemoteRoute | None]] = deque()
+        #: (message, route found when it was sent or None, forward-until deadline).
+        self.queue: deque[tuple[Message, RemoteRoute | None, float]] = deque()
+        #: Messages to send again (not acknowledged), before the queue, in order.
+        self.retries: deque[tuple[Message, RemoteRoute | None, float]] = deque()
         self.task: asyncio.Task[None] | None = None
+        self.route: RemoteRoute | None = None
         self.inflight = 0
+        self.unacked = 0
+        self.room: asyncio.Future[None] | None = None
+        self.backoff = 0.0
+        self.not_before = 0.0
+
+    def __len__(self) -> int:
+        return len(self.queue) + len(self.retries)
 
 
 class RemoteQueues:
@@ -80,82 +125,163 @@ class RemoteQueues:
     def queued(self, name: str) -> int:
         """Messages waiting to be forwarded to ``name`` (0 when none)."""
         outgoing = self._outgoing.get(name)
-        return len(outgoing.queue) if outgoing is not None else 0
+        return len(outgoing) if outgoing is not None else 0
 
     def depths(self) -> dict[str, int]:
-        """Messages queued or being forwarded, by remote name."""
-        return {name: len(o.queue) + o.inflight for name, o in self._outgoing.items()}
+        """Messages queued, being forwarded or not yet acknowledged, by remote name."""
+        return {name: len(o) + o.inflight + o.unacked for name, o in self._outgoing.items()}
 
     def pending(self) -> int:
-        """Messages queued or being forwarded, in all."""
-        return sum(len(o.queue) + o.inflight for o in self._outgoing.values())
+        """Messages queued, being forwarded or not yet acknowledged, in all."""
+        return sum(len(o) + o.inflight + o.unacked for o in self._outgoing.values())
 
-    def put(self, message: Message, route: RemoteRoute | None) -> None:
-        """Queue ``message`` for its receiver's node (``route``; None: resolve it)."""
+    def put(self, message: Message, route: RemoteRoute | None, *, resend: bool = False) -> None:
+        """Queue ``message`` for its receiver's node (``route``; None: resolve it).
+
+        ``resend``: it was sent before (replayed after a restart), so an agent found
+        nowhere for now is looked for again until the TTL, as for any resent message.
+        """
+        router = self.router
+        ttl = router.message_ttl if router.message_ttl < math.inf else 60.0
         name = message.receiver
         outgoing = self._outgoing.get(name)
         if outgoing is None:
             outgoing = self._outgoing[name] = _Outgoing(name)
-        outgoing.queue.append((message, route))
+        entry = (message, route, router.clock() + ttl)
+        (outgoing.retries if resend else outgoing.queue).append(entry)
         if outgoing.task is None:
-            outgoing.task = self.router._spawn(self._forward_loop(outgoing))
+            outgoing.task = router._spawn(self._forward_loop(outgoing))
 
     async def _forward_loop(self, outgoing: _Outgoing) -> None:
-        """Forward ``outgoing``'s messages in order.
+        """Forward ``outgoing``'s messages in order, up to :data:`UNACKED_LIMIT` of them
+        unacknowledged at a time.
 
         A message that cannot be forwarded is dead-lettered, except an at-least-once one
-        whose forwarding failed (its node died, or cannot be reached): that one is tried
-        again, resolved anew each time, until the message TTL runs out, and the messages
-        behind it wait (order is kept). So it reaches its agent where it runs after a
-        failover, this node included.
+        whose forwarding failed (its node died, cannot be reached, did not acknowledge
+        it, or no longer hosts its agent): that one is sent again, resolved anew each
+        time (its agent not found anywhere meanwhile included: its node may be
+        restarting), until the message TTL runs out (then dead-lettered with the reason),
+        and the messages behind it wait. So it reaches its agent where it runs after a
+        failover, this node included. Order holds while nothing fails; a message sent
+        again may arrive after one sent later.
         """
         router = self.router
-        route: RemoteRoute | None = None
-        retry_until: float | None = None  # set while the head message is being retried
-        delay = 0.0
+        loop = router._get_loop()
         try:
-            while outgoing.queue:
-                message, given = outgoing.queue.popleft()
+            while outgoing.retries or outgoing.queue:
+                wait = outgoing.not_before - loop.time() if outgoing.retries else 0.0
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                    continue
+                if outgoing.unacked >= UNACKED_LIMIT:
+                    outgoing.room = loop.create_future()
+                    await outgoing.room
+                    continue
+                again = bool(outgoing.retries)
+                message, given, deadline = (outgoing.retries or outgoing.queue).popleft()
                 box = router._boxes.get(outgoing.name)
                 if box is not None:  # the agent runs here now (it failed over here)
                     router._to_box(box, message)
-                    retry_until, delay = None, 0.0
                     continue
                 outgoing.inflight = 1
                 problem: str | None = None
+                ack: Acknowledgement | None = None
+                retry = False
                 try:
-                    if given is not None and retry_until is None:
-                        route = given
-                    elif route is None and router.resolver is not None:
+                    route = given if given is not None else outgoing.route
+                    if route is None and router.resolver is not None:
                         route = await resolve(router.resolver, outgoing.name)
                     if route is None:
                         problem = f"undeliverable: Agent not found: {outgoing.name}"
+                        # sent before: its node may be restarting, or failing it over
+                        retry = again and router._durable
                     else:
+                        outgoing.route = route
                         started = router.clock()
-                        await route.forward(message)
+                        ack = await route.forward(message)
                         router.forward_latency.pending.append(router.clock() - started)
                 except Exception as exc:
                     problem = f"delivery error: forwarding to {outgoing.name} failed: {exc}"
-                    route = None
-                    if router._durable and retry_until is None:
-                        ttl = router.message_ttl if router.message_ttl < math.inf else 60.0
-                        retry_until = router.clock() + ttl
+                    outgoing.route = None
+                    retry = router._durable
                 finally:
                     outgoing.inflight = 0
-                retry = retry_until is not None and router.clock() < retry_until
-                if problem is not None and retry and not router._closed:
-                    outgoing.queue.appendleft((message, None))
-                    delay = min(max(2 * delay, FORWARD_RETRY_INITIAL), FORWARD_RETRY_MAX)
-                    await asyncio.sleep(delay)
-                    continue
-                retry_until, delay = None, 0.0
-                if problem is not None:
+                if ack is not None:
+                    outgoing.unacked += 1
+                    ack.add_done_callback(
+                        functools.partial(self._acknowledged, outgoing, message, deadline)
+                    )
+                elif problem is None:
+                    self._forwarded(outgoing, message)
+                elif retry:
+                    self._again(outgoing, message, deadline, problem)
+                else:
                     router._dead_letter(message, problem)
-                    continue
-                router._counts["forwarded"] += 1
-                if router._durable:
-                    router._ack(message.message_id)
         finally:
             outgoing.task = None
-            if not outgoing.queue and self._outgoing.get(outgoing.name) is outgoing:
+            if not (len(outgoing) or outgoing.unacked) and (
+                self._outgoing.get(outgoing.name) is outgoing
+            ):
                 del self._outgoing[outgoing.name]
+
+    def _forwarded(self, outgoing: _Outgoing, message: Message) -> None:
+        outgoing.backoff = 0.0
+        router = self.router
+        router._counts["forwarded"] += 1
+        if router._durable:
+            router._ack(message.message_id)
+
+    def _again(self, outgoing: _Outgoing, message: Message, deadline: float, problem: str) -> None:
+        """Send ``message`` again after a backoff, or dead-letter it past ``deadline``."""
+        router = self.router
+        if router._closed:
+            if not router._durable:
+                router._dead_letter(message, problem)
+            return  # at-least-once: still in the outbox, replayed by the next start
+        now = router.clock()
+        if now >= deadline:
+            ttl = router.message_ttl if router.message_ttl < math.inf else 60.0
+            router._dead_letter(
+                message, f"{problem} (no node took it within the message TTL of {ttl:g}s)"
+            )
+            return
+        # the name's queue may have been dropped (emptied) meanwhile: use the current one
+        current = self._outgoing.setdefault(outgoing.name, outgoing)
+        now = router._get_loop().time()
+        if now >= current.not_before:  # one backoff step per wave of failures
+            current.backoff = min(
+                max(2 * current.backoff, FORWARD_RETRY_INITIAL), FORWARD_RETRY_MAX
+            )
+            current.not_before = now + current.backoff
+        current.retries.append((message, None, deadline))
+        if current.task is None:
+            current.task = router._spawn(self._forward_loop(current))
+
+    def _acknowledged(
+        self, outgoing: _Outgoing, message: Message, deadline: float, ack: Acknowledgement
+    ) -> None:
+        """The receiving node settled ``message``: done, dead-letter, or send again."""
+        outgoing.unacked -= 1
+        room = outgoing.room
+        if room is not None and not room.done():
+            room.set_result(None)
+        router = self.router
+        error = ack.exception() if not ack.cancelled() else CaxtonError("cancelled")
+        if error is None:
+            reason = ack.result()
+            if reason is None:
+                self._forwarded(outgoing, message)
+            else:
+                router._dead_letter(message, reason)
+        else:
+            outgoing.route = None
+            self._again(
+                outgoing,
+                message,
+                deadline,
+                f"delivery error: forwarding to {outgoing.name} failed: {error}",
+            )
+        if not (len(outgoing) or outgoing.unacked or outgoing.task) and (
+            self._outgoing.get(outgoing.name) is outgoing
+        ):
+            del self._outgoing[outgoing.name]

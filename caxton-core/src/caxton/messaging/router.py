@@ -234,6 +234,7 @@ class Router:
         self.forward_latency = Samples()
         self._direct_count = 0
         self._remote = RemoteQueues(self)
+        self._handed_over: set[str] = set()
         self._staged: list[tuple[Message, Target, asyncio.Future[None] | None]] = []
         self._persist_task: asyncio.Task[None] | None = None
         self._persisting = 0  # messages in the persist call under way
@@ -281,14 +282,27 @@ class Router:
             self._wake(box)
 
     def unregister(self, name: str) -> None:
-        """Forget ``name``; its queued messages are dead-lettered (``receiver removed``)."""
+        """Forget ``name``; its queued messages are dead-lettered (``receiver removed``),
+        or forwarded to where it runs now when it was :meth:`handed over <hand_over>`."""
         box = self._boxes.pop(name, None)
         if box is None:
             raise AgentNotFound(name)
         box.closed = True
         self._clients.forget(name)
+        moving = name in self._handed_over and self.resolver is not None
+        self._handed_over.discard(name)
         for message in box.clear():
-            self._dead_letter(message, f"receiver removed: {name} was unregistered")
+            if moving:
+                self._remote.put(message, None)
+            else:
+                self._dead_letter(message, f"receiver removed: {name} was unregistered")
+
+    def hand_over(self, name: str) -> None:
+        """``name`` runs on another node now (this copy lost its claim): when it is
+        unregistered, its queued messages are forwarded there (resolved anew) instead
+        of being dead-lettered."""
+        self._box(name)
+        self._handed_over.add(name)
 
     def is_registered(self, name: str) -> bool:
         return name in self._boxes
@@ -355,6 +369,16 @@ class Router:
         At-least-once messages are persisted in the background before delivery.
         """
         self._submit(message, {} if local_only else None, wait=False)
+
+    def accept_forwarded(self, message: Message) -> asyncio.Future[None] | None:
+        """Take a message another node forwarded here, for a name registered here.
+
+        As :meth:`send_nowait` with ``local_only``, but an at-least-once router returns
+        a future done once the message is committed to the outbox (a duplicate's at
+        once): the receiving side of an acknowledged node-to-node delivery. None when
+        there is nothing to wait for (at-most-once: the message is queued).
+        """
+        return self._submit(message, {}, wait=self._durable)
 
     def _submit(
         self, message: Message, routes: Mapping[str, RemoteRoute] | None, *, wait: bool
@@ -831,6 +855,19 @@ class Router:
                     log.exception("could not acknowledge %d delivered messages", len(batch))
         finally:
             self._ack_task = None
+
+    def forward_parked(self) -> int:
+        """Forward the replayed messages still waiting for a name not registered here
+        (they were on their way to another node when this one stopped): called by the
+        cluster layer once it resolves names. Returns how many."""
+        if self.resolver is None:
+            return 0
+        forwarded = 0
+        for name in [n for n in self._parked if n not in self._boxes]:
+            for _, message in self._parked.pop(name):
+                self._remote.put(message, None, resend=True)
+                forwarded += 1
+        return forwarded
 
     def _replay(self, message: Message) -> None:
         """Route a message persisted before a restart (not validated or counted again)."""
