@@ -213,30 +213,3 @@ async def test_an_allow_list_refuses_a_sender_on_another_node(nodes: list[Node])
     # A refusal is not a missing agent: n1 keeps its route to n2.
     assert n2.cluster.counts["refused"] == 1
     assert n1.cluster.registry.lookup("guarded")
-
-
-async def test_a_member_suspected_past_the_detection_timeout_is_unreachable(
-    nodes: list[Node],
-) -> None:
-    """In a minority, Lifeguard suspicions last long (no confirmations come from the other
-    side); partition.detection_timeout bounds how long a suspect counts as reachable."""
-    from caxton.drivers.membership import MemberStatus
-    from caxton.membership.core import EventKind, MemberEvent
-
-    n1 = nodes[0]
-    cluster = n1.cluster
-    assert sorted(cluster.view().reachable_nodes) == ["n1", "n2", "n3"]
-    suspect = n1.membership.member("n2")
-    member = type(suspect)(
-        suspect.node_id, suspect.address, MemberStatus.SUSPECT, suspect.incarnation, {}
-    )
-    cluster._on_member_event(MemberEvent(EventKind.SUSPECT, member, 0.0))
-    assert "n2" in cluster.view().reachable_nodes  # just suspected: still counts
-    loop = asyncio.get_running_loop()
-    cluster._suspected_at["n2"] = loop.time() - 5.01  # the default timeout is 5 s
-    assert sorted(cluster.view().reachable_nodes) == ["n1", "n3"]
-    alive = type(suspect)(
-        suspect.node_id, suspect.address, MemberStatus.ALIVE, suspect.incarnation + 1, {}
-    )
-    cluster._on_member_event(MemberEvent(EventKind.ALIVE, alive, 0.0))
-    assert sorted(cluster.view().reachable_nodes) == ["n1", "n2", "n3"]

@@ -293,7 +293,11 @@ CORE_SECTIONS: tuple[ConfigSection, ...] = (
     ConfigSection("partition", (
         F("strategy", "str", None, "Partition policy driver (alias of plugins.partition_policy)",
           optional=True),
-        F("detection_timeout", "duration", "5s"),
+        F("detection_timeout", "duration", "5s",
+          "Quorum lease: read-write only while a majority answered within it"),
+        F("lease_drift_margin", "duration", None,
+          "Added to detection_timeout before a failover (default: a tenth of it)",
+          optional=True),
         F("quorum_size", "int", None, optional=True, minimum=1),
         F("degraded_mode", "bool", True),
         F("queue_writes", "bool", True),

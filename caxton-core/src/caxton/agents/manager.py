@@ -122,6 +122,10 @@ class AgentManager:
         #: durable (caxton.agents.commit); ``durability`` is the default mode of agents.
         self.durability = check_mode(durability)
         self.outputs = OutputCommit(router, store)
+        #: Called with a description just before a deploy, update or start takes effect
+        #: (after the module compiled); raises to refuse it. The cluster refuses them on
+        #: a node without the quorum lease; None: everything is allowed.
+        self.write_guard: Callable[[str], None] | None = None
         self.max_timers = max_timers
         self.backlog_limit = backlog_limit
         self.counters_interval = counters_interval
@@ -291,6 +295,7 @@ class AgentManager:
             self._reserved.discard(name)
         if name in self._by_name:  # lost a race with a concurrent deploy of the same name
             raise Conflict(f"an agent named '{name}' already exists on node {self.node_id}")
+        self._check_write(f"deploying agent '{name}'")
         agent = Agent(
             id=agent_id,
             name=name,
@@ -317,6 +322,10 @@ class AgentManager:
         self._call_hook("caxton_agent_deployed", agent=agent)
         log.info("deployed agent %s (%s, module %s)", name, agent.id, module.sha256[:12])
         return agent
+
+    def _check_write(self, operation: str) -> None:
+        if self.write_guard is not None:
+            self.write_guard(operation)
 
     async def remove(self, name_or_id: str) -> Agent:
         """Stop the agent if it runs, delete its record, KV and (if unused) module."""
@@ -399,6 +408,7 @@ class AgentManager:
         runtime = self._runtime(name_or_id)
         async with runtime.lock:
             check_operation(runtime.agent, "start")
+            self._check_write(f"starting agent '{runtime.name}'")
             if isinstance(runtime.module, MissingModule):
                 raise Conflict(
                     f"cannot start agent '{runtime.name}': its module "
@@ -468,6 +478,7 @@ class AgentManager:
             agent = runtime.agent
             check_operation(agent, "update")
             module = await self._compile(bytes(wasm)) if wasm is not None else runtime.module
+            self._check_write(f"updating agent '{agent.name}'")
             new_limits = validate_limits(
                 limits if limits is not None else agent.limits,
                 default=agent.limits,

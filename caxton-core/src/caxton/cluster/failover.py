@@ -10,11 +10,17 @@ swap changes the module): a holder that failed is replaced, a holder that came b
 told which replicas it should still keep (``holdings``).
 
 **Failover.** When a member is declared *failed* (not when it leaves: a graceful leave
-drains) and this node is read-write (``Cluster.decision()``: a node in a minority
-partition never fails over) and a quorum of the members answers a round trip now
-(:meth:`Failover.quorum_answers`: the membership view alone is not enough, since a node
-cut off from the others sees them fail one by one, and while only the first has failed
-it still counts a majority), each agent the failed node hosted is restarted by exactly
+drains), SWIM has only said *when* to look; whether to act is decided from direct
+contact (:mod:`caxton.cluster.lease`). A survivor restarts the failed node's agents only
+when it holds the quorum lease itself (it is read-write), its own last round trip with
+the failed node is at least ``partition.detection_timeout + partition.lease_drift_margin``
+old, and a quorum of the known members answers now that theirs is too
+(:meth:`Failover._holding_back`): then the failed node's lease has lapsed on its own
+clock, so it refuses writes. Until then the survivor records why it holds back
+(``Not redistributing N agents of n2 yet: ...``, once per reason) and looks again
+(0.25 s doubling to 2 s, or when the lease must have lapsed), for as long as some of
+the agents run nowhere and the node has not come back; ``cluster status`` lists these
+pending failovers. Each agent the failed node hosted is restarted by exactly
 one survivor: the first live node in the agent's holder list. Every holder has the same
 list, so they all agree without talking; the taker deploys the agent under the same id
 through :func:`~caxton.cluster.placement.deploy_local`, one generation higher, and the
@@ -43,6 +49,7 @@ from typing import TYPE_CHECKING, Any
 
 from caxton import hookimpl
 from caxton.cluster import wire
+from caxton.cluster.lease import quorum_of
 from caxton.cluster.ownership import OPS as OWNERSHIP_OPS
 from caxton.cluster.ownership import Ownership
 from caxton.cluster.placement import DeploySpec, deploy_local, error_answer, node_loads, on_deploy
@@ -67,8 +74,12 @@ log = logging.getLogger("caxton.cluster")
 
 #: The control ops :class:`Failover` answers (all sealed: :mod:`caxton.cluster.trust`).
 OPS = frozenset({"deploy", "replica", "holdings", "claim"}) | OWNERSHIP_OPS
-#: Seconds a survivor waits for every agent of a failed node to run somewhere again.
+#: Seconds after which a survivor warns that a failed node's agents do not all run
+#: somewhere again (it goes on trying).
 REDISTRIBUTE_TIMEOUT = 30.0
+#: Seconds before a failover held back is looked at again, doubling up to RETRY_MAX.
+RETRY_FIRST = 0.25
+RETRY_MAX = 2.0
 #: Seconds between two checks of this node's replicas (catches hot swaps).
 RECONCILE_INTERVAL = 5.0
 #: Seconds a replica or claim request may take (sending a module included).
@@ -141,6 +152,14 @@ class _Redistribution:
     node_id: str
     started: float
     pending: dict[str, str]  # agent id -> name
+    #: Agent id -> its registry state when the node failed (a stopped one stays stopped).
+    states: dict[str, str] = dataclasses.field(default_factory=dict)
+    #: The failed node's lease has lapsed and a quorum confirmed it: takers may act.
+    decided: bool = False
+    #: Why this node held back the last time it looked ("" when it did not).
+    waiting: str = ""
+    attempts: int = 0
+    overdue: bool = False
 
 
 class Failover:
@@ -174,6 +193,8 @@ class Failover:
         self._claims: set[tuple[str, str]] = set()
         self._joined: set[str] = set()
         self._redistributions: dict[str, _Redistribution] = {}
+        #: Agents this node is restarting now (failover).
+        self._taking: set[str] = set()
         self._reconcile_task: asyncio.Task[None] | None = None
         self._again = False
         self._plugin_name = f"caxton.failover.{self.node_id}"
@@ -281,72 +302,163 @@ class Failover:
         agents.update((r.agent_id, r.name) for r in replicas)
         if not agents:
             return
-        self.cluster._spawn(self._redistribute(failed, entries, agents, replicas))
+        redistribution = self._redistributions.get(failed)
+        if redistribution is not None:  # failed again before it was done: more to do
+            redistribution.pending.update(agents)
+            return
+        redistribution = _Redistribution(failed, time.monotonic(), dict(agents))
+        redistribution.states = {e.agent_id: e.state for e in entries}
+        self._redistributions[failed] = redistribution
+        self.cluster._spawn(self._redistribute(redistribution))
 
-    async def _redistribute(
-        self,
-        failed: str,
-        entries: Sequence[AgentEntry],
-        agents: dict[str, str],
-        replicas: list[Replica],
-    ) -> None:
+    async def _redistribute(self, redistribution: _Redistribution) -> None:
+        """Restart the failed node's agents this node should take, once its lease has
+        lapsed on its own clock; try again until all of them run somewhere (or the node
+        is back), and say why each time it holds back."""
+        failed = redistribution.node_id
         events = self.cluster.events
+        backoff = RETRY_FIRST
+        while self.started and self._redistributions.get(failed) is redistribution:
+            for entry in self.cluster.registry.entries():
+                self._seen_running(entry)
+            if not redistribution.pending:
+                return
+            todo = self._to_take(redistribution)
+            wait = backoff
+            if todo or not redistribution.decided:
+                reason, wait = await self._holding_back(failed, backoff)
+                redistribution.attempts += 1
+                if reason is not None:
+                    if reason != redistribution.waiting:
+                        log.warning("not redistributing the agents of %s yet: %s", failed, reason)
+                        events.record(
+                            "redistribution-skipped",
+                            f"Not redistributing {len(redistribution.pending)} agents of "
+                            f"{failed} yet: {reason}; trying again",
+                            node_id=failed,
+                            level="warning",
+                            details={"agents": len(redistribution.pending), "reason": reason},
+                        )
+                    redistribution.waiting = reason
+                else:
+                    redistribution.waiting = ""
+                    if not redistribution.decided:
+                        redistribution.decided = True
+                        events.record(
+                            "redistributing",
+                            f"Redistributing {len(redistribution.pending)} agents from {failed}",
+                            node_id=failed,
+                            details={"agents": len(redistribution.pending)},
+                        )
+                    for replica in todo:
+                        self._taking.add(replica.agent_id)
+                        self.cluster._spawn(self._take_once(redistribution, replica))
+            elapsed = time.monotonic() - redistribution.started
+            if elapsed >= REDISTRIBUTE_TIMEOUT and not redistribution.overdue:
+                redistribution.overdue = True
+                names = sorted(redistribution.pending.values())
+                events.record(
+                    "redistribution-incomplete",
+                    f"{len(names)} agents of {failed} were not redistributed after "
+                    f"{REDISTRIBUTE_TIMEOUT:g}s: {', '.join(names)} (no live node holding "
+                    f"their replica could take them; see coordination.cluster.replicas); "
+                    f"still trying",
+                    node_id=failed,
+                    level="warning",
+                )
+            await asyncio.sleep(wait)
+            backoff = min(backoff * 2, RETRY_MAX)
+
+    def _to_take(self, redistribution: _Redistribution) -> list[Replica]:
+        """The failed node's agents this node holds, should take, and is not taking."""
+        return [
+            replica
+            for agent_id in redistribution.pending
+            if (replica := self.replicas.get(agent_id)) is not None
+            and agent_id not in self._taking
+            and self.taker(replica) == self.node_id
+        ]
+
+    async def _take_once(self, redistribution: _Redistribution, replica: Replica) -> None:
+        state = redistribution.states.get(replica.agent_id, "running")
         try:
-            decision = self.cluster.decision()
-        except Exception:
-            log.exception("the partition decision failed: not failing over %s", failed)
-            return
-        mode = decision.mode if decision is not None else PartitionMode.READ_WRITE
-        reason = decision.reason if decision is not None else ""
-        if mode is PartitionMode.READ_WRITE:
-            answered, quorum = await self.quorum_answers()
-            if answered < quorum:
-                mode = PartitionMode.READ_ONLY
-                reason = f"only {answered} nodes answer now, quorum {quorum}"
+            await self._take(replica, state in ROUTABLE_STATES)
+        finally:
+            self._taking.discard(replica.agent_id)
+
+    async def _holding_back(self, failed: str, backoff: float) -> tuple[str | None, float]:
+        """Why this node may not restart ``failed``'s agents now (None: it may), and
+        the seconds until it is worth asking again.
+
+        It may when it is read-write itself (it holds the quorum lease), its own last
+        round trip with ``failed`` is at least ``detection_timeout + lease_drift_margin``
+        old, and a quorum of the known members (this node included) answers now that
+        theirs is too: then ``failed`` cannot have had round trips with a quorum within
+        its lease, whatever its clock says (see :mod:`caxton.cluster.lease`).
+        """
+        mode = self.cluster.partition.mode
         if mode is not PartitionMode.READ_WRITE:
-            events.record(
-                "redistribution-skipped",
-                f"Not redistributing {len(agents)} agents of {failed}: node {self.node_id} "
-                f"is {mode.value} ({reason})",
-                node_id=failed,
-                level="warning",
+            decision = self.cluster.partition.decision
+            why = decision.reason if decision is not None else ""
+            return f"node {self.node_id} is {mode.value} ({why})", backoff
+        lease = self.cluster.lease
+        limit = lease.settings.failover_after
+        silent = lease.silent_for(failed)
+        if silent < limit:
+            return (
+                f"{failed} may still hold its lease on its own clock (last round trip "
+                f"{silent:.1f}s ago; it lapses after {limit:g}s, partition.detection_timeout "
+                f"+ partition.lease_drift_margin)",
+                limit - silent + 0.01,
             )
-            return
-        events.record(
-            "redistributing",
-            f"Redistributing {len(agents)} agents from {failed}",
-            node_id=failed,
-            details={"agents": len(agents)},
-        )
-        self._redistributions[failed] = _Redistribution(failed, time.monotonic(), agents)
-        states = {e.agent_id: e.state for e in entries}
-        for replica in replicas:
-            if self.taker(replica) == self.node_id:
-                start = states.get(replica.agent_id, "running") in ROUTABLE_STATES
-                self.cluster._spawn(self._take(replica, start))
-        for entry in self.cluster.registry.entries():
-            self._seen_running(entry)
-        self.cluster._spawn(self._redistribution_deadline(failed))
+        confirmed, quorum = await self.quorum_answers(failed)
+        if confirmed < quorum:
+            return (
+                f"only {confirmed} nodes answer that {failed} was silent for {limit:g}s, "
+                f"quorum {quorum}",
+                backoff,
+            )
+        return None, backoff
 
-    async def quorum_answers(self) -> tuple[int, int]:
-        """How many members answer a transport round trip now (this node counts), and
-        the quorum: what a failover needs beyond a read-write membership view."""
-        view = self.cluster.view()
-        quorum = view.quorum_size or len(view.known_nodes) // 2 + 1
+    async def quorum_answers(self, failed: str | None = None) -> tuple[int, int]:
+        """How many known members (this node included) answer a round trip now and,
+        when ``failed`` is given, have had none with it for the failover's time; and
+        the quorum."""
+        lease = self.cluster.lease
+        known = lease.known()
+        quorum = quorum_of(known, lease.quorum_size)
+        limit = lease.settings.failover_after
 
-        async def answers(node_id: str) -> bool:
-            member = self.cluster._live(node_id)
-            if member is None:
-                return False
+        async def confirms(node_id: str) -> bool:
             try:
-                await self.cluster._control(member.address, QUORUM_TIMEOUT, "ping")
+                member = self.cluster._member(node_id)
+                silent = await self.cluster._control(
+                    member.address, QUORUM_TIMEOUT, "silence", failed or ""
+                )
             except CaxtonError:
                 return False
-            return True
+            if failed is None:
+                return True
+            return silent is None or (isinstance(silent, int | float) and silent >= limit)
 
-        others = [n for n in view.reachable_nodes if n != self.node_id]
-        results = await asyncio.gather(*(answers(n) for n in others))
+        others = [n for n in known if n not in (self.node_id, failed) and self.cluster._live(n)]
+        results = await asyncio.gather(*(confirms(n) for n in others))
         return 1 + sum(results), quorum
+
+    def pending(self) -> list[dict[str, Any]]:
+        """The failed nodes whose agents do not all run again yet (``cluster status``)."""
+        now = time.monotonic()
+        return [
+            {
+                "node_id": r.node_id,
+                "agents": sorted(r.pending.values()),
+                "seconds": round(now - r.started, 3),
+                "decided": r.decided,
+                "waiting": r.waiting,
+                "attempts": r.attempts,
+            }
+            for r in self._redistributions.values()
+        ]
 
     def taker(self, replica: Replica) -> str | None:
         """The survivor that restarts ``replica``'s agent: its first live holder."""
@@ -424,20 +536,6 @@ class Failover:
                 node_id=failed,
                 details={"seconds": round(took, 3)},
             )
-
-    async def _redistribution_deadline(self, failed: str) -> None:
-        await asyncio.sleep(REDISTRIBUTE_TIMEOUT)
-        redistribution = self._redistributions.pop(failed, None)
-        if redistribution is None or not redistribution.pending:
-            return
-        names = sorted(redistribution.pending.values())
-        self.cluster.events.record(
-            "redistribution-incomplete",
-            f"{len(names)} agents of {failed} were not redistributed: {', '.join(names)} "
-            f"(no live node holds their replica; see coordination.cluster.replicas)",
-            node_id=failed,
-            level="warning",
-        )
 
     # -- one copy: claims ---------------------------------------------------------------
 

@@ -3,7 +3,10 @@
 The partition policy (``caxton_partition_decision``, :mod:`caxton.partition.quorum`)
 only *decides* a mode; :class:`PartitionGuard` enforces it for the cluster service:
 
-- **Refused writes.** While the mode is not read-write, :meth:`PartitionGuard.check_write`
+- **Refused writes.** The mode is decided from the quorum lease
+  (:mod:`caxton.cluster.lease`: read-write only while a majority of the known members
+  answered this node within ``partition.detection_timeout``) and checked again when a
+  write is made. While the mode is not read-write, :meth:`PartitionGuard.check_write`
   raises :class:`~caxton.errors.ReadOnlyMode` naming the partition and the node counts.
   The REST API calls it for every route that needs a permission of
   :data:`WRITE_PERMISSIONS` (deploy, update, lifecycle, remove: the
@@ -111,8 +114,17 @@ class PartitionGuard:
 
     @property
     def mode(self) -> PartitionMode:
+        """This node's mode now: decided again first when the quorum lease lapsed
+        since the last decision, so a write is checked against the lease at the
+        moment it is made (:mod:`caxton.cluster.lease`)."""
         decision = self.decision
-        return PartitionMode.READ_WRITE if decision is None else decision.mode
+        if decision is None:
+            return PartitionMode.READ_WRITE
+        if decision.mode is PartitionMode.READ_WRITE and self.cluster.decision_stale():
+            self.cluster._mode_changed()
+            decision = self.decision
+            assert decision is not None
+        return decision.mode
 
     @property
     def queued(self) -> int:

@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
@@ -40,6 +40,8 @@ from caxton.cluster.events import ClusterEvent, EventLog
 from caxton.cluster.failover import OPS as FAILOVER_OPS
 from caxton.cluster.failover import Failover
 from caxton.cluster.forwarding import Forwarding, PeerRoute
+from caxton.cluster.lease import OPS as LEASE_OPS
+from caxton.cluster.lease import LeaseKeeper
 from caxton.cluster.partition import PartitionGuard, QueuedRoute, consistency_digest
 from caxton.cluster.registry import AgentEntry, AgentRegistry, Delta
 from caxton.drivers.membership import Member, MemberStatus
@@ -128,8 +130,11 @@ class Cluster:
         self._cpu: CpuSampler | None = None
         self._stopper: asyncio.Task[None] | None = None
         self._mode: PartitionMode | None = None
-        #: Loop time each member now suspect was first suspected (partition.detection_timeout).
-        self._suspected_at: dict[str, float] = {}
+        #: Loop time until which the last mode decision stands (the lease's expiry).
+        self._decided_until = -math.inf
+        self._deciding = False
+        #: The quorum lease: who answered lately decides the mode (caxton.cluster.lease).
+        self.lease = LeaseKeeper(self)
         self.partition = PartitionGuard(self)
         self._unsubscribe: Callable[[], None] | None = None
         self._plugin_name = f"caxton.cluster.{self.node_id}"
@@ -193,6 +198,8 @@ class Cluster:
             for agent in node.agents.list():
                 self._announce(agent)
         node.host.register(self, name=self._plugin_name)
+        if node.agents is not None:
+            node.agents.write_guard = self.partition.check_write
         await self.failover.start()
         self.router.resolver = self.resolve
         # at-least-once messages replayed at start that were on their way elsewhere
@@ -204,6 +211,7 @@ class Cluster:
         self._update_meta()
         self._spawn(self._load_loop())
         self.started = True
+        self.lease.start()
         seeds = list(node.join_addresses)
         discovered = self._dns_seeds()
         if discovered is not None:
@@ -239,6 +247,7 @@ class Cluster:
             await self.membership.wait_for_members(expected, timeout=60.0)
         for member in self._peers():
             self._check_version(member)
+        await self.lease.renew_now()
         self._mode_changed()
 
     async def close(self) -> None:
@@ -257,6 +266,10 @@ class Cluster:
         with contextlib.suppress(Exception):
             self.node.host.pm.unregister(name=self._plugin_name)
         self.failover.close()
+        self.lease.close()
+        agents = self.node.agents
+        if agents is not None and agents.write_guard == self.partition.check_write:
+            agents.write_guard = None
         for handle in (self._publish_handle, self._meta_handle):
             if handle is not None:
                 handle.cancel()
@@ -306,23 +319,12 @@ class Cluster:
         return rows
 
     def view(self) -> ClusterView:
-        """The membership's view, where a member suspected for longer than
-        ``partition.detection_timeout`` no longer counts as reachable.
-
-        In a minority a suspicion lasts long (Lifeguard waits for confirmations that
-        cannot come from the other side: about 11 s at the defaults with five members),
-        and a suspect counts as reachable meanwhile; the timeout bounds how long a node
-        cut off from the majority goes on accepting writes.
-        """
-        partition = self.node.config["partition"]
-        view: ClusterView = self.membership.cluster_view(partition["quorum_size"])
-        if self._suspected_at:
-            cutoff = self._get_loop().time() - float(partition["detection_timeout"])
-            gone = {n for n, since in self._suspected_at.items() if since <= cutoff}
-            if gone & set(view.reachable_nodes):
-                reachable = [n for n in view.reachable_nodes if n not in gone]
-                view = dataclasses.replace(view, reachable_nodes=reachable)
-        return view
+        """What the partition decision sees: the known members (not left; failed ones
+        count) and, as reachable, those this node had a round trip with within
+        ``partition.detection_timeout`` (the quorum lease's contacts), not the
+        membership's opinion of who is alive: see :mod:`caxton.cluster.lease`."""
+        known = self.lease.known()
+        return ClusterView(self.node_id, known, self.lease.contacts(), self.lease.quorum_size)
 
     def decision(self) -> PartitionDecision | None:
         """This node's partition mode: plugins first, then the policy driver."""
@@ -359,6 +361,8 @@ class Cluster:
             "counts": dict(self.counts),
             "gossip": self._gossip_stats(),
             **self.partition.status(),
+            "lease": self.lease.status(),
+            "pending_failovers": self.failover.pending(),
         }
 
     def _gossip_stats(self) -> dict[str, Any]:
@@ -616,6 +620,8 @@ class Cluster:
             if frame.sender:
                 self.drop_route(str(args[0]), frame.sender)
             return None
+        if op in LEASE_OPS:  # lease heartbeats and silence queries: caxton.cluster.lease
+            return self.lease.on_control(frame, op, args)
         if op in FAILOVER_OPS:  # deploy, replica, holdings, claim: sealed, see cluster.trust
             return await self.failover.on_control(frame, op, args)
         if op in AGENT_OPS:  # agent: an agent operation forwarded by another node
@@ -801,13 +807,10 @@ class Cluster:
         if node_id == self.node_id:
             return
         self._generation += 1
-        if kind is EventKind.SUSPECT:
-            loop = self._get_loop()
-            self._suspected_at.setdefault(node_id, loop.time())
-            timeout = float(self.node.config["partition"]["detection_timeout"])
-            loop.call_later(timeout + 0.01, self._suspicion_aged)
-        else:
-            self._suspected_at.pop(node_id, None)
+        if kind is EventKind.LEFT:
+            self.lease.lease.forget(node_id)
+        elif kind in (EventKind.JOINED, EventKind.ALIVE):
+            self.lease.beat()  # a member (back) in the view: renew with it now
         if kind in _GONE:
             text = {
                 EventKind.FAILED: f"Node {node_id} detected as failed",
@@ -877,17 +880,23 @@ class Cluster:
         for name in [n for n, r in self._routes.items() if r.node_id == node_id]:
             del self._routes[name]
 
-    def _suspicion_aged(self) -> None:
-        if self.started:
-            self._mode_changed()
+    def decision_stale(self) -> bool:
+        """Has the lease lapsed since the mode was last decided? (Then decide again
+        before a write: the lapse timer may not have fired yet on a busy loop.)"""
+        return not self._deciding and self._decided_until <= self._get_loop().time()
 
     def _mode_changed(self) -> None:
+        self._decided_until = self.lease.expires_at()
         try:
             decision = self.decision()
         except Exception:
             log.exception("the partition decision failed")
             return
-        self.partition.mode_changed(decision)
+        self._deciding = True
+        try:
+            self.partition.mode_changed(decision)
+        finally:
+            self._deciding = False
         mode = decision.mode if decision is not None else PartitionMode.READ_WRITE
         if mode is not self._mode:
             if self._mode is not None:

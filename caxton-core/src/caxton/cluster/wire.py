@@ -24,6 +24,8 @@ op            request                                   answer
 ``miss``      ``name`` (no answer: it is not here)      -
 ``auth``      -                                         the node's security summary
 ``ping``      -                                         ``node_id``
+``lease``     - (a quorum lease heartbeat)               ``node_id``
+``silence``   ``node_id``                               seconds since the last round trip
 ``leave``     ``drain_timeout``                         ``true``
 ``deploy``    sealed ``{spec, wasm}``                   ``["ok", agent]`` or an error
 ``replica``   sealed replica (``wasm`` when asked)      ``"ok"``, ``"module"``, ``"stale"``

@@ -6,6 +6,8 @@
   :class:`SandboxConformance`, :class:`TransportConformance`, :class:`PlacementConformance`,
   :class:`PartitionPolicyConformance`, :class:`AuthConformance`, and the membership and
   messaging helpers of :mod:`caxton.testing.membership` and :mod:`caxton.testing.messaging`;
+* :class:`~caxton.testing.network.LinkCuts`: one-way, two-way and shaped network cuts
+  between the nodes of one test process;
 * pytest fixtures ``caxton_node_factory`` and ``caxton_hook_recorder``, from the pytest
   plugin :mod:`caxton.testing.pytest_plugin` that installing caxton-core registers.
 
@@ -40,7 +42,7 @@ _LAZY = {
     "TransportConformance": "transport",
 }
 #: Submodules searched for any other public name (``caxton.testing.MembershipConformance``).
-_SUBMODULES = ("conformance", "sandbox", "transport", "membership", "messaging")
+_SUBMODULES = ("conformance", "sandbox", "transport", "membership", "messaging", "network")
 
 __all__ = [
     "AuthConformance",

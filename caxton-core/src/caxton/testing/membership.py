@@ -3,8 +3,10 @@ UDP transport double, a gossip delegate double and the membership conformance su
 
 :class:`SimCluster` runs sans-IO membership cores (:class:`~caxton.membership.swim_core.
 SwimCore`, :class:`~caxton.membership.static_core.StaticCore`) on a simulated clock and
-network: per-packet delay and jitter, global and per-node loss, partitions, pauses (a
-node that stops processing, like ``SIGSTOP``), kills and restarts. Everything random
+network: per-packet delay and jitter, global and per-node loss, partitions, one-way cuts
+and the shapes made of them (:meth:`~SimCluster.mute`, :meth:`~SimCluster.deafen`,
+:meth:`~SimCluster.bridge`, :meth:`~SimCluster.ring`), pauses (a node that stops
+processing, like ``SIGSTOP``), kills and restarts. Everything random
 comes from one seed, so a failing seed replays exactly::
 
     sim = SimCluster(seed=7)
@@ -132,6 +134,8 @@ class SimCluster:
         self.log: list[tuple[float, str, str, str]] = []
         self.node_loss: dict[str, float] = {}
         self._groups: dict[str, int] | None = None
+        #: Directed links cut: (sender, receiver) pairs whose traffic is lost.
+        self._cuts: set[tuple[str, str]] = set()
         self._queue: list[tuple[float, int, Callable[[], None]]] = []
         self._order = itertools.count()
         self._addresses: dict[Address, SimNode] = {}
@@ -218,8 +222,42 @@ class SimCluster:
             for node_id in group:
                 self._groups[node_id] = index
 
+    def cut(self, sender: str, receiver: str) -> None:
+        """Lose what ``sender`` sends to ``receiver`` (one way; :meth:`heal` restores)."""
+        self._cuts.add((sender, receiver))
+
+    def mute(self, node_id: str) -> None:
+        """``node_id`` receives everything; nothing it sends arrives."""
+        for other in self.nodes:
+            if other != node_id:
+                self.cut(node_id, other)
+
+    def deafen(self, node_id: str) -> None:
+        """What ``node_id`` sends arrives; nothing sent to it does."""
+        for other in self.nodes:
+            if other != node_id:
+                self.cut(other, node_id)
+
+    def bridge(self, left: Iterable[str], right: Iterable[str]) -> None:
+        """``left`` and ``right`` no longer reach each other; the nodes in neither (the
+        bridge) still reach both."""
+        right = list(right)
+        for a in left:
+            for b in right:
+                self.cut(a, b)
+                self.cut(b, a)
+
+    def ring(self, order: Sequence[str], reach: int = 1) -> None:
+        """Each node reaches only the ``reach`` nodes on either side of it in ``order``."""
+        size = len(order)
+        for i, a in enumerate(order):
+            for j, b in enumerate(order):
+                if min((i - j) % size, (j - i) % size) > reach:
+                    self.cut(a, b)
+
     def heal(self) -> None:
         self._groups = None
+        self._cuts.clear()
 
     def leave(self, node_id: str) -> None:
         node = self.nodes[node_id]
@@ -313,7 +351,10 @@ class SimCluster:
     def _delay(self) -> float:
         return self.latency + self.rng.random() * self.jitter
 
-    def _reachable(self, a: str, b: str) -> bool:
+    def reachable(self, a: str, b: str) -> bool:
+        """Does what ``a`` sends reach ``b`` (partitions and one-way cuts)?"""
+        if (a, b) in self._cuts:
+            return False
         groups = self._groups
         return groups is None or groups.get(a, -1) == groups.get(b, -1)
 
@@ -370,7 +411,7 @@ class SimCluster:
     def _transmit(self, sender: SimNode, address: Address, payload: bytes) -> None:
         self.stats.datagrams += 1
         receiver = self._addresses.get(address)
-        if receiver is None or not self._reachable(sender.node_id, receiver.node_id):
+        if receiver is None or not self.reachable(sender.node_id, receiver.node_id):
             self.stats.dropped += 1
             return
         if self._lost(sender.node_id, receiver.node_id):
@@ -408,12 +449,12 @@ class SimCluster:
             if receiver is None:
                 self._at(self.now + self._delay(), lambda: finish(None))
                 return
-            if not self._reachable(sender.node_id, receiver.node_id):
+            if not self.reachable(sender.node_id, receiver.node_id):
                 return  # the timeout answers
 
             def answer() -> None:
                 response = receiver.core.handle_sync(self.now, request.payload)
-                reachable = self._reachable(sender.node_id, receiver.node_id)
+                reachable = self.reachable(receiver.node_id, sender.node_id)
                 if reachable and not receiver.killed:
                     self._at(self.now + self._delay(), lambda: finish(response))
 
