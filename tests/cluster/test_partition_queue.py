@@ -252,12 +252,19 @@ async def test_messages_for_a_failed_node_are_queued_kept_across_a_restart_and_r
         await wait_for(lambda: n2.cluster.partition.queued == 0, "the queue replayed")
         await wait_for(lambda: n1.agents.get("counter").counters.messages_handled >= 5, "5 in")
         assert await counter_count(n1) == 6  # each queued message exactly once
-        texts = [e.text for e in n2.cluster.recent_events()]
+
+        def texts() -> list[str]:
+            return [e.text for e in n2.cluster.recent_events()]
+
+        # The replay records it once it found the queue empty (a store read later).
+        await wait_for(
+            lambda: any(t.startswith("Cluster synchronized: 5 queued messages") for t in texts()),
+            "the replay's end",
+        )
         # n2 knew only itself; with n1 known it is read-only until n1 answers its first
         # heartbeat (milliseconds), so the replay may start as a heal.
         replaying = {"Replaying 5 queued messages", "Partition healed, replaying 5 queued messages"}
-        assert replaying & set(texts)
-        assert any(t.startswith("Cluster synchronized: 5 queued messages replayed") for t in texts)
+        assert replaying & set(texts())
     finally:
         await factory.stop_all()
 

@@ -37,7 +37,7 @@ of the known members, ``m`` excluded, has been silent with ``m`` for at least
 ``duration``: the members it could still count are at most the others, fewer than a
 quorum. The margin (``partition.lease_drift_margin``, default a tenth of
 ``duration``) covers the rate drift of two clocks over ``duration`` and the time
-between a write's lease check and the write. See docs/design/0001-quorum-lease.md.
+between a write's lease check and the write. See docs/design/0002-quorum-lease.md.
 """
 
 from __future__ import annotations
