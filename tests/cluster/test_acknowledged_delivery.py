@@ -259,3 +259,29 @@ async def test_messages_queued_for_a_copy_that_loses_its_claim_go_to_the_winner(
         assert [d.reason for d in node.router.dead_letters() if d.message.receiver == "twin"] == []
     # the five held ones reached the winning copy, then this one
     assert await ask(n2, "twin", "tick") == {"count": 6}
+
+
+async def test_a_peer_of_wire_version_1_gets_unacknowledged_frames_logged_once(
+    factory: NodeFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A node that gossips no ``wire`` (the release before acknowledgements) is sent
+    version 1 frames, as before; the sender says so once."""
+    n1, n2, _ = await start_cluster(factory, **AT_LEAST_ONCE)
+    update = n2.membership.update_metadata
+
+    def as_an_older_node(meta: dict[str, Any]) -> None:
+        update({k: v for k, v in meta.items() if k != "wire"})
+
+    n2.membership.update_metadata = as_an_older_node
+    n2.cluster._update_meta()
+    await eventually(lambda: "wire" not in n1.membership.member("n2").meta)
+    received = sink(n2, "sink")
+    await known([n1], "sink", "n2")
+    for i in range(3):
+        await n1.router.send(inform(i))
+    await eventually(lambda: received == [0, 1, 2])
+    await settled(n1)
+    warnings = [r for r in caplog.records if "without acknowledgements" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "node n2 speaks MESSAGE frames up to version 1" in warnings[0].getMessage()
+    assert n1.cluster.counts["forwarded"] >= 3

@@ -109,6 +109,8 @@ class Forwarding:
         router = cluster.router
         if router is not None and router.guarantee == "at-least-once":
             if route.version >= wire.ACKED_VERSION:
+                if self._hops:  # one arrived unacknowledged: answered "miss" if stale now
+                    self._hops.pop(message.message_id, None)
                 return self._batch(route, message)
             if route.node_id not in self._unacked_peers:
                 self._unacked_peers.add(route.node_id)
@@ -163,11 +165,15 @@ class Forwarding:
         route = batch.route
         try:
             try:
-                answer = await cluster.transport.request(
-                    route.address,
-                    FrameKind.MESSAGE,
-                    wire.encode_batch(batch.packed),
-                    ACK_TIMEOUT,
+                # (the outer bound covers a connection stuck in back-pressure too)
+                answer = await asyncio.wait_for(
+                    cluster.transport.request(
+                        route.address,
+                        FrameKind.MESSAGE,
+                        wire.encode_batch(batch.packed),
+                        ACK_TIMEOUT,
+                    ),
+                    ACK_TIMEOUT + 1.0,
                 )
             except asyncio.TimeoutError:
                 raise TransportError(
