@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import gzip
 import io
 import json
@@ -99,7 +100,7 @@ async def test_backup_while_serving_then_restore_serves_the_agents_with_their_st
     result = restore_backup(Path(entry["path"]), database, node_id="n1")
     assert result.replaced is not None
     assert result.replaced.exists()
-    with sqlite3.connect(database) as db:
+    with contextlib.closing(sqlite3.connect(database)) as db:
         (saved,) = db.execute("SELECT value FROM agent_kv WHERE key = x'636f756e74'").fetchone()
     assert 3 <= int(saved) < after  # 3, and the ticks committed before the backup began
     async with caxton_node_factory.node("n1") as node:
@@ -120,7 +121,7 @@ async def test_state_backup_leaves_out_dead_letters_and_keys(tmp_path: Path) -> 
     assert (full.type, state.type) == ("full", "state")
     restored = tmp_path / "restored.db"
     restore_backup(path, restored, node_id="n1")
-    with sqlite3.connect(restored) as db:
+    with contextlib.closing(sqlite3.connect(restored)) as db:
         assert db.execute("SELECT COUNT(*) FROM dead_letters").fetchone() == (0,)
 
 

@@ -14,10 +14,12 @@ from typing import Any
 from aiohttp import web
 
 from caxton.api.common import body, service
+from caxton.api.keys import NODE
 from caxton.api.openapi import object_schema, operation, schema_ref, string_schema
 from caxton.api.permissions import requires
 from caxton.api.responses import json_response
 from caxton.backup.archive import BACKUP_TYPES, verify_backup
+from caxton.errors import Conflict
 
 __all__ = ["extend_openapi", "routes"]
 
@@ -89,6 +91,24 @@ async def delete_backup(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+@routes.post("/api/v1/cluster/backups")
+@requires("cluster")
+async def create_cluster_snapshot(request: web.Request) -> web.Response:
+    """Every reachable node's backup at once, in one archive written to ``dest`` by this
+    node (a directory on this node's host, or ``s3://BUCKET/PREFIX``)."""
+    from caxton.backup.snapshot import take_snapshot
+
+    data = await body(request, "ClusterBackupRequest")
+    node = request.config_dict[NODE]
+    if getattr(node, "cluster", None) is None:
+        raise Conflict(
+            f"node {node.node_id} is not part of a cluster: back it up with "
+            f"`caxton backup create` (POST /api/v1/backups)"
+        )
+    manifest = await take_snapshot(node.cluster, data["dest"], data.get("type", "full"))
+    return json_response(manifest, status=201)
+
+
 # -------------------------------------------------------------------------
 # The OpenAPI document
 # -------------------------------------------------------------------------
@@ -120,6 +140,29 @@ def _schemas() -> dict[str, Any]:
             {"type": {"type": "string", "enum": list(BACKUP_TYPES)}}, (), closed=True
         ),
         "Backup": backup,
+        "ClusterBackupRequest": object_schema(
+            {
+                "dest": {
+                    **string_schema(4096),
+                    "description": "A directory on this node's host, or s3://BUCKET/PREFIX",
+                },
+                "type": {"type": "string", "enum": list(BACKUP_TYPES)},
+            },
+            ("dest",),
+        ),
+        "ClusterSnapshot": object_schema(
+            {
+                "id": {"type": "string"},
+                "created_at": {"type": "number"},
+                "coordinator": {"type": "string"},
+                "cluster": {"type": "object"},
+                "backups": {"type": "object", "description": "node id -> backup manifest"},
+                "failed": {"type": "object", "description": "node id -> why it has none"},
+                "location": {"type": "string"},
+            },
+            ("id", "backups", "failed", "location"),
+            closed=False,
+        ),
         "BackupList": object_schema(
             {
                 "node_id": {"type": "string"},
@@ -191,6 +234,17 @@ def _paths() -> dict[str, Any]:
             ),
         },
         "/api/v1/backups/{backup_id}/archive": {"get": archive},
+        "/api/v1/cluster/backups": {
+            "post": operation(
+                "createClusterSnapshot",
+                "Back up every reachable node at once into one archive at dest",
+                "cluster",
+                {201: "ClusterSnapshot"},
+                (400, 404, 409, 422, 502),
+                body="ClusterBackupRequest",
+                tag="backups",
+            )
+        },
         "/api/v1/backups/{backup_id}/verify": {
             "post": operation(
                 "verifyBackup",

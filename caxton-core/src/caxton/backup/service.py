@@ -139,7 +139,7 @@ class BackupService:
                 if self.dest:
                     from caxton.backup.destinations import open_destination
 
-                    destination = open_destination(self.dest)
+                    destination = await asyncio.to_thread(open_destination, self.dest)
                     name = f"{self.node.node_id}/{path.name}"
                     await asyncio.to_thread(destination.put_file, path, name)
                     await asyncio.to_thread(

@@ -294,4 +294,147 @@ def backup_restore(
         click.echo(f"The replaced database is kept as {result.replaced}")
 
 
+# -------------------------------------------------------------------------
+# caxton cluster backup / restore
+# -------------------------------------------------------------------------
+
+
+@click.command("backup")
+@click.option(
+    "--dest",
+    "--destination",
+    "dest",
+    required=True,
+    metavar="DIR|s3://BUCKET/PREFIX",
+    help="Where the snapshot goes (written by the node --api-url reaches).",
+)
+@click.option("--type", "kind", type=click.Choice(["full", "state"]), default="full")
+@json_option
+@api_options
+def cluster_backup(client: ApiClient, dest: str, kind: str, as_json: bool) -> None:
+    """Back up every reachable node at once into one snapshot archive."""
+    from caxton.backup.snapshot import describe_failures
+
+    if "://" not in dest:
+        dest = str(Path(dest).expanduser().resolve())
+    manifest = client.request(
+        "POST", "/api/v1/cluster/backups", {"dest": dest, "type": kind}, wait=3600
+    )
+    if as_json:
+        emit_json(manifest)
+    else:
+        click.echo(
+            render_table(
+                ("NODE", "BACKUP", "AGENTS", "SIZE"),
+                [
+                    (n, b["id"], b["agents"], format_size(int(b["size"])))
+                    for n, b in sorted(manifest["backups"].items())
+                ],
+            )
+        )
+        click.echo(f"Snapshot {manifest['id']}: {manifest['location']}")
+    if manifest["failed"]:
+        raise click.ClickException(f"some nodes have no backup: {describe_failures(manifest)}")
+
+
+def _targets(
+    values: tuple[str, ...], config_path: str | None, data_dir: str | None, node_id: str | None
+) -> list[Any]:
+    from caxton.backup.snapshot import Target, cluster_fingerprint
+
+    if not values:
+        local = LocalNode(config_path, data_dir, node_id)
+        return [Target(local.node_id, local.database, cluster_fingerprint(local.config))]
+    targets = []
+    for value in values:
+        name, sep, directory = value.partition("=")
+        if not sep or not name or not directory:
+            raise click.BadParameter(
+                f"expected NODE=DATA_DIR, got {value!r}", param_hint="--target"
+            )
+        local = LocalNode(config_path, directory, name)
+        targets.append(Target(name, local.database, cluster_fingerprint(local.config)))
+    return targets
+
+
+@click.command("restore")
+@click.option(
+    "--from",
+    "source",
+    required=True,
+    metavar="DIR|s3://BUCKET/PREFIX|FILE",
+    help="Where the snapshots are (the newest is used) or one snapshot file.",
+)
+@click.option("--snapshot", default=None, help="A snapshot id (default: the newest).")
+@click.option(
+    "--target",
+    "targets",
+    multiple=True,
+    metavar="NODE=DATA_DIR",
+    help="Restore NODE into DATA_DIR; repeat for several nodes of this host.",
+)
+@click.option("--node-id", default=None, help="Without --target: this node's id.")
+@click.option(
+    "--data-dir",
+    "data_dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Without --target: this node's data directory.",
+)
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="The nodes' config file (their cluster keys or CA, data directory, node id).",
+)
+@click.option("--force", is_flag=True, help="Restore a snapshot of another cluster.")
+@click.option("--dry-run", is_flag=True, help="Print the plan; change nothing.")
+@json_option
+def cluster_restore(
+    source: str,
+    snapshot: str | None,
+    targets: tuple[str, ...],
+    node_id: str | None,
+    data_dir: str | None,
+    config_path: str | None,
+    force: bool,
+    dry_run: bool,
+    as_json: bool,
+) -> None:
+    """Restore stopped nodes from a cluster snapshot, each from its own backup."""
+    from caxton.backup.snapshot import plan_restore, restore_snapshot
+
+    chosen = _targets(targets, config_path, data_dir, node_id)
+    with tempfile.TemporaryDirectory(prefix="caxton-restore-") as tmp:
+        plan = plan_restore(source, chosen, snapshot=snapshot, force=force, workdir=Path(tmp))
+        rows = plan.rows()
+        results = {} if dry_run else restore_snapshot(plan)
+    if as_json:
+        emit_json(
+            {
+                "snapshot": plan.snapshot["id"],
+                "dry_run": dry_run,
+                "nodes": [
+                    {
+                        "node_id": n,
+                        "backup": b,
+                        "agents": a,
+                        "database": d,
+                        "replaced": str(results[n].replaced)
+                        if n in results and results[n].replaced
+                        else None,
+                    }
+                    for n, b, a, d in rows
+                ],
+            }
+        )
+        return
+    click.echo(f"Snapshot {plan.snapshot['id']} ({'plan only' if dry_run else 'restored'}):")
+    click.echo(render_table(("NODE", "BACKUP", "AGENTS", "DATABASE"), rows))
+
+
 COMMANDS: list[click.Command] = [backup_group]
+
+#: Added to ``caxton cluster`` (:mod:`caxton.cli.cluster`).
+CLUSTER_COMMANDS: list[click.Command] = [cluster_backup, cluster_restore]

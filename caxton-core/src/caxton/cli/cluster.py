@@ -8,6 +8,7 @@ docs/cluster.md.
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 import time
@@ -364,3 +365,8 @@ def remove(client: ApiClient, node: str, force: bool, as_json: bool) -> None:
         emit_json(data)
         return
     click.echo(f"Removed {data['node_id']} (now {data['status']})")
+
+
+# Snapshots and emergency measures live with their own commands (caxton.cli.backup).
+for _command in importlib.import_module("caxton.cli.backup").CLUSTER_COMMANDS:
+    cluster.add_command(_command)

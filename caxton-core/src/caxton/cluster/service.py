@@ -42,6 +42,8 @@ from caxton.cluster.failover import Failover
 from caxton.cluster.forwarding import Forwarding, PeerRoute
 from caxton.cluster.lease import OPS as LEASE_OPS
 from caxton.cluster.lease import LeaseKeeper
+from caxton.cluster.operations import OPS as OPERATION_OPS
+from caxton.cluster.operations import ClusterOperations
 from caxton.cluster.partition import PartitionGuard, QueuedRoute, consistency_digest
 from caxton.cluster.registry import AgentEntry, AgentRegistry, Delta
 from caxton.drivers.membership import Member, MemberStatus
@@ -148,6 +150,8 @@ class Cluster:
         #: Seconds from a member's metadata update (its wall clock, ``at``) to this node
         #: hearing of it by gossip: the gossip convergence time, within clock drift.
         self.convergence = Samples(pending=256, window=256)
+        #: Cluster-wide operator procedures: snapshots, emergencies (cluster.operations).
+        self.operations = ClusterOperations(self)
 
     # -- services -----------------------------------------------------------------
 
@@ -626,6 +630,8 @@ class Cluster:
             return await self.failover.on_control(frame, op, args)
         if op in AGENT_OPS:  # agent: an agent operation forwarded by another node
             return await agent_ops.on_control(self.node, frame, args)
+        if op in OPERATION_OPS:  # backup, backup-read, emergency: cluster.operations
+            return await self.operations.on_control(frame, op, args)
         if op == "auth":
             return wire.pack(security_summary(self.node_id, self.node.config))
         if op == "ping":

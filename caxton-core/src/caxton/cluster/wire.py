@@ -33,6 +33,8 @@ op            request                                   answer
 ``claim``     sealed ``{agent_id, name, generation}``   the generation here, or ``nil``
 ``agent``     sealed ``{action, agent_id, options,      ``["ok", result]`` or an error
               caller}``
+``backup``    sealed (:mod:`caxton.cluster.operations`: ``["ok", ...]`` or an error
+              ``backup``, ``backup-read``, ``emergency``)
 ============  ========================================  ===============================
 
 *Sealed* bodies carry their sender and are authenticated (mTLS or the gossip keyring),
