@@ -510,10 +510,11 @@ async def test_emergency_stop(http: aiohttp.ClientSession) -> None:
         await deploy(http, name)
     assert (await call(http, "POST", "/api/v1/emergency/stop", {"all_agents": False}))[0] == 400
     assert (await call(http, "POST", "/api/v1/emergency/stop", {}))[0] == 400
-    assert await call(http, "POST", "/api/v1/emergency/stop", {"all_agents": True}) == (
-        200,
-        {"stopped": 3},
-    )
+    status, result = await call(http, "POST", "/api/v1/emergency/stop", {"all_agents": True})
+    assert status == 200
+    assert result["stopped"] == 3
+    (answer,) = result["nodes"].values()
+    assert (answer["stopped"], answer["dump"], result["failed"]) == (3, None, {})
     _, agents = await call(http, "GET", "/api/v1/agents")
     assert {a["state"] for a in agents} == {"stopped"}
 

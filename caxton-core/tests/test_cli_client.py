@@ -382,8 +382,16 @@ def test_emergency_stop(caxton: Any, wasm_files: dict[str, Path]) -> None:
     # The runbook's quick reference writes it without a flag.
     assert ok(caxton("emergency", "stop")).startswith("Emergency stop: ")
     assert json.loads(ok(caxton("agent", "get", "stopped-hard", "--json")))["state"] == "stopped"
-    error = one_line_error(caxton("emergency", "stop", "--cluster"))
-    assert "not available yet" in error
+    ok(caxton("agent", "start", "stopped-hard"))
+    # A node not in a cluster is a cluster of one: it stops its own agents and says so.
+    lines = ok(caxton("emergency", "stop", "--cluster")).splitlines()
+    assert lines[0].startswith("Emergency stop: ")
+    assert lines[1].endswith("agents stopped")
+    assert json.loads(ok(caxton("agent", "get", "stopped-hard", "--json")))["state"] == "stopped"
+    started = ok(caxton("emergency", "start"))
+    assert started.startswith("cli-node: started ")
+    assert "stopped-hard" in started.split("; ")[0]
+    assert json.loads(ok(caxton("agent", "get", "stopped-hard", "--json")))["state"] == "running"
 
 
 # -------------------------------------------------------------------------

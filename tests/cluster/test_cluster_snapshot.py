@@ -156,7 +156,12 @@ def test_snapshot_wipe_restore(
     else:
         dest = str(tmp_path / "snapshots")
     cluster = ProcessCluster(
-        tmp_path / "cluster", extra={"messaging": {"delivery_guarantee": "at-least-once"}}
+        tmp_path / "cluster",
+        # The default membership timings: building an S3 client costs the coordinator a
+        # CPU-bound second, which on a loaded test machine the fast test timings could
+        # take for a failure (and fail its agents over) before the snapshot.
+        cluster={},
+        extra={"messaging": {"delivery_guarantee": "at-least-once"}},
     )
     try:
         nodes = cluster.start(3)

@@ -29,6 +29,7 @@ from caxton.units import parse_address
 
 if TYPE_CHECKING:
     from caxton.backup.service import BackupService
+    from caxton.emergency import EmergencyState
 
 log = logging.getLogger("caxton.node")
 
@@ -140,6 +141,7 @@ class Node:
         self.partition_policy: Any = None
         self.cluster: Any = None
         self.backups: BackupService | None = None
+        self.emergency: EmergencyState | None = None
         self.auth_chain: list[Any] = []
         self.api_address: tuple[str, int] | None = None
         self.metrics_address: tuple[str, int] | None = None
@@ -337,6 +339,10 @@ class Node:
             ),
         )
         await self.router.start()
+        from caxton.emergency import EmergencyState
+
+        self.emergency = EmergencyState(self)
+        self.router.admission = self.emergency.admission
         self._stack.push_async_callback(self.router.close)
         self.context.services["router"] = self.router
         self.auth_chain = await start_security(self, self._stack)

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from caxton.agents.commit import OutputCommit, check_mode
 from caxton.agents.lifecycle import check_operation, check_transition
 from caxton.agents.model import (
+    PRIORITIES,
     Agent,
     AgentState,
     RestartPolicy,
@@ -260,6 +261,7 @@ class AgentManager:
         agent_id: str | None = None,
         restart_policy: RestartPolicy | Mapping[str, Any] | None = None,
         kv: Mapping[bytes, bytes] | None = None,
+        priority: str = "normal",
     ) -> Agent:
         """Compile and record a new agent, then start it unless ``start=False``.
 
@@ -275,6 +277,10 @@ class AgentManager:
         caps = capabilities_from_mapping(capabilities)
         policy = self._policy(restart_policy)
         agent_id = self._new_id(agent_id)
+        if priority not in PRIORITIES:
+            raise ValidationError(
+                f"priority must be one of {', '.join(PRIORITIES)}, not {priority!r}"
+            )
         if not isinstance(wasm, bytes | bytearray | memoryview):
             raise ValidationError(f"wasm must be bytes, not {type(wasm).__name__}")
         wasm = bytes(wasm)
@@ -304,6 +310,7 @@ class AgentManager:
             capabilities=caps,
             restart_policy=policy,
             node_id=self.node_id,
+            priority=priority,
         )
         runtime = AgentRuntime(self, agent, module, dict(kv) if kv else None)
         self._by_id[agent.id] = runtime

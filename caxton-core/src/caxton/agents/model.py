@@ -31,6 +31,11 @@ class AgentState(str, enum.Enum):
         return self.value
 
 
+#: Agent priority classes, lowest first: in an emergency the low ones are suspended or
+#: shed first (caxton.emergency).
+PRIORITIES = ("low", "normal", "high", "critical")
+
+
 @dataclass
 class RestartPolicy:
     """What happens when a delivery fails (trap, fuel, timeout, memory).
@@ -97,6 +102,8 @@ class Agent:
     counters: AgentCounters = field(default_factory=AgentCounters)
     last_error: str | None = None
     node_id: str = ""
+    #: Priority class (caxton.emergency.PRIORITIES): who is suspended or shed first.
+    priority: str = "normal"
     created_at: float = field(default_factory=time.time)
     updated_at: float = field(default_factory=time.time)
 
@@ -112,6 +119,7 @@ class Agent:
             "restart_policy": dataclasses.asdict(self.restart_policy),
             "counters": dataclasses.asdict(self.counters),
             "last_error": self.last_error,
+            "priority": self.priority,
             "created_at": self.created_at,
             "updated_at": self.updated_at,
         }
@@ -136,6 +144,7 @@ class Agent:
             restart_policy=RestartPolicy.from_dict(row["restart_policy"], default_policy),
             counters=AgentCounters.from_dict(row["counters"]),
             last_error=row["last_error"],
+            priority=row.get("priority") or "normal",
             node_id=node_id,
             created_at=row["created_at"],
             updated_at=row["updated_at"],

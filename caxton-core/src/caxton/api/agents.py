@@ -103,6 +103,7 @@ async def deploy_agent(request: web.Request) -> web.Response:
         limits=_limits(data.get("resource_limits")),
         start=data.get("start", True),
         allowed_senders=data.get("allowed_senders"),
+        priority=data.get("priority", "normal"),
     )
     placement = _placement(data["name"].strip(), data)
     if placement is None:

@@ -240,6 +240,12 @@ def _schemas(ceiling: ResourceLimits) -> dict[str, Any]:
                     "description": "Nodes to favour, best first",
                 },
                 "target_node": string_schema(description="Deploy on exactly this node"),
+                "priority": {
+                    "type": "string",
+                    "enum": ["low", "normal", "high", "critical"],
+                    "description": "Priority class: low ones are suspended or shed first "
+                    "in an emergency (default normal)",
+                },
                 "allowed_senders": {
                     "type": "array",
                     "items": string_schema(256),
@@ -281,6 +287,7 @@ def _schemas(ceiling: ResourceLimits) -> dict[str, Any]:
                 "restart_policy": {"type": "object"},
                 "counters": {"type": "object", "additionalProperties": {"type": "integer"}},
                 "last_error": {"type": "string", "nullable": True},
+                "priority": {"type": "string"},
                 "created_at": {"type": "number"},
                 "updated_at": {"type": "number"},
             },
@@ -434,10 +441,26 @@ def _schemas(ceiling: ResourceLimits) -> dict[str, Any]:
             closed=False,
         ),
         "EmergencyStop": object_schema(
-            {"all_agents": {"type": "boolean", "enum": [True]}}, ("all_agents",)
+            {
+                "all_agents": {"type": "boolean", "enum": [True]},
+                "cluster": {"type": "boolean", "description": "Every reachable node"},
+                "preserve_state": {"type": "boolean"},
+                "dump_to": string_schema(
+                    4096,
+                    description="With preserve_state: write the agents' state here first "
+                    "(a directory on each node's host)",
+                ),
+            },
+            ("all_agents",),
         ),
         "EmergencyStopResult": object_schema(
-            {"stopped": {"type": "integer", "minimum": 0}}, ("stopped",), closed=False
+            {
+                "stopped": {"type": "integer", "minimum": 0},
+                "nodes": {"type": "object", "description": "node id -> what it did"},
+                "failed": {"type": "object", "description": "node id -> why it did not"},
+            },
+            ("stopped",),
+            closed=False,
         ),
         "AuditEntry": object_schema(
             {
@@ -818,7 +841,7 @@ def _paths() -> dict[str, Any]:
                 "Stop every agent at once (no agent_shutdown)",
                 "cluster",
                 {200: "EmergencyStopResult"},
-                (*_BODY_ERRORS, 503),
+                (*_BODY_ERRORS, 502, 503),
                 body="EmergencyStop",
                 tag="operations",
             )

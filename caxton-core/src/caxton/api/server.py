@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
-from caxton.api import agents, audit, backups, cluster, messages, system
+from caxton.api import agents, audit, backups, cluster, emergency, messages, system
 from caxton.api.keys import (
     AWAITING_FIRST_REQUEST,
     CPU,
@@ -68,6 +68,7 @@ CORE_ROUTES = (
     audit.routes,
     cluster.routes,
     backups.routes,
+    emergency.routes,
 )
 
 
@@ -81,7 +82,9 @@ def build_app(node: Node, settings: ApiSettings | None = None) -> web.Applicatio
     guard = getattr(getattr(node, "context", None), "services", {}).get("auth")
     if guard is not None:
         app[GUARD] = guard
-    app[OPENAPI] = backups.extend_openapi(cluster.extend_openapi(build_openapi(node)))
+    app[OPENAPI] = emergency.extend_openapi(
+        backups.extend_openapi(cluster.extend_openapi(build_openapi(node)))
+    )
     app[AWAITING_FIRST_REQUEST] = set()
     app[TASKS] = TaskBoard()
     app[CPU] = CpuSampler()

@@ -12,6 +12,7 @@ from caxton.api.openapi import DEAD_LETTER_QUERY
 from caxton.api.permissions import public, requires
 from caxton.api.resources import node_resources
 from caxton.api.responses import json_response
+from caxton.errors import ValidationError
 
 __all__ = ["routes"]
 
@@ -106,6 +107,16 @@ async def resources(request: web.Request) -> web.Response:
 @routes.post("/api/v1/emergency/stop")
 @requires("cluster")
 async def emergency_stop(request: web.Request) -> web.Response:
-    await body(request, "EmergencyStop")
-    stopped = await service(request, "agents").emergency_stop_all()
-    return json_response({"stopped": stopped})
+    from caxton.api.emergency import fan_out
+
+    data = await body(request, "EmergencyStop")
+    service(request, "agents")
+    if data.get("preserve_state") and not data.get("dump_to"):
+        raise ValidationError("preserve_state needs dump_to: the directory the state goes to")
+    action = {
+        "action": "stop",
+        "dump_to": data.get("dump_to") if data.get("preserve_state") else None,
+    }
+    result = await fan_out(request, action, cluster=data.get("cluster", False))
+    stopped = sum(int(n["stopped"]) for n in result["nodes"].values())
+    return json_response({"stopped": stopped, **result})

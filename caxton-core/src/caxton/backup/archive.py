@@ -71,7 +71,7 @@ NOT_STATE_TABLES = ("api_keys", "dead_letters", "agent_replicas")
 #: gzip level: 1 is several times faster than the default 9 and a SQLite file of
 #: mostly key/value blobs compresses little more at higher levels.
 COMPRESS_LEVEL = 1
-CHUNK = 1024 * 1024
+CHUNK = 8 * 1024 * 1024
 _ID = re.compile(r"^backup-\d{8}-\d{6}(-\d+)?$")
 
 
@@ -292,7 +292,11 @@ def make_backup(
 def write_archive(path: Path, manifest: Manifest, database: Path) -> None:
     """The archive: manifest first, then the database; flushed to disk before return."""
     with path.open("wb") as raw:
+        # Big pieces (copybufsize): zlib and hashlib let go of the GIL for each call,
+        # and taking it back behind a busy event loop costs up to a switch interval
+        # (5 ms) each time; tarfile's 16 KiB default made 75 MiB take 29 s under load.
         with tarfile.open(fileobj=raw, mode="w:gz", compresslevel=COMPRESS_LEVEL) as tar:
+            tar.copybufsize = CHUNK  # type: ignore[attr-defined]  # (not in typeshed)
             add_bytes(tar, MANIFEST_MEMBER, json.dumps(manifest.to_dict(), indent=2).encode())
             tar.add(database, arcname=DATABASE_MEMBER, recursive=False)
         raw.flush()

@@ -662,30 +662,6 @@ def resources(client: ApiClient, as_json: bool) -> None:
     )
 
 
-@click.group("emergency")
-def emergency_group() -> None:
-    """Emergency procedures."""
-
-
-@emergency_group.command("stop")
-@click.option("--all-agents", is_flag=True, help="Stop every agent of the node (the default).")
-@click.option("--cluster", is_flag=True, help="Stop every node's agents (not available yet).")
-@json_option
-@api_options
-def emergency_stop(client: ApiClient, all_agents: bool, cluster: bool, as_json: bool) -> None:
-    """Stop every agent of the node at once (no agent_shutdown)."""
-    if cluster:
-        raise click.ClickException(
-            "stopping the whole cluster at once is not available yet: run "
-            "`caxton emergency stop --all-agents --api-url URL` against each node"
-        )
-    result = client.request("POST", "/api/v1/emergency/stop", {"all_agents": True})
-    if as_json:
-        emit_json(result)
-    else:
-        click.echo(f"Emergency stop: {result['stopped']} agents stopped")
-
-
 COMMANDS: list[click.Command] = [
     deploy,
     agents_group,
@@ -693,5 +669,4 @@ COMMANDS: list[click.Command] = [
     message_group,
     queue_group,
     resources,
-    emergency_group,
 ]

@@ -367,6 +367,7 @@ def remove(client: ApiClient, node: str, force: bool, as_json: bool) -> None:
     click.echo(f"Removed {data['node_id']} (now {data['status']})")
 
 
-# Snapshots and emergency measures live with their own commands (caxton.cli.backup).
-for _command in importlib.import_module("caxton.cli.backup").CLUSTER_COMMANDS:
-    cluster.add_command(_command)
+# Snapshots and emergency measures live with their own commands.
+for _module in ("caxton.cli.backup", "caxton.cli.emergency"):
+    for _command in importlib.import_module(_module).CLUSTER_COMMANDS:
+        cluster.add_command(_command)

@@ -30,6 +30,7 @@ CORE_COMMANDS: tuple[tuple[str, str], ...] = (
     ("caxton.cli.client", "COMMANDS"),
     ("caxton.cli.cluster", "cluster"),
     ("caxton.cli.backup", "COMMANDS"),
+    ("caxton.cli.emergency", "COMMANDS"),
 )
 
 

@@ -93,6 +93,8 @@ class DeploySpec:
     allowed_senders: Sequence[str] | None = None
     #: Keep this id (failover moves an agent under its id); None: a new one.
     agent_id: str | None = None
+    #: Priority class: low, normal, high or critical (caxton.emergency).
+    priority: str = "normal"
 
     @classmethod
     def of_agent(cls, agent: Agent, allowed_senders: Sequence[str] | None) -> DeploySpec:
@@ -104,6 +106,7 @@ class DeploySpec:
             restart_policy=dataclasses.asdict(agent.restart_policy),
             allowed_senders=list(allowed_senders) if allowed_senders is not None else None,
             agent_id=agent.id,
+            priority=agent.priority,
         )
 
     def to_wire(self) -> dict[str, Any]:
@@ -135,6 +138,8 @@ class DeploySpec:
         agent_id = data.get("agent_id")
         if agent_id is not None and not isinstance(agent_id, str):
             raise ValidationError("malformed deployment spec: agent_id")
+        if not isinstance(data.get("priority", "normal"), str):
+            raise ValidationError("malformed deployment spec: priority")
         return cls(**{**data, "start": bool(data.get("start", True))})
 
 
@@ -162,6 +167,7 @@ async def deploy_local(
             start=spec.start,
             agent_id=spec.agent_id,
             kv=kv,
+            priority=spec.priority,
         )
     except BaseException:
         if policy is not None:
@@ -184,6 +190,8 @@ def node_loads(node: Node) -> list[NodeLoad]:
         if member.status not in _REACHABLE and member.node_id != node.node_id:
             continue
         meta = dict(member.meta)
+        if meta.get("isolated"):
+            continue  # taken out of placement (caxton cluster isolate)
         labels = meta.get("labels")
         loads.append(
             NodeLoad(

@@ -949,6 +949,11 @@ class Cluster:
         if self._meta_handle is None and self._loop is not None:
             self._meta_handle = self._loop.call_later(META_DEBOUNCE, self._update_meta)
 
+    def isolation_changed(self) -> None:
+        """Gossip whether this node is isolated (``caxton cluster isolate``): the others
+        stop routing to it and placing on it (:mod:`caxton.emergency`)."""
+        self._update_meta()
+
     def _update_meta(self) -> None:
         self._meta_handle = None
         membership = self.membership
@@ -958,6 +963,8 @@ class Cluster:
         meta = dict(membership.local_member().meta)
         meta.update(self._load)
         meta["reg"] = list(self.registry.version)
+        emergency = self.node.emergency
+        meta["isolated"] = bool(emergency is not None and emergency.isolated)
         meta["at"] = round(time.time(), 3)  # for the others' convergence time
         meta["wire"] = wire.MESSAGE_VERSION
         try:

@@ -246,6 +246,9 @@ class Router:
         self._sweeper: asyncio.Task[None] | None = None
         self._closed = False
         self._replayed = False
+        #: Set by the node: receiver name -> the error that refuses a message to it now
+        #: (an open circuit breaker, an isolated node; caxton.emergency), or None.
+        self.admission: Callable[[str], CaxtonError | None] | None = None
         self._counts = dict.fromkeys(
             ("sent", "delivered", "forwarded", "dead_lettered", "expired", "duplicates",
              "delivery_errors", "not_understood", "refused", "timeouts", "late_replies"),
@@ -303,6 +306,13 @@ class Router:
         of being dead-lettered."""
         self._box(name)
         self._handed_over.add(name)
+
+    def queued(self, name: str) -> list[Message]:
+        """The messages waiting in ``name``'s queue, in delivery order (a copy)."""
+        box = self._boxes.get(name)
+        if box is None:
+            return []
+        return [message for queue in box.queues if queue for _, message in queue]
 
     def is_registered(self, name: str) -> bool:
         return name in self._boxes
@@ -388,6 +398,11 @@ class Router:
         if message.protocol is not None and message.conversation_id is None:
             message.conversation_id = message.message_id
         receivers = message.receivers
+        if self.admission is not None:
+            for name in receivers or (message.receiver,):
+                refusal = self.admission(name)
+                if refusal is not None:
+                    raise refusal
         if len(receivers) > 1:
             return self._submit_many(message, receivers, routes, wait)
         if receivers and message.receiver != receivers[0]:

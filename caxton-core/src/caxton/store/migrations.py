@@ -227,6 +227,11 @@ CORE_MIGRATIONS: tuple[Migration, ...] = (
         "dead letters looked up by message id (what became of an accepted message)",
         V5_DEAD_LETTERS_BY_MESSAGE,
     ),
+    Migration(
+        6,
+        "agent priority class (suspended or shed first in an emergency)",
+        "ALTER TABLE agents ADD COLUMN priority TEXT NOT NULL DEFAULT 'normal'",
+    ),
 )
 
 

@@ -63,6 +63,7 @@ AGENT_COLUMNS = (
     "last_error",
     "created_at",
     "updated_at",
+    "priority",
 )
 
 #: Deletes a module unless a local agent or a replica (another node's agent kept here
