@@ -273,10 +273,12 @@ def backup_restore(
 ) -> None:
     """Replace a stopped node's state store with a backup (the old one is kept aside)."""
     from caxton.backup.archive import restore_backup
+    from caxton.cli.security_auth import audit_local
 
     local = LocalNode(config_path, data_dir, node_id)
     path = _backup_file(file, backup_id, local)
     result = restore_backup(path, local.database, node_id=local.node_id, force=force)
+    audit_local(local.config, "backup_restore", str(local.database), f"from {path}")
     if as_json:
         emit_json(
             {
@@ -410,6 +412,12 @@ def cluster_restore(
         plan = plan_restore(source, chosen, snapshot=snapshot, force=force, workdir=Path(tmp))
         rows = plan.rows()
         results = {} if dry_run else restore_snapshot(plan)
+    if not dry_run:
+        from caxton.cli.security_auth import audit_local
+
+        for node_id, _backup, _agents, database in rows:
+            local = LocalNode(config_path, str(Path(database).parent), node_id)
+            audit_local(local.config, "cluster_restore", database, f"{plan.snapshot['id']}")
     if as_json:
         emit_json(
             {

@@ -71,7 +71,8 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
 
 
-def _audit(config: Config, action: str, target: str, details: str = "") -> None:
+def audit_local(config: Config, action: str, target: str, details: str = "") -> None:
+    """Record a command run on the node's host (no REST call) in its audit log."""
     from caxton.auth.audit import AuditLog
 
     settings = config["security.audit"]
@@ -150,7 +151,7 @@ def create_key(
     Roles.from_config(config["security"]["roles"]).check_role(role)
     key, record = _run(_with_keys(config, lambda keys: keys.create(role, expires_in=expires,
                                                                    name=name)))  # fmt: skip
-    _audit(config, "api_key_create", f"key:{record.id}", f"role {role}")
+    audit_local(config, "api_key_create", f"key:{record.id}", f"role {role}")
     if as_json:
         click.echo(json.dumps({"key": key, **record.to_dict()}, indent=2))
         return
@@ -206,7 +207,7 @@ def revoke_key(
     """Revoke KEY_ID at once (running nodes refuse it from their next request)."""
     config = _config(ctx, config_path, data_dir)
     record = _run(_with_keys(config, lambda keys: keys.revoke(key_id)))
-    _audit(config, "api_key_revoke", f"key:{record.id}")
+    audit_local(config, "api_key_revoke", f"key:{record.id}")
     click.echo(f"API key {record.id} revoked")
 
 
@@ -253,5 +254,5 @@ def create_token(
         raise PluginError("tokens need the jwt auth driver: pip install caxton-auth-jwt") from None
     subject = subject or f"cli:{getpass.getuser()}"
     token = sign(config, subject=subject, roles=list(roles), expires_in=expires)
-    _audit(config, "token_create", subject, f"roles {', '.join(roles)}")
+    audit_local(config, "token_create", subject, f"roles {', '.join(roles)}")
     click.echo(token)

@@ -81,7 +81,18 @@ class ClusterOperations:
         from caxton.emergency import apply
 
         log.warning("emergency action %r asked by %s", body.get("action"), sender)
-        return await apply(self.node, body)
+        result = await apply(self.node, body)
+        if sender != self.cluster.node_id:
+            self._audit(f"emergency_{body.get('action')}", sender)
+        return result
+
+    def _audit(self, action: str, sender: str) -> None:
+        """Record an operation a peer asked for in this node's audit log (the REST call
+        that started it is in the asking node's)."""
+        guard = self.node.context.services.get("auth")
+        audit = getattr(guard, "audit", None)
+        if audit is not None:
+            audit.record(action, "success", identity=f"node:{sender}", source="cluster")
 
     def _read(self, body: dict[str, Any]) -> bytes:
         backups = self.node.backups
