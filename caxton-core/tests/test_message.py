@@ -402,9 +402,7 @@ def test_create_reply_to_a_multi_receiver_message_needs_a_sender() -> None:
 # -- property-based ------------------------------------------------------------------
 
 #: Names and ids: any text UTF-8 can encode but NUL (both refused: test_store_boundary).
-names = st.text(
-    st.characters(codec="utf-8", exclude_characters="\x00"), min_size=1, max_size=20
-)
+names = st.text(st.characters(codec="utf-8", exclude_characters="\x00"), min_size=1, max_size=20)
 optional_names = st.none() | names
 json_values = st.recursive(
     st.none()
