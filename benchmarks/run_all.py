@@ -34,6 +34,7 @@ BENCHMARKS: dict[str, tuple[str, str, list[str], list[str]]] = {
     "membership": ("bench_membership.py", "--out", [], ["--quick"]),
     "cluster": ("bench_cluster.py", "--out", [], ["--quick"]),
     "backup": ("bench_backup.py", "--out", [], ["--quick"]),
+    "durability": ("bench_durability.py", "--out", [], ["--quick"]),
 }
 
 
