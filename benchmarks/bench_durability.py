@@ -19,7 +19,10 @@ remote client's forwarding path):
   in ``local`` this node's SQLite commit; in ``async`` nothing;
 - ``throughput_msgs_per_s``: pipelined requests (``--window`` in flight) spread over the
   counters, each answered (every reply follows a state change, so in ``quorum`` each
-  waits for a majority of its replica set).
+  waits for a majority of its replica set);
+- ``owner_cpu_us_per_msg`` / ``holders_cpu_us_per_msg``: CPU time per message of this
+  node and of the two holder processes together during that run: unlike msg/s, it does
+  not move with the machine's load (1e6 / owner µs = msg/s one core could carry).
 
 Targets for ``quorum`` (issue 12): >= 20,000 msg/s per node and P99 <= 5 ms.
 """
@@ -29,6 +32,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import platform
 import sys
 import tempfile
@@ -50,6 +54,16 @@ def counter_wasm(directory: Path) -> bytes:
     from caxton.testing.sandbox import build_example_agents
 
     return build_example_agents(directory)["counter"]
+
+
+def process_cpu(cluster: ProcessCluster) -> float:
+    """CPU seconds (user + system) the cluster's node processes have used so far."""
+    total = 0
+    for node in cluster.nodes.values():
+        if node.process is not None:
+            fields = Path(f"/proc/{node.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime (clock ticks)
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 async def until(condition: Callable[[], bool], timeout: float = 60.0) -> None:
@@ -125,6 +139,8 @@ async def _measure(
                 done.set()
 
         local.router.register("bench-sink", sink)
+        holders_cpu = process_cpu(cluster)
+        owner_cpu = time.process_time()
         start = time.perf_counter()
         while sent < messages:
             local.router.send_nowait(
@@ -141,11 +157,16 @@ async def _measure(
                 await asyncio.wait_for(room.wait(), 60)
         await asyncio.wait_for(done.wait(), 120)
         elapsed = time.perf_counter() - start
-        outputs = local.agents.outputs
+        owner_cpu = time.process_time() - owner_cpu
+        holders_cpu = process_cpu(cluster) - holders_cpu
         return {
             "latency_ms": distribution(latencies),
             "throughput_msgs_per_s": round(messages / elapsed),
-            "outputs_held_and_released": outputs.released,
+            # CPU time per message does not depend on how loaded the machine is: one
+            # core's worth of the owner's is 1e6 / owner_cpu_us_per_msg messages/s.
+            "owner_cpu_us_per_msg": round(owner_cpu / messages * 1e6, 1),
+            "holders_cpu_us_per_msg": round(holders_cpu / messages * 1e6, 1),
+            "outputs_held_and_released": local.agents.outputs.released,
         }
     finally:
         await local.stop()

@@ -256,6 +256,7 @@ class Failover:
         if node is not self.node:
             return
         self.generations.pop(agent.id, None)
+        self.ownership.owned.pop(agent.id, None)
         node.store.delete_placement(agent.id)
         self._pushed.pop(agent.id, None)
         holders = self.holders.pop(agent.id, ())

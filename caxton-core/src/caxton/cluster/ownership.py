@@ -174,6 +174,8 @@ class Ownership:
         local: list[Change] = []
         owned_now: list[tuple[_Owned, int]] = []
         for change in changes:
+            if change.runtime.fenced is not None:
+                continue  # its outputs are dead-lettered; nothing of it is written any more
             owned = self._owned(change.runtime)
             if owned is None:
                 local.append(change)
@@ -474,12 +476,11 @@ class Ownership:
         others = [m for m in members if m != self.node_id]
         async with self._lock:
             mine = await self._promise(agent_id, generation, self.node_id)
-        answers = await asyncio.gather(*(self._ask(m, agent_id, generation) for m in others))
         await self.node.store.flush()
-        promised = [(self.node_id, mine)] + [
-            (m, a) for m, a in zip(others, answers, strict=True) if _promised(a)
-        ]
-        if not _promised(mine) or len(promised) < majority(len(members)):
+        promised = [(self.node_id, mine)] if _promised(mine) else []
+        if promised:
+            promised += await self._gather_promises(others, agent_id, generation, members)
+        if len(promised) < majority(len(members)):
             self._takeover_failed(
                 replica,
                 f"{len(promised) if _promised(mine) else 0} of the {len(members)} members of "
@@ -503,6 +504,24 @@ class Ownership:
             self._persist(agent_id, Fence(generation, generation, 0))
             self.states.pop(agent_id, None)
         return generation, state, holders
+
+    async def _gather_promises(
+        self, others: list[str], agent_id: str, generation: int, members: list[str]
+    ) -> list[tuple[str, Any]]:
+        """Ask ``others`` to promise; return once this node and the promises make a
+        majority of ``members`` (any majority holds every acknowledged change), or once
+        every member answered or timed out. Late promises still count on the holders."""
+
+        async def ask(member: str) -> tuple[str, Any]:
+            return member, await self._ask(member, agent_id, generation)
+
+        needed = majority(len(members)) - 1
+        promised: list[tuple[str, Any]] = []
+        pending = {self.cluster._spawn(ask(m)) for m in others}
+        while pending and len(promised) < needed:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            promised += [task.result() for task in done if _promised(task.result()[1])]
+        return promised
 
     async def _ask(self, member_id: str, agent_id: str, generation: int) -> Any:
         member = self.cluster._live(member_id)
