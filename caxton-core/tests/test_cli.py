@@ -332,6 +332,26 @@ def test_server_start_serves_health_and_stops_cleanly(
     assert "node cli-test shutting down" in err
 
 
+def test_a_second_node_on_the_same_data_directory_fails_at_once(
+    started: tuple[subprocess.Popen[str], int], tmp_path: Path
+) -> None:
+    first, port = started
+    wait_healthy(first, port)
+    started_at = time.monotonic()
+    code, _out, err = run_caxton(
+        "server", "start", "--node-id", "second", "--api-addr", "127.0.0.1:0",
+        "--metrics-addr", "127.0.0.1:0", "--data-dir", str(tmp_path / "data"),
+    )  # fmt: skip
+    assert code == 1
+    assert time.monotonic() - started_at < 30  # at once, not after restoring anything
+    assert_one_line_error(
+        err,
+        f"the data directory {tmp_path / 'data'} is in use by another node (pid {first.pid}); "
+        "stop it first, or give this node its own --data-dir",
+    )
+    assert wait_healthy(first, port) == {"status": "healthy"}  # the first one goes on
+
+
 def test_server_start_accepts_the_cluster_flags(tmp_path: Path) -> None:
     """--bootstrap makes the node cluster, which needs the selected transport (tcp)."""
     port = free_port()

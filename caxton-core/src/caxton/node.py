@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from caxton import __version__, systemd
 from caxton.config import Config, load_config
+from caxton.datadir import DataDirLock
 from caxton.drivers import DriverContext, ResourceLimits
 from caxton.errors import CaxtonError, ConfigError, PluginError
 from caxton.http_stats import HttpStats
@@ -244,7 +245,9 @@ class Node:
         plugins = self.config["plugins"]
         try:
             self.preflight()
-            self.data_dir.mkdir(parents=True, exist_ok=True)
+            lock = DataDirLock(self.data_dir)  # one node per data directory
+            lock.acquire()
+            self._stack.callback(lock.release)
             self.sandbox = await self._driver("sandbox", plugins["sandbox"])
             self.placement = await self._driver("placement", plugins["placement"])
             self.partition_policy = await self._driver(

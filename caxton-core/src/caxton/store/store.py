@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import sqlite3
 import time
 from collections import OrderedDict
@@ -330,8 +331,8 @@ class Store:
     async def open(self) -> None:
         if self._conn is not None:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
+            _private_file(self.path)
             self._conn = await aiosqlite.connect(self.path, isolation_level=None)
         except Exception as exc:
             raise StoreError(f"cannot open the state store {self.path}: {exc}") from exc
@@ -969,6 +970,19 @@ class Store:
                 initiator, roles, count, ttl,
             ) in rows
         ]  # fmt: skip
+
+
+def _private_file(path: Path) -> None:
+    """Create ``path`` (and its directory, 0700) readable by its owner only (0600), or
+    narrow an existing one: the store holds API-key hashes. SQLite gives its -wal and
+    -shm files the mode of the database file."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        if os.fstat(fd).st_mode & 0o077:
+            os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
 
 
 def _agent_row(agent: StoredAgent) -> tuple[Any, ...]:

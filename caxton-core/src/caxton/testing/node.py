@@ -31,7 +31,6 @@ CORE_DISTRIBUTION = "caxton-core"
 ISOLATED_DEFAULTS: Mapping[str, Any] = {
     "networking.bind_address": "127.0.0.1:0",
     "networking.metrics_address": "127.0.0.1:0",
-    "networking.admin_address": "127.0.0.1:0",
     "coordination.cluster.bind_addr": "127.0.0.1:0",
 }
 
