@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import hdrs, web
 
 from caxton.api.cluster import refuse_writes_in_partition
+from caxton.api.edges import refuse_http09
 from caxton.api.keys import (
     AWAITING_FIRST_REQUEST,
     GUARD,
@@ -259,6 +260,8 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return _http_error(request, exc)
     except asyncio.CancelledError:
         raise
+    except ConnectionError:  # the client went away: its access log line (499) says so
+        return error_response(499, "Client closed request", "the client went away")
     except Exception:
         request_id = request.get(REQUEST_ID, "-")
         log.exception("request %s: %s %s failed", request_id, request.method, request.rel_url.path)
@@ -296,4 +299,12 @@ def _http_error(request: web.Request, exc: web.HTTPException) -> web.Response:
     return response
 
 
-MIDDLEWARES = (request_context, cors, rate_limit, authenticate, errors, refuse_writes_in_partition)
+MIDDLEWARES = (
+    request_context,
+    refuse_http09,
+    cors,
+    rate_limit,
+    authenticate,
+    errors,
+    refuse_writes_in_partition,
+)

@@ -26,6 +26,7 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
 from caxton.api import agents, audit, backups, cluster, emergency, messages, system
+from caxton.api.edges import ProtocolLog, with_expect_check
 from caxton.api.keys import (
     AWAITING_FIRST_REQUEST,
     CPU,
@@ -90,8 +91,8 @@ def build_app(node: Node, settings: ApiSettings | None = None) -> web.Applicatio
     app[CPU] = CpuSampler()
     stats = getattr(node, "http_stats", None)
     app[HTTP_STATS] = stats if isinstance(stats, HttpStats) else HttpStats()
-    for table in CORE_ROUTES:
-        app.add_routes(table)
+    for table in CORE_ROUTES:  # Expect: 100-continue is checked against the body limit
+        app.add_routes(with_expect_check(table))
     for result in node.hook.caxton_api_routes(node=node):
         for prefix, sub_app in result or ():
             app.add_subapp(prefix, sub_app)
@@ -185,6 +186,7 @@ async def start_api(node: Node, stack: contextlib.AsyncExitStack) -> tuple[str, 
     runner = web.AppRunner(
         app,
         access_log=None,
+        logger=ProtocolLog(),  # malformed requests: one rate-limited line, no traceback
         keepalive_timeout=settings.keepalive_timeout,
         # After answering a request whose body was not read (413, 408), read and drop
         # what the client still sends for at most this long, then close.
