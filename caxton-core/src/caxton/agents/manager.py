@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from caxton.agents.commit import OutputCommit, check_mode
 from caxton.agents.lifecycle import check_operation, check_transition
+from caxton.agents.loop_guard import LoopGuard
 from caxton.agents.model import (
     PRIORITIES,
     Agent,
@@ -129,6 +130,7 @@ class AgentManager:
         self.write_guard: Callable[[str], None] | None = None
         self.max_timers = max_timers
         self.backlog_limit = backlog_limit
+        self.loop_guard = LoopGuard()
         self.counters_interval = counters_interval
         self._by_id: dict[str, AgentRuntime] = {}
         self._by_name: dict[str, AgentRuntime] = {}

@@ -27,6 +27,7 @@ from caxton.errors import (
     MessageTooLarge,
     QueueFull,
 )
+from caxton.log_budget import LogBudget
 from caxton.messaging.message import loads
 from caxton.samples import Samples
 from caxton.sandbox.abi import MAX_KEY_BYTES, LogLevel, Status
@@ -58,6 +59,11 @@ SIMPLE_REPLY_FIELDS = frozenset({"performative", "content"})
 MAX_OPEN_CONVERSATIONS = 10_000
 #: Shortest period of a repeating timer.
 MIN_REPEAT_MS = 1
+#: An agent's log lines: this many at once, then this many per second (the rest are
+#: counted and dropped), each cut to MAX_AGENT_LOG_LINE characters.
+AGENT_LOG_BURST = 50
+AGENT_LOG_PER_SECOND = 10.0
+MAX_AGENT_LOG_LINE = 1000
 
 
 class AgentRuntime:
@@ -99,6 +105,7 @@ class AgentRuntime:
         #: Counters changed since the record was last queued for the store.
         self.dirty = False
         self.lock = asyncio.Lock()
+        self.log_budget = LogBudget(AGENT_LOG_PER_SECOND, AGENT_LOG_BURST)
         #: Output commit (caxton.agents.commit): ``version`` counts this runtime's
         #: key/value changes, ``committed`` the ones known durable; what the agent emits
         #: while they differ waits in ``held`` (version, message), in order.
@@ -339,13 +346,30 @@ class AgentRuntime:
         )  # fmt: skip
 
     def log(self, level: int, text: str) -> None:
-        agent_log.log(
-            LOG_LEVELS.get(level, logging.INFO),
-            "[%s] %s",
-            self.name,
-            text,
-            extra={"agent": self.name},
-        )
+        self._log_limited(LOG_LEVELS.get(level, logging.INFO), text)
+
+    def _log_limited(self, level: int, text: str) -> None:
+        """One line of this agent's, within its log budget (:data:`AGENT_LOG_BURST` at
+        once, :data:`AGENT_LOG_PER_SECOND` after that, :data:`MAX_AGENT_LOG_LINE`
+        characters each); the first line after some were left out says how many."""
+        if not agent_log.isEnabledFor(level):
+            return
+        dropped = self.log_budget.take()
+        if dropped is None:
+            return
+        extra = {"agent": self.name}
+        if dropped:
+            agent_log.warning(
+                "[%s] %d log lines dropped (an agent may log %d lines at once, then %g/s)",
+                self.name,
+                dropped,
+                AGENT_LOG_BURST,
+                AGENT_LOG_PER_SECOND,
+                extra=extra,
+            )
+        if len(text) > MAX_AGENT_LOG_LINE:
+            text = f"{text[:MAX_AGENT_LOG_LINE]}... ({len(text)} characters)"
+        agent_log.log(level, "[%s] %s", self.name, text, extra=extra)
 
     def now_us(self) -> int:
         return time.time_ns() // 1000
@@ -428,6 +452,15 @@ class AgentRuntime:
         return self._submit(message)
 
     def _submit(self, message: Message) -> int:
+        current = self.current
+        hops = self.manager.loop_guard.next_hop(current.message_id if current else None)
+        if not self.manager.loop_guard.allow(message.message_id, hops):
+            self._log_limited(
+                logging.WARNING,
+                f"message to {message.receiver} refused: {hops} agent-to-agent hops without "
+                f"outside input (a loop between agents?); see docs/security.md",
+            )
+            return Status.DENIED
         try:
             self.manager.outputs.emit(self, message)
         except AgentNotFound:
