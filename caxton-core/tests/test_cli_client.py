@@ -394,6 +394,31 @@ def test_emergency_stop(caxton: Any, wasm_files: dict[str, Path]) -> None:
     assert json.loads(ok(caxton("agent", "get", "stopped-hard", "--json")))["state"] == "running"
 
 
+def test_backup_create_list_verify_as_the_runbook_writes_them(caxton: Any, tmp_path: Path) -> None:
+    destination = tmp_path / "caxton" / "20240115"
+    output = tmp_path / "local.tar.gz"
+    created = json.loads(
+        ok(caxton("backup", "create", "--type", "full", "--destination", f"{destination}/",
+                  "--compress", "--output", str(output), "--json"))
+    )  # fmt: skip
+    assert created["type"] == "full"
+    assert created["node_id"] == NODE_ID
+    copied = destination / NODE_ID / f"{created['id']}.tar.gz"
+    assert created["destination"] == str(copied)
+    assert copied.read_bytes() == output.read_bytes() == Path(created["path"]).read_bytes()
+    listed = json.loads(ok(caxton("backup", "list", "--json")))
+    assert created["id"] in [b["id"] for b in listed]
+    assert ok(caxton("backup", "verify", str(output))).startswith(f"{output}: OK: {created['id']}")
+    data_dir = str(Path(created["path"]).parent.parent)
+    verified = ok(caxton("backup", "verify", "--id", created["id"], "--data-dir", data_dir))
+    assert "OK" in verified
+    output.write_bytes(output.read_bytes()[:-100])
+    assert "is damaged" in one_line_error(caxton("backup", "verify", str(output)))
+    error = one_line_error(caxton("backup", "restore", "--id", created["id"], "--target",
+                                  data_dir, "--node-id", NODE_ID))  # fmt: skip
+    assert "is running" in error  # a running node is refused in one line
+
+
 # -------------------------------------------------------------------------
 # Connection problems and credentials
 # -------------------------------------------------------------------------
