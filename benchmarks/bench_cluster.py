@@ -34,7 +34,10 @@ Figures (targets from the cluster issue):
 - ``bandwidth``: gossip bytes sent per node per second in a steady 5-node cluster
   (membership's own counters; the registry sends nothing when nothing changes).
 - ``failover_default`` / ``failover_fast``: 3 processes; the echo agent placed on n3
-  (``target_node``) and replicated; n3 SIGKILLed; seconds until a request sent by name
+  (``target_node``) and replicated; n3 SIGKILLed (the fast profile also sets
+  ``partition.detection_timeout = 1s``: the failover waits for n3's quorum lease to
+  lapse, ``detection_timeout + lease_drift_margin`` after the last round trip); seconds
+  until a request sent by name
   through n1's REST API is answered again by the agent restarted on a survivor
   (``kill_to_answer_s``), and from the survivors' "failed" event to the taker's
   "migrated" event (``failed_to_running_s``). Each round starts a fresh cluster.
@@ -67,6 +70,9 @@ FAST_LAN = {
     "probe_timeout": "125ms",
     "suspicion_multiplier": 3,
 }
+#: The quorum lease of the fast LAN profile (a failover waits detection_timeout + a
+#: tenth of it after the last round trip with the failed node).
+FAST_LEASE = {"detection_timeout": "1s"}
 
 
 def distribution(samples: Sequence[float]) -> dict[str, Any]:
@@ -348,11 +354,15 @@ def bandwidth(base: Path, transport: str, window: float) -> dict[str, Any]:
 # -------------------------------------------------------------------------
 
 
-def failover_round(base: Path, transport: str, timings: dict[str, Any]) -> dict[str, float]:
+def failover_round(
+    base: Path, transport: str, timings: dict[str, Any], partition: dict[str, Any]
+) -> dict[str, float]:
     """A fresh 3-node cluster; echo on n3; SIGKILL n3; until echo answers through n1."""
     import base64
 
-    cluster = ProcessCluster(base, transport=transport, cluster=timings)
+    cluster = ProcessCluster(
+        base, transport=transport, cluster=timings, extra={"partition": partition}
+    )
     try:
         n1, _n2, n3 = cluster.start(3)
         module = base64.b64encode(echo_wasm()).decode()
@@ -393,10 +403,14 @@ def failover_round(base: Path, transport: str, timings: dict[str, Any]) -> dict[
         cluster.close()
 
 
-def failover(base: Path, transport: str, timings: dict[str, Any], rounds: int) -> dict[str, Any]:
-    samples = [failover_round(base / f"round{i}", transport, timings) for i in range(rounds)]
+def failover(
+    base: Path, transport: str, timings: dict[str, Any], partition: dict[str, Any], rounds: int
+) -> dict[str, Any]:
+    samples = [
+        failover_round(base / f"round{i}", transport, timings, partition) for i in range(rounds)
+    ]
     return {
-        "settings": timings or "defaults",
+        "settings": {**timings, **partition} or "defaults",
         "nodes": 3,
         "kill_to_answer_s": distribution([s["kill_to_answer"] for s in samples]),
         "failed_to_running_s": distribution([s["failed_to_running"] for s in samples]),
@@ -464,9 +478,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 base / "bandwidth", main_transport, 5.0 if quick else 10.0
             )
         if "failover" in only:
-            for label, timings in (("default", DEFAULTS), ("fast", FAST_LAN)):
+            for label, timings, lease in (
+                ("default", DEFAULTS, {}),
+                ("fast", FAST_LAN, FAST_LEASE),
+            ):
                 result[f"failover_{label}"] = failover(
-                    base / f"failover-{label}", main_transport, timings, 2 if quick else 5
+                    base / f"failover-{label}", main_transport, timings, lease, 2 if quick else 5
                 )
     text = json.dumps(result, indent=2)
     print(text)

@@ -35,6 +35,7 @@ BENCHMARKS: dict[str, tuple[str, str, list[str], list[str]]] = {
     "cluster": ("bench_cluster.py", "--out", [], ["--quick"]),
     "backup": ("bench_backup.py", "--out", [], ["--quick"]),
     "durability": ("bench_durability.py", "--out", [], ["--quick"]),
+    "lease": ("bench_lease.py", "--out", [], ["--quick"]),
 }
 
 

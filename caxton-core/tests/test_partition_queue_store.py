@@ -149,6 +149,10 @@ def test_status_shows_queued_writes_in_a_minority_or_when_some_wait() -> None:
     healthy = {**minority, "status": "HEALTHY", "mode": "read-write", "queued_writes": 0}
     assert "Queued writes" not in status_text(healthy)
     assert "Queued writes: 3" in status_text({**healthy, "queued_writes": 3})
+    pending = {"node_id": "n2", "agents": ["a", "b"], "seconds": 3.25, "waiting": "why"}
+    assert status_text({**healthy, "pending_failovers": [pending]}).splitlines()[-1] == (
+        "Failover of n2 pending (2 agents, 3.2s): waiting, why"
+    )
 
 
 async def test_a_node_that_does_not_cluster_is_never_partitioned_nor_read_only(

@@ -95,6 +95,12 @@ def status_text(status: dict[str, Any]) -> str:
         lines.append(f"Agents: {status['agents_total']}")
     if status.get("mode") != "read-write" or status.get("queued_writes"):
         lines.append(f"Queued writes: {status.get('queued_writes', 0)}")
+    for pending in status.get("pending_failovers") or ():
+        waiting = f": waiting, {pending['waiting']}" if pending.get("waiting") else ""
+        lines.append(
+            f"Failover of {pending['node_id']} pending ({len(pending['agents'])} agents, "
+            f"{pending['seconds']:.1f}s){waiting}"
+        )
     return "\n".join(lines)
 
 
