@@ -1,8 +1,9 @@
 """Fenced ownership and quorum-replicated state, in one process: three nodes over the real
 tcp transport, the counter example agent as the real wasm module, and deterministic cuts
-of the node-to-node control calls (replication, promises, claims: one-way, both ways or
-bridge-shaped) while membership (SWIM) keeps seeing every node alive, so the moment of a
-takeover is the test's, not the failure detector's.
+(:class:`caxton.testing.network.LinkCuts`) of the nodes' CONTROL frames only (replication,
+promises, claims, leases: one-way, both ways or bridge-shaped) while membership (SWIM
+datagrams and gossip) keeps seeing every node alive, so the moment of a takeover is the
+test's, not the failure detector's.
 
 Each test is one anomaly the fault campaign found on the asynchronous replication
 (``durability = "async"``, the behaviour before issue 12), where it fails; with the
@@ -11,57 +12,23 @@ default ``quorum`` it passes.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import sqlite3
-from typing import Any
+from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from test_cluster_routing import eventually
 from test_failover_cluster import hosts, replicated
-from test_placement_cluster import crash, deploy, start_cluster
-from test_placement_cluster import factory as factory  # the fixture
+from test_placement_cluster import FAST, crash, deploy, start_cluster
 
-from caxton.errors import CaxtonError, TransportError
+from caxton.drivers import FrameKind
+from caxton.errors import CaxtonError
 from caxton.messaging import Message, Performative
 from caxton.node import Node
 from caxton.testing import NodeFactory
-
-
-class Cuts:
-    """Drops the cluster control calls from one node to another (SWIM is untouched)."""
-
-    def __init__(self, nodes: list[Node]) -> None:
-        self.cut: set[tuple[str, str]] = set()
-        by_address = {tuple(n.cluster_address): n.node_id for n in nodes}
-        for node in nodes:
-            cluster = node.cluster
-            original = cluster._control
-
-            async def control(
-                address: Any,
-                timeout: float,
-                op: str,
-                *args: Any,
-                _from: str = node.node_id,
-                _original: Any = original,
-            ) -> Any:
-                if (_from, by_address.get(tuple(address))) in self.cut:
-                    await asyncio.sleep(0.01)
-                    raise TransportError(f"test: {_from} cannot reach that node")
-                return await _original(address, timeout, op, *args)
-
-            cluster._control = control  # type: ignore[method-assign]
-
-    def one_way(self, source: str, *targets: str) -> None:
-        self.cut.update((source, t) for t in targets)
-
-    def isolate(self, node: str, *others: str) -> None:
-        for other in others:
-            self.cut.update({(node, other), (other, node)})
-
-    def heal(self) -> None:
-        self.cut.clear()
+from caxton.testing.network import LinkCuts
+from caxton_transport_tcp.driver import TcpTransport
 
 
 async def tick(node: Node, timeout: float = 0.5) -> int | None:
@@ -75,6 +42,16 @@ async def tick(node: Node, timeout: float = 0.5) -> int | None:
     return content["count"] if reply.performative == "inform" else None
 
 
+@pytest.fixture
+async def links(tmp_path: Path) -> AsyncIterator[tuple[NodeFactory, LinkCuts]]:
+    """Nodes over tcp whose CONTROL frames ``LinkCuts`` can cut."""
+    cuts = LinkCuts(kinds={FrameKind.CONTROL})
+    factory = NodeFactory(tmp_path, config=FAST)
+    factory.register_driver("transport", "tcp", cuts.driver(TcpTransport))
+    yield factory, cuts
+    await factory.stop_all()
+
+
 @pytest.fixture(scope="module")
 def counter(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     from caxton.testing.sandbox import build_example_agents
@@ -82,14 +59,17 @@ def counter(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     return build_example_agents(tmp_path_factory.mktemp("agents"))["counter"]
 
 
-async def counter_on_n3(factory: NodeFactory, counter: bytes) -> tuple[list[Node], str, Cuts]:
+async def counter_on_n3(
+    links: tuple[NodeFactory, LinkCuts], counter: bytes
+) -> tuple[list[Node], str, LinkCuts]:
+    factory, cuts = links
     nodes = await start_cluster(factory)
     status, agent, _ = await deploy(nodes[0], {"name": "counter", "target_node": "n3"}, counter)
     assert status == 201, agent
     await replicated(nodes[:2], agent["id"])
     for expected in (1, 2, 3):
         assert await tick(nodes[2], 5.0) == expected
-    return nodes, agent["id"], Cuts(nodes)
+    return nodes, agent["id"], cuts
 
 
 def taker_of(nodes: list[Node], agent_id: str) -> Node:
@@ -105,10 +85,10 @@ async def take_over(taker: Node, agent_id: str) -> None:
 
 
 async def test_a_failover_during_a_replication_stall_loses_no_acknowledged_increment(
-    factory: NodeFactory, counter: bytes
+    links: tuple[NodeFactory, LinkCuts], counter: bytes
 ) -> None:
-    (n1, n2, n3), _, cuts = await counter_on_n3(factory, counter)
-    cuts.one_way("n3", "n1", "n2")  # n3 hears its holders but cannot reach them
+    (n1, n2, n3), _, cuts = await counter_on_n3(links, counter)
+    cuts.mute("n3")  # n3 hears its holders but cannot reach them
     acknowledged = [c for c in [await tick(n3) for _ in range(10)] if c is not None]
     await crash(n3)
     cuts.heal()
@@ -122,10 +102,10 @@ async def test_a_failover_during_a_replication_stall_loses_no_acknowledged_incre
 
 
 async def test_a_cut_off_owner_and_its_successor_never_both_acknowledge(
-    factory: NodeFactory, counter: bytes
+    links: tuple[NodeFactory, LinkCuts], counter: bytes
 ) -> None:
-    (n1, n2, n3), agent_id, cuts = await counter_on_n3(factory, counter)
-    cuts.isolate("n3", "n1", "n2")  # n3 is cut off; SWIM has not noticed yet
+    (n1, n2, n3), agent_id, cuts = await counter_on_n3(links, counter)
+    cuts.isolate("n3")  # n3 is cut off; SWIM has not noticed
     taker = taker_of([n1, n2], agent_id)
     await take_over(taker, agent_id)
     counts: list[int] = []
@@ -146,14 +126,14 @@ async def test_a_cut_off_owner_and_its_successor_never_both_acknowledge(
 
 
 async def test_a_heal_loses_no_state_the_old_copy_acknowledged(
-    factory: NodeFactory, counter: bytes
+    links: tuple[NodeFactory, LinkCuts], counter: bytes
 ) -> None:
-    (n1, n2, n3), agent_id, cuts = await counter_on_n3(factory, counter)
+    (n1, n2, n3), agent_id, cuts = await counter_on_n3(links, counter)
     taker = taker_of([n1, n2], agent_id)
     other = n2 if taker is n1 else n1
     # A bridge: the taker reaches the other holder, which still reaches n3, but the
     # taker and n3 do not reach each other.
-    cuts.isolate("n3", taker.node_id)
+    cuts.cut_both("n3", taker.node_id)
     await take_over(taker, agent_id)
     acknowledged = 3
     for _ in range(5):

@@ -15,6 +15,10 @@ and :meth:`~LinkCuts.ring` (each node reaches only its neighbours)::
     links.mute("n3")  # n3 receives everything, nothing it sends arrives
     links.heal()
 
+``LinkCuts(kinds={FrameKind.CONTROL})`` loses only frames of those kinds (here the
+cluster's calls: replication, promises, leases), while membership datagrams and gossip
+still flow, so the failure detector does not act on its own.
+
 What is lost, like on a real network whose packets one way are dropped: a frame or
 datagram sent over a cut link vanishes (the sender is not told); a request over a cut
 link gets no answer, and one whose *answer* would cross a cut link reaches the other
@@ -38,7 +42,10 @@ __all__ = ["LinkCuts"]
 class LinkCuts:
     """The directed links cut between the nodes of one test (see the module docstring)."""
 
-    def __init__(self) -> None:
+    def __init__(self, kinds: Iterable[FrameKind] | None = None) -> None:
+        #: Only frames of these kinds are lost (None: every frame and datagram), e.g.
+        #: ``{FrameKind.CONTROL}`` cuts the cluster's calls while membership still flows.
+        self.kinds = frozenset(kinds) if kinds is not None else None
         self._cut: set[tuple[str, str]] = set()
         #: Listen address -> node id, filled as nodes listen.
         self.addresses: dict[Address, str] = {}
@@ -100,7 +107,11 @@ class LinkCuts:
     def heal(self) -> None:
         self._cut.clear()
 
-    def blocked(self, source: str, target: str | None) -> bool:
+    def blocked(self, source: str, target: str | None, kind: FrameKind | None = None) -> bool:
+        """Is what ``source`` sends to ``target`` lost (a frame of ``kind``; None: a
+        datagram)?"""
+        if self.kinds is not None and kind not in self.kinds:
+            return False
         return target is not None and (source, target) in self._cut
 
     # -- the driver -----------------------------------------------------------------------
@@ -133,8 +144,8 @@ class CutTransport(Transport):
     def _target(self, peer: Address) -> str | None:
         return self.links.addresses.get(peer)
 
-    def _lost(self, peer: Address) -> bool:
-        if self.links.blocked(self.node_id, self._target(peer)):
+    def _lost(self, peer: Address, kind: FrameKind | None) -> bool:
+        if self.links.blocked(self.node_id, self._target(peer), kind):
             self.links.dropped += 1
             return True
         return False
@@ -153,7 +164,7 @@ class CutTransport(Transport):
         return bound
 
     async def send(self, peer: Address, kind: FrameKind, payload: bytes) -> None:
-        if not self._lost(peer):
+        if not self._lost(peer, kind):
             await self.inner.send(peer, kind, payload)
 
     async def request(
@@ -161,17 +172,17 @@ class CutTransport(Transport):
     ) -> bytes:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        if not self._lost(peer):
+        if not self._lost(peer, kind):
             answer = await self.inner.request(peer, kind, payload, timeout)
             target = self._target(peer)
-            if not self.links.blocked(target or "", self.node_id):
+            if not self.links.blocked(target or "", self.node_id, kind):
                 return answer
             self.links.dropped += 1  # handled there; the answer is lost on the way back
         await asyncio.sleep(max(0.0, deadline - loop.time()))
         raise asyncio.TimeoutError
 
     async def send_datagram(self, peer: Address, payload: bytes) -> None:
-        if not self._lost(peer):
+        if not self._lost(peer, None):
             await self.inner.send_datagram(peer, payload)
 
     def peer_stats(self) -> Mapping[Address, PeerStats]:
