@@ -9,6 +9,7 @@ import contextlib
 import gzip
 import io
 import json
+import os
 import sqlite3
 import tarfile
 from pathlib import Path
@@ -81,6 +82,7 @@ async def test_backup_while_serving_then_restore_serves_the_agents_with_their_st
         assert status == 201, entry
         assert sorted(counts) == list(range(4, 24))
         assert entry["node_id"] == "n1"
+        assert Path(entry["path"]).stat().st_mode & 0o077 == 0  # API-key hashes inside
         assert entry["agents"] == 1
         assert entry["schema_versions"]["core"] >= 1
         status, listing = await api(node, "GET", "/api/v1/backups")
@@ -93,7 +95,7 @@ async def test_backup_while_serving_then_restore_serves_the_agents_with_their_st
         assert archive[:2] == b"\x1f\x8b"  # gzip
         database = node.store.path
         assert store_in_use(database)
-        with pytest.raises(Conflict, match="is running"):
+        with pytest.raises(Conflict, match=rf"is running \(pid {os.getpid()}\)"):
             restore_backup(Path(entry["path"]), database, node_id="n1")
         after = await tick(node)
     # Stopped: restore, start again, the counter goes on from what the backup held.

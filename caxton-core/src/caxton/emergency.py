@@ -234,14 +234,16 @@ async def dump_state(node: Node, directory: Path) -> Path:
 
 
 def _write_dump(node: Node, directory: Path, document: dict[str, Any]) -> Path:
-    from caxton.backup.archive import make_backup
+    from caxton.backup.archive import make_backup, private_file
+    from caxton.datadir import private_directory
 
     target = directory.expanduser() / node.node_id
-    target.mkdir(parents=True, exist_ok=True)
+    private_directory(target)
     path, _ = make_backup(node.store.path, target, node_id=node.node_id, note="emergency stop dump")
     document["backup"] = path.name
     partial = target / f".{DUMP_FILE}.{os.getpid()}.partial"
-    partial.write_text(json.dumps(document, indent=2, default=str))
+    with private_file(partial) as out:
+        out.write(json.dumps(document, indent=2, default=str).encode())
     os.replace(partial, target / DUMP_FILE)
     return target
 

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from caxton import __version__
+from caxton.datadir import lock_holder, private_directory
 from caxton.errors import CaxtonError, Conflict, NotFound, ValidationError
 
 __all__ = [
@@ -53,6 +54,7 @@ __all__ = [
     "make_backup",
     "read_manifest",
     "restore_backup",
+    "running_node",
     "store_in_use",
     "verify_backup",
 ]
@@ -133,6 +135,13 @@ class RestoreResult:
 # -------------------------------------------------------------------------
 
 
+def private_file(path: Path) -> IO[bytes]:
+    """Open ``path`` for writing, readable by its owner only (0600): backups hold the
+    node's whole store, API-key hashes included (see :mod:`caxton.datadir`)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+    return os.fdopen(os.open(path, flags, 0o600), "wb")
+
+
 def backup_database(source: Path, target: Path, *, pages: int = -1) -> None:
     """Copy the SQLite database ``source`` to ``target`` with the online backup API.
 
@@ -140,6 +149,7 @@ def backup_database(source: Path, target: Path, *, pages: int = -1) -> None:
     transaction: in WAL mode writers go on meanwhile and the copy is the database as of
     one commit. (In steps, a write by another connection restarts the copy.)
     """
+    private_file(target).close()  # SQLite keeps the mode of the file it is given
     src = sqlite3.connect(source, timeout=30)
     try:
         dst = sqlite3.connect(target)
@@ -253,7 +263,7 @@ def make_backup(
         raise ValidationError(f"backup type must be one of {', '.join(BACKUP_TYPES)}, not {kind!r}")
     if not database.exists():
         raise NotFound(f"there is no state store at {database} to back up")
-    directory.mkdir(parents=True, exist_ok=True)
+    private_directory(directory)
     remove_stale_partials(directory)
     backup_id = backup_id or new_backup_id(directory)
     final = backup_path(directory, backup_id)
@@ -291,7 +301,7 @@ def make_backup(
 
 def write_archive(path: Path, manifest: Manifest, database: Path) -> None:
     """The archive: manifest first, then the database; flushed to disk before return."""
-    with path.open("wb") as raw:
+    with private_file(path) as raw:
         # Big pieces (copybufsize): zlib and hashlib let go of the GIL for each call,
         # and taking it back behind a busy event loop costs up to a switch interval
         # (5 ms) each time; tarfile's 16 KiB default made 75 MiB take 29 s under load.
@@ -371,7 +381,7 @@ def extract_verified(path: Path, target: Path) -> Manifest:
             manifest = Manifest.from_dict(json.loads(stream.read(1024 * 1024)))
             stream = _member(tar, path, DATABASE_MEMBER)
             digest, size = hashlib.sha256(), 0
-            with target.open("wb") as out:
+            with private_file(target) as out:
                 while chunk := stream.read(CHUNK):
                     digest.update(chunk)
                     size += len(chunk)
@@ -478,20 +488,20 @@ def restore_backup(
     *,
     node_id: str | None,
     force: bool = False,
-    in_use: Callable[[Path], str | None] | None = None,
+    data_dir: Path | None = None,
 ) -> RestoreResult:
     """Put the backup at ``path`` in place of ``database`` (a stopped node's store).
 
-    Refuses a node that is running (``in_use`` names it, e.g. its pid) and a backup of
-    another node than ``node_id`` unless ``force``. The replaced database (with its WAL)
-    is kept as ``DATABASE.replaced-TIMESTAMP``.
+    Refuses a node that is running (:func:`running_node`; ``data_dir`` defaults to the
+    database's directory) and a backup of another node than ``node_id`` unless
+    ``force``. The replaced database (with its WAL) is kept as
+    ``DATABASE.replaced-TIMESTAMP``.
     """
-    database.parent.mkdir(parents=True, exist_ok=True)
-    holder = (in_use or _default_in_use)(database)
+    data_dir = data_dir or database.parent
+    private_directory(database.parent)
+    holder = running_node(database, data_dir)
     if holder:
-        raise Conflict(
-            f"the node using {database.parent} is running ({holder}): stop it, then restore"
-        )
+        raise Conflict(f"the node using {data_dir} is running ({holder}): stop it, then restore")
     staged = database.parent / f".restore-{os.getpid()}.db.partial"
     try:
         manifest = extract_verified(path, staged)
@@ -518,5 +528,11 @@ def restore_backup(
     return RestoreResult(manifest, database, replaced)
 
 
-def _default_in_use(database: Path) -> str | None:
+def running_node(database: Path, data_dir: Path) -> str | None:
+    """What shows that a node runs on ``data_dir`` (None: none does): the pid holding the
+    data directory's lock (:func:`caxton.datadir.lock_holder`), or else ``database``
+    open in another process (:func:`store_in_use`, for a process without the lock)."""
+    pid = lock_holder(data_dir)
+    if pid is not None:
+        return f"pid {pid}" if pid else "it holds the data directory lock"
     return "its state store is open" if store_in_use(database) else None

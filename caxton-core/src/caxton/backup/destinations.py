@@ -111,7 +111,9 @@ class DirectoryDestination(BackupDestination):
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
         try:
-            with source.open("rb") as src, partial.open("wb") as dst:
+            from caxton.backup.archive import private_file
+
+            with source.open("rb") as src, private_file(partial) as dst:
                 shutil.copyfileobj(src, dst, 1024 * 1024)
                 dst.flush()
                 os.fsync(dst.fileno())

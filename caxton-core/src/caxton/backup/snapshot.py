@@ -292,11 +292,12 @@ def plan_restore(
 
 def restore_snapshot(plan: RestorePlan) -> dict[str, RestoreResult]:
     """Restore every planned backup (each node must be stopped); node id -> result."""
-    for node_id, (_file, target) in plan.steps.items():
-        from caxton.backup.archive import store_in_use
+    from caxton.backup.archive import running_node
 
-        if store_in_use(target.database):
-            raise Conflict(f"node {node_id} is running ({target.database} is open): stop it")
+    for node_id, (_file, target) in plan.steps.items():
+        holder = running_node(target.database, target.database.parent)
+        if holder:
+            raise Conflict(f"node {node_id} is running ({holder}): stop it, then restore")
     results = {}
     for node_id, (file, target) in sorted(plan.steps.items()):
         results[node_id] = restore_backup(file, target.database, node_id=node_id)

@@ -277,7 +277,9 @@ def backup_restore(
 
     local = LocalNode(config_path, data_dir, node_id)
     path = _backup_file(file, backup_id, local)
-    result = restore_backup(path, local.database, node_id=local.node_id, force=force)
+    result = restore_backup(
+        path, local.database, node_id=local.node_id, force=force, data_dir=local.data_dir
+    )
     audit_local(local.config, "backup_restore", str(local.database), f"from {path}")
     if as_json:
         emit_json(
