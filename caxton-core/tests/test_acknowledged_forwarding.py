@@ -187,3 +187,22 @@ async def test_a_version_2_frame_round_trips_and_isolates_a_bad_message() -> Non
         wire.decode_results(answer, 2)  # one answer per message, or none is trusted
     with pytest.raises(ValidationError):
         wire.decode_results(wire.pack([["lost", "?"]]), 1)
+
+
+async def test_a_resend_arriving_while_the_first_copy_is_being_persisted_is_a_duplicate(
+    router: Router,
+) -> None:
+    """The first copy is staged, not yet in the outbox, when the resend arrives (both in
+    one batch, or two batches of one loop turn): the resend is still dropped."""
+    got: list[Any] = []
+    router.register("far", lambda message: got.append(message.content))
+    message = inform("once")
+    first = router.accept_forwarded(message)
+    again = router.accept_forwarded(Message.from_json(message.to_json()))
+    assert first is not None
+    assert again is not None
+    await asyncio.gather(first, again)
+    await until(lambda: got == ["once"])
+    await asyncio.sleep(0.05)
+    assert got == ["once"]
+    assert router.queue_stats()["totals"]["duplicates"] == 1

@@ -235,6 +235,8 @@ class Router:
         self._direct_count = 0
         self._remote = RemoteQueues(self)
         self._handed_over: set[str] = set()
+        #: Ids of at-least-once messages staged and not yet persisted (duplicates too).
+        self._taking: set[str] = set()
         self._staged: list[tuple[Message, Target, asyncio.Future[None] | None]] = []
         self._persist_task: asyncio.Task[None] | None = None
         self._persisting = 0  # messages in the persist call under way
@@ -532,7 +534,7 @@ class Router:
                 return self._stop(
                     message, Performative.REFUSE, "not-allowed", refusal, Forbidden(refusal)
                 )
-        if self._durable and self.outbox is not None and self.outbox.seen(message.message_id):
+        if self._durable and self.has_taken(message.message_id):
             self._counts["duplicates"] += 1
             if waiter is not None:
                 waiter.set_result(None)
@@ -817,7 +819,16 @@ class Router:
 
         # -- durability -----------------------------------------------------------------
 
+    def has_taken(self, message_id: str) -> bool:
+        """Whether a message of this id was taken before (at-least-once): persisted
+        (the outbox has ``seen`` it) or being persisted now. A message taken again is a
+        duplicate and is dropped."""
+        if message_id in self._taking:
+            return True
+        return self.outbox is not None and self.outbox.seen(message_id)
+
     def _stage(self, message: Message, target: Target, waiter: asyncio.Future[None] | None) -> None:
+        self._taking.add(message.message_id)
         self._staged.append((message, target, waiter))
         if self._persist_task is None:
             self._persist_task = self._spawn(self._persist_loop())
@@ -832,6 +843,7 @@ class Router:
                 try:
                     await self.outbox.persist([message for message, _, _ in batch])
                 except Exception as exc:
+                    self._taking.difference_update(m.message_id for m, _, _ in batch)
                     self._persisting = 0
                     log.error("could not persist %d messages: %s", len(batch), exc)
                     for message, _, waiter in batch:
@@ -843,6 +855,7 @@ class Router:
                             self._dead_letter(message, f"not persisted: {exc}")
                     continue
                 self._persisting = 0
+                self._taking.difference_update(m.message_id for m, _, _ in batch)
                 for message, target, waiter in batch:
                     if waiter is not None and not waiter.done():
                         waiter.set_result(None)
