@@ -1,5 +1,5 @@
 """Acknowledged node-to-node delivery, in one process: three nodes over the real tcp
-transport, at-least-once, with :class:`caxton.testing.cuts.LinkCuts` dropping what one
+transport, at-least-once, with :class:`caxton.testing.cuts.ConnectionCuts` dropping what one
 node writes to another on its connections, as a firewall rule would.
 
 Each test is a way the fault campaign lost messages answered 202 (issue 12): the
@@ -24,7 +24,7 @@ from caxton.cluster.placement import DeploySpec, deploy_local
 from caxton.messaging import Message, Performative
 from caxton.node import Node
 from caxton.testing import NodeFactory
-from caxton.testing.cuts import LinkCuts
+from caxton.testing.cuts import ConnectionCuts
 
 AT_LEAST_ONCE = {"messaging.delivery_guarantee": "at-least-once"}
 
@@ -48,14 +48,16 @@ def inform(content: Any, receiver: str = "sink") -> Message:
     return Message(Performative.INFORM, sender="tester", receiver=receiver, content=content)
 
 
-def cut_network(nodes: list[Node]) -> LinkCuts:
-    cuts = LinkCuts()
+def cut_network(nodes: list[Node]) -> ConnectionCuts:
+    cuts = ConnectionCuts()
     for node in nodes:
         cuts.attach(node.transport)
     return cuts
 
 
-async def sink_on_n3(factory: NodeFactory, **config: Any) -> tuple[list[Node], list[Any], LinkCuts]:
+async def sink_on_n3(
+    factory: NodeFactory, **config: Any
+) -> tuple[list[Node], list[Any], ConnectionCuts]:
     """Three at-least-once nodes, a sink on n3 that n1 knows, cuts attached."""
     nodes = await start_cluster(factory, **AT_LEAST_ONCE, **config)
     received = sink(nodes[2], "sink")

@@ -1,13 +1,13 @@
-"""Network cuts between in-process nodes, on their real transport connections.
+"""Network cuts between in-process nodes, on their established transport connections.
 
-:class:`LinkCuts` is a test double for a firewall rule that drops packets between two
-nodes: once :meth:`~LinkCuts.cut`, whatever one node writes on its transport
-connections to the other is dropped, a whole envelope at a time (the stream on the
-other side stays parseable; nothing arrives, as behind a silent drop). Cuts are per
-direction, so a one-way cut (``a`` reaches ``b``, ``b`` does not reach ``a``) and a
-bridge (``a`` and ``c`` cut, both still reach ``b``) are one call each::
+:class:`ConnectionCuts` is a test double for a firewall rule that drops packets between
+two nodes, seen from the connection: once :meth:`~ConnectionCuts.cut`, whatever one
+node writes on its transport connections to the other is dropped, a whole envelope at a
+time (the stream on the other side stays parseable; nothing arrives, as behind a silent
+drop). Cuts are per direction, so a one-way cut (``a`` reaches ``b``, ``b`` does not
+reach ``a``) and a bridge (``a`` and ``c`` cut, both still reach ``b``) are one call each::
 
-    cuts = LinkCuts()
+    cuts = ConnectionCuts()
     for node in nodes:
         cuts.attach(node.transport)          # a ConnectionTransport (tcp, quic)
     cuts.cut("n1", "n3", both_ways=False)    # n1 -> n3 dropped, n3 -> n1 flows
@@ -17,8 +17,15 @@ bridge (``a`` and ``c`` cut, both still reach ``b``) are one call each::
                                              # closes (keep-alive, membership), data lost
 
 Datagrams (SWIM probes over UDP) are not cut: membership keeps seeing every node, so a
-test decides itself when a connection closes (:meth:`~LinkCuts.close_connections`),
+test decides itself when a connection closes (:meth:`~ConnectionCuts.close_connections`),
 deterministically. Only frames written after a connection's HELLO exchange are cut.
+
+Unlike :class:`caxton.testing.network.LinkCuts`, which wraps the transport driver (a
+frame sent over a cut link never reaches a connection; a request times out), this one
+lets the transport take the frame and loses it on the connection, which then closes:
+the transport's own failure path (pending requests failed with "connection lost"), as
+when a silent drop ends with a keep-alive timeout or membership declaring the peer
+failed. Attach it to the nodes' real transports; no driver to register.
 """
 
 from __future__ import annotations
@@ -29,10 +36,10 @@ from typing import Any
 from caxton.transport.base import ConnectionTransport
 from caxton.transport.connection import Connection
 
-__all__ = ["LinkCuts"]
+__all__ = ["ConnectionCuts"]
 
 
-class LinkCuts:
+class ConnectionCuts:
     """Directional cuts between the transports attached to it; see the module docstring."""
 
     def __init__(self) -> None:
@@ -44,7 +51,7 @@ class LinkCuts:
     def attach(self, transport: Any) -> None:
         """Cut this transport's connections from now on (existing ones included)."""
         if not isinstance(transport, ConnectionTransport):
-            raise TypeError(f"LinkCuts needs a ConnectionTransport, not {transport!r}")
+            raise TypeError(f"ConnectionCuts needs a ConnectionTransport, not {transport!r}")
         self._transports[transport.settings.node_id] = transport
         ready = transport.connection_ready
 
