@@ -33,6 +33,7 @@ BENCHMARKS: dict[str, tuple[str, str, list[str], list[str]]] = {
     "transport": ("bench_transport.py", "--json", [], ["--quick"]),
     "membership": ("bench_membership.py", "--out", [], ["--quick"]),
     "cluster": ("bench_cluster.py", "--out", [], ["--quick"]),
+    "isolation": ("bench_isolation.py", "--json", [], ["--quick"]),
     "backup": ("bench_backup.py", "--out", [], ["--quick"]),
     "durability": ("bench_durability.py", "--out", [], ["--quick"]),
     "lease": ("bench_lease.py", "--out", [], ["--quick"]),
