@@ -568,6 +568,10 @@ async def test_openapi_document_matches_the_router(node: Node, http: aiohttp.Cli
         if route.resource is not None
     }
     assert documented == served
+    used = {tag for ops in document["paths"].values() for op in ops.values() for tag in op["tags"]}
+    assert [t["name"] for t in document["tags"]][:3] == ["health", "agents", "messages"]
+    assert {t["name"] for t in document["tags"]} == used
+    assert all(t["description"] for t in document["tags"])
 
 
 async def test_openapi_limits_are_the_node_ceilings(caxton_node_factory: NodeFactory) -> None:

@@ -524,3 +524,46 @@ def test_every_command_is_documented() -> None:
     for command in COMMANDS:
         for path in paths(command, "caxton"):
             assert path in docs, f"docs/cli.md does not show {path!r}"
+
+
+# -------------------------------------------------------------------------
+# output formats, shell completion
+# -------------------------------------------------------------------------
+
+
+def test_output_formats(caxton: Any, wasm_files: dict[str, Path]) -> None:
+    import yaml
+
+    ok(caxton("deploy", str(wasm_files["echo"]), "--name", "formatted"))
+    shown = yaml.safe_load(ok(caxton("agent", "get", "formatted", "--format", "yaml")))
+    assert (shown["name"], shown["state"]) == ("formatted", "running")
+    assert (
+        json.loads(ok(caxton("agent", "get", "formatted", "--format", "json")))["id"] == shown["id"]
+    )
+    rows = ok(caxton("agents", "list", "--no-headers")).splitlines()
+    assert rows
+    assert not rows[0].startswith("NAME")
+    assert any(row.split()[0] == "formatted" for row in rows)
+    error = usage_error(caxton("agents", "list", "--json", "--format", "yaml"))
+    assert "contradict" in error
+
+
+def test_shell_completion_names_agents_and_nodes(
+    server: str, command: click.Group, caxton: Any, wasm_files: dict[str, Path]
+) -> None:
+    ok(caxton("deploy", str(wasm_files["echo"]), "--name", "completed"))
+
+    def complete(words: str) -> list[str]:
+        env = {
+            "_CAXTON_COMPLETE": "bash_complete",
+            "COMP_WORDS": words,
+            "COMP_CWORD": str(len(words.split()) - 1),
+            "CAXTON_API_URL": server,
+        }
+        result = CliRunner().invoke(command, [], prog_name="caxton", env=env, obj=PluginHost())
+        return result.output.splitlines()
+
+    assert "plain,completed" in complete("caxton agent get comp")
+    assert "plain,completed" in complete("caxton message send --to comp")
+    assert f"plain,{NODE_ID}" in complete("caxton cluster ping cli-")
+    assert f"plain,{NODE_ID}" in complete("caxton deploy x.wasm --target-node cli-")

@@ -30,6 +30,7 @@ __all__ = [
     "STATE_SCHEMA",
     "build_openapi",
     "schema_ref",
+    "with_tags",
 ]
 
 #: Longest a client may ask the API to wait (reply, drain, contract-net deadline), ms.
@@ -879,6 +880,34 @@ def build_openapi(node: Node) -> dict[str, Any]:
     if schemes:
         document["components"]["securitySchemes"] = schemes
         document["security"] = [{scheme: []} for scheme in schemes]
+    return document
+
+
+#: What each tag groups, for the document's ``tags`` list (in this order).
+TAG_DESCRIPTIONS = {
+    "health": "Liveness, readiness and this document (public)",
+    "agents": "Deploy and manage agents; the routes for one agent work through any node",
+    "messages": "FIPA-ACL messages, conversations and contract-net tasks",
+    "operations": "Queues, resources, emergency stop, the audit log",
+    "cluster": "Membership, the agent registry, partitions, leave and remove",
+    "backups": "Backups of the node's state store",
+}
+
+
+def with_tags(document: dict[str, Any]) -> dict[str, Any]:
+    """``document`` with a ``tags`` list naming every tag its operations use."""
+    used = {
+        tag
+        for item in document["paths"].values()
+        for operation in item.values()
+        if isinstance(operation, dict)
+        for tag in operation.get("tags", ())
+    }
+    ordered = [t for t in TAG_DESCRIPTIONS if t in used] + sorted(used - set(TAG_DESCRIPTIONS))
+    document["tags"] = [
+        {"name": tag, "description": TAG_DESCRIPTIONS.get(tag, f"{tag} (a plugin's routes)")}
+        for tag in ordered
+    ]
     return document
 
 

@@ -39,7 +39,7 @@ from caxton.api.keys import (
     TASKS,
 )
 from caxton.api.middleware import MIDDLEWARES
-from caxton.api.openapi import build_openapi
+from caxton.api.openapi import build_openapi, with_tags
 from caxton.api.ratelimit import TokenBucketLimiter
 from caxton.api.resources import CpuSampler
 from caxton.api.settings import ApiSettings
@@ -83,8 +83,10 @@ def build_app(node: Node, settings: ApiSettings | None = None) -> web.Applicatio
     guard = getattr(getattr(node, "context", None), "services", {}).get("auth")
     if guard is not None:
         app[GUARD] = guard
-    app[OPENAPI] = emergency.extend_openapi(
-        backups.extend_openapi(cluster.extend_openapi(build_openapi(node)))
+    app[OPENAPI] = with_tags(
+        emergency.extend_openapi(
+            backups.extend_openapi(cluster.extend_openapi(build_openapi(node)))
+        )
     )
     app[AWAITING_FIRST_REQUEST] = set()
     app[TASKS] = TaskBoard()

@@ -13,8 +13,6 @@ import os
 import socket
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -89,22 +87,14 @@ def _describe(entry: dict[str, Any]) -> str:
 
 def download(client: ApiClient, path: str, target: Path) -> None:
     """GET ``path`` into ``target``, atomically (a partial file is never left in place)."""
-    request = urllib.request.Request(client.url + path, headers=client.headers())
     partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
     try:
-        with (
-            urllib.request.urlopen(request, timeout=client.timeout) as response,
-            partial.open("wb") as out,
-        ):
-            while chunk := response.read(1024 * 1024):
+        with partial.open("wb") as out:
+            for chunk in client.iter_bytes(path):
                 out.write(chunk)
             out.flush()
             os.fsync(out.fileno())
         os.replace(partial, target)
-    except urllib.error.HTTPError as exc:
-        raise client._api_error(exc) from None
-    except (urllib.error.URLError, OSError) as exc:
-        raise click.ClickException(client._network_problem(exc, client.timeout)) from None
     finally:
         with contextlib.suppress(FileNotFoundError):
             partial.unlink()

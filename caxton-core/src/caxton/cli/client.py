@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import functools
 import json
+import os
 import sys
 import threading
 import time
@@ -22,9 +23,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+from click.shell_completion import CompletionItem
 
 from caxton.cli.client_http import DEFAULT_API_URL, ApiClient, ApiError
-from caxton.cli.main import emit_json, render_table
+from caxton.cli.main import emit_json, output_options, render_table
 from caxton.units import format_size, parse_duration, parse_size
 
 __all__ = ["COMMANDS"]
@@ -42,7 +44,9 @@ T = TypeVar("T")
 
 
 def api_options(command: F) -> F:
-    """``--api-url``, ``--token``, ``--api-key``; the command receives ``client``."""
+    """``--api-url`` (one URL, or several separated by commas: a request a node refuses
+    with 503 goes to the next), ``--token``, ``--api-key``, ``--ca-cert``, ``--insecure``;
+    the command receives ``client``."""
 
     @click.option(
         "--api-url",
@@ -58,17 +62,75 @@ def api_options(command: F) -> F:
     @click.option(
         "--api-key", envvar="CAXTON_API_KEY", default=None, help="API key (env CAXTON_API_KEY)."
     )
+    @click.option(
+        "--ca-cert",
+        envvar="CAXTON_CA_CERT",
+        type=click.Path(dir_okay=False, exists=True),
+        default=None,
+        help="CA certificate (PEM) to verify an https:// API with (env CAXTON_CA_CERT).",
+    )
+    @click.option(
+        "--insecure", is_flag=True, help="Do not verify the API's TLS certificate (testing only)."
+    )
     @functools.wraps(command)
     def wrapper(
-        *args: Any, api_url: str, token: str | None, api_key: str | None, **kwargs: Any
+        *args: Any,
+        api_url: str,
+        token: str | None,
+        api_key: str | None,
+        ca_cert: str | None,
+        insecure: bool,
+        **kwargs: Any,
     ) -> Any:
-        client = ApiClient(api_url, token=token, api_key=api_key)
+        client = ApiClient(
+            api_url, token=token, api_key=api_key, ca_cert=ca_cert, insecure=insecure
+        )
         return command(*args, client=client, **kwargs)
 
     return wrapper  # type: ignore[return-value]
 
 
-json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+json_option = output_options
+
+
+def _completion_client(ctx: click.Context) -> ApiClient:
+    """The API the command line being completed names (its options, else the env)."""
+    params = ctx.params
+    return ApiClient(
+        params.get("api_url") or os.environ.get("CAXTON_API_URL") or DEFAULT_API_URL,
+        token=params.get("token") or os.environ.get("CAXTON_TOKEN"),
+        api_key=params.get("api_key") or os.environ.get("CAXTON_API_KEY"),
+        ca_cert=params.get("ca_cert") or os.environ.get("CAXTON_CA_CERT"),
+        insecure=bool(params.get("insecure")),
+        timeout=2.0,
+    )
+
+
+def _complete(
+    ctx: click.Context, path: str, key: str, field: str, incomplete: str
+) -> list[CompletionItem]:
+    """The ``field`` of each item under ``key`` of ``GET path`` that starts with
+    ``incomplete`` (nothing when the node cannot be reached)."""
+    try:
+        items = _completion_client(ctx).request("GET", path)[key]
+        values = {str(item[field]) for item in items}
+    except (click.ClickException, KeyError, TypeError):
+        return []
+    return [CompletionItem(v) for v in sorted(values) if v.startswith(incomplete)]
+
+
+def complete_agents(
+    ctx: click.Context, param: click.Parameter, incomplete: str
+) -> list[CompletionItem]:
+    """Shell completion: the names of the cluster's agents."""
+    return _complete(ctx, "/api/v1/cluster/agents", "agents", "name", incomplete)
+
+
+def complete_nodes(
+    ctx: click.Context, param: click.Parameter, incomplete: str
+) -> list[CompletionItem]:
+    """Shell completion: the cluster's member node ids."""
+    return _complete(ctx, "/api/v1/cluster/members", "members", "node_id", incomplete)
 
 
 def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
@@ -192,7 +254,7 @@ def _agent_line(agent: dict[str, Any]) -> str:
 @limit_options
 @click.option("--placement-strategy", help="Placement strategy, e.g. least-loaded.")
 @click.option("--prefer-nodes", callback=_names, metavar="NODES", help="Nodes to favour: a,b.")
-@click.option("--target-node", help="Deploy on exactly this node.")
+@click.option("--target-node", shell_complete=complete_nodes, help="Deploy on exactly this node.")
 @click.option("--no-start", is_flag=True, help="Deploy without starting.")
 @click.option(
     "--fail-fast", is_flag=True, help="Stop at the first file that fails (default: go on)."
@@ -296,7 +358,13 @@ def agents_group() -> None:
 )
 @click.option("--by-node", is_flag=True, help="Count the cluster's agents per node and state.")
 @click.option("--state", help="Only agents in this state.")
-@click.option("--node", "node_id", metavar="NODE", help="Only agents on NODE (implies --cluster).")
+@click.option(
+    "--node",
+    "node_id",
+    metavar="NODE",
+    shell_complete=complete_nodes,
+    help="Only agents on NODE (implies --cluster).",
+)
 @click.option("--name", "name_glob", metavar="GLOB", help="Only names matching, e.g. 'echo-*'.")
 @click.option("--limit", type=click.IntRange(min=1, max=10_000), help="At most this many agents.")
 @click.option("--offset", type=click.IntRange(min=0), help="Skip this many agents first.")
@@ -379,7 +447,7 @@ def agent_group() -> None:
 
 
 @agent_group.command("get")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_agents)
 @json_option
 @api_options
 def agent_get(client: ApiClient, name: str, as_json: bool) -> None:
@@ -410,7 +478,7 @@ def agent_get(client: ApiClient, name: str, as_json: bool) -> None:
 
 
 def _lifecycle_command(action: str, help_text: str) -> click.Command:
-    @click.argument("name")
+    @click.argument("name", shell_complete=complete_agents)
     @json_option
     @api_options
     def command(client: ApiClient, name: str, as_json: bool, **options: Any) -> None:
@@ -450,7 +518,7 @@ for _action, _help in (
 
 
 @agent_group.command("update")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_agents)
 @click.option("--wasm", "wasm_path", type=click.Path(dir_okay=False), help="New module.")
 @limit_options
 @json_option
@@ -482,13 +550,17 @@ def agent_update(
 
 
 @agent_group.command("remove")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_agents)
+@json_option
 @api_options
-def agent_remove(client: ApiClient, name: str) -> None:
+def agent_remove(client: ApiClient, name: str, as_json: bool) -> None:
     """Stop and remove an agent, with its state."""
     agent = client.agent(name)
     client.request("DELETE", f"/api/v1/agents/{agent['id']}")
-    click.echo(f"Removed agent {agent['name']} ({agent['id']})")
+    if as_json:
+        emit_json({"removed": agent})
+    else:
+        click.echo(f"Removed agent {agent['name']} ({agent['id']})")
 
 
 # -------------------------------------------------------------------------
@@ -502,7 +574,9 @@ def message_group() -> None:
 
 
 @message_group.command("send")
-@click.option("--to", "receiver", required=True, help="Receiving agent.")
+@click.option(
+    "--to", "receiver", required=True, shell_complete=complete_agents, help="Receiving agent."
+)
 @click.option("--content", help="Content, sent as a JSON string.")
 @click.option("--content-json", help="Content given as JSON (an object, a number...).")
 @click.option("--performative", default="request", show_default=True)

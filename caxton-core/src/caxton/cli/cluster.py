@@ -12,15 +12,13 @@ import importlib
 import json
 import sys
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import click
 
-from caxton.cli.client import _duration, api_options, json_option
+from caxton.cli.client import _duration, api_options, complete_nodes, json_option
 from caxton.cli.client_http import ApiClient
 from caxton.cli.local_cluster import cluster_down, cluster_up
 from caxton.cli.main import emit_json, render_table
@@ -161,29 +159,6 @@ def event_line(event: dict[str, Any]) -> str:
     return f"{stamp} [{str(event.get('level', 'info')).upper()}] {event.get('text', '')}"
 
 
-def stream_lines(client: ApiClient, path: str, query: dict[str, Any]) -> Iterator[str]:
-    """The lines of a streamed answer, as they arrive."""
-    url = client.url + path + "?" + urllib.parse.urlencode(query)
-    request = urllib.request.Request(url, headers=client.headers())
-    try:
-        response = urllib.request.urlopen(request, timeout=client.timeout)
-    except urllib.error.HTTPError as exc:
-        raise client._api_error(exc) from None
-    except (urllib.error.URLError, OSError) as exc:
-        raise click.ClickException(client._network_problem(exc, client.timeout)) from None
-    with response:
-        while True:
-            try:
-                raw = response.readline()
-            except (TimeoutError, OSError) as exc:
-                raise click.ClickException(
-                    f"the event stream from {client.url} broke off: {exc}"
-                ) from None
-            if not raw:
-                return
-            yield raw.decode("utf-8", "replace").strip()
-
-
 @cluster.command("watch")
 @click.option(
     "--history",
@@ -197,14 +172,10 @@ def stream_lines(client: ApiClient, path: str, query: dict[str, Any]) -> Iterato
 @api_options
 def watch(client: ApiClient, history: int, no_follow: bool, as_json: bool) -> None:
     """Print membership, registry and mode events as they happen (Ctrl-C stops)."""
-    client.timeout = 60.0  # the stream sends a keep-alive line every 15 s
     query = {"limit": history, "follow": "false" if no_follow else "true"}
     try:
-        for line in stream_lines(client, "/api/v1/cluster/events/stream", query):
-            if not line:
-                continue
-            event = json.loads(line)
-            click.echo(line if as_json else event_line(event))
+        for event in client.stream("/api/v1/cluster/events/stream", query):
+            click.echo(json.dumps(event) if as_json else event_line(event))
             sys.stdout.flush()
     except KeyboardInterrupt:
         return
@@ -220,7 +191,7 @@ def _ms(value: Any) -> str:
 
 
 @cluster.command("ping")
-@click.argument("node")
+@click.argument("node", shell_complete=complete_nodes)
 @click.option("--count", "-c", type=click.IntRange(1, 1000), default=1, show_default=True)
 @json_option
 @api_options

@@ -8,13 +8,14 @@ commands through the ``caxton_cli_commands`` hook.
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib
 import itertools
 import json
 import os
 import sys
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import click
 import yaml
@@ -22,6 +23,8 @@ import yaml
 from caxton import __version__
 from caxton.errors import CaxtonError
 from caxton.plugins import PluginHost, PluginInfo
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 #: Command groups core ships in their own modules: (module, attribute).
 CORE_COMMANDS: tuple[tuple[str, str], ...] = (
@@ -46,17 +49,73 @@ class CaxtonCLI(click.Group):
             raise click.ClickException(f"{exc.strerror or exc}") from None
 
 
+#: ``click.Context.meta`` keys of the output options (:func:`output_options`).
+FORMAT_KEY = "caxton.format"
+NO_HEADERS_KEY = "caxton.no_headers"
+FORMATS = ("table", "json", "yaml")
+
+
+def _meta(key: str, default: Any) -> Any:
+    ctx = click.get_current_context(silent=True)
+    return ctx.meta.get(key, default) if ctx is not None else default
+
+
+def output_options(command: F) -> F:
+    """``--json``, ``--format table|json|yaml`` and ``--no-headers``; the command receives
+    ``as_json`` (true for json and yaml: :func:`emit_json` writes the chosen one)."""
+
+    def remember(key: str) -> Callable[[click.Context, click.Parameter, Any], Any]:
+        def store(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+            if value:
+                ctx.meta[key] = value
+            return value
+
+        return store
+
+    @click.option("--json", "as_json", is_flag=True, help="Machine-readable output (JSON).")
+    @click.option(
+        "--format",
+        "output_format",
+        type=click.Choice(FORMATS),
+        callback=remember(FORMAT_KEY),
+        expose_value=True,
+        help="Output format (default: table; --json is --format json).",
+    )
+    @click.option(
+        "--no-headers",
+        is_flag=True,
+        callback=remember(NO_HEADERS_KEY),
+        help="Tables without their header line.",
+    )
+    @functools.wraps(command)
+    def wrapper(
+        *args: Any, as_json: bool, output_format: str | None, no_headers: bool, **kwargs: Any
+    ) -> Any:
+        if as_json and output_format not in (None, "json"):
+            raise click.UsageError(f"--json and --format {output_format} contradict each other")
+        return command(*args, as_json=as_json or output_format in ("json", "yaml"), **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
 def emit_json(data: Any) -> None:
+    """``data`` as JSON, or as YAML under ``--format yaml``."""
+    if _meta(FORMAT_KEY, "json") == "yaml":
+        click.echo(yaml.safe_dump(json.loads(json.dumps(data, default=str)), sort_keys=False))
+        return
     click.echo(json.dumps(data, indent=2, sort_keys=False, default=str))
 
 
 def render_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """Plain column-aligned table, as the product documents print them."""
+    """Plain column-aligned table, as the product documents print them (no header line
+    under ``--no-headers``)."""
     cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     lines = [
         "    ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in cells
     ]
+    if _meta(NO_HEADERS_KEY, False):
+        lines = lines[1:]
     return "\n".join(lines)
 
 
@@ -91,7 +150,7 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
 
 
 @cli.command("plugins")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@output_options
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None)
 @click.option(
     "--plugin",

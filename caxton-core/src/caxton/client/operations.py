@@ -1,0 +1,254 @@
+"""Every REST operation of the Caxton API, once, for both clients.
+
+:class:`Operations` builds a :class:`~caxton.client._core.Call` per operation and hands
+it to ``_send``, which :class:`~caxton.client.Client` answers with the decoded JSON and
+:class:`~caxton.client.AsyncClient` with an awaitable of it. The JSON is what the API
+documents (docs/api.md, ``GET /api/v1/openapi.json``): agents, messages and the rest as
+dicts.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Mapping, Sequence
+from typing import Any, Generic, TypeVar
+
+from caxton.client._core import Call
+
+__all__ = ["Operations"]
+
+#: What an operation returns: the JSON (sync) or an awaitable of it (async).
+R = TypeVar("R")
+
+
+def _module(wasm: bytes) -> str:
+    return base64.b64encode(bytes(wasm)).decode("ascii")
+
+
+def _drop_none(values: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in values.items() if v is not None}
+
+
+class Operations(Generic[R]):
+    """The REST operations; see docs/client.md for examples."""
+
+    def _send(self, call: Call) -> R:
+        raise NotImplementedError
+
+    # -- health -------------------------------------------------------------------------
+
+    def health(self) -> R:
+        return self._send(Call("GET", "/api/v1/health", idempotent=True))
+
+    def ready(self) -> R:
+        """The readiness answer (a 503 when not ready raises ApiError)."""
+        return self._send(Call("GET", "/ready", idempotent=True))
+
+    def openapi(self) -> R:
+        return self._send(Call("GET", "/api/v1/openapi.json", idempotent=True))
+
+    # -- agents -------------------------------------------------------------------------
+
+    def list_agents(
+        self,
+        *,
+        cluster: bool = False,
+        name: str | None = None,
+        state: str | None = None,
+        node: str | None = None,
+        limit: int | None = None,
+        offset: int | None = None,
+    ) -> R:
+        """This node's agents, or with ``cluster=True`` every node's; ``name`` is a glob."""
+        query = {
+            "scope": "cluster" if cluster else None,
+            "name": name,
+            "state": state,
+            "node": node,
+            "limit": limit,
+            "offset": offset,
+        }
+        return self._send(Call("GET", "/api/v1/agents", query, idempotent=True))
+
+    def deploy_agent(
+        self,
+        name: str,
+        wasm: bytes,
+        *,
+        limits: Mapping[str, int] | None = None,
+        start: bool = True,
+        allowed_senders: Sequence[str] | None = None,
+        placement_strategy: str | None = None,
+        prefer_nodes: Sequence[str] | None = None,
+        target_node: str | None = None,
+    ) -> R:
+        body = _drop_none(
+            {
+                "name": name,
+                "wasm_module": _module(wasm),
+                "resource_limits": dict(limits) if limits else None,
+                "start": None if start else False,
+                "allowed_senders": list(allowed_senders) if allowed_senders is not None else None,
+                "placement_strategy": placement_strategy,
+                "prefer_nodes": list(prefer_nodes) if prefer_nodes else None,
+                "target_node": target_node,
+            }
+        )
+        return self._send(Call("POST", "/api/v1/agents", body=body))
+
+    def get_agent(self, agent_id: str) -> R:
+        """One agent by id, from any node of the cluster."""
+        return self._send(Call("GET", f"/api/v1/agents/{agent_id}", idempotent=True))
+
+    def update_agent(
+        self, agent_id: str, *, wasm: bytes | None = None, limits: Mapping[str, int] | None = None
+    ) -> R:
+        """Hot swap the module and/or the limits (same id, name and state)."""
+        body = _drop_none(
+            {
+                "wasm_module": _module(wasm) if wasm is not None else None,
+                "resource_limits": dict(limits) if limits else None,
+            }
+        )
+        return self._send(Call("PUT", f"/api/v1/agents/{agent_id}", body=body))
+
+    def remove_agent(self, agent_id: str) -> R:
+        return self._send(Call("DELETE", f"/api/v1/agents/{agent_id}"))
+
+    def start_agent(self, agent_id: str) -> R:
+        return self._send(Call("POST", f"/api/v1/agents/{agent_id}/start"))
+
+    def stop_agent(self, agent_id: str, *, drain: float | None = None) -> R:
+        """Stop; ``drain`` seconds let in-flight conversations finish first."""
+        query = {"drain_timeout_ms": round(drain * 1000) if drain else None}
+        return self._send(Call("POST", f"/api/v1/agents/{agent_id}/stop", query, wait=drain or 0.0))
+
+    def suspend_agent(self, agent_id: str) -> R:
+        return self._send(Call("POST", f"/api/v1/agents/{agent_id}/suspend"))
+
+    def resume_agent(self, agent_id: str) -> R:
+        return self._send(Call("POST", f"/api/v1/agents/{agent_id}/resume"))
+
+    # -- messages and tasks ------------------------------------------------------------
+
+    def send_message(
+        self,
+        receiver: str,
+        content: Any = None,
+        *,
+        performative: str = "request",
+        wait: float | None = None,
+        sender: str | None = None,
+        conversation_id: str | None = None,
+        protocol: str | None = None,
+        priority: str | None = None,
+    ) -> R:
+        """Send a FIPA-ACL message; with ``wait`` seconds, the answer has the reply."""
+        body = _drop_none(
+            {
+                "performative": performative,
+                "receiver": receiver,
+                "content": content,
+                "sender": sender,
+                "conversation_id": conversation_id,
+                "protocol": protocol,
+                "priority": priority,
+                "wait_ms": round(wait * 1000) if wait else None,
+            }
+        )
+        return self._send(Call("POST", "/api/v1/messages", body=body, wait=wait or 0.0))
+
+    def conversation(self, conversation_id: str) -> R:
+        return self._send(Call("GET", f"/api/v1/conversations/{conversation_id}", idempotent=True))
+
+    def create_task(self, body: Mapping[str, Any]) -> R:
+        """A contract-net task (the body as docs/api.md "Contract net" describes it)."""
+        return self._send(Call("POST", "/api/v1/tasks", body=dict(body)))
+
+    def get_task(self, task_id: str) -> R:
+        return self._send(Call("GET", f"/api/v1/tasks/{task_id}", idempotent=True))
+
+    def distribute_task(self, task_id: str, *, wait: float = 0.0) -> R:
+        """Run the call for proposals; ``wait``: the task's deadline plus result timeout."""
+        return self._send(Call("POST", f"/api/v1/tasks/{task_id}/distribute", wait=wait))
+
+    # -- node --------------------------------------------------------------------------
+
+    def queues(self) -> R:
+        return self._send(Call("GET", "/api/v1/queues", idempotent=True))
+
+    def drain_queues(self, timeout: float = 60.0) -> R:
+        body = {"timeout_ms": round(timeout * 1000)}
+        return self._send(Call("POST", "/api/v1/queues/drain", body=body, wait=timeout))
+
+    def resources(self) -> R:
+        return self._send(Call("GET", "/api/v1/resources", idempotent=True))
+
+    def emergency_stop(self) -> R:
+        return self._send(Call("POST", "/api/v1/emergency/stop", body={"all_agents": True}))
+
+    def audit(
+        self,
+        *,
+        limit: int | None = None,
+        identity: str | None = None,
+        action: str | None = None,
+        result: str | None = None,
+        since: float | None = None,
+    ) -> R:
+        query = {"limit": limit, "identity": identity, "action": action, "result": result,
+                 "since": since}  # fmt: skip
+        return self._send(Call("GET", "/api/v1/audit", query, idempotent=True))
+
+    # -- cluster -----------------------------------------------------------------------
+
+    def cluster_members(self) -> R:
+        return self._send(Call("GET", "/api/v1/cluster/members", idempotent=True))
+
+    def cluster_status(self) -> R:
+        return self._send(Call("GET", "/api/v1/cluster/status", idempotent=True))
+
+    def cluster_partition(self) -> R:
+        return self._send(Call("GET", "/api/v1/cluster/partition", idempotent=True))
+
+    def cluster_agents(self) -> R:
+        """The cluster's agent registry: every agent with its node."""
+        return self._send(Call("GET", "/api/v1/cluster/agents", idempotent=True))
+
+    def cluster_events(self, limit: int | None = None) -> R:
+        return self._send(Call("GET", "/api/v1/cluster/events", {"limit": limit}, idempotent=True))
+
+    def cluster_ping(self, node_id: str) -> R:
+        return self._send(Call("GET", f"/api/v1/cluster/members/{node_id}/ping", idempotent=True))
+
+    def cluster_auth(self) -> R:
+        return self._send(Call("GET", "/api/v1/cluster/auth", idempotent=True))
+
+    def cluster_verify(self) -> R:
+        return self._send(Call("GET", "/api/v1/cluster/verify", idempotent=True))
+
+    def cluster_leave(self, *, node_id: str | None = None, drain: float | None = None) -> R:
+        body = _drop_none(
+            {"node": node_id, "drain_timeout_ms": round(drain * 1000) if drain else None}
+        )
+        return self._send(Call("POST", "/api/v1/cluster/leave", body=body, wait=drain or 0.0))
+
+    def cluster_remove(self, node_id: str) -> R:
+        """Force a failed member out of the cluster."""
+        body = {"node": node_id, "force": True}
+        return self._send(Call("POST", "/api/v1/cluster/remove", body=body))
+
+    # -- anything else (plugin routes) -------------------------------------------------
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        query: Mapping[str, Any] | None = None,
+        wait: float = 0.0,
+    ) -> R:
+        """Any route, e.g. one a plugin mounts; the decoded JSON answer."""
+        idempotent = method.upper() in ("GET", "HEAD")
+        return self._send(Call(method.upper(), path, dict(query or {}), body, wait, idempotent))
