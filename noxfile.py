@@ -39,6 +39,7 @@ REPORT_DIR = Path(os.environ.get("NOX_REPORT_DIR", ROOT / ".nox" / "reports"))
 #: The tools lint and typecheck use, pinned so CI and laptops agree on the verdict.
 RUFF = "ruff==0.17.6"
 MYPY = "mypy==2.4.1"
+PLAYWRIGHT = "playwright==1.65.2"
 
 CORE = "./caxton-core[test]"
 PLUGIN_DIRS = {
@@ -244,13 +245,14 @@ def integration(session: nox.Session) -> None:
     for paths, report_name in [
         # The example is a separate project: its tests run on their own, as its author's.
         ([f"{EXAMPLE_PLUGIN}/tests"], f"{session.name}-example"),
-        # links: docs session; faults: its own session (once, not per Python)
+        # links: docs session; faults, container and console: their own sessions
         (
             [
                 "tests",
                 "--ignore=tests/test_links.py",
                 "--ignore=tests/faults",
                 "--ignore=tests/container",
+                "--ignore=tests/console",
             ],
             session.name,
         ),
@@ -268,6 +270,17 @@ def integration(session: nox.Session) -> None:
 CAMPAIGN_OPTIONS = (
     "--faults", "--transport", "--seed", "--hold", "--rate", "--drift-margin", "--out"
 )  # fmt: skip
+
+
+@nox.session(python="3.11", tags=["console"])
+def console(session: nox.Session) -> None:
+    """The web console in Debian's Chromium driven by Playwright, against a real 3-node
+    cluster; screenshots go to ``$NOX_REPORT_DIR/console/``. (``playwright install``
+    cannot download browsers here: the tests launch /usr/bin/chromium, which .ci/run
+    installs; in CI a missing Chromium fails.)"""
+    install_all(session)
+    session.install(PLAYWRIGHT)
+    run_pytest(session, "tests/console")
 
 
 @nox.session(python="3.11", tags=["faults"])

@@ -27,7 +27,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -139,6 +139,8 @@ class NodeProcess:
         self.config_path = cluster.config_for(self)
         #: Sent with every request (X-API-Key) when the nodes authenticate.
         self.api_key: str | None = None
+        #: API keys made for it before it started, by role (ProcessCluster.start).
+        self.keys: dict[str, str] = {}
 
     @property
     def address(self) -> str:
@@ -315,10 +317,17 @@ class ProcessCluster:
         self.nodes[node_id] = node
         return node
 
-    def start(self, count: int, *, timeout: float = 60.0) -> list[NodeProcess]:
+    def start(
+        self, count: int, *, timeout: float = 60.0, roles: Iterable[str] = ()
+    ) -> list[NodeProcess]:
         """Start ``count`` nodes (n1 bootstraps, the others join it) and wait until
-        every node sees every other alive."""
+        every node sees every other alive. ``roles``: each node first gets an API key
+        per role in its store (``node.keys[role]``; for ``security.auth_enabled``); an
+        ``admin`` one is what :meth:`NodeProcess.request` sends."""
         nodes = [self.add(f"n{i}") for i in range(1, count + 1)]
+        for node in nodes:
+            node.keys = {role: new_key(node, role) for role in roles}
+            node.api_key = node.keys.get("admin")
         first = nodes[0]
         first.start(bootstrap=True)
         self.wait_until(first.ready, timeout, "n1 ready")
@@ -352,6 +361,39 @@ class ProcessCluster:
     def close(self) -> None:
         for node in self.nodes.values():
             node.kill()
+
+
+def new_key(node: NodeProcess, role: str) -> str:
+    """An API key with ``role`` in ``node``'s store (made before the node starts)."""
+    made = subprocess.run(
+        [*caxton_command(), "security", "api-key", "create", "--role", role, "--json",
+         "--data-dir", str(node.data_dir)],
+        capture_output=True, text=True, env=clean_environment(), timeout=60,
+    )  # fmt: skip
+    if made.returncode != 0:
+        raise RuntimeError(f"caxton security api-key create failed: {made.stderr}")
+    key: str = json.loads(made.stdout)["key"]
+    return key
+
+
+@contextlib.contextmanager
+def cluster_maker(base_dir: Path) -> Iterator[Callable[..., ProcessCluster]]:
+    """``make(**options)`` -> a :class:`ProcessCluster` under ``base_dir``; every one is
+    killed on exit."""
+    clusters: list[ProcessCluster] = []
+
+    def make(**options: Any) -> ProcessCluster:
+        base = base_dir / f"cluster{len(clusters)}"
+        base.mkdir(parents=True)
+        cluster = ProcessCluster(base, **options)
+        clusters.append(cluster)
+        return cluster
+
+    try:
+        yield make
+    finally:
+        for cluster in clusters:
+            cluster.close()
 
 
 def issue_certificates(directory: Path, node_ids: Iterable[str]) -> Path:

@@ -25,14 +25,6 @@ def caxton(*args: str) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
-def new_key(node: NodeProcess, role: str) -> str:
-    made = caxton("security", "api-key", "create", "--role", role, "--json",
-                  "--data-dir", str(node.data_dir))  # fmt: skip
-    assert made.returncode == 0, made.stderr
-    key: str = json.loads(made.stdout)["key"]
-    return key
-
-
 def audited(node: NodeProcess, action: str) -> list[dict[str, Any]]:
     entries = node.request("GET", f"/api/v1/audit?action={action}")["entries"]
     return list(entries)
@@ -42,15 +34,7 @@ def test_an_agent_on_n3_is_managed_entirely_through_n1(
     make_cluster: MakeCluster, echo: bytes, tmp_path: Path
 ) -> None:
     cluster = make_cluster(extra={"security": {"auth_enabled": True}})
-    n1, n2, n3 = (cluster.add(f"n{i}") for i in (1, 2, 3))
-    for node in (n1, n2, n3):
-        node.api_key = new_key(node, "admin")
-    viewer_n1, viewer_n3 = new_key(n1, "viewer"), new_key(n3, "viewer")
-    n1.start(bootstrap=True)
-    cluster.wait_until(n1.ready, 60, "n1 ready")
-    for node in (n2, n3):
-        node.start(join=[n1.address])
-    cluster.wait_converged([n1, n2, n3])
+    n1, _, n3 = cluster.start(3, roles=("admin", "viewer"))
     module = tmp_path / "echo.wasm"
     module.write_bytes(echo)
 
@@ -76,8 +60,8 @@ def test_an_agent_on_n3_is_managed_entirely_through_n1(
     assert n1.ask("echo", "hello")["reply"]["content"] == "hello"
 
     # A viewer reads through n1, and is refused a change by n1 and by n3.
-    assert through(n1, "agent", "get", "echo", "--json", key=viewer_n1)["node_id"] == "n3"
-    for node, key in ((n1, viewer_n1), (n3, viewer_n3)):
+    assert through(n1, "agent", "get", "echo", "--json", key=n1.keys["viewer"])["node_id"] == "n3"
+    for node, key in ((n1, n1.keys["viewer"]), (n3, n3.keys["viewer"])):
         refused = caxton("agent", "suspend", "echo", "--api-url", node.api_url, "--api-key", key)
         assert refused.returncode == 1
         assert "Forbidden" in refused.stderr

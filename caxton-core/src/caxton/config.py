@@ -244,6 +244,9 @@ CORE_SECTIONS: tuple[ConfigSection, ...] = (
         F("tls_key_path", "str", None, optional=True),
         F("tls_ca_path", "str", None, optional=True),
     ), "The REST API and metrics listeners"),
+    ConfigSection("api", (
+        F("ui", "bool", True, "Serve the web console at /ui (docs/console.md)"),
+    ), "The REST API's extras"),
     ConfigSection("coordination", (
         F("local_state_path", "str", None, "SQLite file (default: DATA_DIR/local.db)",
           optional=True),

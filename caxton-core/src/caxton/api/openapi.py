@@ -891,6 +891,7 @@ TAG_DESCRIPTIONS = {
     "operations": "Queues, resources, emergency stop, the audit log",
     "cluster": "Membership, the agent registry, partitions, leave and remove",
     "backups": "Backups of the node's state store",
+    "console": "The web console's files (public: they hold no data)",
 }
 
 

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
-from caxton.api import agents, audit, backups, cluster, emergency, messages, system
+from caxton.api import agents, audit, backups, cluster, emergency, messages, system, ui
 from caxton.api.edges import ProtocolLog, with_expect_check
 from caxton.api.keys import (
     AWAITING_FIRST_REQUEST,
@@ -83,11 +83,13 @@ def build_app(node: Node, settings: ApiSettings | None = None) -> web.Applicatio
     guard = getattr(getattr(node, "context", None), "services", {}).get("auth")
     if guard is not None:
         app[GUARD] = guard
-    app[OPENAPI] = with_tags(
-        emergency.extend_openapi(
-            backups.extend_openapi(cluster.extend_openapi(build_openapi(node)))
-        )
+    document = emergency.extend_openapi(
+        backups.extend_openapi(cluster.extend_openapi(build_openapi(node)))
     )
+    if node.config["api"]["ui"]:
+        app.add_routes(ui.routes)
+        document = ui.extend_openapi(document)
+    app[OPENAPI] = with_tags(document)
     app[AWAITING_FIRST_REQUEST] = set()
     app[TASKS] = TaskBoard()
     app[CPU] = CpuSampler()
