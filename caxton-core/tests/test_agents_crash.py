@@ -3,6 +3,7 @@ state and the durable messages it had accepted."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
