@@ -1,6 +1,7 @@
 """Benchmark the in-process router alone (trivial deliver callbacks, no wasm).
 
     python3 benchmarks/bench_router.py [--messages N] [--output FILE] [--uvloop]
+                                       [--tracing RATIO]
 
 Prints one JSON document: for each scenario the throughput (messages/s), the latency
 from ``send`` to ``deliver`` (P50/P99/max, µs) and the router's cost per message (µs).
@@ -16,6 +17,11 @@ Scenarios:
 - ``fan_in``: 8 senders to one agent, random priorities and 64 conversations.
 - ``request_reply``: ``Router.request`` from an external client to an echo agent.
 - ``at_least_once``: ``send`` with an in-memory durable outbox (group commit, acks).
+
+``--tracing RATIO`` traces every router as a node with ``observability.enable_tracing``
+and ``trace_sample_rate = RATIO`` would (caxton.tracing: a span per message routed), the
+finished spans going to an exporter that drops them (so the cost measured is the
+spans', not a collector's).
 """
 
 from __future__ import annotations
@@ -57,6 +63,37 @@ def summarize(name: str, count: int, elapsed_ns: int, latencies_ns: list[int]) -
     return result
 
 
+#: Set by --tracing: the tracing every router of the run uses.
+TRACING: Any = None
+
+
+def new_router(**options: Any) -> Router:
+    router = Router(**options)
+    if TRACING is not None:
+        router.trace_with(TRACING)
+    return router
+
+
+def build_tracing(ratio: float) -> Any:
+    from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+
+    from caxton.config import load_config
+    from caxton.tracing import Tracing
+
+    class Dropping(SpanExporter):
+        def export(self, spans: Any) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    config = load_config(
+        overrides={
+            "observability.enable_tracing": True,
+            "observability.trace_sample_rate": ratio,
+            "observability.otlp_endpoint": "http://127.0.0.1:4318",
+        }
+    )
+    return Tracing("bench", config, exporter=Dropping())
+
+
 def stamped_sink(stamps: list[int]) -> Callable[[Message], None]:
     def deliver(message: Message) -> None:
         stamps.append(clock())
@@ -65,7 +102,7 @@ def stamped_sink(stamps: list[int]) -> Callable[[Message], None]:
 
 
 async def direct(n: int, **router_options: Any) -> dict[str, Any]:
-    router = Router(node_id="bench", queue_size=n + 1, **router_options)
+    router = new_router(node_id="bench", queue_size=n + 1, **router_options)
     received: list[int] = []
     router.register("sink", stamped_sink(received))
     name = "direct" if router_options.get("direct_delivery", True) else "queued"
@@ -90,7 +127,7 @@ async def timed_sends(name: str, router: Router, n: int, received: list[int]) ->
 
 async def queued_latency(n: int) -> dict[str, Any]:
     """One queued message per event-loop iteration: the latency of the pump alone."""
-    router = Router(node_id="bench", direct_delivery=False)
+    router = new_router(node_id="bench", direct_delivery=False)
     received: list[int] = []
     router.register("sink", stamped_sink(received))
     messages = [Message(Performative.INFORM, "source", "sink", i) for i in range(n)]
@@ -111,7 +148,7 @@ async def queued_latency(n: int) -> dict[str, Any]:
 
 
 async def ping_pong(n: int) -> dict[str, Any]:
-    router = Router(node_id="bench")
+    router = new_router(node_id="bench")
     hops: list[int] = []
     done = asyncio.get_running_loop().create_future()
     state = {"left": n, "sent_at": 0}
@@ -144,7 +181,7 @@ async def ping_pong(n: int) -> dict[str, Any]:
 
 
 async def fan_in(n: int) -> dict[str, Any]:
-    router = Router(node_id="bench", queue_size=n + 1, direct_delivery=False)
+    router = new_router(node_id="bench", queue_size=n + 1, direct_delivery=False)
     received: list[int] = []
     router.register("sink", stamped_sink(received))
     rng = random.Random(7)
@@ -171,7 +208,7 @@ async def fan_in(n: int) -> dict[str, Any]:
 
 
 async def request_reply(n: int) -> dict[str, Any]:
-    router = Router(node_id="bench")
+    router = new_router(node_id="bench")
 
     def echo(message: Message) -> None:
         router.send_nowait(message.create_reply(Performative.INFORM, message.content))
@@ -192,7 +229,7 @@ async def request_reply(n: int) -> dict[str, Any]:
 
 async def at_least_once(n: int) -> dict[str, Any]:
     outbox = MemoryOutbox()
-    router = Router(node_id="bench", queue_size=n + 1, guarantee="at-least-once", outbox=outbox)
+    router = new_router(node_id="bench", queue_size=n + 1, guarantee="at-least-once", outbox=outbox)
     received: list[int] = []
     router.register("sink", stamped_sink(received))
     await router.start()
@@ -218,7 +255,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--messages", type=int, default=100_000)
     parser.add_argument("--output", help="also write the JSON here")
     parser.add_argument("--uvloop", action="store_true", help="run on uvloop")
+    parser.add_argument("--tracing", type=float, help="trace, sampling this ratio (0-1)")
     args = parser.parse_args(argv)
+    global TRACING
+    if args.tracing is not None:
+        TRACING = build_tracing(args.tracing)
     if args.uvloop:
         import uvloop
 
@@ -240,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": platform.machine(),
         "cpus": os.cpu_count(),
         "event_loop": "uvloop" if args.uvloop else "asyncio",
+        "tracing": args.tracing,
         "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
         "results": results,
     }

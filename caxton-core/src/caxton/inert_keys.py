@@ -19,7 +19,6 @@ _LIMITS = (
     "runtime.default_execution_time, or the deploy request's limits"
 )
 _PARTITION = "a caxton_partition_decision hook plugin (docs/cluster.md)"
-_OBSERVE = "nothing yet (observability work in progress); leave the key out"
 
 #: dotted key -> what to use instead.
 INERT_KEYS: dict[str, str] = {
@@ -71,10 +70,6 @@ INERT_KEYS: dict[str, str] = {
     ),
     "observability.log_rotation": "logrotate or journald",
     "observability.log_retention_days": "logrotate or journald",
-    "observability.enable_tracing": _OBSERVE,
-    "observability.trace_sample_rate": _OBSERVE,
-    "observability.otlp_endpoint": _OBSERVE,
-    "observability.otlp_timeout": _OBSERVE,
     "agents.default_limits": _LIMITS,
     "agents.overrides": _LIMITS,
 }

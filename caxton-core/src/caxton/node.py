@@ -148,6 +148,8 @@ class Node:
         self.metrics_address: tuple[str, int] | None = None
         #: What the REST API served (the metrics read it).
         self.http_stats = HttpStats()
+        #: OpenTelemetry tracing (caxton.tracing) when observability.enable_tracing.
+        self.tracing: Any = None
         self.cluster_address: tuple[str, int] | None = None
         self._stack = contextlib.AsyncExitStack()
         self._stopped = asyncio.Event()
@@ -225,6 +227,9 @@ class Node:
                 section = self.host.driver_class(kind, name).config_section
                 if section is not None:
                     self.config.add_section(section)
+        from caxton.tracing import check_tracing
+
+        check_tracing(self.config)
 
     def preflight(self) -> None:
         """Run the checks of :func:`caxton.preflight.preflight` (what ``config validate``
@@ -301,7 +306,13 @@ class Node:
         from caxton.messaging import Router
         from caxton.metrics import start_metrics
         from caxton.store import Store
+        from caxton.tracing import build_tracing
 
+        self.tracing = build_tracing(self.node_id, self.config)
+        if self.tracing is not None:
+            tracing = self.tracing
+            # Exporting the last spans may wait on the collector: not on the loop.
+            self._stack.push_async_callback(asyncio.to_thread, tracing.shutdown)
         coordination, storage = self.config["coordination"], self.config["storage"]
         messaging, runtime = self.config["messaging"], self.config["runtime"]
         self.store = Store(
@@ -341,6 +352,8 @@ class Node:
                 letter.message, letter.reason
             ),
         )
+        if self.tracing is not None:
+            self.router.trace_with(self.tracing)
         await self.router.start()
         from caxton.emergency import EmergencyState
 
@@ -369,6 +382,7 @@ class Node:
             extra_functions=extra_functions,
             durability=self.config["coordination.cluster"]["durability"],
         )
+        self.agents.tracing = self.tracing
         await self.agents.start()
         self._stack.push_async_callback(self.agents.close)
         self.context.services["agents"] = self.agents

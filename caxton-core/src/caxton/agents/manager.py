@@ -54,6 +54,7 @@ if TYPE_CHECKING:
 
     from caxton.messaging import Message, Router
     from caxton.store import Store
+    from caxton.tracing import Tracing
 
 log = logging.getLogger("caxton.agents")
 
@@ -143,6 +144,8 @@ class AgentManager:
         self.startup_times = Samples()
         #: Seconds each agent spent handling a message (its runtimes feed this one).
         self.processing_times = Samples()
+        #: The node's tracing (caxton.tracing), or None: agents' handling is not traced.
+        self.tracing: Tracing | None = None
 
     # -- node lifecycle --------------------------------------------------------------
 

@@ -35,6 +35,7 @@ from caxton.sandbox.abi import MAX_KEY_BYTES, LogLevel, Status
 if TYPE_CHECKING:
     from caxton.agents.manager import AgentManager
     from caxton.messaging import Message
+    from caxton.tracing import Tracing
 
 agent_log = logging.getLogger("caxton.agent")
 
@@ -102,6 +103,8 @@ class AgentRuntime:
         self.restart_handle: asyncio.TimerHandle | None = None
         #: Seconds each message took in the agent (caxton_agent_message_latency_p99).
         self.processing = Samples(pending=512, window=256, parent=manager.processing_times)
+        #: While a traced message is handled: its span's traceparent, for what it sends.
+        self.trace_parent: str | None = None
         #: Counters changed since the record was last queued for the store.
         self.dirty = False
         self.lock = asyncio.Lock()
@@ -180,6 +183,35 @@ class AgentRuntime:
         if message.conversation_id:
             # Before the call: the agent's reply, made during it, may close it again.
             self._track(message)
+        tracing = self.manager.tracing
+        if tracing is not None and tracing.sampled(message):
+            self._handle_traced(tracing, instance, message, data)
+            return
+        if message.traceparent is not None:  # an unsampled trace: what it sends continues it
+            self.trace_parent = message.traceparent
+            try:
+                self._call(instance, message, data)
+            finally:
+                self.trace_parent = None
+            return
+        self._call(instance, message, data)
+
+    def _handle_traced(
+        self, tracing: Tracing, instance: AgentInstance, message: Message, data: bytes
+    ) -> None:
+        """The agent's handling as a span; what it sends meanwhile continues the trace."""
+        with tracing.message_span(
+            "caxton.agent.handle", message, **{"caxton.agent": self.name}
+        ) as span:
+            self.trace_parent = message.traceparent
+            try:
+                self._call(instance, message, data)
+            finally:
+                self.trace_parent = None
+                if span.is_recording():
+                    span.set_attribute("caxton.fuel_used", instance.last_fuel_used)
+
+    def _call(self, instance: AgentInstance, message: Message, data: bytes) -> None:
         self.busy = True
         self.current = message
         started = perf_counter()
@@ -357,7 +389,12 @@ class AgentRuntime:
         dropped = self.log_budget.take()
         if dropped is None:
             return
-        extra = {"agent": self.name}
+        current = self.current
+        extra = {
+            "agent": self.name,
+            "conversation_id": current.conversation_id if current else None,
+            "traceparent": self.trace_parent,
+        }
         if dropped:
             agent_log.warning(
                 "[%s] %d log lines dropped (an agent may log %d lines at once, then %g/s)",
@@ -461,6 +498,8 @@ class AgentRuntime:
                 f"outside input (a loop between agents?); see docs/security.md",
             )
             return Status.DENIED
+        if self.trace_parent is not None and message.traceparent is None:
+            message.traceparent = self.trace_parent
         try:
             self.manager.outputs.emit(self, message)
         except AgentNotFound:

@@ -16,6 +16,7 @@ from caxton.node import Node
 
 if TYPE_CHECKING:
     from caxton.auth.chain import Guard  # imports caxton.api.permissions
+    from caxton.tracing import Tracing
 
 NODE = web.AppKey("node", Node)
 SETTINGS = web.AppKey("settings", ApiSettings)
@@ -29,6 +30,8 @@ TASKS = web.AppKey("tasks", TaskBoard)
 CPU = web.AppKey("cpu", CpuSampler)
 #: The node's request counts and durations (its metrics read them).
 HTTP_STATS = web.AppKey("http_stats", HttpStats)
+#: Set only when the node traces (observability.enable_tracing).
+TRACING: web.AppKey[Tracing] = web.AppKey("tracing")
 #: Set only when ``security.auth_enabled`` is true: the node's auth chain and roles.
 GUARD: web.AppKey[Guard] = web.AppKey("guard")
 

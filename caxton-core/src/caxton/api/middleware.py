@@ -38,6 +38,7 @@ from caxton.api.keys import (
     LIMITER,
     REQUEST_ID,
     SETTINGS,
+    TRACING,
 )
 from caxton.api.permissions import PUBLIC, UNDECLARED, required_permission
 from caxton.api.responses import error_response
@@ -80,6 +81,23 @@ MAX_RETRY_AFTER = 86_400
 
 @web.middleware
 async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
+    tracing = request.config_dict.get(TRACING)
+    if tracing is None:
+        return await _request_context(request, handler)
+    # The request's span is the current one while it is handled: the messages it sends
+    # continue its trace (a client's traceparent header, if any, is its parent).
+    with tracing.span(
+        f"{request.method} {route_of(request)}",
+        tracing.extract(request.headers),
+        kind="server",
+        **{"http.request.method": request.method, "url.path": request.rel_url.path},
+    ) as span:
+        response = await _request_context(request, handler)
+        span.set_attribute("http.response.status_code", response.status)
+        return response
+
+
+async def _request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
     started = time.perf_counter()
     request.config_dict[AWAITING_FIRST_REQUEST].discard(request.protocol)
     given = request.headers.get(REQUEST_ID_HEADER, "")

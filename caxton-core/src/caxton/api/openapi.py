@@ -181,6 +181,9 @@ def _schemas(ceiling: ResourceLimits) -> dict[str, Any]:
         "reply_by": {"type": "number", "minimum": 0, "description": "Unix time, seconds"},
         "message_id": string_schema(),
         "priority": {"type": "string", "enum": [p.name.lower() for p in Priority]},
+        "traceparent": string_schema(
+            description="W3C trace context; set by nodes that trace (docs/observability.md)"
+        ),
     }
     message_out = {
         **message_fields,
@@ -193,6 +196,7 @@ def _schemas(ceiling: ResourceLimits) -> dict[str, Any]:
     for key in ("language", "ontology", "protocol", "conversation_id", "reply_with"):
         message_out[key] = {"type": "string"}
     message_out["in_reply_to"] = {"type": "string"}
+    message_out["traceparent"] = {"type": "string"}
     message_out["receivers"] = {"type": "array", "items": {"type": "string"}}
     return {
         "Error": object_schema(

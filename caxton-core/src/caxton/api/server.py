@@ -37,6 +37,7 @@ from caxton.api.keys import (
     OPENAPI,
     SETTINGS,
     TASKS,
+    TRACING,
 )
 from caxton.api.middleware import MIDDLEWARES
 from caxton.api.openapi import build_openapi, with_tags
@@ -95,6 +96,9 @@ def build_app(node: Node, settings: ApiSettings | None = None) -> web.Applicatio
     app[CPU] = CpuSampler()
     stats = getattr(node, "http_stats", None)
     app[HTTP_STATS] = stats if isinstance(stats, HttpStats) else HttpStats()
+    tracing = getattr(node, "tracing", None)
+    if tracing is not None:
+        app[TRACING] = tracing
     for table in CORE_ROUTES:  # Expect: 100-continue is checked against the body limit
         app.add_routes(with_expect_check(table))
     for result in node.hook.caxton_api_routes(node=node):

@@ -105,6 +105,13 @@ class Forwarding:
         that node answers. Otherwise (at-most-once, or an older node) the frame is
         unacknowledged (version 1) and None is returned once the transport took it.
         """
+        tracing = self.cluster.node.tracing
+        if tracing is None or not tracing.sampled(message):
+            return await self._forward(route, message)
+        with tracing.message_span("caxton.forward", message, **{"caxton.to_node": route.node_id}):
+            return await self._forward(route, message)
+
+    async def _forward(self, route: PeerRoute, message: Message) -> Acknowledgement | None:
         cluster = self.cluster
         router = cluster.router
         if router is not None and router.guarantee == "at-least-once":

@@ -120,6 +120,7 @@ _OPTIONAL_STRINGS = (
     "conversation_id",
     "reply_with",
     "in_reply_to",
+    "traceparent",
 )
 _FIELDS = (
     "performative",
@@ -184,6 +185,8 @@ class Message:
     message_id: str = field(default_factory=new_message_id)
     priority: Priority = Priority.NORMAL
     receivers: tuple[str, ...] = ()
+    #: W3C trace context (``00-<trace id>-<span id>-<flags>``) when the node traces.
+    traceparent: str | None = None
     wire_size: int | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -226,6 +229,8 @@ class Message:
             data["reply_by"] = self.reply_by
         data["message_id"] = self.message_id
         data["priority"] = _PRIORITY_LABELS[self.priority]
+        if self.traceparent is not None:
+            data["traceparent"] = self.traceparent
         return data
 
     def to_json(self) -> bytes:
@@ -339,6 +344,7 @@ class Message:
             message_id,
             priority,
             receivers,
+            get("traceparent"),
         )
 
     @classmethod

@@ -37,7 +37,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from caxton.errors import (
     AgentNotFound,
@@ -58,6 +58,9 @@ from caxton.messaging.message import MAX_FIELD_LENGTH, Message, encode_content, 
 from caxton.messaging.performatives import Performative, Priority
 from caxton.messaging.remote import RemoteQueues, RemoteRoute, Resolver, resolve
 from caxton.samples import Samples
+
+if TYPE_CHECKING:
+    from caxton.tracing import Tracing
 
 __all__ = [
     "GUARANTEES",
@@ -232,6 +235,8 @@ class Router:
         self._waits = self.latency.pending
         #: Seconds each forward to another node took (the remote routing latency).
         self.forward_latency = Samples()
+        #: Set by :meth:`trace_with` when the node traces.
+        self.tracing: Tracing | None = None
         self._direct_count = 0
         self._remote = RemoteQueues(self)
         self._handed_over: set[str] = set()
@@ -391,6 +396,12 @@ class Router:
         there is nothing to wait for (at-most-once: the message is queued).
         """
         return self._submit(message, {}, wait=self._durable)
+
+    def trace_with(self, tracing: Tracing) -> None:
+        """Give every message routed here its span (:mod:`caxton.tracing`). Untraced,
+        ``_submit`` is the plain method: not even a check on the hot path."""
+        self.tracing = tracing
+        self._submit = tracing.routed(self._submit)  # type: ignore[method-assign]
 
     def _submit(
         self, message: Message, routes: Mapping[str, RemoteRoute] | None, *, wait: bool
