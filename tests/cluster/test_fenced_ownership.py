@@ -147,3 +147,16 @@ async def test_a_heal_loses_no_state_the_old_copy_acknowledged(
         f"{acknowledged} increments were acknowledged, but the count went on from "
         f"{None if final is None else final - 1}"
     )
+
+
+async def test_a_takeover_from_a_live_owner_fences_it_and_keeps_its_state(
+    links: tuple[NodeFactory, LinkCuts], counter: bytes
+) -> None:
+    """A false failure detection: the owner still answers, promises the next generation,
+    and so fences its own copy; the agent runs once, from the owner's state."""
+    (n1, n2, n3), agent_id, _ = await counter_on_n3(links, counter)
+    taker = taker_of([n1, n2], agent_id)
+    await take_over(taker, agent_id)
+    await eventually(lambda: hosts([n1, n2, n3], "counter") == [taker.node_id], 20)
+    assert await tick(taker, 5.0) == 4
+    assert any("is fenced" in e.text for e in n3.cluster.recent_events(1000))

@@ -54,6 +54,10 @@ OPS = frozenset({"writes", "promise"})
 #: Seconds a holder has to answer a frame of writes, and a member a promise.
 WRITE_TIMEOUT = 2.0
 PROMISE_TIMEOUT = 2.0
+#: How often, and how far apart, a takeover writes its state again to a member still
+#: removing the copy the takeover fenced.
+GAP_RETRIES = 20
+GAP_RETRY_DELAY = 0.05
 #: Seconds before a holder that missed writes is sent the whole state again.
 RESYNC_DELAY = 0.2
 #: An owner's versions start this far above the last one it committed, whenever it
@@ -537,16 +541,25 @@ class Ownership:
             return None
 
     async def _write_one(self, holder: str, entry: list[Any]) -> bool:
-        member = self.cluster._live(holder)
-        if member is None:
-            return False
-        try:
-            answer = await self.cluster._control(
-                member.address, WRITE_TIMEOUT, "writes", self.failover.trust.seal([entry])
-            )
-        except CaxtonError:
-            return False
-        return isinstance(answer, list) and len(answer) == 1 and answer[0][:1] == ["ok"]
+        """Write one entry to ``holder``; True once it holds it. A holder that still hosts
+        the copy it was just fenced from answers ``gap`` until that copy is removed (a
+        few ms): it is asked again meanwhile, so a takeover that fenced a live owner does
+        not give up on it and leave the agent running nowhere."""
+        for _ in range(GAP_RETRIES):
+            member = self.cluster._live(holder)
+            if member is None:
+                return False
+            try:
+                answer = await self.cluster._control(
+                    member.address, WRITE_TIMEOUT, "writes", self.failover.trust.seal([entry])
+                )
+            except CaxtonError:
+                return False
+            result = answer[0] if isinstance(answer, list) and len(answer) == 1 else None
+            if not isinstance(result, list) or result[:1] != ["gap"]:
+                return isinstance(result, list) and result[:1] == ["ok"]
+            await asyncio.sleep(GAP_RETRY_DELAY)
+        return False
 
     def _takeover_failed(self, replica: Replica, reason: str) -> None:
         self.cluster.events.record(
