@@ -291,3 +291,43 @@ def test_tls_context_is_the_ca(tmp_path: Path) -> None:
     context = Settings(["https://x:1"], ca_cert=ca.cert_path).tls()
     assert isinstance(context, ssl.SSLContext)
     assert Settings(["https://x:1"], verify=False).tls() is False
+
+
+def test_every_core_route_has_a_client_method(caxton_node_factory: NodeFactory) -> None:
+    """Each REST route of core is an Operations method (streams: Client.stream and
+    Client.iter_bytes; the console's files are for browsers)."""
+    import inspect
+    import re
+
+    from caxton.api.server import build_app
+    from caxton.client import Call
+    from caxton.client.operations import Operations
+
+    class Recorder(Operations[Call]):
+        def _send(self, call: Call) -> Call:
+            return call
+
+    placeholders = {"wasm": b"\0asm", "body": {}, "content": "x"}
+    calls = []
+    recorder = Recorder()
+    for name, method in inspect.getmembers(recorder, inspect.ismethod):
+        if name.startswith("_") or name == "request":
+            continue
+        args = [
+            placeholders.get(p.name, "00000000-0000-0000-0000-000000000000")
+            for p in inspect.signature(method).parameters.values()
+            if p.default is inspect.Parameter.empty and p.kind is p.POSITIONAL_OR_KEYWORD
+        ]
+        calls.append(method(*args))
+    streamed = {"/api/v1/cluster/events/stream", "/api/v1/backups/{backup_id}/archive"}
+    node = caxton_node_factory.build("routes")
+    for route in build_app(node).router.routes():
+        canonical = route.resource.canonical if route.resource is not None else ""
+        if route.method == "HEAD" or canonical.startswith("/ui") or canonical in streamed:
+            continue
+        pattern = re.sub(
+            r"\{[^}]+\}", "[^/]+", re.escape(canonical).replace(r"\{", "{").replace(r"\}", "}")
+        )
+        assert any(c.method == route.method and re.fullmatch(pattern, c.path) for c in calls), (
+            f"no caxton.client method for {route.method} {canonical}"
+        )

@@ -131,6 +131,9 @@ def test_the_console_shows_and_manages_the_cluster(
     expect(viewer.locator('nav a[data-view="audit"]')).to_be_hidden()
     viewer.screenshot(path=str(screenshots / "console-viewer.png"))
 
+    viewer.click('nav a[data-view="dead"]')
+    expect(viewer.locator("#dead")).to_be_visible()
+
     # The admin's audit log has the page's deploy.
     page.click('nav a[data-view="audit"]')
     expect(page.locator("#audit tbody tr").first).to_be_visible()

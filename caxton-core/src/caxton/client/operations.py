@@ -40,6 +40,10 @@ class Operations(Generic[R]):
     def health(self) -> R:
         return self._send(Call("GET", "/api/v1/health", idempotent=True))
 
+    def alive(self) -> R:
+        """The liveness answer: the process serves."""
+        return self._send(Call("GET", "/health", idempotent=True))
+
     def ready(self) -> R:
         """The readiness answer (a 503 when not ready raises ApiError)."""
         return self._send(Call("GET", "/ready", idempotent=True))
@@ -184,8 +188,82 @@ class Operations(Generic[R]):
     def resources(self) -> R:
         return self._send(Call("GET", "/api/v1/resources", idempotent=True))
 
-    def emergency_stop(self) -> R:
-        return self._send(Call("POST", "/api/v1/emergency/stop", body={"all_agents": True}))
+    def whoami(self) -> R:
+        """The caller's identity, roles and permissions."""
+        return self._send(Call("GET", "/api/v1/whoami", idempotent=True))
+
+    def dead_letters(self, *, limit: int | None = None, message_id: str | None = None) -> R:
+        query = {"limit": limit, "message_id": message_id}
+        return self._send(Call("GET", "/api/v1/queues/dead-letters", query, idempotent=True))
+
+    # -- emergencies (docs/operations.md; bodies as docs/api.md gives them) -------------
+
+    def emergency_stop(
+        self, *, cluster: bool = False, preserve_state: bool = False, dump_to: str | None = None
+    ) -> R:
+        body = _drop_none(
+            {
+                "all_agents": True,
+                "cluster": cluster or None,
+                "preserve_state": preserve_state or None,
+                "dump_to": dump_to,
+            }
+        )
+        return self._send(Call("POST", "/api/v1/emergency/stop", body=body, wait=120.0))
+
+    def emergency_start(self, body: Mapping[str, Any] | None = None) -> R:
+        return self._send(
+            Call("POST", "/api/v1/emergency/start", body=dict(body or {}), wait=120.0)
+        )
+
+    def emergency_suspend(self, body: Mapping[str, Any]) -> R:
+        """Suspend agents by priority, e.g. ``{"priority": "low"}``."""
+        return self._send(Call("POST", "/api/v1/emergency/suspend", body=dict(body), wait=60.0))
+
+    def emergency_resume(self, body: Mapping[str, Any] | None = None) -> R:
+        return self._send(
+            Call("POST", "/api/v1/emergency/resume", body=dict(body or {}), wait=60.0)
+        )
+
+    def shed_load(self, body: Mapping[str, Any]) -> R:
+        return self._send(Call("POST", "/api/v1/emergency/shed-load", body=dict(body), wait=60.0))
+
+    def circuit_breakers(self) -> R:
+        return self._send(Call("GET", "/api/v1/circuit-breakers", idempotent=True))
+
+    def activate_circuit_breaker(self, body: Mapping[str, Any]) -> R:
+        return self._send(Call("POST", "/api/v1/circuit-breakers/activate", body=dict(body)))
+
+    def reset_circuit_breakers(self, body: Mapping[str, Any] | None = None) -> R:
+        return self._send(Call("POST", "/api/v1/circuit-breakers/reset", body=dict(body or {})))
+
+    def isolate_node(self, node_id: str) -> R:
+        return self._send(Call("POST", "/api/v1/cluster/isolate", body={"node": node_id}))
+
+    def rejoin_node(self, node_id: str) -> R:
+        return self._send(Call("POST", "/api/v1/cluster/rejoin", body={"node": node_id}))
+
+    # -- backups (the archive itself: ``iter_bytes(f"/api/v1/backups/{id}/archive")``) --
+
+    def backups(self) -> R:
+        return self._send(Call("GET", "/api/v1/backups", idempotent=True))
+
+    def create_backup(self, backup_type: str | None = None) -> R:
+        body = _drop_none({"type": backup_type})
+        return self._send(Call("POST", "/api/v1/backups", body=body, wait=300.0))
+
+    def get_backup(self, backup_id: str) -> R:
+        return self._send(Call("GET", f"/api/v1/backups/{backup_id}", idempotent=True))
+
+    def verify_backup(self, backup_id: str) -> R:
+        return self._send(Call("POST", f"/api/v1/backups/{backup_id}/verify", wait=300.0))
+
+    def remove_backup(self, backup_id: str) -> R:
+        return self._send(Call("DELETE", f"/api/v1/backups/{backup_id}"))
+
+    def cluster_backup(self, body: Mapping[str, Any]) -> R:
+        """A snapshot of every node (``{"dest": ...}`` as docs/api.md gives it)."""
+        return self._send(Call("POST", "/api/v1/cluster/backups", body=dict(body), wait=600.0))
 
     def audit(
         self,

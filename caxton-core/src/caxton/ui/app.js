@@ -135,6 +135,7 @@ function route() {
     agents: refreshAgents,
     agent: () => refreshAgent(decodeURIComponent(arg || "")),
     audit: refreshAudit,
+    dead: refreshDeadLetters,
   }[view];
   const tick = async () => {
     try {
@@ -365,14 +366,32 @@ async function refreshAgent(id) {
   }
 }
 
+function timestamp(seconds) {
+  return new Date(seconds * 1000).toISOString().replace("T", " ").slice(0, 19);
+}
+
+async function refreshDeadLetters() {
+  const data = await api("/api/v1/queues/dead-letters?limit=100");
+  const body = $("dead").tBodies[0];
+  body.replaceChildren();
+  for (const letter of data.dead_letters) {
+    const message = letter.message || {};
+    const row = el("tr", null, { "data-message": letter.message_id });
+    for (const value of [timestamp(letter.at), letter.receiver, message.performative,
+      message.sender, letter.reason, letter.message_id]) {
+      row.append(el("td", value ?? "-"));
+    }
+    body.append(row);
+  }
+}
+
 async function refreshAudit() {
   const data = await api("/api/v1/audit?limit=200");
   const body = $("audit").tBodies[0];
   body.replaceChildren();
   for (const entry of data.entries) {
     const row = el("tr", null, { "data-result": entry.result });
-    const when = new Date(entry.time * 1000).toISOString().replace("T", " ").slice(0, 19);
-    for (const value of [when, entry.identity, entry.action, entry.target, entry.result, entry.source]) {
+    for (const value of [timestamp(entry.time), entry.identity, entry.action, entry.target, entry.result, entry.source]) {
       row.append(el("td", value ?? "-"));
     }
     body.append(row);
