@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cluster_support import free_port
 from test_cluster_routing import eventually
 from test_placement_cluster import crash, deploy
 
@@ -169,3 +170,21 @@ async def test_the_majority_waits_for_the_failed_nodes_lease_to_lapse(
 
     await eventually(moved, 30)
     assert taken["n3 writable"] is False
+
+
+async def test_a_node_that_cannot_reach_its_seeds_is_not_a_cluster_of_one(
+    links: tuple[NodeFactory, LinkCuts], echo: bytes
+) -> None:
+    """A node restarted while cut off from its cluster knows nobody: it must not take
+    writes as if it were alone."""
+    factory, _cuts = links
+    n1 = factory.build("n1", bootstrap=True)
+    await n1.start()
+    assert n1.cluster_address is not None
+    nowhere = factory.build("n2", join=[f"127.0.0.1:{free_port()}"])
+    await nowhere.start()
+    assert not writable(nowhere)
+    status, answer, _ = await deploy(nowhere, {"name": "alone"}, echo)
+    assert status == 503, answer
+    await nowhere.cluster.membership.join([f"127.0.0.1:{n1.cluster_address[1]}"])
+    await eventually(lambda: writable(nowhere) and writable(n1), 20)

@@ -42,6 +42,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -412,39 +413,43 @@ class Failover:
                 f"+ partition.lease_drift_margin)",
                 limit - silent + 0.01,
             )
-        confirmed, quorum = await self.quorum_answers(failed)
+        silences, quorum = await self.silences(failed)
+        confirmed = sum(s >= limit for s in silences)
         if confirmed < quorum:
+            # Members that answered but heard from it more recently: ask again when
+            # enough of them will have been silent long enough (no backoff to wait out).
+            ordered = sorted(silences, reverse=True)
+            soon = len(ordered) >= quorum and ordered[quorum - 1] >= 0
             return (
                 f"only {confirmed} nodes answer that {failed} was silent for {limit:g}s, "
                 f"quorum {quorum}",
-                backoff,
+                limit - ordered[quorum - 1] + 0.01 if soon else backoff,
             )
         return None, backoff
 
-    async def quorum_answers(self, failed: str | None = None) -> tuple[int, int]:
-        """How many known members (this node included) answer a round trip now and,
-        when ``failed`` is given, have had none with it for the failover's time; and
-        the quorum."""
+    async def silences(self, failed: str) -> tuple[list[float], int]:
+        """Seconds since each known member that answers now (this node included) last
+        had a round trip with ``failed`` (``inf``: never), and the quorum."""
         lease = self.cluster.lease
         known = lease.known()
         quorum = quorum_of(known, lease.quorum_size)
-        limit = lease.settings.failover_after
 
-        async def confirms(node_id: str) -> bool:
+        async def ask(node_id: str) -> float | None:
             try:
                 member = self.cluster._member(node_id)
                 silent = await self.cluster._control(
-                    member.address, QUORUM_TIMEOUT, "silence", failed or ""
+                    member.address, QUORUM_TIMEOUT, "silence", failed
                 )
             except CaxtonError:
-                return False
-            if failed is None:
-                return True
-            return silent is None or (isinstance(silent, int | float) and silent >= limit)
+                return None
+            if silent is None:
+                return math.inf
+            return float(silent) if isinstance(silent, int | float) else None
 
         others = [n for n in known if n not in (self.node_id, failed) and self.cluster._live(n)]
-        results = await asyncio.gather(*(confirms(n) for n in others))
-        return 1 + sum(results), quorum
+        answers = await asyncio.gather(*(ask(n) for n in others))
+        own = lease.silent_for(failed)
+        return [own, *(a for a in answers if a is not None)], quorum
 
     def pending(self) -> list[dict[str, Any]]:
         """The failed nodes whose agents do not all run again yet (``cluster status``)."""

@@ -15,8 +15,10 @@ heartbeat was sent**, so a slow answer can only shorten the lease, never extend 
 
 **Holding.** The lease is held at time ``now`` while the members renewed within
 ``duration`` (``partition.detection_timeout``), this node included, are at least the
-quorum: ``partition.quorum_size`` if set, else a strict majority of the *known*
-members. Known members are every member the membership driver lists except those that
+quorum (a node started to join a cluster, not to bootstrap one, counts its seeds as
+members until it knows one, so it is read-only until it has joined):
+``partition.quorum_size`` if set, else a strict majority of the *known* members.
+Known members are every member the membership driver lists except those that
 **left** (a graceful leave, or ``cluster remove`` of a failed member, which every node
 records as left); a member that *failed* still counts, so the denominator never shrinks
 because the view says members failed (compare Akka's split-brain resolver
@@ -135,12 +137,19 @@ class QuorumLease:
     def holds(self, now: float, known: Collection[str], quorum_size: int | None = None) -> bool:
         return len(self.contacts(now, known)) >= quorum_of(known, quorum_size)
 
-    def expires_at(self, known: Collection[str], quorum_size: int | None = None) -> float:
+    def expires_at(
+        self,
+        known: Collection[str],
+        quorum_size: int | None = None,
+        counted: Collection[str] | None = None,
+    ) -> float:
         """When the lease lapses unless renewed (``-inf``: not held, ``inf``: never,
-        as for a node alone in its cluster)."""
+        as for a node alone in its cluster). ``counted``: the known members whose
+        round trips count (default: all)."""
         quorum = quorum_of(known, quorum_size)
+        counts = known if counted is None else counted
         times = sorted(
-            (math.inf if m == self.node_id else self._renewed.get(m, -math.inf) for m in known),
+            (math.inf if m == self.node_id else self._renewed.get(m, -math.inf) for m in counts),
             reverse=True,
         )
         if self.node_id not in known:
@@ -169,6 +178,10 @@ class LeaseKeeper:
         self.settings = LeaseSettings.from_config(cluster.node.config["partition"])
         self.lease = QuorumLease(cluster.node_id, self.settings)
         self.quorum_size: int | None = cluster.node.config["partition"]["quorum_size"]
+        #: The seeds of a node that joins (not ``--bootstrap``) and knows no member yet:
+        #: each counts as a member it has no contact with, so such a node (a restart
+        #: cut off from the cluster, say) is read-only instead of a cluster of one.
+        self.joining: tuple[str, ...] = ()
         self.sent = 0
         self.answers = 0
         self._in_flight: dict[str, int] = {}
@@ -186,16 +199,28 @@ class LeaseKeeper:
         known = [m.node_id for m in members if m.status is not MemberStatus.LEFT]
         if self.cluster.node_id not in known:
             known.append(self.cluster.node_id)
+        if self.joining:
+            if len(known) > 1:
+                self.joining = ()
+            else:
+                known += [f"seed {seed}" for seed in self.joining]
         return known
 
+    def _counted(self) -> list[str]:
+        """The known members a round trip may count for: not those the membership has
+        declared failed since (a lease only ever counts less than the round trips)."""
+        members = self.cluster.membership.members()
+        failed = {m.node_id for m in members if m.status not in _ANSWERING}
+        return [m for m in self.known() if m not in failed or m == self.cluster.node_id]
+
     def contacts(self) -> list[str]:
-        return self.lease.contacts(self.now(), self.known())
+        return self.lease.contacts(self.now(), self._counted())
 
     def holds(self) -> bool:
-        return self.lease.holds(self.now(), self.known(), self.quorum_size)
+        return len(self.contacts()) >= quorum_of(self.known(), self.quorum_size)
 
     def expires_at(self) -> float:
-        return self.lease.expires_at(self.known(), self.quorum_size)
+        return self.lease.expires_at(self.known(), self.quorum_size, counted=self._counted())
 
     def silent_for(self, member: str) -> float:
         return self.lease.silent_for(member, self.now())
@@ -204,12 +229,12 @@ class LeaseKeeper:
         """The lease's part of ``Cluster.status()``."""
         now = self.now()
         known = self.known()
-        expires = self.lease.expires_at(known, self.quorum_size)
+        expires = self.expires_at()
         held = expires > now
         return {
             "held": held,
             "expires_in": round(expires - now, 3) if held and math.isfinite(expires) else None,
-            "contacts": sorted(self.lease.contacts(now, known)),
+            "contacts": sorted(self.contacts()),
             "quorum": quorum_of(known, self.quorum_size),
             "duration": self.settings.duration,
             "drift_margin": self.settings.drift_margin,

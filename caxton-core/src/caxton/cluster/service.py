@@ -230,6 +230,7 @@ class Cluster:
                 )
             )
         if seeds and not node.bootstrap:
+            self.lease.joining = tuple(seeds)  # read-only until it knows a member
             answered = await self.membership.join(seeds)
             if answered:
                 log.info(
