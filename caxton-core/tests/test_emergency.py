@@ -141,6 +141,16 @@ async def test_stop_with_a_dump_then_start_replays_the_queued_messages(
         )
         assert status in (200, 202)
     dump = tmp_path / "dump"
+    status, error = await api(
+        node,
+        "POST",
+        "/api/v1/emergency/stop",
+        {"all_agents": True, "preserve_state": True, "dump_to": str(dump)},
+    )
+    assert status == 400  # an existing directory only; nothing was stopped
+    assert "not an existing directory" in error["details"]
+    assert "stopped" not in set(states(node).values())
+    dump.mkdir()
     status, result = await api(
         node,
         "POST",

@@ -94,6 +94,7 @@ def test_emergency_stop_cluster_with_dump_then_start(
         "a message queued for a2",
     )
     dump = tmp_path / "emergency"
+    dump.mkdir()
     stopped = caxton(n1, "emergency", "stop", "--cluster", "--preserve-state",
                      "--dump-to", str(dump))  # fmt: skip
     assert stopped.returncode == 0, stopped.stderr

@@ -177,7 +177,7 @@ async def _stop(node: Node, body: Mapping[str, Any]) -> dict[str, Any]:
     state = _state(node)
     dump = None
     if body.get("dump_to"):
-        dump = str(await dump_state(node, Path(str(body["dump_to"]))))
+        dump = str(await dump_state(node, dump_directory(body["dump_to"], "dump_to")))
     live = {a.id for a in manager.list() if a.state.value in ("running", "suspended", "ready")}
     stopped = await manager.emergency_stop_all()
     state.stopped |= live
@@ -199,8 +199,26 @@ async def _start(node: Node, body: Mapping[str, Any]) -> dict[str, Any]:
     state.stopped.clear()
     replayed = 0
     if body.get("replay_from"):
-        replayed = await replay_dump(node, Path(str(body["replay_from"])))
+        replayed = await replay_dump(node, dump_directory(body["replay_from"], "replay_from"))
     return {"started": sorted(started), "replayed": replayed}
+
+
+class DumpFailed(CaxtonError):
+    """The state dump could not be written; nothing was stopped."""
+
+    http_status = 422
+    error = "State dump failed"
+
+
+def dump_directory(value: Any, name: str) -> Path:
+    """``value`` as an existing absolute directory (not ``/``) on this node's host."""
+    text = str(value)
+    if "\x00" in text or not text.startswith("/") or text.rstrip("/") == "":
+        raise ValidationError(f"{name} must be an absolute directory path other than /")
+    path = Path(text)
+    if not path.is_dir():
+        raise ValidationError(f"{name} {text} is not an existing directory on this node's host")
+    return path
 
 
 async def dump_state(node: Node, directory: Path) -> Path:
@@ -230,7 +248,10 @@ async def dump_state(node: Node, directory: Path) -> Path:
         for agent in manager.list()
     ]
     document = {"node_id": node.node_id, "at": time.time(), "agents": agents}
-    return await asyncio.to_thread(_write_dump, node, directory, document)
+    try:
+        return await asyncio.to_thread(_write_dump, node, directory, document)
+    except (OSError, ValueError) as exc:
+        raise DumpFailed(f"cannot write the state dump to {directory}: {exc}") from None
 
 
 def _write_dump(node: Node, directory: Path, document: dict[str, Any]) -> Path:

@@ -207,7 +207,7 @@ def _post(operation_id: str, summary: str, schema: str, required: bool = True) -
             summary,
             "cluster",
             {200: "EmergencyResult"},
-            (400, 404, 409, 502, 503),
+            (400, 404, 409, 422, 502, 503),
             body=schema,
             body_required=required,
             tag="emergency",

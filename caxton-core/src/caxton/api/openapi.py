@@ -846,7 +846,7 @@ def _paths() -> dict[str, Any]:
                 "Stop every agent at once (no agent_shutdown)",
                 "cluster",
                 {200: "EmergencyStopResult"},
-                (*_BODY_ERRORS, 502, 503),
+                (*_BODY_ERRORS, 422, 502, 503),
                 body="EmergencyStop",
                 tag="operations",
             )
