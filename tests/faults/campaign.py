@@ -14,7 +14,8 @@ faults one after the other (:mod:`nemesis`), each held, healed, and followed by 
 settling time. At the end the clients stop, the queues drain, the nodes stop, and the
 final state (the ledgers' key/value state, dead letters, outboxes, the agents' logs)
 is read from each node's data directory. The history and the report are written to
-``--out`` (``history.json``, ``report.json``, the node logs); ``checker.py
+``--out`` (``history.json``, ``report.json``, and under ``nodes/`` each node's log and
+cluster events); ``checker.py
 history.json`` checks a saved history again.
 
 Needs root (network namespaces, nftables) and ``ip`` and ``nft``.
@@ -399,6 +400,9 @@ def collect(cluster: ProcessCluster, ledgers: Sequence[str]) -> FinalState:
                 if agent.get("state") == "running":
                     hosts.setdefault(agent["name"], []).append(node.node_id)
                     agent_ids[(agent["name"], node.node_id)] = agent["id"]
+        with contextlib.suppress(Exception):  # for whoever reads an anomaly's story
+            events = node.request("GET", "/api/v1/cluster/events?limit=1000", timeout=10.0)
+            (cluster.base_dir / f"{node.node_id}.events.json").write_text(json.dumps(events))
     for node in cluster.nodes.values():
         if node.running:
             node.signal(signal.SIGTERM)
