@@ -47,7 +47,7 @@ sys.path.insert(0, str(HERE.parent / "cluster"))
 sys.path.insert(0, str(HERE))
 
 from checker import MODE_GRACE, check, summary  # noqa: E402
-from cluster_support import NetnsLab, NodeProcess, ProcessCluster, netns_missing  # noqa: E402
+from cluster_support import ApiError, NetnsLab, NodeProcess, ProcessCluster, netns_missing  # noqa: E402
 from history import (  # noqa: E402
     Delivery,
     FinalState,
@@ -353,7 +353,17 @@ def deploy_agents(cluster: ProcessCluster, agents: dict[str, bytes]) -> dict[str
                 "wasm_module": base64.b64encode(agents[module]).decode(),
                 "target_node": node,
             }
-            first.request("POST", "/api/v1/agents", body, timeout=30)
+
+            def deployed(body: dict[str, Any] = body) -> bool:
+                # A node may refuse writes for a moment after the cluster forms (until
+                # its quorum is established): try again until the registry has it.
+                if body["name"] in first.agents():
+                    return True
+                with contextlib.suppress(ApiError, OSError):
+                    first.request("POST", "/api/v1/agents", body, timeout=30)
+                return False
+
+            cluster.wait_until(deployed, 60, f"{name} deployed on {node}", 0.5)
             placed[kind].append(name)
     names = placed["count"] + placed["record"]
 
