@@ -108,20 +108,28 @@ def lost_messages(history: History) -> list[Anomaly]:
 
 
 def duplicates(history: History) -> list[Anomaly]:
-    """A message delivered twice, other than redelivered after its node crashed between
-    the delivery and its acknowledgement (the documented at-least-once window)."""
+    """A message delivered twice, other than redelivered after a crash between the
+    delivery and its acknowledgement (the documented at-least-once window): of the node
+    that delivered it, after the delivery, or of the node whose API took it, after it was
+    sent (its outbox replays what it had not seen acknowledged)."""
     final = _final(history)
     kills = [(i.fault.nodes[0], i.start) for i in history.faults if i.fault.kind == "kill"]
     by_id = defaultdict(list)
     for delivery in final.deliveries:
         by_id[delivery.op_id].append(delivery)
     agent_of = {op.op_id: op.agent for op in history.operations}
+    entry_of = {op.op_id: (op.node, op.invoke) for op in history.operations}
     anomalies = []
     for op_id, seen in by_id.items():
         seen.sort(key=lambda d: d.at)
         first = seen[0]
         for again in seen[1:]:
-            crashed = any(node == first.node and first.at <= t <= again.at for node, t in kills)
+            entry, sent = entry_of.get(op_id, ("", first.at))
+            crashed = any(
+                (node == first.node and first.at <= t <= again.at)
+                or (node == entry and sent <= t <= again.at)
+                for node, t in kills
+            )
             if crashed:
                 continue
             anomalies.append(

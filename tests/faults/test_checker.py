@@ -93,6 +93,11 @@ def test_a_second_delivery_is_a_duplicate_unless_its_node_crashed_in_between() -
     assert anomalies(make_history(deliveries=twice), "duplicates") == 1
     killed = Injected(fault("kill", ("n1",)), T0 + 2, T0 + 4)
     assert anomalies(make_history(deliveries=twice, faults=[killed]), "duplicates") == 0
+    entry_killed = Injected(fault("kill", ("n2",)), T0 + 2, T0 + 4)  # s-1 came in on n2
+    sent = [op("send", "s-1", 0.5)]
+    assert anomalies(make_history(sent, deliveries=twice, faults=[entry_killed]), "duplicates") == 0
+    other_killed = Injected(fault("kill", ("n3",)), T0 + 2, T0 + 4)
+    assert anomalies(make_history(sent, deliveries=twice, faults=[other_killed]), "duplicates") == 1
 
 
 def test_an_acknowledged_ledger_id_missing_from_the_final_state_is_lost_state() -> None:
