@@ -567,3 +567,40 @@ def test_shell_completion_names_agents_and_nodes(
     assert "plain,completed" in complete("caxton message send --to comp")
     assert f"plain,{NODE_ID}" in complete("caxton cluster ping cli-")
     assert f"plain,{NODE_ID}" in complete("caxton deploy x.wasm --target-node cli-")
+
+
+def test_every_command_takes_json() -> None:
+    """Every command has --json, but those whose output is not data: a node's log,
+    validation messages and a generated project."""
+    cli = make_cli(PluginHost(use_entry_points=False, env={}))
+
+    def walk(command: click.Command, prefix: str = "") -> Iterator[tuple[str, click.Command]]:
+        if isinstance(command, click.Group):
+            for name, sub in command.commands.items():
+                yield from walk(sub, f"{prefix} {name}".strip())
+        else:
+            yield prefix, command
+
+    without = sorted(
+        name
+        for name, command in walk(cli)
+        if not any("--json" in param.opts for param in command.params)
+    )
+    assert without == ["config validate", "plugin new", "server start"]
+
+
+def test_security_commands_print_json(tmp_path: Path) -> None:
+    runner = CliRunner()
+    command = make_cli(PluginHost())
+    made = runner.invoke(
+        command, ["security", "init-ca", "--output", str(tmp_path / "ca"), "--json"]
+    )
+    assert made.exit_code == 0, made.output
+    assert json.loads(made.stdout)["ca_cert"].endswith("ca.crt")
+    issued = runner.invoke(
+        command,
+        ["security", "issue-cert", "--ca", str(tmp_path / "ca"), "--node-id", "n1",
+         "--output", str(tmp_path / "n1"), "--format", "yaml"],
+    )  # fmt: skip
+    assert issued.exit_code == 0, issued.output
+    assert "node_id: n1" in issued.stdout

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from caxton.cli.main import emit_json, output_options, render_table
 from caxton.errors import CaxtonError
 
 
@@ -29,7 +30,8 @@ def security() -> None:
 )
 @click.option("--days", default=3650, show_default=True, help="Validity of the CA.")
 @click.option("--force", is_flag=True, help="Overwrite an existing CA in DIR.")
-def init_ca_command(output: str, days: int, force: bool) -> None:
+@output_options
+def init_ca_command(output: str, days: int, force: bool, as_json: bool) -> None:
     """Create the cluster certificate authority."""
     from caxton.security.pki import init_ca
 
@@ -37,6 +39,9 @@ def init_ca_command(output: str, days: int, force: bool) -> None:
         ca = init_ca(output, days=days, force=force)
     except CaxtonError as exc:
         raise _fail(exc) from None
+    if as_json:
+        emit_json({"ca_cert": str(ca.cert_path), "ca_key": str(ca.key_path)})
+        return
     click.echo(f"CA certificate: {ca.cert_path}")
     click.echo(f"CA private key: {ca.key_path} (keep it off the nodes)")
 
@@ -66,8 +71,15 @@ def init_ca_command(output: str, days: int, force: bool) -> None:
     help="Extra DNS name or IP address for the SAN (repeatable).",
 )
 @click.option("--force", is_flag=True, help="Overwrite an existing node.crt/node.key.")
+@output_options
 def issue_cert_command(
-    ca_dir: str, node_id: str, output: str, days: int, hosts: tuple[str, ...], force: bool
+    ca_dir: str,
+    node_id: str,
+    output: str,
+    days: int,
+    hosts: tuple[str, ...],
+    force: bool,
+    as_json: bool,
 ) -> None:
     """Issue a node certificate signed by the cluster CA."""
     from caxton.security.pki import issue_node_cert
@@ -77,6 +89,17 @@ def issue_cert_command(
     except CaxtonError as exc:
         raise _fail(exc) from None
     expires = issued.certificate.not_valid_after_utc.strftime("%Y-%m-%d")
+    if as_json:
+        emit_json(
+            {
+                "node_id": node_id,
+                "node_cert": str(issued.cert_path),
+                "node_key": str(issued.key_path),
+                "ca_cert": str(issued.ca_path),
+                "expires": expires,
+            }
+        )
+        return
     click.echo(f"Node certificate for {node_id}: {issued.cert_path} (expires {expires})")
     click.echo(f"Node private key: {issued.key_path}")
 
@@ -93,11 +116,11 @@ def issue_cert_command(
     "repeatable. Default: security.cluster.mtls.node_cert.",
 )
 @click.option("--days", default=365, show_default=True, help="Validity of the new certificates.")
+@output_options
 def rotate_certs_command(
-    ca_cert: str, ca_key: str, directories: tuple[str, ...], days: int
+    ca_cert: str, ca_key: str, directories: tuple[str, ...], days: int, as_json: bool
 ) -> None:
     """Re-issue node certificates in place (same node id and hosts); restart to apply."""
-    from caxton.cli.main import render_table
     from caxton.security.pki import rotate_node_certs
 
     try:
@@ -105,6 +128,18 @@ def rotate_certs_command(
         rotated = rotate_node_certs(ca_cert, ca_key, paths, days=days)
     except CaxtonError as exc:
         raise _fail(exc) from None
+    if as_json:
+        emit_json(
+            [
+                {
+                    "node_id": r.node_id,
+                    "expires": r.certificate.not_valid_after_utc.strftime("%Y-%m-%d"),
+                    "node_cert": str(r.cert_path),
+                }
+                for r in rotated
+            ]
+        )
+        return
     click.echo(
         render_table(
             ("NODE-ID", "EXPIRES", "CERTIFICATE"),

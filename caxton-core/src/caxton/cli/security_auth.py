@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 import click
 
+from caxton.cli.main import emit_json, output_options
 from caxton.config import Config
 
 __all__ = ["api_key_group", "token_group"]
@@ -200,14 +201,18 @@ def list_keys(
 @api_key_group.command("revoke")
 @click.argument("key_id")
 @node_options
+@output_options
 @click.pass_context
 def revoke_key(
-    ctx: click.Context, key_id: str, config_path: str | None, data_dir: str | None
+    ctx: click.Context, key_id: str, config_path: str | None, data_dir: str | None, as_json: bool
 ) -> None:
     """Revoke KEY_ID at once (running nodes refuse it from their next request)."""
     config = _config(ctx, config_path, data_dir)
     record = _run(_with_keys(config, lambda keys: keys.revoke(key_id)))
     audit_local(config, "api_key_revoke", f"key:{record.id}")
+    if as_json:
+        emit_json(record.to_dict())
+        return
     click.echo(f"API key {record.id} revoked")
 
 
@@ -231,6 +236,7 @@ def token_group() -> None:
 )
 @click.option("--subject", default=None, help="The token's sub (default: cli:USER).")
 @node_options
+@output_options
 @click.pass_context
 def create_token(
     ctx: click.Context,
@@ -239,6 +245,7 @@ def create_token(
     subject: str | None,
     config_path: str | None,
     data_dir: str | None,
+    as_json: bool,
 ) -> None:
     """Sign an HS256 token with security.jwt_secret and print it."""
     from caxton.auth.rbac import Roles
@@ -255,4 +262,7 @@ def create_token(
     subject = subject or f"cli:{getpass.getuser()}"
     token = sign(config, subject=subject, roles=list(roles), expires_in=expires)
     audit_local(config, "token_create", subject, f"roles {', '.join(roles)}")
+    if as_json:
+        emit_json({"token": token, "subject": subject, "roles": list(roles)})
+        return
     click.echo(token)
