@@ -27,9 +27,9 @@ pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 #: The properties that hold on main: a campaign of at least 30 faults showed 0
 #: anomalies for each (docs/reliability.md has the runs). Move one here only then.
-ASSERTED: frozenset[str] = frozenset(
-    {"lost-messages", "duplicates", "lost-state", "two-copies", "minority-writes"}
-)
+#: lost-state and two-copies held over tcp (30 faults) but not over quic (a 2|3 split
+#: with the owner and one holder on the minority side): not yet.
+ASSERTED: frozenset[str] = frozenset({"lost-messages", "duplicates", "minority-writes"})
 
 SEED = int(os.environ.get("CAXTON_FAULTS_SEED", "20261207"))
 FAULTS = 12
