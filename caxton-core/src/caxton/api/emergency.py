@@ -136,7 +136,7 @@ async def rejoin_node(request: web.Request) -> web.Response:
 # -------------------------------------------------------------------------
 
 _AGENTS = {
-    "oneOf": [
+    "anyOf": [
         {"type": "string", "enum": ["*"]},
         {"type": "array", "items": string_schema(64), "minItems": 1, "maxItems": 1000},
     ],
@@ -166,7 +166,7 @@ def _schemas() -> dict[str, Any]:
             }
         ),
         "ShedLoad": object_schema(
-            {"percentage": {"type": "number", "exclusiveMinimum": 0, "maximum": 100}},
+            {"percentage": {"type": "number", "minimum": 0.01, "maximum": 100}},
             ("percentage",),
         ),
         "BreakerActivate": object_schema({"agents": _AGENTS}, ("agents",)),
