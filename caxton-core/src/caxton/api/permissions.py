@@ -39,7 +39,7 @@ PERMISSIONS: Final[dict[str, str]] = {
     "impersonate": "send messages and tasks in the name of a deployed agent",
     "metrics": "view metrics",
     "config": "modify configuration",
-    "cluster": "manage the cluster: drain queues, emergency stop",
+    "cluster": "manage the cluster: drain queues, backups, emergency procedures",
     "audit": "read the audit log",
 }
 
