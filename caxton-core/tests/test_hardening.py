@@ -421,7 +421,9 @@ async def test_access_log_is_structured_and_keeps_secrets_out(
         ):
             assert response.status == 400
     entries = [r for r in caplog.records if r.name == "caxton.api.access"]
-    [entry] = [json.loads(r.getMessage()) for r in entries if "req-1" in r.getMessage()]
+    [entry] = [
+        r.__dict__["access"] for r in entries if r.__dict__["access"]["request_id"] == "req-1"
+    ]
     assert entry["request_id"] == "req-1"
     assert entry["method"] == "POST"
     assert entry["path"] == "/api/v1/agents"

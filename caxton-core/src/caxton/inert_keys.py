@@ -68,8 +68,6 @@ INERT_KEYS: dict[str, str] = {
     "transport.quic.enable_0rtt": (
         "not supported: aioquic's resumption skips client authentication"
     ),
-    "observability.log_rotation": "logrotate or journald",
-    "observability.log_retention_days": "logrotate or journald",
     "agents.default_limits": _LIMITS,
     "agents.overrides": _LIMITS,
 }

@@ -18,6 +18,7 @@ from collections import deque
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
+from caxton.agents.agent_logs import AgentLog
 from caxton.agents.model import Agent, AgentState
 from caxton.drivers.sandbox import AgentInstance, CompiledModule
 from caxton.errors import (
@@ -109,6 +110,8 @@ class AgentRuntime:
         self.dirty = False
         self.lock = asyncio.Lock()
         self.log_budget = LogBudget(AGENT_LOG_PER_SECOND, AGENT_LOG_BURST)
+        #: The agent's own log lines, for ``caxton logs AGENT``.
+        self.logbook = AgentLog()
         #: Output commit (caxton.agents.commit): ``version`` counts this runtime's
         #: key/value changes, ``committed`` the ones known durable; what the agent emits
         #: while they differ waits in ``held`` (version, message), in order.
@@ -384,8 +387,6 @@ class AgentRuntime:
         """One line of this agent's, within its log budget (:data:`AGENT_LOG_BURST` at
         once, :data:`AGENT_LOG_PER_SECOND` after that, :data:`MAX_AGENT_LOG_LINE`
         characters each); the first line after some were left out says how many."""
-        if not agent_log.isEnabledFor(level):
-            return
         dropped = self.log_budget.take()
         if dropped is None:
             return
@@ -404,9 +405,12 @@ class AgentRuntime:
                 AGENT_LOG_PER_SECOND,
                 extra=extra,
             )
+            self.logbook.append("warning", f"{dropped} log lines dropped (over the log rate)")
         if len(text) > MAX_AGENT_LOG_LINE:
             text = f"{text[:MAX_AGENT_LOG_LINE]}... ({len(text)} characters)"
-        agent_log.log(level, "[%s] %s", self.name, text, extra=extra)
+        self.logbook.append(logging.getLevelName(level).lower(), text)
+        if agent_log.isEnabledFor(level):  # the ring keeps the line in any case
+            agent_log.log(level, "[%s] %s", self.name, text, extra=extra)
 
     def now_us(self) -> int:
         return time.time_ns() // 1000

@@ -7,7 +7,9 @@ agents, or with ``scope=cluster`` every node's.
 
 from __future__ import annotations
 
+import asyncio
 import fnmatch
+import json
 from typing import Any
 
 from aiohttp import web
@@ -120,6 +122,48 @@ async def deploy_agent(request: web.Request) -> web.Response:
 @requires("read")
 async def get_agent(request: web.Request) -> web.Response:
     return json_response(await _act(request, "get"))
+
+
+@routes.get("/api/v1/agents/{agent_id}/logs")
+@requires("read")
+async def agent_logs(request: web.Request) -> web.StreamResponse:
+    """The agent's own log lines (its ``log`` host calls), oldest first, from its node.
+
+    ``since`` (Unix time) and ``after`` (a line's ``seq``) choose where to start. With
+    ``follow=true`` the answer is a stream of JSON lines, one per log line, polling the
+    agent's node every ``interval`` seconds (0.5) until the client goes away.
+    """
+    since = _number(request, "since", 0.0)
+    after = int(_number(request, "after", 0))
+    follow = request.query.get("follow", "false").lower() in ("1", "true", "yes")
+    if not follow:
+        return json_response(await _act(request, "logs", since=since, after=after))
+    interval = min(max(_number(request, "interval", 0.5), 0.05), 10.0)
+    first = await _act(request, "logs", since=since, after=after)  # 404 before streaming
+    response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+    await response.prepare(request)
+    lines = (first or {}).get("lines", [])
+    while True:
+        for line in lines:
+            after = max(after, int(line["seq"]))
+            await response.write(json.dumps(line).encode() + b"\n")
+        await asyncio.sleep(interval)
+        lines = ((await _act(request, "logs", since=since, after=after)) or {}).get("lines", [])
+
+
+def _number(request: web.Request, name: str, default: float) -> float:
+    text = request.query.get(name)
+    if text is None or text == "":
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValidationError(
+            f"Invalid query parameter {name}: expected a number, got {text!r}"
+        ) from None
+    if not 0 <= value < 1e15:  # also refuses nan and infinity
+        raise ValidationError(f"Invalid query parameter {name}: must be a number from 0")
+    return value
 
 
 @routes.put("/api/v1/agents/{agent_id}")

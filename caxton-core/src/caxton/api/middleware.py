@@ -18,7 +18,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import re
@@ -123,7 +122,16 @@ async def _request_context(request: web.Request, handler: Handler) -> web.Stream
             "permission": required_permission(request),
             "identity": identity.name if (identity := request.get(IDENTITY)) else None,
         }
-        access_log.info(json.dumps(entry), extra={"request_id": request_id, "access": entry})
+        # The fields travel as ``access`` (JSON log lines carry them as their own
+        # fields); the message is a readable summary, not JSON to be decoded again.
+        access_log.info(
+            "%s %s %s %.1f ms",
+            entry["method"],
+            entry["path"],
+            status,
+            entry["duration_ms"],
+            extra={"request_id": request_id, "access": entry},
+        )
 
 
 @web.middleware

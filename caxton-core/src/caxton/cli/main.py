@@ -34,6 +34,7 @@ CORE_COMMANDS: tuple[tuple[str, str], ...] = (
     ("caxton.cli.cluster", "cluster"),
     ("caxton.cli.backup", "COMMANDS"),
     ("caxton.cli.emergency", "COMMANDS"),
+    ("caxton.cli.logs", "COMMANDS"),
 )
 
 
@@ -346,11 +347,8 @@ def server_start(
     host_, config = build_host_and_config(
         config_path, plugin_options=plugin_options, overrides=overrides, host=host
     )
-    observability = config["observability"]
-    configure_logging(
-        observability["log_level"], observability["log_format"], observability["log_file"]
-    )
     node = Node(config, host_, bootstrap=bootstrap, join=seeds)
+    configure_logging(observability=dict(config["observability"]), node_id=node.node_id)
     try:
         _run(node.run_until_signal())
     except KeyboardInterrupt:  # a second Ctrl-C during shutdown

@@ -64,6 +64,7 @@ ACTIONS: Mapping[str, str] = {
     "suspend": "update",
     "resume": "update",
     "remove": "remove",
+    "logs": "read",
 }
 #: Action -> the REST handler's name, which is the audit log's action.
 AUDIT_ACTIONS: Mapping[str, str] = {
@@ -75,6 +76,7 @@ AUDIT_ACTIONS: Mapping[str, str] = {
     "suspend": "suspend_agent",
     "resume": "resume_agent",
     "remove": "remove_agent",
+    "logs": "agent_logs",
 }
 #: Seconds an operation may take on the other node, on top of any drain it asks for.
 REMOTE_TIMEOUT = 15.0
@@ -284,6 +286,11 @@ async def run_local(
         raise AgentNotFound(agent_id)
     if action == "get":
         return dict(agent.to_dict())
+    if action == "logs":  # the agent's own log lines (caxton.agents.agent_logs)
+        lines = manager.runtime(agent_id).logbook.since(
+            float(options.get("since") or 0.0), int(options.get("after") or 0)
+        )
+        return {"agent": agent.name, "lines": [line.to_dict(agent.name) for line in lines]}
     if action == "remove":
         await manager.remove(agent_id)
         return None
