@@ -631,3 +631,17 @@ def test_every_route_is_documented(node: Node) -> None:
         assert route.resource is not None
         row = f"| `{route.method} {route.resource.canonical}` | {permission_of(route.handler)} |"
         assert row in docs, f"docs/api.md lacks the row {row}"
+
+
+async def test_a_relative_snapshot_destination_is_refused(
+    http: aiohttp.ClientSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A relative dest would land wherever the node was started: refused before anything."""
+    where_the_node_started = tmp_path / "cwd"
+    where_the_node_started.mkdir()
+    monkeypatch.chdir(where_the_node_started)
+    async with http.post("/api/v1/cluster/backups", json={"dest": "snapshots/x"}) as response:
+        assert response.status == 400
+        answer = await response.json()
+    assert "is a relative path" in json.dumps(answer)
+    assert list(where_the_node_started.iterdir()) == []

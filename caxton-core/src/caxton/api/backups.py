@@ -19,7 +19,7 @@ from caxton.api.openapi import object_schema, operation, schema_ref, string_sche
 from caxton.api.permissions import requires
 from caxton.api.responses import json_response
 from caxton.backup.archive import BACKUP_TYPES, verify_backup
-from caxton.errors import Conflict
+from caxton.errors import Conflict, ValidationError
 
 __all__ = ["extend_openapi", "routes"]
 
@@ -99,6 +99,7 @@ async def create_cluster_snapshot(request: web.Request) -> web.Response:
     from caxton.backup.snapshot import take_snapshot
 
     data = await body(request, "ClusterBackupRequest")
+    _check_snapshot_dest(data["dest"])
     node = request.config_dict[NODE]
     if getattr(node, "cluster", None) is None:
         raise Conflict(
@@ -107,6 +108,19 @@ async def create_cluster_snapshot(request: web.Request) -> web.Response:
         )
     manifest = await take_snapshot(node.cluster, data["dest"], data.get("type", "full"))
     return json_response(manifest, status=201)
+
+
+def _check_snapshot_dest(dest: str) -> None:
+    """A directory named over the API must be absolute: a relative one would land in
+    whatever directory the node happened to start in (``caxton cluster backup`` sends
+    its --dest resolved on the caller's side)."""
+    from caxton.backup.destinations import DirectoryDestination, scheme_of
+
+    if scheme_of(dest) == "dir" and not DirectoryDestination(dest).root.is_absolute():
+        raise ValidationError(
+            f"dest {dest!r} is a relative path: give an absolute directory on the node's host "
+            f"or s3://BUCKET/PREFIX"
+        )
 
 
 # -------------------------------------------------------------------------
