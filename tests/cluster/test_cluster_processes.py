@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -105,27 +106,37 @@ def test_a_killed_node_is_marked_failed_and_its_agents_disappear(
     n3.deploy("echo", echo)
     wait_for_agent(cluster, "echo", "n3")
 
+    # --history: a watcher that connects late (a loaded machine) still shows the events.
     watch = subprocess.Popen(
-        [*caxton_command(), "cluster", "watch", "--history", "0", "--api-url", n1.api_url],
+        [*caxton_command(), "cluster", "watch", "--history", "100", "--api-url", n1.api_url],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env=clean_environment(),
     )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(watch.stdout.readline, "")))  # type: ignore[union-attr]
+    reader.start()
+    expected = [
+        "[WARNING] Node n3 detected as failed",
+        "[INFO] 1 agents of n3 dropped from the registry",
+    ]
     try:
-        time.sleep(1.0)  # let the watcher connect
         n3.kill()  # SIGKILL
         cluster.wait_until(
             lambda: n1.members().get("n3") == "failed" and n2.members().get("n3") == "failed",
             30,
             "n3 failed on n1 and n2",
         )
-        time.sleep(0.5)
+        cluster.wait_until(
+            lambda: all(any(e in line for line in lines) for e in expected),
+            30,
+            "cluster watch to show n3's failure",
+        )
     finally:
         watch.terminate()
-        watched, _ = watch.communicate(timeout=10)
-    assert "[WARNING] Node n3 detected as failed" in watched
-    assert "[INFO] 1 agents of n3 dropped from the registry" in watched
+        watch.communicate(timeout=10)
+        reader.join(timeout=10)
     assert "echo" not in n1.agents()
     assert "echo" not in n2.agents()
     with pytest.raises(ApiError) as info:
