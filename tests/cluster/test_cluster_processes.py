@@ -279,4 +279,6 @@ def test_a_node_cut_off_from_the_majority_is_degraded_until_it_heals(
         n3.signal(signal.SIGCONT)
     cluster.wait_converged([n1, n2, n3], timeout=30)  # the failed members refute, rejoin
     cluster.wait_until(lambda: status()["status"] == "HEALTHY", 10, "n1 healthy again")
-    assert modes() - before == 2  # read-only, then read-write again
+    # Read-only, then read-write again; on a loaded machine a late heartbeat answer can
+    # add a brief read-only spell around the cut (the lease doing its job), so at least 2.
+    assert modes() - before >= 2
