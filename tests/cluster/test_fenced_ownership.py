@@ -160,3 +160,22 @@ async def test_a_takeover_from_a_live_owner_fences_it_and_keeps_its_state(
     await eventually(lambda: hosts([n1, n2, n3], "counter") == [taker.node_id], 20)
     assert await tick(taker, 5.0) == 4
     assert any("is fenced" in e.text for e in n3.cluster.recent_events(1000))
+
+
+async def test_a_cluster_that_authenticates_no_peer_still_answers(
+    tmp_path: Path, counter: bytes
+) -> None:
+    """Plaintext without gossip keys (local development): peers refuse each other's
+    replicas, so the replica set is the owner alone and quorum writes commit locally,
+    instead of holding every reply that follows a state change for holders that refuse."""
+    factory = NodeFactory(tmp_path, config={**FAST, "security.cluster.gossip_keys": []})
+    factory.register_driver("transport", "tcp", TcpTransport)
+    try:
+        nodes = await start_cluster(factory, ("n1", "n2"))
+        status, agent, _ = await deploy(nodes[0], {"name": "counter"}, counter)
+        assert status == 201, agent
+        for expected in (1, 2, 3):
+            assert await tick(nodes[0], 5.0) == expected
+        assert nodes[0].cluster.failover.holders.get(agent["id"], ()) == ()
+    finally:
+        await factory.stop_all()

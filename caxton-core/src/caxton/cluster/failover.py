@@ -663,6 +663,11 @@ class Failover:
             await self._send_holdings(node_id)
 
     def _choose_holders(self, agent: Agent) -> tuple[str, ...]:
+        if self.trust.mode is None:
+            # Peers refuse replicas from a node they cannot authenticate (PeerTrust.open):
+            # no holder can be had, so the replica set is this node alone and a quorum
+            # write is a local commit, instead of replies held for holders that refuse.
+            return ()
         current = self.holders.get(agent.id, ())
         holders = [h for h in current if self.cluster._live(h) is not None][: self.copies]
         if len(holders) < self.copies:
