@@ -720,6 +720,33 @@ def _paths() -> dict[str, Any]:
                 parameters=[agent_id],
             ),
         },
+        "/api/v1/agents/{agent_id}/logs": {
+            "get": operation(
+                "agentLogs",
+                "The agent's own log lines, oldest first, from its node "
+                "(follow=true streams them as JSON lines; not described here)",
+                "read",
+                {200: None},
+                (400, 404),
+                parameters=[
+                    agent_id,
+                    {
+                        "name": "since",
+                        "in": "query",
+                        "required": False,
+                        "description": "Only lines logged at or after this Unix time",
+                        "schema": {"type": "number", "minimum": 0, "maximum": 999_999_999_999_999},
+                    },
+                    {
+                        "name": "after",
+                        "in": "query",
+                        "required": False,
+                        "description": "Only lines after this sequence number",
+                        "schema": integer_schema(0, 10**15 - 1),
+                    },
+                ],
+            )
+        },
         **{f"/api/v1/agents/{{agent_id}}/{action}": ops for action, ops in lifecycle.items()},
         "/api/v1/messages": {
             "post": operation(

@@ -80,6 +80,7 @@ CLI_PERMISSIONS: Mapping[str, str] = MappingProxyType(
         "cluster verify-auth": "read",
         "cluster leave": "cluster",
         "cluster remove": "cluster",
+        "logs": "read",
         "cluster up": LOCAL,
         "cluster down": LOCAL,
         "backup create": "cluster",

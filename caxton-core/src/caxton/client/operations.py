@@ -116,6 +116,13 @@ class Operations(Generic[R]):
         )
         return self._send(Call("PUT", f"/api/v1/agents/{agent_id}", body=body))
 
+    def agent_logs(
+        self, agent_id: str, *, since: float | None = None, after: int | None = None
+    ) -> R:
+        """The agent's log lines, oldest first (``stream`` with ``follow=true`` follows)."""
+        query = {"since": since, "after": after}
+        return self._send(Call("GET", f"/api/v1/agents/{agent_id}/logs", query, idempotent=True))
+
     def remove_agent(self, agent_id: str) -> R:
         return self._send(Call("DELETE", f"/api/v1/agents/{agent_id}"))
 
