@@ -134,7 +134,7 @@ async def agent_logs(request: web.Request) -> web.StreamResponse:
     agent's node every ``interval`` seconds (0.5) until the client goes away.
     """
     since = _number(request, "since", 0.0)
-    after = int(_number(request, "after", 0))
+    after = _whole_number(request, "after")
     follow = request.query.get("follow", "false").lower() in ("1", "true", "yes")
     if not follow:
         return json_response(await _act(request, "logs", since=since, after=after))
@@ -149,6 +149,15 @@ async def agent_logs(request: web.Request) -> web.StreamResponse:
             await response.write(json.dumps(line).encode() + b"\n")
         await asyncio.sleep(interval)
         lines = ((await _act(request, "logs", since=since, after=after)) or {}).get("lines", [])
+
+
+def _whole_number(request: web.Request, name: str) -> int:
+    text = request.query.get(name) or "0"
+    if not (text.isascii() and text.isdigit() and len(text) <= 15):
+        raise ValidationError(
+            f"Invalid query parameter {name}: expected a whole number from 0, got {text!r}"
+        )
+    return int(text)
 
 
 def _number(request: web.Request, name: str, default: float) -> float:
