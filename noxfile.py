@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -416,6 +417,21 @@ def demo(session: nox.Session) -> None:
             session.run("caxton", "cluster", "down", "--data-dir", str(cluster_dir))
 
 
+def replicas_of(cluster_dir: Path, name: str, owner: str) -> int:
+    """How many nodes of a local cluster, ``owner`` aside, keep a replica of ``name``."""
+    count = 0
+    for database in sorted(cluster_dir.glob("n*/data/local.db")):
+        if database.parent.parent.name == owner:
+            continue
+        try:
+            with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
+                query = "SELECT count(*) FROM agent_replicas WHERE name = ?"
+                count += int(db.execute(query, (name,)).fetchone()[0])
+        except sqlite3.Error:  # not created yet, or busy
+            pass
+    return count
+
+
 def demo_cluster(session: nox.Session, nodes: list[dict[str, Any]], workdir: Path) -> None:
     """Cross-node routing and a failover, with the commands a user would type."""
     n1 = nodes[0]["api_url"]
@@ -425,16 +441,24 @@ def demo_cluster(session: nox.Session, nodes: list[dict[str, Any]], workdir: Pat
     echo = workdir / "echo.wasm"
     compile_wat(session, "examples/agents/wat/echo.wat", echo)
     session.run("caxton", "deploy", str(echo), "--target-node", "n2", "--api-url", n1)
-    send = ("caxton", "message", "send", "--to", "echo", "--wait", "5s", "--api-url", n1)
-    session.run(*send, "--content", "hello from n1, answered on n2")
+    send = ("caxton", "message", "send", "--to", "echo", "--api-url", n1)
+    session.run(*send, "--wait", "5s", "--content", "hello from n1, answered on n2")
     if len(nodes) < 3:
         return
+    session.log("waiting until echo's replicas are on two other nodes")
+    deadline = time.monotonic() + 30
+    while replicas_of(workdir / "cluster", "echo", owner="n2") < 2:
+        if time.monotonic() > deadline:
+            session.error("echo was not replicated to two other nodes within 30 s")
+        time.sleep(0.1)
     session.log("killing n2 (SIGKILL): a survivor restarts echo from its replica")
     os.kill(nodes[1]["pid"], signal.SIGKILL)
     killed = time.monotonic()
     while True:
         try:
-            reply = session.run(*send, "--content", "hello after the failover", silent=True)
+            reply = session.run(
+                *send, "--wait", "1s", "--content", "hello after the failover", silent=True
+            )
             break
         except CommandFailed:
             if time.monotonic() - killed > 60:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import signal
+import sqlite3
 import stat
 import subprocess
 import time
@@ -78,6 +80,11 @@ def test_up_starts_an_mtls_cluster_that_routes_and_fails_over(cluster_dir: Path)
     ask = {"receiver": "echo", "performative": "request", "content": "hi", "wait_ms": 5000}
     assert api(n1, "/api/v1/messages", ask)["reply"]["content"] == "hi"
 
+    # A survivor can restart echo only once it holds echo's replica: wait for both holders.
+    deadline = time.monotonic() + 30
+    while replicas_of(cluster_dir, "echo", owner="n2") < 2:
+        assert time.monotonic() < deadline, "echo was not replicated to two holders"
+        time.sleep(0.1)
     os.kill(nodes[1]["pid"], signal.SIGKILL)  # n2 dies; a survivor restarts echo
     deadline = time.monotonic() + 60
     while True:
@@ -97,6 +104,22 @@ def test_up_starts_an_mtls_cluster_that_routes_and_fails_over(cluster_dir: Path)
     for node in nodes:
         assert not Path(f"/proc/{node['pid']}").exists() or _zombie(node["pid"])
     assert not (cluster_dir / "cluster.json").exists()
+
+
+def replicas_of(cluster_dir: Path, name: str, owner: str) -> int:
+    """How many nodes of the local cluster, ``owner`` aside, keep a replica of agent
+    ``name`` (their ``agent_replicas`` tables, read only)."""
+    count = 0
+    for database in sorted(cluster_dir.glob("n*/data/local.db")):
+        if database.parent.parent.name == owner:
+            continue
+        try:
+            with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
+                query = "SELECT count(*) FROM agent_replicas WHERE name = ?"
+                count += int(db.execute(query, (name,)).fetchone()[0])
+        except sqlite3.Error:  # not created yet, or busy
+            pass
+    return count
 
 
 def _zombie(pid: int) -> bool:
