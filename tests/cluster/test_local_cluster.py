@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import os
 import signal
-import sqlite3
 import stat
 import subprocess
 import time
@@ -17,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cluster_support import caxton_command, clean_environment, echo_wasm
+from cluster_support import caxton_command, clean_environment, echo_wasm, replicas_of
 
 pytestmark = pytest.mark.cluster
 
@@ -104,22 +102,6 @@ def test_up_starts_an_mtls_cluster_that_routes_and_fails_over(cluster_dir: Path)
     for node in nodes:
         assert not Path(f"/proc/{node['pid']}").exists() or _zombie(node["pid"])
     assert not (cluster_dir / "cluster.json").exists()
-
-
-def replicas_of(cluster_dir: Path, name: str, owner: str) -> int:
-    """How many nodes of the local cluster, ``owner`` aside, keep a replica of agent
-    ``name`` (their ``agent_replicas`` tables, read only)."""
-    count = 0
-    for database in sorted(cluster_dir.glob("n*/data/local.db")):
-        if database.parent.parent.name == owner:
-            continue
-        try:
-            with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
-                query = "SELECT count(*) FROM agent_replicas WHERE name = ?"
-                count += int(db.execute(query, (name,)).fetchone()[0])
-        except sqlite3.Error:  # not created yet, or busy
-            pass
-    return count
 
 
 def _zombie(pid: int) -> bool:
