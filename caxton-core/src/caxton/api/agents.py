@@ -16,7 +16,7 @@ from aiohttp import web
 
 from caxton.api.common import body, path_uuid, query, service
 from caxton.api.keys import IDENTITY, NODE, REQUEST_ID
-from caxton.api.openapi import DRAIN_TIMEOUT_SCHEMA, LIMIT_ALIASES, LIST_QUERY
+from caxton.api.openapi import DRAIN_TIMEOUT_SCHEMA, LIMIT_ALIASES, LIST_QUERY, MAX_QUERY_NUMBER
 from caxton.api.permissions import requires
 from caxton.api.responses import json_response
 from caxton.api.validation import decode_base64
@@ -170,8 +170,10 @@ def _number(request: web.Request, name: str, default: float) -> float:
         raise ValidationError(
             f"Invalid query parameter {name}: expected a number, got {text!r}"
         ) from None
-    if not 0 <= value < 1e15:  # also refuses nan and infinity
-        raise ValidationError(f"Invalid query parameter {name}: must be a number from 0")
+    if not 0 <= value <= MAX_QUERY_NUMBER:  # also refuses nan and infinity
+        raise ValidationError(
+            f"Invalid query parameter {name}: must be a number from 0 to {MAX_QUERY_NUMBER}"
+        )
     return value
 
 

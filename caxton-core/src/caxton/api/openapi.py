@@ -37,6 +37,8 @@ __all__ = [
 MAX_WAIT_MS = 3_600_000
 #: Most receivers or participants in one request.
 MAX_RECIPIENTS = 1000
+#: The largest number a numeric query parameter (a Unix time, a sequence number) takes.
+MAX_QUERY_NUMBER = 10**15 - 1
 
 _CONTROL = r"\x00-\x1f\x7f-\x9f"
 #: An agent name: 1-64 characters once blanks around it are trimmed, no control
@@ -735,14 +737,14 @@ def _paths() -> dict[str, Any]:
                         "in": "query",
                         "required": False,
                         "description": "Only lines logged at or after this Unix time",
-                        "schema": {"type": "number", "minimum": 0, "maximum": 999_999_999_999_999},
+                        "schema": {"type": "number", "minimum": 0, "maximum": MAX_QUERY_NUMBER},
                     },
                     {
                         "name": "after",
                         "in": "query",
                         "required": False,
                         "description": "Only lines after this sequence number",
-                        "schema": integer_schema(0, 10**15 - 1),
+                        "schema": integer_schema(0, MAX_QUERY_NUMBER),
                     },
                 ],
             )
