@@ -16,7 +16,6 @@ import json
 import os
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -418,19 +417,13 @@ def demo(session: nox.Session) -> None:
             session.run("caxton", "cluster", "down", "--data-dir", str(cluster_dir))
 
 
-def replicas_of(cluster_dir: Path, name: str, owner: str) -> int:
-    """How many nodes of a local cluster, ``owner`` aside, keep a replica of ``name``."""
-    count = 0
-    for database in sorted(cluster_dir.glob("n*/data/local.db")):
-        if database.parent.parent.name == owner:
-            continue
-        try:
-            with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
-                query = "SELECT count(*) FROM agent_replicas WHERE name = ?"
-                count += int(db.execute(query, (name,)).fetchone()[0])
-        except sqlite3.Error:  # not created yet, or busy
-            pass
-    return count
+def replication_of(api_url: str, name: str) -> dict[str, Any]:
+    """Where agent ``name`` is replicated: the ``replication`` of its detail, which any node
+    fetches from the node that runs it."""
+    agents: Any = fetch_json(f"{api_url}/api/v1/cluster/agents")
+    agent_id = next(a["id"] for a in agents["agents"] if a["name"] == name)
+    detail: Any = fetch_json(f"{api_url}/api/v1/agents/{agent_id}")
+    return dict(detail["replication"])
 
 
 def demo_cluster(session: nox.Session, nodes: list[dict[str, Any]], workdir: Path) -> None:
@@ -448,10 +441,13 @@ def demo_cluster(session: nox.Session, nodes: list[dict[str, Any]], workdir: Pat
         return
     session.log("waiting until echo's replicas are on two other nodes")
     deadline = time.monotonic() + 30
-    while replicas_of(workdir / "cluster", "echo", owner="n2") < 2:
+    while (
+        not (replicas := replication_of(n1, "echo"))["replicated"] or len(replicas["holders"]) < 2
+    ):
         if time.monotonic() > deadline:
             session.error("echo was not replicated to two other nodes within 30 s")
         time.sleep(0.1)
+    session.run("caxton", "agent", "get", "echo", "--api-url", n1)
     session.log("killing n2 (SIGKILL): a survivor restarts echo from its replica")
     os.kill(nodes[1]["pid"], signal.SIGKILL)
     killed = time.monotonic()

@@ -22,7 +22,6 @@ import os
 import shutil
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import time
@@ -611,19 +610,3 @@ class NetnsLab:
             subprocess.run(command, capture_output=True)
         self.namespaces.clear()
         self.veths.clear()
-
-
-def replicas_of(cluster_dir: Path, name: str, owner: str) -> int:
-    """How many nodes of the local cluster, ``owner`` aside, keep a replica of agent
-    ``name`` (their ``agent_replicas`` tables, read only)."""
-    count = 0
-    for database in sorted(cluster_dir.glob("n*/data/local.db")):
-        if database.parent.parent.name == owner:
-            continue
-        try:
-            with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
-                query = "SELECT count(*) FROM agent_replicas WHERE name = ?"
-                count += int(db.execute(query, (name,)).fetchone()[0])
-        except sqlite3.Error:  # not created yet, or busy
-            pass
-    return count

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cluster_support import caxton_command, clean_environment, echo_wasm, replicas_of
+from cluster_support import caxton_command, clean_environment, echo_wasm
 
 pytestmark = pytest.mark.cluster
 
@@ -78,11 +78,20 @@ def test_up_starts_an_mtls_cluster_that_routes_and_fails_over(cluster_dir: Path)
     ask = {"receiver": "echo", "performative": "request", "content": "hi", "wait_ms": 5000}
     assert api(n1, "/api/v1/messages", ask)["reply"]["content"] == "hi"
 
-    # A survivor can restart echo only once it holds echo's replica: wait for both holders.
+    # A survivor can restart echo only once it holds echo's replica: wait until both
+    # holders confirmed theirs (the agent's detail, fetched by n1 from n2, says so).
     deadline = time.monotonic() + 30
-    while replicas_of(cluster_dir, "echo", owner="n2") < 2:
-        assert time.monotonic() < deadline, "echo was not replicated to two holders"
+    while True:
+        replication = api(n1, f"/api/v1/agents/{deployed['id']}")["replication"]
+        if replication["replicated"] and sorted(replication["holders"]) == ["n1", "n3"]:
+            break
+        assert time.monotonic() < deadline, f"echo was not replicated to two holders: {replication}"
         time.sleep(0.1)
+    assert replication["generation"] == 1
+    assert replication["durability"] == "quorum"
+    shown = caxton("agent", "get", "echo", "--api-url", n1)
+    assert "Replicas:" in shown.stdout, shown.stderr
+    assert "(confirmed)" in shown.stdout
     os.kill(nodes[1]["pid"], signal.SIGKILL)  # n2 dies; a survivor restarts echo
     deadline = time.monotonic() + 60
     while True:

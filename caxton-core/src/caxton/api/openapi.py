@@ -297,6 +297,24 @@ def _schemas(ceiling: ResourceLimits) -> dict[str, Any]:
                 "priority": {"type": "string"},
                 "created_at": {"type": "number"},
                 "updated_at": {"type": "number"},
+                "replication": object_schema(
+                    {
+                        "durability": {"type": "string", "enum": ["quorum", "local", "async"]},
+                        "generation": {"type": "integer"},
+                        "holders": {"type": "array", "items": {"type": "string"}},
+                        "replicated": {"type": "boolean"},
+                        "acknowledged": {
+                            "type": "object",
+                            "additionalProperties": {"type": "integer"},
+                        },
+                    },
+                    ("durability", "generation", "holders", "replicated"),
+                    description="On a clustered node: where the agent is replicated "
+                    "(holders: the other nodes of its replica set, in takeover order; "
+                    "replicated: every holder confirmed its replica; acknowledged: the "
+                    "state version each holder confirmed; generation: the fencing "
+                    "generation its owner writes with)",
+                ),
             },
             ("id", "name", "state", "node_id", "module_sha256", "limits", "created_at"),
             closed=False,

@@ -451,8 +451,8 @@ def agent_group() -> None:
 @json_option
 @api_options
 def agent_get(client: ApiClient, name: str, as_json: bool) -> None:
-    """Show one agent."""
-    agent = client.agent(name)
+    """Show one agent (its detail comes from the node that runs it)."""
+    agent = client.request("GET", f"/api/v1/agents/{client.agent(name)['id']}")
     if as_json:
         emit_json(agent)
         return
@@ -472,6 +472,15 @@ def agent_get(client: ApiClient, name: str, as_json: bool) -> None:
     ]
     if agent.get("last_error"):
         rows.append(("Last error", agent["last_error"]))
+    replication = agent.get("replication")
+    if replication:
+        holders = ", ".join(replication["holders"]) or "none"
+        confirmed = "confirmed" if replication["replicated"] else "not yet confirmed"
+        rows += [
+            ("Replicas", f"{holders} ({confirmed})"),
+            ("Durability", replication["durability"]),
+            ("Generation", replication["generation"]),
+        ]
     width = max(len(label) for label, _ in rows)
     for label, value in rows:
         click.echo(f"{label + ':':<{width + 1}} {value}")

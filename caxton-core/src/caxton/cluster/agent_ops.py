@@ -285,7 +285,7 @@ async def run_local(
     if agent is None or agent.id != agent_id:
         raise AgentNotFound(agent_id)
     if action == "get":
-        return dict(agent.to_dict())
+        return {**agent.to_dict(), **_replication(node, agent_id)}
     if action == "logs":  # the agent's own log lines (caxton.agents.agent_logs)
         lines = manager.runtime(agent_id).logbook.since(
             float(options.get("since") or 0.0), int(options.get("after") or 0)
@@ -391,6 +391,27 @@ def _audit(
 def _hosts(node: Node, agent_id: str) -> bool:
     manager = _manager(node)
     return agent_id in manager and manager.get(agent_id).id == agent_id
+
+
+def _replication(node: Node, agent_id: str) -> dict[str, Any]:
+    """Where an agent's state is replicated, for its detail (on a clustered node only):
+    the durability mode, the placement generation its owner writes with, its replica
+    holders in takeover order, whether every holder confirmed its replica (module and
+    spec), and the state version each holder acknowledged (durability "quorum")."""
+    if node.cluster is None:
+        return {}
+    failover = node.cluster.failover
+    holders = failover.holders.get(agent_id, ())
+    owned = failover.ownership.owned.get(agent_id)
+    return {
+        "replication": {
+            "durability": failover.durability,
+            "generation": failover.generation(agent_id),
+            "holders": list(holders),
+            "replicated": bool(holders) and failover.pushed_to(agent_id) == holders,
+            "acknowledged": dict(owned.acked) if owned is not None else {},
+        }
+    }
 
 
 def _manager(node: Node) -> Any:

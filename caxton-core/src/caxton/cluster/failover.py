@@ -239,6 +239,11 @@ class Failover:
         """The placement generation of an agent hosted here (1: never moved)."""
         return self.generations.get(agent_id, 1)
 
+    def pushed_to(self, agent_id: str) -> tuple[str, ...]:
+        """The holders that all confirmed the latest replica of an agent hosted here."""
+        pushed = self._pushed.get(agent_id)
+        return tuple(pushed[0]) if pushed else ()
+
     # -- hooks: this node's agents and the members ------------------------------------
 
     @hookimpl
