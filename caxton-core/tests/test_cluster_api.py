@@ -76,15 +76,15 @@ def test_members_table_matches_the_clustering_guide() -> None:
     table = members_table(
         [
             {"node_id": "node-1", "status": "alive", "address": "10.0.1.10:7946",
-             "agents": 42, "cpu": 15, "memory": 2_254_857_830},
+             "agents": 42, "cpu": 15, "memory": 2_254_857_830, "version": "0.2.0"},
             {"node_id": "node-2", "status": "failed", "address": "10.0.1.11:7946",
              "agents": None, "cpu": None, "memory": None},
         ]
     )  # fmt: skip
     assert table.splitlines() == [
-        "NODE-ID    STATUS    ADDRESS           AGENTS    CPU    MEMORY",
-        "node-1     alive     10.0.1.10:7946    42        15%    2.1GB",
-        "node-2     failed    10.0.1.11:7946    -         -      -",
+        "NODE-ID    STATUS    ADDRESS           AGENTS    CPU    MEMORY    VERSION",
+        "node-1     alive     10.0.1.10:7946    42        15%    2.1GB     0.2.0",
+        "node-2     failed    10.0.1.11:7946    -         -      -         -",
     ]
 
 

@@ -81,7 +81,15 @@ def test_nodes_form_a_cluster_and_route_by_name(
     members = cli(n3, "cluster", "members")
     assert members.returncode == 0, members.stderr
     lines = members.stdout.splitlines()
-    assert lines[0].split() == ["NODE-ID", "STATUS", "ADDRESS", "AGENTS", "CPU", "MEMORY"]
+    assert lines[0].split() == [
+        "NODE-ID",
+        "STATUS",
+        "ADDRESS",
+        "AGENTS",
+        "CPU",
+        "MEMORY",
+        "VERSION",
+    ]
     rows = {line.split()[0]: line.split() for line in lines[1:]}
     assert set(rows) == {"n1", "n2", "n3"}
     assert all(row[1] == "alive" for row in rows.values())

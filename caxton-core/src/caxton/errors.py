@@ -153,6 +153,12 @@ class PeerRejected(TransportError):
     error = "Peer rejected"
 
 
+class IncompatibleCluster(CaxtonError):
+    """Every member this node heard of speaks a cluster wire protocol it cannot."""
+
+    error = "Incompatible cluster"
+
+
 class CertificateError(CaxtonError):
     """A certificate or key could not be created, read or verified."""
 

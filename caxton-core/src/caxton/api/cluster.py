@@ -32,6 +32,7 @@ from caxton.api.openapi import (
 )
 from caxton.api.permissions import required_permission, requires
 from caxton.api.responses import json_response
+from caxton.cluster import wire
 from caxton.cluster.auth import problems_of, security_summary
 from caxton.cluster.partition import WRITE_PERMISSIONS, partition_report, verify_cluster
 from caxton.drivers.partition import PartitionMode
@@ -94,6 +95,7 @@ def _standalone_member(node: Any) -> dict[str, Any]:
         "cpu": None,
         "memory": memory_rss_bytes(),
         "version": node.version,
+        "wire": [wire.OLDEST_VERSION, wire.MESSAGE_VERSION],
         "region": node.config["node"]["region"] or None,
         "zone": node.config["node"]["zone"] or None,
         "labels": dict(node.config["node"]["labels"]),
@@ -345,7 +347,12 @@ def _schemas() -> dict[str, Any]:
             "agents": nullable_integer,
             "cpu": {**nullable_number, "description": "CPU use, percent of the host"},
             "memory": {**nullable_integer, "description": "Resident memory, bytes"},
-            "version": nullable_string,
+            "version": {**nullable_string, "description": "The Caxton release it runs"},
+            "wire": {
+                "type": "array",
+                "items": {"type": "integer"},
+                "description": "Oldest and newest cluster wire protocol versions it speaks",
+            },
             "region": nullable_string,
             "zone": nullable_string,
             "labels": {"type": "object"},

@@ -50,9 +50,10 @@ def _memory(value: Any) -> str:
 
 
 def members_table(members: list[dict[str, Any]]) -> str:
-    """NODE-ID STATUS ADDRESS AGENTS CPU MEMORY, as the clustering guide prints it."""
+    """NODE-ID STATUS ADDRESS AGENTS CPU MEMORY, as the clustering guide prints it, and
+    the release each node runs (VERSION: what a rolling upgrade changes)."""
     return render_table(
-        ("NODE-ID", "STATUS", "ADDRESS", "AGENTS", "CPU", "MEMORY"),
+        ("NODE-ID", "STATUS", "ADDRESS", "AGENTS", "CPU", "MEMORY", "VERSION"),
         [
             (
                 m["node_id"],
@@ -61,6 +62,7 @@ def members_table(members: list[dict[str, Any]]) -> str:
                 "-" if m.get("agents") is None else m["agents"],
                 _cpu(m.get("cpu")),
                 _memory(m.get("memory")),
+                m.get("version") or "-",
             )
             for m in members
         ],
@@ -71,7 +73,7 @@ def members_table(members: list[dict[str, Any]]) -> str:
 @json_option
 @api_options
 def members(client: ApiClient, as_json: bool) -> None:
-    """List the members: status, address, agents, CPU and memory."""
+    """List the members: status, address, agents, CPU, memory and release."""
     data = client.request("GET", "/api/v1/cluster/members")
     if as_json:
         emit_json(data["members"])

@@ -46,12 +46,14 @@ from caxton.cluster.operations import OPS as OPERATION_OPS
 from caxton.cluster.operations import ClusterOperations
 from caxton.cluster.partition import PartitionGuard, QueuedRoute, consistency_digest
 from caxton.cluster.registry import AgentEntry, AgentRegistry, Delta
+from caxton.cluster.versions import WireAdmission, wire_range
 from caxton.drivers.membership import Member, MemberStatus
 from caxton.drivers.partition import ClusterView, PartitionDecision, PartitionMode
 from caxton.drivers.transport import Address, Frame, FrameKind
 from caxton.errors import (
     CaxtonError,
     Conflict,
+    IncompatibleCluster,
     NotFound,
     PluginError,
     TransportError,
@@ -152,6 +154,11 @@ class Cluster:
         self.convergence = Samples(pending=256, window=256)
         #: Cluster-wide operator procedures: snapshots, emergencies (cluster.operations).
         self.operations = ClusterOperations(self)
+        #: The wire protocol versions this node speaks; members whose range does not
+        #: overlap are kept out of the view (caxton.cluster.versions).
+        self.admission = WireAdmission(
+            self.node_id, (wire.OLDEST_VERSION, wire.MESSAGE_VERSION), self._refused
+        )
 
     # -- services -----------------------------------------------------------------
 
@@ -211,6 +218,9 @@ class Cluster:
         if forwarded:
             log.info("node %s: forwarding %d replayed messages", self.node_id, forwarded)
         self._unsubscribe = self.membership.subscribe(self._on_member_event)
+        set_admission = getattr(self.membership, "set_admission", None)
+        if set_admission is not None:
+            set_admission(self.admission)
         self._refresh_load()
         self._update_meta()
         self._spawn(self._load_loop())
@@ -250,6 +260,9 @@ class Cluster:
         )
         if expected > 1:
             await self.membership.wait_for_members(expected, timeout=60.0)
+        if self.admission.refused and not self._peers():
+            # Every member it heard of speaks a wire protocol it cannot: refuse to join.
+            raise IncompatibleCluster(next(iter(self.admission.refused.values())))
         for member in self._peers():
             self._check_version(member)
         await self.lease.renew_now()
@@ -314,6 +327,7 @@ class Cluster:
                     "cpu": meta.get("cpu"),
                     "memory": meta.get("memory"),
                     "version": meta.get("version"),
+                    "wire": list(wire_range(meta)),
                     "region": meta.get("region"),
                     "zone": meta.get("zone"),
                     "labels": meta.get("labels") or {},
@@ -854,6 +868,9 @@ class Cluster:
             self._heard_update(member)
         self._mode_changed()
 
+    def _refused(self, node_id: str, line: str) -> None:
+        self.events.record("refused", line, node_id=node_id, level="warning")
+
     def _heard_update(self, member: Member) -> None:
         at = member.meta.get("at")
         if isinstance(at, int | float):
@@ -967,7 +984,7 @@ class Cluster:
         emergency = self.node.emergency
         meta["isolated"] = bool(emergency is not None and emergency.isolated)
         meta["at"] = round(time.time(), 3)  # for the others' convergence time
-        meta["wire"] = wire.MESSAGE_VERSION
+        meta["wire_min"], meta["wire"] = self.admission.supported
         try:
             membership.update_metadata(meta)
         except CaxtonError as exc:

@@ -58,6 +58,7 @@ from caxton.messaging import Message
 __all__ = [
     "ACKED_VERSION",
     "MESSAGE_VERSION",
+    "OLDEST_VERSION",
     "decode_batch",
     "decode_control",
     "decode_message",
@@ -74,6 +75,10 @@ MESSAGE_VERSION = 2
 ACKED_VERSION = 2
 #: What a node that gossips no ``wire`` speaks (it predates the key).
 FIRST_VERSION = 1
+#: The oldest version this node still speaks (gossiped as ``wire_min``). The supported
+#: skew of a rolling upgrade is this wire version and the previous one: a node refuses
+#: members whose range does not overlap its own (:mod:`caxton.cluster.versions`).
+OLDEST_VERSION = max(FIRST_VERSION, MESSAGE_VERSION - 1)
 
 _packb = msgpack.Packer(use_bin_type=True).pack
 

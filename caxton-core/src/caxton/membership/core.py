@@ -84,6 +84,8 @@ class MembershipStats:
     #: Members this node started to suspect (each a suspicion, refuted or confirmed).
     suspicions: int = 0
     delegate_errors: int = 0
+    #: Member announcements refused by the admission check (an incompatible wire).
+    refused: int = 0
     #: Smoothed round-trip time of direct probes, in milliseconds (0: none measured).
     probe_rtt_ms: float = 0.0
 

@@ -119,6 +119,7 @@ class CoreDriver(Membership):
         self._pings: dict[int, asyncio.Future[float]] = {}
         self._changed = asyncio.Event()
         self._delegate: GossipDelegate | None = None
+        self._admission: Callable[[str, Mapping[str, Any]], str | None] | None = None
         self._closed = False
         self.send_errors = 0
 
@@ -196,6 +197,8 @@ class CoreDriver(Membership):
         self._core = self.make_core(self.advertise_address(), meta, self._loop.time())
         if self._delegate is not None:
             self._attach_delegate(self._delegate)
+        if hasattr(self._core, "admission"):
+            self._core.admission = self._admission
         self._pump()
 
     async def close(self) -> None:
@@ -275,6 +278,15 @@ class CoreDriver(Membership):
         self._delegate = delegate
         if self._core is not None:
             self._attach_delegate(delegate)
+
+    def set_admission(self, admission: Callable[[str, Mapping[str, Any]], str | None]) -> None:
+        """Keep members out of this node's view: ``admission(node_id, meta)`` answers why
+        a member announcing ``meta`` may not join (None: it may). A refused member is
+        neither added nor updated, so it never counts in quorums nor gets traffic.
+        Before or after start; cores without the check (static) ignore it."""
+        self._admission = admission
+        if self._core is not None and hasattr(self._core, "admission"):
+            self._core.admission = admission
 
     def gossip(self, key: str, payload: bytes) -> None:
         """Spread ``payload`` to every member through the delegate channel (at most one

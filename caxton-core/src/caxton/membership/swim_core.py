@@ -44,7 +44,7 @@ from __future__ import annotations
 import hashlib
 import math
 import random
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -211,6 +211,11 @@ class SwimCore:
         self._user_broadcasts = BroadcastQueue(self.settings.retransmit_mult)
         #: Set by the driver's owner to carry other state on gossip (agent registry).
         self.delegate: GossipDelegate | None = None
+        #: Set by the driver's owner: ``admission(node_id, meta)`` answers why a member
+        #: may not join this node's view (its wire protocol cannot be spoken here), or
+        #: None. A refused member is never added nor updated: memberlist's merge
+        #: delegate, which Consul uses to keep incompatible nodes out.
+        self.admission: Callable[[str, Mapping[str, Any]], str | None] | None = None
         self._suspicions: dict[str, Suspicion] = {}
         self._relays: dict[int, _Relay] = {}
         self._probe: _Probe | None = None
@@ -812,6 +817,10 @@ class SwimCore:
         self, node_id: str, incarnation: int, address: Address, meta: Mapping[str, Any]
     ) -> None:
         node = self._nodes.get(node_id)
+        news = node is None or (node is not self._me and incarnation > node.incarnation)
+        if news and self.admission is not None and self.admission(node_id, meta) is not None:
+            self.stats.refused += 1
+            return
         if node is self._me:
             stale = (address, dict(meta)) != (self.address, self._me.meta)
             if not self.leaving and (
