@@ -108,7 +108,7 @@ async def test_a_message_the_transport_took_as_the_connection_closed_arrives_aft
     await n1.router.send(inform("warm-up"))
     await eventually(lambda: received == ["warm-up"])
     cuts = cut_network([n1, n2])
-    cuts.cut("n1", "n2", both_ways=False)
+    cuts.cut("n1", "n2")
     await n1.router.send(inform("in the buffer"))  # 202: persisted, handed to the transport
     await eventually(lambda: cuts.dropped.get(("n1", "n2"), 0) > 0)
     assert cuts.close_connections("n1", "n2") > 0  # the frame dies with the connection
@@ -128,7 +128,7 @@ async def test_forwards_across_a_one_way_cut_are_delivered_once_after_the_heal(
 ) -> None:
     nodes, received, cuts = await sink_on_n3(factory)
     n1 = nodes[0]
-    cuts.cut(source, target, both_ways=False)
+    cuts.cut(source, target)
     for i in range(20):
         await n1.router.send(inform(i))
     await eventually(lambda: cuts.dropped.get((source, target), 0) > 0)
@@ -147,7 +147,7 @@ async def test_forwards_across_a_bridge_are_delivered_after_the_heal(
     # n1 and n3 cannot talk; n2 talks to both (membership keeps everyone alive).
     nodes, received, cuts = await sink_on_n3(factory)
     n1 = nodes[0]
-    cuts.cut("n1", "n3")
+    cuts.cut_both("n1", "n3")
     sent = [f"across the bridge {i}" for i in range(5)]
     for content in sent:
         await n1.router.send(inform(content))
@@ -166,7 +166,7 @@ async def test_a_cut_longer_than_the_ttl_dead_letters_with_the_reason_in_the_api
 ) -> None:
     nodes, received, cuts = await sink_on_n3(factory, **{"messaging.message_ttl": "2s"})
     n1 = nodes[0]
-    cuts.cut("n1", "n3")
+    cuts.cut_both("n1", "n3")
     message = inform("never arrives")
     await n1.router.send(message)
     await eventually(lambda: cuts.dropped.get(("n1", "n3"), 0) > 0)
@@ -197,10 +197,10 @@ async def test_a_receiver_restarted_with_an_unacknowledged_message_delivers_each
     await known([n1], "counter", "n2")
     assert await ask(n1, "counter", "tick") == {"count": 1}
     cuts = cut_network(nodes)
-    cuts.cut("n2", "n1", both_ways=False)  # acknowledgements (and replies) lost
+    cuts.cut("n2", "n1")  # acknowledgements (and replies) lost
     await n1.router.send(inform("first", receiver="counter"))
     await eventually(lambda: n2.agents.get("counter").counters.messages_handled >= 2)
-    cuts.cut("n1", "n2", both_ways=False)  # now the messages too
+    cuts.cut("n1", "n2")  # now the messages too
     await n1.router.send(inform("second", receiver="counter"))
     await eventually(lambda: cuts.dropped.get(("n1", "n2"), 0) > 0)
     await crash(n2)
@@ -226,7 +226,7 @@ async def test_a_sender_restarted_before_the_acknowledgement_sends_again(
     received = sink(n2, "sink")
     await known([n1], "sink", "n2")
     cuts = cut_network(nodes)
-    cuts.cut("n1", "n2", both_ways=False)
+    cuts.cut("n1", "n2")
     await n1.router.send(inform("before the restart"))
     await eventually(lambda: cuts.dropped.get(("n1", "n2"), 0) > 0)
     await crash(n1)

@@ -5,12 +5,13 @@ two nodes, seen from the connection: once :meth:`~ConnectionCuts.cut`, whatever 
 node writes on its transport connections to the other is dropped, a whole envelope at a
 time (the stream on the other side stays parseable; nothing arrives, as behind a silent
 drop). Cuts are per direction, so a one-way cut (``a`` reaches ``b``, ``b`` does not
-reach ``a``) and a bridge (``a`` and ``c`` cut, both still reach ``b``) are one call each::
+reach ``a``) and a bridge (``a`` and ``c`` cut, both still reach ``b``) are one call each
+(the shapes are :class:`caxton.testing.network.Cuts`, shared with ``LinkCuts``)::
 
     cuts = ConnectionCuts()
     for node in nodes:
         cuts.attach(node.transport)          # a ConnectionTransport (tcp, quic)
-    cuts.cut("n1", "n3", both_ways=False)    # n1 -> n3 dropped, n3 -> n1 flows
+    cuts.cut("n1", "n3")                     # n1 -> n3 dropped, n3 -> n1 flows
     ...
     cuts.heal()
     cuts.close_connections("n1", "n3")       # what a long cut ends with: the connection
@@ -33,17 +34,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from caxton.testing.network import Cuts
 from caxton.transport.base import ConnectionTransport
 from caxton.transport.connection import Connection
 
 __all__ = ["ConnectionCuts"]
 
 
-class ConnectionCuts:
+class ConnectionCuts(Cuts):
     """Directional cuts between the transports attached to it; see the module docstring."""
 
     def __init__(self) -> None:
-        self._cut: set[tuple[str, str]] = set()
+        super().__init__()
         self._transports: dict[str, ConnectionTransport] = {}
         #: Envelopes dropped, by (from, to).
         self.dropped: dict[tuple[str, str], int] = {}
@@ -64,18 +66,8 @@ class ConnectionCuts:
             if connection.peer_node_id is not None:
                 self._wrap(transport.settings.node_id, connection)
 
-    def cut(self, a: str, b: str, *, both_ways: bool = True) -> None:
-        """Drop what ``a`` writes to ``b`` (and what ``b`` writes to ``a``, both ways)."""
-        self._cut.add((a, b))
-        if both_ways:
-            self._cut.add((b, a))
-
-    def heal(self) -> None:
-        """Every link flows again (what was dropped stays lost)."""
-        self._cut.clear()
-
-    def is_cut(self, source: str, target: str) -> bool:
-        return (source, target) in self._cut
+    def nodes(self) -> list[str]:
+        return sorted(self._transports)
 
     def close_connections(self, a: str, b: str) -> int:
         """Abort every connection between ``a`` and ``b`` on both sides, as a cut that
@@ -101,7 +93,7 @@ class ConnectionCuts:
         link = (node_id, peer)
 
         def cut_write(data: bytes) -> None:
-            if link in self._cut:
+            if self.is_cut(*link):
                 self.dropped[link] = self.dropped.get(link, 0) + 1
                 return
             write(data)

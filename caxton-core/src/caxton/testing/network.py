@@ -36,26 +36,21 @@ from typing import Any, ClassVar
 from caxton.drivers import Driver, DriverContext, FrameKind, Transport
 from caxton.drivers.transport import Address, DatagramHandler, FrameHandler, PeerStats
 
-__all__ = ["LinkCuts"]
+__all__ = ["Cuts", "LinkCuts"]
 
 
-class LinkCuts:
-    """The directed links cut between the nodes of one test (see the module docstring)."""
+class Cuts:
+    """A set of directed cuts between named nodes, and the shapes a partition takes.
 
-    def __init__(self, kinds: Iterable[FrameKind] | None = None) -> None:
-        #: Only frames of these kinds are lost (None: every frame and datagram), e.g.
-        #: ``{FrameKind.CONTROL}`` cuts the cluster's calls while membership still flows.
-        self.kinds = frozenset(kinds) if kinds is not None else None
+    The base of :class:`LinkCuts` (lost in the transport driver) and
+    :class:`caxton.testing.cuts.ConnectionCuts` (lost on the established connections):
+    both read :meth:`is_cut`; subclasses say which nodes exist (:meth:`nodes`)."""
+
+    def __init__(self) -> None:
         self._cut: set[tuple[str, str]] = set()
-        #: Listen address -> node id, filled as nodes listen.
-        self.addresses: dict[Address, str] = {}
-        #: Frames, requests and datagrams dropped so far.
-        self.dropped = 0
-
-    # -- shapes ---------------------------------------------------------------------------
 
     def nodes(self) -> list[str]:
-        return sorted(set(self.addresses.values()))
+        raise NotImplementedError
 
     def cut(self, source: str, target: str) -> None:
         """Lose what ``source`` sends to ``target`` (one way)."""
@@ -105,14 +100,35 @@ class LinkCuts:
                     self.cut(a, b)
 
     def heal(self) -> None:
+        """Every link flows again (what was lost stays lost)."""
         self._cut.clear()
+
+    def is_cut(self, source: str, target: str) -> bool:
+        return (source, target) in self._cut
+
+
+class LinkCuts(Cuts):
+    """The directed links cut between the nodes of one test (see the module docstring)."""
+
+    def __init__(self, kinds: Iterable[FrameKind] | None = None) -> None:
+        super().__init__()
+        #: Only frames of these kinds are lost (None: every frame and datagram), e.g.
+        #: ``{FrameKind.CONTROL}`` cuts the cluster's calls while membership still flows.
+        self.kinds = frozenset(kinds) if kinds is not None else None
+        #: Listen address -> node id, filled as nodes listen.
+        self.addresses: dict[Address, str] = {}
+        #: Frames, requests and datagrams dropped so far.
+        self.dropped = 0
+
+    def nodes(self) -> list[str]:
+        return sorted(set(self.addresses.values()))
 
     def blocked(self, source: str, target: str | None, kind: FrameKind | None = None) -> bool:
         """Is what ``source`` sends to ``target`` lost (a frame of ``kind``; None: a
         datagram)?"""
         if self.kinds is not None and kind not in self.kinds:
             return False
-        return target is not None and (source, target) in self._cut
+        return target is not None and self.is_cut(source, target)
 
     # -- the driver -----------------------------------------------------------------------
 
