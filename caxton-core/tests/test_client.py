@@ -54,6 +54,18 @@ class Driver:
     async def remove(self, name: str) -> None:
         raise NotImplementedError
 
+    async def state_keys(self, name: str) -> list[str]:
+        raise NotImplementedError
+
+    async def get_state(self, name: str, key: str) -> str:
+        raise NotImplementedError
+
+    async def set_state(self, name: str, key: str, value: str) -> dict[str, Any]:
+        raise NotImplementedError
+
+    async def delete_state(self, name: str, key: str) -> None:
+        raise NotImplementedError
+
 
 class SyncDriver(Driver):
     def client(self) -> Client:
@@ -85,6 +97,21 @@ class SyncDriver(Driver):
     async def remove(self, name: str) -> None:
         await self.call(lambda c: c.remove_agent(c.agent(name)["id"]))
 
+    async def state_keys(self, name: str) -> list[str]:
+        answer = await self.call(lambda c: c.agent_state(c.agent(name)["id"]))
+        return [e["key"] for e in answer["entries"]]
+
+    async def get_state(self, name: str, key: str) -> str:
+        return str(
+            (await self.call(lambda c: c.get_agent_state(c.agent(name)["id"], key)))["value"]
+        )
+
+    async def set_state(self, name: str, key: str, value: str) -> dict[str, Any]:
+        return dict(await self.call(lambda c: c.set_agent_state(c.agent(name)["id"], key, value)))
+
+    async def delete_state(self, name: str, key: str) -> None:
+        await self.call(lambda c: c.delete_agent_state(c.agent(name)["id"], key))
+
 
 class AsyncDriver(Driver):
     def client(self) -> AsyncClient:
@@ -114,6 +141,25 @@ class AsyncDriver(Driver):
     async def remove(self, name: str) -> None:
         async with self.client() as client:
             await client.remove_agent((await client.agent(name))["id"])
+
+    async def state_keys(self, name: str) -> list[str]:
+        async with self.client() as client:
+            answer = await client.agent_state((await client.agent(name))["id"])
+            return [e["key"] for e in answer["entries"]]
+
+    async def get_state(self, name: str, key: str) -> str:
+        async with self.client() as client:
+            return str(
+                (await client.get_agent_state((await client.agent(name))["id"], key))["value"]
+            )
+
+    async def set_state(self, name: str, key: str, value: str) -> dict[str, Any]:
+        async with self.client() as client:
+            return dict(await client.set_agent_state((await client.agent(name))["id"], key, value))
+
+    async def delete_state(self, name: str, key: str) -> None:
+        async with self.client() as client:
+            await client.delete_agent_state((await client.agent(name))["id"], key)
 
 
 class CliDriver(Driver):
@@ -153,6 +199,18 @@ class CliDriver(Driver):
 
     async def remove(self, name: str) -> None:
         await self.run("agent", "remove", name)
+
+    async def state_keys(self, name: str) -> list[str]:
+        return [e["key"] for e in (await self.run("agent", "state", "list", name))["entries"]]
+
+    async def get_state(self, name: str, key: str) -> str:
+        return str((await self.run("agent", "state", "get", name, key))["value"])
+
+    async def set_state(self, name: str, key: str, value: str) -> dict[str, Any]:
+        return dict(await self.run("agent", "state", "set", name, key, value))
+
+    async def delete_state(self, name: str, key: str) -> None:
+        await self.run("agent", "state", "delete", name, key)
 
 
 DRIVERS = {"sync": SyncDriver, "async": AsyncDriver, "cli": CliDriver}
@@ -196,6 +254,38 @@ async def test_the_same_scenario_through_each_way(
     anonymous = DRIVERS[kind](url_of(secured), None, tmp_path)
     with pytest.raises(ApiError, match="authentication required"):
         await anonymous.names()
+
+
+@pytest.mark.parametrize("kind", DRIVERS)
+async def test_an_agents_state_through_each_way(
+    kind: str, secured: Node, example_agents: dict[str, bytes], tmp_path: Path
+) -> None:
+    """The counter keeps its count in its key/value state: an operator reads it, sets
+    it (the agent counts on from there), and deletes it; a viewer sees the keys only."""
+    driver = DRIVERS[kind](url_of(secured), await new_key(secured, "operator"), tmp_path)
+    await driver.deploy("counter", example_agents["counter"])
+    for _ in range(2):
+        await driver.ask("counter", "tick")
+    assert await driver.state_keys("counter") == ["count"]
+    assert await driver.get_state("counter", "count") == "2"
+    entry = await driver.set_state("counter", "count", "41")
+    assert (entry["key"], entry["value"], entry["size"]) == ("count", "41", 2)
+    assert (await driver.ask("counter", "tick"))["count"] == 42
+    await driver.set_state("counter", "notes/a b", "é")  # any text, slashes and all
+    assert await driver.get_state("counter", "notes/a b") == "é"
+    assert await driver.state_keys("counter") == ["count", "notes/a b"]
+    await driver.delete_state("counter", "notes/a b")
+    with pytest.raises(ApiError) as missing:
+        await driver.get_state("counter", "notes/a b")
+    assert missing.value.status == 404
+    assert "has no key 'notes/a b'" in str(missing.value)
+
+    viewer = DRIVERS[kind](url_of(secured), await new_key(secured, "viewer"), tmp_path)
+    assert await viewer.state_keys("counter") == ["count"]
+    with pytest.raises(ApiError) as refused:
+        await viewer.get_state("counter", "count")
+    assert refused.value.status in (400, 403)  # the CLI's exit status 1 reads as 400
+    assert "update" in str(refused.value)
 
 
 async def test_tls_with_a_private_ca(caxton_node_factory: NodeFactory, tmp_path: Path) -> None:

@@ -50,6 +50,16 @@ def audit(node: Node, action: str) -> list[dict[str, Any]]:
     return [e for e in guard.audit.query(limit=1000) if e["action"] == action]
 
 
+async def echo_on_n3(n1: Node, key: str, echo: bytes) -> str:
+    """Deploy echo on n3 through n1; its path, once n1's registry knows it."""
+    _, agent, _ = await call(
+        n1, "POST", "/api/v1/agents", key,
+        {"name": "echo", "wasm_module": base64.b64encode(echo).decode(), "target_node": "n3"},
+    )  # fmt: skip
+    await eventually(lambda: any(e.name == "echo" for e in n1.cluster.registry.entries("n3")))
+    return f"/api/v1/agents/{agent['id']}"
+
+
 @pytest.fixture
 async def factory(tmp_path: Path) -> AsyncIterator[NodeFactory]:
     factory = NodeFactory(tmp_path, config={**FAST, **AUTH})
@@ -111,12 +121,7 @@ async def test_an_agent_on_n3_is_managed_through_n1(nodes: list[Node], echo: byt
 async def test_roles_are_checked_on_both_nodes(nodes: list[Node], echo: bytes) -> None:
     n1, n2, n3 = nodes
     keys = {role: await new_key(n1, role) for role in ("admin", "operator", "viewer")}
-    _, agent, _ = await call(
-        n1, "POST", "/api/v1/agents", keys["admin"],
-        {"name": "echo", "wasm_module": base64.b64encode(echo).decode(), "target_node": "n3"},
-    )  # fmt: skip
-    path = f"/api/v1/agents/{agent['id']}"
-    await eventually(lambda: any(e.name == "echo" for e in n1.cluster.registry.entries("n3")))
+    path = await echo_on_n3(n1, keys["admin"], echo)
 
     # A viewer may read through n1, and is refused a change by n1 itself.
     status, got, _ = await call(n1, "GET", path, keys["viewer"])
@@ -175,3 +180,67 @@ async def test_the_cluster_listing_filters_and_pages(nodes: list[Node], echo: by
     assert none == []
     status, error, _ = await call(n1, "GET", "/api/v1/agents?scope=everywhere", admin)
     assert status == 400, error
+
+
+async def test_an_agents_state_and_logs_through_n1(nodes: list[Node], echo: bytes) -> None:
+    """The key/value state of an agent on n3, read and changed through n1 (durable on
+    n3 before n1 answers), its log lines read through n1; values need update, on both
+    nodes, and changes are audited on both."""
+    n1, _, n3 = nodes
+    keys = {role: await new_key(n1, role) for role in ("admin", "operator", "viewer")}
+    path = await echo_on_n3(n1, keys["admin"], echo)
+    runtime = n3.agents.runtime("echo")
+
+    status, entry, _ = await call(n1, "PUT", f"{path}/state/greeting", keys["admin"],
+                                  {"value": "hello"})  # fmt: skip
+    assert (status, entry["value"]) == (200, "hello"), entry
+    assert runtime.kv == {b"greeting": b"hello"}
+    assert runtime.committed == runtime.version  # durable before the answer
+    status, entry, _ = await call(
+        n1, "PUT", f"{path}/state/_gE?encoding=base64", keys["admin"], {"value_base64": "/w=="}
+    )
+    assert (status, entry["key"], entry["value"]) == (200, None, None), entry
+    assert runtime.kv[b"\xfe\x01"] == b"\xff"
+    status, listing, _ = await call(n1, "GET", f"{path}/state", keys["viewer"])
+    assert status == 200, listing
+    assert [(e["key"], e["key_base64"], e["size"]) for e in listing["entries"]] == [
+        ("greeting", "Z3JlZXRpbmc=", 5),
+        (None, "/gE=", 1),
+    ]
+    assert (listing["keys_total"], listing["next"]) == (2, None)
+    _, page, _ = await call(n1, "GET", f"{path}/state?limit=1", keys["viewer"])
+    assert (len(page["entries"]), page["next"]) == (1, "Z3JlZXRpbmc=")
+    _, rest, _ = await call(n1, "GET", f"{path}/state?after=Z3JlZXRpbmc%3D", keys["viewer"])
+    assert [e["key_base64"] for e in rest["entries"]] == ["/gE="]
+
+    # Values need update: n1 refuses the viewer, n3 (its own roles) the operator.
+    status, error, _ = await call(n1, "GET", f"{path}/state/greeting", keys["viewer"])
+    assert status == 403, error
+    status, error, _ = await call(n1, "PUT", f"{path}/state/greeting", keys["operator"],
+                                  {"value": "nope"})  # fmt: skip
+    assert status == 403, error
+    assert "node 'n3'" in error["details"]
+    assert runtime.kv[b"greeting"] == b"hello"
+    status, got, _ = await call(n1, "GET", f"{path}/state/greeting", keys["admin"])
+    assert (status, got["value"], got["value_base64"]) == (200, "hello", "aGVsbG8=")
+
+    status, _, _ = await call(n1, "DELETE", f"{path}/state/greeting", keys["admin"])
+    assert status == 204
+    assert b"greeting" not in runtime.kv
+    status, error, _ = await call(n1, "DELETE", f"{path}/state/greeting", keys["admin"])
+    assert status == 404, error
+    assert "has no key 'greeting'" in error["details"]
+    # Newest first: n1 let the operator through and saw n3 refuse; n3 denied them.
+    assert [e["result"] for e in audit(n1, "put_agent_state_key")] == [
+        "failure", "success", "success",
+    ]  # fmt: skip
+    assert [e["result"] for e in audit(n3, "put_agent_state_key")] == [
+        "denied", "success", "success",
+    ]  # fmt: skip
+    for node in (n1, n3):
+        assert [e["result"] for e in audit(node, "delete_agent_state_key")][-1] == "success"
+
+    runtime.log(2, "a line on n3")
+    status, logs, _ = await call(n1, "GET", f"{path}/logs", keys["viewer"])
+    assert status == 200, logs
+    assert [line["text"] for line in logs["lines"]] == ["a line on n3"]

@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from caxton.errors import CaxtonError, ConfigError
+from caxton.errors import CaxtonError, ConfigError, ServiceUnavailable
 
 if TYPE_CHECKING:
     from caxton.agents.runtime import AgentRuntime
@@ -100,6 +100,8 @@ class OutputCommit:
         self.durability: Durability = LocalDurability(store, self)
         self._changed: dict[str, AgentRuntime] = {}
         self._scheduled = False
+        #: Agent id -> (version, future) of those waiting for a change to be durable.
+        self._waiters: dict[str, list[tuple[int, asyncio.Future[None]]]] = {}
         #: Outputs released after a commit, and dropped (dead-lettered) after a failure.
         self.released = 0
         self.dropped = 0
@@ -132,6 +134,37 @@ class OutputCommit:
             return
         self.router.send_nowait(message)
 
+    def durable(self, runtime: AgentRuntime) -> asyncio.Future[None]:
+        """A future done once ``runtime``'s changes so far are durable (at once when they
+        are); it raises :class:`~caxton.errors.ServiceUnavailable` when they never will be.
+
+        For changes made outside a message (an operator's key/value write), which have
+        no reply to hold back.
+        """
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if runtime.version <= runtime.committed:
+            future.set_result(None)
+        else:
+            self._waiters.setdefault(runtime.agent.id, []).append((runtime.version, future))
+        return future
+
+    def _wake(self, runtime: AgentRuntime, version: int, reason: str | None = None) -> None:
+        waiters = self._waiters.pop(runtime.agent.id, None)
+        if not waiters:
+            return
+        waiting = [(v, f) for v, f in waiters if v > version and reason is None]
+        if waiting:
+            self._waiters[runtime.agent.id] = waiting
+        for wanted, future in waiters:
+            if future.done() or (wanted > version and reason is None):
+                continue
+            if reason is None:
+                future.set_result(None)
+            else:
+                future.set_exception(
+                    ServiceUnavailable(f"agent {runtime.name}: the change is not durable: {reason}")
+                )
+
     def _end_of_turn(self) -> None:
         self._scheduled = False
         changed, self._changed = self._changed, {}
@@ -148,6 +181,7 @@ class OutputCommit:
         if version <= runtime.committed:
             return
         runtime.committed = version
+        self._wake(runtime, version)
         held = runtime.held
         while held and held[0][0] <= version:
             message = held.popleft()[1]
@@ -162,6 +196,7 @@ class OutputCommit:
         waits for them, with ``reason``, and let later outputs go again."""
         held, runtime.held = runtime.held, type(runtime.held)()
         runtime.committed = runtime.version
+        self._wake(runtime, runtime.version, reason)
         for _, message in held:
             self.dropped += 1
             self.router.dead_letter(message, f"not acknowledged: agent {runtime.name}: {reason}")

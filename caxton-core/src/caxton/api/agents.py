@@ -25,7 +25,7 @@ from caxton.cluster.placement import DeploySpec, deploy_local, place
 from caxton.drivers.placement import PlacementRequest
 from caxton.errors import ValidationError
 
-__all__ = ["routes"]
+__all__ = ["act", "routes"]
 
 routes = web.RouteTableDef()
 
@@ -51,7 +51,7 @@ def _caller(request: web.Request) -> Caller:
     return Caller.of(request.get(IDENTITY), request.get(REQUEST_ID), request.remote)
 
 
-async def _act(request: web.Request, action: str, **options: Any) -> dict[str, Any] | None:
+async def act(request: web.Request, action: str, **options: Any) -> dict[str, Any] | None:
     """Run ``action`` on the agent of the ``agent_id`` path parameter (by id only, never
     by name), on whichever node runs it (:mod:`caxton.cluster.agent_ops`)."""
     agent_id = path_uuid(request, "agent_id")
@@ -121,7 +121,7 @@ async def deploy_agent(request: web.Request) -> web.Response:
 @routes.get("/api/v1/agents/{agent_id}")
 @requires("read")
 async def get_agent(request: web.Request) -> web.Response:
-    return json_response(await _act(request, "get"))
+    return json_response(await act(request, "get"))
 
 
 @routes.get("/api/v1/agents/{agent_id}/logs")
@@ -137,9 +137,9 @@ async def agent_logs(request: web.Request) -> web.StreamResponse:
     after = _whole_number(request, "after")
     follow = request.query.get("follow", "false").lower() in ("1", "true", "yes")
     if not follow:
-        return json_response(await _act(request, "logs", since=since, after=after))
+        return json_response(await act(request, "logs", since=since, after=after))
     interval = min(max(_number(request, "interval", 0.5), 0.05), 10.0)
-    first = await _act(request, "logs", since=since, after=after)  # 404 before streaming
+    first = await act(request, "logs", since=since, after=after)  # 404 before streaming
     response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
     await response.prepare(request)
     lines = (first or {}).get("lines", [])
@@ -148,7 +148,7 @@ async def agent_logs(request: web.Request) -> web.StreamResponse:
             after = max(after, int(line["seq"]))
             await response.write(json.dumps(line).encode() + b"\n")
         await asyncio.sleep(interval)
-        lines = ((await _act(request, "logs", since=since, after=after)) or {}).get("lines", [])
+        lines = ((await act(request, "logs", since=since, after=after)) or {}).get("lines", [])
 
 
 def _whole_number(request: web.Request, name: str) -> int:
@@ -184,37 +184,37 @@ async def update_agent(request: web.Request) -> web.Response:
     data = await body(request, "UpdateAgent")
     wasm = decode_base64(data["wasm_module"], "wasm_module") if "wasm_module" in data else None
     return json_response(
-        await _act(request, "update", wasm=wasm, limits=_limits(data.get("resource_limits")))
+        await act(request, "update", wasm=wasm, limits=_limits(data.get("resource_limits")))
     )
 
 
 @routes.delete("/api/v1/agents/{agent_id}")
 @requires("remove")
 async def remove_agent(request: web.Request) -> web.Response:
-    await _act(request, "remove")
+    await act(request, "remove")
     return web.Response(status=204)
 
 
 @routes.post("/api/v1/agents/{agent_id}/start")
 @requires("update")
 async def start_agent(request: web.Request) -> web.Response:
-    return json_response(await _act(request, "start"))
+    return json_response(await act(request, "start"))
 
 
 @routes.post("/api/v1/agents/{agent_id}/stop")
 @requires("update")
 async def stop_agent(request: web.Request) -> web.Response:
     drain_ms = query(request, "drain_timeout_ms", DRAIN_TIMEOUT_SCHEMA)
-    return json_response(await _act(request, "stop", drain_timeout=(drain_ms or 0) / 1000))
+    return json_response(await act(request, "stop", drain_timeout=(drain_ms or 0) / 1000))
 
 
 @routes.post("/api/v1/agents/{agent_id}/suspend")
 @requires("update")
 async def suspend_agent(request: web.Request) -> web.Response:
-    return json_response(await _act(request, "suspend"))
+    return json_response(await act(request, "suspend"))
 
 
 @routes.post("/api/v1/agents/{agent_id}/resume")
 @requires("update")
 async def resume_agent(request: web.Request) -> web.Response:
-    return json_response(await _act(request, "resume"))
+    return json_response(await act(request, "resume"))

@@ -610,7 +610,21 @@ def _links(parameter: str, source: str, *operation_ids: str) -> dict[str, Any]:
     }
 
 
-def _path_id(name: str, description: str) -> dict[str, Any]:
+def query_parameters(schemas: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Optional query parameters from ``name -> schema`` (each with a description)."""
+    return [
+        {
+            "name": name,
+            "in": "query",
+            "required": False,
+            "description": schema["description"],
+            "schema": {k: v for k, v in schema.items() if k != "description"},
+        }
+        for name, schema in schemas.items()
+    ]
+
+
+def path_id(name: str, description: str) -> dict[str, Any]:
     return {
         "name": name,
         "in": "path",
@@ -625,8 +639,8 @@ _BODY_ERRORS = (400, 408, 413)
 
 
 def _paths() -> dict[str, Any]:
-    agent_id = _path_id("agent_id", "The agent's id (a UUID, as returned by deploy)")
-    task_id = _path_id("task_id", "The task's id")
+    agent_id = path_id("agent_id", "The agent's id (a UUID, as returned by deploy)")
+    task_id = path_id("task_id", "The task's id")
     lifecycle = {
         action: {
             "post": operation(
@@ -682,16 +696,7 @@ def _paths() -> dict[str, Any]:
                 "read",
                 {200: "AgentList"},
                 (400,),
-                parameters=[
-                    {
-                        "name": name,
-                        "in": "query",
-                        "required": False,
-                        "description": schema["description"],
-                        "schema": {k: v for k, v in schema.items() if k != "description"},
-                    }
-                    for name, schema in LIST_QUERY.items()
-                ],
+                parameters=query_parameters(LIST_QUERY),
             ),
             "post": operation(
                 "deployAgent",

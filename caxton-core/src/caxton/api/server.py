@@ -25,7 +25,17 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
-from caxton.api import agents, audit, backups, cluster, emergency, messages, system, ui
+from caxton.api import (
+    agent_state,
+    agents,
+    audit,
+    backups,
+    cluster,
+    emergency,
+    messages,
+    system,
+    ui,
+)
 from caxton.api.edges import ProtocolLog, with_expect_check
 from caxton.api.keys import (
     AWAITING_FIRST_REQUEST,
@@ -62,10 +72,14 @@ REFUSAL_LOG_INTERVAL = 10.0
 
 #: Seconds a connection may linger after an answer that left its body unread.
 LINGERING_TIME = 1.0
+#: Longest request line accepted (aiohttp's default is 8190): room for an agent's
+#: longest key (1 KiB, caxton.api.agent_state) percent-encoded in a path or query.
+MAX_REQUEST_LINE = 17 * 1024
 #: Core's route tables, in the order they are added.
 CORE_ROUTES = (
     system.routes,
     agents.routes,
+    agent_state.routes,
     messages.routes,
     audit.routes,
     cluster.routes,
@@ -84,8 +98,10 @@ def build_app(node: Node, settings: ApiSettings | None = None) -> web.Applicatio
     guard = getattr(getattr(node, "context", None), "services", {}).get("auth")
     if guard is not None:
         app[GUARD] = guard
-    document = emergency.extend_openapi(
-        backups.extend_openapi(cluster.extend_openapi(build_openapi(node)))
+    document = agent_state.extend_openapi(
+        emergency.extend_openapi(
+            backups.extend_openapi(cluster.extend_openapi(build_openapi(node)))
+        )
     )
     if node.config["api"]["ui"]:
         app.add_routes(ui.routes)
@@ -199,6 +215,7 @@ async def start_api(node: Node, stack: contextlib.AsyncExitStack) -> tuple[str, 
         # After answering a request whose body was not read (413, 408), read and drop
         # what the client still sends for at most this long, then close.
         lingering_time=LINGERING_TIME,
+        max_line_size=MAX_REQUEST_LINE,
         shutdown_timeout=5.0,
     )
     await runner.setup()

@@ -35,6 +35,7 @@ CORE_COMMANDS: tuple[tuple[str, str], ...] = (
     ("caxton.cli.backup", "COMMANDS"),
     ("caxton.cli.emergency", "COMMANDS"),
     ("caxton.cli.logs", "COMMANDS"),
+    ("caxton.cli.agent_state", "COMMANDS"),  # adds 'agent state' to the agent group
 )
 
 

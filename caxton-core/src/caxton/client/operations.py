@@ -10,6 +10,7 @@ dicts.
 from __future__ import annotations
 
 import base64
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
@@ -23,6 +24,14 @@ R = TypeVar("R")
 
 def _module(wasm: bytes) -> str:
     return base64.b64encode(bytes(wasm)).decode("ascii")
+
+
+def _state_key(agent_id: str, key: str | bytes) -> tuple[str, dict[str, Any]]:
+    """The path of one key of an agent's state: its text, or URL-safe base64 for bytes."""
+    if isinstance(key, str):
+        return f"/api/v1/agents/{agent_id}/state/{urllib.parse.quote(key, safe='')}", {}
+    encoded = base64.urlsafe_b64encode(bytes(key)).decode("ascii").rstrip("=")
+    return f"/api/v1/agents/{agent_id}/state/{encoded}", {"encoding": "base64"}
 
 
 def _drop_none(values: Mapping[str, Any]) -> dict[str, Any]:
@@ -122,6 +131,33 @@ class Operations(Generic[R]):
         """The agent's log lines, oldest first (``stream`` with ``follow=true`` follows)."""
         query = {"since": since, "after": after}
         return self._send(Call("GET", f"/api/v1/agents/{agent_id}/logs", query, idempotent=True))
+
+    def agent_state(
+        self,
+        agent_id: str,
+        *,
+        prefix: str | None = None,
+        after: str | None = None,
+        limit: int | None = None,
+    ) -> R:
+        """The agent's keys and the size of their values (``next`` -> ``after`` pages on)."""
+        query = {"prefix": prefix, "after": after, "limit": limit}
+        return self._send(Call("GET", f"/api/v1/agents/{agent_id}/state", query, idempotent=True))
+
+    def get_agent_state(self, agent_id: str, key: str | bytes) -> R:
+        """One key's entry: ``value`` (text, or None when not UTF-8) and ``value_base64``."""
+        path, query = _state_key(agent_id, key)
+        return self._send(Call("GET", path, query, idempotent=True))
+
+    def set_agent_state(self, agent_id: str, key: str | bytes, value: str | bytes) -> R:
+        """Set ``key`` as the agent's own ``kv_store`` would; answered once durable."""
+        path, query = _state_key(agent_id, key)
+        body = {"value": value} if isinstance(value, str) else {"value_base64": _module(value)}
+        return self._send(Call("PUT", path, query, body=body, idempotent=True))
+
+    def delete_agent_state(self, agent_id: str, key: str | bytes) -> R:
+        path, query = _state_key(agent_id, key)
+        return self._send(Call("DELETE", path, query))
 
     def remove_agent(self, agent_id: str) -> R:
         return self._send(Call("DELETE", f"/api/v1/agents/{agent_id}"))

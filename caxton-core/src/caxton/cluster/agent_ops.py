@@ -1,10 +1,11 @@
 """Agent operations through any node: carried out on the node that runs the agent.
 
-A REST request for one agent (get, update, remove, start, stop, suspend, resume) may
-reach any node. :func:`perform` runs it here when the agent runs here; otherwise it
-finds the agent's node in the cluster registry and sends the operation there as the
-CONTROL op ``agent`` (:mod:`caxton.cluster.wire`), sealed (:mod:`caxton.cluster.trust`)
-and carrying the caller: their identity, roles, request id and address.
+A REST request for one agent (get, update, remove, start, stop, suspend, resume, its
+logs and its key/value state) may reach any node. :func:`perform` runs it here when
+the agent runs here; otherwise it finds the agent's node in the cluster registry and
+sends the operation there as the CONTROL op ``agent`` (:mod:`caxton.cluster.wire`),
+sealed (:mod:`caxton.cluster.trust`) and carrying the caller: their identity, roles,
+request id and address.
 
 The node that runs the agent trusts the peer (the seal), not the peer's verdict: with
 ``security.auth_enabled`` it checks the caller's roles against its *own* role table,
@@ -27,6 +28,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from caxton.agents import state_access
 from caxton.auth.audit import AUDITED_PERMISSIONS
 from caxton.cluster import wire
 from caxton.cluster.placement import FRAME_OVERHEAD, NodeUnreachable, RemoteError, error_answer
@@ -45,6 +47,7 @@ from caxton.errors import (
 from caxton.plugins import error_line
 
 if TYPE_CHECKING:
+    from caxton.agents.runtime import AgentRuntime
     from caxton.cluster.service import Cluster
     from caxton.node import Node
 
@@ -65,6 +68,12 @@ ACTIONS: Mapping[str, str] = {
     "resume": "update",
     "remove": "remove",
     "logs": "read",
+    # The agent's key/value state (caxton.agents.state_access): keys and sizes are
+    # there for every reader; values only for those who may change the agent.
+    "state": "read",
+    "state-get": "update",
+    "state-put": "update",
+    "state-delete": "update",
 }
 #: Action -> the REST handler's name, which is the audit log's action.
 AUDIT_ACTIONS: Mapping[str, str] = {
@@ -77,6 +86,10 @@ AUDIT_ACTIONS: Mapping[str, str] = {
     "resume": "resume_agent",
     "remove": "remove_agent",
     "logs": "agent_logs",
+    "state": "agent_state",
+    "state-get": "get_agent_state_key",
+    "state-put": "put_agent_state_key",
+    "state-delete": "delete_agent_state_key",
 }
 #: Seconds an operation may take on the other node, on top of any drain it asks for.
 REMOTE_TIMEOUT = 15.0
@@ -291,6 +304,8 @@ async def run_local(
             float(options.get("since") or 0.0), int(options.get("after") or 0)
         )
         return {"agent": agent.name, "lines": [line.to_dict(agent.name) for line in lines]}
+    if action.startswith("state"):
+        return await _state(manager.runtime(agent_id), action, options)
     if action == "remove":
         await manager.remove(agent_id)
         return None
@@ -310,6 +325,26 @@ async def run_local(
     else:
         changed = await manager.resume(agent_id)
     return dict(changed.to_dict())
+
+
+async def _state(
+    runtime: AgentRuntime, action: str, options: Mapping[str, Any]
+) -> dict[str, Any] | None:
+    key = bytes(options.get("key") or b"")
+    if action == "state":
+        after = options.get("after")
+        return state_access.list_keys(
+            runtime,
+            prefix=key,
+            after=bytes(after) if after is not None else None,
+            limit=int(options.get("limit") or state_access.DEFAULT_LIMIT),
+        )
+    if action == "state-get":
+        return state_access.read_key(runtime, key)
+    if action == "state-put":
+        return await state_access.write_key(runtime, key, bytes(options.get("value") or b""))
+    await state_access.delete_key(runtime, key)
+    return None
 
 
 async def on_control(node: Node, frame: Frame, args: Sequence[Any]) -> bytes:
