@@ -150,7 +150,9 @@ class NodeProcess:
     def api_url(self) -> str:
         return f"http://{self.host}:{self.api_port}"
 
-    def start(self, *, bootstrap: bool = False, join: Iterable[str] = ()) -> None:
+    def start(
+        self, *, bootstrap: bool = False, join: Iterable[str] = (), token: str | None = None
+    ) -> None:
         args = [
             *(["ip", "netns", "exec", self.netns] if self.netns else []),
             *caxton_command(),
@@ -176,6 +178,8 @@ class NodeProcess:
             args.append("--bootstrap")
         if seeds:
             args += ["--join", ",".join(seeds)]
+        if token is not None:
+            args += ["--token", token]
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             args, stdout=log, stderr=subprocess.STDOUT, env=clean_environment()
@@ -276,6 +280,7 @@ class ProcessCluster:
         transport: str = "tcp",
         cluster: Mapping[str, Any] | None = None,
         mtls_dir: Path | None = None,
+        auto_tls: bool = False,
         gossip_key: bool = True,
         extra: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
@@ -284,6 +289,9 @@ class ProcessCluster:
         self.transport = transport
         self.cluster_settings = dict(FAST if cluster is None else cluster)
         self.mtls_dir = mtls_dir
+        #: Neither certificates nor plaintext in the config: the CA made at --bootstrap
+        #: and join tokens (caxton.security.node_tls).
+        self.auto_tls = auto_tls
         self.gossip_key = base64.b64encode(os.urandom(32)).decode() if gossip_key else None
         self.extra = dict(extra or {})
         self.nodes: dict[str, NodeProcess] = {}
@@ -301,7 +309,7 @@ class ProcessCluster:
                 "node_cert": str(certs / "node.crt"),
                 "node_key": str(certs / "node.key"),
             }
-        else:
+        elif not self.auto_tls:
             sections["transport"] = {"plaintext": True}
         if self.gossip_key:
             sections["security.cluster"] = {"gossip_keys": [self.gossip_key]}

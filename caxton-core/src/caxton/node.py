@@ -88,11 +88,12 @@ def build_node(
     env: Mapping[str, str] | None = None,
     bootstrap: bool = False,
     join: Sequence[str] = (),
+    join_token: str | None = None,
 ) -> Node:
     host, config = build_host_and_config(
         config_path, plugin_options=plugin_options, overrides=overrides, env=env
     )
-    return Node(config, host, bootstrap=bootstrap, join=join)
+    return Node(config, host, bootstrap=bootstrap, join=join, join_token=join_token)
 
 
 def is_loopback(host: str) -> bool:
@@ -114,6 +115,7 @@ class Node:
         *,
         bootstrap: bool = False,
         join: Sequence[str] = (),
+        join_token: str | None = None,
     ) -> None:
         self.config = config
         self.host = host
@@ -122,6 +124,8 @@ class Node:
         self.data_dir = Path(config["node"]["data_dir"]).expanduser()
         self.bootstrap = bootstrap
         self.join_addresses = list(join) or list(config["coordination.cluster"]["seeds"])
+        #: Enrols this node with the cluster CA (caxton.security.node_tls); never logged.
+        self.join_token = join_token
         self.version = __version__
         self.state = "created"
         self.started_at: float | None = None
@@ -253,6 +257,10 @@ class Node:
             lock = DataDirLock(self.data_dir)  # one node per data directory
             lock.acquire()
             self._stack.callback(lock.release)
+            if self.clustered:
+                from caxton.security.node_tls import prepare_node_tls
+
+                await prepare_node_tls(self, self.join_token)
             self.sandbox = await self._driver("sandbox", plugins["sandbox"])
             self.placement = await self._driver("placement", plugins["placement"])
             self.partition_policy = await self._driver(
@@ -403,6 +411,9 @@ class Node:
 
         plugins = self.config["plugins"]
         self.transport = await self._driver("transport", plugins["transport"])
+        from caxton.security.node_tls import serve_enrolment
+
+        serve_enrolment(self, self.transport)
         cluster = Cluster(self)
         self.cluster_address = await cluster.listen()
         self.membership = await self._driver("membership", plugins["membership"])

@@ -74,6 +74,10 @@ def _cluster_security(node: Node) -> None:
     """mTLS or plaintext, the gossip keys, and the node's certificates load."""
     if not node.clustered:
         return
+    from caxton.security.node_tls import supplies_tls
+
+    if supplies_tls(node, node.join_token):
+        return  # a CA made at --bootstrap, a join token, or certs/ in the data directory
     from caxton.security.tls import server_context
     from caxton.transport.settings import TransportSettings
 

@@ -20,6 +20,7 @@ import click
 
 from caxton.cli.client import _duration, api_options, complete_nodes, json_option
 from caxton.cli.client_http import ApiClient
+from caxton.cli.join_tokens import token_group
 from caxton.cli.local_cluster import cluster_down, cluster_up
 from caxton.cli.main import emit_json, render_table
 from caxton.units import format_size
@@ -34,6 +35,7 @@ def cluster() -> None:
 
 cluster.add_command(cluster_up)
 cluster.add_command(cluster_down)
+cluster.add_command(token_group)
 
 
 # -------------------------------------------------------------------------

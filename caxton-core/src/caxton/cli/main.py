@@ -303,6 +303,15 @@ def server_group() -> None:
 @click.option("--bootstrap", is_flag=True, help="Start a new cluster with this node as seed.")
 @click.option("--join", "join", default="", help="Seeds to join: HOST:PORT[,HOST:PORT...].")
 @click.option(
+    "--token",
+    "join_token",
+    envvar="CAXTON_JOIN_TOKEN",
+    default=None,
+    metavar="TOKEN",
+    help="Join token (caxton cluster token create): get this node's certificate from the "
+    "cluster CA through --join [env: CAXTON_JOIN_TOKEN].",
+)
+@click.option(
     "--cluster",
     "cluster",
     is_flag=True,
@@ -321,6 +330,7 @@ def server_start(
     plugin_options: tuple[str, ...],
     bootstrap: bool,
     join: str,
+    join_token: str | None,
     cluster: bool,
     strict: bool,
 ) -> None:
@@ -348,7 +358,7 @@ def server_start(
     host_, config = build_host_and_config(
         config_path, plugin_options=plugin_options, overrides=overrides, host=host
     )
-    node = Node(config, host_, bootstrap=bootstrap, join=seeds)
+    node = Node(config, host_, bootstrap=bootstrap, join=seeds, join_token=join_token)
     configure_logging(observability=dict(config["observability"]), node_id=node.node_id)
     try:
         _run(node.run_until_signal())

@@ -62,13 +62,13 @@ def _write_pair(
     cert_path: Path, cert: x509.Certificate, key_path: Path, key: ec.EllipticCurvePrivateKey
 ) -> None:
     try:
-        _write_private(key_path, _key_pem(key))
+        _write_private(key_path, key_pem(key))
         cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     except OSError as exc:
         raise CertificateError(f"cannot write {exc.filename}: {exc.strerror}") from None
 
 
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     return key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
@@ -227,13 +227,31 @@ def _sign_node_cert(
     valid_from: datetime.datetime | None = None,
 ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     key = ec.generate_private_key(ec.SECP256R1())
+    cert = sign_node_key(
+        ca_cert, ca_key, key.public_key(), node_id, hosts, days=days, valid_from=valid_from
+    )
+    return cert, key
+
+
+def sign_node_key(
+    ca_cert: x509.Certificate,
+    ca_key: ec.EllipticCurvePrivateKey,
+    public_key: ec.EllipticCurvePublicKey,
+    node_id: str,
+    hosts: Sequence[str] = (),
+    *,
+    days: float = 365,
+    valid_from: datetime.datetime | None = None,
+) -> x509.Certificate:
+    """A node certificate for ``public_key`` (a node's own key, from its CSR), signed by
+    the CA: the same profile as :func:`issue_node_cert`."""
     start = valid_from or (_now() - datetime.timedelta(minutes=5))
     ca_ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     cert = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, node_id)]))
         .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
+        .public_key(public_key)
         .serial_number(x509.random_serial_number())
         .not_valid_before(start)
         .not_valid_after(start + datetime.timedelta(days=days))
@@ -259,13 +277,13 @@ def _sign_node_cert(
             critical=False,
         )
         .add_extension(x509.SubjectAlternativeName(_general_names(node_id, hosts)), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False
         )
         .sign(ca_key, hashes.SHA256())
     )
-    return cert, key
+    return cert
 
 
 def issue_node_cert(

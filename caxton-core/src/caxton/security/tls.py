@@ -66,3 +66,14 @@ def client_context(files: TlsFiles) -> ssl.SSLContext:
     context = _base_context(ssl.PROTOCOL_TLS_CLIENT, files)
     context.check_hostname = False
     return context
+
+
+def anonymous_client_context() -> ssl.SSLContext:
+    """A TLS 1.3 client context with no certificate that verifies none: only for
+    enrolment, whose messages are authenticated by the join token
+    (:mod:`caxton.security.enrolment`)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context

@@ -32,8 +32,10 @@ from caxton.drivers.transport import (
     PeerStats,
     Transport,
 )
-from caxton.errors import ConfigError, TransportError
-from caxton.transport.connection import Channel, Connection
+from caxton.errors import ConfigError, PeerRejected, ProtocolError, TransportError
+from caxton.transport.connection import Channel, Connection, EnrolHandler
+from caxton.transport.envelope import Kind, pack_envelope, unpack_envelope
+from caxton.transport.framing import FrameDecoder, frame
 from caxton.transport.pool import PeerPool
 from caxton.transport.settings import TransportSettings
 
@@ -69,6 +71,8 @@ class ConnectionTransport(Transport):
         self.settings = settings if settings is not None else settings_from_context(context)
         self.on_frame: FrameHandler | None = None
         self.on_datagram: DatagramHandler | None = None
+        #: Answers enrolment requests when this node holds the cluster CA.
+        self.on_enrol: EnrolHandler | None = None
         self._listen_address: Address | None = None
         self._pool = PeerPool(
             self._dial_connection,
@@ -133,6 +137,16 @@ class ConnectionTransport(Transport):
         """Send a datagram outside the connection (UDP); False if this wire has none."""
         return False
 
+    async def _dial_anonymous(self, peer: Address, timeout: float) -> Channel:
+        """Open a TLS channel to ``peer`` presenting no certificate and verifying none
+        (enrolment: the answer is checked with the join token instead)."""
+        raise TransportError(f"the {type(self).__name__} transport cannot enrol nodes")
+
+    def _accept_anonymous(self) -> None:
+        """From now on, let clients without a certificate finish the TLS handshake (their
+        connection may carry one ENROL record and nothing else)."""
+        raise TransportError(f"the {type(self).__name__} transport cannot enrol nodes")
+
     # -- called by the plugin -------------------------------------------------------
 
     def accept_channel(self, channel: Channel) -> Connection | None:
@@ -155,6 +169,26 @@ class ConnectionTransport(Transport):
             self.on_datagram(payload, source)
         except Exception:
             log.exception("datagram handler failed for a datagram from %s", source)
+
+    def serve_enrolment(self, handler: EnrolHandler) -> None:
+        """Answer enrolment requests with ``handler`` (call before :meth:`listen`)."""
+        self.on_enrol = handler
+        self._accept_anonymous()
+
+    async def enrol(self, peer: Address, payload: bytes, timeout: float) -> bytes:
+        """Send one enrolment request to ``peer`` without a certificate; its answer."""
+        channel = await self._dial_anonymous(peer, timeout)
+        exchange = _EnrolmentExchange(self.settings.max_frame_size, peer)
+        channel.receiver = exchange
+        channel.write(frame(pack_envelope(self.settings.node_id, [(Kind.ENROL, 0, payload)])))
+        try:
+            return await asyncio.wait_for(asyncio.shield(exchange.answer), timeout)
+        except asyncio.TimeoutError:
+            raise TransportError(
+                f"{peer[0]}:{peer[1]} did not answer the enrolment within {timeout:g}s"
+            ) from None
+        finally:
+            channel.abort()
 
     # -- ConnectionOwner --------------------------------------------------------------
 
@@ -312,3 +346,42 @@ class ConnectionTransport(Transport):
         for connection in list(self._connections):
             connection.abort()
         await self._release_listener()
+
+
+class _EnrolmentExchange:
+    """The receiver of an enrolment channel: waits for the one ENROL answer."""
+
+    def __init__(self, max_frame_size: int, peer: Address) -> None:
+        self._decoder = FrameDecoder(max_frame_size)
+        self._max_size = max_frame_size
+        self._peer = peer
+        self.answer: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            for body in self._decoder.feed(data):
+                records = unpack_envelope(body, max_size=self._max_size).records
+                if records and records[0][0] == Kind.ENROL and not self.answer.done():
+                    self.answer.set_result(records[0][2])
+        except TransportError as exc:
+            self._fail(ProtocolError(f"bad enrolment answer: {exc}"))
+
+    def datagram_received(self, data: bytes) -> None:
+        pass
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        where = f"{self._peer[0]}:{self._peer[1]}"
+        if isinstance(exc, PeerRejected) or exc is not None:
+            self._fail(
+                PeerRejected(
+                    f"{where} refused the enrolment connection ({exc}): it is not a CA "
+                    f"holder of this cluster, or not a Caxton node"
+                )
+            )
+        else:
+            self._fail(TransportError(f"{where} closed the connection without an answer"))
+
+    def _fail(self, exc: TransportError) -> None:
+        if not self.answer.done():
+            self.answer.set_exception(exc)
+            self.answer.exception()

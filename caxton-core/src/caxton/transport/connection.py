@@ -22,6 +22,7 @@ import struct
 import time
 from abc import ABC, abstractmethod
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 import msgpack
@@ -116,12 +117,17 @@ class Channel(ABC):
         return False
 
 
+#: Answers an enrolment request (payload, the requester's address) with the answer.
+EnrolHandler = Callable[[bytes, str], bytes]
+
+
 class ConnectionOwner(Protocol):
     """The transport a connection belongs to (:class:`ConnectionTransport`)."""
 
     settings: TransportSettings
     on_frame: FrameHandler | None
     on_datagram: DatagramHandler | None
+    on_enrol: EnrolHandler | None
 
     @property
     def advertised_address(self) -> Address | None: ...
@@ -184,6 +190,7 @@ class Connection:
         self._request_tasks: set[asyncio.Task[None]] = set()
         self._dispatcher: asyncio.Task[None] | None = None
         self._hello_sent_at = 0.0
+        self._closer: asyncio.Task[None] | None = None
         self._handshake_timer = self._loop.call_later(
             self.settings.handshake_timeout, self._handshake_expired
         )
@@ -245,6 +252,24 @@ class Connection:
             self.ready.set_result(None)
         self.owner.connection_ready(self)
 
+    def _answer_enrolment(self, payload: bytes) -> None:
+        """One enrolment request (the peer may hold no certificate): answer, then close."""
+        handler = self.owner.on_enrol
+        where = format_address(self.channel.remote_address)
+        if handler is None:
+            answer = msgpack.packb(
+                {
+                    "ok": False,
+                    "error": f"node {self.settings.node_id} does not enrol nodes: it holds no "
+                    f"cluster CA; join through the node that bootstrapped the cluster",
+                }
+            )
+        else:
+            answer = handler(payload, where)
+        self._handshake_timer.cancel()
+        self._write_records([(Kind.ENROL, 0, answer)])
+        self._closer = self._loop.create_task(self.close(self.settings.drain_timeout))
+
     def _handshake_expired(self) -> None:
         if self.state is State.HANDSHAKE:
             self.fail(f"no HELLO within {self.settings.handshake_timeout:g}s")
@@ -267,6 +292,9 @@ class Connection:
         records = envelope.records
         if self.state is State.HANDSHAKE:
             kind, _, payload = records[0]
+            if kind == Kind.ENROL and not self.outbound:
+                self._answer_enrolment(payload)
+                return
             if kind != Kind.HELLO:
                 raise ProtocolError("the first record on a connection must be HELLO")
             self._accept_hello(envelope.sender, payload)

@@ -48,6 +48,9 @@ class Kind(IntEnum):
     GOAWAY = 19
     PING = 20
     PONG = 21
+    #: Enrolment, the only record a client without a certificate may send, once; the
+    #: answer comes back as the same kind (caxton.security.enrolment).
+    ENROL = 22
 
 
 #: Kinds delivered to the application's frame handler.

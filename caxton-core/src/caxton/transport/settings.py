@@ -22,7 +22,9 @@ if TYPE_CHECKING:
 MTLS_HINT = (
     "node-to-node traffic needs mutual TLS: set security.cluster.mtls.enabled = true with "
     "ca_cert, node_cert and node_key (make them with 'caxton security init-ca' and "
-    "'caxton security issue-cert'), or set transport.plaintext = true for local development"
+    "'caxton security issue-cert'), or start the first node with --bootstrap (it makes the "
+    "cluster CA) and the others with --token (from 'caxton cluster token create'), or set "
+    "transport.plaintext = true for local development"
 )
 
 
@@ -33,6 +35,8 @@ class TransportSettings:
     tls: TlsFiles | None = None
     #: Unencrypted, unauthenticated node traffic. Must be asked for explicitly.
     plaintext: bool = False
+    #: A node with no certificate yet: the transport only enrols (no TLS material).
+    enrolling: bool = False
     #: Check that a peer's certificate names the node id it claims.
     verify_peer: bool = True
     #: Encrypts gossip datagrams that travel outside TLS (UDP in plaintext mode).
@@ -60,7 +64,7 @@ class TransportSettings:
     ping_interval: float = 5.0
 
     def __post_init__(self) -> None:
-        if self.tls is None and not self.plaintext:
+        if self.tls is None and not self.plaintext and not self.enrolling:
             raise ConfigError(MTLS_HINT)
         if self.tls is not None and self.plaintext:
             raise ConfigError(

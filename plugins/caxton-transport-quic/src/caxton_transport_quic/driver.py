@@ -303,7 +303,10 @@ def _make_protocol_class() -> Callable[..., Any]:
             owner = self.owner
             remote = self._quic._network_paths[0].addr
             address = (str(remote[0]), int(remote[1]))
-            if owner.settings.tls is not None:
+            anonymous = tls._peer_certificate is None and owner.anonymous_clients
+            if owner.settings.tls is not None and not anonymous:
+                # A client without a certificate may only enrol: its connection takes
+                # nothing but one ENROL record (caxton.transport.Connection).
                 try:
                     verify_client_chain(
                         tls._peer_certificate, tls._peer_certificate_chain, owner.trusted_cas
@@ -387,8 +390,10 @@ class QuicTransport(ConnectionTransport):
         )
         self._protocol_class: Callable[..., Any] | None = None
         self._server: Any = None
+        #: Clients without a certificate may connect (to enrol): see _accept_anonymous.
+        self.anonymous_clients = False
 
-    def _configuration(self, *, is_client: bool) -> Any:
+    def _configuration(self, *, is_client: bool, anonymous: bool = False) -> Any:
         import ssl
 
         from aioquic.quic.configuration import QuicConfiguration
@@ -404,7 +409,7 @@ class QuicTransport(ConnectionTransport):
             max_datagram_frame_size=65536 if self.option("enable_datagram") else None,
         )
         tls = self.settings.tls
-        if tls is None:
+        if tls is None or anonymous:
             configuration.verify_mode = ssl.CERT_NONE
             if not is_client:
                 configuration.certificate, configuration.private_key = ephemeral_certificate()
@@ -455,12 +460,25 @@ class QuicTransport(ConnectionTransport):
             self._server = None
 
     async def _dial(self, peer: Address, timeout: float) -> Channel:
+        return await self._connect(peer, timeout, self._configuration(is_client=True))
+
+    async def _dial_anonymous(self, peer: Address, timeout: float) -> Channel:
+        return await self._connect(
+            peer, timeout, self._configuration(is_client=True, anonymous=True)
+        )
+
+    def _accept_anonymous(self) -> None:
+        if self.settings.tls is None:
+            raise TransportError("enrolment needs mutual TLS (security.cluster.mtls)")
+        self.anonymous_clients = True
+
+    async def _connect(self, peer: Address, timeout: float, configuration: Any) -> Channel:
         from aioquic.quic.connection import QuicConnection
 
         loop = asyncio.get_running_loop()
         infos = await loop.getaddrinfo(peer[0], peer[1], type=socket.SOCK_DGRAM)
         remote = (str(infos[0][4][0]), int(infos[0][4][1]))
-        quic = QuicConnection(configuration=self._configuration(is_client=True))
+        quic = QuicConnection(configuration=configuration)
         factory = self._protocol_factory(outbound=True)
         transport, protocol = await loop.create_datagram_endpoint(
             lambda: factory(quic), remote_addr=remote

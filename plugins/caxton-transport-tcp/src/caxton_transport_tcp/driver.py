@@ -21,7 +21,7 @@ from cryptography import x509
 from caxton.config import ConfigSection, Field
 from caxton.drivers.transport import Address
 from caxton.errors import TransportError
-from caxton.security.tls import client_context, server_context
+from caxton.security.tls import anonymous_client_context, client_context, server_context
 from caxton.transport import Channel, ConnectionTransport
 
 log = logging.getLogger("caxton.transport.tcp")
@@ -262,15 +262,30 @@ class TcpTransport(ConnectionTransport):
             self._server = None
 
     async def _dial(self, peer: Address, timeout: float) -> Channel:
+        return await self._connect(peer, timeout, self._client_ssl)
+
+    async def _dial_anonymous(self, peer: Address, timeout: float) -> Channel:
+        return await self._connect(peer, timeout, anonymous_client_context())
+
+    def _accept_anonymous(self) -> None:
+        if self._server_ssl is None:
+            raise TransportError("enrolment needs mutual TLS (security.cluster.mtls)")
+        # A certificate a client does show is still verified against the CA; one that
+        # shows none gets only as far as the connection's ENROL record.
+        self._server_ssl.verify_mode = ssl.CERT_OPTIONAL
+
+    async def _connect(
+        self, peer: Address, timeout: float, context: ssl.SSLContext | None
+    ) -> Channel:
         loop = asyncio.get_running_loop()
         _, channel = await asyncio.wait_for(
             loop.create_connection(
                 lambda: TcpChannel(self, outbound=True),
                 peer[0],
                 peer[1],
-                ssl=self._client_ssl,
-                server_hostname="" if self._client_ssl is not None else None,
-                ssl_handshake_timeout=timeout if self._client_ssl is not None else None,
+                ssl=context,
+                server_hostname="" if context is not None else None,
+                ssl_handshake_timeout=timeout if context is not None else None,
             ),
             timeout,
         )
