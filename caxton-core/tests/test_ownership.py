@@ -74,10 +74,11 @@ async def test_a_promise_fences_lower_generations_and_survives_a_restart(
     await own.start()
     await own.on_writes("o", [write(1, 3, full=True, puts={b"n": b"3"})])
     answer = await own.on_promise("t", {"agent_id": "a1", "generation": 2})
-    assert answer == ["promised", 1, 3, [[b"n", b"3"]]]
+    assert answer == ["promised", 1, 3, [[b"n", b"3"]], [1, [], []]]
     # The old owner (generation 1) is refused from now on; an equal promise too.
     assert await own.on_writes("o", [write(1, 4, base=3, puts={b"n": b"4"})]) == [["fenced", 2]]
-    assert await own.on_promise("x", {"agent_id": "a1", "generation": 2}) == ["refused", 2]
+    refused = await own.on_promise("x", {"agent_id": "a1", "generation": 2})
+    assert refused == ["refused", 2, [1, [], []]]
     # The new owner's first write at generation 2 must bring the whole state.
     assert await own.on_writes("t", [write(2, 1, base=3, puts={b"n": b"5"})]) == [["gap", 0]]
     assert await own.on_writes("t", [write(2, 1, full=True, puts={b"n": b"5"})]) == [["ok", 1]]
@@ -92,6 +93,39 @@ async def test_a_promise_fences_lower_generations_and_survives_a_restart(
         refused = await restarted.on_writes("o", [write(1, 9, full=True, puts={b"n": b"9"})])
         assert refused == [["fenced", 2]]
         assert await again.load_kv("a1") == {b"n": b"5"}
+    finally:
+        await again.close()
+
+
+async def test_a_holder_remembers_the_replica_sets_it_was_told_of(
+    store: Store, tmp_path: Path
+) -> None:
+    """The set of the generation it holds (from whole-state writes) and the sets proposed
+    with its promises above it: what a takeover with an older record learns from it."""
+    own = holder(store)
+    await own.start()
+    first = [*write(1, 3, full=True, puts={b"n": b"3"}), ["o", "h1", "h2"]]
+    assert await own.on_writes("o", [first]) == [["ok", 3]]
+    answer = await own.on_promise(
+        "o", {"agent_id": "a1", "generation": 2, "members": ["o", "h3", "h4"]}
+    )
+    assert answer[-1] == [1, ["o", "h1", "h2"], []]
+    # A takeover that only knows generation 1 learns both sets from the next answer.
+    answer = await own.on_promise("t", {"agent_id": "a1", "generation": 3, "members": ["t"]})
+    assert answer[-1] == [1, ["o", "h1", "h2"], [[2, ["o", "h3", "h4"]]]]
+    await store.close()
+    again = Store(tmp_path / "local.db")
+    await again.open()
+    try:
+        restarted = holder(again)
+        await restarted.start()
+        assert restarted.fences["a1"] == Fence(
+            3, 1, 3, ("o", "h1", "h2"), ((2, ("o", "h3", "h4")), (3, ("t",)))
+        )
+        # Holding the state of generation 3 drops the proposals up to it.
+        third = [*write(3, 1, full=True, puts={b"n": b"4"}), ["t", "h1"]]
+        assert await restarted.on_writes("t", [third]) == [["ok", 1]]
+        assert restarted.fences["a1"] == Fence(3, 3, 1, ("t", "h1"), ())
     finally:
         await again.close()
 

@@ -122,7 +122,9 @@ async def test_a_cut_off_owner_and_its_successor_never_both_acknowledge(
         row = db.execute(
             "SELECT promised FROM agent_fences WHERE agent_id = ?", (agent_id,)
         ).fetchone()
-    assert row == (2,)
+    # (2, or higher once the new owner moved its replica set: each move is a promise)
+    assert row is not None
+    assert row[0] >= 2
 
 
 async def test_a_heal_loses_no_state_the_old_copy_acknowledged(

@@ -263,6 +263,9 @@ class Failover:
             return
         self.generations.pop(agent.id, None)
         self.ownership.owned.pop(agent.id, None)
+        # Its key/value rows are gone with it: a promise answered from here must not
+        # offer "the state of generation g" with nothing in it (the promise stays).
+        self.ownership.forget_state(agent.id)
         node.store.delete_placement(agent.id)
         self._pushed.pop(agent.id, None)
         holders = self.holders.pop(agent.id, ())
@@ -673,16 +676,37 @@ class Failover:
             # no holder can be had, so the replica set is this node alone and a quorum
             # write is a local commit, instead of replies held for holders that refuse.
             return ()
-        current = self.holders.get(agent.id, ())
-        holders = [h for h in current if self.cluster._live(h) is not None][: self.copies]
+        return self._rank_holders(agent.name, self.holders.get(agent.id, ()), ())
+
+    def holders_for(self, agent_id: str, members: Sequence[str]) -> tuple[str, ...]:
+        """The holders a takeover of ``agent_id`` proposes, its replica set in force
+        being ``members`` (the owner first): the live ones of them, then others."""
+        replica = self.replicas.get(agent_id)
+        name = replica.name if replica is not None else agent_id
+        if self.trust.mode is None:
+            return ()
+        return self._rank_holders(name, members[1:], members[:1])
+
+    def _rank_holders(
+        self, name: str, current: Sequence[str], exclude: Sequence[str]
+    ) -> tuple[str, ...]:
+        """``current``'s live members (in order), then the live nodes placement ranks
+        best, up to ``replicas`` holders; never this node or ``exclude``."""
+
+        def eligible(node_id: str) -> bool:
+            return (
+                node_id != self.node_id
+                and node_id not in exclude
+                and self.cluster._live(node_id) is not None
+            )
+
+        holders = [h for h in dict.fromkeys(current) if eligible(h)][: self.copies]
         if len(holders) < self.copies:
-            request = PlacementRequest(agent_name=agent.name)
+            request = PlacementRequest(agent_name=name)
             candidates = [
                 load
                 for load in node_loads(self.node)
-                if load.node_id != self.node_id
-                and load.node_id not in holders
-                and self.cluster._live(load.node_id) is not None
+                if load.node_id not in holders and eligible(load.node_id)
             ]
             if candidates:
                 try:
@@ -696,6 +720,15 @@ class Failover:
         if agent.id in self._dropping or agent.id in self._too_large:
             return
         holders = self._choose_holders(agent)
+        ownership = self.ownership
+        if (
+            ownership.enabled
+            and holders != self.holders.get(agent.id, holders)
+            and ownership.config(agent.id) is not None
+            and not await ownership.reconfigure(agent.id, holders)
+        ):
+            # The replica set in force stays until a majority of it agrees to move.
+            holders = self.holders.get(agent.id, ())
         policy = self.node.context.services.get("agent_policy")
         senders = policy.deployed_senders(agent.name) if policy is not None else None
         spec = DeploySpec.of_agent(agent, senders)
@@ -713,7 +746,6 @@ class Failover:
         if self._pushed.get(agent.id) == key:
             return
         self.holders[agent.id] = holders
-        self.ownership.refresh(agent.id)
         if not holders:
             return
         results = await asyncio.gather(*(self._push(replica, h) for h in holders))
@@ -881,6 +913,9 @@ class Failover:
                 del self.replicas[replica.agent_id]
                 self.node.store.delete_replica(replica.agent_id, replica.module_sha256)
                 agents = self.node.agents
+                fence = self.ownership.fences.get(replica.agent_id)
+                if fence is not None and fence.generation > replica.generation:
+                    continue  # the state here is a newer owner's: that one decides
                 if agents is None or replica.agent_id not in agents:
                     self.node.store.delete_agent(replica.agent_id)  # its key/value copy
                     self.ownership.forget_state(replica.agent_id)

@@ -32,6 +32,7 @@ docs/design/0001-fenced-ownership.md and docs/cluster.md, "Durability".
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -54,6 +55,9 @@ OPS = frozenset({"writes", "promise"})
 #: Seconds a holder has to answer a frame of writes, and a member a promise.
 WRITE_TIMEOUT = 2.0
 PROMISE_TIMEOUT = 2.0
+#: Promise rounds a takeover makes at most (each reveals newer replica sets, or meets a
+#: competing promise) before it gives up until the next try.
+TAKE_ROUNDS = 4
 #: How often, and how far apart, a takeover writes its state again to a member still
 #: removing the copy the takeover fenced.
 GAP_RETRIES = 20
@@ -72,14 +76,50 @@ def majority(size: int) -> int:
     return size // 2 + 1
 
 
+Members = tuple[str, ...]
+#: A replica set's configuration: its generation and its members (the owner first).
+Config = tuple[int, Members]
+#: Promises a member remembers above the generation of the state it holds.
+MAX_PROPOSALS = 8
+
+
 @dataclass
 class Fence:
-    """What this node keeps of one agent: the highest generation it promised, and the
-    generation and version of the state it holds."""
+    """What this node keeps of one agent: the highest generation it promised, the
+    generation and version of the state it holds, the replica set of that generation
+    (``members``, the owner first: the set its owner writes to), and the sets proposed
+    with the promises it made above that generation (``proposals``): a takeover reads
+    them to find the replica set in force, whatever its own records say."""
 
     promised: int = 0
     generation: int = 0
     version: int = 0
+    members: Members = ()
+    proposals: tuple[Config, ...] = ()
+
+    def config(self) -> list[Any]:
+        """What a promise answer tells of this fence: ``[generation, members, proposals]``."""
+        return [
+            self.generation,
+            list(self.members),
+            [[g, list(m)] for g, m in self.proposals],
+        ]
+
+    def promise(self, generation: int, proposed: Members) -> Fence:
+        """This fence once ``generation`` is promised with the set ``proposed``."""
+        proposals = tuple(p for p in self.proposals if p[0] > self.generation)
+        if proposed:
+            proposals = (*proposals, (generation, proposed))[-MAX_PROPOSALS:]
+        return Fence(
+            max(self.promised, generation), self.generation, self.version, self.members, proposals
+        )
+
+    def holding(self, generation: int, version: int, members: Members | None = None) -> Fence:
+        """This fence once it holds the state of ``generation`` at ``version``."""
+        if members is None:
+            members = self.members if generation == self.generation else ()
+        proposals = tuple(p for p in self.proposals if p[0] > generation)
+        return Fence(max(self.promised, generation), generation, version, members, proposals)
 
 
 @dataclass
@@ -100,10 +140,16 @@ class _Owned:
     #: Version committed to this node's SQLite, and the one known on a majority.
     local: int = 0
     committed: int = 0
+    #: The generation this owner is moving its replica set to (0: none): refusals up
+    #: to it are its own promise round, not a new owner.
+    pending: int = 0
 
     @property
     def version(self) -> int:
         return self.offset + self.runtime.version
+
+    def members(self, node_id: str) -> Members:
+        return (node_id, *self.holders)
 
     def needed(self) -> int:
         """Holders whose acknowledgement a change needs besides this node's own."""
@@ -136,9 +182,14 @@ class Ownership:
         await store.migrate()
         await store.flush()
         rows = await store.connection.execute_fetchall(
-            "SELECT agent_id, promised, generation, version FROM agent_fences"
+            "SELECT agent_id, promised, generation, version, members, proposals FROM agent_fences"
         )
-        self.fences = {str(a): Fence(int(p), int(g), int(v)) for a, p, g, v in rows}
+        self.fences = {
+            str(a): Fence(
+                int(p), int(g), int(v), _members(json.loads(m)), _proposals(json.loads(q))
+            )
+            for a, p, g, v, m, q in rows
+        }
         agents = self.node.agents
         if self.enabled and agents is not None:
             self._previous = agents.outputs.durability
@@ -158,17 +209,35 @@ class Ownership:
     def _persist(self, agent_id: str, fence: Fence) -> None:
         self.fences[agent_id] = fence
         self.node.store.enqueue(
-            "INSERT OR REPLACE INTO agent_fences (agent_id, promised, generation, version)"
-            " VALUES (?, ?, ?, ?)",
-            (agent_id, fence.promised, fence.generation, fence.version),
+            "INSERT OR REPLACE INTO agent_fences"
+            " (agent_id, promised, generation, version, members, proposals)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                agent_id,
+                fence.promised,
+                fence.generation,
+                fence.version,
+                json.dumps(list(fence.members)),
+                json.dumps([[g, list(m)] for g, m in fence.proposals]),
+            ),
         )
 
     def forget_state(self, agent_id: str) -> None:
-        """The holder copy of ``agent_id``'s state was deleted (the promise stays)."""
+        """The holder copy of ``agent_id``'s state was deleted (the promise and the
+        proposals stay: a takeover may still need them to find the current set)."""
         self.states.pop(agent_id, None)
         fence = self.fences.get(agent_id)
         if fence is not None:
-            self._persist(agent_id, Fence(fence.promised, 0, 0))
+            self._persist(agent_id, Fence(fence.promised, 0, 0, (), fence.proposals))
+
+    def config(self, agent_id: str) -> Config | None:
+        """The replica set established for the current generation of an agent hosted
+        here (None: none yet, the first state write establishes it)."""
+        fence = self.fences.get(agent_id)
+        generation = self.failover.generation(agent_id)
+        if fence is None or fence.generation != generation or not fence.members:
+            return None
+        return generation, fence.members
 
     # -- the owner: output commit by quorum ------------------------------------------
 
@@ -186,7 +255,9 @@ class Ownership:
                 continue
             version = owned.offset + change.version
             agent_id = change.runtime.agent.id
-            self._persist(agent_id, Fence(owned.generation, owned.generation, version))
+            fence = self.fences.get(agent_id, Fence())
+            members = owned.members(self.node_id)
+            self._persist(agent_id, fence.holding(owned.generation, version, members))
             for holder in owned.holders:
                 entry = self._entry(owned, holder, change.keys, version)
                 batches.setdefault(holder, []).append(entry)
@@ -220,34 +291,22 @@ class Ownership:
         generation = failover.generation(agent_id)
         owned = self.owned.get(agent_id)
         if owned is not None and owned.runtime is runtime and owned.generation == generation:
-            self.refresh(agent_id)
             return owned
         if failover.copies <= 0:
             return None
+        fence = self.fences.get(agent_id)
         holders = failover.holders.get(agent_id)
         if holders is None:
-            holders = failover._choose_holders(runtime.agent)
+            config = self.config(agent_id)
+            # Restarted with its data: the replica set of its generation stays the same
+            # (changing it is a promise round, reconfigure()).
+            holders = config[1][1:] if config else failover._choose_holders(runtime.agent)
             failover.holders[agent_id] = holders
-        fence = self.fences.get(agent_id)
         offset = fence.version + VERSION_JUMP if fence and fence.generation == generation else 0
         owned = _Owned(runtime, generation, offset, holders)
         owned.committed = owned.local = offset + runtime.committed
         self.owned[agent_id] = owned
         return owned
-
-    def refresh(self, agent_id: str) -> None:
-        """The holders of an agent hosted here may have changed: a new one is sent the
-        whole state soon (before it counts towards a majority, it acknowledges it)."""
-        owned = self.owned.get(agent_id)
-        if owned is None:
-            return
-        holders = self.failover.holders.get(agent_id, owned.holders)
-        if holders != owned.holders:
-            owned.holders = holders
-            owned.sent = {h: owned.sent.get(h) for h in holders}
-            owned.acked = {h: a for h, a in owned.acked.items() if h in holders}
-            owned.refused = {h: g for h, g in owned.refused.items() if h in holders}
-            self._schedule_resync(agent_id)
 
     def _entry(self, owned: _Owned, holder: str, keys: frozenset[bytes], version: int) -> list[Any]:
         """One agent's entry of a ``writes`` frame to ``holder``."""
@@ -257,7 +316,8 @@ class Ownership:
         kv = runtime.kv
         if base is None:
             items = [[k, v] for k, v in kv.items()]
-            return [runtime.agent.id, owned.generation, 0, version, True, items, []]
+            members = list(owned.members(self.node_id))
+            return [runtime.agent.id, owned.generation, 0, version, True, items, [], members]
         puts = [[k, kv[k]] for k in keys if k in kv]
         deletes = [k for k in keys if k not in kv]
         return [runtime.agent.id, owned.generation, base, version, False, puts, deletes]
@@ -291,7 +351,7 @@ class Ownership:
                     self._check(owned)
                 continue
             owned.sent[holder] = None  # send the whole state again
-            if kind == "fenced" and isinstance(result[1], int):
+            if kind == "fenced" and isinstance(result[1], int) and result[1] > owned.pending:
                 owned.refused[holder] = result[1]
                 if self._lost_majority(owned):
                     self.fence(
@@ -380,7 +440,7 @@ class Ownership:
         return answers
 
     async def _apply(self, owner: str, entry: tuple[Any, ...]) -> list[Any]:
-        agent_id, generation, base, version, full, puts, deletes = entry
+        agent_id, generation, base, version, full, puts, deletes, members = entry
         if self._hosts(agent_id):
             mine = self.failover.generation(agent_id)
             if generation <= mine:
@@ -393,7 +453,7 @@ class Ownership:
         state = await self._state(agent_id)
         if generation > fence.generation or full:
             if not full:
-                self._persist(agent_id, Fence(generation, fence.generation, fence.version))
+                self._persist(agent_id, fence.promise(generation, ()))
                 return ["gap", 0]
             if generation == fence.generation and version <= fence.version:
                 return ["ok", fence.version]
@@ -410,7 +470,7 @@ class Ownership:
             return ["gap", fence.version]
         else:
             return ["ok", fence.version]
-        self._persist(agent_id, Fence(max(fence.promised, generation), generation, version))
+        self._persist(agent_id, fence.holding(generation, version, members))
         return ["ok", version]
 
     async def _state(self, agent_id: str) -> dict[bytes, bytes]:
@@ -435,103 +495,167 @@ class Ownership:
         agent_id, generation = body.get("agent_id"), body.get("generation")
         if not isinstance(agent_id, str) or not isinstance(generation, int):
             raise ValidationError("malformed promise")
+        proposed = _members(body.get("members") or [])
         async with self._lock:
-            answer = await self._promise(agent_id, generation, sender)
+            answer = await self._promise(agent_id, generation, sender, proposed)
         await self.node.store.flush()
         return answer
 
-    async def _promise(self, agent_id: str, generation: int, taker: str) -> list[Any]:
-        """Promise ``generation`` for ``agent_id`` (refuse writes below it) and answer the
-        state held here: ``["promised", generation, version, items]``, or
-        ``["refused", promised]`` when this node promised as much already."""
+    async def _promise(
+        self, agent_id: str, generation: int, taker: str, proposed: Members = ()
+    ) -> list[Any]:
+        """Promise ``generation`` for ``agent_id`` (refuse writes below it; remember the
+        replica set ``proposed`` with it) and answer the state held here:
+        ``["promised", generation, version, items, config]``, or
+        ``["refused", promised, config]`` when this node promised as much already;
+        ``config`` is :meth:`Fence.config` as it was before this promise."""
+        fence = self.fences.get(agent_id, Fence())
         if self._hosts(agent_id):
             mine = self.failover.generation(agent_id)
-            if generation <= mine:
-                return ["refused", mine]
-            runtime = self.node.agents.runtime(agent_id)
             owned = self.owned.get(agent_id)
+            members = owned.members(self.node_id) if owned is not None else fence.members
+            config = Fence(fence.promised, mine, 0, members, fence.proposals).config()
+            if generation <= max(mine, fence.promised):
+                return ["refused", max(mine, fence.promised), config]
+            runtime = self.node.agents.runtime(agent_id)
             version = owned.version if owned is not None else runtime.version
             items = [[k, v] for k, v in runtime.kv.items()]
             self.fence(agent_id, f"{taker} takes it over at generation {generation}")
-            self._persist(agent_id, Fence(generation, 0, 0))
-            return ["promised", mine, version, items]
-        fence = self.fences.get(agent_id, Fence())
+            self._persist(
+                agent_id, Fence(0, 0, 0, (), fence.proposals).promise(generation, proposed)
+            )
+            return ["promised", mine, version, items, config]
         if generation <= fence.promised:
-            return ["refused", fence.promised]
-        self._persist(agent_id, Fence(generation, fence.generation, fence.version))
+            return ["refused", fence.promised, fence.config()]
+        self._persist(agent_id, fence.promise(generation, proposed))
         state = await self._state(agent_id)
-        return ["promised", fence.generation, fence.version, [[k, v] for k, v in state.items()]]
+        items = [[k, v] for k, v in state.items()]
+        return ["promised", fence.generation, fence.version, items, fence.config()]
 
     # -- takeover -----------------------------------------------------------------------
 
     async def take(
         self, replica: Replica
     ) -> tuple[int, dict[bytes, bytes], tuple[str, ...]] | None:
-        """Get a majority of ``replica``'s set to promise the next generation and put the
-        highest state among their answers on a majority of the new set.
+        """Get a majority of the agent's replica set in force to promise the next
+        generation and put the highest state among their answers on a majority of the
+        new set.
+
+        The set in force is the one its owner writes to, which ``replica`` (this node's
+        record) may no longer name: a replica set changes only through a promise round
+        (:meth:`reconfigure`, or a takeover), whose promisers remember the set proposed,
+        and each holder remembers the set of the generation it holds. So a majority of
+        any set that once was in force names every later one; each set an answer
+        reveals above the record's generation is asked too, and the takeover needs a
+        majority of every one of them.
 
         Returns ``(generation, state, holders)`` to start the agent with, or None (an
-        event says why) when no majority promised or took the state.
+        event says why) when no such majority promised or took the state: the caller
+        tries again later, it never starts the agent from less.
         """
         agent_id = replica.agent_id
         fence = self.fences.get(agent_id, Fence())
-        generation = max(replica.generation, fence.promised, fence.generation) + 1
-        members = list(dict.fromkeys([replica.owner, *replica.holders, self.node_id]))
-        others = [m for m in members if m != self.node_id]
-        async with self._lock:
-            mine = await self._promise(agent_id, generation, self.node_id)
-        await self.node.store.flush()
-        promised = [(self.node_id, mine)] if _promised(mine) else []
-        if promised:
-            promised += await self._gather_promises(others, agent_id, generation, members)
-        if len(promised) < majority(len(members)):
+        # Each replica set whose majority the takeover needs, with its generation.
+        sets: dict[Members, int] = {(replica.owner, *replica.holders): replica.generation}
+        base = replica.generation
+        top = max(replica.generation, fence.promised, fence.generation)
+        for seen, members in [(fence.generation, fence.members), *fence.proposals]:
+            if seen > base and members:
+                sets[members] = max(seen, sets.get(members, 0))
+        ours: set[int] = set()
+        promised: dict[str, list[Any]] = {}
+        generation = top + 1
+        proposed: Members = (self.node_id,)
+        for _ in range(TAKE_ROUNDS):
+            generation = top + 1
+            ours.add(generation)
+            current = max(sets, key=lambda m: sets[m])
+            proposed = (self.node_id, *self.failover.holders_for(replica.agent_id, current))
+            answers = await self._promises(agent_id, generation, proposed, list(sets))
+            learned = False
+            for answer in answers.values():
+                highest, configs = _config_of(answer)
+                top = max(top, highest)
+                for seen, members in configs:
+                    if seen > base and seen not in ours and members not in sets:
+                        sets[members] = seen
+                        learned = True
+            promised = {m: a for m, a in answers.items() if _promised(a)}
+            if learned:
+                continue  # a newer replica set: ask its members too
+            if all(_has_majority(promised, members) for members in sets):
+                break
+            if not any(isinstance(a, list) and a[:1] == ["refused"] for a in answers.values()):
+                break  # no majority answers: try again later
+        missing = [m for m in sets if not _has_majority(promised, m)]
+        if missing:
             self._takeover_failed(
                 replica,
-                f"{len(promised) if _promised(mine) else 0} of the {len(members)} members of "
-                f"its replica set promised generation {generation}, a majority is "
-                f"{majority(len(members))}",
+                "no majority of its replica set "
+                + " and of ".join(f"[{', '.join(m)}]" for m in missing)
+                + f" promised generation {generation} (promised: "
+                f"{', '.join(sorted(promised)) or 'none'}); it is not started from less",
             )
             return None
-        _, best = max(promised, key=lambda p: (p[1][1], p[1][2]))
+        _, best = max(promised.items(), key=lambda p: (p[1][1], p[1][2]))
         state = {bytes(k): bytes(v) for k, v in best[3]}
-        holders = tuple(m for m, _ in promised if m not in (self.node_id, replica.owner))
+        holders = proposed[1:]
         # The state at the new generation on a majority of the new set before it starts.
         items = [[k, v] for k, v in state.items()]
-        entry = [agent_id, generation, 0, 0, True, items, []]
-        results = await asyncio.gather(*(self._write_one(h, entry) for h in holders))
-        taken = tuple(h for h, ok in zip(holders, results, strict=True) if ok)
-        if 1 + len(taken) < majority(1 + len(holders)):
+        entry = [agent_id, generation, 0, 0, True, items, [], list(proposed)]
+        if not await self._write_majority(proposed, entry):
             self._takeover_failed(replica, "its state did not reach a majority of its holders")
             return None
         async with self._lock:  # the key/value rows here become the chosen state
             self._replace(agent_id, await self._state(agent_id), state)
-            self._persist(agent_id, Fence(generation, generation, 0))
+            now = self.fences.get(agent_id, Fence())
+            self._persist(agent_id, now.holding(generation, 0, proposed))
             self.states.pop(agent_id, None)
         return generation, state, holders
 
-    async def _gather_promises(
-        self, others: list[str], agent_id: str, generation: int, members: list[str]
-    ) -> list[tuple[str, Any]]:
-        """Ask ``others`` to promise; return once this node and the promises make a
-        majority of ``members`` (any majority holds every acknowledged change), or once
-        every member answered or timed out. Late promises still count on the holders."""
+    async def _promises(
+        self,
+        agent_id: str,
+        generation: int,
+        proposed: Members,
+        sets: list[Members],
+        *,
+        mine: bool = True,
+    ) -> dict[str, Any]:
+        """Ask every member of ``sets`` (this node first, unless ``mine`` is False: it
+        promised already) to promise ``generation`` with the set ``proposed``; return
+        the answers once a majority of every set promised, or once every member
+        answered or timed out (a promise that comes later still fences)."""
+        answers: dict[str, Any] = {}
+        if mine:
+            async with self._lock:
+                answers[self.node_id] = await self._promise(
+                    agent_id, generation, self.node_id, proposed
+                )
+            await self.node.store.flush()
+            if not _promised(answers[self.node_id]):
+                return answers
+        else:
+            answers[self.node_id] = ["promised", 0, 0, [], None]
 
         async def ask(member: str) -> tuple[str, Any]:
-            return member, await self._ask(member, agent_id, generation)
+            return member, await self._ask(member, agent_id, generation, proposed)
 
-        needed = majority(len(members)) - 1
-        promised: list[tuple[str, Any]] = []
-        pending = {self.cluster._spawn(ask(m)) for m in others}
-        while pending and len(promised) < needed:
+        others = {m for members in sets for m in members if m != self.node_id}
+        pending = {self.cluster._spawn(ask(m)) for m in sorted(others)}
+        while pending:
             done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            promised += [task.result() for task in done if _promised(task.result()[1])]
-        return promised
+            answers.update(task.result() for task in done)
+            promised = {m: a for m, a in answers.items() if _promised(a)}
+            if all(_has_majority(promised, members) for members in sets):
+                break
+        return answers
 
-    async def _ask(self, member_id: str, agent_id: str, generation: int) -> Any:
+    async def _ask(self, member_id: str, agent_id: str, generation: int, proposed: Members) -> Any:
         member = self.cluster._live(member_id)
         if member is None:
             return None
-        body = {"agent_id": agent_id, "generation": generation}
+        body = {"agent_id": agent_id, "generation": generation, "members": list(proposed)}
         try:
             return await self.cluster._control(
                 member.address, PROMISE_TIMEOUT, "promise", self.failover.trust.seal(body)
@@ -539,6 +663,76 @@ class Ownership:
         except CaxtonError as exc:
             log.debug("promise from %s failed: %s", member_id, exc)
             return None
+
+    async def reconfigure(self, agent_id: str, holders: Members) -> bool:
+        """Move the replica set of an agent hosted here to this node plus ``holders``:
+        the fenced path, so that a takeover always finds the set in force. A majority
+        of the current set promises generation g+1 with the new set, the whole state
+        goes to a majority of the new set at g+1, then the owner writes at g+1.
+        False (nothing changed) when no majority promised or took it."""
+        agents = self.node.agents
+        if agents is None or agent_id not in agents:
+            return False
+        runtime = agents.runtime(agent_id)
+        owned = self._owned(runtime)
+        if owned is None or runtime.fenced is not None:
+            return False
+        fence = self.fences.get(agent_id, Fence())
+        current = owned.members(self.node_id)
+        proposed = (self.node_id, *holders)
+        generation = max(owned.generation, fence.promised) + 1
+        owned.pending = generation
+        try:
+            async with self._lock:
+                self._persist(agent_id, fence.promise(generation, proposed))
+            await self.node.store.flush()
+            answers = await self._promises(agent_id, generation, proposed, [current], mine=False)
+            if self.owned.get(agent_id) is not owned or not _has_majority(
+                {self.node_id: True, **{m: a for m, a in answers.items() if _promised(a)}},
+                current,
+            ):
+                return False
+            version = owned.version
+            items = [[k, v] for k, v in runtime.kv.items()]
+            entry = [agent_id, generation, 0, version, True, items, [], list(proposed)]
+            taken = await self._write_majority(proposed, entry)
+            if taken is None or self.owned.get(agent_id) is not owned:
+                return False
+            # From here on the owner writes at the new generation to the new set.
+            failover = self.failover
+            failover.generations[agent_id] = generation
+            failover.holders[agent_id] = holders
+            self.node.store.put_placement(agent_id, runtime.name, generation)
+            owned.generation = generation
+            owned.holders = holders
+            owned.sent = {h: None for h in holders}
+            owned.acked = {h: version for h in taken}
+            owned.refused = {}
+            now = self.fences.get(agent_id, Fence())
+            self._persist(agent_id, now.holding(generation, owned.local, proposed))
+            self._schedule_resync(agent_id)
+            self._check(owned)
+            return True
+        finally:
+            owned.pending = 0
+
+    async def _write_majority(self, members: Members, entry: list[Any]) -> set[str] | None:
+        """Write one whole-state entry to the holders of ``members`` (this node, the
+        first, holds it already); the holders that took it once they and this node are a
+        majority of ``members`` (the others go on in the background), else None."""
+        needed = majority(len(members)) - 1
+        taken: set[str] = set()
+        if needed <= 0:
+            return taken
+
+        async def write(holder: str) -> tuple[str, bool]:
+            return holder, await self._write_one(holder, entry)
+
+        pending = {self.cluster._spawn(write(h)) for h in members[1:]}
+        while pending and len(taken) < needed:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            taken.update(h for h, ok in (task.result() for task in done) if ok)
+        return taken if len(taken) >= needed else None
 
     async def _write_one(self, holder: str, entry: list[Any]) -> bool:
         """Write one entry to ``holder``; True once it holds it. A holder that still hosts
@@ -575,10 +769,14 @@ class Ownership:
         return agents is not None and agent_id in agents
 
 
+def _has_majority(promised: Mapping[str, Any], members: Members) -> bool:
+    return sum(1 for m in set(members) if m in promised) >= majority(len(set(members)))
+
+
 def _promised(answer: Any) -> bool:
     return (
         isinstance(answer, list)
-        and len(answer) == 4
+        and len(answer) in (4, 5)
         and answer[0] == "promised"
         and isinstance(answer[1], int)
         and isinstance(answer[2], int)
@@ -589,9 +787,11 @@ def _promised(answer: Any) -> bool:
 def _entry_of(data: Any) -> tuple[Any, ...]:
     """A ``writes`` entry from the wire, checked."""
     try:
-        agent_id, generation, base, version, full, puts, deletes = data
+        agent_id, generation, base, version, full, puts, deletes, *rest = data
     except (TypeError, ValueError):
         raise ValidationError("malformed write") from None
+    # The replica set rides on whole-state writes (not sent by nodes before it).
+    members = _members(rest[0]) if rest and rest[0] else None
     if not (
         isinstance(agent_id, str)
         and all(isinstance(n, int) for n in (generation, base, version))
@@ -605,4 +805,41 @@ def _entry_of(data: Any) -> tuple[Any, ...]:
         and all(isinstance(k, bytes) for k in deletes)
     ):
         raise ValidationError("malformed write")
-    return agent_id, generation, base, version, full, [(k, v) for k, v in puts], deletes
+    return agent_id, generation, base, version, full, [(k, v) for k, v in puts], deletes, members
+
+
+def _members(data: Any) -> Members:
+    if not isinstance(data, list) or not all(isinstance(m, str) for m in data):
+        raise ValidationError("malformed replica set")
+    return tuple(data)
+
+
+def _proposals(data: Any) -> tuple[Config, ...]:
+    if not isinstance(data, list):
+        raise ValidationError("malformed proposals")
+    proposals = []
+    for item in data:
+        if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], int)):
+            raise ValidationError("malformed proposals")
+        proposals.append((item[0], _members(item[1])))
+    return tuple(proposals)
+
+
+def _config_of(answer: Any) -> tuple[int, list[Config]]:
+    """From a promise answer: the highest generation it names and the replica sets it
+    reveals (the set of the state it holds, the sets proposed with its promises)."""
+    if not isinstance(answer, list) or len(answer) < 2 or not isinstance(answer[1], int):
+        return 0, []
+    top = answer[1]
+    config = answer[-1] if len(answer) in (3, 5) else None
+    if not isinstance(config, list) or len(config) != 3:
+        return top, []
+    try:
+        generation, members, proposals = config[0], _members(config[1]), _proposals(config[2])
+    except ValidationError:
+        return top, []
+    if not isinstance(generation, int):
+        return top, []
+    found = [(generation, members)] if members else []
+    found += [p for p in proposals if p[1]]
+    return max([top, generation, *(g for g, _ in proposals)]), found

@@ -261,6 +261,11 @@ CREATE TABLE agent_fences (
 );
 """
 
+V3_FENCE_CONFIGS = """
+ALTER TABLE agent_fences ADD COLUMN members TEXT NOT NULL DEFAULT '[]';
+ALTER TABLE agent_fences ADD COLUMN proposals TEXT NOT NULL DEFAULT '[]';
+"""
+
 CLUSTER_MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1, "messages queued in a minority partition, replayed when it heals", V1_QUEUED_WRITES
@@ -269,5 +274,11 @@ CLUSTER_MIGRATIONS: tuple[Migration, ...] = (
         2,
         "fenced ownership: each agent's promised generation and the state version kept here",
         V2_AGENT_FENCES,
+    ),
+    Migration(
+        3,
+        "fenced ownership: the replica set of each generation, and the sets proposed with "
+        "each promise (a takeover finds the current replica set from them)",
+        V3_FENCE_CONFIGS,
     ),
 )
