@@ -329,3 +329,32 @@ async def test_a_message_whose_forwarding_fails_in_read_only_mode_is_queued(
         await wait_for(lambda: n2.cluster.partition.queued == 1, "the failed forward queued")
     finally:
         await factory.stop_all()
+
+
+async def test_a_receiver_found_nowhere_holds_back_only_its_own_queued_messages(
+    factory: NodeFactory, agents: dict[str, bytes]
+) -> None:
+    """The long fault campaigns ended with thousands of messages still queued: replies
+    queued for request clients gone meanwhile each waited the whole patience (30 s)
+    before the next queued message was tried, so nothing behind them was replayed."""
+    try:
+        n1, n2 = await cut_off(factory, "counter", agents["counter"])
+        guard = n2.cluster.partition
+        for i in range(3):  # replies to a client of n1 that is gone when the cut heals
+            await guard.queue(Message(Performative.INFORM, "counter", f"client-gone-{i}", i), "n1")
+        for i in range(2):
+            await n2.router.send(Message(Performative.INFORM, "tester", "counter", i))
+        await wait_for(lambda: guard.queued == 5, "5 queued writes")
+        n2 = await restart_alone(factory, n2)
+        n1 = factory.build("n1", join=[seed(n2)])
+        await n1.start()
+        await wait_for(lambda: "counter" in n1.agents, "the counter back on n1")
+        # Well within the patience one missing receiver gets: the counter had both.
+        await wait_for(
+            lambda: n1.agents.get("counter").counters.messages_handled >= 2,
+            "the counter's 2 queued messages",
+            timeout=10.0,
+        )
+        assert set(n2.cluster.partition.waiting) == {f"client-gone-{i}" for i in range(3)}
+    finally:
+        await factory.stop_all()

@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from caxton.cluster.service import Cluster
     from caxton.messaging import Message
     from caxton.messaging.remote import Acknowledgement
+    from caxton.store.store import QueuedWrite
 
 __all__ = [
     "WRITE_PERMISSIONS",
@@ -72,6 +73,11 @@ REPLAY_BATCH = 256
 REPLAY_PATIENCE = 30.0
 #: Seconds between two attempts at such a message.
 REPLAY_RETRY = 0.2
+#: Seconds one attempt may take (the forward, then the receiving node's answer).
+REPLAY_ATTEMPT = 5.0
+#: Receivers whose queued messages are replayed side by side.
+REPLAY_RECEIVERS = 32
+NOT_FOUND: Final = "Agent not found: "
 #: Member statuses counted as live when comparing views.
 _REACHABLE_STATUSES = frozenset({MemberStatus.ALIVE.value, MemberStatus.SUSPECT.value})
 
@@ -106,8 +112,9 @@ class PartitionGuard:
         #: Where each agent of a failed node lived (the registry forgets them).
         self._homes: dict[str, str] = {}
         self._replay: asyncio.Task[None] | None = None
-        self._replaying: str | None = None
-        self._replaying_message: str | None = None
+        #: Receivers whose queued messages are being replayed, and those messages.
+        self._replaying: set[str] = set()
+        self._replaying_messages: set[str] = set()
         self._ready = False
 
     # -- state ------------------------------------------------------------------------
@@ -195,7 +202,7 @@ class PartitionGuard:
         :class:`ReadOnlyMode` in local-only mode and :class:`QueueFull` past the bound.
         """
         waiting = self.waiting.get(name, 0)
-        if waiting and name != self._replaying:
+        if waiting and name not in self._replaying:
             self._check_room()
             return QueuedRoute(self, self._homes.get(name, ""))
         mode = self.mode
@@ -269,7 +276,7 @@ class PartitionGuard:
 
     async def forward_failed(self, route: PeerRoute, message: Message) -> bool:
         """Queue a message whose forwarding failed, when queueing; True if queued."""
-        if not self.queueing or message.message_id == self._replaying_message:
+        if not self.queueing or message.message_id in self._replaying_messages:
             return False
         try:
             await self.queue(message, route.node_id)
@@ -318,33 +325,32 @@ class PartitionGuard:
         self._replay = self.cluster._spawn(self._replay_all())
 
     async def _replay_all(self) -> None:
+        """Replay everything queued, each receiver's messages in their order and the
+        receivers side by side: a receiver found nowhere (a reply to a client gone
+        meanwhile, an agent not failed over yet) holds back only its own messages."""
         store = self.cluster.node.store
         started = time.monotonic()
         sent = 0
         after = 0  # messages queued during the replay come later: they are read too
         try:
             while self.mode is PartitionMode.READ_WRITE:
-                batch = await store.queued_writes(REPLAY_BATCH, after=after)
-                if not batch:
+                by_receiver: dict[str, list[QueuedWrite]] = {}
+                while True:
+                    batch = await store.queued_writes(REPLAY_BATCH, after=after)
+                    for item in batch:
+                        by_receiver.setdefault(item.receiver, []).append(item)
+                        after = item.seq
+                    if len(batch) < REPLAY_BATCH:
+                        break
+                if not by_receiver:
                     break
-                for item in batch:
-                    if self.mode is not PartitionMode.READ_WRITE:
-                        return
-                    if item.message is None:
-                        log.error(
-                            "dropping an unreadable queued message to %s (seq %d): %s",
-                            item.receiver,
-                            item.seq,
-                            item.problem,
-                        )
-                    else:
-                        outcome = await self._replay_one(item.message)
-                        if outcome is None:
-                            return
-                        sent += outcome
-                    store.unqueue_write(item.seq)
-                    self._unwait(item.receiver)
-                    after = item.seq
+                gate = asyncio.Semaphore(REPLAY_RECEIVERS)
+                outcomes = await asyncio.gather(
+                    *(self._replay_receiver(items, gate) for items in by_receiver.values())
+                )
+                sent += sum(n for n, _ in outcomes)
+                if not all(done for _, done in outcomes):
+                    return  # the partition is back: the rest waits for the next heal
             if sent or not self.waiting:
                 self.cluster.events.record(
                     "replayed",
@@ -354,50 +360,97 @@ class PartitionGuard:
                 )
         finally:
             self._replay = None
-            self._replaying = None
             self.replayed += sent
             if self.waiting and self.mode is PartitionMode.READ_WRITE and self.cluster.started:
                 # Queued while this replay read its last batch: the next one takes them.
                 loop = asyncio.get_running_loop()
                 loop.call_later(REPLAY_RETRY, self._start_replay, False)
 
-    async def _replay_one(self, message: Message) -> bool | None:
+    async def _replay_receiver(
+        self, items: list[QueuedWrite], gate: asyncio.Semaphore
+    ) -> tuple[int, bool]:
+        """Replay one receiver's queued messages in order: (forwarded, all settled).
+
+        Once the receiver stayed unknown for :data:`REPLAY_PATIENCE`, the messages
+        behind the first one are dead-lettered with the same reason at once, not after
+        the same wait each."""
+        store = self.cluster.node.store
+        name = items[0].receiver
+        sent = 0
+        missing: str | None = None
+        async with gate:
+            self._replaying.add(name)
+            try:
+                for item in items:
+                    if item.message is None:
+                        log.error(
+                            "dropping an unreadable queued message to %s (seq %d): %s",
+                            item.receiver,
+                            item.seq,
+                            item.problem,
+                        )
+                    elif missing is not None:
+                        self._dead_letter(item.message, missing)
+                    else:
+                        outcome, problem = await self._replay_one(item.message)
+                        if outcome is None:
+                            return sent, False
+                        sent += outcome
+                        if not outcome and problem.startswith(NOT_FOUND):
+                            missing = problem
+                    store.unqueue_write(item.seq)
+                    self._unwait(item.receiver)
+            finally:
+                self._replaying.discard(name)
+        return sent, True
+
+    async def _replay_one(self, message: Message) -> tuple[bool | None, str]:
         """Forward one queued message.
 
         True: forwarded; False: dead-lettered (its receiver stayed unknown or its node
-        silent for :data:`REPLAY_PATIENCE`); None: the partition is back, keep it.
+        silent for :data:`REPLAY_PATIENCE`, or the receiving node refused it); None: the
+        partition is back, keep it. With the reason when it was dead-lettered.
         """
         cluster = self.cluster
         name = str(message.receiver)
         deadline = time.monotonic() + REPLAY_PATIENCE
         problem = ""
-        self._replaying, self._replaying_message = name, message.message_id
+        self._replaying_messages.add(message.message_id)
         try:
             while time.monotonic() < deadline:
                 if self.mode is not PartitionMode.READ_WRITE:
-                    return None
+                    return None, ""
                 try:
                     route = await cluster._find(name)
                     if route is not None:
-                        ack = await route.forward(message)
-                        reason = await ack if ack is not None else None
+                        # A node that takes the frame and never answers must not hold
+                        # the replay: ask again (the receiver drops a duplicate by id).
+                        ack = await asyncio.wait_for(route.forward(message), REPLAY_ATTEMPT)
+                        reason = (
+                            await asyncio.wait_for(asyncio.shield(ack), REPLAY_ATTEMPT)
+                            if ack is not None
+                            else None
+                        )
                         if reason is None:
-                            return True
+                            return True, ""
                         problem = reason
                         break
-                    problem = f"Agent not found: {name}"
-                except CaxtonError as exc:
-                    problem = str(exc)
+                    problem = f"{NOT_FOUND}{name}"
+                except (CaxtonError, TimeoutError) as exc:
+                    problem = str(exc) or f"node of {name} did not answer"
                 await asyncio.sleep(REPLAY_RETRY)
         finally:
-            self._replaying_message = None
+            self._replaying_messages.discard(message.message_id)
         reason = f"undeliverable after the partition healed: {problem}"
-        log.warning("queued message %s to %s %s", message.message_id, name, reason)
-        store = cluster.node.store
+        self._dead_letter(message, reason)
+        return False, problem
+
+    def _dead_letter(self, message: Message, reason: str) -> None:
+        log.warning("queued message %s to %s %s", message.message_id, message.receiver, reason)
+        store = self.cluster.node.store
         if store is not None:
             with contextlib.suppress(CaxtonError):
                 store.add_dead_letter(message, reason)
-        return False
 
     def _unwait(self, name: str) -> None:
         left = self.waiting.get(name, 0) - 1
