@@ -339,23 +339,32 @@ class AgentManager:
         if self.write_guard is not None:
             self.write_guard(operation)
 
-    async def remove(self, name_or_id: str) -> Agent:
-        """Stop the agent if it runs, delete its record, KV and (if unused) module."""
+    async def remove(
+        self, name_or_id: str, *, graceful: bool = True, keep_state: bool = False
+    ) -> Agent:
+        """Stop the agent if it runs, delete its record, KV and (if unused) module.
+
+        ``graceful=False`` skips ``agent_shutdown``; ``keep_state=True`` keeps its KV
+        rows and module (a moved agent's old copy: its state went over as it was, the
+        new copy ran ``agent_init``, and this node may hold the new owner's replica)."""
         runtime = self._runtime(name_or_id)
         async with runtime.lock:
             agent = runtime.agent
-            self._teardown(runtime, graceful=True)
+            self._teardown(runtime, graceful=graceful)
             runtime.fail_backlog(f"Agent not found: {agent.name} (removed)")
-            self._forget(runtime)
+            self._forget(runtime, keep_state=keep_state)
             await self.store.flush()
         self._call_hook("caxton_agent_removed", agent=agent)
         log.info("removed agent %s (%s)", agent.name, agent.id)
         return agent
 
-    def _forget(self, runtime: AgentRuntime) -> None:
+    def _forget(self, runtime: AgentRuntime, *, keep_state: bool = False) -> None:
         agent = runtime.agent
         self._by_id.pop(agent.id, None)
         self._by_name.pop(agent.name, None)
+        if keep_state:
+            self.store.delete_agent_record(agent.id)
+            return
         self.store.delete_agent(agent.id)
         self._release_module(agent.module_sha256)
 
@@ -612,6 +621,7 @@ class AgentManager:
 
     def _init(self, runtime: AgentRuntime, instance: AgentInstance) -> bool:
         """Run ``agent_init``; on failure the agent fails (no restart loop at init)."""
+        runtime.initializing = True
         try:
             instance.init()
         except ExecutionFailed as exc:
@@ -623,6 +633,8 @@ class AgentManager:
             self._force_state(runtime, S.FAILED)
             log.error("agent %s failed in agent_init: %s", runtime.name, exc)
             return False
+        finally:
+            runtime.initializing = False
         return True
 
     def _register(self, runtime: AgentRuntime) -> None:
@@ -753,11 +765,14 @@ class AgentManager:
         runtime.instance = instance
         agent.counters.restarts += 1
         runtime.dirty = True
+        runtime.initializing = True
         try:
             instance.init()
         except ExecutionFailed as exc:
             self.crashed(runtime, exc, None)
             return
+        finally:
+            runtime.initializing = False
         log.info("agent %s restarted (restart %d)", agent.name, agent.counters.restarts)
         if agent.state is S.RUNNING:
             runtime.accepting = True

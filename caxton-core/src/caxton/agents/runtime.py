@@ -94,6 +94,10 @@ class AgentRuntime:
         self.kv_bytes = sum(len(k) + len(v) for k, v in self.kv.items())
         self.timers: dict[int, asyncio.TimerHandle] = {}
         self.deferred_timers: dict[int, None] = {}
+        #: timer id -> (period ms, repeat, set by agent_init): what a move hands over.
+        self.timer_plans: dict[int, tuple[int, bool, bool]] = {}
+        #: True while ``agent_init`` runs (its timers are set again by the next init).
+        self.initializing = False
         self._next_timer = 1
         #: conversation id -> monotonic time of its last message (for draining).
         self.open_conversations: dict[str, float] = {}
@@ -122,6 +126,9 @@ class AgentRuntime:
         self.held: deque[tuple[int, Message]] = deque()
         #: Why this copy lost its ownership (caxton.cluster.ownership): it emits nothing.
         self.fenced: str | None = None
+        #: Being moved to another node (caxton.cluster.moves): timers that come due
+        #: wait (deferred), messages wait in the router.
+        self.moving = False
 
     # -- delivery (the hot path) ----------------------------------------------------
 
@@ -300,7 +307,8 @@ class AgentRuntime:
             )
         else:
             self.timers.pop(timer_id, None)
-        if self.agent.state is AgentState.SUSPENDED:
+            self.timer_plans.pop(timer_id, None)
+        if self.moving or self.agent.state is AgentState.SUSPENDED:
             self.deferred_timers[timer_id] = None
             return
         self.run_timer(timer_id)
@@ -333,6 +341,37 @@ class AgentRuntime:
             handle.cancel()
         self.timers.clear()
         self.deferred_timers.clear()
+        self.timer_plans.clear()
+
+    def timers_to_hand_over(self) -> list[list[int]]:
+        """The pending timers a move takes along, as ``[id, ms left, period ms, repeat]``:
+        those set while handling messages or timers. Those ``agent_init`` set are left
+        out: the new instance's ``agent_init`` sets them again."""
+        now = asyncio.get_running_loop().time()
+        timers = []
+        for timer_id, handle in self.timers.items():
+            period, repeat, from_init = self.timer_plans.get(timer_id, (0, False, True))
+            if not from_init:
+                left = max(0, round((handle.when() - now) * 1000))
+                timers.append([timer_id, left, period, int(repeat)])
+        timers += [[timer_id, 0, 0, 0] for timer_id in self.deferred_timers]
+        return timers
+
+    def reserve_timer_ids(self, timers: list[list[int]]) -> None:
+        """Timers set from now on get ids above those of ``timers`` (handed over)."""
+        for timer in timers:
+            self._next_timer = max(self._next_timer, int(timer[0]) + 1)
+
+    def adopt_timers(self, timers: list[list[int]]) -> None:
+        """Set again the timers a move handed over (:meth:`timers_to_hand_over`),
+        under their ids, due when they were due on the old node."""
+        loop = asyncio.get_running_loop()
+        for timer_id, left, period, repeat in timers:
+            self.reserve_timer_ids([[timer_id]])
+            self.timer_plans[timer_id] = (period, bool(repeat), False)
+            self.timers[timer_id] = loop.call_later(
+                left / 1000, self._fire_timer, timer_id, period, bool(repeat)
+            )
 
     # -- AgentHostAPI: what the wasm calls ------------------------------------------------
 
@@ -460,11 +499,13 @@ class AgentRuntime:
         self.timers[timer_id] = asyncio.get_running_loop().call_later(
             delay_ms / 1000, self._fire_timer, timer_id, delay_ms, repeat
         )
+        self.timer_plans[timer_id] = (delay_ms, repeat, self.initializing)
         return timer_id
 
     def cancel_timer(self, timer_id: int) -> int:
         handle = self.timers.pop(timer_id, None)
         self.deferred_timers.pop(timer_id, None)
+        self.timer_plans.pop(timer_id, None)
         if handle is None:
             return Status.NOT_FOUND
         handle.cancel()

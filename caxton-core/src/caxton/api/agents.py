@@ -214,6 +214,14 @@ async def suspend_agent(request: web.Request) -> web.Response:
     return json_response(await act(request, "suspend"))
 
 
+@routes.post("/api/v1/agents/{agent_id}/move")
+@requires("update")
+async def move_agent(request: web.Request) -> web.Response:
+    path_uuid(request, "agent_id")
+    data = await body(request, "MoveAgent")
+    return json_response(await act(request, "move", to=data["to"]))
+
+
 @routes.post("/api/v1/agents/{agent_id}/resume")
 @requires("update")
 async def resume_agent(request: web.Request) -> web.Response:

@@ -275,6 +275,22 @@ def _schemas(ceiling: ResourceLimits) -> dict[str, Any]:
                 },
             },
         ),
+        "MoveAgent": object_schema(
+            {"to": string_schema(255, description="The node to move the agent to")},
+            ("to",),
+        ),
+        "MovedAgent": object_schema(
+            {
+                "id": {"type": "string", "format": "uuid"},
+                "name": {"type": "string"},
+                "node_id": {"type": "string", "description": "Where it runs now"},
+                "moved_from": {"type": "string"},
+                "generation": {"type": "integer", "description": "Its placement generation"},
+                "seconds": {"type": "number", "description": "How long the move took"},
+            },
+            ("id", "name", "node_id", "moved_from"),
+            closed=False,
+        ),
         "UpdateAgent": object_schema(
             {
                 "wasm_module": {"type": "string", "format": "byte", "minLength": 1},
@@ -773,6 +789,17 @@ def _paths() -> dict[str, Any]:
             )
         },
         **{f"/api/v1/agents/{{agent_id}}/{action}": ops for action, ops in lifecycle.items()},
+        "/api/v1/agents/{agent_id}/move": {
+            "post": operation(
+                "moveAgent",
+                "Move the running agent to another node (live migration, a fenced takeover)",
+                "update",
+                {200: "MovedAgent"},
+                (*_BODY_ERRORS, 404, 409, 503),
+                body="MoveAgent",
+                parameters=[agent_id],
+            )
+        },
         "/api/v1/messages": {
             "post": operation(
                 "sendMessage",

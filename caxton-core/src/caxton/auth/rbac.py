@@ -54,6 +54,7 @@ CLI_PERMISSIONS: Mapping[str, str] = MappingProxyType(
         "agent suspend": "update",
         "agent resume": "update",
         "agent update": "update",
+        "agent move": "update",
         "agent remove": "remove",
         "agent state list": "read",
         "agent state get": "update",

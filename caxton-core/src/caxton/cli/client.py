@@ -526,6 +526,25 @@ for _action, _help in (
     agent_group.add_command(_lifecycle_command(_action, _help))
 
 
+@agent_group.command("move")
+@click.argument("name", shell_complete=complete_agents)
+@click.option("--to", "target", required=True, help="The node to move the agent to.")
+@json_option
+@api_options
+def agent_move(client: ApiClient, name: str, target: str, as_json: bool) -> None:
+    """Move a running agent to another node (live: its state, queued messages and
+    timers go along; a message sent meanwhile is delivered once)."""
+    agent = client.agent(name)
+    moved = client.request("POST", f"/api/v1/agents/{agent['id']}/move", {"to": target}, wait=30)
+    if as_json:
+        emit_json(moved)
+    else:
+        click.echo(
+            f"Moved agent {moved['name']} from {moved['moved_from']} to {moved['node_id']} "
+            f"({float(moved.get('seconds') or 0) * 1000:.0f} ms)"
+        )
+
+
 @agent_group.command("update")
 @click.argument("name", shell_complete=complete_agents)
 @click.option("--wasm", "wasm_path", type=click.Path(dir_okay=False), help="New module.")

@@ -176,6 +176,11 @@ class Operations(Generic[R]):
     def resume_agent(self, agent_id: str) -> R:
         return self._send(Call("POST", f"/api/v1/agents/{agent_id}/resume"))
 
+    def move_agent(self, agent_id: str, to: str) -> R:
+        """Move the running agent to node ``to`` (live migration, from any node)."""
+        body = {"to": to}
+        return self._send(Call("POST", f"/api/v1/agents/{agent_id}/move", body=body, wait=30.0))
+
     # -- messages and tasks ------------------------------------------------------------
 
     def send_message(

@@ -1,7 +1,7 @@
 """Agent operations through any node: carried out on the node that runs the agent.
 
-A REST request for one agent (get, update, remove, start, stop, suspend, resume, its
-logs and its key/value state) may reach any node. :func:`perform` runs it here when
+A REST request for one agent (get, update, remove, start, stop, suspend, resume, move,
+its logs and its key/value state) may reach any node. :func:`perform` runs it here when
 the agent runs here; otherwise it finds the agent's node in the cluster registry and
 sends the operation there as the CONTROL op ``agent`` (:mod:`caxton.cluster.wire`),
 sealed (:mod:`caxton.cluster.trust`) and carrying the caller: their identity, roles,
@@ -38,6 +38,7 @@ from caxton.drivers.transport import Frame
 from caxton.errors import (
     AgentNotFound,
     CaxtonError,
+    Conflict,
     Forbidden,
     PayloadTooLarge,
     ServiceUnavailable,
@@ -74,6 +75,7 @@ ACTIONS: Mapping[str, str] = {
     "state-get": "update",
     "state-put": "update",
     "state-delete": "update",
+    "move": "update",
 }
 #: Action -> the REST handler's name, which is the audit log's action.
 AUDIT_ACTIONS: Mapping[str, str] = {
@@ -90,9 +92,12 @@ AUDIT_ACTIONS: Mapping[str, str] = {
     "state-get": "get_agent_state_key",
     "state-put": "put_agent_state_key",
     "state-delete": "delete_agent_state_key",
+    "move": "move_agent",
 }
 #: Seconds an operation may take on the other node, on top of any drain it asks for.
 REMOTE_TIMEOUT = 15.0
+#: Seconds a move may take on top (quiesce, takeover, hand-over: caxton.cluster.moves).
+MOVE_TIMEOUT = 30.0
 #: Seconds each node has to answer a cluster-wide listing.
 LIST_TIMEOUT = 3.0
 
@@ -176,7 +181,9 @@ async def perform(
         cluster,
         host,
         {"action": action, "agent_id": agent_id, "options": options, "caller": caller.to_wire()},
-        REMOTE_TIMEOUT + float(options.get("drain_timeout") or 0.0),
+        REMOTE_TIMEOUT
+        + float(options.get("drain_timeout") or 0.0)
+        + (MOVE_TIMEOUT if action == "move" else 0.0),
         len(options.get("wasm") or b""),
     )
     result = _unpack(host, answer)
@@ -309,6 +316,13 @@ async def run_local(
     if action == "remove":
         await manager.remove(agent_id)
         return None
+    if action == "move":  # live migration: caxton.cluster.moves
+        if node.cluster is None:
+            raise Conflict(
+                f"node {node.node_id} is not part of a cluster: there is no node to move "
+                f"agent '{agent.name}' to"
+            )
+        return dict(await node.cluster.moves.move(agent_id, str(options.get("to") or "")))
     if action == "update":
         wasm = options.get("wasm")
         changed = await manager.update(

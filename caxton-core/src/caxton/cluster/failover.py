@@ -265,7 +265,9 @@ class Failover:
         self.ownership.owned.pop(agent.id, None)
         # Its key/value rows are gone with it: a promise answered from here must not
         # offer "the state of generation g" with nothing in it (the promise stays).
-        self.ownership.forget_state(agent.id)
+        # A copy a live move removed keeps them: this node may hold the new owner's.
+        if agent.id not in self.ownership.handing_over:
+            self.ownership.forget_state(agent.id)
         node.store.delete_placement(agent.id)
         self._pushed.pop(agent.id, None)
         holders = self.holders.pop(agent.id, ())
@@ -483,14 +485,19 @@ class Failover:
                 return holder
         return None
 
-    async def _take(self, replica: Replica, start: bool) -> None:
-        """Restart a failed node's agent here, under its id, one generation higher."""
+    async def _take(
+        self, replica: Replica, start: bool, *, kv: Mapping[bytes, bytes] | None = None
+    ) -> bool:
+        """Restart another node's agent here, under its id, one generation higher (a
+        failover, or a live move: :mod:`caxton.cluster.moves`). ``kv``: the state to
+        start with when it is not replicated by quorum (a move sends it along); by
+        default the replica's. True once it is deployed here."""
         agents = self.node.agents
         if agents is None or replica.agent_id in agents:
-            return
+            return False
         for entry in self.cluster.registry.lookup(replica.name):
             if entry.agent_id == replica.agent_id and entry.node_id != replica.owner:
-                return  # already running elsewhere
+                return False  # already running elsewhere
         wasm = await self.node.store.load_module(replica.module_sha256)
         events = self.cluster.events
         if wasm is None:
@@ -501,16 +508,17 @@ class Failover:
                 node_id=replica.owner,
                 level="warning",
             )
-            return
+            return False
         if self.ownership.enabled:
             taken = await self.ownership.take(replica)
             if taken is None or replica.agent_id in agents:
-                return
+                return False
             generation, kv, holders = taken
         else:
             generation = replica.generation + 1
             holders = tuple(h for h in replica.holders if h != self.node_id)
-            kv = await self.node.store.load_kv(replica.agent_id)
+            if kv is None:
+                kv = await self.node.store.load_kv(replica.agent_id)
         self.generations[replica.agent_id] = generation
         self.holders[replica.agent_id] = holders
         spec = dataclasses.replace(replica.spec, agent_id=replica.agent_id, start=start)
@@ -526,8 +534,9 @@ class Failover:
                 node_id=replica.owner,
                 level="warning",
             )
-            return
+            return False
         self._migrated(replica.owner, replica.agent_id, replica.name, self.node_id)
+        return True
 
     def _seen_running(self, entry: AgentEntry) -> None:
         """A registry entry: is it one of a failed node's agents, running again?"""
@@ -729,18 +738,8 @@ class Failover:
         ):
             # The replica set in force stays until a majority of it agrees to move.
             holders = self.holders.get(agent.id, ())
-        policy = self.node.context.services.get("agent_policy")
-        senders = policy.deployed_senders(agent.name) if policy is not None else None
-        spec = DeploySpec.of_agent(agent, senders)
-        replica = Replica(
-            agent.id,
-            agent.name,
-            self.node_id,
-            self.generation(agent.id),
-            agent.module_sha256,
-            spec,
-            holders,
-        )
+        replica = self.replica_of(agent, holders)
+        spec = replica.spec
         kv_version = self._kv_versions.get(agent.id, 0)
         key = (holders, replica.generation, agent.module_sha256, _canonical(spec), kv_version)
         if self._pushed.get(agent.id) == key:
@@ -759,6 +758,21 @@ class Failover:
                 node_id=self.node_id,
                 level="debug",
             )
+
+    def replica_of(self, agent: Agent, holders: tuple[str, ...]) -> Replica:
+        """The replica of ``agent`` (hosted here) that ``holders`` keep."""
+        policy = self.node.context.services.get("agent_policy")
+        senders = policy.deployed_senders(agent.name) if policy is not None else None
+        spec = DeploySpec.of_agent(agent, senders)
+        return Replica(
+            agent.id,
+            agent.name,
+            self.node_id,
+            self.generation(agent.id),
+            agent.module_sha256,
+            spec,
+            holders,
+        )
 
     async def _push(self, replica: Replica, holder: str) -> bool:
         member = self.cluster._live(holder)

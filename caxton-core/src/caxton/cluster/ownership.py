@@ -173,6 +173,10 @@ class Ownership:
         self._resync: set[str] = set()
         self._resync_handle: asyncio.TimerHandle | None = None
         self._previous: Durability | None = None
+        #: Agents hosted here that a live move hands to another node
+        #: (:mod:`caxton.cluster.moves`): a promise for them does not fence and remove
+        #: the copy here; the move stops it, hands its messages over and removes it.
+        self.handing_over: set[str] = set()
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -441,7 +445,9 @@ class Ownership:
 
     async def _apply(self, owner: str, entry: tuple[Any, ...]) -> list[Any]:
         agent_id, generation, base, version, full, puts, deletes, members = entry
-        if self._hosts(agent_id):
+        # A copy a live move hands over is quiesced: this node takes the new owner's
+        # writes as any holder does (its rows are the same), and keeps them after.
+        if self._hosts(agent_id) and agent_id not in self.handing_over:
             mine = self.failover.generation(agent_id)
             if generation <= mine:
                 return ["fenced", mine]
@@ -520,7 +526,8 @@ class Ownership:
             runtime = self.node.agents.runtime(agent_id)
             version = owned.version if owned is not None else runtime.version
             items = [[k, v] for k, v in runtime.kv.items()]
-            self.fence(agent_id, f"{taker} takes it over at generation {generation}")
+            if agent_id not in self.handing_over:  # a live move removes its copy itself
+                self.fence(agent_id, f"{taker} takes it over at generation {generation}")
             self._persist(
                 agent_id, Fence(0, 0, 0, (), fence.proposals).promise(generation, proposed)
             )

@@ -42,6 +42,8 @@ from caxton.cluster.failover import Failover
 from caxton.cluster.forwarding import Forwarding, PeerRoute
 from caxton.cluster.lease import OPS as LEASE_OPS
 from caxton.cluster.lease import LeaseKeeper
+from caxton.cluster.moves import OPS as MOVE_OPS
+from caxton.cluster.moves import Moves
 from caxton.cluster.operations import OPS as OPERATION_OPS
 from caxton.cluster.operations import ClusterOperations
 from caxton.cluster.partition import PartitionGuard, QueuedRoute, consistency_digest
@@ -149,6 +151,8 @@ class Cluster:
         self.forwarding = Forwarding(self)
         #: Replicas of this node's agents and failover (caxton.cluster.failover).
         self.failover = Failover(self)
+        #: Live moves of agents and draining (caxton.cluster.moves).
+        self.moves = Moves(self)
         #: Seconds from a member's metadata update (its wall clock, ``at``) to this node
         #: hearing of it by gossip: the gossip convergence time, within clock drift.
         self.convergence = Samples(pending=256, window=256)
@@ -643,6 +647,8 @@ class Cluster:
             return self.lease.on_control(frame, op, args)
         if op in FAILOVER_OPS:  # deploy, replica, holdings, claim: sealed, see cluster.trust
             return await self.failover.on_control(frame, op, args)
+        if op in MOVE_OPS:  # move, move-done, drain: caxton.cluster.moves
+            return await self.moves.on_control(frame, op, args)
         if op in AGENT_OPS:  # agent: an agent operation forwarded by another node
             return await agent_ops.on_control(self.node, frame, args)
         if op in OPERATION_OPS:  # backup, backup-read, emergency: cluster.operations

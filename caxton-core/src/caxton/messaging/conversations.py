@@ -194,6 +194,25 @@ class ConversationTable:
             loaded += 1
         return loaded
 
+    def adopt(self, conversations: Iterable[Conversation], now: float) -> int:
+        """Take conversations another node handed over with a moved agent: a
+        conversation not known here, or known with fewer messages, is replaced by the
+        handed-over one. Returns how many were taken."""
+        taken = 0
+        for conversation in conversations:
+            known = self._items.get(conversation.conversation_id)
+            if known is not None and known.message_count >= conversation.message_count:
+                continue
+            if conversation.expires_at <= now:
+                continue
+            if known is None and len(self._items) >= self.limit:
+                self._forget(next(iter(self._items)))
+            self._items[conversation.conversation_id] = conversation
+            if self.tracking:
+                self._changed.add(conversation.conversation_id)
+            taken += 1
+        return taken
+
 
 def _advance(spec: InteractionProtocol, conversation: Conversation, message: Message) -> str | None:
     if message.protocol is not None and message.protocol != spec.name:

@@ -45,6 +45,7 @@ class Mailbox:
         "delivered",
         "direct",
         "fifo",
+        "forward",
         "held",
         "is_async",
         "name",
@@ -66,6 +67,8 @@ class Mailbox:
         self.held = False
         self.busy = False  # a task is delivering to this mailbox
         self.closed = False
+        #: Closed because its agent moved to another node: late messages follow it.
+        self.forward = False
         self.sched = UNSCHEDULED
         self.deliver = deliver
         self.is_async = is_async_callable(deliver)

@@ -177,6 +177,13 @@ class RemoteQueues:
                     outgoing.room = loop.create_future()
                     await outgoing.room
                     continue
+                if outgoing.unacked and not outgoing.retries and _changes_route(outgoing):
+                    # The name moved (a live move, a failover) while messages sent on the
+                    # old route are unanswered: let them settle first, so one the old
+                    # node turns away is sent again before the later ones, not after.
+                    outgoing.room = loop.create_future()
+                    await outgoing.room
+                    continue
                 again = bool(outgoing.retries)
                 message, given, deadline = (outgoing.retries or outgoing.queue).popleft()
                 box = router._boxes.get(outgoing.name)
@@ -285,3 +292,12 @@ class RemoteQueues:
             self._outgoing.get(outgoing.name) is outgoing
         ):
             del self._outgoing[outgoing.name]
+
+
+def _changes_route(outgoing: _Outgoing) -> bool:
+    """Does the next queued message go another way than the messages before it?"""
+    given = outgoing.queue[0][1] if outgoing.queue else None
+    last = outgoing.route
+    if given is None or last is None or given is last:
+        return False
+    return getattr(given, "node_id", given) != getattr(last, "node_id", last)

@@ -240,6 +240,9 @@ class Router:
         self._direct_count = 0
         self._remote = RemoteQueues(self)
         self._handed_over: set[str] = set()
+        #: Names whose next registration starts held (an agent moved here, see
+        #: :meth:`start_held`).
+        self._start_held: set[str] = set()
         #: Ids of at-least-once messages staged and not yet persisted (duplicates too).
         self._taking: set[str] = set()
         self._staged: list[tuple[Message, Target, asyncio.Future[None] | None]] = []
@@ -283,6 +286,8 @@ class Router:
             box.direct = self.direct_delivery and not box.is_async
             return
         box = Mailbox(name, deliver, self.direct_delivery, fifo=not self.priority_routing)
+        box.held = name in self._start_held
+        self._start_held.discard(name)
         self._boxes[name] = box
         parked = self._parked.pop(name, None)
         if parked:
@@ -301,6 +306,7 @@ class Router:
         self._clients.forget(name)
         moving = name in self._handed_over and self.resolver is not None
         self._handed_over.discard(name)
+        box.forward = moving
         for message in box.clear():
             if moving:
                 self._remote.put(message, None)
@@ -313,6 +319,78 @@ class Router:
         of being dead-lettered."""
         self._box(name)
         self._handed_over.add(name)
+
+    # -- an agent moving to another node (caxton.cluster.moves) -----------------------
+
+    def start_held(self, name: str) -> None:
+        """The next registration of ``name`` starts held: messages queue, none is
+        delivered until :meth:`release` (an agent moved here waits for the messages its
+        old node still had, which go first)."""
+        self._start_held.add(name)
+
+    async def settle(self) -> None:
+        """Wait until the at-least-once messages being persisted now are queued (a move
+        takes its agent's queue only once none is on its way into it)."""
+        while self._persist_task is not None:
+            await asyncio.shield(self._persist_task)
+
+    def take_queue(self, name: str) -> list[Message]:
+        """Take every message out of ``name``'s queue, in delivery order (a move hands
+        them to the agent's new node). At-least-once they stay in the outbox until
+        :meth:`handed_off`, or :meth:`requeue` / :meth:`forward_again` takes them back."""
+        return self._box(name).clear()
+
+    def requeue(self, name: str, messages: Sequence[Message]) -> None:
+        """Queue ``messages`` for ``name`` ahead of what it has queued already, in order
+        (the messages a move handed over go before those that arrived meanwhile)."""
+        box = self._box(name)
+        later = box.clear()
+        now = self.clock()
+        for message in (*messages, *later):
+            box.push(message, now)
+        self._wake(box)
+
+    async def adopt(self, messages: Sequence[Message]) -> list[Message]:
+        """Messages another node handed over with a moved agent: at-least-once, those
+        not taken here before are committed to this node's outbox (the others are
+        duplicates, dropped); returns the ones to queue."""
+        if not self._durable or self.outbox is None:
+            return list(messages)
+        fresh = [m for m in messages if not self.has_taken(m.message_id)]
+        if fresh:
+            await self.outbox.persist(fresh)
+        self._counts["duplicates"] += len(messages) - len(fresh)
+        return fresh
+
+    def conversations_of(self, name: str) -> list[dict[str, Any]]:
+        """The unfinished conversations ``name`` takes part in (a move hands them over,
+        so the protocol of each goes on where the agent runs next)."""
+        return [
+            c.to_dict()
+            for c in self._conversations.values()
+            if name in c.participants and not c.finished
+        ]
+
+    def adopt_conversations(self, conversations: Sequence[Mapping[str, Any]]) -> int:
+        """Take the conversations of :meth:`conversations_of` from another node."""
+        taken = self._conversations.adopt(
+            (Conversation.from_dict(data) for data in conversations), self.wall_clock()
+        )
+        if taken and self._conversation_flush is None and self.conversation_store is not None:
+            self._schedule_conversation_flush()
+        return taken
+
+    def handed_off(self, messages: Sequence[Message]) -> None:
+        """Another node took ``messages`` (committed there): they leave this outbox."""
+        if self._durable:
+            for message in messages:
+                self._ack(message.message_id)
+
+    def forward_again(self, messages: Sequence[Message]) -> None:
+        """Forward ``messages`` to wherever their receivers run now, resolved anew
+        (at-least-once: until taken or past the TTL)."""
+        for message in messages:
+            self._remote.put(message, None, resend=True)
 
     def queued(self, name: str) -> list[Message]:
         """The messages waiting in ``name``'s queue, in delivery order (a copy)."""
@@ -590,6 +668,9 @@ class Router:
         if type(target) is Mailbox:
             if target.closed:
                 replacement = self._boxes.get(message.receiver)
+                if replacement is None and target.forward:
+                    self._remote.put(message, None)  # taken while its agent moved away
+                    return
                 if replacement is None:
                     self._dead_letter(
                         message, f"receiver removed: {message.receiver} was unregistered"

@@ -724,6 +724,13 @@ class Store:
             del self._p_kv[key]
         self._p_agent_deletes[agent_id] = None
 
+    def delete_agent_record(self, agent_id: str) -> None:
+        """Queue the removal of an agent's record only: its KV rows stay (a moved
+        agent's old node may hold them as a replica of the new owner's)."""
+        self._touch()
+        self._p_agents.pop(agent_id, None)
+        self._p_statements.append(("DELETE FROM agents WHERE id = ?", (agent_id,)))
+
     async def load_agents(self) -> list[dict[str, Any]]:
         """Every stored agent record (committed, after flushing what is queued)."""
         await self.flush()

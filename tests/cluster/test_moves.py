@@ -1,0 +1,226 @@
+"""Live moves of one agent, in one process: three nodes over the real tcp transport, the
+counter agent (its count in its key/value state) as the real wasm module. Each failure
+case of docs/cluster.md, "Moving an agent", ends with exactly one running copy."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiohttp
+import pytest
+from test_cluster_routing import eventually
+from test_failover_cluster import hosts, replicated
+from test_placement_cluster import ask, crash, deploy, start_cluster
+from test_placement_cluster import factory as factory  # the fixture
+
+from caxton.cluster import moves
+from caxton.messaging import Message, Performative
+from caxton.node import Node
+from caxton.testing import NodeFactory
+
+AT_LEAST_ONCE = {"messaging.delivery_guarantee": "at-least-once"}
+
+
+@pytest.fixture(scope="module")
+def counter(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    from caxton.testing.sandbox import build_example_agents
+
+    return build_example_agents(tmp_path_factory.mktemp("agents"))["counter"]
+
+
+async def move_over_rest(node: Node, agent_id: str, to: str) -> tuple[int, dict[str, Any]]:
+    assert node.api_address is not None
+    host, port = node.api_address
+    url = f"http://{host}:{port}/api/v1/agents/{agent_id}/move"
+    async with aiohttp.ClientSession() as http, http.post(url, json={"to": to}) as response:
+        return response.status, await response.json()
+
+
+async def counted(node: Node, name: str = "counter") -> int:
+    reply = await ask(node, name, "tick")
+    return int(reply["count"])
+
+
+async def deployed_counter(nodes: list[Node], counter: bytes, on: str = "n3") -> dict[str, Any]:
+    status, agent, _ = await deploy(nodes[0], {"name": "counter", "target_node": on}, counter)
+    assert status == 201, agent
+    await replicated([n for n in nodes if n.node_id != on], agent["id"])
+    return agent
+
+
+def one_copy(nodes: list[Node], name: str = "counter") -> str:
+    where = hosts(nodes, name)
+    assert len(where) == 1, where
+    return where[0]
+
+
+async def test_a_move_through_any_node_carries_the_state_and_switches_the_registry(
+    factory: NodeFactory, counter: bytes
+) -> None:
+    nodes = await start_cluster(factory)
+    n1, n2, n3 = nodes
+    agent = await deployed_counter(nodes, counter)
+    for expected in (1, 2, 3):
+        assert await counted(n1) == expected
+    status, moved = await move_over_rest(n2, agent["id"], "n1")  # asked of a third node
+    assert status == 200, moved
+    assert moved["node_id"] == "n1"
+    assert moved["moved_from"] == "n3"
+    assert moved["generation"] == 2
+    assert one_copy(nodes) == "n1"
+    assert n1.agents.get("counter").id == agent["id"]
+    assert await counted(n2) == 4  # nothing lost, nothing counted twice
+    for node in nodes:
+        await eventually(
+            lambda node=node: [e.node_id for e in node.cluster.registry.lookup("counter")] == ["n1"]
+        )
+    assert any("Agent 'counter' moved from n3 to n1" in e.text for e in n3.cluster.recent_events())
+    # And back, to a node that was not one of its holders before.
+    status, moved = await move_over_rest(n1, agent["id"], "n3")
+    if status != 200:
+        for n in nodes:
+            for e in n.cluster.recent_events(40):
+                print("EVENT", n.node_id, e.text)
+    assert status == 200, moved
+    assert moved["generation"] > 2  # a replica set change may have taken one more
+    assert one_copy(nodes) == "n3"
+    assert await counted(n1) == 5
+
+
+async def test_moves_are_refused_with_a_reason(factory: NodeFactory, counter: bytes) -> None:
+    nodes = await start_cluster(factory)
+    n1 = nodes[0]
+    agent = await deployed_counter(nodes, counter)
+    status, error = await move_over_rest(n1, agent["id"], "n3")
+    assert status == 409, error
+    assert "already runs on n3" in error["details"] or "already runs on n3" in error["error"]
+    status, error = await move_over_rest(n1, agent["id"], "n9")
+    assert status == 400, error
+    status, error = await move_over_rest(n1, "00000000-0000-4000-8000-000000000000", "n2")
+    assert status == 404, error
+    assert one_copy(nodes) == "n3"
+
+
+async def test_messages_sent_during_a_move_are_delivered_once_in_order(
+    factory: NodeFactory, counter: bytes
+) -> None:
+    """A client on n2 sends 300 at-least-once messages in one conversation while the
+    counter moves from n3 to n1: each is counted exactly once, in the order sent."""
+    nodes = await start_cluster(factory, **AT_LEAST_ONCE)
+    _, n2, n3 = nodes
+    agent = await deployed_counter(nodes, counter)
+    replies: dict[str, int] = {}
+    n2.router.register("collector", lambda m: replies.__setitem__(m.in_reply_to, m.content))
+    sent: list[str] = []
+
+    async def send_all() -> None:
+        for i in range(300):
+            message = Message(
+                Performative.REQUEST,
+                sender="collector",
+                receiver="counter",
+                content=i,
+                conversation_id="one-conversation",
+            )
+            await n2.router.send(message)
+            sent.append(message.message_id)
+            if i % 10 == 0:
+                await asyncio.sleep(0.001)
+
+    sending = asyncio.create_task(send_all())
+    await asyncio.sleep(0.02)
+    moved = await n3.cluster.moves.move(agent["id"], "n1")
+    assert moved["node_id"] == "n1"
+    await sending
+    await eventually(lambda: len(replies) == 300, 20)
+    counts = [replies[message_id]["count"] for message_id in sent]
+    assert counts == list(range(1, 301))  # once each, in the order sent
+    assert one_copy(nodes) == "n1"
+
+
+async def test_timers_and_the_state_go_along(factory: NodeFactory, counter: bytes) -> None:
+    nodes = await start_cluster(factory)
+    n1, _, n3 = nodes
+    agent = await deployed_counter(nodes, counter)
+    assert await counted(n1) == 1
+    runtime = n3.agents.runtime("counter")
+    timer = runtime.set_timer(60_000, False)  # as if set while handling a message
+    moved = await n3.cluster.moves.move(agent["id"], "n2")
+    assert moved["node_id"] == "n2"
+    taken = nodes[1].agents.runtime("counter")
+    assert timer in taken.timers  # the same id, due when it was due
+    assert taken.timer_plans[timer] == (60_000, False, False)
+    assert taken.kv[b"count"] == b"1"
+
+
+async def test_the_target_refusing_leaves_the_agent_running_on_the_source(
+    factory: NodeFactory, counter: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    nodes = await start_cluster(factory)
+    n1, n2, n3 = nodes
+    agent = await deployed_counter(nodes, counter)
+    assert await counted(n1) == 1
+
+    async def refuse(source: str, body: Any) -> list[Any]:
+        raise moves.MoveFailed("refused for the test")
+
+    monkeypatch.setattr(n1.cluster.moves, "_on_move", refuse)
+    with pytest.raises(moves.MoveFailed, match="refused for the test"):
+        await n3.cluster.moves.move(agent["id"], "n1")
+    await eventually(lambda: agent["id"] not in n3.cluster.moves.moving)
+    assert one_copy(nodes) == "n3"
+    assert await counted(n2) == 2
+
+
+async def test_the_target_dying_after_its_takeover_leaves_one_copy_on_the_source(
+    factory: NodeFactory, counter: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The target takes the agent over, then dies before it answers: the source takes it
+    back through a takeover of its own (a fresh generation), and goes on counting. Four
+    nodes: the target's new replica set (itself and two holders, the source not among
+    them) keeps a majority without it."""
+    monkeypatch.setattr(moves, "TAKEOVER_TIMEOUT", 1.0)
+    nodes = await start_cluster(factory, ("n1", "n2", "n3", "n4"))
+    n1, n2, n3, n4 = nodes
+    agent = await deployed_counter(nodes, counter)
+    assert await counted(n1) == 1
+    real = n1.cluster.moves._on_move
+
+    async def take_then_die(source: str, body: Any) -> list[Any]:
+        await real(source, body)
+        await crash(n1)
+        await asyncio.sleep(5)
+        return ["ok", {}]
+
+    monkeypatch.setattr(n1.cluster.moves, "_on_move", take_then_die)
+    with pytest.raises(moves.MoveFailed, match="taken back on n3"):
+        await n3.cluster.moves.move(agent["id"], "n1")
+    await eventually(lambda: agent["id"] not in n3.cluster.moves.moving, 10)
+    assert hosts([n2, n3, n4], "counter") == ["n3"]
+    assert n3.cluster.failover.generation(agent["id"]) > 2  # n1 took 2, n3 took it back
+    # n1's registry entry goes once it is detected as failed; n3 answers.
+    await eventually(lambda: n2.membership.member("n1").status.value == "failed", 20)
+    assert await counted(n2) == 2
+    assert any("did not move to n1" in e.text for e in n3.cluster.recent_events())
+
+
+async def test_the_source_dying_after_the_takeover_leaves_one_copy_on_the_target(
+    factory: NodeFactory, counter: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The source dies before it hands its queued messages over: the target, held
+    meanwhile, releases the agent after RELEASE_AFTER and runs it alone."""
+    monkeypatch.setattr(moves, "RELEASE_AFTER", 0.5)
+    nodes = await start_cluster(factory)
+    n1, n2, n3 = nodes
+    agent = await deployed_counter(nodes, counter)
+    assert await counted(n1) == 1
+
+    async def die(runtime: Any, target: str, address: Any) -> int:
+        await crash(n3)
+        return 0
+
+    monkeypatch.setattr(n3.cluster.moves, "_hand_over", die)
+    await n3.cluster.moves.move(agent["id"], "n1")
+    assert hosts([n1, n2], "counter") == ["n1"]
+    assert await counted(n2) == 2  # answered once released
