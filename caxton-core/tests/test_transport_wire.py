@@ -243,6 +243,7 @@ class _Owner:
         self.settings = TransportSettings("node-a", plaintext=True, max_frame_size=4096)
         self.frames: list[object] = []
         self.on_datagram = None
+        self.on_enrol = None
         self.advertised_address = ("127.0.0.1", 7946)
 
     async def on_frame(self, frame: object) -> None:
@@ -261,6 +262,8 @@ class _Owner:
     def connection_draining(self, connection: object) -> None: ...
 
     def connection_closed(self, connection: object) -> None: ...
+
+    def refused(self, peer: str, reason: str, *, by_peer: bool) -> None: ...
 
 
 @given(st.binary(max_size=3000), st.booleans())

@@ -371,6 +371,14 @@ class ProcessCluster:
             node.kill()
 
 
+def run_caxton(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """One ``caxton`` command, run as a user runs it; its output captured."""
+    return subprocess.run(
+        [*caxton_command(), *args], capture_output=True, text=True, env=clean_environment(),
+        timeout=timeout,
+    )  # fmt: skip
+
+
 def new_key(node: NodeProcess, role: str) -> str:
     """An API key with ``role`` in ``node``'s store (made before the node starts)."""
     made = subprocess.run(

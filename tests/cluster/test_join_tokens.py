@@ -10,28 +10,20 @@ node and a log line naming it on the CA holder.
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from cluster_support import NodeProcess, ProcessCluster, caxton_command, clean_environment
+from cluster_support import NodeProcess, ProcessCluster, run_caxton
 
 pytestmark = pytest.mark.cluster
 
 MakeCluster = Callable[..., ProcessCluster]
 
 
-def caxton(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*caxton_command(), *args], capture_output=True, text=True, env=clean_environment(),
-        timeout=60,
-    )  # fmt: skip
-
-
 def create_token(node: NodeProcess, *options: str) -> str:
-    made = caxton("cluster", "token", "create", "--data-dir", str(node.data_dir), *options)
+    made = run_caxton("cluster", "token", "create", "--data-dir", str(node.data_dir), *options)
     assert made.returncode == 0, made.stderr
     token = made.stdout.strip()
     assert token.startswith("CXJ1.")
@@ -69,7 +61,7 @@ def test_the_guides_commands_with_a_token_form_an_mtls_cluster_that_fails_over(
     assert auth["agree"], auth
     assert {n["mode"] for n in auth["nodes"]} == {"mtls"}
     assert len({n["ca_fingerprint"] for n in auth["nodes"]}) == 1
-    listed = json.loads(caxton("cluster", "token", "list", "--data-dir", str(n1.data_dir),
+    listed = json.loads(run_caxton("cluster", "token", "list", "--data-dir", str(n1.data_dir),
                                "--json").stdout)  # fmt: skip
     assert [(t["used"], t["status"], sorted(t["nodes"])) for t in listed] == [
         (2, "used", ["n2", "n3"])
@@ -79,7 +71,7 @@ def test_the_guides_commands_with_a_token_form_an_mtls_cluster_that_fails_over(
     # Failover between enrolled nodes: replicas are accepted (the peers authenticate).
     module = tmp_path / "echo.wasm"
     module.write_bytes(echo)
-    deployed = caxton("deploy", str(module), "--name", "echo", "--target-node", "n2",
+    deployed = run_caxton("deploy", str(module), "--name", "echo", "--target-node", "n2",
                       "--api-url", n1.api_url)  # fmt: skip
     assert deployed.returncode == 0, deployed.stderr
     cluster.wait_until(
@@ -119,6 +111,9 @@ def test_reused_expired_revoked_and_foreign_tokens_are_refused_on_both_sides(
     cluster.wait_converged([n1, n2])
     line = refused(cluster.add("reuser"), once, n1)
     assert "was already used (1 of 1 uses, by n2)" in line, line
+    assert "refused enrolment of node reuser from 127.0.0.1:" in n1.log()
+    if transport == "quic":
+        return  # the checks below are the CA holder's, the same whatever the transport
 
     short = create_token(n1, "--ttl", "1s")
     time.sleep(1.5)
@@ -126,15 +121,15 @@ def test_reused_expired_revoked_and_foreign_tokens_are_refused_on_both_sides(
     assert f"join token {short.split('.')[2]} expired" in line, line
 
     revoked = create_token(n1)
-    assert caxton("cluster", "token", "revoke", revoked.split(".")[2], "--data-dir",
+    assert run_caxton("cluster", "token", "revoke", revoked.split(".")[2], "--data-dir",
                   str(n1.data_dir)).returncode == 0  # fmt: skip
     line = refused(cluster.add("unwelcome"), revoked, n1)
     assert "was revoked" in line, line
 
     # A token of another cluster's CA: n1 never made it.
     other_ca = cluster.base_dir / "other-ca"
-    assert caxton("security", "init-ca", "--output", str(other_ca)).returncode == 0
-    made = caxton("cluster", "token", "create", "--ca", str(other_ca))
+    assert run_caxton("security", "init-ca", "--output", str(other_ca)).returncode == 0
+    made = run_caxton("cluster", "token", "create", "--ca", str(other_ca))
     assert made.returncode == 0, made.stderr
     foreign = made.stdout.strip()
     line = refused(cluster.add("stranger"), foreign, n1)
@@ -149,7 +144,6 @@ def test_reused_expired_revoked_and_foreign_tokens_are_refused_on_both_sides(
 
     log = n1.log()
     for node_id, reason in [
-        ("reuser", "already used"),
         ("late", "expired"),
         ("unwelcome", "revoked"),
         ("stranger", "unknown to this CA"),

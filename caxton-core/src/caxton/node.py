@@ -155,6 +155,8 @@ class Node:
         #: OpenTelemetry tracing (caxton.tracing) when observability.enable_tracing.
         self.tracing: Any = None
         self.cluster_address: tuple[str, int] | None = None
+        #: Reloads the cluster TLS material on change or SIGHUP (caxton.security.node_tls).
+        self.tls_reloader: Any = None
         self._stack = contextlib.AsyncExitStack()
         self._stopped = asyncio.Event()
 
@@ -414,6 +416,11 @@ class Node:
         from caxton.security.node_tls import serve_enrolment
 
         serve_enrolment(self, self.transport)
+        from caxton.security.node_tls import start_tls_reloader
+
+        self.tls_reloader = start_tls_reloader(self, self.transport)
+        if self.tls_reloader is not None:
+            self._stack.push_async_callback(self.tls_reloader.close)
         cluster = Cluster(self)
         self.cluster_address = await cluster.listen()
         self.membership = await self._driver("membership", plugins["membership"])
@@ -442,6 +449,13 @@ class Node:
         self.host.call_hook("caxton_node_stopped", node=self)
         self._stopped.set()
 
+    def reload(self) -> None:
+        """SIGHUP: read the cluster's TLS files again (new connections use them)."""
+        if self.tls_reloader is None:
+            log.info("node %s: SIGHUP ignored: no cluster TLS material to reload", self.node_id)
+            return
+        self.tls_reloader.reload("SIGHUP")
+
     async def wait_stopped(self) -> None:
         await self._stopped.wait()
 
@@ -452,6 +466,8 @@ class Node:
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError):
                 loop.add_signal_handler(sig, stop_requested.set)
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(signal.SIGHUP, self.reload)
         await self.start()
         api = f"{self.api_address[0]}:{self.api_address[1]}" if self.api_address else "off"
         systemd.notify(f"READY=1\nSTATUS=node {self.node_id} serving, API {api}")

@@ -120,7 +120,8 @@ def issue_cert_command(
 def rotate_certs_command(
     ca_cert: str, ca_key: str, directories: tuple[str, ...], days: int, as_json: bool
 ) -> None:
-    """Re-issue node certificates in place (same node id and hosts); restart to apply."""
+    """Re-issue node certificates in place (same node id and hosts); running nodes reload
+    them."""
     from caxton.security.pki import rotate_node_certs
 
     try:
@@ -149,7 +150,10 @@ def rotate_certs_command(
             ],
         )
     )
-    click.echo("Previous pairs kept as *.old; restart each node to use its new certificate.")
+    click.echo(
+        "Previous pairs kept as *.old; running nodes reload their files within seconds "
+        "(or on SIGHUP): new connections use the new certificates."
+    )
 
 
 def _default_paths(*keys: str) -> list[Path]:

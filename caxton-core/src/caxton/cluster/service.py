@@ -34,7 +34,13 @@ from typing import TYPE_CHECKING, Any
 from caxton import hookimpl
 from caxton.cluster import agent_ops, wire
 from caxton.cluster.agent_ops import OPS as AGENT_OPS
-from caxton.cluster.auth import compare, security_summary
+from caxton.cluster.auth import (
+    compare,
+    describe_refusal,
+    problems_of,
+    recent_refusals,
+    security_summary,
+)
 from caxton.cluster.discovery import DnsSeeds, rejoin_until_joined
 from caxton.cluster.events import ClusterEvent, EventLog
 from caxton.cluster.failover import OPS as FAILOVER_OPS
@@ -201,6 +207,7 @@ class Cluster:
         """Announce local agents, become the router's resolver, join the seeds."""
         node = self.node
         self._loop = asyncio.get_running_loop()
+        self._started_at = time.time()
         missing = [m for m in MEMBERSHIP_NEEDS if not callable(getattr(self.membership, m, None))]
         if missing:
             raise PluginError(
@@ -254,10 +261,12 @@ class Cluster:
                     len(seeds),
                 )
             else:
+                refusals = recent_refusals(node.transport, since=self._started_at)
                 log.warning(
-                    "node %s: no seed answered (%s); retrying in the background",
+                    "node %s: no seed answered (%s)%s; retrying in the background",
                     self.node_id,
                     ", ".join(seeds),
+                    "".join(f"; {describe_refusal(r)}" for r in refusals),
                 )
         expected = (
             self.membership.settings.bootstrap_expect if hasattr(self.membership, "settings") else 0
@@ -449,9 +458,12 @@ class Cluster:
 
     async def verify_auth(self) -> dict[str, Any]:
         """Ask every reachable member for its security summary and compare it."""
-        local = security_summary(self.node_id, self.node.config)
+        local = security_summary(
+            self.node_id, self.node.config, recent_refusals(self.node.transport)
+        )
+        mine = problems_of(local)
         nodes: list[dict[str, Any]] = [
-            {**local, "reachable": True, "agrees": not local.get("problems"), "problems": []}
+            {**local, "reachable": True, "agrees": not mine, "problems": mine}
         ]
 
         async def ask(member: Member) -> dict[str, Any]:
@@ -654,7 +666,8 @@ class Cluster:
         if op in OPERATION_OPS:  # backup, backup-read, emergency: cluster.operations
             return await self.operations.on_control(frame, op, args)
         if op == "auth":
-            return wire.pack(security_summary(self.node_id, self.node.config))
+            refusals = recent_refusals(self.node.transport)
+            return wire.pack(security_summary(self.node_id, self.node.config, refusals))
         if op == "ping":
             return wire.pack(self.node_id)
         if op == "verify":

@@ -18,16 +18,24 @@ cluster transport.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import datetime
 import logging
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cryptography.hazmat.primitives.asymmetric import ec
+
 from caxton.errors import CaxtonError, ConfigError, PeerRejected, TransportError
+from caxton.security import pki
 from caxton.security.enrolment import (
     DataDirPki,
     EnrolmentAuthority,
     EnrolmentRefused,
     accept_answer,
     join_request,
+    load_certificates,
+    renew_request,
 )
 from caxton.security.join_tokens import JoinToken
 
@@ -36,7 +44,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("caxton.security")
 
-__all__ = ["prepare_node_tls", "serve_enrolment", "supplies_tls"]
+__all__ = [
+    "TlsReloader",
+    "prepare_node_tls",
+    "serve_enrolment",
+    "start_tls_reloader",
+    "supplies_tls",
+]
 
 #: How long a joining node keeps trying seeds that do not answer (not those that refuse).
 ENROL_PATIENCE = 60.0
@@ -209,3 +223,157 @@ def serve_enrolment(node: Node, transport: Any) -> None:
         transport.serve_enrolment(authority.answer)
     except CaxtonError as exc:
         log.warning("node %s holds the cluster CA but cannot enrol nodes: %s", node.node_id, exc)
+
+
+# -------------------------------------------------------------------------
+# Reload and renewal while the node runs
+# -------------------------------------------------------------------------
+
+#: How often the TLS files are checked for changes (and the certificate for renewal).
+TLS_CHECK_INTERVAL = 2.0
+#: An enrolled certificate is renewed once less than this share of its life is left.
+RENEW_AT_REMAINING = 1 / 3
+
+
+class TlsReloader:
+    """Keeps a running node's TLS material current, without a restart.
+
+    - **Reload**: when ``ca_cert``, ``node_cert`` or ``node_key`` change on disk (checked
+      every :data:`TLS_CHECK_INTERVAL` seconds) or on SIGHUP, the transport's TLS
+      contexts are rebuilt: new connections, both ways, use the new files; established
+      ones carry on until they close. Files that do not load (a key that does not match
+      its certificate yet, half-written) are reported and the material in use is kept.
+    - **Renewal**: a node whose certificate lives in its data directory (made at
+      ``--bootstrap`` or by enrolment) asks for a new one once less than a third of its
+      life is left: the CA holder signs it for itself, others ask their peers over the
+      enrolment exchange with their current certificate as proof.
+    """
+
+    def __init__(self, node: Node, transport: Any) -> None:
+        self.node = node
+        self.transport = transport
+        self._files = [Path(p) for p in _tls_paths(node)]
+        self._seen = self._signature()
+        self._task: asyncio.Task[None] | None = None
+        self.reloads = 0
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def _signature(self) -> tuple[tuple[int, int], ...]:
+        signature = []
+        for path in self._files:
+            try:
+                status = path.stat()
+            except OSError:
+                signature.append((0, 0))
+                continue
+            signature.append((status.st_mtime_ns, status.st_size))
+        return tuple(signature)
+
+    def reload(self, why: str) -> bool:
+        """Rebuild the transport's TLS contexts from the files; False if they do not load."""
+        try:
+            self.transport.reload_tls()
+        except CaxtonError as exc:
+            log.warning(
+                "node %s: TLS material not reloaded (%s): %s; the previous one stays in use",
+                self.node.node_id,
+                why,
+                exc,
+            )
+            return False
+        self.reloads += 1
+        self._seen = self._signature()
+        mtls = self.node.config["security.cluster.mtls"]
+        cert = pki.load_certificate(mtls["node_cert"])
+        log.info(
+            "node %s reloaded its TLS material (%s): certificate serial %x expires %s; "
+            "trusts %d CA certificate(s)",
+            self.node.node_id,
+            why,
+            cert.serial_number,
+            cert.not_valid_after_utc.strftime("%Y-%m-%d %H:%M:%SZ"),
+            len(load_certificates(mtls["ca_cert"])),
+        )
+        return True
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(TLS_CHECK_INTERVAL)
+            signature = self._signature()
+            if signature != self._seen:
+                self._seen = signature
+                self.reload("its files changed")
+            try:
+                await self._renew_if_due()
+            except CaxtonError as exc:
+                log.warning("node %s: certificate renewal failed: %s", self.node.node_id, exc)
+
+    async def _renew_if_due(self) -> None:
+        material = DataDirPki(self.node.data_dir)
+        files = material.files
+        if str(files.node_cert) != self.node.config["security.cluster.mtls"]["node_cert"]:
+            return  # certificates the operator manages (security rotate-certs)
+        cert = pki.load_certificate(material.files.node_cert)  # type: ignore[arg-type]
+        life = cert.not_valid_after_utc - cert.not_valid_before_utc
+        left = cert.not_valid_after_utc - datetime.datetime.now(datetime.timezone.utc)
+        if left > life * RENEW_AT_REMAINING:
+            return
+        hosts = _hosts(self.node)
+        if material.holds_ca():
+            ca_cert = pki.load_certificate(material.ca_dir / pki.CA_CERT)
+            ca_key = pki.load_private_key(material.ca_dir / pki.CA_KEY)
+            key = ec.generate_private_key(ec.SECP256R1())
+            days = max(1.0, life.total_seconds() / 86400)
+            renewed = pki.sign_node_key(ca_cert, ca_key, key.public_key(), self.node.node_id,
+                                        hosts, days=days)  # fmt: skip
+            bundle = material.files.ca_cert.read_bytes()
+            material.write(key, renewed, bundle)
+            self.reload("certificate renewed by this node's CA")
+            return
+        await self._renew_through_peers(material, hosts)
+
+    async def _renew_through_peers(self, material: DataDirPki, hosts: list[str]) -> None:
+        membership = self.node.membership
+        peers = [
+            m.address
+            for m in (membership.members() if membership is not None else [])
+            if m.node_id != self.node.node_id and m.status.value == "alive" and m.address
+        ]
+        reasons = []
+        trusted = load_certificates(material.files.ca_cert)
+        for peer in peers:
+            request, key = renew_request(material.files, self.node.node_id, hosts)
+            try:
+                answer = await self.transport.enrol(tuple(peer), request, 5.0)
+                cert, bundle = accept_answer(answer, self.node.node_id, key, trusted=trusted)
+            except (CaxtonError, OSError) as exc:
+                reasons.append(f"{peer[0]}:{peer[1]}: {exc}")
+                continue
+            material.write(key, cert, bundle)
+            self.reload(f"certificate renewed through {peer[0]}:{peer[1]}")
+            return
+        raise EnrolmentRefused(
+            "no peer renewed this node's certificate: " + ("; ".join(reasons) or "no live peer")
+        )
+
+
+def _tls_paths(node: Node) -> list[str]:
+    mtls = node.config["security.cluster.mtls"]
+    return [str(mtls[key]) for key in ("ca_cert", "node_cert", "node_key") if mtls.get(key)]
+
+
+def start_tls_reloader(node: Node, transport: Any) -> TlsReloader | None:
+    """A running :class:`TlsReloader` for a node with mutual TLS (None otherwise)."""
+    if not node.config["security.cluster.mtls"]["enabled"] or not hasattr(transport, "reload_tls"):
+        return None
+    reloader = TlsReloader(node, transport)
+    reloader.start()
+    return reloader

@@ -77,3 +77,35 @@ def anonymous_client_context() -> ssl.SSLContext:
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
     return context
+
+
+#: OpenSSL's words for why a handshake failed -> what an operator should read. The
+#: refusing side sees the verification error, the refused side the alert it was sent.
+_WRONG_CA = "its certificate is not signed by a CA this node trusts (wrong CA)"
+_TLS_REASONS = (
+    ("unable to get local issuer certificate", _WRONG_CA),
+    ("self-signed certificate in certificate chain", _WRONG_CA),
+    ("unable to get issuer certificate", _WRONG_CA),
+    ("certificate has expired", "its certificate has expired"),
+    ("certificate is not yet valid", "its certificate is not valid yet (check the clocks)"),
+    ("peer did not return a certificate", "it presented no certificate"),
+    ("alert unknown ca", "the peer does not trust the CA of this node's certificate (wrong CA)"),
+    ("alert certificate expired", "the peer says this node's certificate has expired"),
+    ("alert certificate required", "the peer requires a certificate; this node showed none"),
+    ("alert bad certificate", "the peer refused this node's certificate"),
+    ("alert certificate unknown", "the peer refused this node's certificate"),
+    ("wrong version number", "the peer does not speak TLS (plaintext on one side only?)"),
+)
+
+
+def explain_tls_error(error: BaseException | str, *, by_peer: bool = False) -> str:
+    """A TLS handshake failure in an operator's words (the raw text when unknown);
+    ``by_peer``: the peer's verification failed on this node's certificate."""
+    text = str(error)
+    lowered = text.lower()
+    for marker, meaning in _TLS_REASONS:
+        if marker in lowered:
+            if by_peer and meaning.startswith("its certificate"):
+                return "this node's" + meaning[3:].replace("this node trusts", "the peer trusts")
+            return meaning
+    return text

@@ -19,7 +19,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from abc import abstractmethod
+from collections import deque
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -40,6 +42,10 @@ from caxton.transport.pool import PeerPool
 from caxton.transport.settings import TransportSettings
 
 log = logging.getLogger("caxton.transport")
+
+#: How many refusals a transport remembers, and how often one is logged again.
+REFUSALS_KEPT = 32
+REFUSAL_LOG_INTERVAL = 60.0
 
 
 def settings_from_context(context: DriverContext) -> TransportSettings:
@@ -81,6 +87,9 @@ class ConnectionTransport(Transport):
         )
         self._connections: set[Connection] = set()
         self._stats: dict[Address, PeerStats] = {}
+        #: The latest TLS and identity refusals, both ways, newest last (verify-auth).
+        self.refusals: deque[dict[str, Any]] = deque(maxlen=REFUSALS_KEPT)
+        self._refusal_logged: dict[tuple[str, str], float] = {}
         self._ping_task: asyncio.Task[None] | None = None
         self._closed = False
         keyring = self.settings.keyring
@@ -190,7 +199,33 @@ class ConnectionTransport(Transport):
         finally:
             channel.abort()
 
+    def reload_tls(self) -> None:
+        """Read the TLS files again: new connections (both ways) use them, established
+        ones carry on. Raises :class:`~caxton.errors.CertificateError` (and keeps the
+        material in use) when the files do not load."""
+        if self.settings.tls is None:
+            raise TransportError("this transport runs without TLS; there is nothing to reload")
+        self._load_tls()
+
+    def _load_tls(self) -> None:
+        """Plugin: (re)build the TLS contexts from :attr:`settings` ``.tls``."""
+        raise TransportError(f"the {type(self).__name__} transport cannot reload TLS")
+
     # -- ConnectionOwner --------------------------------------------------------------
+
+    def refused(self, peer: str, reason: str, *, by_peer: bool) -> None:
+        """Record (and log, at most once a minute per peer and reason) a refusal: this
+        node refused ``peer``, or ``peer`` refused this node (``by_peer``)."""
+        now = time.time()
+        self.refusals.append({"at": now, "peer": peer, "reason": reason, "by_peer": by_peer})
+        key = (peer.rpartition(":")[0] if by_peer else peer.split("@")[0], reason)
+        if now - self._refusal_logged.get(key, 0.0) < REFUSAL_LOG_INTERVAL:
+            return
+        self._refusal_logged[key] = now
+        if by_peer:
+            log.warning("%s refused this node: %s", peer, reason)
+        else:
+            log.warning("refused %s: %s", peer, reason)
 
     @property
     def advertised_address(self) -> Address | None:

@@ -38,6 +38,7 @@ from caxton.drivers.transport import (
 )
 from caxton.errors import PeerRejected, ProtocolError, TransportError
 from caxton.security.identity import verify_peer_identity
+from caxton.security.tls import explain_tls_error
 from caxton.transport.envelope import (
     APPLICATION_KINDS,
     Kind,
@@ -55,6 +56,10 @@ log = logging.getLogger("caxton.transport")
 
 _PING = struct.Struct("!d")
 _RECORD_OVERHEAD = 16
+
+
+class RefusedByPeer(PeerRejected):
+    """The peer answered this node's HELLO with the reason it refuses it."""
 
 
 class ChannelReceiver(Protocol):
@@ -141,6 +146,8 @@ class ConnectionOwner(Protocol):
     def connection_draining(self, connection: Connection) -> None: ...
 
     def connection_closed(self, connection: Connection) -> None: ...
+
+    def refused(self, peer: str, reason: str, *, by_peer: bool) -> None: ...
 
 
 class State(enum.Enum):
@@ -282,8 +289,30 @@ class Connection:
         try:
             for body in self._decoder.feed(data):
                 self._envelope_received(body)
-        except TransportError as exc:  # ProtocolError, PeerRejected
+        except RefusedByPeer as exc:
+            self.owner.refused(self.describe, str(exc), by_peer=True)
+            self._end(PeerRejected(f"{self.describe} refused this node: {exc}"))
+        except PeerRejected as exc:
+            if self.state is not State.HANDSHAKE:
+                self.fail(str(exc))
+                return
+            self.owner.refused(self.describe, str(exc), by_peer=False)
+            if not self.outbound:  # tell the dialler why before closing
+                self._write_records([(Kind.ERROR, 0, str(exc).encode())])
+            self._end(exc)
+        except TransportError as exc:  # ProtocolError
             self.fail(str(exc))
+
+    def _end(self, error: PeerRejected) -> None:
+        """Close after a refusal: what is written still leaves, nothing more comes in."""
+        self.connection_lost(error, reason=str(error))
+        self._closer = self._loop.create_task(self._close_channel())
+
+    async def _close_channel(self) -> None:
+        try:
+            await asyncio.wait_for(self.channel.close(), self.settings.drain_timeout)
+        except (asyncio.TimeoutError, OSError, TransportError):
+            self.channel.abort()
 
     def _envelope_received(self, body: bytes) -> None:
         envelope = unpack_envelope(body, max_size=self.settings.max_frame_size)
@@ -295,6 +324,8 @@ class Connection:
             if kind == Kind.ENROL and not self.outbound:
                 self._answer_enrolment(payload)
                 return
+            if kind == Kind.ERROR:
+                raise RefusedByPeer(payload.decode("utf-8", "replace"))
             if kind != Kind.HELLO:
                 raise ProtocolError("the first record on a connection must be HELLO")
             self._accept_hello(envelope.sender, payload)
@@ -566,6 +597,8 @@ class Connection:
         if isinstance(exc, PeerRejected):
             error: TransportError = exc
         elif isinstance(exc, ssl.SSLError):
+            why = explain_tls_error(exc)
+            self.owner.refused(self.describe, why, by_peer=True)
             error = PeerRejected(f"{self.describe} refused the TLS session: {why}")
         else:
             error = TransportError(f"connection to {self.describe} lost: {why}")

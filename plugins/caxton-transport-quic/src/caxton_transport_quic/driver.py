@@ -34,8 +34,10 @@ from cryptography import x509
 from caxton.config import ConfigSection, Field
 from caxton.drivers.transport import Address
 from caxton.errors import PeerRejected, PluginError, TransportError
+from caxton.security.enrolment import load_certificates
 from caxton.security.identity import verify_client_chain
-from caxton.security.pki import ephemeral_certificate, load_certificate
+from caxton.security.pki import ephemeral_certificate
+from caxton.security.tls import explain_tls_error
 from caxton.transport import Channel, ConnectionTransport
 
 log = logging.getLogger("caxton.transport.quic")
@@ -312,7 +314,7 @@ def _make_protocol_class() -> Callable[..., Any]:
                         tls._peer_certificate, tls._peer_certificate_chain, owner.trusted_cas
                     )
                 except PeerRejected as exc:
-                    log.warning("refused QUIC connection from %s:%s: %s", *address, exc)
+                    owner.refused(f"{address[0]}:{address[1]}", str(exc), by_peer=False)
                     self.close(error_code=REFUSED, reason_phrase=str(exc)[:200])
                     return
             stream_id = 0  # the dialler's first bidirectional stream
@@ -354,6 +356,16 @@ def _make_protocol_class() -> Callable[..., Any]:
                 self.handshake.exception()
             channel = self.channel
             if channel is None:
+                if not self.outbound and 0x100 <= event.error_code <= 0x1FF:
+                    # The client refused this node's certificate during the handshake.
+                    remote = self._quic._network_paths[0].addr
+                    self.owner.refused(
+                        f"{remote[0]}:{remote[1]}",
+                        explain_tls_error(
+                            event.reason_phrase or hex(event.error_code), by_peer=True
+                        ),
+                        by_peer=True,
+                    )
                 return
             channel.wake_drainers()
             if channel.receiver is None:
@@ -384,14 +396,24 @@ class QuicTransport(ConnectionTransport):
                 "transport.quic.enable_0rtt is ignored: aioquic session resumption skips the "
                 "client certificate, and 0-RTT data could be replayed"
             )
-        tls = self.settings.tls
-        self.trusted_cas: list[x509.Certificate] = (
-            [load_certificate(tls.ca_cert)] if tls is not None else []
-        )
+        self.trusted_cas: list[x509.Certificate] = []
         self._protocol_class: Callable[..., Any] | None = None
         self._server: Any = None
+        if self.settings.tls is not None:
+            self._load_tls()
         #: Clients without a certificate may connect (to enrol): see _accept_anonymous.
         self.anonymous_clients = False
+
+    def _load_tls(self) -> None:
+        # Client configurations are made per dial, from the files; the listener's is
+        # swapped, so the next connection it accepts uses the new material.
+        tls = self.settings.tls
+        assert tls is not None
+        trusted = load_certificates(tls.ca_cert)
+        server_configuration = self._configuration(is_client=False) if tls.node_cert else None
+        self.trusted_cas = trusted
+        if self._server is not None and server_configuration is not None:
+            self._server._configuration = server_configuration
 
     def _configuration(self, *, is_client: bool, anonymous: bool = False) -> Any:
         import ssl
@@ -495,6 +517,11 @@ class QuicTransport(ConnectionTransport):
             if close_event is not None and (
                 close_event.error_code == REFUSED or 0x100 <= close_event.error_code <= 0x1FF
             ):
+                self.refused(
+                    f"{peer[0]}:{peer[1]}",
+                    explain_tls_error(close_event.reason_phrase or hex(close_event.error_code)),
+                    by_peer=close_event.error_code == REFUSED,
+                )
                 raise PeerRejected(
                     f"QUIC handshake with {peer[0]}:{peer[1]} refused: "
                     f"{close_event.reason_phrase or hex(close_event.error_code)}"

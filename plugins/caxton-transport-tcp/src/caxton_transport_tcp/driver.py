@@ -20,8 +20,13 @@ from cryptography import x509
 
 from caxton.config import ConfigSection, Field
 from caxton.drivers.transport import Address
-from caxton.errors import TransportError
-from caxton.security.tls import anonymous_client_context, client_context, server_context
+from caxton.errors import PeerRejected, TransportError
+from caxton.security.tls import (
+    anonymous_client_context,
+    client_context,
+    explain_tls_error,
+    server_context,
+)
 from caxton.transport import Channel, ConnectionTransport
 
 log = logging.getLogger("caxton.transport.tcp")
@@ -179,15 +184,33 @@ class TcpTransport(ConnectionTransport):
                 self.settings, connect_timeout=float(self.option("connect_timeout"))
             )
         self._socket_options = self._socket_options_from_config()
-        tls = self.settings.tls
         self._server_ssl: ssl.SSLContext | None = None
         self._client_ssl: ssl.SSLContext | None = None
-        if tls is not None:
-            self._client_ssl = client_context(tls)
-            if tls.node_cert is not None:
-                self._server_ssl = server_context(tls)
+        self._listener_ssl: ssl.SSLContext | None = None
+        self._anonymous = False
+        if self.settings.tls is not None:
+            self._load_tls()
         self._server: asyncio.Server | None = None
         self._udp: asyncio.DatagramTransport | None = None
+
+    def _load_tls(self) -> None:
+        tls = self.settings.tls
+        assert tls is not None
+        client = client_context(tls)
+        server = server_context(tls) if tls.node_cert is not None else None
+        if server is not None and self._anonymous:
+            server.verify_mode = ssl.CERT_OPTIONAL
+        if server is not None and self._listener_ssl is None:
+            # The listener keeps its first context; at each ClientHello its callback
+            # (called with or without SNI) hands the handshake the current one, so a
+            # reload applies to every new connection: certificate, key and trusted CAs.
+            self._listener_ssl = server_context(tls)
+            self._listener_ssl.sni_callback = self._current_context
+        self._client_ssl, self._server_ssl = client, server
+
+    def _current_context(self, connection: Any, server_name: str | None, _: Any) -> None:
+        if self._server_ssl is not None:
+            connection.context = self._server_ssl
 
     def _socket_options_from_config(self) -> list[tuple[int, int, int | bytes]]:
         options: list[tuple[int, int, int | bytes]] = []
@@ -234,8 +257,10 @@ class TcpTransport(ConnectionTransport):
                 lambda: TcpChannel(self, outbound=False),
                 host,
                 port,
-                ssl=self._server_ssl,
-                ssl_handshake_timeout=self.settings.handshake_timeout if self._server_ssl else None,
+                ssl=self._listener_ssl,
+                ssl_handshake_timeout=self.settings.handshake_timeout
+                if self._listener_ssl
+                else None,
                 reuse_address=True,
             )
             bound = server.sockets[0].getsockname()
@@ -272,23 +297,34 @@ class TcpTransport(ConnectionTransport):
             raise TransportError("enrolment needs mutual TLS (security.cluster.mtls)")
         # A certificate a client does show is still verified against the CA; one that
         # shows none gets only as far as the connection's ENROL record.
+        self._anonymous = True
         self._server_ssl.verify_mode = ssl.CERT_OPTIONAL
+        if self._listener_ssl is not None:  # the verify mode stays the first context's
+            self._listener_ssl.verify_mode = ssl.CERT_OPTIONAL
 
     async def _connect(
         self, peer: Address, timeout: float, context: ssl.SSLContext | None
     ) -> Channel:
         loop = asyncio.get_running_loop()
-        _, channel = await asyncio.wait_for(
-            loop.create_connection(
-                lambda: TcpChannel(self, outbound=True),
-                peer[0],
-                peer[1],
-                ssl=context,
-                server_hostname="" if context is not None else None,
-                ssl_handshake_timeout=timeout if context is not None else None,
-            ),
-            timeout,
-        )
+        try:
+            _, channel = await asyncio.wait_for(
+                loop.create_connection(
+                    lambda: TcpChannel(self, outbound=True),
+                    peer[0],
+                    peer[1],
+                    ssl=context,
+                    server_hostname="" if context is not None else None,
+                    ssl_handshake_timeout=timeout if context is not None else None,
+                ),
+                timeout,
+            )
+        except ssl.SSLError as exc:
+            # This node refuses the listener's certificate (or, with an alert, the
+            # listener refused this node during the handshake).
+            why = explain_tls_error(exc)
+            where = f"{peer[0]}:{peer[1]}"
+            self.refused(where, why, by_peer="alert" in str(exc).lower())
+            raise PeerRejected(f"TLS with {where}: {why}") from None
         return channel
 
     async def _send_raw_datagram(self, peer: Address, data: bytes) -> bool:
