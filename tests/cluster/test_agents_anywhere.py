@@ -15,6 +15,7 @@ from test_cluster_routing import eventually
 from test_placement_cluster import FAST
 
 from caxton.auth.keys import ApiKeyStore
+from caxton.messaging import Message, Performative
 from caxton.node import Node
 from caxton.testing import NodeFactory
 
@@ -244,3 +245,54 @@ async def test_an_agents_state_and_logs_through_n1(nodes: list[Node], echo: byte
     status, logs, _ = await call(n1, "GET", f"{path}/logs", keys["viewer"])
     assert status == 200, logs
     assert [line["text"] for line in logs["lines"]] == ["a line on n3"]
+
+
+async def test_the_consoles_views_of_every_node(nodes: list[Node], echo: bytes) -> None:
+    """Latency histograms, conversations with their messages and dead letters, gathered
+    from every node through n1 (what the console draws)."""
+    n1, _, n3 = nodes
+    viewer = await new_key(n1, "viewer")
+    sender = await new_key(n1, "admin")
+    await echo_on_n3(n1, sender, echo)
+    for n in range(3):
+        status, answer, _ = await call(n1, "POST", "/api/v1/messages", sender, {
+            "performative": "request", "receiver": "echo", "content": n,
+            "conversation_id": f"talk-{n}", "protocol": "fipa-request", "wait_ms": 5000,
+        })  # fmt: skip
+        assert (status, answer["reply"]["content"]) == (200, n), answer
+
+    status, latency, _ = await call(n1, "GET", "/api/v1/cluster/latency", viewer)
+    assert status == 200, latency
+    assert [node["node_id"] for node in latency["nodes"]] == ["n1", "n2", "n3"]
+    by_node = {node["node_id"]: node for node in latency["nodes"]}
+    assert by_node["n1"]["remote_routing"]["count"] >= 3  # each request forwarded to n3
+    assert by_node["n1"]["messages"] >= 3
+    for node in latency["nodes"]:
+        for histogram in (node["routing"], node["remote_routing"]):
+            assert histogram["buckets"][-1] == [None, histogram["count"]]  # +Inf: all
+
+    status, listed, _ = await call(
+        n1, "GET", "/api/v1/conversations?scope=cluster&participant=echo", viewer
+    )
+    assert status == 200, listed
+    assert {c["conversation_id"] for c in listed["conversations"]} == {"talk-0", "talk-1", "talk-2"}
+    status, talk, _ = await call(n1, "GET", "/api/v1/conversations/talk-1?scope=cluster", viewer)
+    assert status == 200, talk
+    arrows = [(m["sender"], m["receiver"], m["performative"]) for m in talk["messages"]]
+    client = arrows[0][0]
+    assert arrows == [(client, "echo", "request"), ("echo", client, "inform")], arrows
+    status, local, _ = await call(n1, "GET", "/api/v1/conversations/talk-1", viewer)
+    assert (status, len(local["messages"])) == (200, 2)  # n1 saw both: it sent and got
+
+    ghost = Message(Performative.INFORM, sender="nobody", receiver="echo", content="late")
+    n3.router.dead_letter(ghost, "expired: a test")
+    await n3.store.flush()
+    status, dead, _ = await call(
+        n1, "GET", "/api/v1/queues/dead-letters?scope=cluster&receiver=echo", viewer
+    )
+    assert status == 200, dead
+    assert [(d["node_id"], d["reason"]) for d in dead["dead_letters"]] == [
+        ("n3", "expired: a test")
+    ]
+    _, here, _ = await call(n1, "GET", "/api/v1/queues/dead-letters?receiver=echo", viewer)
+    assert here["dead_letters"] == []

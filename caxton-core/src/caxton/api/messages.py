@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from aiohttp import web
 
-from caxton.api.common import body, path_uuid, service
+from caxton.api.common import body, path_uuid, query, service
 from caxton.api.keys import GUARD, IDENTITY, NODE, TASKS
+from caxton.api.openapi import CONVERSATION_QUERY, SCOPE_SCHEMA
 from caxton.api.permissions import requires
 from caxton.api.responses import json_response
 from caxton.api.tasks import Task
+from caxton.cluster.views import gather, local_view, merge_conversation
 from caxton.errors import (
     AgentNotFound,
     CaxtonError,
@@ -100,6 +103,28 @@ async def send_message(request: web.Request) -> web.Response:
     )
 
 
+@routes.get("/api/v1/conversations")
+@requires("read")
+async def list_conversations(request: web.Request) -> web.Response:
+    """The conversations the router knows, most recently active first; with
+    ``scope=cluster`` every reachable node's, each once."""
+    service(request, "router")
+    params = {name: query(request, name, schema) for name, schema in CONVERSATION_QUERY.items()}
+    args = {"participant": params["participant"], "limit": params["limit"] or 100}
+    node = request.config_dict[NODE]
+    if params["scope"] != "cluster":
+        return json_response({"conversations": await local_view(node, "conversations", args)})
+    answers, failed = await gather(node, "conversations", args)
+    newest: dict[str, dict[str, Any]] = {}
+    for node_id, conversations in answers.items():
+        for conversation in conversations:
+            seen = newest.get(conversation["conversation_id"])
+            if seen is None or conversation["updated_at"] > seen["updated_at"]:
+                newest[conversation["conversation_id"]] = {**conversation, "node_id": node_id}
+    found = sorted(newest.values(), key=lambda c: c["updated_at"], reverse=True)
+    return json_response({"conversations": found[: args["limit"]], "failed": failed})
+
+
 @routes.get("/api/v1/conversations/{conversation_id}")
 @requires("read")
 async def get_conversation(request: web.Request) -> web.Response:
@@ -108,14 +133,22 @@ async def get_conversation(request: web.Request) -> web.Response:
         raise ValidationError(
             f"conversation id is {len(conversation_id)} characters long; the limit is 255"
         )
-    conversation = service(request, "router").conversation(conversation_id)
+    service(request, "router")
+    node = request.config_dict[NODE]
+    args = {"conversation_id": conversation_id}
+    if query(request, "scope", SCOPE_SCHEMA) == "cluster":
+        conversation = merge_conversation((await gather(node, "conversation", args))[0])
+        where = "on any reachable node"
+    else:
+        conversation = await local_view(node, "conversation", args)
+        where = "on this node"
     if conversation is None:
         raise NotFound(
             f"Conversation not found: {conversation_id}",
-            details=f"no conversation {conversation_id!r} on this node: it never existed "
-            f"or it expired (messaging.message_ttl)",
+            details=f"no conversation {conversation_id!r} {where}: it never existed "
+            f"or it expired (after an hour idle)",
         )
-    return json_response(conversation.to_dict())
+    return json_response(conversation)
 
 
 @routes.post("/api/v1/tasks")

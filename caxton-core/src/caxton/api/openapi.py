@@ -23,10 +23,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AUDIT_QUERY",
+    "CONVERSATION_QUERY",
     "DEAD_LETTER_QUERY",
     "DRAIN_TIMEOUT_SCHEMA",
     "LIST_QUERY",
     "MAX_WAIT_MS",
+    "SCOPE_SCHEMA",
     "STATE_SCHEMA",
     "build_openapi",
     "schema_ref",
@@ -58,6 +60,28 @@ AUDIT_QUERY: dict[str, dict[str, Any]] = {
     "action": {"type": "string", "minLength": 1, "maxLength": 256},
     "result": {"type": "string", "enum": ["success", "failure", "denied", "unauthenticated"]},
     "since": {"type": "number", "minimum": 0},
+}
+#: ``?scope=``: this node (the default) or every reachable node of the cluster.
+SCOPE_SCHEMA: dict[str, Any] = {
+    "type": "string",
+    "enum": ["local", "cluster"],
+    "description": "local (the default): this node's; cluster: every reachable node's",
+}
+#: Query parameters of ``GET /api/v1/conversations``.
+CONVERSATION_QUERY: dict[str, dict[str, Any]] = {
+    "participant": {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": MAX_FIELD_LENGTH,
+        "description": "Only the conversations this agent or client took part in",
+    },
+    "limit": {
+        "type": "integer",
+        "minimum": 1,
+        "maximum": 1000,
+        "description": "At most this many (default 100)",
+    },
+    "scope": SCOPE_SCHEMA,
 }
 #: The query parameters of ``GET /api/v1/agents``, by name (each with a description).
 LIST_QUERY: dict[str, dict[str, Any]] = {
@@ -94,6 +118,13 @@ LIST_QUERY: dict[str, dict[str, Any]] = {
 DEAD_LETTER_QUERY: dict[str, dict[str, Any]] = {
     "limit": {"type": "integer", "minimum": 1, "maximum": 10_000},
     "message_id": {"type": "string", "minLength": 1, "maxLength": 256},
+    "receiver": {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": MAX_FIELD_LENGTH,
+        "description": "Only the dead letters to this receiver",
+    },
+    "scope": SCOPE_SCHEMA,
 }
 #: Schema of ``?drain_timeout_ms=`` of the stop action.
 DRAIN_TIMEOUT_SCHEMA: dict[str, Any] = {"type": "integer", "minimum": 0, "maximum": MAX_WAIT_MS}
@@ -374,9 +405,36 @@ def _schemas(ceiling: ResourceLimits) -> dict[str, Any]:
                 "started_at": {"type": "number"},
                 "updated_at": {"type": "number"},
                 "expires_at": {"type": "number"},
+                "messages": {
+                    "type": "array",
+                    "description": "Its first messages as the node(s) saw them, oldest first",
+                    "items": object_schema(
+                        {
+                            "at": {"type": "number"},
+                            "sender": {"type": "string"},
+                            "receiver": {"type": "string"},
+                            "performative": {"type": "string"},
+                            "message_id": {"type": "string"},
+                            "node_id": {"type": "string"},
+                        },
+                        ("at", "sender", "receiver", "performative", "message_id"),
+                        closed=False,
+                    ),
+                },
             },
             ("conversation_id", "state", "participants"),
             closed=False,
+        ),
+        "ConversationList": object_schema(
+            {
+                "conversations": {"type": "array", "items": schema_ref("Conversation")},
+                "failed": {
+                    "type": "object",
+                    "additionalProperties": {"type": "string"},
+                    "description": "With scope=cluster: the nodes that did not answer, and why",
+                },
+            },
+            ("conversations",),
         ),
         "CreateTask": object_schema(
             {
@@ -433,6 +491,7 @@ def _schemas(ceiling: ResourceLimits) -> dict[str, Any]:
         ),
         "DeadLetter": object_schema(
             {
+                "node_id": {"type": "string", "description": "With scope=cluster: its node"},
                 "message_id": {"type": "string", "nullable": True},
                 "receiver": {"type": "string", "nullable": True},
                 "reason": {"type": "string"},
@@ -443,7 +502,10 @@ def _schemas(ceiling: ResourceLimits) -> dict[str, Any]:
             closed=False,
         ),
         "DeadLetters": object_schema(
-            {"dead_letters": {"type": "array", "items": schema_ref("DeadLetter")}},
+            {
+                "dead_letters": {"type": "array", "items": schema_ref("DeadLetter")},
+                "failed": {"type": "object", "additionalProperties": {"type": "string"}},
+            },
             ("dead_letters",),
             closed=False,
         ),
@@ -627,17 +689,16 @@ def _links(parameter: str, source: str, *operation_ids: str) -> dict[str, Any]:
 
 
 def query_parameters(schemas: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """Optional query parameters from ``name -> schema`` (each with a description)."""
-    return [
-        {
-            "name": name,
-            "in": "query",
-            "required": False,
-            "description": schema["description"],
-            "schema": {k: v for k, v in schema.items() if k != "description"},
-        }
-        for name, schema in schemas.items()
-    ]
+    """Optional query parameters, one per ``name: schema`` (a ``description`` in the
+    schema describes the parameter)."""
+    parameters = []
+    for name, schema in schemas.items():
+        parameter = {"name": name, "in": "query", "required": False}
+        if "description" in schema:
+            parameter["description"] = schema["description"]
+        parameter["schema"] = {k: v for k, v in schema.items() if k != "description"}
+        parameters.append(parameter)
+    return parameters
 
 
 def path_id(name: str, description: str) -> dict[str, Any]:
@@ -811,10 +872,21 @@ def _paths() -> dict[str, Any]:
                 tag="messages",
             )
         },
+        "/api/v1/conversations": {
+            "get": operation(
+                "listConversations",
+                "The conversations the router knows, most recently active first",
+                "read",
+                {200: "ConversationList"},
+                (400, 503),
+                parameters=query_parameters(CONVERSATION_QUERY),
+                tag="messages",
+            )
+        },
         "/api/v1/conversations/{conversation_id}": {
             "get": operation(
                 "getConversation",
-                "What the router knows of a conversation",
+                "What the router knows of a conversation, with its first messages",
                 "read",
                 {200: "Conversation"},
                 (400, 404, 503),
@@ -824,7 +896,8 @@ def _paths() -> dict[str, Any]:
                         "in": "path",
                         "required": True,
                         "schema": string_schema(),
-                    }
+                    },
+                    *query_parameters({"scope": SCOPE_SCHEMA}),
                 ],
                 tag="messages",
             )
@@ -883,7 +956,7 @@ def _paths() -> dict[str, Any]:
                 "read",
                 {200: "DeadLetters"},
                 (400, 503),
-                parameters=_query_parameters(DEAD_LETTER_QUERY),
+                parameters=query_parameters(DEAD_LETTER_QUERY),
                 tag="operations",
             )
         },
@@ -915,7 +988,7 @@ def _paths() -> dict[str, Any]:
                 "audit",
                 {200: "AuditLog"},
                 (400, 404),
-                parameters=_query_parameters(AUDIT_QUERY),
+                parameters=query_parameters(AUDIT_QUERY),
                 tag="operations",
             )
         },
@@ -931,14 +1004,6 @@ def _paths() -> dict[str, Any]:
             )
         },
     }
-
-
-def _query_parameters(schemas: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """Optional query parameters, one per ``name: schema``."""
-    return [
-        {"name": name, "in": "query", "required": False, "schema": schema}
-        for name, schema in schemas.items()
-    ]
 
 
 def build_openapi(node: Node) -> dict[str, Any]:

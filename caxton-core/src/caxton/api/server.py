@@ -35,6 +35,7 @@ from caxton.api import (
     messages,
     system,
     ui,
+    views,
 )
 from caxton.api.edges import ProtocolLog, with_expect_check
 from caxton.api.keys import (
@@ -85,6 +86,7 @@ CORE_ROUTES = (
     cluster.routes,
     backups.routes,
     emergency.routes,
+    views.routes,
 )
 
 
@@ -98,11 +100,9 @@ def build_app(node: Node, settings: ApiSettings | None = None) -> web.Applicatio
     guard = getattr(getattr(node, "context", None), "services", {}).get("auth")
     if guard is not None:
         app[GUARD] = guard
-    document = agent_state.extend_openapi(
-        emergency.extend_openapi(
-            backups.extend_openapi(cluster.extend_openapi(build_openapi(node)))
-        )
-    )
+    document = build_openapi(node)
+    for part in (cluster, backups, emergency, agent_state, views):
+        document = part.extend_openapi(document)
     if node.config["api"]["ui"]:
         app.add_routes(ui.routes)
         document = ui.extend_openapi(document)

@@ -12,6 +12,7 @@ from caxton.api.openapi import DEAD_LETTER_QUERY
 from caxton.api.permissions import public, requires
 from caxton.api.resources import node_resources
 from caxton.api.responses import json_response
+from caxton.cluster.views import gather, local_view
 from caxton.errors import ValidationError
 
 __all__ = ["routes"]
@@ -79,11 +80,18 @@ async def queue_stats(request: web.Request) -> web.Response:
 @routes.get("/api/v1/queues/dead-letters")
 @requires("read")
 async def dead_letters(request: web.Request) -> web.Response:
-    """What this node gave up on, with why: kept in its store across restarts."""
-    limit = query(request, "limit", DEAD_LETTER_QUERY["limit"]) or 100
-    message_id = query(request, "message_id", DEAD_LETTER_QUERY["message_id"])
-    letters = await service(request, "store").dead_letters(limit, message_id=message_id)
-    return json_response({"dead_letters": letters})
+    """What this node gave up on, with why: kept in its store across restarts; with
+    ``scope=cluster``, what every reachable node gave up on, newest first."""
+    params = {name: query(request, name, schema) for name, schema in DEAD_LETTER_QUERY.items()}
+    service(request, "store")
+    node = request.config_dict[NODE]
+    args = {**params, "limit": params["limit"] or 100}
+    if params["scope"] != "cluster":
+        return json_response({"dead_letters": await local_view(node, "dead-letters", args)})
+    answers, failed = await gather(node, "dead-letters", args)
+    letters = [{**letter, "node_id": n} for n, found in answers.items() for letter in found]
+    letters.sort(key=lambda letter: letter["at"], reverse=True)
+    return json_response({"dead_letters": letters[: args["limit"]], "failed": failed})
 
 
 @routes.post("/api/v1/queues/drain")

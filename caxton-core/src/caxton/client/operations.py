@@ -34,6 +34,10 @@ def _state_key(agent_id: str, key: str | bytes) -> tuple[str, dict[str, Any]]:
     return f"/api/v1/agents/{agent_id}/state/{encoded}", {"encoding": "base64"}
 
 
+def _scope(cluster: bool) -> str | None:
+    return "cluster" if cluster else None
+
+
 def _drop_none(values: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in values.items() if v is not None}
 
@@ -74,7 +78,7 @@ class Operations(Generic[R]):
     ) -> R:
         """This node's agents, or with ``cluster=True`` every node's; ``name`` is a glob."""
         query = {
-            "scope": "cluster" if cluster else None,
+            "scope": _scope(cluster),
             "name": name,
             "state": state,
             "node": node,
@@ -210,8 +214,17 @@ class Operations(Generic[R]):
         )
         return self._send(Call("POST", "/api/v1/messages", body=body, wait=wait or 0.0))
 
-    def conversation(self, conversation_id: str) -> R:
-        return self._send(Call("GET", f"/api/v1/conversations/{conversation_id}", idempotent=True))
+    def conversations(
+        self, *, participant: str | None = None, limit: int | None = None, cluster: bool = False
+    ) -> R:
+        """Recent conversations, newest first (``cluster=True``: every node's)."""
+        query = {"participant": participant, "limit": limit, "scope": _scope(cluster)}
+        return self._send(Call("GET", "/api/v1/conversations", query, idempotent=True))
+
+    def conversation(self, conversation_id: str, *, cluster: bool = False) -> R:
+        """One conversation with its first messages (``cluster=True``: as every node saw it)."""
+        path = f"/api/v1/conversations/{conversation_id}"
+        return self._send(Call("GET", path, {"scope": _scope(cluster)}, idempotent=True))
 
     def create_task(self, body: Mapping[str, Any]) -> R:
         """A contract-net task (the body as docs/api.md "Contract net" describes it)."""
@@ -240,8 +253,20 @@ class Operations(Generic[R]):
         """The caller's identity, roles and permissions."""
         return self._send(Call("GET", "/api/v1/whoami", idempotent=True))
 
-    def dead_letters(self, *, limit: int | None = None, message_id: str | None = None) -> R:
-        query = {"limit": limit, "message_id": message_id}
+    def dead_letters(
+        self,
+        *,
+        limit: int | None = None,
+        message_id: str | None = None,
+        receiver: str | None = None,
+        cluster: bool = False,
+    ) -> R:
+        query = {
+            "limit": limit,
+            "message_id": message_id,
+            "receiver": receiver,
+            "scope": _scope(cluster),
+        }
         return self._send(Call("GET", "/api/v1/queues/dead-letters", query, idempotent=True))
 
     # -- emergencies (docs/operations.md; bodies as docs/api.md gives them) -------------
@@ -349,6 +374,10 @@ class Operations(Generic[R]):
 
     def cluster_auth(self) -> R:
         return self._send(Call("GET", "/api/v1/cluster/auth", idempotent=True))
+
+    def cluster_latency(self) -> R:
+        """Every node's routing-latency histograms and message count (cumulative)."""
+        return self._send(Call("GET", "/api/v1/cluster/latency", idempotent=True))
 
     def cluster_verify(self) -> R:
         return self._send(Call("GET", "/api/v1/cluster/verify", idempotent=True))

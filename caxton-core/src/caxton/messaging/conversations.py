@@ -9,14 +9,21 @@ With a node's state store the table is kept there too (write-behind, see
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from caxton.messaging.message import Message
+from caxton.messaging.performatives import Performative
 from caxton.messaging.protocols import PROTOCOLS, START, InteractionProtocol
 
-__all__ = ["Conversation", "ConversationTable"]
+__all__ = ["TRAIL_MESSAGES", "TRAIL_RING", "Conversation", "ConversationTable"]
+
+#: The node's last conversation messages kept for sequence diagrams (who sent what to
+#: whom, when; about 8 MB at most, in memory only), and the most one trail shows.
+TRAIL_RING = 65_536
+TRAIL_MESSAGES = 200
 
 
 @dataclass(slots=True)
@@ -90,7 +97,7 @@ class Conversation:
 class ConversationTable:
     """Conversations by id, bounded by ``limit`` (the oldest is forgotten first)."""
 
-    __slots__ = ("_changed", "_forgotten", "_items", "limit", "tracking", "ttl")
+    __slots__ = ("_changed", "_forgotten", "_items", "_recent", "limit", "tracking", "ttl")
 
     def __init__(self, *, ttl: float, limit: int = 100_000) -> None:
         self.ttl = ttl
@@ -101,6 +108,12 @@ class ConversationTable:
         #: Ids recorded or forgotten since the last take_changes().
         self._changed: set[str] = set()
         self._forgotten: set[str] = set()
+        #: (conversation id, at, sender, receiver, performative, message id) of the
+        #: last TRAIL_RING messages recorded: one append per message, searched only when
+        #: someone asks for a trail (the console's sequence diagrams); not persisted.
+        self._recent: deque[tuple[str, float, str, str, Performative, str]] = deque(
+            maxlen=TRAIL_RING
+        )
 
     def __len__(self) -> int:
         return len(self._items)
@@ -136,6 +149,7 @@ class ConversationTable:
             if len(self._items) >= self.limit:
                 self._forget(next(iter(self._items)))
             self._items[conversation_id] = conversation
+
         else:
             spec = PROTOCOLS.get(conversation.protocol) if conversation.protocol else None
             if spec is not None:
@@ -144,6 +158,10 @@ class ConversationTable:
                     return problem
             conversation.updated_at = now
         conversation.message_count += 1
+        self._recent.append(
+            (conversation_id, now, message.sender, message.receiver, message.performative,
+             message.message_id)
+        )  # fmt: skip
         participants = conversation.participants
         participants.add(message.sender)
         participants.add(message.receiver)
@@ -158,7 +176,24 @@ class ConversationTable:
             self._forget(conversation.conversation_id)
         return gone
 
+    def trail(self, conversation_id: str) -> list[dict[str, Any]]:
+        """The messages of a conversation among the last :data:`TRAIL_RING` recorded here,
+        oldest first, at most :data:`TRAIL_MESSAGES` (the latest): ``at`` (Unix time),
+        ``sender``, ``receiver``, ``performative``, ``message_id``."""
+        found = [entry for entry in self._recent if entry[0] == conversation_id]
+        return [
+            {
+                "at": at,
+                "sender": sender,
+                "receiver": receiver,
+                "performative": performative.value,
+                "message_id": message_id,
+            }
+            for _, at, sender, receiver, performative, message_id in found[-TRAIL_MESSAGES:]
+        ]
+
     def clear(self) -> None:
+        self._recent.clear()
         self._items.clear()
         self._changed.clear()
         self._forgotten.clear()

@@ -1056,6 +1056,10 @@ class Router:
     def conversations(self) -> list[Conversation]:
         return self._conversations.values()
 
+    def conversation_trail(self, conversation_id: str) -> list[dict[str, Any]]:
+        """The first messages of a recent conversation this router saw, oldest first."""
+        return self._conversations.trail(conversation_id)
+
     # -- external clients -------------------------------------------------------------
 
     async def request(self, message: Message, timeout: float) -> Message:

@@ -850,12 +850,15 @@ class Store:
         )
 
     async def dead_letters(
-        self, limit: int = 100, *, message_id: str | None = None
+        self, limit: int = 100, *, message_id: str | None = None, receiver: str | None = None
     ) -> list[dict[str, Any]]:
         """The newest dead letters first: ``message_id, receiver, reason, message, at``
-        (only those of ``message_id`` when given)."""
+        (only those of ``message_id``, or to ``receiver``, when given)."""
         await self.flush()
-        where, args = ("WHERE message_id = ? ", (message_id,)) if message_id else ("", ())
+        given = {"message_id": message_id, "receiver": receiver}
+        tests = [f"{column} = ?" for column, value in given.items() if value]
+        where = f"WHERE {' AND '.join(tests)} " if tests else ""
+        args = tuple(value for value in given.values() if value)
         rows = await self._connection().execute_fetchall(
             "SELECT message_id, receiver, reason, body, created_at FROM dead_letters "
             f"{where}ORDER BY id DESC LIMIT ?",
