@@ -6,6 +6,7 @@ report directory (docs/console.md shows them)."""
 
 from __future__ import annotations
 
+import base64
 import re
 import urllib.error
 import urllib.request
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cluster_support import ProcessCluster
+from cluster_support import ECHO_WAT, ProcessCluster
 
 pytestmark = pytest.mark.cluster
 
@@ -138,4 +139,136 @@ def test_the_console_shows_and_manages_the_cluster(
     page.click('nav a[data-view="audit"]')
     expect(page.locator("#audit tbody tr").first).to_be_visible()
     expect(page.locator("#audit")).to_contain_text("deploy_agent")
+    assert errors == [], errors
+
+
+def journal_wasm() -> bytes:
+    """echo (examples/agents/wat/echo.wat) that also keeps the last content it got under
+    the key ``last`` and logs it: something for the agent page to show."""
+    import wasmtime
+
+    text = ECHO_WAT.read_text()
+    text = text.replace(
+        '(import "caxton" "reply" (func $reply (param i32 i32) (result i32)))',
+        '(import "caxton" "reply" (func $reply (param i32 i32) (result i32)))\n'
+        '  (import "caxton" "kv_store" (func $kv_store (param i32 i32 i32 i32) (result i32)))\n'
+        '  (import "caxton" "log" (func $log (param i32 i32 i32)))\n'
+        '  (data (i32.const 96) "last")',
+    )
+    text = text.replace(
+        "    (drop (call $reply",
+        "    (drop (call $kv_store (i32.const 96) (i32.const 4) (local.get $vsrc) "
+        "(local.get $vlen)))\n"
+        "    (call $log (i32.const 2) (local.get $vsrc) (local.get $vlen))\n"
+        "    (drop (call $reply",
+    )
+    assert "$kv_store (i32.const 96)" in text, "echo.wat changed: update journal_wasm"
+    return bytes(wasmtime.wat2wasm(text))
+
+
+def test_the_agent_page_conversations_and_latency(
+    make_cluster: Callable[..., ProcessCluster], browser: Any, screenshots: Path
+) -> None:
+    """The routing-latency chart from the nodes' histograms; an agent on n3 seen through
+    n1: its key/value state (shown, set), its live logs, its conversations drawn as
+    sequence diagrams, its dead letters; a viewer sees keys but no value and no action."""
+    from playwright.sync_api import expect
+
+    # Messages to a suspended agent expire after 4 s, which makes a dead letter.
+    extra = {
+        "security": {"auth_enabled": True},
+        "messaging": {"message_ttl": "4s", "cleanup_interval": "1s"},
+    }
+    cluster = make_cluster(extra=extra)
+    n1, _, n3 = cluster.start(3, roles=("admin", "viewer"))
+    module = base64.b64encode(journal_wasm()).decode()
+    agent = n1.request(
+        "POST", "/api/v1/agents", {"name": "journal", "wasm_module": module, "target_node": "n3"}
+    )
+    assert agent["node_id"] == "n3"
+    path = f"/api/v1/agents/{agent['id']}"
+
+    def talk(n: int) -> None:
+        answer = n1.request("POST", "/api/v1/messages", {
+            "performative": "request", "receiver": "journal", "content": n,
+            "conversation_id": f"talk-{n}", "protocol": "fipa-request", "wait_ms": 5000,
+        }, timeout=15)  # fmt: skip
+        assert answer["reply"]["content"] == n
+
+    page = browser.new_page(viewport={"width": 1280, "height": 1000})
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    sign_in(page, n1.api_url, str(n1.api_key))
+    for n in range(30):  # over a few seconds, so that the charts draw lines
+        talk(n)
+        if n % 5 == 4:
+            page.wait_for_timeout(1000)
+    # The chart reads every node's histograms: n1 timed its forwards to n3.
+    n1_latency = page.locator('#latency-legend span[data-node="n1"]')
+    expect(n1_latency).to_be_visible(timeout=SETTLE)
+    expect(n1_latency).not_to_have_attribute("data-samples", "0", timeout=SETTLE)
+    expect(page.locator("#latency-legend span")).to_have_count(3)
+    page.wait_for_timeout(1500)
+    page.screenshot(path=str(screenshots / "console-latency.png"))
+
+    # The agent page, through n1, of the agent on n3.
+    page.goto(f"{n1.api_url}/ui/#agent/{agent['id']}")
+    expect(page.locator("#agent-details")).to_contain_text("n3")
+    last = page.locator('#kv tr[data-key="last"]')
+    expect(last).to_be_visible(timeout=SETTLE)
+    last.locator('button[data-action="show-value"]').click()
+    expect(last.locator("td.value")).to_have_text("29")
+    logs = page.locator("#agent-logs")
+    expect(logs).to_contain_text("INFO  29", timeout=SETTLE)
+    n1.ask("journal", "live line")  # followed: it appears without a reload
+    expect(logs).to_contain_text('"live line"', timeout=SETTLE)
+    page.fill("#kv-key", "note")
+    page.fill("#kv-value", "hello from the console")
+    page.click("#kv-set")
+    page.click("#confirm-yes")
+    expect(page.locator('#kv tr[data-key="note"] td.value')).to_have_text(
+        "hello from the console", timeout=SETTLE
+    )
+    assert n3.request("GET", f"{path}/state/note")["value"] == "hello from the console"
+
+    # Its dead letters: suspended, a message waits past the TTL and is given up on.
+    page.click('#agent-actions button[data-action="suspend"]')
+    page.click("#confirm-yes")
+    expect(page.locator("#agent-details")).to_contain_text("suspended", timeout=SETTLE)
+    n1.request("POST", "/api/v1/messages", {
+        "performative": "inform", "receiver": "journal", "content": "too late",
+    })  # fmt: skip
+    dead = page.locator("#agent-dead tbody tr")
+    expect(dead).to_have_count(1, timeout=SETTLE)
+    expect(dead).to_contain_text("expired")
+    expect(dead).to_contain_text("n3")
+    page.screenshot(path=str(screenshots / "console-agent.png"), full_page=True)
+    page.click('#agent-actions button[data-action="resume"]')
+    page.click("#confirm-yes")
+    expect(page.locator("#agent-details")).to_contain_text("running", timeout=SETTLE)
+
+    # A conversation as a sequence diagram, from the agent's list.
+    page.click('#agent-conversations tr[data-conversation="talk-25"] a')
+    arrows = page.locator("#sequence g.message")
+    expect(arrows).to_have_count(2, timeout=SETTLE)
+    expect(arrows.nth(0)).to_have_attribute("data-performative", "request")
+    expect(arrows.nth(0)).to_have_attribute("data-to", "journal")
+    expect(arrows.nth(1)).to_have_attribute("data-performative", "inform")
+    expect(arrows.nth(1)).to_have_attribute("data-from", "journal")
+    expect(page.locator('#sequence g.lane[data-lane="journal"]')).to_have_count(1)
+    page.screenshot(path=str(screenshots / "console-conversation.png"))
+    page.click('nav a[data-view="conversations"]')
+    for n in (0, 29):
+        expect(page.locator(f'#conversations tr[data-conversation="talk-{n}"]')).to_be_visible()
+
+    # A viewer sees the keys, not the values, and no action.
+    viewer = browser.new_page(viewport={"width": 1280, "height": 900})
+    sign_in(viewer, n1.api_url, n1.keys["viewer"])
+    viewer.goto(f"{n1.api_url}/ui/#agent/{agent['id']}")
+    expect(viewer.locator('#kv tr[data-key="note"]')).to_be_visible(timeout=SETTLE)
+    expect(viewer.locator("#kv-summary")).to_contain_text("values need the update permission")
+    expect(viewer.locator("#kv button")).to_have_count(0)
+    expect(viewer.locator("#kv-form")).to_be_hidden()
+    expect(viewer.locator("#agent-actions button")).to_have_count(0)
+    expect(viewer.locator("#agent-logs")).to_contain_text('"live line"', timeout=SETTLE)
     assert errors == [], errors

@@ -17,7 +17,13 @@ const state = {
   lastCounts: null,   // {at, byNode: {node: messages}, byAgent: {id: messages}}
   agentRates: {},
   members: [],
+  latency: {},        // node -> [{at, routing, remote}] cumulative readings
+  logStream: null,    // AbortController of the followed log stream
+  logAfter: 0,        // seq of the last log line shown
+  logAgent: null,
+  kvValues: {},       // agent id -> key (base64) -> the value last shown
 };
+const LATENCY_WINDOW = 10;  // readings (about seconds) the latency chart's P99 spans
 
 const $ = (id) => document.getElementById(id);
 
@@ -134,6 +140,8 @@ function route() {
     cluster: refreshCluster,
     agents: refreshAgents,
     agent: () => refreshAgent(decodeURIComponent(arg || "")),
+    conversations: refreshConversations,
+    conversation: () => refreshConversation(decodeURIComponent(arg || "")),
     audit: refreshAudit,
     dead: refreshDeadLetters,
   }[view];
@@ -151,6 +159,7 @@ function route() {
 function stopPolling() {
   if (state.timer !== null) clearInterval(state.timer);
   state.timer = null;
+  stopLogs();
 }
 
 async function refreshCluster() {
@@ -187,6 +196,11 @@ async function refreshCluster() {
     map.append(card);
   }
   drawChart();
+  $("latency-panel").hidden = !state.permissions.has("metrics");
+  if (state.permissions.has("metrics")) {
+    await sampleLatency();
+    drawLatency();
+  }
 }
 
 async function sampleRates() {
@@ -251,6 +265,112 @@ function drawChart() {
   });
 }
 
+// -- routing latency from the nodes' histograms -----------------------------------------
+
+async function sampleLatency() {
+  const data = await api("/api/v1/cluster/latency");
+  for (const node of data.nodes) {
+    const series = state.latency[node.node_id] || (state.latency[node.node_id] = []);
+    series.push({ at: node.at, routing: node.routing, remote: node.remote_routing });
+    if (series.length > HISTORY + LATENCY_WINDOW) series.shift();
+  }
+}
+
+// The q-quantile (seconds) of what a histogram counted between two cumulative readings,
+// interpolated within its bucket as Prometheus' histogram_quantile does; null if none.
+function quantileBetween(older, newer, q) {
+  const total = newer.count - older.count;
+  if (total <= 0) return null;
+  const rank = q * total;
+  let lower = 0;
+  for (let i = 0; i < newer.buckets.length; i++) {
+    const [bound, count] = newer.buckets[i];
+    const before = i > 0 ? newer.buckets[i - 1][1] - older.buckets[i - 1][1] : 0;
+    const here = count - older.buckets[i][1];
+    if (here >= rank) {
+      if (bound === null) return lower;  // +Inf bucket: its lower bound
+      const inBucket = here - before;
+      return inBucket > 0 ? lower + (bound - lower) * ((rank - before) / inBucket) : bound;
+    }
+    if (bound !== null) lower = bound;
+  }
+  return lower;
+}
+
+// P99 (ms) per reading, over the readings of the last LATENCY_WINDOW seconds (fewer at
+// first); null where nothing was timed in that window.
+function latencySeries(readings, kind) {
+  const points = [];
+  for (let i = 1; i < readings.length; i++) {
+    const older = readings[Math.max(0, i - LATENCY_WINDOW)][kind];
+    const p99 = quantileBetween(older, readings[i][kind], 0.99);
+    points.push(p99 === null ? null : p99 * 1000);
+  }
+  return points.slice(-HISTORY);
+}
+
+// Solid: a message's wait from send to delivery on the node; dashed: forwarding it to
+// the node that runs its agent.
+function drawLatency() {
+  const canvas = $("latency-chart");
+  const context = canvas.getContext("2d");
+  context.clearRect(0, 0, canvas.width, canvas.height);
+  const nodes = Object.keys(state.latency).sort();
+  const lines = {};
+  for (const node of nodes) {
+    lines[node] = {
+      routing: latencySeries(state.latency[node], "routing"),
+      remote: latencySeries(state.latency[node], "remote"),
+    };
+  }
+  const values = nodes.flatMap((n) => [...lines[n].routing, ...lines[n].remote])
+    .filter((v) => v !== null);
+  const peak = Math.max(0.01, ...values);
+  context.fillStyle = "#868e96";
+  context.font = "12px sans-serif";
+  context.fillText(`${peak.toFixed(2)} ms`, 4, 14);
+  const legend = $("latency-legend");
+  legend.replaceChildren();
+  nodes.forEach((node, index) => {
+    const color = COLORS[index % COLORS.length];
+    for (const kind of ["routing", "remote"]) {
+      const series = lines[node][kind];
+      context.strokeStyle = color;
+      context.lineWidth = 2;
+      context.setLineDash(kind === "remote" ? [6, 4] : []);
+      context.beginPath();
+      let drawing = false;
+      series.forEach((value, i) => {
+        if (value === null) {
+          drawing = false;
+          return;
+        }
+        const x = (canvas.width * (HISTORY - series.length + i)) / (HISTORY - 1);
+        const y = canvas.height - 4 - ((canvas.height - 24) * value) / peak;
+        if (!drawing) context.moveTo(x, y);
+        else context.lineTo(x, y);
+        drawing = true;
+      });
+      context.stroke();
+    }
+    context.setLineDash([]);
+    const latest = (series) => {
+      const known = series.filter((v) => v !== null);
+      return known.length ? `${known[known.length - 1].toFixed(2)} ms` : "-";
+    };
+    const readings = state.latency[node];
+    const last = readings[readings.length - 1];
+    const text = `${node}: on the node ${latest(lines[node].routing)}, ` +
+      `to other nodes ${latest(lines[node].remote)} ` +
+      `(${last.routing.count} + ${last.remote.count} timed)`;
+    const item = el("span", text, { "data-node": node, "data-samples": String(last.routing.count + last.remote.count) });
+    const swatch = el("i");
+    swatch.style.background = color;
+    item.prepend(swatch);
+    legend.append(item);
+  });
+}
+
 async function refreshAgents() {
   if (!state.agents) await sampleRates();
   const select = $("deploy-node");
@@ -272,18 +392,10 @@ async function refreshAgents() {
     row.append(el("td", agent.limits ? agent.limits.max_fuel : "-"));
     row.append(el("td", agent.limits ? size(agent.limits.max_memory_bytes) : "-"));
     const actions = el("td");
-    for (const [action, permission, when] of [
-      ["suspend", "update", ["running"]],
-      ["resume", "update", ["suspended"]],
-      ["stop", "update", ["running", "suspended"]],
-      ["start", "update", ["stopped", "failed", "loaded"]],
-      ["remove", "remove", null],
-    ]) {
-      if (!state.permissions.has(permission) || (when && !when.includes(agent.state))) continue;
-      const button = el("button", action, { type: "button", "data-action": action });
-      button.addEventListener("click", () => confirmAction(action, agent));
-      actions.append(button);
-    }
+    actions.append(...actionButtons(agent, async () => {
+      await sampleRates();
+      await refreshAgents();
+    }));
     row.append(actions);
     body.append(row);
   }
@@ -295,19 +407,42 @@ function size(bytes) {
   return `${bytes}B`;
 }
 
-function confirmAction(action, agent) {
-  $("confirm-text").textContent = `${action} agent ${agent.name} on ${agent.node_id}?`;
+// The lifecycle actions the role allows in the agent's state, as buttons that confirm.
+const ACTIONS = [
+  ["suspend", "update", ["running"]],
+  ["resume", "update", ["suspended"]],
+  ["stop", "update", ["running", "suspended"]],
+  ["start", "update", ["stopped", "failed", "loaded"]],
+  ["remove", "remove", null],
+];
+
+function actionButtons(agent, done) {
+  const buttons = [];
+  for (const [action, permission, when] of ACTIONS) {
+    if (!state.permissions.has(permission) || (when && !when.includes(agent.state))) continue;
+    const button = el("button", action, { type: "button", "data-action": action });
+    button.addEventListener("click", () => confirmThen(`${action} agent ${agent.name} on ${agent.node_id}?`,
+      async () => {
+        if (action === "remove") await api(`/api/v1/agents/${agent.id}`, { method: "DELETE" });
+        else await api(`/api/v1/agents/${agent.id}/${action}`, { method: "POST" });
+        say(`${action}: ${agent.name} done`);
+        await done();
+      }));
+    buttons.push(button);
+  }
+  return buttons;
+}
+
+// Ask first; run ``work`` on confirmation and say how it went.
+function confirmThen(question, work) {
+  $("confirm-text").textContent = question;
   $("confirm").hidden = false;
   $("confirm-yes").onclick = async () => {
     $("confirm").hidden = true;
     try {
-      if (action === "remove") await api(`/api/v1/agents/${agent.id}`, { method: "DELETE" });
-      else await api(`/api/v1/agents/${agent.id}/${action}`, { method: "POST" });
-      say(`${action}: ${agent.name} done`);
-      await sampleRates();
-      await refreshAgents();
+      await work();
     } catch (error) {
-      say(`${action} ${agent.name} failed: ${error.message}`, true);
+      say(`${question.replace(/\?$/, "")} failed: ${error.message}`, true);
     }
   };
   $("confirm-no").onclick = () => {
@@ -327,27 +462,18 @@ async function deploy(event) {
   const name = $("deploy-name").value.trim() || file.name.replace(/\.wasm$/, "");
   const body = { name, wasm_module: btoa(binary) };
   if ($("deploy-node").value) body.target_node = $("deploy-node").value;
-  $("confirm-text").textContent = `deploy ${name}${body.target_node ? ` on ${body.target_node}` : ""}?`;
-  $("confirm").hidden = false;
-  $("confirm-yes").onclick = async () => {
-    $("confirm").hidden = true;
-    try {
-      const agent = await api("/api/v1/agents", { method: "POST", body });
-      say(`deployed ${agent.name} on ${agent.node_id}`);
-      await sampleRates();
-      await refreshAgents();
-    } catch (error) {
-      say(`deploy ${name} failed: ${error.message}`, true);
-    }
-  };
-  $("confirm-no").onclick = () => {
-    $("confirm").hidden = true;
-  };
+  confirmThen(`deploy ${name}${body.target_node ? ` on ${body.target_node}` : ""}?`, async () => {
+    const agent = await api("/api/v1/agents", { method: "POST", body });
+    say(`deployed ${agent.name} on ${agent.node_id}`);
+    await sampleRates();
+    await refreshAgents();
+  });
 }
 
 async function refreshAgent(id) {
   const agent = await api(`/api/v1/agents/${encodeURIComponent(id)}`);
   $("agent-title").textContent = `Agent ${agent.name}`;
+  $("view-agent").dataset.agent = agent.name;
   const body = $("agent-details").tBodies[0];
   body.replaceChildren();
   const rows = [
@@ -364,6 +490,234 @@ async function refreshAgent(id) {
     row.append(el("th", label), el("td", value));
     body.append(row);
   }
+  const actions = $("agent-actions");
+  actions.replaceChildren(...actionButtons(agent, () => refreshAgent(id)));
+  if (state.logAgent !== agent.id) startLogs(agent).catch((error) => say(`logs: ${error.message}`, true));
+  await Promise.all([refreshState(agent), refreshAgentConversations(agent), refreshAgentDead(agent)]);
+}
+
+// Keys and sizes on every tick; a value only when asked ("show": reading one needs the
+// update permission and is audited, so the page does not poll values).
+async function refreshState(agent) {
+  const mayRead = state.permissions.has("update");
+  const listing = await api(`/api/v1/agents/${agent.id}/state?limit=50`);
+  $("kv-summary").textContent = `${listing.keys_total} keys, ${size(listing.bytes)}` +
+    (mayRead ? "" : " (values need the update permission)") +
+    (listing.next ? `; the first ${listing.entries.length} shown` : "");
+  $("kv-form").hidden = !mayRead;
+  const shown = state.kvValues[agent.id] || (state.kvValues[agent.id] = {});
+  const body = $("kv").tBodies[0];
+  body.replaceChildren();
+  for (const entry of listing.entries) {
+    const name = entry.key === null ? `(base64) ${entry.key_base64}` : entry.key;
+    const row = el("tr", null, { "data-key": name });
+    const value = el("td", shown[entry.key_base64] ?? "-", { class: "value" });
+    row.append(el("td", name), el("td", size(entry.size)), value);
+    const cell = el("td");
+    if (mayRead) {
+      const show = el("button", "show", { type: "button", "data-action": "show-value" });
+      show.addEventListener("click", async () => {
+        try {
+          const got = await api(`/api/v1/agents/${agent.id}/state/${stateKey(entry)}`);
+          shown[entry.key_base64] = got.value === null ? `(base64) ${got.value_base64}` : got.value;
+          value.textContent = shown[entry.key_base64];
+        } catch (error) {
+          say(`reading ${name} failed: ${error.message}`, true);
+        }
+      });
+      const remove = el("button", "delete", { type: "button", "data-action": "delete-key" });
+      remove.addEventListener("click", () => confirmThen(`delete key ${name} of ${agent.name}?`,
+        async () => {
+          await api(`/api/v1/agents/${agent.id}/state/${stateKey(entry)}`, { method: "DELETE" });
+          say(`deleted ${name}`);
+          await refreshState(agent);
+        }));
+      cell.append(show, remove);
+    }
+    row.append(cell);
+    body.append(row);
+  }
+  $("kv-form").onsubmit = (event) => {
+    event.preventDefault();
+    const key = $("kv-key").value;
+    const text = $("kv-value").value;
+    confirmThen(`set ${key} of ${agent.name}?`, async () => {
+      const entry = await api(`/api/v1/agents/${agent.id}/state/${encodeURIComponent(key)}`,
+        { method: "PUT", body: { value: text } });
+      shown[entry.key_base64] = entry.value;
+      say(`set ${key}`);
+      await refreshState(agent);
+    });
+  };
+}
+
+function stateKey(entry) {
+  if (entry.key !== null) return encodeURIComponent(entry.key);
+  const url = entry.key_base64.replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+  return `${url}?encoding=base64`;
+}
+
+// -- live logs: the agent's log stream (JSON lines) while its page is open -------------
+
+function stopLogs() {
+  if (state.logStream) state.logStream.abort();
+  state.logStream = null;
+  state.logAgent = null;
+}
+
+function logLine(line) {
+  return `${timestamp(line.at)} ${line.level.toUpperCase().padEnd(5)} ${line.text}\n`;
+}
+
+async function startLogs(agent) {
+  stopLogs();
+  state.logAgent = agent.id;
+  state.logAfter = 0;
+  const pre = $("agent-logs");
+  pre.textContent = "";
+  const first = await api(`/api/v1/agents/${agent.id}/logs`);
+  for (const line of first.lines) {
+    pre.append(logLine(line));
+    state.logAfter = Math.max(state.logAfter, line.seq);
+  }
+  pre.scrollTop = pre.scrollHeight;
+  if ($("logs-follow").checked) followLogs(agent);
+}
+
+async function followLogs(agent) {
+  const controller = new AbortController();
+  state.logStream = controller;
+  state.logAgent = agent.id;
+  const headers = {};
+  if (state.credential) {
+    if (state.kind === "token") headers.Authorization = `Bearer ${state.credential}`;
+    else headers["X-API-Key"] = state.credential;
+  }
+  const pre = $("agent-logs");
+  try {
+    const response = await fetch(
+      `/api/v1/agents/${agent.id}/logs?follow=true&after=${state.logAfter}`,
+      { headers, credentials: "omit", cache: "no-store", signal: controller.signal });
+    if (!response.ok) throw new ApiError(response.status, null);
+    const reader = response.body.getReader();
+    const decoder = new TextDecoder();
+    let pending = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      pending += decoder.decode(value, { stream: true });
+      const lines = pending.split("\n");
+      pending = lines.pop();
+      for (const text of lines) {
+        if (!text) continue;
+        const line = JSON.parse(text);
+        if (line.seq <= state.logAfter) continue;
+        state.logAfter = line.seq;
+        pre.append(logLine(line));
+        pre.scrollTop = pre.scrollHeight;
+      }
+    }
+  } catch (error) {
+    if (error.name !== "AbortError") say(`log stream: ${error.message}`, true);
+  }
+}
+
+async function refreshAgentConversations(agent) {
+  const data = await api(`/api/v1/conversations?scope=cluster&limit=20&participant=${encodeURIComponent(agent.name)}`);
+  fillConversations($("agent-conversations"), data.conversations);
+}
+
+async function refreshAgentDead(agent) {
+  const data = await api(`/api/v1/queues/dead-letters?scope=cluster&limit=50&receiver=${encodeURIComponent(agent.name)}`);
+  const body = $("agent-dead").tBodies[0];
+  body.replaceChildren();
+  for (const letter of data.dead_letters) {
+    const message = letter.message || {};
+    const row = el("tr", null, { "data-message": letter.message_id });
+    for (const value of [timestamp(letter.at), letter.node_id, message.performative, message.sender, letter.reason]) {
+      row.append(el("td", value ?? "-"));
+    }
+    body.append(row);
+  }
+}
+
+// -- conversations and their sequence diagrams ------------------------------------------
+
+function fillConversations(table, conversations) {
+  const body = table.tBodies[0];
+  body.replaceChildren();
+  for (const c of conversations) {
+    const row = el("tr", null, { "data-conversation": c.conversation_id });
+    const link = el("a", c.conversation_id, { href: `#conversation/${encodeURIComponent(c.conversation_id)}` });
+    const cell = el("td");
+    cell.append(link);
+    row.append(el("td", timestamp(c.updated_at)), cell, el("td", c.protocol || "-"), el("td", c.state),
+      el("td", c.participants.join(", ")), el("td", c.message_count));
+    body.append(row);
+  }
+}
+
+async function refreshConversations() {
+  const data = await api("/api/v1/conversations?scope=cluster&limit=100");
+  fillConversations($("conversations"), data.conversations);
+}
+
+const SVG = "http://www.w3.org/2000/svg";
+
+function svg(tag, attrs, text) {
+  const node = document.createElementNS(SVG, tag);
+  for (const [key, value] of Object.entries(attrs || {})) node.setAttribute(key, String(value));
+  if (text !== undefined) node.textContent = String(text);
+  return node;
+}
+
+async function refreshConversation(id) {
+  const c = await api(`/api/v1/conversations/${encodeURIComponent(id)}?scope=cluster`);
+  $("conversation-title").textContent = `Conversation ${c.conversation_id}`;
+  $("conversation-summary").textContent =
+    `${c.protocol || "no protocol"}, ${c.state}, started by ${c.initiator}, ` +
+    `${c.message_count} messages, ${c.messages.length} drawn`;
+  drawSequence(c);
+}
+
+function drawSequence(c) {
+  const diagram = $("sequence");
+  const lanes = [];
+  for (const m of c.messages) {
+    for (const name of [m.sender, m.receiver]) if (!lanes.includes(name)) lanes.push(name);
+  }
+  for (const name of c.participants) if (!lanes.includes(name)) lanes.push(name);
+  const gap = 180;
+  const top = 50;
+  const step = 36;
+  const width = Math.max(300, 90 + gap * (lanes.length - 1) + 90);
+  const height = top + 30 + step * c.messages.length + 20;
+  diagram.setAttribute("width", width);
+  diagram.setAttribute("height", height);
+  diagram.replaceChildren();
+  const x = (name) => 90 + gap * lanes.indexOf(name);
+  for (const name of lanes) {
+    const lane = svg("g", { class: "lane", "data-lane": name });
+    lane.append(svg("line", { class: "lifeline", x1: x(name), y1: top, x2: x(name), y2: height - 10 }));
+    lane.append(svg("rect", { class: "head", x: x(name) - 80, y: 8, width: 160, height: 28, rx: 5 }));
+    lane.append(svg("text", { x: x(name), y: 27, "text-anchor": "middle" }, name));
+    diagram.append(lane);
+  }
+  const start = c.messages.length ? c.messages[0].at : 0;
+  c.messages.forEach((m, i) => {
+    const y = top + 30 + step * i;
+    const from = x(m.sender);
+    const to = x(m.receiver);
+    const direction = to >= from ? 1 : -1;
+    const group = svg("g", { class: "message", "data-from": m.sender, "data-to": m.receiver,
+      "data-performative": m.performative });
+    group.append(svg("line", { class: `arrow ${m.performative}`, x1: from, y1: y, x2: to - 8 * direction, y2: y }));
+    group.append(svg("polygon", { class: "tip",
+      points: `${to},${y} ${to - 8 * direction},${y - 4} ${to - 8 * direction},${y + 4}` }));
+    const label = `${m.performative}  +${((m.at - start) * 1000).toFixed(1)} ms`;
+    group.append(svg("text", { x: (from + to) / 2, y: y - 6, "text-anchor": "middle" }, label));
+    diagram.append(group);
+  });
 }
 
 function timestamp(seconds) {
@@ -371,13 +725,13 @@ function timestamp(seconds) {
 }
 
 async function refreshDeadLetters() {
-  const data = await api("/api/v1/queues/dead-letters?limit=100");
+  const data = await api("/api/v1/queues/dead-letters?scope=cluster&limit=100");
   const body = $("dead").tBodies[0];
   body.replaceChildren();
   for (const letter of data.dead_letters) {
     const message = letter.message || {};
     const row = el("tr", null, { "data-message": letter.message_id });
-    for (const value of [timestamp(letter.at), letter.receiver, message.performative,
+    for (const value of [timestamp(letter.at), letter.node_id, letter.receiver, message.performative,
       message.sender, letter.reason, letter.message_id]) {
       row.append(el("td", value ?? "-"));
     }
@@ -405,5 +759,11 @@ document.addEventListener("DOMContentLoaded", () => {
   $("signout").addEventListener("click", signOut);
   $("deploy-form").addEventListener("submit", deploy);
   window.addEventListener("hashchange", route);
+  $("logs-follow").addEventListener("change", () => {
+    const id = state.logAgent;
+    if (state.logStream) state.logStream.abort();
+    state.logStream = null;
+    if ($("logs-follow").checked && id) followLogs({ id });
+  });
   start();
 });
