@@ -24,15 +24,26 @@ import pytest
 from test_cluster_routing import eventually
 from test_failover_cluster import hosts, replicated
 from test_fenced_ownership import counter as counter  # the fixture
-from test_fenced_ownership import tick
+from test_fenced_ownership import counter_on_n3, take_over, taker_of, tick
 from test_placement_cluster import FAST, deploy, start_cluster
 
+from caxton.drivers import FrameKind
 from caxton.testing import NodeFactory
 from caxton.testing.network import LinkCuts
 from caxton_transport_tcp.driver import TcpTransport
 
 NAMES = ("n1", "n2", "n3", "n4", "n5")
 CONFIG = {**FAST, "partition.detection_timeout": "1s"}
+
+
+@pytest.fixture
+async def control_links(tmp_path: Path) -> AsyncIterator[tuple[NodeFactory, LinkCuts]]:
+    """Three nodes over tcp whose CONTROL frames only are cut (SWIM sees no cut)."""
+    cuts = LinkCuts(kinds={FrameKind.CONTROL})
+    factory = NodeFactory(tmp_path, config=FAST)
+    factory.register_driver("transport", "tcp", cuts.driver(TcpTransport))
+    yield factory, cuts
+    await factory.stop_all()
 
 
 @pytest.fixture
@@ -88,3 +99,23 @@ async def test_a_takeover_by_the_old_holders_returns_no_acknowledged_count_again
     )
     assert len(answered) == len(set(answered)), f"two copies answered: {answered}"
     assert min(answered) > max(acknowledged)
+
+
+async def test_a_removed_copy_offers_no_state_to_a_later_takeover(
+    control_links: tuple[NodeFactory, LinkCuts], counter: bytes
+) -> None:
+    """A copy removed after it lost its ownership (its key/value rows go with it) must
+    not answer a later promise with "the state of generation g, version v" and no keys:
+    the highest (generation, version) wins a takeover, so that empty answer could beat
+    the real state of an older version (the 100-fault run restarted agents empty)."""
+    (n1, n2, n3), agent_id, cuts = await counter_on_n3(control_links, counter)
+    cuts.isolate("n3")  # n3's control calls are cut; SWIM still sees it alive
+    taker = taker_of([n1, n2], agent_id)
+    await take_over(taker, agent_id)
+    assert await tick(n3, 0.5) is None  # its write waits for holders it cannot reach
+    cuts.heal()  # its writes are refused now: it is fenced and removed
+    await eventually(lambda: hosts([n1, n2, n3], "counter") == [taker.node_id], 20)
+    ownership = n3.cluster.failover.ownership
+    await eventually(lambda: ownership.fences[agent_id].generation == 0, 10)
+    answer = await ownership.on_promise("t", {"agent_id": agent_id, "generation": 99})
+    assert answer[:4] == ["promised", 0, 0, []], answer
