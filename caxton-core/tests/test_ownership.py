@@ -130,6 +130,31 @@ async def test_a_holder_remembers_the_replica_sets_it_was_told_of(
         await again.close()
 
 
+async def test_a_stale_owner_cannot_move_its_old_state_to_a_newer_generation(
+    store: Store,
+) -> None:
+    """The 100-fault run after b33b3c8: an owner cut off while the majority took its agent
+    over at generation 2 came back and moved its replica set (a promise round at 3);
+    the holders that had promised 2 promised 3 as well, so its old state became the
+    newest and won. A move of the replica set names the owner's generation (owner_at):
+    a member that promised a newer one to someone else refuses it."""
+    own = holder(store)
+    await own.start()
+    await own.on_writes("o", [[*write(1, 3, full=True, puts={b"n": b"3"}), ["o", "h1", "x"]]])
+    taken = await own.on_promise("t", {"agent_id": "a1", "generation": 2, "members": ["t"]})
+    assert taken[0] == "promised"
+    move = {"agent_id": "a1", "generation": 3, "members": ["o", "h1", "y"], "owner_at": 1}
+    refused = await own.on_promise("o", move)
+    assert refused[:2] == ["refused", 2]
+    # The owner's own earlier move that did not complete does not stop its next one.
+    own2 = holder(store)
+    await own2.start()
+    first = {"agent_id": "b1", "generation": 2, "members": ["o", "h1"], "owner_at": 1}
+    assert (await own2.on_promise("o", first))[0] == "promised"
+    again = {"agent_id": "b1", "generation": 3, "members": ["o", "h2"], "owner_at": 1}
+    assert (await own2.on_promise("o", again))[0] == "promised"
+
+
 async def test_malformed_writes_and_promises_are_refused(store: Store) -> None:
     own = holder(store)
     await own.start()

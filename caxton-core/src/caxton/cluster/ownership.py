@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from caxton.agents.commit import Change, Durability
+from caxton.drivers.partition import PartitionMode
 from caxton.errors import CaxtonError, ValidationError
 from caxton.store.migrations import CLUSTER_MIGRATIONS, CLUSTER_NAMESPACE
 
@@ -114,6 +115,11 @@ class Fence:
             max(self.promised, generation), self.generation, self.version, self.members, proposals
         )
 
+    def proposed_by(self, node_id: str) -> bool:
+        """Whether the generation promised last was proposed by ``node_id`` (an owner
+        whose earlier move of its replica set did not complete)."""
+        return any(g == self.promised and m[:1] == (node_id,) for g, m in self.proposals)
+
     def holding(self, generation: int, version: int, members: Members | None = None) -> Fence:
         """This fence once it holds the state of ``generation`` at ``version``."""
         if members is None:
@@ -143,6 +149,8 @@ class _Owned:
     #: The generation this owner is moving its replica set to (0: none): refusals up
     #: to it are its own promise round, not a new owner.
     pending: int = 0
+    #: The last generation it proposed for a new replica set (the next one goes higher).
+    tried: int = 0
 
     @property
     def version(self) -> int:
@@ -502,26 +510,39 @@ class Ownership:
         if not isinstance(agent_id, str) or not isinstance(generation, int):
             raise ValidationError("malformed promise")
         proposed = _members(body.get("members") or [])
+        owner_at = body.get("owner_at", 0)
+        if not isinstance(owner_at, int):
+            raise ValidationError("malformed promise")
         async with self._lock:
-            answer = await self._promise(agent_id, generation, sender, proposed)
+            answer = await self._promise(agent_id, generation, sender, proposed, owner_at)
         await self.node.store.flush()
         return answer
 
     async def _promise(
-        self, agent_id: str, generation: int, taker: str, proposed: Members = ()
+        self,
+        agent_id: str,
+        generation: int,
+        taker: str,
+        proposed: Members = (),
+        owner_at: int = 0,
     ) -> list[Any]:
         """Promise ``generation`` for ``agent_id`` (refuse writes below it; remember the
         replica set ``proposed`` with it) and answer the state held here:
         ``["promised", generation, version, items, config]``, or
         ``["refused", promised, config]`` when this node promised as much already;
-        ``config`` is :meth:`Fence.config` as it was before this promise."""
+        ``config`` is :meth:`Fence.config` as it was before this promise.
+
+        ``owner_at`` > 0: the owner at that generation moves its replica set
+        (:meth:`reconfigure`), it does not take the agent over: refused when this node
+        promised a newer generation to someone else (that owner may be fenced: a stale
+        one must not carry its old state to a newer generation) or hosts the agent."""
         fence = self.fences.get(agent_id, Fence())
         if self._hosts(agent_id):
             mine = self.failover.generation(agent_id)
             owned = self.owned.get(agent_id)
             members = owned.members(self.node_id) if owned is not None else fence.members
             config = Fence(fence.promised, mine, 0, members, fence.proposals).config()
-            if generation <= max(mine, fence.promised):
+            if generation <= max(mine, fence.promised) or owner_at:
                 return ["refused", max(mine, fence.promised), config]
             runtime = self.node.agents.runtime(agent_id)
             version = owned.version if owned is not None else runtime.version
@@ -532,7 +553,9 @@ class Ownership:
                 agent_id, Fence(0, 0, 0, (), fence.proposals).promise(generation, proposed)
             )
             return ["promised", mine, version, items, config]
-        if generation <= fence.promised:
+        if generation <= fence.promised or (
+            owner_at and fence.promised > owner_at and not fence.proposed_by(taker)
+        ):
             return ["refused", fence.promised, fence.config()]
         self._persist(agent_id, fence.promise(generation, proposed))
         state = await self._state(agent_id)
@@ -628,6 +651,7 @@ class Ownership:
         sets: list[Members],
         *,
         mine: bool = True,
+        owner_at: int = 0,
     ) -> dict[str, Any]:
         """Ask every member of ``sets`` (this node first, unless ``mine`` is False: it
         promised already) to promise ``generation`` with the set ``proposed``; return
@@ -646,7 +670,7 @@ class Ownership:
             answers[self.node_id] = ["promised", 0, 0, [], None]
 
         async def ask(member: str) -> tuple[str, Any]:
-            return member, await self._ask(member, agent_id, generation, proposed)
+            return member, await self._ask(member, agent_id, generation, proposed, owner_at)
 
         others = {m for members in sets for m in members if m != self.node_id}
         pending = {self.cluster._spawn(ask(m)) for m in sorted(others)}
@@ -658,11 +682,19 @@ class Ownership:
                 break
         return answers
 
-    async def _ask(self, member_id: str, agent_id: str, generation: int, proposed: Members) -> Any:
+    async def _ask(
+        self, member_id: str, agent_id: str, generation: int, proposed: Members, owner_at: int = 0
+    ) -> Any:
         member = self.cluster._live(member_id)
         if member is None:
             return None
-        body = {"agent_id": agent_id, "generation": generation, "members": list(proposed)}
+        body: dict[str, Any] = {
+            "agent_id": agent_id,
+            "generation": generation,
+            "members": list(proposed),
+        }
+        if owner_at:
+            body["owner_at"] = owner_at
         try:
             return await self.cluster._control(
                 member.address, PROMISE_TIMEOUT, "promise", self.failover.trust.seal(body)
@@ -684,44 +716,48 @@ class Ownership:
         owned = self._owned(runtime)
         if owned is None or runtime.fenced is not None:
             return False
+        if self.cluster.partition.mode is not PartitionMode.READ_WRITE:
+            return False  # (a copy cut off may be a stale one: it waits for the heal)
         fence = self.fences.get(agent_id, Fence())
+        if fence.promised > owned.generation:
+            return False  # promised to a newer owner: its writes are refused anyway
         current = owned.members(self.node_id)
         proposed = (self.node_id, *holders)
-        generation = max(owned.generation, fence.promised) + 1
-        owned.pending = generation
-        try:
-            async with self._lock:
-                self._persist(agent_id, fence.promise(generation, proposed))
-            await self.node.store.flush()
-            answers = await self._promises(agent_id, generation, proposed, [current], mine=False)
-            if self.owned.get(agent_id) is not owned or not _has_majority(
-                {self.node_id: True, **{m: a for m, a in answers.items() if _promised(a)}},
-                current,
-            ):
-                return False
-            version = owned.version
-            items = [[k, v] for k, v in runtime.kv.items()]
-            entry = [agent_id, generation, 0, version, True, items, [], list(proposed)]
-            taken = await self._write_majority(proposed, entry)
-            if taken is None or self.owned.get(agent_id) is not owned:
-                return False
-            # From here on the owner writes at the new generation to the new set.
-            failover = self.failover
-            failover.generations[agent_id] = generation
-            failover.holders[agent_id] = holders
-            self.node.store.put_placement(agent_id, runtime.name, generation)
-            owned.generation = generation
-            owned.holders = holders
-            owned.sent = {h: None for h in holders}
-            owned.acked = {h: version for h in taken}
-            owned.refused = {}
-            now = self.fences.get(agent_id, Fence())
-            self._persist(agent_id, now.holding(generation, owned.local, proposed))
-            self._schedule_resync(agent_id)
-            self._check(owned)
-            return True
-        finally:
-            owned.pending = 0
+        generation = max(owned.generation, fence.promised, owned.tried) + 1
+        # Refusals up to the generations it proposed are its own promise rounds (kept
+        # after a round that failed: its promisers refuse generation g now, and the
+        # next reconfigure, with a higher generation, brings them along).
+        owned.pending = owned.tried = generation
+        answers = await self._promises(
+            agent_id, generation, proposed, [current], mine=False, owner_at=owned.generation
+        )
+        if self.owned.get(agent_id) is not owned or not _has_majority(
+            {self.node_id: True, **{m: a for m, a in answers.items() if _promised(a)}},
+            current,
+        ):
+            return False
+        version = owned.version
+        items = [[k, v] for k, v in runtime.kv.items()]
+        entry = [agent_id, generation, 0, version, True, items, [], list(proposed)]
+        taken = await self._write_majority(proposed, entry)
+        if taken is None or self.owned.get(agent_id) is not owned:
+            return False  # tried again by the next reconcile, one generation higher
+        # From here on the owner writes at the new generation to the new set.
+        failover = self.failover
+        failover.generations[agent_id] = generation
+        failover.holders[agent_id] = holders
+        self.node.store.put_placement(agent_id, runtime.name, generation)
+        owned.generation = generation
+        owned.holders = holders
+        owned.sent = {h: None for h in holders}
+        owned.acked = {h: version for h in taken}
+        owned.refused = {}
+        now = self.fences.get(agent_id, Fence())
+        self._persist(agent_id, now.holding(generation, owned.local, proposed))
+        owned.pending = 0
+        self._schedule_resync(agent_id)
+        self._check(owned)
+        return True
 
     async def _write_majority(self, members: Members, entry: list[Any]) -> set[str] | None:
         """Write one whole-state entry to the holders of ``members`` (this node, the
