@@ -2,9 +2,9 @@
 
 The clustering guide's commands with a token as the only addition: n1 started with
 ``--bootstrap`` and no certificates makes the cluster CA in its data directory, n2 and
-n3 join with ``--token`` and form a mutual-TLS cluster that fails over. A reused, an
-expired, a revoked and a foreign token are each refused, with one line on the joining
-node and a log line naming it on the CA holder.
+n3 join with ``--token`` and form a mutual-TLS cluster that fails over. A reused and an
+expired token are each refused, with one line on the joining node and a log line naming
+it on the CA holder (revoked and foreign tokens and a stolen node id: test_enrolment.py).
 """
 
 from __future__ import annotations
@@ -28,14 +28,6 @@ def create_token(node: NodeProcess, *options: str) -> str:
     token = made.stdout.strip()
     assert token.startswith("CXJ1.")
     return token
-
-
-def refused(node: NodeProcess, token: str, seed: NodeProcess, timeout: float = 60) -> str:
-    """Start ``node`` with ``token``; it must exit 1. Its last line."""
-    node.start(join=[seed.address], token=token)
-    assert node.process is not None
-    assert node.process.wait(timeout) == 1
-    return node.log().strip().splitlines()[-1]
 
 
 @pytest.fixture(params=["tcp", "quic"])
@@ -97,7 +89,7 @@ def _answers(node: NodeProcess, name: str, text: str) -> bool:
         return False
 
 
-def test_reused_expired_revoked_and_foreign_tokens_are_refused_on_both_sides(
+def test_reused_and_expired_tokens_are_refused_on_both_sides(
     make_cluster: MakeCluster, transport: str
 ) -> None:
     cluster = make_cluster(transport=transport, auto_tls=True, gossip_key=False)
@@ -109,48 +101,27 @@ def test_reused_expired_revoked_and_foreign_tokens_are_refused_on_both_sides(
     n2 = cluster.add("n2")
     n2.start(join=[n1.address], token=once)
     cluster.wait_converged([n1, n2])
-    line = refused(cluster.add("reuser"), once, n1)
-    assert "was already used (1 of 1 uses, by n2)" in line, line
-    assert "refused enrolment of node reuser from 127.0.0.1:" in n1.log()
-    if transport == "quic":
-        return  # the checks below are the CA holder's, the same whatever the transport
-
     short = create_token(n1, "--ttl", "1s")
-    time.sleep(1.5)
-    line = refused(cluster.add("late"), short, n1)
-    assert f"join token {short.split('.')[2]} expired" in line, line
+    time.sleep(1.5)  # expired now
 
-    revoked = create_token(n1)
-    assert run_caxton("cluster", "token", "revoke", revoked.split(".")[2], "--data-dir",
-                  str(n1.data_dir)).returncode == 0  # fmt: skip
-    line = refused(cluster.add("unwelcome"), revoked, n1)
-    assert "was revoked" in line, line
-
-    # A token of another cluster's CA: n1 never made it.
-    other_ca = cluster.base_dir / "other-ca"
-    assert run_caxton("security", "init-ca", "--output", str(other_ca)).returncode == 0
-    made = run_caxton("cluster", "token", "create", "--ca", str(other_ca))
-    assert made.returncode == 0, made.stderr
-    foreign = made.stdout.strip()
-    line = refused(cluster.add("stranger"), foreign, n1)
-    assert "is unknown to this CA" in line, line
-
-    # Someone with a token cannot take a live member's identity.
-    spare = create_token(n1)
-    impostor = cluster.add("n2-again")
-    impostor.node_id = "n2"
-    line = refused(impostor, spare, n1)
-    assert "node id 'n2' is a live member of the cluster already" in line, line
-
+    attempts = {  # name: (token, what both sides say)
+        "reuser": (once, "was already used (1 of 1 uses, by n2)"),
+        "late": (short, f"join token {short.split('.')[2]} expired"),
+    }
+    joiners = {name: cluster.add(name) for name in attempts}
+    for name, node in joiners.items():  # both at once: each start is a process start
+        node.start(join=[n1.address], token=attempts[name][0])
+    for name, node in joiners.items():
+        assert node.process is not None
+        assert node.process.wait(60) == 1, name
+        line = node.log().strip().splitlines()[-1]
+        assert f"Error: enrolment through {n1.address} refused: " in line, (name, line)
+        assert attempts[name][1] in line, (name, line)
     log = n1.log()
-    for node_id, reason in [
-        ("late", "expired"),
-        ("unwelcome", "revoked"),
-        ("stranger", "unknown to this CA"),
-    ]:
+    for name, (_, reason) in attempts.items():
         assert any(
-            f"refused enrolment of node {node_id} from 127.0.0.1:" in line and reason in line
+            f"refused enrolment of node {name} from 127.0.0.1:" in line and reason in line
             for line in log.splitlines()
-        ), (node_id, log[-3000:])
-    for token in (once, short, revoked, foreign, spare):
+        ), (name, log[-3000:])
+    for token in (once, short):
         assert token.split(".")[3] not in log  # secrets never logged

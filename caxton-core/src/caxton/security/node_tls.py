@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from caxton.errors import CaxtonError, ConfigError, PeerRejected, TransportError
 from caxton.security import pki
 from caxton.security.enrolment import (
+    ENROLLED_CERT_DAYS,
     DataDirPki,
     EnrolmentAuthority,
     EnrolmentRefused,
@@ -331,9 +332,8 @@ class TlsReloader:
             ca_cert = pki.load_certificate(material.ca_dir / pki.CA_CERT)
             ca_key = pki.load_private_key(material.ca_dir / pki.CA_KEY)
             key = ec.generate_private_key(ec.SECP256R1())
-            days = max(1.0, life.total_seconds() / 86400)
             renewed = pki.sign_node_key(ca_cert, ca_key, key.public_key(), self.node.node_id,
-                                        hosts, days=days)  # fmt: skip
+                                        hosts, days=ENROLLED_CERT_DAYS)  # fmt: skip
             bundle = material.files.ca_cert.read_bytes()
             material.write(key, renewed, bundle)
             self.reload("certificate renewed by this node's CA")
