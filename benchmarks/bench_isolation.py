@@ -142,7 +142,7 @@ async def drive(args: argparse.Namespace, url: str, log_path: Path) -> dict[str,
             await asyncio.sleep(0.1)
         limits = {"max_fuel": args.fuel, "max_execution_time_ms": args.wall_ms}
         deploys = [("echo", "echo", None), ("sink", "echo", None)]
-        deploys += [(name, name, limits) for name in ABUSERS]
+        deploys += [(name, name, limits) for name in args.abusers]
         deploys += [("ping", "echo", limits), ("pong", "echo", limits)]
         for name, module, agent_limits in deploys:
             body: dict[str, Any] = {"name": name, "wasm_module": wasm(module)}
@@ -156,7 +156,8 @@ async def drive(args: argparse.Namespace, url: str, log_path: Path) -> dict[str,
         log_before = file_size(log_path)
         stop = asyncio.Event()
         abusers = [
-            asyncio.create_task(abuse(session, url, name, args.abuse, stop)) for name in ABUSERS
+            asyncio.create_task(abuse(session, url, name, args.abuse, stop))
+            for name in args.abusers
         ]
         # the two-agent loop: one message starts it, the loop guard ends it
         async with session.post(
@@ -178,7 +179,7 @@ async def drive(args: argparse.Namespace, url: str, log_path: Path) -> dict[str,
         "benchmark": "isolation",
         "python": platform.python_version(),
         "machine": f"{platform.machine()}, {os.cpu_count()} cpus",
-        "abusers": [*ABUSERS, "ping<->pong"],
+        "abusers": [*args.abusers, "ping<->pong"],
         "abuser_limits": {"max_fuel": args.fuel, "max_execution_time_ms": args.wall_ms},
         "echo_alone": p_alone,
         "echo_beside_abusers": p_beside,
@@ -198,6 +199,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--abuse", type=int, default=1000, help="messages to each abuser")
     parser.add_argument("--fuel", type=int, default=1_000_000, help="abusers' max_fuel")
     parser.add_argument("--wall-ms", type=int, default=10, help="abusers' wall-time limit")
+    parser.add_argument(
+        "--abusers", type=lambda text: text.split(","), default=list(ABUSERS),
+        help=f"comma-separated, from {','.join(ABUSERS)} (default: all)",
+    )  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="300 requests, 200 abuses")
     parser.add_argument("--json", type=Path, help="also write the result here")
     parser.add_argument("--keep-log", type=Path, help="copy the node's log here")

@@ -101,14 +101,14 @@ def test_keys_that_do_nothing_are_warnings_and_strict_makes_them_errors(tmp_path
     path = tmp_path / "node.toml"
     path.write_text(
         '[transport]\ncongestion_control = "bbr"\nmax_streams = 100\n'
-        '[messaging]\nworker_threads = 8\n[networking]\nadmin_address = "127.0.0.1:9091"\n'
+        '[messaging]\nparallel_routes = 8\n[networking]\nadmin_address = "127.0.0.1:9091"\n'
         "[runtime]\nmax_agents = 5\n"
     )
     code, lines = validate(path)
     assert code == 0
     warned = sorted(line.split(": ")[2].split(" ")[0] for line in lines[:-1])
     assert warned == [
-        "messaging.worker_threads",
+        "messaging.parallel_routes",
         "networking.admin_address",
         "transport.congestion_control",
         "transport.max_streams",

@@ -59,7 +59,6 @@ INERT_KEYS: dict[str, str] = {
     "partition.decisions": _PARTITION,
     "messaging.delivery_timeout": "messaging.message_ttl",
     "messaging.parallel_routes": "one router per node; leave the key out",
-    "messaging.worker_threads": "agents run on the node's event loop; leave the key out",
     "transport.max_streams": "[transport.quic] max_concurrent_streams",
     "transport.congestion_control": "[transport.quic] congestion_control (reno or cubic)",
     "transport.idle_timeout": "[transport.quic] idle_timeout",

@@ -391,6 +391,7 @@ class Node:
             restart_backoff=runtime["restart_backoff"],
             extra_functions=extra_functions,
             durability=self.config["coordination.cluster"]["durability"],
+            worker_threads=self.config["messaging"]["worker_threads"],
         )
         self.agents.tracing = self.tracing
         await self.agents.start()

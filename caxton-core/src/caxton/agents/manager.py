@@ -31,6 +31,7 @@ from caxton.agents.model import (
     validate_limits,
     validate_name,
 )
+from caxton.agents.offload import OffLoop, loop_bound
 from caxton.agents.runtime import AgentRuntime
 from caxton.drivers.sandbox import (
     AgentInstance,
@@ -98,6 +99,7 @@ class AgentManager:
         backlog_limit: int = 10_000,
         counters_interval: float = 1.0,
         durability: str = "quorum",
+        worker_threads: int = 1,
     ) -> None:
         self.node_id = node_id
         self.sandbox = sandbox
@@ -114,7 +116,7 @@ class AgentManager:
         self.restart_policy = RestartPolicy(
             policy=restart_policy, max_restarts=restart_max, backoff=restart_backoff
         )
-        self.extra_functions = tuple(extra_functions)
+        self.extra_functions = tuple(loop_bound(function) for function in extra_functions)
         self.drain_timeout = drain_timeout
         self.kv_max_value_bytes = kv_max_value_bytes
         self.kv_quota_bytes = kv_quota_bytes
@@ -132,6 +134,11 @@ class AgentManager:
         self.max_timers = max_timers
         self.backlog_limit = backlog_limit
         self.loop_guard = LoopGuard()
+        #: Worker threads for heavy agents' calls (caxton.agents.offload); None when
+        #: ``worker_threads`` is 0 or the sandbox's calls cannot leave the loop.
+        self.off_loop = (
+            OffLoop(worker_threads) if worker_threads and sandbox.calls_off_loop else None
+        )
         self.counters_interval = counters_interval
         self._by_id: dict[str, AgentRuntime] = {}
         self._by_name: dict[str, AgentRuntime] = {}
@@ -205,6 +212,8 @@ class AgentManager:
                 self.router.hold(runtime.name)
             self._teardown(runtime, graceful=True, unregister=False)
             self.store.save_agent(runtime.agent)
+        if self.off_loop is not None:
+            self.off_loop.close()
         self._started = False
         await self.store.flush()
 
@@ -662,7 +671,7 @@ class AgentManager:
         runtime.cancel_timers()
         instance, runtime.instance = runtime.instance, None
         if instance is not None:
-            if graceful:
+            if graceful and not runtime.busy:  # busy: its call runs on a worker
                 self._shutdown_instance(runtime, instance)
             else:
                 instance.close()

@@ -1,10 +1,12 @@
 """One live agent: its delivery callback and the host API its wasm calls back into.
 
 :class:`AgentRuntime` is what the router calls for every message to the agent
-(:meth:`AgentRuntime.deliver`, synchronous and inline: encode, call the instance,
-count) and what the sandbox calls for every host import (it implements
-:class:`caxton.drivers.sandbox.AgentHostAPI`). Lifecycle decisions (restart, fail,
-swap) belong to :class:`caxton.agents.manager.AgentManager`; this module only runs.
+(:meth:`AgentRuntime.deliver`: encode, call the instance, count) and what the sandbox
+calls for every host import (it implements :class:`caxton.drivers.sandbox.AgentHostAPI`).
+A light agent's calls run inline, synchronously; a heavy agent's run on a worker thread
+(:mod:`caxton.agents.offload`) and ``deliver`` returns a future the router waits for.
+Lifecycle decisions (restart, fail, swap) belong to
+:class:`caxton.agents.manager.AgentManager`; this module only runs.
 """
 
 from __future__ import annotations
@@ -15,11 +17,19 @@ import logging
 import os
 import time
 from collections import deque
-from time import perf_counter
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from time import perf_counter, thread_time
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from caxton.agents.agent_logs import AgentLog
 from caxton.agents.model import Agent, AgentState
+from caxton.agents.offload import (
+    HEAVY_FAILURES,
+    HEAVY_FUEL,
+    LIGHT_CALLS_TO_RETURN,
+    SLOW_CALL,
+    SLOW_STREAK,
+)
 from caxton.drivers.sandbox import AgentInstance, CompiledModule
 from caxton.errors import (
     AgentNotFound,
@@ -39,6 +49,8 @@ if TYPE_CHECKING:
     from caxton.tracing import Tracing
 
 agent_log = logging.getLogger("caxton.agent")
+
+T = TypeVar("T")
 
 #: ABI log levels -> logging levels.
 LOG_LEVELS: dict[int, int] = {
@@ -129,17 +141,27 @@ class AgentRuntime:
         #: Being moved to another node (caxton.cluster.moves): timers that come due
         #: wait (deferred), messages wait in the router.
         self.moving = False
+        #: Its calls proved heavy: they run on the node's worker threads
+        #: (caxton.agents.offload) until ``light_calls`` light ones in a row.
+        self.heavy = False
+        self.light_calls = 0
+        self.slow_calls = 0
+        #: The instance whose call runs on a worker now, or None: while set, its host
+        #: calls are carried out on the loop (and refused once it is no longer current).
+        self.off_loop: AgentInstance | None = None
 
     # -- delivery (the hot path) ----------------------------------------------------
 
-    def deliver(self, message: Message) -> None:
-        """Router callback: run the message through the agent now, inline."""
+    def deliver(self, message: Message) -> asyncio.Future[None] | None:
+        """Router callback: run the message through the agent now, inline; for a heavy
+        agent, start it on a worker and return the future of its end."""
         if not self.accepting or self.busy:
             self._deliver_later(message)
-            return
-        self._handle(message)
-        if self.backlog:
+            return None
+        pending = self._handle(message)
+        if pending is None and self.backlog:
             self.run_backlog()
+        return pending
 
     def _deliver_later(self, message: Message) -> None:
         if not self.busy and self._in_flight(message):
@@ -177,34 +199,37 @@ class AgentRuntime:
         kept.extend(self.backlog)  # arrived during those calls: after the older ones
         self.backlog = kept
 
-    def _handle(self, message: Message) -> None:
+    def _handle(self, message: Message) -> asyncio.Future[None] | None:
         instance = self.instance
         if instance is None:
             self.backlog.append(message)
-            return
+            return None
         if not self.module.handles_messages:
             self.answer(message, "not-understood", f"agent {self.name} does not handle messages")
-            return
+            return None
         try:
             data = message.to_json()
         except CaxtonError as exc:
             self.answer(message, "not-understood", str(exc))
-            return
+            return None
         if message.conversation_id:
             # Before the call: the agent's reply, made during it, may close it again.
             self._track(message)
+        if self.heavy and self.manager.off_loop is not None:
+            return self._call_off_loop(instance, message, lambda: instance.handle_message(data))
         tracing = self.manager.tracing
         if tracing is not None and tracing.sampled(message):
             self._handle_traced(tracing, instance, message, data)
-            return
+            return None
         if message.traceparent is not None:  # an unsampled trace: what it sends continues it
             self.trace_parent = message.traceparent
             try:
                 self._call(instance, message, data)
             finally:
                 self.trace_parent = None
-            return
+            return None
         self._call(instance, message, data)
+        return None
 
     def _handle_traced(
         self, tracing: Tracing, instance: AgentInstance, message: Message, data: bytes
@@ -227,32 +252,125 @@ class AgentRuntime:
         started = perf_counter()
         try:
             instance.handle_message(data)
-        except ExecutionFailed as exc:
-            self._account(instance)
-            self.busy = False
-            self.current = None
-            self.manager.crashed(self, exc, message)
+        except Exception as exc:
+            self._call_failed(instance, message, exc)
             return
-        except CaxtonError as exc:  # refused before running, e.g. over max_message_bytes
-            self.busy = False
-            self.current = None
-            self.answer(message, "failure", str(exc))
-            return
-        except Exception as exc:  # a sandbox bug must not take the node down
-            agent_log.exception("agent %s: unexpected sandbox error", self.name)
-            self._account(instance)
-            self.busy = False
-            self.current = None
-            self.manager.crashed(self, ExecutionFailed(str(exc), reason="abi"), message)
-            return
+        self._call_done(instance, perf_counter() - started)
+
+    def _call_done(self, instance: AgentInstance, seconds: float) -> None:
         self.busy = False
         self.current = None
-        self.processing.pending.append(perf_counter() - started)
+        self.processing.pending.append(seconds)
+        fuel = instance.last_fuel_used
         counters = self.agent.counters
         counters.messages_handled += 1
-        counters.fuel_used += instance.last_fuel_used
+        counters.fuel_used += fuel
         self.streak = 0
         self.dirty = True
+        if seconds > SLOW_CALL:
+            self.slow_calls += 1
+            if self.slow_calls >= SLOW_STREAK:
+                self.heavy = True
+                self.light_calls = 0
+        elif self.slow_calls:
+            self.slow_calls = 0
+        if fuel > HEAVY_FUEL:
+            self.heavy = True
+            self.light_calls = 0
+        elif self.heavy and not self.slow_calls:
+            self.light_calls += 1
+            if self.light_calls >= LIGHT_CALLS_TO_RETURN:
+                self.heavy = False
+
+    def _call_failed(self, instance: AgentInstance, message: Message, exc: Exception) -> None:
+        self.busy = False
+        self.current = None
+        if isinstance(exc, ExecutionFailed):
+            self._account(instance)
+            if exc.reason in HEAVY_FAILURES:
+                self.heavy = True
+                self.light_calls = 0
+            self.manager.crashed(self, exc, message)
+        elif isinstance(exc, CaxtonError):  # refused before running: over max_message_bytes
+            self.answer(message, "failure", str(exc))
+        else:  # a sandbox bug must not take the node down
+            agent_log.error("agent %s: unexpected sandbox error", self.name, exc_info=exc)
+            self._account(instance)
+            self.manager.crashed(self, ExecutionFailed(str(exc), reason="abi"), message)
+
+    def _call_off_loop(
+        self, instance: AgentInstance, message: Message | None, run: Callable[[], object]
+    ) -> asyncio.Future[None]:
+        """Run a heavy agent's call (``message``'s, or a timer's when None) on a worker;
+        the loop goes on meanwhile. The router keeps the agent's mailbox busy until the
+        returned future is done."""
+        off_loop = self.manager.off_loop
+        assert off_loop is not None
+        self.busy = True
+        self.current = message
+        self.off_loop = instance
+        trace_parent = message.traceparent if message is not None else None
+        cpu = [0.0]
+
+        def call() -> Exception | None:
+            self.trace_parent = trace_parent
+            # the thread's CPU time: not the waits for the loop in its host calls, nor
+            # the time the machine gave the thread to others (the inline measure is wall
+            # time, where the loop waited all along)
+            started = thread_time()
+            try:
+                run()
+            except Exception as exc:
+                return exc
+            finally:
+                cpu[0] = thread_time() - started
+                # no more host calls from this thread: the loop may run this agent again
+                self.off_loop = None
+                self.trace_parent = None
+            return None
+
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def finished(outcome: asyncio.Future[Exception | None]) -> None:
+            try:
+                if outcome.cancelled():  # the node is closing
+                    self.busy = False
+                    self.current = None
+                    return
+                self._off_loop_done(instance, message, outcome.result(), cpu[0])
+            finally:
+                if not done.done():
+                    done.set_result(None)
+
+        off_loop.run(call).add_done_callback(finished)
+        return done
+
+    def _off_loop_done(
+        self,
+        instance: AgentInstance,
+        message: Message | None,
+        error: Exception | None,
+        seconds: float,
+    ) -> None:
+        if instance is not self.instance:  # removed, stopped or swapped meanwhile
+            self.busy = False
+            self.current = None
+            self._account(instance)
+            return
+        if message is None:
+            self._timer_done(instance, error)
+        elif error is not None:
+            self._call_failed(instance, message, error)
+        else:
+            self._call_done(instance, seconds)
+        if (
+            self.deferred_timers
+            and not self.moving
+            and self.agent.state is not AgentState.SUSPENDED
+        ):
+            self.run_deferred_timers()
+        if self.backlog:
+            self.run_backlog()
 
     def _account(self, instance: AgentInstance) -> None:
         self.agent.counters.fuel_used += instance.last_fuel_used
@@ -315,21 +433,38 @@ class AgentRuntime:
 
     def run_timer(self, timer_id: int) -> None:
         instance = self.instance
-        if instance is None or self.busy:
+        if instance is None:
+            return
+        if self.busy:  # a call runs on a worker: the timer fires once it ends
+            self.deferred_timers[timer_id] = None
+            return
+        if self.heavy and self.manager.off_loop is not None:
+            self._call_off_loop(instance, None, lambda: instance.handle_timer(timer_id))
             return
         self.busy = True
         try:
             instance.handle_timer(timer_id)
         except ExecutionFailed as exc:
-            self._account(instance)
-            self.busy = False
-            self.manager.crashed(self, exc, None)
+            self._timer_done(instance, exc)
             return
-        self.busy = False
-        self.agent.counters.timers_fired += 1
-        self._account(instance)
+        self._timer_done(instance, None)
         if self.backlog:
             self.run_backlog()
+
+    def _timer_done(self, instance: AgentInstance, error: Exception | None) -> None:
+        self.busy = False
+        self.current = None
+        self._account(instance)
+        if error is None:
+            self.agent.counters.timers_fired += 1
+            return
+        if not isinstance(error, ExecutionFailed):
+            agent_log.error("agent %s: unexpected sandbox error", self.name, exc_info=error)
+            error = ExecutionFailed(str(error), reason="abi")
+        elif error.reason in HEAVY_FAILURES:
+            self.heavy = True
+            self.light_calls = 0
+        self.manager.crashed(self, error, None)
 
     def run_deferred_timers(self) -> None:
         deferred, self.deferred_timers = self.deferred_timers, {}
@@ -376,6 +511,11 @@ class AgentRuntime:
     # -- AgentHostAPI: what the wasm calls ------------------------------------------------
 
     def send(self, message: bytes) -> int:
+        if self.off_loop is not None:
+            return self._on_loop(self._send, message)
+        return self._send(message)
+
+    def _send(self, message: bytes) -> int:
         payload = self._parse(message)
         if isinstance(payload, int):
             return payload
@@ -383,6 +523,11 @@ class AgentRuntime:
         return self._route(payload)
 
     def reply(self, message: bytes) -> int:
+        if self.off_loop is not None:
+            return self._on_loop(self._reply, message)
+        return self._reply(message)
+
+    def _reply(self, message: bytes) -> int:
         current = self.current
         if current is None:
             return Status.NOT_FOUND  # reply outside handle_message: nothing to answer
@@ -409,6 +554,11 @@ class AgentRuntime:
         return self._route(payload)
 
     def legacy_send(self, recipient: str, content: bytes) -> int:
+        if self.off_loop is not None:
+            return self._on_loop(self._legacy_send, recipient, content)
+        return self._legacy_send(recipient, content)
+
+    def _legacy_send(self, recipient: str, content: bytes) -> int:
         text = content.decode("utf-8", errors="replace")
         try:
             body: Any = json.loads(text)
@@ -429,6 +579,12 @@ class AgentRuntime:
         dropped = self.log_budget.take()
         if dropped is None:
             return
+        if self.off_loop is not None:  # the ring wakes followers on the loop
+            self._on_loop(self._write_log, level, text, dropped)
+            return
+        self._write_log(level, text, dropped)
+
+    def _write_log(self, level: int, text: str, dropped: int) -> int:
         current = self.current
         extra = {
             "agent": self.name,
@@ -450,6 +606,7 @@ class AgentRuntime:
         self.logbook.append(logging.getLevelName(level).lower(), text)
         if agent_log.isEnabledFor(level):  # the ring keeps the line in any case
             agent_log.log(level, "[%s] %s", self.name, text, extra=extra)
+        return Status.OK
 
     def now_us(self) -> int:
         return time.time_ns() // 1000
@@ -458,6 +615,11 @@ class AgentRuntime:
         return os.urandom(n)
 
     def kv_store(self, key: bytes, value: bytes) -> int:
+        if self.off_loop is not None:
+            return self._on_loop(self._kv_store, key, value)
+        return self._kv_store(key, value)
+
+    def _kv_store(self, key: bytes, value: bytes) -> int:
         manager = self.manager
         if len(key) > MAX_KEY_BYTES or len(value) > manager.kv_max_value_bytes:
             return Status.TOO_LARGE
@@ -477,6 +639,11 @@ class AgentRuntime:
         return self.kv.get(key)
 
     def kv_delete(self, key: bytes) -> int:
+        if self.off_loop is not None:
+            return self._on_loop(self._kv_delete, key)
+        return self._kv_delete(key)
+
+    def _kv_delete(self, key: bytes) -> int:
         old = self.kv.get(key)
         if old is None:
             return Status.NOT_FOUND
@@ -490,6 +657,11 @@ class AgentRuntime:
         return Status.OK
 
     def set_timer(self, delay_ms: int, repeat: bool) -> int:
+        if self.off_loop is not None:
+            return self._on_loop(self._set_timer, delay_ms, repeat)
+        return self._set_timer(delay_ms, repeat)
+
+    def _set_timer(self, delay_ms: int, repeat: bool) -> int:
         if delay_ms < 0:
             return Status.INVALID
         if len(self.timers) >= self.manager.max_timers:
@@ -503,6 +675,11 @@ class AgentRuntime:
         return timer_id
 
     def cancel_timer(self, timer_id: int) -> int:
+        if self.off_loop is not None:
+            return self._on_loop(self._cancel_timer, timer_id)
+        return self._cancel_timer(timer_id)
+
+    def _cancel_timer(self, timer_id: int) -> int:
         handle = self.timers.pop(timer_id, None)
         self.deferred_timers.pop(timer_id, None)
         self.timer_plans.pop(timer_id, None)
@@ -512,6 +689,30 @@ class AgentRuntime:
         return Status.OK
 
     # -- helpers of the host API ------------------------------------------------------
+
+    def on_loop(self, func: Callable[..., T], *args: Any) -> T | int:
+        """``func(*args)`` on the event loop: now when this agent's call runs inline,
+        else from its worker, waiting (plugin host functions; caxton.agents.offload)."""
+        if self.off_loop is None:
+            return func(*args)
+        return self._on_loop(func, *args)
+
+    def _on_loop(self, func: Callable[..., T], *args: Any) -> T | int:
+        """From a worker (a heavy agent's call): run ``func`` on the event loop and wait,
+        at most the agent's wall-time limit (the guest cannot be interrupted meanwhile)."""
+        off_loop = self.manager.off_loop
+        running = self.off_loop
+        assert off_loop is not None
+        assert running is not None
+        timeout = self.agent.limits.max_execution_time_ms / 1000
+        return off_loop.on_loop(timeout, self._while_current, running, func, *args)
+
+    def _while_current(self, running: AgentInstance, func: Callable[..., T], *args: Any) -> T | int:
+        """On the loop: ``func(*args)``, unless the agent was stopped, removed or
+        swapped while its call ran (what the old instance asks for then is refused)."""
+        if self.instance is not running:
+            return Status.DENIED
+        return func(*args)
 
     def _parse(self, data: bytes) -> dict[str, Any] | int:
         try:

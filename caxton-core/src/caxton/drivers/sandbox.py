@@ -71,6 +71,11 @@ class HostFunction:
     ``params``/``results`` are wasm value types (``"i32"``, ``"i64"``, ``"f32"``,
     ``"f64"``). ``func`` is called with a :class:`HostCall` first, then the wasm
     arguments; it returns ``None``, a value, or a tuple of values.
+
+    ``func`` runs on the node's event loop: when a heavy agent's call runs on a worker
+    thread (caxton.agents.offload), the call waits while ``func`` is carried out on the
+    loop. ``thread_safe=True`` lets it run on the worker instead (no hop to the loop):
+    only for functions that touch nothing of the loop's.
     """
 
     module: str
@@ -78,6 +83,7 @@ class HostFunction:
     params: tuple[str, ...]
     results: tuple[str, ...]
     func: Callable[..., Any]
+    thread_safe: bool = False
 
 
 class HostCall(Protocol):
@@ -146,6 +152,11 @@ class Sandbox(Driver):
     """Compiles modules and instantiates agents (entry-point group ``caxton.sandbox``)."""
 
     kind: ClassVar[str] = "sandbox"
+    #: True when an instance's calls may run on a worker thread while the event loop
+    #: goes on: the call releases the GIL while the guest runs, and host functions may
+    #: then be called from that thread. The node runs heavy agents off the loop only
+    #: with such a sandbox (caxton.agents.offload).
+    calls_off_loop: ClassVar[bool] = False
 
     @abstractmethod
     def compile(self, wasm: bytes) -> CompiledModule:

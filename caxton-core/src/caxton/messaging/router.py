@@ -10,9 +10,14 @@ wasm call of ~15 µs, so the router avoids a task or a loop hop per message):
 * **Direct**: when the mailbox is empty, nothing is being delivered to it and the router
   is not inside another delivery, ``send`` calls ``deliver`` right away.
 * **Pump**: otherwise the message is queued and the mailbox is scheduled on one
-  ready-list per priority. A single ``call_soon`` callback (the pump) drains ready
-  mailboxes, ``batch_size`` messages per turn, highest priority first, and reschedules
-  itself after ``pump_budget`` messages so the event loop keeps breathing.
+  ready-list per priority. A single ``call_soon`` callback (the pump) serves ready
+  mailboxes round-robin, highest priority first: a mailbox's turn ends after
+  ``batch_size`` messages or ``turn_time`` seconds, and it goes to the back of its
+  list, so an agent with a flood queued takes one turn per round like any other. The
+  pump reschedules itself after ``pump_budget`` messages or ``pump_time_slice`` seconds
+  so the event loop keeps breathing. (A heavy agent's ``deliver`` runs on a worker
+  thread and returns a future: its mailbox leaves the rounds until it is done;
+  caxton.agents.offload.)
 * **Async**: a coroutine ``deliver`` gets one drain task per mailbox with pending
   messages (never one per message).
 
@@ -144,8 +149,10 @@ class Router:
     also receives each one, e.g. to persist it); ``observer`` sees each message as
     ``sent``, ``delivered``, ``dead-lettered`` or ``expired``. ``direct_delivery=False``
     always queues (the caller of ``send`` then never runs agent code);
-    ``priority_routing=False`` ignores priorities (one FIFO per agent). The pump yields
-    to the event loop after ``pump_budget`` messages or ``pump_time_slice`` seconds.
+    ``priority_routing=False`` ignores priorities (one FIFO per agent). A mailbox's
+    turn in the pump is ``batch_size`` messages or ``turn_time`` seconds; the pump
+    yields to the event loop after ``pump_budget`` messages or ``pump_time_slice``
+    seconds.
     ``clock`` is the
     monotonic clock of TTLs and ``wall_clock`` the Unix clock of ``reply_by`` and
     conversations (both replaceable in tests).
@@ -169,6 +176,7 @@ class Router:
         batch_size: int = 64,
         pump_budget: int = 1024,
         pump_time_slice: float = 0.01,
+        turn_time: float = 0.001,
         direct_delivery: bool = True,
         priority_routing: bool = True,
         dead_letter_sink: Callable[[DeadLetter], None] | None = None,
@@ -205,6 +213,7 @@ class Router:
         self.batch_size = batch_size
         self.pump_budget = pump_budget
         self.pump_time_slice = pump_time_slice
+        self.turn_time = turn_time
         self.direct_delivery = direct_delivery
         self.priority_routing = priority_routing
         #: Set by the cluster layer: finds the route to a name not registered here.
@@ -774,6 +783,7 @@ class Router:
         clock = self.clock
         ttl = self.message_ttl
         waits = self._waits
+        turn_time = self.turn_time
         delivered = 0
         # slow agents (a wasm call may take its whole max_execution_time) must not hold
         # the loop for a whole budget: gossip and I/O wait behind the pump
@@ -787,6 +797,7 @@ class Router:
                 if box.held or box.busy or box.closed:
                     continue  # release, the running task or nothing will wake it
                 now = clock()
+                turn_ends = min(now + turn_time, slice_ends)
                 stale = now - ttl  # queued before this: expired
                 turn = box.count if box.count < batch else batch
                 budget -= turn or 1
@@ -816,8 +827,10 @@ class Router:
                             self._observe(message, "delivered")
                     if box.held or box.closed:
                         break
-                    if clock() > slice_ends:
-                        budget = 0
+                    ended = clock()
+                    if ended > turn_ends:  # its turn is used up: to the back of the list
+                        if ended > slice_ends:
+                            budget = 0
                         break
                 if box.count and not (box.held or box.busy or box.closed):
                     priority = box.top()

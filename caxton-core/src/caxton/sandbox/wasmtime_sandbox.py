@@ -101,6 +101,8 @@ class WasmtimeSandbox(Sandbox):
     """Runs agents on wasmtime with fuel, epoch deadlines and store limits."""
 
     config_section: ClassVar[ConfigSection | None] = CONFIG_SECTION
+    #: ctypes releases the GIL during the guest's run; host callbacks take it back.
+    calls_off_loop: ClassVar[bool] = True
 
     def __init__(self, config: Mapping[str, Any], context: DriverContext) -> None:
         super().__init__(config, context)
