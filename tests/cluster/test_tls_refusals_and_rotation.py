@@ -87,9 +87,11 @@ def test_a_node_of_another_ca_is_refused_with_the_reason_on_both_sides(
         assert not verdict["agree"], verdict
         [own] = [n for n in verdict["nodes"] if n["node_id"] == node.node_id]
         assert any("wrong CA" in problem for problem in own["problems"]), own
-    shown = run_caxton("cluster", "verify-auth", "--api-url", stranger.api_url)
+    shown = run_caxton("security", "verify-auth", "--api-url", stranger.api_url)
     assert shown.returncode == 1
-    assert f"refused by {n1.address}" in shown.stdout or "wrong CA" in shown.stdout, shown.stdout
+    assert f"refused {n1.address}: " in shown.stdout, shown.stdout
+    assert "wrong CA" in shown.stdout, shown.stdout
+    assert "MISMATCH" in shown.stdout, shown.stdout
 
 
 def _bundle(*cas: Path) -> bytes:

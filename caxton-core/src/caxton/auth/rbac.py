@@ -83,6 +83,7 @@ CLI_PERMISSIONS: Mapping[str, str] = MappingProxyType(
         "cluster ping": "read",
         "cluster verify": "read",
         "cluster verify-auth": "read",
+        "security verify-auth": "read",
         "cluster leave": "cluster",
         "cluster remove": "cluster",
         "logs": "read",

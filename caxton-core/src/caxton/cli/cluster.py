@@ -241,7 +241,8 @@ def agreement_table(
 @json_option
 @api_options
 def verify_auth(client: ApiClient, as_json: bool) -> None:
-    """Check that the members' certificates and gossip keys agree (exit 1 if not)."""
+    """Check that the members' certificates and gossip keys agree and that no node
+    refused a peer (or was refused) at TLS in the last five minutes (exit 1 if not)."""
     data = client.request("GET", "/api/v1/cluster/auth", wait=5.0)
     if as_json:
         emit_json(data)

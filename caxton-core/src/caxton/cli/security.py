@@ -209,10 +209,13 @@ def cert_status_command(directories: tuple[str, ...], as_json: bool) -> None:
 
 
 def _add_auth_commands() -> None:
+    from caxton.cli.cluster import verify_auth
     from caxton.cli.security_auth import api_key_group, token_group
 
     security.add_command(api_key_group)
     security.add_command(token_group)
+    # The security view of the cluster: whose certificates agree, who refused whom.
+    security.add_command(verify_auth, "verify-auth")
 
 
 _add_auth_commands()
