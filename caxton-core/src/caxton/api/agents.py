@@ -15,7 +15,7 @@ from typing import Any
 from aiohttp import web
 
 from caxton.api.common import body, path_uuid, query, service
-from caxton.api.keys import IDENTITY, NODE, REQUEST_ID
+from caxton.api.keys import GUARD, IDENTITY, NODE, REQUEST_ID
 from caxton.api.openapi import DRAIN_TIMEOUT_SCHEMA, LIMIT_ALIASES, LIST_QUERY, MAX_QUERY_NUMBER
 from caxton.api.permissions import requires
 from caxton.api.responses import json_response
@@ -108,6 +108,8 @@ async def deploy_agent(request: web.Request) -> web.Response:
         priority=data.get("priority", "normal"),
     )
     placement = _placement(data["name"].strip(), data)
+    if data.get("replace"):
+        await _remove_named(request, data["name"].strip())
     if placement is None:
         local = True
         agent = (await deploy_local(node, spec, wasm)).to_dict()
@@ -116,6 +118,22 @@ async def deploy_agent(request: web.Request) -> web.Response:
         agent, local = await place(node, spec, wasm, placement)
     headers = {"Location": f"/api/v1/agents/{agent['id']}"} if local else None
     return json_response(agent, status=201, headers=headers)
+
+
+async def _remove_named(request: web.Request, name: str) -> None:
+    """``replace``: remove the agent(s) named ``name``, wherever they run, before the
+    deploy (which then claims the name afresh). The caller needs ``remove`` too."""
+    guard = request.config_dict.get(GUARD)
+    if guard is not None:
+        guard.authorize(request[IDENTITY], "remove")
+    node = request.config_dict[NODE]
+    ids = {agent.id for agent in service(request, "agents").list() if agent.name == name}
+    if node.cluster is not None:
+        ids |= {entry.agent_id for entry in node.cluster.registry.lookup(name) if entry.agent_id}
+    for agent_id in sorted(ids):
+        await perform(node, "remove", agent_id, _caller(request))
+    if node.cluster is not None:
+        await node.cluster.names.gone(name, ids)
 
 
 @routes.get("/api/v1/agents/{agent_id}")

@@ -278,6 +278,12 @@ def _schemas(ceiling: ResourceLimits) -> dict[str, Any]:
                     "description": "Nodes to favour, best first",
                 },
                 "target_node": string_schema(description="Deploy on exactly this node"),
+                "replace": {
+                    "type": "boolean",
+                    "description": "Remove the agent of this name first, wherever it runs "
+                    "(needs the remove permission too); without it a name that runs anywhere "
+                    "in the cluster is refused with 409",
+                },
                 "priority": {
                     "type": "string",
                     "enum": ["low", "normal", "high", "critical"],

@@ -257,6 +257,11 @@ def _agent_line(agent: dict[str, Any]) -> str:
 @click.option("--target-node", shell_complete=complete_nodes, help="Deploy on exactly this node.")
 @click.option("--no-start", is_flag=True, help="Deploy without starting.")
 @click.option(
+    "--replace",
+    is_flag=True,
+    help="Replace the agent of this name wherever it runs (else: refused, naming its node).",
+)
+@click.option(
     "--fail-fast", is_flag=True, help="Stop at the first file that fails (default: go on)."
 )
 @json_option
@@ -272,6 +277,7 @@ def deploy(
     prefer_nodes: list[str] | None,
     target_node: str | None,
     no_start: bool,
+    replace: bool,
     fail_fast: bool,
     as_json: bool,
 ) -> None:
@@ -293,6 +299,8 @@ def deploy(
             options[key] = value
     if no_start:
         options["start"] = False
+    if replace:
+        options["replace"] = True
 
     def deploy_one(path: str) -> dict[str, Any]:
         body = {"name": name or Path(path).stem, "wasm_module": _read_module(path), **options}

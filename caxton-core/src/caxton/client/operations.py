@@ -98,6 +98,7 @@ class Operations(Generic[R]):
         placement_strategy: str | None = None,
         prefer_nodes: Sequence[str] | None = None,
         target_node: str | None = None,
+        replace: bool = False,
     ) -> R:
         body = _drop_none(
             {
@@ -109,6 +110,7 @@ class Operations(Generic[R]):
                 "placement_strategy": placement_strategy,
                 "prefer_nodes": list(prefer_nodes) if prefer_nodes else None,
                 "target_node": target_node,
+                "replace": True if replace else None,
             }
         )
         return self._send(Call("POST", "/api/v1/agents", body=body))

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -154,6 +155,12 @@ async def deploy_local(
         raise ServiceUnavailable(f"the agents service of node {node.node_id} is not running")
     policy = node.context.services.get("agent_policy")
     name = validate_name(spec.name)  # before the allow-list row is queued for the store
+    claimed: set[str] = set()
+    cluster = node.cluster
+    if spec.agent_id is None and cluster is not None:
+        # A new agent (a failover or a move carries its id): one per name in the cluster.
+        spec = dataclasses.replace(spec, agent_id=str(uuid.uuid4()))
+        claimed = await cluster.names.claim(name, spec.agent_id)
     previous = policy.deployed_senders(name) if policy is not None else None
     if policy is not None:
         policy.set(name, spec.allowed_senders)
@@ -172,6 +179,8 @@ async def deploy_local(
     except BaseException:
         if policy is not None:
             policy.set(name, previous)
+        if claimed:
+            await cluster.names.release(name, str(spec.agent_id), claimed)
         raise
     return agent
 

@@ -50,6 +50,8 @@ from caxton.cluster.lease import OPS as LEASE_OPS
 from caxton.cluster.lease import LeaseKeeper
 from caxton.cluster.moves import OPS as MOVE_OPS
 from caxton.cluster.moves import Moves
+from caxton.cluster.names import OPS as NAME_OPS
+from caxton.cluster.names import NameClaims
 from caxton.cluster.operations import OPS as OPERATION_OPS
 from caxton.cluster.operations import ClusterOperations
 from caxton.cluster.partition import PartitionGuard, QueuedRoute, consistency_digest
@@ -164,6 +166,8 @@ class Cluster:
         self.convergence = Samples(pending=256, window=256)
         #: Cluster-wide operator procedures: snapshots, emergencies (cluster.operations).
         self.operations = ClusterOperations(self)
+        #: One agent per name: the name claims of new agents (caxton.cluster.names).
+        self.names = NameClaims(self)
         #: The wire protocol versions this node speaks; members whose range does not
         #: overlap are kept out of the view (caxton.cluster.versions).
         self.admission = WireAdmission(
@@ -661,6 +665,8 @@ class Cluster:
             return await self.failover.on_control(frame, op, args)
         if op in MOVE_OPS:  # move, move-done, drain: caxton.cluster.moves
             return await self.moves.on_control(frame, op, args)
+        if op in NAME_OPS:  # name: a claim of a new agent's name (cluster.names)
+            return self.names.on_control(frame, args)
         if op in AGENT_OPS:  # agent: an agent operation forwarded by another node
             return await agent_ops.on_control(self.node, frame, args)
         if op in views.OPS:  # view: read-only views for the console (cluster.views)
@@ -715,6 +721,7 @@ class Cluster:
             self.withdraw(agent.name)
 
     def _announce(self, agent: Agent) -> None:
+        self.names.settle(agent.name, agent.id)
         self.announce(
             agent.name,
             agent.state.value,
@@ -780,6 +787,7 @@ class Cluster:
             self._generation += 1
             self.failover.registry_changed(changes)
         for kind, entry in changes:
+            self.names.settle(entry.name, entry.agent_id)
             route = self._routes.get(entry.name)
             stale = kind == "unregistered" or not entry.routable
             if route is not None and stale and route.node_id == entry.node_id:
