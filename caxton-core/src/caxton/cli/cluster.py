@@ -1,5 +1,5 @@
 """``caxton cluster``: members, status, detect-partition, watch, ping, verify,
-verify-auth, leave and remove.
+verify-auth, leave and remove (rolling-restart and upgrade: :mod:`caxton.cli.upgrade`).
 
 Every command drives a running node through its REST API (``/api/v1/cluster/...``) and
 takes ``--api-url``, ``--token`` and ``--api-key`` like the other operator commands. See
@@ -23,6 +23,7 @@ from caxton.cli.client_http import ApiClient
 from caxton.cli.join_tokens import token_group
 from caxton.cli.local_cluster import cluster_down, cluster_up
 from caxton.cli.main import emit_json, render_table
+from caxton.cli.upgrade import cluster_upgrade, rolling_restart
 from caxton.units import format_size
 
 __all__ = ["cluster"]
@@ -36,6 +37,8 @@ def cluster() -> None:
 cluster.add_command(cluster_up)
 cluster.add_command(cluster_down)
 cluster.add_command(token_group)
+cluster.add_command(rolling_restart)
+cluster.add_command(cluster_upgrade)
 
 
 # -------------------------------------------------------------------------

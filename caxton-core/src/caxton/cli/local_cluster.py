@@ -300,16 +300,7 @@ def _start_node(
     for spec in plugin_options:
         command += ["--plugin", spec]
     log_path = home / "node.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CAXTON_")}
-    with log_path.open("ab") as log:
-        process = subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,  # outlives this command and its terminal's Ctrl-C
-        )
+    process = spawn(command, log_path)
     return LocalNode(
         node_id=node_id,
         pid=process.pid,
@@ -317,6 +308,22 @@ def _start_node(
         cluster_address=f"127.0.0.1:{cluster_port}",
         log=str(log_path),
     )
+
+
+def spawn(command: list[str], log_path: Path) -> subprocess.Popen[bytes]:
+    """Start ``command`` in the background, its output appended to ``log_path``, in a
+    session of its own (it outlives this command and its terminal's Ctrl-C), without
+    this shell's ``CAXTON_*`` settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CAXTON_")}
+    with log_path.open("ab") as log:
+        return subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
 
 
 def stop_nodes(nodes: list[LocalNode], *, timeout: float = 30.0) -> dict[str, str]:
