@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
+from support import run_caxton
 
 from caxton.drivers.base import DriverContext
 from caxton.errors import CaxtonError
@@ -187,3 +188,22 @@ async def test_refused_tokens_say_why_and_spend_nothing(driver: Any, tmp_path: P
     finally:
         await client.close()
         await server.close()
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (["--token", "CXJ1.x"], "Error: --token needs --join HOST:PORT"),
+        (["--join", "127.0.0.1:9", "--token", "CXJ1.x"], "Error: the join token is malformed"),
+    ],
+)
+def test_a_token_without_seeds_or_malformed_is_one_line(
+    tmp_path: Path, args: list[str], line: str
+) -> None:
+    started = run_caxton(
+        "server", "start", "--data-dir", str(tmp_path / "d"), "--api-addr", "127.0.0.1:0",
+        "--metrics-addr", "127.0.0.1:0", *args,
+    )  # fmt: skip
+    assert started.returncode == 1
+    assert started.stderr.strip().splitlines()[-1].startswith(line), started.stderr
+    assert "CXJ1.x" not in started.stderr  # a token, even a wrong one, is not echoed

@@ -259,7 +259,7 @@ class Node:
             lock = DataDirLock(self.data_dir)  # one node per data directory
             lock.acquire()
             self._stack.callback(lock.release)
-            if self.clustered:
+            if self.clustered or self.join_token:
                 from caxton.security.node_tls import prepare_node_tls
 
                 await prepare_node_tls(self, self.join_token)

@@ -94,6 +94,8 @@ async def prepare_node_tls(node: Node, token: str | None) -> None:
     """Give a clustered node its mTLS material; see the module docstring."""
     mtls = node.config["security.cluster.mtls"]
     plaintext = node.config["transport"]["plaintext"]
+    if token and not node.join_addresses:
+        raise ConfigError("--token needs --join HOST:PORT: the seeds to enrol through")
     if token and (mtls["enabled"] or plaintext):
         raise ConfigError(
             "--token (CAXTON_JOIN_TOKEN) makes this node's certificate itself, but the config "
@@ -124,8 +126,6 @@ async def prepare_node_tls(node: Node, token: str | None) -> None:
         return
     if parsed is None:
         return  # the checks say what is missing (mTLS, plaintext, or a token)
-    if not node.join_addresses:
-        raise ConfigError("--token needs --join HOST:PORT: the seeds to enrol through")
     await _enrol(node, material, parsed)
     _use(node, material)
 
