@@ -9,7 +9,7 @@ time (docs/cluster.md, "Rolling restart and upgrade"):
    messages, announces the leave and exits; wait until the others record it as left
    (and, for a ``cluster up`` cluster, until its process is gone);
 3. **start** the node again, at the new version for an upgrade: the ``--command``
-   template (``{node}``, ``{version}``, ``{config}``, ``{join}``, ``{address}``), run
+   template (``{node}``, ``{version}``, ``{host}``, ``{address}``, ``{config}``, ``{join}``), run
    in the background with its output in the node's log; for a ``cluster up`` cluster
    without ``--command``, the node's own ``caxton server start`` again (an upgrade
    then uses this CLI's ``caxton``, which must be the target version);
@@ -71,6 +71,8 @@ class NodeRun:
     node_id: str
     from_version: str
     to_version: str
+    #: Its cluster address (host:port), as the members list shows it.
+    address: str = ""
     status: str = "pending"
     #: The agents that ran on it before the drain (moved back afterwards).
     agents: dict[str, str] = field(default_factory=dict)
@@ -341,7 +343,8 @@ class NodeRestart:
             "version": version,
             "config": str(home / "config.toml") if home else "",
             "join": ",".join(others),
-            "address": local.cluster_address if local else "",
+            "address": node.address,
+            "host": node.address.rpartition(":")[0].strip("[]"),
         }
         if command:
             try:
@@ -349,7 +352,7 @@ class NodeRestart:
             except (KeyError, IndexError, ValueError) as exc:
                 raise UpgradeError(
                     f"--command: unknown placeholder {exc}; use {{node}}, {{version}}, "
-                    f"{{config}}, {{join}}, {{address}}"
+                    f"{{config}}, {{join}}, {{address}}, {{host}}"
                 ) from None
         if home is None:
             raise UpgradeError(
@@ -528,6 +531,7 @@ def _plan(
             m["node_id"],
             plain_version(str(m.get("version") or "")),
             version or plain_version(str(m.get("version") or "")),
+            address=str(m.get("address") or ""),
         )
         for m in alive
     ]
@@ -569,7 +573,7 @@ def _common(command: Callable[..., Any]) -> Callable[..., Any]:
             default="",
             metavar="TEMPLATE",
             help="How a stopped node is started again, run by sh: {node}, {version}, "
-            "{config}, {join}, {address} (default for a 'cluster up' cluster: its "
+            "{config}, {join}, {address}, {host} (default for a 'cluster up' cluster: its "
             "own 'caxton server start').",
         ),
         click.option(
