@@ -409,7 +409,11 @@ def test_every_core_route_has_a_client_method(caxton_node_factory: NodeFactory) 
             if p.default is inspect.Parameter.empty and p.kind is p.POSITIONAL_OR_KEYWORD
         ]
         calls.append(method(*args))
-    streamed = {"/api/v1/cluster/events/stream", "/api/v1/backups/{backup_id}/archive"}
+    streamed = {
+        "/api/v1/cluster/events/stream",
+        "/api/v1/backups/{backup_id}/archive",
+        "/api/v1/diagnostics/dump",
+    }
     node = caxton_node_factory.build("routes")
     for route in build_app(node).router.routes():
         canonical = route.resource.canonical if route.resource is not None else ""

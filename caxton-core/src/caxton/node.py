@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from caxton import __version__, systemd
 from caxton.config import Config, load_config
 from caxton.datadir import DataDirLock
+from caxton.diagnostics.recorder import DiagnosticsRecorder
 from caxton.drivers import DriverContext, ResourceLimits
 from caxton.errors import CaxtonError, ConfigError, PluginError
 from caxton.http_stats import HttpStats
@@ -147,6 +148,8 @@ class Node:
         self.cluster: Any = None
         self.backups: BackupService | None = None
         self.emergency: EmergencyState | None = None
+        #: Crash and log records for the diagnostic commands (caxton.diagnostics).
+        self.diagnostics: DiagnosticsRecorder | None = None
         self.auth_chain: list[Any] = []
         self.api_address: tuple[str, int] | None = None
         self.metrics_address: tuple[str, int] | None = None
@@ -397,6 +400,10 @@ class Node:
         await self.agents.start()
         self._stack.push_async_callback(self.agents.close)
         self.context.services["agents"] = self.agents
+
+        self.diagnostics = DiagnosticsRecorder(self)
+        self.diagnostics.start()
+        self._stack.callback(self.diagnostics.close)
 
         self.backups = BackupService(self)
         await self.backups.start()

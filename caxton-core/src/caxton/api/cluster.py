@@ -21,6 +21,7 @@ from typing import Any
 from aiohttp import web
 
 from caxton.api.common import body, query
+from caxton.api.common import flag as _flag
 from caxton.api.keys import NODE
 from caxton.api.openapi import (
     MAX_WAIT_MS,
@@ -36,7 +37,7 @@ from caxton.cluster import wire
 from caxton.cluster.auth import problems_of, security_summary
 from caxton.cluster.partition import WRITE_PERMISSIONS, partition_report, verify_cluster
 from caxton.drivers.partition import PartitionMode
-from caxton.errors import Conflict, MinorityPartition, NotFound, ValidationError
+from caxton.errors import Conflict, MinorityPartition, NotFound
 from caxton.units import format_address
 
 __all__ = ["extend_openapi", "refuse_writes_in_partition", "routes"]
@@ -53,16 +54,7 @@ KEEPALIVE = 15.0
 _NODE_ID = {"type": "string", "minLength": 1, "maxLength": 255}
 _LIMIT = integer_schema(0, 1000, f"Most recent events to return (default {DEFAULT_EVENTS})")
 _FOLLOW = {"type": "boolean", "description": "Keep the stream open for live events"}
-
-
-def _flag(request: web.Request, name: str) -> bool:
-    """A boolean query parameter: ``true`` or ``false`` (absent: false)."""
-    raw = request.query.get(name)
-    if raw is None:
-        return False
-    if raw not in ("true", "false"):
-        raise ValidationError(f"query parameter {name} must be true or false, not {raw!r}")
-    return raw == "true"
+_DEEP = {"type": "boolean", "description": "Compare registries, replicas and stores"}
 
 
 def _node(request: web.Request) -> Any:
@@ -275,25 +267,35 @@ async def cluster_verify_auth(request: web.Request) -> web.Response:
 @routes.get("/api/v1/cluster/verify")
 @requires("read")
 async def cluster_verify(request: web.Request) -> web.Response:
-    cluster = _cluster(request)
-    if cluster is not None:
-        return json_response(await verify_cluster(cluster))
-    node = _node(request)
-    return json_response(
-        {
-            "consistent": True,
-            "nodes": [
-                {
-                    "node_id": node.node_id,
-                    "reachable": True,
-                    "members_alive": 1,
-                    "registry_version": None,
-                    "agrees": True,
-                    "problems": [],
-                }
-            ],
-        }
-    )
+    from caxton.api.diagnostics import deep_verification
+    from caxton.diagnostics.gather import check_member
+
+    cluster, node = _cluster(request), _node(request)
+    only = query(request, "node", _NODE_ID)
+    deep = _flag(request, "deep") or only is not None  # --node verifies that one deeply
+    if only is not None:
+        check_member(node, only)
+    shallow = await verify_cluster(cluster) if cluster is not None else _verify_alone(node)
+    if deep:
+        return json_response(await deep_verification(node, shallow, only))
+    return json_response(shallow)
+
+
+def _verify_alone(node: Any) -> dict[str, Any]:
+    """``cluster verify`` on a node that does not cluster: itself, consistent."""
+    return {
+        "consistent": True,
+        "nodes": [
+            {
+                "node_id": node.node_id,
+                "reachable": True,
+                "members_alive": 1,
+                "registry_version": None,
+                "agrees": True,
+                "problems": [],
+            }
+        ],
+    }
 
 
 @routes.post("/api/v1/cluster/leave")
@@ -610,9 +612,15 @@ def _paths() -> dict[str, Any]:
         "/api/v1/cluster/verify": {
             "get": operation(
                 "clusterVerify",
-                "Do the reachable members agree on the membership and the registry versions?",
+                "Do the reachable members agree on the membership and the registry versions? "
+                "deep (or node): also their registries, replicas and state stores",
                 "read",
                 {200: "ClusterVerify"},
+                (400, 404, 502, 503, 504),
+                parameters=[
+                    {"name": "deep", "in": "query", "required": False, "schema": _DEEP},
+                    {"name": "node", "in": "query", "required": False, "schema": _NODE_ID},
+                ],
                 tag="cluster",
             )
         },

@@ -13,7 +13,7 @@ from caxton.api.openapi import UUID_PATTERN
 from caxton.api.validation import check
 from caxton.errors import ServiceUnavailable, ValidationError
 
-__all__ = ["body", "path_uuid", "query", "service"]
+__all__ = ["body", "flag", "path_uuid", "query", "service"]
 
 _INTEGER = re.compile(r"-?[0-9]{1,18}")
 
@@ -59,6 +59,16 @@ def query(request: web.Request, name: str, schema: dict[str, Any]) -> Any:
         value = int(raw)
     check(value, schema, _components(request), f"query parameter {name}")
     return value
+
+
+def flag(request: web.Request, name: str) -> bool:
+    """A boolean query parameter: ``true`` or ``false`` (absent: false)."""
+    raw = request.query.get(name)
+    if raw is None:
+        return False
+    if raw not in ("true", "false"):
+        raise ValidationError(f"query parameter {name} must be true or false, not {raw!r}")
+    return raw == "true"
 
 
 def path_uuid(request: web.Request, name: str) -> str:

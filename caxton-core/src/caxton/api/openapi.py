@@ -1045,6 +1045,8 @@ TAG_DESCRIPTIONS = {
     "operations": "Queues, resources, emergency stop, the audit log",
     "cluster": "Membership, the agent registry, partitions, leave and remove",
     "backups": "Backups of the node's state store",
+    "diagnostics": "Diagnostic reports gathered from every node: performance, slow agents, "
+    "memory, traces, profiles, analyses, configuration, the support bundle",
     "console": "The web console's files (public: they hold no data)",
 }
 

@@ -31,6 +31,7 @@ from caxton.api import (
     audit,
     backups,
     cluster,
+    diagnostics,
     emergency,
     messages,
     system,
@@ -87,6 +88,7 @@ CORE_ROUTES = (
     backups.routes,
     emergency.routes,
     views.routes,
+    diagnostics.routes,
 )
 
 
@@ -101,7 +103,7 @@ def build_app(node: Node, settings: ApiSettings | None = None) -> web.Applicatio
     if guard is not None:
         app[GUARD] = guard
     document = build_openapi(node)
-    for part in (cluster, backups, emergency, agent_state, views):
+    for part in (cluster, backups, emergency, agent_state, views, diagnostics):
         document = part.extend_openapi(document)
     if node.config["api"]["ui"]:
         app.add_routes(ui.routes)

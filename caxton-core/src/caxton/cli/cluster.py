@@ -1,5 +1,6 @@
 """``caxton cluster``: members, status, detect-partition, watch, ping, verify,
-verify-auth, leave and remove (rolling-restart and upgrade: :mod:`caxton.cli.upgrade`).
+verify-auth, leave and remove (rolling-restart and upgrade: :mod:`caxton.cli.upgrade`; the
+diagnostic ones: :mod:`caxton.cli.diagnostics`).
 
 Every command drives a running node through its REST API (``/api/v1/cluster/...``) and
 takes ``--api-url``, ``--token`` and ``--api-key`` like the other operator commands. See
@@ -273,14 +274,36 @@ def _changes(version: Any) -> str:
 
 
 @cluster.command("verify")
+@click.option("--deep", is_flag=True, help="Also compare registries, replicas and state stores.")
+@click.option("--node", help="Verify this member (deeply) only.")
 @json_option
 @api_options
-def verify(client: ApiClient, as_json: bool) -> None:
+def verify(client: ApiClient, deep: bool, node: str | None, as_json: bool) -> None:
     """Check that the reachable members agree on the membership and on every node's
-    registry version (exit 1 if not)."""
-    data = client.request("GET", "/api/v1/cluster/verify", wait=5.0)
+    registry version (exit 1 if not); --deep also that every node's registry holds
+    what each node runs, that each agent's replicas are where and at the generation
+    its node says, and that every state store passes SQLite's integrity check."""
+    query = {"deep": "true"} if deep else {}
+    if node:
+        query["node"] = node
+    data = client.request("GET", "/api/v1/cluster/verify", query=query, wait=30.0)
     if as_json:
         emit_json(data)
+    elif data.get("deep"):
+        click.echo(
+            agreement_table(
+                ("NODE-ID", "ALIVE", "REGISTRY-VERSION", "AGENTS", "REPLICAS", "STORE"),
+                data["nodes"],
+                lambda n: (
+                    n["node_id"],
+                    "-" if n.get("members_alive") is None else n["members_alive"],
+                    _changes(n.get("registry_version")),
+                    "-" if n.get("agents") is None else n["agents"],
+                    "-" if n.get("replicas") is None else n["replicas"],
+                    n.get("integrity") or "-",
+                ),
+            )
+        )
     else:
         click.echo(
             agreement_table(
@@ -293,8 +316,10 @@ def verify(client: ApiClient, as_json: bool) -> None:
                 ),
             )
         )
+    if not as_json:
+        what = "registry, replicas and stores" if data.get("deep") else "registry"
         click.echo(
-            "Cluster consistent: members and registry agree"
+            f"Cluster consistent: members and {what} agree"
             if data["consistent"]
             else "INCONSISTENT: see PROBLEMS (gossip converges within seconds; run again)"
         )
@@ -353,6 +378,6 @@ def remove(client: ApiClient, node: str, force: bool, as_json: bool) -> None:
 
 
 # Snapshots and emergency measures live with their own commands.
-for _module in ("caxton.cli.backup", "caxton.cli.emergency"):
+for _module in ("caxton.cli.backup", "caxton.cli.emergency", "caxton.cli.diagnostics"):
     for _command in importlib.import_module(_module).CLUSTER_COMMANDS:
         cluster.add_command(_command)

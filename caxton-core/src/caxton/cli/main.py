@@ -36,6 +36,7 @@ CORE_COMMANDS: tuple[tuple[str, str], ...] = (
     ("caxton.cli.emergency", "COMMANDS"),
     ("caxton.cli.logs", "COMMANDS"),
     ("caxton.cli.agent_state", "COMMANDS"),  # adds 'agent state' to the agent group
+    ("caxton.cli.diagnostics", "COMMANDS"),
 )
 
 

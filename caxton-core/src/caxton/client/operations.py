@@ -381,8 +381,11 @@ class Operations(Generic[R]):
         """Every node's routing-latency histograms and message count (cumulative)."""
         return self._send(Call("GET", "/api/v1/cluster/latency", idempotent=True))
 
-    def cluster_verify(self) -> R:
-        return self._send(Call("GET", "/api/v1/cluster/verify", idempotent=True))
+    def cluster_verify(self, *, deep: bool = False, node_id: str | None = None) -> R:
+        """Members and registry versions agree; ``deep`` (or ``node_id``, that member
+        only) also compares registries, replicas and state stores."""
+        query = {"deep": "true" if deep else None, "node": node_id}
+        return self._send(Call("GET", "/api/v1/cluster/verify", query, wait=30.0, idempotent=True))
 
     def cluster_leave(self, *, node_id: str | None = None, drain: float | None = None) -> R:
         body = _drop_none(
@@ -394,6 +397,57 @@ class Operations(Generic[R]):
         """Force a failed member out of the cluster."""
         body = {"node": node_id, "force": True}
         return self._send(Call("POST", "/api/v1/cluster/remove", body=body))
+
+    # -- diagnostics (caxton.diagnostics; the support bundle: iter_bytes) --------------
+
+    def cluster_performance(self, *, probe: bool = True) -> R:
+        """The targets table measured on every node (``probe``: send a routing probe)."""
+        query = {"probe": "true" if probe else "false"}
+        return self._send(
+            Call("GET", "/api/v1/diagnostics/performance", query, wait=60.0, idempotent=True)
+        )
+
+    def slow_agents(self, threshold_ms: int = 100, *, node_id: str | None = None) -> R:
+        query = {"threshold_ms": threshold_ms, "node": node_id}
+        return self._send(Call("GET", "/api/v1/diagnostics/agents", query, idempotent=True))
+
+    def memory_stats(self, *, node_id: str | None = None) -> R:
+        query = {"node": node_id}
+        return self._send(Call("GET", "/api/v1/diagnostics/memory", query, idempotent=True))
+
+    def memory_gc(self, *, aggressive: bool = False, node_id: str | None = None) -> R:
+        body = _drop_none({"aggressive": aggressive, "node": node_id})
+        return self._send(Call("POST", "/api/v1/diagnostics/memory/gc", body=body, wait=30.0))
+
+    def trace_conversation(self, conversation_id: str) -> R:
+        path = f"/api/v1/diagnostics/conversations/{conversation_id}"
+        return self._send(Call("GET", path, idempotent=True))
+
+    def error_cascade(self, last: float = 300.0) -> R:
+        query = {"last": max(1, round(last))}
+        return self._send(Call("GET", "/api/v1/diagnostics/errors", query, idempotent=True))
+
+    def start_profile(
+        self, seconds: float = 10.0, *, agent: str | None = None, node_id: str | None = None
+    ) -> R:
+        """Start a profile (202, ``profile_id``); read it with :meth:`profile_result`."""
+        body = _drop_none({"seconds": seconds, "agent": agent, "node": node_id})
+        return self._send(Call("POST", "/api/v1/diagnostics/profile", body=body))
+
+    def profile_result(self, profile_id: str) -> R:
+        path = f"/api/v1/diagnostics/profile/{profile_id}"
+        return self._send(Call("GET", path, idempotent=True))
+
+    def node_config(self, *, node_id: str | None = None) -> R:
+        """A node's running configuration (secrets masked), defaults and sources."""
+        query = {"node": node_id}
+        return self._send(Call("GET", "/api/v1/diagnostics/config", query, idempotent=True))
+
+    def cluster_analyze(self) -> R:
+        return self._send(Call("GET", "/api/v1/diagnostics/analyze", idempotent=True))
+
+    def cluster_analyze_gossip(self) -> R:
+        return self._send(Call("GET", "/api/v1/diagnostics/gossip", idempotent=True))
 
     # -- anything else (plugin routes) -------------------------------------------------
 

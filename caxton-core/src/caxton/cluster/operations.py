@@ -10,10 +10,12 @@ op            request (sealed, see cluster.trust)          answer
 ``backup``    ``{type}``                                   ``["ok", manifest + size]``
 ``backup-read`` ``{id, offset, length}``                   ``["ok", bytes]`` (a chunk)
 ``emergency`` ``{action, ...}``                            ``["ok", what this node did]``
+``diag``      ``{report, ...arguments}``                   ``["ok", the node's report]``
 ============  ==========================================  ================================
 
 Errors are ``["error", status, error, message, details]`` as for ``deploy``. The
-actions of ``emergency`` are those of :func:`caxton.emergency.apply`.
+actions of ``emergency`` are those of :func:`caxton.emergency.apply`; the reports of
+``diag`` those of :data:`caxton.diagnostics.local.REPORTS`.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ __all__ = ["OPS", "ClusterOperations"]
 log = logging.getLogger("caxton.cluster.operations")
 
 #: The control ops :class:`ClusterOperations` answers.
-OPS = frozenset({"backup", "backup-read", "emergency"})
+OPS = frozenset({"backup", "backup-read", "emergency", "diag"})
 #: Bytes of a backup sent per ``backup-read`` (well under transport.max_frame_size).
 CHUNK = 4 * 1024 * 1024
 #: Seconds a node may take to make its backup.
@@ -78,6 +80,10 @@ class ClusterOperations:
             return {**manifest.to_dict(), "size": path.stat().st_size}
         if op == "backup-read":
             return await asyncio.to_thread(self._read, body)
+        if op == "diag":
+            from caxton.diagnostics.local import run
+
+            return await run(self.node, body)
         from caxton.emergency import apply
 
         log.warning("emergency action %r asked by %s", body.get("action"), sender)
