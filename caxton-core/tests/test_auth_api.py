@@ -49,8 +49,10 @@ async def call(
     if key is not None:
         sent["X-API-Key"] = key
     async with http.request(method, path, json=body, headers=sent) as response:
-        text = await response.text()
-        return response.status, json.loads(text) if text else None, response.headers
+        raw = await response.read()
+        if response.content_type != "application/json":  # a file (the support bundle)
+            return response.status, raw or None, response.headers
+        return response.status, json.loads(raw) if raw else None, response.headers
 
 
 async def new_key(node: Node, role: str, **options: Any) -> str:

@@ -557,9 +557,10 @@ PER_NODE_KEYS = frozenset(
 
 
 def _baseline_file(path: str) -> dict[str, Any]:
-    from caxton.node import build_host_and_config
+    from caxton.node import Node, build_host_and_config
 
-    _host, config = build_host_and_config(path)
+    host, config = build_host_and_config(path)
+    Node(config, host).check_drivers()  # the selected drivers' sections, as a node has
     return config.to_dict(mask_secrets=True)
 
 
@@ -588,12 +589,13 @@ def config_diff(
         raise click.UsageError("give --baseline FILE or --other-node N, not both")
     running = client.request("GET", "/api/v1/diagnostics/config", query=_node_query(node))
     if baseline:
-        against, label = _baseline_file(baseline), baseline
+        against, label, header = _baseline_file(baseline), baseline, "BASELINE"
     elif other_node:
         other = client.request("GET", "/api/v1/diagnostics/config", query={"node": other_node})
         against, label = other["config"], other["node_id"]
+        header = other["node_id"].upper()
     else:
-        against, label = running["defaults"], "defaults"
+        against, label, header = running["defaults"], "defaults", "DEFAULT"
     mine, theirs = _flatten(running["config"]), _flatten(against)
     keys = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
     if other_node and not all_keys:
@@ -602,7 +604,7 @@ def config_diff(
         {
             "key": key,
             "running": mine.get(key),
-            label: theirs.get(key),
+            "other": theirs.get(key),
             "source": running["sources"].get(key),
         }
         for key in keys
@@ -614,12 +616,12 @@ def config_diff(
     else:
         click.echo(
             render_table(
-                ("KEY", f"RUNNING ({running['node_id']})", label.upper(), "SOURCE"),
+                ("KEY", f"RUNNING ({running['node_id']})", header, "SOURCE"),
                 [
                     (
                         c["key"],
                         json.dumps(c["running"]),
-                        json.dumps(c[label]),
+                        json.dumps(c["other"]),
                         c["source"] or "-",
                     )
                     for c in changes

@@ -40,6 +40,10 @@ MIN_PROFILE_SECONDS = 0.1
 MAX_PROFILE_SECONDS = 300.0
 #: Stack samples per second of the profiler.
 PROFILE_HZ = 100
+#: Where the event loop's thread is when it waits for I/O (asyncio's selector; uvloop
+#: waits in C under ``asyncio.run``): the profile counts these samples as idle.
+IDLE_FRAMES = frozenset({"selectors.py:select", "runners.py:run", "base_events.py:run_forever"})
+IDLE = "(idle: the event loop waits for I/O)"
 #: Messages of the local routing probe of ``cluster performance``.
 PROBE_MESSAGES = 500
 #: Performatives that report a failure in a conversation (``trace --error-cascade``).
@@ -351,6 +355,8 @@ async def performance(node: Node, probe: bool = True, **_: Any) -> dict[str, Any
     recorded samples (routing, forwarding, startup, handling, gossip convergence) and,
     with ``probe``, a routing probe through this node's router."""
     router, manager, cluster = node.router, node.agents, node.cluster
+    for runtime in manager.runtimes() if manager is not None else ():
+        runtime.processing.fold()  # each agent's times reach the node-wide samples
     report: dict[str, Any] = {
         "node_id": node.node_id,
         "routing": _timings(router.latency) if router else _summary([]),
@@ -389,13 +395,15 @@ def load(node: Node, **_: Any) -> dict[str, Any]:
                 **_timings(runtime.processing),
             }
         )
+    count = len(hot)
+    hot = [a for a in hot if a["messages"]]
     hot.sort(key=lambda a: (-a["messages"], a["agent"]))
     stats = router.queue_stats(agents=False) if router is not None else {"totals": {}}
     totals = stats["totals"]
     uptime = max(time.time() - (node.started_at or time.time()), 1e-9)
     return {
         "node_id": node.node_id,
-        "agents": len(hot),
+        "agents": count,
         "messages_delivered": totals.get("delivered", 0),
         "messages_forwarded": totals.get("forwarded", 0),
         "messages_per_second": round(
@@ -639,7 +647,8 @@ async def profile(
     functions: Counter[str] = Counter()
     total = sum(stacks.values())
     for stack, count in stacks.items():
-        functions[stack.rsplit(";", 1)[-1]] += count
+        leaf = stack.rsplit(";", 1)[-1].rsplit(":", 1)[0]  # file:function
+        functions[IDLE if leaf in IDLE_FRAMES else leaf] += count
     return {
         "node_id": node.node_id,
         "seconds": round(elapsed, 3),

@@ -39,6 +39,8 @@ PROBE_FAILURES_HIGH = 0.05
 GOSSIP_BYTES_HIGH = 1_000_000.0
 QUEUE_HIGH = 1000
 IMBALANCE_HIGH = 1.5
+#: Refutations per probe sent: one at a join is normal; more means false suspicions.
+REFUTATIONS_HIGH = 0.01
 
 
 def _worst(
@@ -203,7 +205,7 @@ def _gossip_suggestions(gossip: Iterable[Mapping[str, Any]]) -> list[str]:
                 f"{node_id} is slow to answer probes (Lifeguard health {g['health_score']}): "
                 f"check its CPU (caxton resources) and its event loop (caxton profile)"
             )
-        if g.get("refutations", 0) > 0:
+        if probes and g.get("refutations", 0) / probes > REFUTATIONS_HIGH:
             suggestions.append(
                 f"{node_id} refuted {g['refutations']} suspicions of itself: members "
                 f"suspected it wrongly; raise coordination.cluster.suspicion_multiplier"
