@@ -1,7 +1,7 @@
 """What the diagnostic commands read: each node's own figures, gathered from every node.
 
 :mod:`caxton.diagnostics.local` answers for one node, from what the node already keeps
-(agents' handling times, memory, the routers' conversation trails, dead letters, crash
+(agents' handling times, memory, the routers' recent conversation messages, dead letters, crash
 records, gossip counters, the configuration); :mod:`caxton.diagnostics.recorder` keeps
 the few records nothing else did (agent crashes, the node's recent log lines);
 :mod:`caxton.diagnostics.gather` asks every reachable node through the ``diag`` cluster

@@ -191,29 +191,19 @@ def agents(node: Node, **_: Any) -> dict[str, Any]:
 
 
 def conversation(node: Node, conversation_id: str = "", **_: Any) -> dict[str, Any]:
-    """The messages of ``conversation_id`` this node's router routed, in order."""
+    """The messages of ``conversation_id`` this node's router routed, in order (from the
+    router's ring of its last conversation messages)."""
     router = node.router
     found = router.conversation(conversation_id) if router is not None else None
-    if found is None:
+    messages = router.conversation_trail(conversation_id) if router is not None else []
+    if found is None and not messages:
         return {"node_id": node.node_id, "known": False, "messages": []}
     return {
         "node_id": node.node_id,
         "known": True,
-        "protocol": found.protocol,
-        "state": found.state,
-        "message_count": found.message_count,
-        "messages": [
-            {
-                "at": at,
-                "node_id": node.node_id,
-                "message_id": message_id,
-                "sender": sender,
-                "receiver": receiver,
-                "performative": performative,
-                "in_reply_to": in_reply_to,
-            }
-            for at, message_id, sender, receiver, performative, in_reply_to in found.trail
-        ],
+        "protocol": found.protocol if found is not None else None,
+        "state": found.state if found is not None else None,
+        "messages": [{**message, "node_id": node.node_id} for message in messages],
     }
 
 
@@ -249,21 +239,20 @@ def errors(node: Node, since: float = 0.0, **_: Any) -> dict[str, Any]:
                     "text": letter.reason,
                 }
             )
-        for found in router.conversations():
-            if found.updated_at < since:
-                continue
-            for at, _id, sender, receiver, performative, _reply in found.trail:
-                if at >= since and performative in FAILURE_PERFORMATIVES:
-                    events.append(
-                        {
-                            "at": at,
-                            "kind": performative,
-                            "agent": sender,
-                            "receiver": receiver,
-                            "conversation_id": found.conversation_id,
-                            "text": f"{sender} answered {performative} to {receiver}",
-                        }
-                    )
+        for message in router.conversation_messages(since):
+            performative = message["performative"]
+            if performative in FAILURE_PERFORMATIVES:
+                sender, receiver = message["sender"], message["receiver"]
+                events.append(
+                    {
+                        "at": message["at"],
+                        "kind": performative,
+                        "agent": sender,
+                        "receiver": receiver,
+                        "conversation_id": message["conversation_id"],
+                        "text": f"{sender} answered {performative} to {receiver}",
+                    }
+                )
     manager = node.agents
     for runtime in manager.runtimes() if manager is not None else ():
         for line in runtime.logbook.since(since):

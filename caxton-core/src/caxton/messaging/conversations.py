@@ -192,6 +192,26 @@ class ConversationTable:
             for _, at, sender, receiver, performative, message_id in found[-TRAIL_MESSAGES:]
         ]
 
+    def messages_since(self, since: float) -> list[dict[str, Any]]:
+        """The messages recorded here at or after ``since`` (Unix time), oldest first, as
+        :meth:`trail` gives them with their ``conversation_id``."""
+        found = []
+        for entry in reversed(self._recent):
+            if entry[1] < since:
+                break
+            found.append(entry)
+        return [
+            {
+                "conversation_id": conversation_id,
+                "at": at,
+                "sender": sender,
+                "receiver": receiver,
+                "performative": performative.value,
+                "message_id": message_id,
+            }
+            for conversation_id, at, sender, receiver, performative, message_id in reversed(found)
+        ]
+
     def clear(self) -> None:
         self._recent.clear()
         self._items.clear()

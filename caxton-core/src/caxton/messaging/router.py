@@ -1073,6 +1073,10 @@ class Router:
         """The first messages of a recent conversation this router saw, oldest first."""
         return self._conversations.trail(conversation_id)
 
+    def conversation_messages(self, since: float) -> list[dict[str, Any]]:
+        """The conversation messages this router saw since ``since`` (Unix time)."""
+        return self._conversations.messages_since(since)
+
     # -- external clients -------------------------------------------------------------
 
     async def request(self, message: Message, timeout: float) -> Message:
