@@ -76,12 +76,8 @@ async def test_a_move_through_any_node_carries_the_state_and_switches_the_regist
             lambda node=node: [e.node_id for e in node.cluster.registry.lookup("counter")] == ["n1"]
         )
     assert any("Agent 'counter' moved from n3 to n1" in e.text for e in n3.cluster.recent_events())
-    # And back, to a node that was not one of its holders before.
+    # And back to its old node, which kept its rows as a holder of the new generation.
     status, moved = await move_over_rest(n1, agent["id"], "n3")
-    if status != 200:
-        for n in nodes:
-            for e in n.cluster.recent_events(40):
-                print("EVENT", n.node_id, e.text)
     assert status == 200, moved
     assert moved["generation"] > 2  # a replica set change may have taken one more
     assert one_copy(nodes) == "n3"
@@ -224,3 +220,130 @@ async def test_the_source_dying_after_the_takeover_leaves_one_copy_on_the_target
     await n3.cluster.moves.move(agent["id"], "n1")
     assert hosts([n1, n2], "counter") == ["n1"]
     assert await counted(n2) == 2  # answered once released
+
+
+# -- rebalance, drain, leave, add-node -------------------------------------------------
+
+
+async def rest(node: Node, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    assert node.api_address is not None
+    host, port = node.api_address
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"http://{host}:{port}{path}", json=body) as response,
+    ):
+        return response.status, await response.json()
+
+
+def read_write(node: Node) -> bool:
+    return node.cluster.partition.mode.value == "read-write"
+
+
+def per_node(nodes: list[Node]) -> dict[str, int]:
+    return {n.node_id: len(n.agents) for n in nodes if n.agents is not None}
+
+
+async def test_rebalance_evens_out_the_agents_after_a_node_joins(
+    factory: NodeFactory, echo: bytes
+) -> None:
+    nodes = await start_cluster(factory, ("n1", "n2"))
+    n1 = nodes[0]
+    for i in range(6):
+        status, agent, _ = await deploy(n1, {"name": f"e{i}", "target_node": "n1"}, echo)
+        assert status == 201, agent
+    third = factory.build("n3", join=[f"127.0.0.1:{n1.cluster_address[1]}"])
+    await third.start()
+    nodes.append(third)
+    await eventually(lambda: all(n.membership.cluster_size_estimate() == 3 for n in nodes))
+    await eventually(lambda: len(third.cluster.registry.entries("n1")) == 6)
+    await eventually(lambda: all(read_write(n) for n in nodes))
+    status, plan = await rest(third, "/api/v1/cluster/rebalance", {"dry_run": True})
+    assert status == 200, plan
+    assert plan["before"] == {"n1": 6, "n2": 0, "n3": 0}
+    assert plan["after"] == {"n1": 2, "n2": 2, "n3": 2}
+    assert per_node(nodes) == {"n1": 6, "n2": 0, "n3": 0}  # a dry run moves nothing
+    status, report = await rest(
+        third, "/api/v1/cluster/rebalance", {"strategy": "even-distribution", "max_parallel": 2}
+    )
+    assert status == 200, report
+    assert report["failed"] == {}, [e.text for n in nodes for e in n.cluster.recent_events(50)]
+    assert len(report["moved"]) == 4
+    assert per_node(nodes) == {"n1": 2, "n2": 2, "n3": 2}
+    for i in range(6):  # each answers, from wherever it runs now
+        assert await ask(n1, f"e{i}", i) == i
+    status, again = await rest(n1, "/api/v1/cluster/rebalance", {"dry_run": True})
+    assert again["plan"] == []  # balanced: nothing more to do
+    status, error = await rest(n1, "/api/v1/cluster/rebalance", {"strategy": "no-such"})
+    assert status == 400, error
+
+
+async def test_leave_with_a_drain_timeout_moves_the_agents_off_first(
+    factory: NodeFactory, echo: bytes
+) -> None:
+    nodes = await start_cluster(factory)
+    n1, n2, n3 = nodes
+    for i in range(3):
+        status, agent, _ = await deploy(n1, {"name": f"leaver-{i}", "target_node": "n3"}, echo)
+        assert status == 201, agent
+    status, left = await rest(n3, "/api/v1/cluster/leave", {"drain_timeout_ms": 20_000})
+    assert status == 200, left
+    assert sorted(left["moved"]) == ["leaver-0", "leaver-1", "leaver-2"]
+    assert left["stranded"] == {}
+    await eventually(lambda: n3.state == "stopped", 10)
+    assert sorted(per_node([n1, n2]).values()) == [1, 2]
+    for i in range(3):  # still there 30 s later, as the issue puts it: not gone
+        assert await ask(n1, f"leaver-{i}", "hi") == "hi"
+
+
+async def test_a_drain_names_the_agents_that_could_not_move(
+    factory: NodeFactory, echo: bytes
+) -> None:
+    nodes = await start_cluster(factory, ("n1", "n2"))
+    n1, n2 = nodes
+    for name in ("a", "b"):
+        status, agent, _ = await deploy(n1, {"name": name, "target_node": "n2"}, echo)
+        assert status == 201, agent
+
+    async def refuse(source: str, body: Any) -> list[Any]:
+        raise moves.MoveFailed("refused for the test")
+
+    n1.cluster.moves._on_move = refuse  # type: ignore[method-assign]
+    status, report = await rest(n1, "/api/v1/cluster/drain", {"node": "n2", "timeout_ms": 5000})
+    assert status == 200, report
+    assert report["moved"] == {}
+    assert sorted(report["stranded"]) == ["a", "b"]
+    assert "refused for the test" in report["stranded"]["a"]
+    await eventually(lambda: not n2.cluster.moves.moving)
+    assert hosts(nodes, "a") == ["n2"]
+    assert await ask(n1, "a", "still here") == "still here"
+
+
+async def test_add_node_brings_a_listening_node_in(factory: NodeFactory) -> None:
+    nodes = await start_cluster(factory, ("n1", "n2"))
+    n1 = nodes[0]
+    newcomer = factory.build("n3", config={"coordination.cluster_enabled": True})
+    await newcomer.start()
+    address = f"127.0.0.1:{newcomer.cluster_address[1]}"
+    status, joined = await rest(n1, "/api/v1/cluster/nodes", {"address": address})
+    assert status == 200, joined
+    assert joined["node_id"] == "n3"
+    await eventually(lambda: n1.membership.cluster_size_estimate() == 3)
+    status, again = await rest(n1, "/api/v1/cluster/nodes", {"address": address})
+    assert again["status"] == "member"
+
+
+async def test_rebalance_on_join_moves_agents_to_the_newcomer(
+    factory: NodeFactory, echo: bytes
+) -> None:
+    on_join = {"coordination.cluster.rebalance": "on-join"}
+    nodes = await start_cluster(factory, ("n1", "n2"), **on_join)
+    n1 = nodes[0]
+    for i in range(4):
+        status, agent, _ = await deploy(n1, {"name": f"j{i}", "target_node": "n2"}, echo)
+        assert status == 201, agent
+    third = factory.build("n3", join=[f"127.0.0.1:{n1.cluster_address[1]}"], config=on_join)
+    await third.start()
+    nodes.append(third)
+    await eventually(lambda: per_node(nodes).get("n3", 0) >= 1, 30)
+    await eventually(lambda: max(per_node(nodes).values()) - min(per_node(nodes).values()) <= 1, 30)
+    assert sum(per_node(nodes).values()) == 4

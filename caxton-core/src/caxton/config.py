@@ -292,6 +292,13 @@ CORE_SECTIONS: tuple[ConfigSection, ...] = (
         F("durability", "str", "quorum",
           "When an agent's reply may follow a state change: quorum, async or local",
           choices=("quorum", "async", "local")),
+        F("rebalance", "str", "off",
+          "Move agents to a node that joins or comes back: off or on-join (rate-limited)",
+          choices=("off", "on-join")),
+        F("rebalance_interval", "duration", "60s",
+          "With rebalance = on-join: at most one automatic rebalance this often"),
+        F("drain_on_stop", "duration", "0s",
+          "On a stop (SIGTERM): move the agents to other nodes for up to this long first"),
     ), "SWIM membership"),
     ConfigSection("partition", (
         F("strategy", "str", None, "Partition policy driver (alias of plugins.partition_policy)",

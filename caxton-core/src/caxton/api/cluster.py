@@ -315,7 +315,16 @@ async def cluster_leave(request: web.Request) -> web.Response:
         raise Conflict(f"node {node.node_id} is already leaving the cluster")
     remaining = await cluster.leave(drain_ms / 1000)
     cluster.stop_node_soon(delay=0.2)  # once this answer is on its way; the process exits
-    return json_response({"node_id": node.node_id, "status": "left", "remaining": remaining})
+    drained = cluster.drain_report.to_dict() if cluster.drain_report is not None else {}
+    return json_response(
+        {
+            "node_id": node.node_id,
+            "status": "left",
+            "remaining": remaining,
+            "moved": drained.get("moved", {}),
+            "stranded": drained.get("stranded", {}),
+        }
+    )
 
 
 @routes.post("/api/v1/cluster/remove")

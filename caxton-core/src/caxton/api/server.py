@@ -31,6 +31,7 @@ from caxton.api import (
     audit,
     backups,
     cluster,
+    cluster_moves,
     diagnostics,
     emergency,
     messages,
@@ -85,6 +86,7 @@ CORE_ROUTES = (
     messages.routes,
     audit.routes,
     cluster.routes,
+    cluster_moves.routes,
     backups.routes,
     emergency.routes,
     views.routes,
@@ -103,7 +105,7 @@ def build_app(node: Node, settings: ApiSettings | None = None) -> web.Applicatio
     if guard is not None:
         app[GUARD] = guard
     document = build_openapi(node)
-    for part in (cluster, backups, emergency, agent_state, views, diagnostics):
+    for part in (cluster, cluster_moves, backups, emergency, agent_state, views, diagnostics):
         document = part.extend_openapi(document)
     if node.config["api"]["ui"]:
         app.add_routes(ui.routes)

@@ -21,6 +21,10 @@ import click
 
 from caxton.cli.client import _duration, api_options, complete_nodes, json_option
 from caxton.cli.client_http import ApiClient
+from caxton.cli.cluster_moves import add_node as cluster_add_node
+from caxton.cli.cluster_moves import drain as cluster_drain
+from caxton.cli.cluster_moves import print_drain
+from caxton.cli.cluster_moves import rebalance as cluster_rebalance
 from caxton.cli.join_tokens import token_group
 from caxton.cli.local_cluster import cluster_down, cluster_up
 from caxton.cli.main import emit_json, render_table
@@ -40,6 +44,8 @@ cluster.add_command(cluster_down)
 cluster.add_command(token_group)
 cluster.add_command(rolling_restart)
 cluster.add_command(cluster_upgrade)
+for _command in (cluster_rebalance, cluster_drain, cluster_add_node):  # cli.cluster_moves
+    cluster.add_command(_command)
 
 
 # -------------------------------------------------------------------------
@@ -340,13 +346,14 @@ def verify(client: ApiClient, deep: bool, node: str | None, as_json: bool) -> No
     default="60s",
     show_default=True,
     metavar="DURATION",
-    help="Wait this long for queued messages before leaving.",
+    help="Move the agents to other nodes and deliver queued messages for up to this "
+    "long before leaving; agents that could not move are named.",
 )
 @json_option
 @api_options
 def leave(client: ApiClient, node: str | None, drain_timeout: float, as_json: bool) -> None:
-    """Leave gracefully: drain, announce the leave (members record it as left, not
-    failed), then stop the node."""
+    """Leave gracefully: move the agents off (placement decides where), drain queued
+    messages, announce the leave (members record it as left, not failed), stop the node."""
     body: dict[str, Any] = {"drain_timeout_ms": round(drain_timeout * 1000)}
     if node:
         body["node"] = node
@@ -354,6 +361,8 @@ def leave(client: ApiClient, node: str | None, drain_timeout: float, as_json: bo
     if as_json:
         emit_json(data)
         return
+    if data.get("moved") or data.get("stranded"):
+        print_drain(data)
     remaining = data.get("remaining")
     extra = f" ({remaining} messages still queued)" if remaining else ""
     click.echo(f"Node {data['node_id']} {data['status']} the cluster{extra}")

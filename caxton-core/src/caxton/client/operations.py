@@ -393,6 +393,27 @@ class Operations(Generic[R]):
         )
         return self._send(Call("POST", "/api/v1/cluster/leave", body=body, wait=drain or 0.0))
 
+    def cluster_rebalance(
+        self,
+        *,
+        strategy: str | None = None,
+        dry_run: bool = False,
+        max_parallel: int | None = None,
+    ) -> R:
+        """Plan live moves that even out the agents; carry them out unless ``dry_run``."""
+        body = _drop_none({"strategy": strategy, "dry_run": dry_run, "max_parallel": max_parallel})
+        return self._send(Call("POST", "/api/v1/cluster/rebalance", body=body, wait=120.0))
+
+    def cluster_drain(self, *, node_id: str | None = None, timeout: float = 60.0) -> R:
+        """Move every agent of this node (or ``node_id``) to the others."""
+        body = _drop_none({"node": node_id, "timeout_ms": round(timeout * 1000)})
+        return self._send(Call("POST", "/api/v1/cluster/drain", body=body, wait=timeout + 15))
+
+    def cluster_add_node(self, address: str) -> R:
+        """Bring the node listening at ``address`` (HOST:PORT) into the cluster."""
+        body = {"address": address}
+        return self._send(Call("POST", "/api/v1/cluster/nodes", body=body, wait=20.0))
+
     def cluster_remove(self, node_id: str) -> R:
         """Force a failed member out of the cluster."""
         body = {"node": node_id, "force": True}

@@ -910,6 +910,8 @@ class Failover:
         if member is None:
             return
         keep = sorted(agent_id for agent_id, hs in self.holders.items() if node_id in hs)
+        # An agent moving there now: the replica it was sent is what the move takes.
+        keep += [a for a, target in self.cluster.moves.moving.items() if target == node_id]
         try:
             await self.cluster._control(
                 member.address, REPLICA_TIMEOUT, "holdings", self.trust.seal({"keep": keep})

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -122,6 +123,9 @@ class Moves:
         self._arriving: dict[str, asyncio.TimerHandle] = {}
         #: Seconds each completed move took here (as source), for the figures.
         self.durations: list[float] = []
+        #: Takeovers of moved agents here run one at a time (two agents of one module
+        #: arriving at once would otherwise race on the module's row).
+        self._taking = asyncio.Lock()
 
     # -- the source ---------------------------------------------------------------------
 
@@ -168,6 +172,9 @@ class Moves:
         if held:
             router.hold(agent.name)
         runtime.moving = True
+        was = agent.state
+        if was is AgentState.RUNNING:  # listed and announced as draining meanwhile
+            self.node.agents._set_state(runtime, AgentState.DRAINING)
         try:
             await self._quiesce(runtime)
         except BaseException as exc:  # nothing was asked of the target: resume here
@@ -180,10 +187,13 @@ class Moves:
         try:
             body = {
                 "agent_id": agent_id,
-                "state": agent.state.value,
+                "state": was.value,
                 "timers": runtime.timers_to_hand_over(),
                 "conversations": router.conversations_of(agent.name),
                 "kv": None if ownership.enabled else [[k, v] for k, v in runtime.kv.items()],
+                # The module once more: the target's copy of it (from the replica) may
+                # have gone with a replica of another agent meanwhile.
+                "wasm": await self.node.store.load_module(agent.module_sha256),
             }
             answer = await self._ask(member.address, TAKEOVER_TIMEOUT, "move", body)
         except BaseException as exc:
@@ -350,6 +360,8 @@ class Moves:
         """Deliver to the agent here again (its move did not happen)."""
         agent = runtime.agent
         runtime.moving = False
+        if agent.state is AgentState.DRAINING:
+            self.node.agents._set_state(runtime, AgentState.RUNNING)
         suspended = agent.state is AgentState.SUSPENDED
         if held and not suspended and self.node.router.is_registered(agent.name):
             self.node.router.release(agent.name)
@@ -374,6 +386,8 @@ class Moves:
         if state != runtime.kv:  # the target ran it and changed it: start from that state
             runtime.kv = dict(state)
             runtime.kv_bytes = sum(len(k) + len(v) for k, v in state.items())
+            if agent.state is AgentState.DRAINING:
+                self.node.agents._set_state(runtime, AgentState.RUNNING)
             if agent.state in (AgentState.RUNNING, AgentState.SUSPENDED):
                 await self.node.agents.update(agent.id, drain_timeout=0.0)
         failover.schedule_reconcile()
@@ -416,7 +430,16 @@ class Moves:
         router = self.node.router
         router.start_held(replica.name)
         router.adopt_conversations([c for c in conversations if isinstance(c, Mapping)])
-        if not await self.failover._take(replica, False, kv=kv):
+        wasm = body.get("wasm")
+        async with self._taking:
+            if (
+                isinstance(wasm, bytes)
+                and hashlib.sha256(wasm).hexdigest() == replica.module_sha256
+                and await self.node.store.load_module(replica.module_sha256) is None
+            ):
+                self.node.store.put_module(replica.module_sha256, wasm)
+            taken = await self.failover._take(replica, False, kv=kv)
+        if not taken:
             raise MoveFailed(
                 f"node {self.node_id} could not take agent '{replica.name}' over (its events "
                 f"say why: caxton cluster watch)"

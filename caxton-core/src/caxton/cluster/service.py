@@ -49,12 +49,13 @@ from caxton.cluster.forwarding import Forwarding, PeerRoute
 from caxton.cluster.lease import OPS as LEASE_OPS
 from caxton.cluster.lease import LeaseKeeper
 from caxton.cluster.moves import OPS as MOVE_OPS
-from caxton.cluster.moves import Moves
+from caxton.cluster.moves import DrainReport, Moves
 from caxton.cluster.names import OPS as NAME_OPS
 from caxton.cluster.names import NameClaims
 from caxton.cluster.operations import OPS as OPERATION_OPS
 from caxton.cluster.operations import ClusterOperations
 from caxton.cluster.partition import PartitionGuard, QueuedRoute, consistency_digest
+from caxton.cluster.rebalance import AutoRebalance
 from caxton.cluster.registry import AgentEntry, AgentRegistry, Delta
 from caxton.cluster.versions import WireAdmission, wire_range
 from caxton.drivers.membership import Member, MemberStatus
@@ -161,6 +162,10 @@ class Cluster:
         self.failover = Failover(self)
         #: Live moves of agents and draining (caxton.cluster.moves).
         self.moves = Moves(self)
+        #: What the last drain (leave, stop) did: agents moved, agents left behind.
+        self.drain_report: DrainReport | None = None
+        #: coordination.cluster.rebalance = "on-join" (caxton.cluster.rebalance).
+        self.rebalance = AutoRebalance(self)
         #: Seconds from a member's metadata update (its wall clock, ``at``) to this node
         #: hearing of it by gossip: the gossip convergence time, within clock drift.
         self.convergence = Samples(pending=256, window=256)
@@ -292,6 +297,11 @@ class Cluster:
         self.started = False
         if not self.leaving:
             self.leaving = True
+            drain = float(self.node.config["coordination.cluster"].get("drain_on_stop") or 0)
+            if drain > 0 and self.node.agents is not None and len(self.node.agents):
+                # A stop (SIGTERM), not a crash: move the agents off first.
+                with contextlib.suppress(Exception):
+                    self.drain_report = await self.moves.drain(drain)
             with contextlib.suppress(Exception):
                 await self.membership.leave(LEAVE_TIMEOUT)
         if self._unsubscribe is not None:
@@ -315,14 +325,21 @@ class Cluster:
         self.events.close(f"node {self.node_id} stopped")
 
     async def leave(self, drain_timeout: float) -> int:
-        """Drain queued messages (up to ``drain_timeout``), then announce the leave.
+        """Move this node's agents to the others, drain queued messages (together up to
+        ``drain_timeout``), then announce the leave.
 
-        Returns how many messages were still queued. The caller stops the node.
+        Returns how many messages were still queued; :attr:`drain_report` names the
+        agents moved and those that could not move in time. The caller stops the node.
         """
         self.leaving = True
         remaining = 0
-        if self.router is not None and drain_timeout > 0:
-            remaining = int(await self.router.drain(drain_timeout))
+        loop = self._get_loop()
+        deadline = loop.time() + drain_timeout
+        if drain_timeout > 0 and self.node.agents is not None and len(self.node.agents):
+            self.drain_report = await self.moves.drain(drain_timeout)
+        left = deadline - loop.time()
+        if self.router is not None and left > 0:
+            remaining = int(await self.router.drain(left))
         self.events.record("left", f"Node {self.node_id} leaving the cluster", node_id=self.node_id)
         await self.membership.leave(LEAVE_TIMEOUT)
         return remaining
@@ -883,6 +900,7 @@ class Cluster:
             self._check_version(member)
             if self._pushed:
                 self._send_full(member)
+            self.rebalance.member_joined(node_id)  # coordination.cluster.rebalance = on-join
         elif kind is EventKind.SUSPECT:
             self.events.record(
                 "suspect",

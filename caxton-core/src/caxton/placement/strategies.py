@@ -31,6 +31,21 @@ class LeastLoaded(PlacementStrategy):
         return _preferred_first(request, ranked)
 
 
+class EvenDistribution(PlacementStrategy):
+    """The same number of agents on every node, give or take one, spread across zones:
+    fewest agents first, then the zone with the fewest agents per node, then node id.
+    CPU and memory are not looked at (``least-loaded`` does), so a rebalance with it
+    converges on equal counts whatever the nodes' momentary load."""
+
+    def rank(self, request: PlacementRequest, candidates: Sequence[NodeLoad]) -> list[NodeLoad]:
+        zones: dict[str, list[int]] = {}
+        for c in candidates:
+            zones.setdefault(c.zone, []).append(c.agents)
+        per_node = {zone: sum(counts) / len(counts) for zone, counts in zones.items()}
+        ranked = sorted(candidates, key=lambda c: (c.agents, per_node[c.zone], c.node_id))
+        return _preferred_first(request, ranked)
+
+
 class RoundRobin(PlacementStrategy):
     """Rotates through the candidates (by node id) on each placement."""
 
