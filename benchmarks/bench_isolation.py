@@ -24,6 +24,7 @@ import argparse
 import asyncio
 import base64
 import json
+import multiprocessing
 import os
 import platform
 import socket
@@ -94,6 +95,27 @@ async def abuse(session: Any, url: str, name: str, messages: int, stop: asyncio.
     return sent
 
 
+async def abuse_all(url: str, names: list[str], messages: int, stop: Any) -> int:
+    import aiohttp
+
+    done = asyncio.Event()
+
+    async def watch() -> None:
+        await asyncio.to_thread(stop.wait)
+        done.set()
+
+    watcher = asyncio.create_task(watch())
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+        sent = await asyncio.gather(*(abuse(session, url, n, messages, done) for n in names))
+    watcher.cancel()
+    return sum(sent)
+
+
+def abuse_process(url: str, names: list[str], messages: int, stop: Any, counts: Any) -> None:
+    """The abusive clients, in their own process: put how many messages they sent."""
+    counts.put(asyncio.run(abuse_all(url, names, messages, stop)))
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Start the node in its own process, drive it, stop it."""
     port = free_port()
@@ -154,11 +176,15 @@ async def drive(args: argparse.Namespace, url: str, log_path: Path) -> dict[str,
         alone = await echo_latency(session, url, args.requests)
 
         log_before = file_size(log_path)
-        stop = asyncio.Event()
-        abusers = [
-            asyncio.create_task(abuse(session, url, name, args.abuse, stop))
-            for name in args.abusers
-        ]
+        # The abusive clients run in a process of their own: in this one, their HTTP
+        # work would delay the echo client's reads on this loop, which is the client's
+        # doing, not the node's.
+        context = multiprocessing.get_context("spawn")
+        stop, counts = context.Event(), context.Queue()
+        abusers = context.Process(
+            target=abuse_process, args=(url, args.abusers, args.abuse, stop, counts)
+        )
+        abusers.start()
         # the two-agent loop: one message starts it, the loop guard ends it
         async with session.post(
             f"{url}/api/v1/messages",
@@ -168,7 +194,8 @@ async def drive(args: argparse.Namespace, url: str, log_path: Path) -> dict[str,
         await asyncio.sleep(0.2)
         beside = await echo_latency(session, url, args.requests)
         stop.set()
-        sent = sum(await asyncio.gather(*abusers)) + 1
+        sent = await asyncio.to_thread(counts.get, True, 120) + 1
+        abusers.join(30)
         await asyncio.sleep(1.0)
         grown = lines_from(log_path, log_before)
         log_growth = sum(map(len, grown))

@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
+import os
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -61,6 +62,9 @@ SLOW_STREAK = 3
 LIGHT_CALLS_TO_RETURN = 64
 #: Failure reasons that make the agent heavy: it ran to one of its limits.
 HEAVY_FAILURES = frozenset({"fuel", "timeout"})
+#: The workers' nice value (Linux: per thread): a core the loop and a heavy agent both
+#: want goes to the loop first, so heavy calls slow down before their neighbours do.
+WORKER_NICE = 10
 #: How long a host call from a worker waits for the event loop past the agent's own
 #: wall-time limit (seconds) before it fails the call (a loop that stopped).
 HOST_CALL_GRACE = 5.0
@@ -70,6 +74,14 @@ T = TypeVar("T")
 
 class HostCallTimeout(CaxtonError):
     """A host call of an off-loop agent was not served by the event loop in time."""
+
+
+def _lower_priority() -> None:
+    """Give this worker thread the nice value :data:`WORKER_NICE` (where the OS can)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WORKER_NICE)
+    except (AttributeError, OSError):  # not Linux, or not allowed: the default priority
+        pass
 
 
 def loop_bound(function: HostFunction) -> HostFunction:
@@ -109,7 +121,9 @@ class OffLoop:
         pool = self._pool
         if pool is None:
             pool = self._pool = concurrent.futures.ThreadPoolExecutor(
-                max_workers=self.workers, thread_name_prefix="caxton-agent"
+                max_workers=self.workers,
+                thread_name_prefix="caxton-agent",
+                initializer=_lower_priority,
             )
         return loop.run_in_executor(pool, call)
 
