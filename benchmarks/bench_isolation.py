@@ -95,7 +95,7 @@ async def abuse(session: Any, url: str, name: str, messages: int, stop: asyncio.
     return sent
 
 
-async def abuse_all(url: str, names: list[str], messages: int, stop: Any) -> int:
+async def abuse_all(url: str, names: list[str], messages: int, stop: Any, started: Any) -> int:
     import aiohttp
 
     done = asyncio.Event()
@@ -105,15 +105,18 @@ async def abuse_all(url: str, names: list[str], messages: int, stop: Any) -> int
         done.set()
 
     watcher = asyncio.create_task(watch())
+    started.set()
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
         sent = await asyncio.gather(*(abuse(session, url, n, messages, done) for n in names))
     watcher.cancel()
     return sum(sent)
 
 
-def abuse_process(url: str, names: list[str], messages: int, stop: Any, counts: Any) -> None:
+def abuse_process(
+    url: str, names: list[str], messages: int, stop: Any, started: Any, counts: Any
+) -> None:
     """The abusive clients, in their own process: put how many messages they sent."""
-    counts.put(asyncio.run(abuse_all(url, names, messages, stop)))
+    counts.put(asyncio.run(abuse_all(url, names, messages, stop, started)))
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -180,11 +183,12 @@ async def drive(args: argparse.Namespace, url: str, log_path: Path) -> dict[str,
         # work would delay the echo client's reads on this loop, which is the client's
         # doing, not the node's.
         context = multiprocessing.get_context("spawn")
-        stop, counts = context.Event(), context.Queue()
+        stop, started, counts = context.Event(), context.Event(), context.Queue()
         abusers = context.Process(
-            target=abuse_process, args=(url, args.abusers, args.abuse, stop, counts)
+            target=abuse_process, args=(url, args.abusers, args.abuse, stop, started, counts)
         )
         abusers.start()
+        await asyncio.to_thread(started.wait, 120)  # a spawned process takes a while
         # the two-agent loop: one message starts it, the loop guard ends it
         async with session.post(
             f"{url}/api/v1/messages",
