@@ -4,17 +4,22 @@ API; the caller's roles checked and audited on both nodes."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import json
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from click.testing import CliRunner
 from test_cluster_routing import eventually
 from test_placement_cluster import FAST
 
 from caxton.auth.keys import ApiKeyStore
+from caxton.cli.main import make_cli
+from caxton.client import ApiError, AsyncClient
 from caxton.messaging import Message, Performative
 from caxton.node import Node
 from caxton.testing import NodeFactory
@@ -296,3 +301,47 @@ async def test_the_consoles_views_of_every_node(nodes: list[Node], echo: bytes) 
     ]
     _, here, _ = await call(n1, "GET", "/api/v1/queues/dead-letters?receiver=echo", viewer)
     assert here["dead_letters"] == []
+
+
+async def test_an_agent_moves_through_any_node_from_the_client_and_the_cli(
+    nodes: list[Node], echo: bytes
+) -> None:
+    """``caxton.client``'s move_agent and ``caxton agent move`` sent to n1 move an agent
+    of n3 to another node; the caller's roles are checked by n1 and by n3, and both
+    audit the move."""
+    n1, _, n3 = nodes
+    keys = {role: await new_key(n1, role) for role in ("admin", "operator", "viewer")}
+    path = await echo_on_n3(n1, keys["admin"], echo)
+    agent_id = path.rsplit("/", 1)[-1]
+    assert n1.api_address is not None
+    url = "http://{}:{}".format(*n1.api_address)
+
+    async with AsyncClient(url, api_key=keys["viewer"]) as viewer:
+        with pytest.raises(ApiError) as refused:
+            await viewer.move_agent(agent_id, "n1")
+    assert refused.value.status == 403
+    async with AsyncClient(url, api_key=keys["operator"]) as operator:
+        with pytest.raises(ApiError) as refused:  # n1 allows it, n3's own roles do not
+            await operator.move_agent(agent_id, "n1")
+    assert (refused.value.status, "node 'n3'" in refused.value.details) == (403, True)
+    assert "echo" in n3.agents
+
+    async with AsyncClient(url, api_key=keys["admin"]) as admin:
+        moved = await admin.move_agent(agent_id, "n1")
+        assert (moved["node_id"], moved["moved_from"]) == ("n1", "n3")
+        assert (await admin.get_agent(agent_id))["node_id"] == "n1"
+    assert "echo" in n1.agents
+    assert "echo" not in n3.agents
+    # Newest first: the admin's move, the operator's (n3 refused it), the viewer's.
+    assert [e["result"] for e in audit(n1, "move_agent")] == ["success", "failure", "denied"]
+    assert [e["result"] for e in audit(n3, "move_agent")] == ["success", "denied"]
+
+    args = ["agent", "move", "echo", "--to", "n3", "--json", "--api-url", url]
+    env = {"CAXTON_API_KEY": keys["admin"]}
+    result = await asyncio.to_thread(CliRunner().invoke, make_cli(), args, env=env)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["node_id"] == "n3"
+    assert "echo" in n3.agents
+    async with AsyncClient(url, api_key=keys["admin"]) as admin:
+        reply = await admin.send_message("echo", "still here", wait=5)
+    assert reply["reply"]["content"] == "still here"

@@ -171,7 +171,8 @@ def test_the_agent_page_conversations_and_latency(
 ) -> None:
     """The routing-latency chart from the nodes' histograms; an agent on n3 seen through
     n1: its key/value state (shown, set), its live logs, its conversations drawn as
-    sequence diagrams, its dead letters; a viewer sees keys but no value and no action."""
+    sequence diagrams, its dead letters, a live move to n2; a viewer sees keys but no
+    value and no action."""
     from playwright.sync_api import expect
 
     # Messages to a suspended agent expire after 4 s, which makes a dead letter.
@@ -247,6 +248,16 @@ def test_the_agent_page_conversations_and_latency(
     page.click("#confirm-yes")
     expect(page.locator("#agent-details")).to_contain_text("running", timeout=SETTLE)
 
+    # Moved live to n2 from the page (through n1): its state goes along.
+    page.click('#agent-actions button[data-action="move"]')
+    expect(page.locator("#confirm-choice")).to_be_visible()
+    page.select_option("#confirm-choice", "n2")
+    page.click("#confirm-yes")
+    expect(page.locator("#status")).to_contain_text("moved journal from n3 to n2", timeout=SETTLE)
+    expect(page.locator("#agent-details tr", has_text="Node")).to_contain_text("n2")
+    expect(page.locator('#kv tr[data-key="note"]')).to_be_visible()
+    assert n1.ask("journal", "on n2")["reply"]["content"] == "on n2"
+
     # A conversation as a sequence diagram, from the agent's list.
     page.click('#agent-conversations tr[data-conversation="talk-25"] a')
     arrows = page.locator("#sequence g.message")
@@ -270,5 +281,6 @@ def test_the_agent_page_conversations_and_latency(
     expect(viewer.locator("#kv button")).to_have_count(0)
     expect(viewer.locator("#kv-form")).to_be_hidden()
     expect(viewer.locator("#agent-actions button")).to_have_count(0)
-    expect(viewer.locator("#agent-logs")).to_contain_text('"live line"', timeout=SETTLE)
+    # Its log lines since the move (each node keeps the lines written there).
+    expect(viewer.locator("#agent-logs")).to_contain_text('"on n2"', timeout=SETTLE)
     assert errors == [], errors

@@ -413,6 +413,7 @@ const ACTIONS = [
   ["resume", "update", ["suspended"]],
   ["stop", "update", ["running", "suspended"]],
   ["start", "update", ["stopped", "failed", "loaded"]],
+  ["move", "update", ["running", "ready", "suspended", "stopped", "loaded", "failed"]],
   ["remove", "remove", null],
 ];
 
@@ -421,21 +422,45 @@ function actionButtons(agent, done) {
   for (const [action, permission, when] of ACTIONS) {
     if (!state.permissions.has(permission) || (when && !when.includes(agent.state))) continue;
     const button = el("button", action, { type: "button", "data-action": action });
-    button.addEventListener("click", () => confirmThen(`${action} agent ${agent.name} on ${agent.node_id}?`,
-      async () => {
-        if (action === "remove") await api(`/api/v1/agents/${agent.id}`, { method: "DELETE" });
-        else await api(`/api/v1/agents/${agent.id}/${action}`, { method: "POST" });
-        say(`${action}: ${agent.name} done`);
-        await done();
-      }));
+    if (action === "move") {
+      button.addEventListener("click", () => confirmMove(agent, done));
+    } else {
+      button.addEventListener("click", () => confirmThen(`${action} agent ${agent.name} on ${agent.node_id}?`,
+        async () => {
+          if (action === "remove") await api(`/api/v1/agents/${agent.id}`, { method: "DELETE" });
+          else await api(`/api/v1/agents/${agent.id}/${action}`, { method: "POST" });
+          say(`${action}: ${agent.name} done`);
+          await done();
+        }));
+    }
     buttons.push(button);
   }
   return buttons;
 }
 
-// Ask first; run ``work`` on confirmation and say how it went.
-function confirmThen(question, work) {
+// A live move (POST /api/v1/agents/{id}/move) to a node chosen among the alive members.
+async function confirmMove(agent, done) {
+  const members = (await api("/api/v1/cluster/members")).members;
+  const targets = members.filter((m) => m.status === "alive" && m.node_id !== agent.node_id);
+  if (targets.length === 0) {
+    say(`no other alive node to move ${agent.name} to`, true);
+    return;
+  }
+  const choice = $("confirm-choice");
+  choice.replaceChildren(...targets.map((m) => el("option", m.node_id, { value: m.node_id })));
+  confirmThen(`move agent ${agent.name} from ${agent.node_id} to`, async () => {
+    const to = choice.value;
+    const moved = await api(`/api/v1/agents/${agent.id}/move`, { method: "POST", body: { to } });
+    say(`moved ${agent.name} from ${moved.moved_from} to ${moved.node_id}`);
+    await done();
+  }, choice);
+}
+
+// Ask first (with ``choice``, a select shown beside the question); run ``work`` on
+// confirmation and say how it went.
+function confirmThen(question, work, choice) {
   $("confirm-text").textContent = question;
+  $("confirm-choice").hidden = choice === undefined;
   $("confirm").hidden = false;
   $("confirm-yes").onclick = async () => {
     $("confirm").hidden = true;
