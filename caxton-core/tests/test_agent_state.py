@@ -75,3 +75,26 @@ async def test_a_change_waits_until_it_is_durable(
         outputs.failed(runtime, "the disk is gone")
         with pytest.raises(Exception, match="not durable: the disk is gone"):
             await doomed
+
+
+async def test_an_operators_change_while_the_agents_call_runs_on_a_worker(
+    tmp_path: Path, example_agents: dict[str, bytes]
+) -> None:
+    """While a heavy agent's call runs on a worker thread (fair share), its own kv_store
+    is handed to the event loop; an operator's change, already on the loop, is carried
+    out at once instead of waiting for itself."""
+    async with NodeFactory(tmp_path).node("s3") as node:
+        agent = await node.agents.deploy("echo", example_agents["echo"])
+        runtime = node.agents.runtime("echo")
+        runtime.off_loop = runtime.instance  # as while a call runs on a worker
+        host, port = node.api_address
+        url = f"http://{host}:{port}/api/v1/agents/{agent.id}/state/k"
+        try:
+            async with aiohttp.ClientSession() as http:
+                async with http.put(url, json={"value": "v"}) as answer:
+                    assert answer.status == 200, await answer.text()
+                async with http.delete(url) as answer:
+                    assert answer.status == 204, await answer.text()
+        finally:
+            runtime.off_loop = None
+        assert runtime.kv == {}
