@@ -37,6 +37,7 @@ BENCHMARKS: dict[str, tuple[str, str, list[str], list[str]]] = {
     "backup": ("bench_backup.py", "--out", [], ["--quick"]),
     "durability": ("bench_durability.py", "--out", [], ["--quick"]),
     "lease": ("bench_lease.py", "--out", [], ["--quick"]),
+    "moves": ("bench_moves.py", "--out", [], ["--quick"]),
 }
 
 
