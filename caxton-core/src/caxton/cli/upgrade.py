@@ -307,11 +307,16 @@ class NodeRestart:
         self.say(f"  {node.node_id}: {len(report.get('moved') or [])} agents moved off")
 
     def _stop(self, node: NodeRun) -> None:
-        self.cluster.api(node.node_id).request(
-            "POST",
-            "/api/v1/cluster/leave",
-            {"node": node.node_id, "drain_timeout_ms": int(self.drain_timeout * 1000)},
-        )
+        try:
+            self.cluster.api(node.node_id).request(
+                "POST",
+                "/api/v1/cluster/leave",
+                {"node": node.node_id, "drain_timeout_ms": int(self.drain_timeout * 1000)},
+            )
+        except click.ClickException as exc:
+            # the node may leave before its answer is relayed ("connection ... lost: the
+            # peer left"): whether it left is what the members say, below
+            self.say(f"  {node.node_id}: leave: {exc.format_message()}")
         self._until(
             lambda: _status(self.cluster.members(node.node_id), node.node_id) in ("left", None),
             self.drain_timeout + 30,
