@@ -199,6 +199,9 @@ class Failover:
         self._reconcile_task: asyncio.Task[None] | None = None
         self._again = False
         self._plugin_name = f"caxton.failover.{self.node_id}"
+        self.amnesic = False
+        #: Agents removed from this node since it started (its holdings while amnesic).
+        self._removed: set[str] = set()
         self.started = False
         #: Quorum replication of the agents' state and fenced takeovers (durability
         #: "quorum"); see caxton.cluster.ownership.
@@ -217,6 +220,11 @@ class Failover:
                 continue
             self.replicas[replica.agent_id] = replica
         self.generations = await store.load_placements()
+        #: A new or lost data directory: this node does not know which of its agents
+        #: peers may keep replicas of, so it tells holders only which to drop (those it
+        #: removed), never "keep only these", until a rebuild (caxton.cluster.rebuild)
+        #: has taken them back: replicas of a lost directory's agents survive its return.
+        self.amnesic = bool(getattr(store, "created", False))
         await self.ownership.start()
         self.node.host.register(self, name=self._plugin_name)
         if self.node.agents is not None and self.durability == "async":
@@ -275,6 +283,7 @@ class Failover:
         if agent.id in self._stale:
             self._stale.discard(agent.id)
             return
+        self._removed.add(agent.id)
         for holder in holders:
             self.cluster._spawn(self._send_holdings(holder))
 
@@ -909,23 +918,32 @@ class Failover:
         member = self.cluster._live(node_id)
         if member is None:
             return
-        keep = sorted(agent_id for agent_id, hs in self.holders.items() if node_id in hs)
-        # An agent moving there now: the replica it was sent is what the move takes.
-        keep += [a for a, target in self.cluster.moves.moving.items() if target == node_id]
+        body: dict[str, list[str]]
+        if self.amnesic:
+            body = {"drop": sorted(self._removed)}
+        else:
+            keep = sorted(agent_id for agent_id, hs in self.holders.items() if node_id in hs)
+            # An agent moving there now: the replica it was sent is what the move takes.
+            keep += [a for a, target in self.cluster.moves.moving.items() if target == node_id]
+            body = {"keep": keep}
         try:
             await self.cluster._control(
-                member.address, REPLICA_TIMEOUT, "holdings", self.trust.seal({"keep": keep})
+                member.address, REPLICA_TIMEOUT, "holdings", self.trust.seal(body)
             )
         except CaxtonError as exc:
             log.debug("telling %s its replicas failed: %s", node_id, exc)
 
     def _on_holdings(self, owner: str, body: Any) -> bool:
+        """``{"keep": ids}``: drop the owner's other replicas; ``{"drop": ids}`` (an
+        owner that lost its data directory): drop only these."""
         keep = body.get("keep") if isinstance(body, Mapping) else None
-        if not isinstance(keep, list):
+        drop = body.get("drop") if isinstance(body, Mapping) else None
+        if not isinstance(keep, list) and not isinstance(drop, list):
             raise ValidationError("malformed holdings")
-        kept = set(keep)
+        kept, dropped = set(keep or ()), set(drop or ())
         for replica in [r for r in self.replicas.values() if r.owner == owner]:
-            if replica.agent_id not in kept:
+            gone = replica.agent_id in dropped if drop is not None else replica.agent_id not in kept
+            if gone:
                 del self.replicas[replica.agent_id]
                 self.node.store.delete_replica(replica.agent_id, replica.module_sha256)
                 agents = self.node.agents

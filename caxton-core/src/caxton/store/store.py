@@ -274,6 +274,9 @@ class Store:
         self._writer: asyncio.Task[None] | None = None
         self._wakeup = asyncio.Event()
         self._urgent = asyncio.Event()
+        #: The database was made at this start: the node remembers nothing from before
+        #: (a new node, or one whose data directory was lost).
+        self.created = False
         self._closing = False
         self._clear_pending()
         #: message ids persisted or acknowledged recently (for duplicate detection).
@@ -342,7 +345,7 @@ class Store:
         mode = await conn.execute_fetchall("PRAGMA journal_mode")
         if str(next(iter(mode))[0]).upper() != self.journal_mode:
             log.warning("SQLite refused journal_mode=%s for %s", self.journal_mode, self.path)
-        await self.migrate()
+        self.created = 1 in (await self.migrate()).get("core", ())
         await self._load_seen()
         self._closing = False
         self._writer = asyncio.create_task(self._write_behind(), name="caxton-store-writer")
