@@ -4,6 +4,7 @@ own checks and formatting. (Clustered nodes: tests/cluster/ at the repository ro
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -110,3 +111,60 @@ def test_remove_needs_force_and_bad_durations_are_refused() -> None:
     result = runner.invoke(cluster, ["leave", "--drain-timeout", "soon"])
     assert result.exit_code == 2
     assert "--drain-timeout" in result.output
+
+
+async def test_stop_all_and_rebuild_are_refused_without_a_cluster(
+    node: Node, http: aiohttp.ClientSession
+) -> None:
+    async with http.post("/api/v1/cluster/stop", json={"drain_timeout_ms": 0}) as response:
+        assert response.status == 409
+        assert "systemctl stop caxton" in (await response.json())["details"]
+    async with http.post("/api/v1/cluster/stop", json={"drain_timeout_ms": -1}) as response:
+        assert response.status == 400
+    async with http.post("/api/v1/cluster/rebuild", json={"node": "solo"}) as response:
+        assert response.status == 409
+    async with http.post("/api/v1/cluster/rebuild", json={}) as response:
+        assert response.status == 400  # node is required
+    assert node.state == "running"  # a refused stop stops nothing
+
+
+def test_the_runbook_commands_say_what_they_need(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runner = CliRunner()
+    result = runner.invoke(cluster, ["stop"])
+    assert result.exit_code == 2
+    assert "--all" in result.output
+    assert "cluster leave --node" in result.output
+    result = runner.invoke(cluster, ["rebuild", "--node", "n2"])
+    assert result.exit_code == 2
+    assert "--from-peers" in result.output
+    monkeypatch.chdir(tmp_path)  # no ./caxton-cluster: the nodes are started elsewhere
+    result = runner.invoke(cluster, ["start"])
+    assert result.exit_code == 2
+    assert "systemctl start caxton" in result.output
+
+
+def test_rebuild_report_names_what_was_taken_back_and_what_was_left() -> None:
+    from caxton.cli.lifecycle import rebuild_text
+
+    text = rebuild_text(
+        {
+            "node_id": "n2",
+            "peers": ["n1", "n3"],
+            "recovered": [
+                {"name": "c2", "agent_id": "a", "generation": 2, "keys": 1, "from": ["n1", "n3"]}
+            ],
+            "skipped": [{"name": "c3", "agent_id": "b", "reason": "runs on n1 now"}],
+            "replicas_resent": 2,
+            "registry_agents": 3,
+            "not_recovered": "API keys",
+        }
+    )
+    assert text.splitlines() == [
+        "Node n2 rebuilt from its peers (n1, n3):",
+        "  recovered c2 (generation 2, 1 keys, from n1, n3)",
+        "  not taken c3: runs on n1 now",
+        "  2 replicas of the peers' agents sent to it again; registry: 3 agents",
+        "  Not from peers: API keys",
+    ]

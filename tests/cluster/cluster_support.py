@@ -56,6 +56,16 @@ def clean_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return {**base, **(extra or {})}
 
 
+def http_json(url: str, path: str, body: Any = None, timeout: float = 15) -> Any:
+    """``GET`` (or with ``body``, ``POST``) ``url + path``; the decoded JSON answer."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(
+        url + path, data=data, headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return json.loads(response.read())
+
+
 def echo_wasm() -> bytes:
     import wasmtime
 

@@ -4,7 +4,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from cluster_support import ProcessCluster, cluster_maker, echo_wasm
+from cluster_support import ProcessCluster, cluster_maker, echo_wasm, run_caxton
 
 
 @pytest.fixture
@@ -18,3 +18,12 @@ def make_cluster(tmp_path: Path) -> Iterator[Callable[..., ProcessCluster]]:
 @pytest.fixture(scope="session")
 def echo() -> bytes:
     return echo_wasm()
+
+
+@pytest.fixture
+def cluster_dir(tmp_path: Path) -> Iterator[Path]:
+    """A directory for ``caxton cluster up``; its nodes are stopped after the test."""
+    directory = tmp_path / "cluster"
+    yield directory
+    if (directory / "cluster.json").exists():  # a failed test must not leave nodes running
+        run_caxton("cluster", "down", "--data-dir", str(directory), "--timeout", "5")

@@ -9,42 +9,20 @@ import signal
 import stat
 import subprocess
 import time
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cluster_support import caxton_command, clean_environment, echo_wasm
+from cluster_support import echo_wasm, http_json, run_caxton
 
 pytestmark = pytest.mark.cluster
 
 
 def caxton(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*caxton_command(), *args],
-        capture_output=True,
-        text=True,
-        env=clean_environment(),
-        timeout=timeout,
-    )
+    return run_caxton(*args, timeout=timeout)
 
 
-def api(url: str, path: str, body: Any = None) -> Any:
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(
-        url + path, data=data, headers={"Content-Type": "application/json"}
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.loads(response.read())
-
-
-@pytest.fixture
-def cluster_dir(tmp_path: Path) -> Iterator[Path]:
-    directory = tmp_path / "cluster"
-    yield directory
-    if (directory / "cluster.json").exists():  # a failed test must not leave nodes running
-        caxton("cluster", "down", "--data-dir", str(directory), "--timeout", "5")
+api = http_json
 
 
 def up(directory: Path, *args: str) -> list[dict[str, Any]]:

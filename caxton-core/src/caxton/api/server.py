@@ -34,6 +34,7 @@ from caxton.api import (
     cluster_moves,
     diagnostics,
     emergency,
+    lifecycle,
     messages,
     system,
     ui,
@@ -91,6 +92,7 @@ CORE_ROUTES = (
     emergency.routes,
     views.routes,
     diagnostics.routes,
+    lifecycle.routes,
 )
 
 
@@ -105,7 +107,16 @@ def build_app(node: Node, settings: ApiSettings | None = None) -> web.Applicatio
     if guard is not None:
         app[GUARD] = guard
     document = build_openapi(node)
-    for part in (cluster, cluster_moves, backups, emergency, agent_state, views, diagnostics):
+    for part in (
+        cluster,
+        cluster_moves,
+        backups,
+        emergency,
+        agent_state,
+        views,
+        diagnostics,
+        lifecycle,
+    ):
         document = part.extend_openapi(document)
     if node.config["api"]["ui"]:
         app.add_routes(ui.routes)

@@ -48,10 +48,20 @@ class LocalNode:
         _host, config = build_host_and_config(config_path, overrides=overrides)
         self.config = config
         self.data_dir = Path(config["node"]["data_dir"]).expanduser()
-        self.node_id: str = config["node"]["id"] or socket.gethostname()
+        self.node_id: str = config["node"]["id"] or _recorded_node_id(self.data_dir)
         local = config["coordination"]["local_state_path"]
         self.database = Path(local).expanduser() if local else self.data_dir / "local.db"
         self.backups = backup_directory(config, self.data_dir)
+
+
+def _recorded_node_id(data_dir: Path) -> str:
+    """The node id a ``cluster stop --all`` recorded in ``data_dir`` (the node that
+    stopped there), else the host name, the default node id."""
+    from caxton.cluster.shutdown import read_record
+
+    record = read_record(data_dir)
+    node_id = record.get("node_id") if record is not None else None
+    return node_id if isinstance(node_id, str) and node_id else socket.gethostname()
 
 
 def local_options(command: Any) -> Any:

@@ -386,7 +386,13 @@ def remove(client: ApiClient, node: str, force: bool, as_json: bool) -> None:
     click.echo(f"Removed {data['node_id']} (now {data['status']})")
 
 
-# Snapshots and emergency measures live with their own commands.
-for _module in ("caxton.cli.backup", "caxton.cli.emergency", "caxton.cli.diagnostics"):
+# Snapshots, emergency measures, diagnostics and whole-cluster stop/start/rebuild live
+# with their own commands.
+for _module in (
+    "caxton.cli.backup",
+    "caxton.cli.emergency",
+    "caxton.cli.diagnostics",
+    "caxton.cli.lifecycle",
+):
     for _command in importlib.import_module(_module).CLUSTER_COMMANDS:
         cluster.add_command(_command)

@@ -19,6 +19,7 @@ What it writes in ``DIR`` (default ``./caxton-cluster``)::
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -27,6 +28,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +40,7 @@ from caxton.errors import CaxtonError
 from caxton.plugins import PluginHost
 from caxton.security import pki
 
-__all__ = ["cluster_down", "cluster_up"]
+__all__ = ["cluster_down", "cluster_up", "start_existing"]
 
 STATE_FILE = "cluster.json"
 #: Membership timings of the ``--fast`` profile (docs/membership.md, "fast LAN").
@@ -206,6 +208,15 @@ def read_state(directory: Path) -> list[LocalNode]:
         raise LocalClusterError(f"{directory / STATE_FILE} is unreadable: {exc}") from None
 
 
+def _refuse_running(directory: Path) -> None:
+    running = [node.node_id for node in read_state(directory) if _alive(node.pid)]
+    if running:
+        raise LocalClusterError(
+            f"a local cluster is already up in {directory} ({', '.join(running)}); "
+            f"stop it with: caxton cluster down --data-dir {directory}"
+        )
+
+
 def start_cluster(
     directory: Path,
     count: int,
@@ -222,34 +233,39 @@ def start_cluster(
         raise LocalClusterError(f"--nodes must be at least 1, got {count}")
     PluginHost().driver_class("transport", transport)  # not installed: say so before starting
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    running = [node.node_id for node in read_state(directory) if _alive(node.pid)]
-    if running:
-        raise LocalClusterError(
-            f"a local cluster is already up in {directory} ({', '.join(running)}); "
-            f"stop it with: caxton cluster down --data-dir {directory}"
-        )
+    _refuse_running(directory)
     node_ids = [f"n{i}" for i in range(1, count + 1)]
     _certificates(directory, node_ids)
     taken: set[int] = set()
     api_ports = pick_ports(api_port, count, taken=taken)
     cluster_ports = pick_ports(cluster_port, count, udp_too=True, taken=taken)
-    seed = f"127.0.0.1:{cluster_ports[0]}"
+    starts = [
+        functools.partial(
+            _start_node,
+            directory / node_id,
+            node_id,
+            api_ports[index],
+            cluster_ports[index],
+            fast=fast,
+            transport=transport,
+            plugin_options=plugin_options,
+        )
+        for index, node_id in enumerate(node_ids)
+    ]
+    return _launch(directory, starts, timeout)
+
+
+def _launch(
+    directory: Path, starts: Sequence[Callable[[str | None], LocalNode]], timeout: float
+) -> list[LocalNode]:
+    """Start the nodes in order (the first bootstraps, each other joins it, given its
+    cluster address as the seed), wait until every node sees every other alive and
+    record them in ``cluster.json``; stop what started if any of it fails."""
     nodes: list[LocalNode] = []
     try:
-        for index, node_id in enumerate(node_ids):
-            nodes.append(
-                _start_node(
-                    directory / node_id,
-                    node_id,
-                    api_ports[index],
-                    cluster_ports[index],
-                    seed=None if index == 0 else seed,
-                    fast=fast,
-                    transport=transport,
-                    plugin_options=plugin_options,
-                )
-            )
-            if index == 0:  # the others join it: wait until it serves
+        for start in starts:
+            nodes.append(start(nodes[0].cluster_address if nodes else None))
+            if len(nodes) == 1:  # the others join it: wait until it serves
                 _wait(nodes, timeout)
         _wait(nodes, timeout)
     except BaseException:
@@ -265,8 +281,8 @@ def _start_node(
     node_id: str,
     api_port: int,
     cluster_port: int,
-    *,
     seed: str | None,
+    *,
     fast: bool,
     transport: str,
     plugin_options: tuple[str, ...],
@@ -295,6 +311,23 @@ def _start_node(
             },
         },
     )
+    return _spawn(
+        home, node_id, config, api_port, cluster_port, seed, plugin_options=plugin_options
+    )
+
+
+def _spawn(
+    home: Path,
+    node_id: str,
+    config: Path,
+    api_port: int,
+    cluster_port: int,
+    seed: str | None,
+    *,
+    plugin_options: tuple[str, ...] = (),
+) -> LocalNode:
+    """Start one node in the background from its ``config`` (bootstrapping without
+    ``seed``)."""
     command = [*_caxton_command(), "server", "start", "--config", str(config)]
     command += ["--bootstrap"] if seed is None else ["--join", seed]
     for spec in plugin_options:
@@ -324,6 +357,48 @@ def spawn(command: list[str], log_path: Path) -> subprocess.Popen[bytes]:
             env=env,
             start_new_session=True,
         )
+
+
+def _port_of(address: str, what: str, config: Path) -> int:
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise LocalClusterError(f"{config}: {what} {address!r} is not HOST:PORT")
+    return int(port)
+
+
+def start_existing(directory: Path, *, timeout: float = 60.0) -> list[LocalNode]:
+    """Start again the nodes ``caxton cluster up`` made in ``directory``, each from
+    the config it wrote there (same ports, same data), n1 bootstrapping; wait until
+    every node sees every other alive."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - Python 3.10
+        import tomli as tomllib
+
+    homes = sorted(
+        (home for home in directory.glob("n*") if (home / "config.toml").is_file()),
+        key=lambda home: (len(home.name), home.name),
+    )
+    if not homes:
+        raise LocalClusterError(
+            f"no local cluster in {directory} (no nK/config.toml): make one with "
+            f"caxton cluster up --data-dir {directory}"
+        )
+    _refuse_running(directory)
+    starts = []
+    for home in homes:
+        config = home / "config.toml"
+        try:
+            settings = tomllib.loads(config.read_text())
+            node_id = str(settings["node"]["id"])
+            api = str(settings["networking"]["bind_address"])
+            bind = str(settings["coordination"]["cluster"]["bind_addr"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise LocalClusterError(f"{config} is not a config of cluster up: {exc}") from None
+        api_port = _port_of(api, "networking.bind_address", config)
+        cluster_port = _port_of(bind, "coordination.cluster.bind_addr", config)
+        starts.append(functools.partial(_spawn, home, node_id, config, api_port, cluster_port))
+    return _launch(directory, starts, timeout)
 
 
 def stop_nodes(nodes: list[LocalNode], *, timeout: float = 30.0) -> dict[str, str]:

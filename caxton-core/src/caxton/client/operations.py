@@ -414,6 +414,18 @@ class Operations(Generic[R]):
         body = {"address": address}
         return self._send(Call("POST", "/api/v1/cluster/nodes", body=body, wait=20.0))
 
+    def cluster_stop(self, *, drain: float | None = None) -> R:
+        """Stop every reachable node in order, the one asked last (``cluster stop --all``)."""
+        body = {} if drain is None else {"drain_timeout_ms": round(drain * 1000)}
+        return self._send(
+            Call("POST", "/api/v1/cluster/stop", body=body, wait=(drain or 30.0) + 60.0)
+        )
+
+    def cluster_rebuild(self, node_id: str) -> R:
+        """Have ``node_id`` take back from its peers what it lost with its data directory."""
+        body = {"node": node_id}
+        return self._send(Call("POST", "/api/v1/cluster/rebuild", body=body, wait=120.0))
+
     def cluster_remove(self, node_id: str) -> R:
         """Force a failed member out of the cluster."""
         body = {"node": node_id, "force": True}

@@ -315,7 +315,7 @@ class Failover:
     # -- failover ---------------------------------------------------------------------
 
     def _node_failed(self, failed: str, entries: Sequence[AgentEntry]) -> None:
-        if not self.started or not self.enabled:
+        if not self.started or not self.enabled or self.cluster.stopping_all:
             return
         replicas = [r for r in self.replicas.values() if r.owner == failed]
         # Names a plugin announced without an agent id are endpoints, not agents.

@@ -11,11 +11,17 @@ op            request (sealed, see cluster.trust)          answer
 ``backup-read`` ``{id, offset, length}``                   ``["ok", bytes]`` (a chunk)
 ``emergency`` ``{action, ...}``                            ``["ok", what this node did]``
 ``diag``      ``{report, ...arguments}``                   ``["ok", the node's report]``
+``cluster-stop`` ``{phase, ...}``                          ``["ok", what this node did]``
+``rebuild``   ``{}``                                        ``["ok", the rebuild report]``
+``rebuild-holdings`` ``{}``                                 ``["ok", the asker's replicas]``
+``rebuild-module`` ``{sha256}``                             ``["ok", bytes]``
 ============  ==========================================  ================================
 
 Errors are ``["error", status, error, message, details]`` as for ``deploy``. The
 actions of ``emergency`` are those of :func:`caxton.emergency.apply`; the reports of
-``diag`` those of :data:`caxton.diagnostics.local.REPORTS`.
+``diag`` those of :data:`caxton.diagnostics.local.REPORTS`; the phases of
+``cluster-stop`` those of :mod:`caxton.cluster.shutdown`; ``rebuild*``:
+:mod:`caxton.cluster.rebuild`.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from caxton.cluster import wire
+from caxton.cluster import rebuild, shutdown, wire
 from caxton.cluster.placement import RemoteError, error_answer
 from caxton.errors import CaxtonError, NotFound, ValidationError
 
@@ -38,7 +44,7 @@ __all__ = ["OPS", "ClusterOperations"]
 log = logging.getLogger("caxton.cluster.operations")
 
 #: The control ops :class:`ClusterOperations` answers.
-OPS = frozenset({"backup", "backup-read", "emergency", "diag"})
+OPS = frozenset({"backup", "backup-read", "emergency", "diag"}) | shutdown.OPS | rebuild.OPS
 #: Bytes of a backup sent per ``backup-read`` (well under transport.max_frame_size).
 CHUNK = 4 * 1024 * 1024
 #: Seconds a node may take to make its backup.
@@ -84,6 +90,14 @@ class ClusterOperations:
             from caxton.diagnostics.local import run
 
             return await run(self.node, body)
+        if op in shutdown.OPS:
+            if sender != self.cluster.node_id:
+                self._audit(f"cluster_stop_{body.get('phase')}", sender)
+            return await shutdown.run(self.node, body, sender)
+        if op in rebuild.OPS:
+            if op == "rebuild" and sender != self.cluster.node_id:
+                self._audit("cluster_rebuild", sender)
+            return await rebuild.run(self.node, op, body, sender)
         from caxton.emergency import apply
 
         log.warning("emergency action %r asked by %s", body.get("action"), sender)

@@ -156,6 +156,8 @@ class Cluster:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.started = False
         self.leaving = False
+        #: Monotonic time until which a whole-cluster stop holds (caxton.cluster.shutdown).
+        self.stopping_until: float | None = None
         #: MESSAGE frames out and in (caxton.cluster.forwarding).
         self.forwarding = Forwarding(self)
         #: Replicas of this node's agents and failover (caxton.cluster.failover).
@@ -178,6 +180,14 @@ class Cluster:
         self.admission = WireAdmission(
             self.node_id, (wire.OLDEST_VERSION, wire.MESSAGE_VERSION), self._refused
         )
+
+    @property
+    def stopping_all(self) -> bool:
+        """The whole cluster is stopping (``caxton cluster stop --all``): a member that
+        goes away is not failed over, and this node does not drain its agents onto
+        others when it stops (they come back here on restart)."""
+        until = self.stopping_until
+        return until is not None and time.monotonic() < until
 
     # -- services -----------------------------------------------------------------
 
@@ -298,8 +308,10 @@ class Cluster:
         if not self.leaving:
             self.leaving = True
             drain = float(self.node.config["coordination.cluster"].get("drain_on_stop") or 0)
-            if drain > 0 and self.node.agents is not None and len(self.node.agents):
-                # A stop (SIGTERM), not a crash: move the agents off first.
+            agents = self.node.agents
+            if drain > 0 and agents is not None and len(agents) and not self.stopping_all:
+                # A stop (SIGTERM), not a crash: move the agents off first (not when the
+                # whole cluster stops: they come back here, caxton.cluster.shutdown).
                 with contextlib.suppress(Exception):
                     self.drain_report = await self.moves.drain(drain)
             with contextlib.suppress(Exception):
