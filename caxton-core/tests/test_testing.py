@@ -186,7 +186,12 @@ def test_factory_skips_installed_plugins_unless_asked(site: Site, tmp_path: Path
     name, module = hook_distribution(site, "caxton-audit", "2.0.1", GOOD_HOOKS)
     isolated = NodeFactory(tmp_path / "a").build()
     assert not isolated.host.pm.has_plugin(name)
-    assert isolated.host.available("placement") == ["least-loaded", "local", "round-robin"]
+    assert isolated.host.available("placement") == [
+        "even-distribution",
+        "least-loaded",
+        "local",
+        "round-robin",
+    ]
     real = NodeFactory(tmp_path / "b", use_entry_points=True).build()
     assert real.host.pm.get_plugin(name) is sys.modules[module]
 
