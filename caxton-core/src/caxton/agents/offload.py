@@ -9,7 +9,7 @@ row took more than :data:`SLOW_CALL`, makes its next calls on one of
 ``messaging.worker_threads`` threads instead; after :data:`LIGHT_CALLS_TO_RETURN` light
 calls in a row it runs inline again.
 
-Why this is fair (docs/design/0008-fair-share-scheduling.md):
+Why this is fair (docs/design/0009-fair-share-scheduling.md):
 
 * wasmtime releases the GIL while the guest runs (ctypes), so the loop keeps serving
   light agents, HTTP and gossip on the other core while a heavy call runs;
