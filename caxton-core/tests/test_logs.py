@@ -102,9 +102,14 @@ async def test_an_agents_log_lines_are_kept_and_served(
                 assert response.status == 200
                 lines = (await response.json())["lines"]
             # Past the documented maximum as well as not a number (schemathesis found it).
-            for since in ("x", "999999999999999.1", "nan"):
+            for since in ("x", "999999999999999.1", "nan", ""):
                 async with session.get(path, params={"since": since}) as response:
                     assert response.status == 400, since
+            # A parameter given twice, or empty, is not silently read as one or the default.
+            for bad in ("after=&since=1", "since=1&since=2", "after=1&after=2"):
+                async with session.get(f"{path}?{bad}") as response:
+                    assert response.status == 400, bad
+                    assert "error" in await response.json()
         assert first["agent"] == "flood"
         # The agent's log budget let the first burst through, then counted the rest;
         # the ring holds at most 1,000 lines.

@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from caxton.api.common import body, path_uuid, query, service
+from caxton.api.common import body, path_uuid, query, query_text, service
 from caxton.api.keys import GUARD, IDENTITY, NODE, REQUEST_ID
 from caxton.api.openapi import DRAIN_TIMEOUT_SCHEMA, LIMIT_ALIASES, LIST_QUERY, MAX_QUERY_NUMBER
 from caxton.api.permissions import requires
@@ -170,7 +170,9 @@ async def agent_logs(request: web.Request) -> web.StreamResponse:
 
 
 def _whole_number(request: web.Request, name: str) -> int:
-    text = request.query.get(name) or "0"
+    text = query_text(request, name)
+    if text is None:
+        return 0
     if not (text.isascii() and text.isdigit() and len(text) <= 15):
         raise ValidationError(
             f"Invalid query parameter {name}: expected a whole number from 0, got {text!r}"
@@ -179,8 +181,8 @@ def _whole_number(request: web.Request, name: str) -> int:
 
 
 def _number(request: web.Request, name: str, default: float) -> float:
-    text = request.query.get(name)
-    if text is None or text == "":
+    text = query_text(request, name)
+    if text is None:
         return default
     try:
         value = float(text)

@@ -47,9 +47,17 @@ async def body(request: web.Request, schema: str, *, optional: bool = False) -> 
     return value
 
 
+def query_text(request: web.Request, name: str) -> str | None:
+    """The text of query parameter ``name`` (None when absent); given twice is a 400."""
+    values = request.query.getall(name, [])
+    if len(values) > 1:
+        raise ValidationError(f"query parameter {name} is given {len(values)} times; give it once")
+    return values[0] if values else None
+
+
 def query(request: web.Request, name: str, schema: dict[str, Any]) -> Any:
     """Query parameter ``name`` (None when absent), checked and converted per ``schema``."""
-    raw = request.query.get(name)
+    raw = query_text(request, name)
     if raw is None:
         return None
     value: Any = raw
@@ -63,7 +71,7 @@ def query(request: web.Request, name: str, schema: dict[str, Any]) -> Any:
 
 def flag(request: web.Request, name: str) -> bool:
     """A boolean query parameter: ``true`` or ``false`` (absent: false)."""
-    raw = request.query.get(name)
+    raw = query_text(request, name)
     if raw is None:
         return False
     if raw not in ("true", "false"):
