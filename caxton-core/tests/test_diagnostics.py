@@ -170,6 +170,40 @@ async def test_error_cascade_starts_with_the_first_crash(
     assert "trap: crash:" in result.output
 
 
+async def test_analyze_messages_finds_a_pattern_in_the_messages_and_errors(
+    node: Node, http: aiohttp.ClientSession, example_agents: dict[str, bytes]
+) -> None:
+    await node.agents.deploy("echo", example_agents["echo"])
+    await node.agents.deploy("trap", example_agents["trap"])
+    await ask(node, "echo", "hello", conversation_id="c-echo")
+    assert (await ask(node, "trap", "boom", conversation_id="c-trap")).performative is (
+        Performative.FAILURE
+    )
+    path = "/api/v1/diagnostics/messages"
+    found = await get(http, f"{path}?pattern=failure|crash&last=60")
+    # trap's failure answer was routed (a message and a failure event) and it crashed;
+    # echo's request and inform match nothing.
+    assert found["by_kind"] == {"message": 1, "failure": 1, "crash": 1}, found
+    assert found["by_agent"] == {"trap": 2, "client": 1}
+    assert found["scanned"] >= 5  # echo's two messages, trap's two, the events
+    assert [m["at"] for m in found["matches"]] == sorted(m["at"] for m in found["matches"])
+    echo = await get(http, f"{path}?pattern=-%3E%20echo%20&last=60")
+    assert [m["text"] for m in echo["matches"]] == ["request client -> echo conversation c-echo"]
+    assert (await get(http, f"{path}?pattern=nothing-like-this"))["matched"] == 0
+    for bad in ("pattern=(", "pattern=", "last=60", f"pattern={'x' * 201}"):
+        error = await get(http, f"{path}?{bad}", 400)
+        assert error["error"], bad
+
+    result = await caxton(node, "analyze", "messages", "--pattern", "crash", "--last", "1h")
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("1 of ")
+    assert "By agent: trap 1" in result.output
+    result = await caxton(node, "analyze", "messages", "--pattern", "(")
+    assert result.exit_code == 1
+    assert "not a regular expression" in result.output
+    assert "Traceback" not in result.output
+
+
 async def test_a_profile_runs_in_the_background_one_at_a_time(
     node: Node, http: aiohttp.ClientSession, example_agents: dict[str, bytes]
 ) -> None:

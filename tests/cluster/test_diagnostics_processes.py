@@ -101,6 +101,17 @@ def test_error_cascade_finds_the_crash_on_another_node(n1: NodeProcess) -> None:
     assert reply["reply"]["performative"] == "failure"
     cascade = caxton(n1, "trace", "--error-cascade", "--last", "5m")
     assert cascade["root"]["node_id"] == "n3"
+    # analyze messages through n1 finds trap's crash on n3, and the failure answer of a
+    # conversation, which n3 and n1 both routed back to the client.
+    body = {"performative": "request", "receiver": "trap", "content": "boom",
+            "conversation_id": "c-analyze", "wait_ms": 5000}  # fmt: skip
+    assert n1.request("POST", "/api/v1/messages", body)["reply"]["performative"] == "failure"
+    found = caxton(n1, "analyze", "messages", "--pattern", "crash|c-analyze", "--last", "5m")
+    assert found["by_kind"]["crash"] == 2
+    routed = {
+        (m["node_id"], m["text"].split()[0]) for m in found["matches"] if m["kind"] == "message"
+    }
+    assert routed == {("n1", "request"), ("n3", "request"), ("n3", "failure"), ("n1", "failure")}
     assert cascade["root"]["agent"] == "trap"
     assert cascade["root"]["kind"] == "crash"
 

@@ -9,6 +9,7 @@ parameters of ``GET /api/v1/cluster/verify`` (:func:`deep_verification`).
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
@@ -42,6 +43,8 @@ DEFAULT_THRESHOLD_MS = 100
 MAX_CONVERSATION_ID = 255
 #: ``last`` of ``trace --error-cascade`` when none is given (the runbook's 5m).
 DEFAULT_LAST_SECONDS = 300
+#: Longest ``analyze messages`` pattern (a bound on what one regular expression costs).
+MAX_PATTERN = 200
 _NODE = string_schema(255, description="Only this member (default: every reachable one)")
 _BOOLEAN = {"type": "boolean"}
 
@@ -111,6 +114,24 @@ async def diagnostics_errors(request: web.Request) -> web.Response:
     last = DEFAULT_LAST_SECONDS if last is None else last
     gathered = await gather(_node(request), "errors", {"since": time.time() - last})
     return json_response(reports.error_cascade(gathered, float(last)))
+
+
+@routes.get("/api/v1/diagnostics/messages")
+@requires("read")
+async def diagnostics_messages(request: web.Request) -> web.Response:
+    """``analyze messages``: the routed messages and error events of the last seconds on
+    every node whose text the regular expression ``pattern`` finds."""
+    text = query(request, "pattern", _PATTERN)
+    if text is None:
+        raise ValidationError("query parameter pattern is required (a regular expression)")
+    try:
+        pattern = re.compile(text)
+    except re.error as exc:
+        raise ValidationError(f"pattern {text!r} is not a regular expression: {exc}") from None
+    last = query(request, "last", _LAST)
+    last = DEFAULT_LAST_SECONDS if last is None else last
+    gathered = await gather(_node(request), "messages", {"since": time.time() - last})
+    return json_response(reports.message_patterns(gathered, pattern, float(last)))
 
 
 @routes.post("/api/v1/diagnostics/profile")
@@ -232,6 +253,7 @@ async def deep_verification(node: Any, shallow: dict[str, Any], only: str | None
 
 _THRESHOLD = integer_schema(0, MAX_QUERY_NUMBER, "Milliseconds (default 100)")
 _LAST = integer_schema(1, 10**9, f"Seconds back (default {DEFAULT_LAST_SECONDS})")
+_PATTERN = string_schema(MAX_PATTERN, description="A regular expression")
 
 
 def _parameter(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
@@ -258,6 +280,9 @@ def _schemas() -> dict[str, Any]:
         "NodeReports": _report("nodes", "unreachable"),
         "ConversationTrace": _report("conversation_id", "found", "messages", "unreachable"),
         "ErrorCascade": _report("last_seconds", "root", "cascade", "events", "unreachable"),
+        "MessagePatterns": _report(
+            "pattern", "last_seconds", "scanned", "matched", "by_kind", "matches", "unreachable"
+        ),
         "NodeConfig": _report("node_id", "config", "defaults", "sources"),
         "ClusterAnalysis": _report("agents_per_node", "hot_agents", "suggestions", "nodes"),
         "GossipAnalysis": _report("nodes", "suggestions", "unreachable"),
@@ -375,6 +400,22 @@ def _paths() -> dict[str, Any]:
                 {200: "ErrorCascade"},
                 (400,),
                 parameters=[_parameter("last", _LAST, "Seconds back")],
+                tag="diagnostics",
+            )
+        },
+        "/api/v1/diagnostics/messages": {
+            "get": operation(
+                "analyzeMessages",
+                "The routed messages and error events of the last seconds, on every node, "
+                "that a regular expression finds (counts by kind, agent and node, and the "
+                "newest matches)",
+                "read",
+                {200: "MessagePatterns"},
+                (400,),
+                parameters=[
+                    {**_parameter("pattern", _PATTERN, "A regular expression"), "required": True},
+                    _parameter("last", _LAST, "Seconds back"),
+                ],
                 tag="diagnostics",
             )
         },

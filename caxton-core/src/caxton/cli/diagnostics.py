@@ -28,14 +28,18 @@ __all__ = ["CLUSTER_COMMANDS", "COMMANDS"]
 
 
 def _ms(value: Any) -> str:
-    """Milliseconds as the documents print them: 87μs, 0.9ms, 2.1s."""
+    """Milliseconds as the documents print them: 87μs, 0.9ms, 2.1s, 5m, 1h."""
     if value is None:
         return "-"
     if value < 1:
         return f"{value * 1000:.0f}μs"
     if value < 1000:
         return f"{value:.3g}ms"
-    return f"{value / 1000:.3g}s"
+    if value < 60_000:
+        return f"{value / 1000:.3g}s"
+    if value < 3_600_000:
+        return f"{value / 60_000:.3g}m"
+    return f"{value / 3_600_000:.3g}h"
 
 
 def _unreachable(data: dict[str, Any]) -> None:
@@ -632,7 +636,62 @@ def config_diff(
         sys.exit(1)
 
 
-COMMANDS: list[click.Command] = [memory_group, trace, profile, debug_group]
+@click.group("analyze")
+def analyze_group() -> None:
+    """Look for patterns in what the nodes recorded."""
+
+
+@analyze_group.command("messages")
+@click.option(
+    "--pattern",
+    required=True,
+    help="A regular expression, e.g. 'timeout|error'; matched against each routed "
+    "message ('PERFORMATIVE SENDER -> RECEIVER conversation ID') and each error event "
+    "('KIND AGENT: TEXT': dead letters with their reasons, crashes, failure answers, "
+    "agents' error log lines).",
+)
+@click.option(
+    "--last",
+    callback=_duration,
+    default="1h",
+    show_default=True,
+    metavar="DURATION",
+    help="How far back to look.",
+)
+@json_option
+@api_options
+def analyze_messages(client: ApiClient, pattern: str, last: float, as_json: bool) -> None:
+    """Count and list the recent messages and errors, on every node, that PATTERN finds."""
+    data = client.request(
+        "GET",
+        "/api/v1/diagnostics/messages",
+        query={"pattern": pattern, "last": max(1, round(last))},
+    )
+    if as_json:
+        emit_json(data)
+    else:
+        click.echo(
+            f"{data['matched']} of {data['scanned']} records of the last "
+            f"{_ms(last * 1000)} match {pattern!r}"
+        )
+        if data["matched"]:
+            counts = ", ".join(f"{kind} {count}" for kind, count in data["by_kind"].items())
+            agents = ", ".join(f"{agent} {count}" for agent, count in data["by_agent"].items())
+            click.echo(f"By kind: {counts}")
+            click.echo(f"By agent: {agents}")
+            click.echo(
+                render_table(
+                    ("TIME", "NODE", "KIND", "TEXT"),
+                    [
+                        (_clock(m["at"]), m["node_id"], m["kind"], m["text"][:100])
+                        for m in data["matches"]
+                    ],
+                )
+            )
+    _unreachable(data)
+
+
+COMMANDS: list[click.Command] = [memory_group, trace, profile, debug_group, analyze_group]
 #: Added to ``caxton cluster`` (:mod:`caxton.cli.cluster`).
 CLUSTER_COMMANDS: list[click.Command] = [
     cluster_performance,

@@ -460,6 +460,12 @@ class Operations(Generic[R]):
         query = {"last": max(1, round(last))}
         return self._send(Call("GET", "/api/v1/diagnostics/errors", query, idempotent=True))
 
+    def analyze_messages(self, pattern: str, last: float = 3600.0) -> R:
+        """The routed messages and error events of the last ``last`` seconds, on every
+        node, whose text the regular expression ``pattern`` finds."""
+        query = {"pattern": pattern, "last": max(1, round(last))}
+        return self._send(Call("GET", "/api/v1/diagnostics/messages", query, idempotent=True))
+
     def start_profile(
         self, seconds: float = 10.0, *, agent: str | None = None, node_id: str | None = None
     ) -> R:

@@ -284,6 +284,20 @@ def errors(node: Node, since: float = 0.0, **_: Any) -> dict[str, Any]:
     return {"node_id": node.node_id, "events": events}
 
 
+def messages(node: Node, since: float = 0.0, **_: Any) -> dict[str, Any]:
+    """What this node recorded of the messages since ``since`` (``analyze messages``):
+    the conversation messages its router routed (who, to whom, which performative; the
+    router keeps no contents) and the :func:`errors` events (dead letters with their
+    reasons, failure answers, crashes, agents' error log lines)."""
+    router = node.router
+    routed = router.conversation_messages(since) if router is not None else []
+    return {
+        "node_id": node.node_id,
+        "messages": [{**message, "node_id": node.node_id} for message in routed],
+        "events": errors(node, since)["events"],
+    }
+
+
 # -------------------------------------------------------------------------
 # cluster performance / analyze / analyze-gossip
 # -------------------------------------------------------------------------
@@ -669,6 +683,7 @@ REPORTS: Mapping[str, Callable[..., Any]] = {
     "agents": agents,
     "conversation": conversation,
     "errors": errors,
+    "messages": messages,
     "performance": performance,
     "load": load,
     "gossip": gossip,

@@ -6,6 +6,7 @@ the deep verification.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -15,6 +16,7 @@ __all__ = [
     "analyze",
     "analyze_gossip",
     "error_cascade",
+    "message_patterns",
     "performance",
     "slow_agents",
     "trace",
@@ -168,6 +170,60 @@ def error_cascade(gathered: Mapping[str, Any], last_seconds: float) -> dict[str,
         "cascade": cascade,
         "by_kind": dict(Counter(e["kind"] for e in events)),
         "events": events,
+        "unreachable": gathered["unreachable"],
+    }
+
+
+#: The most matching records ``analyze messages`` lists (the counts cover all of them).
+MATCHES_SHOWN = 100
+
+
+def message_patterns(
+    gathered: Mapping[str, Any], pattern: re.Pattern[str], last_seconds: float
+) -> dict[str, Any]:
+    """The records of the last ``last_seconds`` whose text ``pattern`` finds, counted by
+    kind, agent and node, with the newest :data:`MATCHES_SHOWN` of them.
+
+    A routed message reads ``PERFORMATIVE SENDER -> RECEIVER conversation ID``; an error
+    event reads ``KIND AGENT: TEXT`` (a dead letter's reason, a crash, a failure answer,
+    an agent's error log line)."""
+    records = []
+    for report in gathered["nodes"]:
+        for message in report["messages"]:
+            text = (
+                f"{message['performative']} {message['sender']} -> {message['receiver']} "
+                f"conversation {message['conversation_id']}"
+            )
+            records.append(
+                {
+                    "at": message["at"],
+                    "node_id": message["node_id"],
+                    "kind": "message",
+                    "agent": message["receiver"],
+                    "text": text,
+                }
+            )
+        for event in report["events"]:
+            text = f"{event['kind']} {event.get('agent') or '-'}: {event['text']}"
+            records.append(
+                {
+                    "at": event["at"],
+                    "node_id": event["node_id"],
+                    "kind": event["kind"],
+                    "agent": event.get("agent"),
+                    "text": text,
+                }
+            )
+    matched = sorted((r for r in records if pattern.search(r["text"])), key=lambda r: r["at"])
+    return {
+        "pattern": pattern.pattern,
+        "last_seconds": last_seconds,
+        "scanned": len(records),
+        "matched": len(matched),
+        "by_kind": dict(Counter(r["kind"] for r in matched).most_common()),
+        "by_agent": dict(Counter(str(r["agent"]) for r in matched).most_common(20)),
+        "by_node": dict(Counter(r["node_id"] for r in matched).most_common()),
+        "matches": matched[-MATCHES_SHOWN:],
         "unreachable": gathered["unreachable"],
     }
 
