@@ -1,6 +1,7 @@
 """An agent on n3 managed entirely through n1, with real ``caxton server start``
 processes and auth on: every ``caxton agent`` command names the agent, n1 finds its
-node and n3 carries the operation out; a viewer is refused on both nodes."""
+node and n3 carries the operation out (get, lifecycle, update, logs, a live move to n2,
+remove); a viewer is refused on both nodes."""
 
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ def test_an_agent_on_n3_is_managed_entirely_through_n1(
     make_cluster: MakeCluster, echo: bytes, tmp_path: Path
 ) -> None:
     cluster = make_cluster(extra={"security": {"auth_enabled": True}})
-    n1, _, n3 = cluster.start(3, roles=("admin", "viewer"))
+    n1, n2, n3 = cluster.start(3, roles=("admin", "viewer"))
     module = tmp_path / "echo.wasm"
     module.write_bytes(echo)
 
@@ -75,8 +76,26 @@ def test_an_agent_on_n3_is_managed_entirely_through_n1(
     assert sorted(e["result"] for e in on_n3) == ["denied", "success"]
     assert [e["source"].split()[0] for e in on_n3 if e["result"] == "success"] == ["node:n1"]
 
-    through(n1, "agent", "remove", "echo")
+    # Its logs, read through n1 from n3 (a viewer may read them).
+    logs = through(n1, "logs", "echo", "--json", key=n1.keys["viewer"])
+    assert logs["agent"] == "echo"
+    assert isinstance(logs["lines"], list)
+
+    # A live move to n2 asked of n1; a viewer may not move it, on n1 or on n3.
+    for node, key in ((n1, n1.keys["viewer"]), (n3, n3.keys["viewer"])):
+        refused = caxton("agent", "move", "echo", "--to", "n2", "--api-url", node.api_url,
+                         "--api-key", key)  # fmt: skip
+        assert refused.returncode == 1
+        assert "Forbidden" in refused.stderr
+    moved = through(n1, "agent", "move", "echo", "--to", "n2", "--json")
+    assert (moved["moved_from"], moved["node_id"]) == ("n3", "n2")
     assert n3.request("GET", "/api/v1/agents") == []
+    cluster.wait_until(lambda: n1.agents().get("echo") == "n2", 10, "echo on n2 in n1's registry")
+    assert n1.ask("echo", "moved")["reply"]["content"] == "moved"
+    assert [e["result"] for e in audited(n3, "move_agent")].count("success") == 1
+
+    through(n1, "agent", "remove", "echo")
+    assert n2.request("GET", "/api/v1/agents") == []
     gone = caxton("agent", "get", "echo", "--api-url", n1.api_url, "--api-key", str(n1.api_key))
     assert gone.returncode != 0
     assert "Agent not found: echo" in gone.stderr
