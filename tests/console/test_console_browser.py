@@ -1,12 +1,14 @@
 """The web console at /ui in Debian's Chromium, against a real 3-node cluster with auth
 on: the map shows three alive nodes, an agent deployed through the page runs on n3, a
 killed n3 turns failed and its agent reappears on a survivor, a viewer sees no deploy
-form and no action, and nothing leaks without credentials. Screenshots go to the nox
+form and no action, and nothing leaks without credentials; a partition in network
+namespaces shows both sides. Screenshots go to the nox
 report directory (docs/console.md shows them)."""
 
 from __future__ import annotations
 
 import base64
+import os
 import re
 import urllib.error
 import urllib.request
@@ -15,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cluster_support import ECHO_WAT, ProcessCluster
+from cluster_support import ECHO_WAT, NetnsLab, ProcessCluster, netns_missing
 
 pytestmark = pytest.mark.cluster
 
@@ -284,3 +286,58 @@ def test_the_agent_page_conversations_and_latency(
     # Its log lines since the move (each node keeps the lines written there).
     expect(viewer.locator("#agent-logs")).to_contain_text('"on n2"', timeout=SETTLE)
     assert errors == [], errors
+
+
+def test_a_partition_shows_both_sides(browser: Any, tmp_path: Path, screenshots: Path) -> None:
+    """Three nodes in network namespaces, cut into {n1, n2} and {n3} by nftables: n1's
+    console shows the majority as its side and n3 apart; n3's console shows itself as the
+    minority, read-only; after the heal both show one cluster again."""
+    from playwright.sync_api import expect
+
+    missing = netns_missing()
+    if missing is not None:
+        if os.environ.get("CI"):
+            pytest.fail(f"the partition test needs {missing}; CI must provide it")
+        pytest.skip(f"needs {missing}")
+    lab = NetnsLab()
+    cluster = ProcessCluster(tmp_path, extra={"security": {"allow_insecure_remote": True}})
+    try:
+        for name in ("n1", "n2", "n3"):
+            cluster.add(name, host=lab.add(name), netns=lab.namespaces[name])
+        n1, n2, n3 = (cluster.nodes[name] for name in ("n1", "n2", "n3"))
+        n1.start(bootstrap=True)
+        cluster.wait_until(n1.ready, 60, "n1 ready")
+        n2.start(join=[n1.address])
+        n3.start(join=[n1.address])
+        cluster.wait_converged([n1, n2, n3])
+        majority = browser.new_page(viewport={"width": 1280, "height": 700})
+        minority = browser.new_page(viewport={"width": 1280, "height": 700})
+        for page, node in ((majority, n1), (minority, n3)):
+            page.goto(node.api_url + "/ui/")
+            expect(page.locator('.node[data-status="alive"]')).to_have_count(3, timeout=SETTLE)
+            expect(page.locator(".side")).to_have_count(0)
+
+        lab.split(["n1", "n2"], ["n3"])
+        expect(majority.locator('.side[data-side="majority"]')).to_have_text(
+            "majority (this side): n1, n2", timeout=SETTLE
+        )
+        expect(majority.locator('.side[data-side="minority"]')).to_have_text("minority: n3")
+        expect(majority.locator('.node[data-node="n3"]')).to_have_attribute(
+            "data-status", "failed", timeout=SETTLE
+        )
+        expect(minority.locator('.side[data-side="minority"]')).to_have_text(
+            "minority (this side): n3", timeout=SETTLE
+        )
+        expect(minority.locator('.side[data-side="majority"]')).to_have_text("majority: n1, n2")
+        expect(minority.locator("#mode")).to_contain_text("mode read-only", timeout=SETTLE)
+        majority.screenshot(path=str(screenshots / "console-partition-majority.png"))
+        minority.screenshot(path=str(screenshots / "console-partition-minority.png"))
+
+        lab.heal()
+        for page in (majority, minority):
+            expect(page.locator('.node[data-status="alive"]')).to_have_count(3, timeout=SETTLE)
+            expect(page.locator(".side")).to_have_count(0, timeout=SETTLE)
+        expect(minority.locator("#mode")).to_contain_text("mode read-write", timeout=SETTLE)
+    finally:
+        cluster.close()
+        lab.close()
