@@ -217,6 +217,21 @@ def test_leaving_node_does_not_refute() -> None:
     assert b.incarnation == 0
 
 
+def test_a_metadata_change_while_leaving_does_not_undo_the_leave() -> None:
+    # A drain moves the node's agents off just before the leave: the agent count in its
+    # metadata changes after the announcement. A new incarnation would outrank "left"
+    # and the others would see the node join again, then fail.
+    a, b = joined_pair()
+    b.leave(1.0)
+    b.update_meta(1.05, {"agents": 0})
+    assert b.incarnation == 0
+    b.tick(b.next_deadline())
+    for datagram in b.drain().datagrams:
+        a.handle_datagram(1.3, datagram.payload, B)
+    assert a.status_of("b") is MemberStatus.LEFT
+    assert [e.kind for e in a.drain().events] == [EventKind.LEFT]
+
+
 def test_leave_completes_once_announced_enough() -> None:
     _a, b = joined_pair()
     b.leave(1.0)

@@ -221,7 +221,11 @@ def test_a_graceful_leave_is_not_a_failure(make_cluster: MakeCluster, echo: byte
         kinds = event_kinds(node, "n3")
         assert "left" in kinds, (node.node_id, kinds)
         assert "failed" not in kinds, (node.node_id, kinds)
-        assert "echo" not in node.agents()
+        # The leave drained n3 first: echo moved live to a survivor, it did not fail over.
+        assert node.agents().get("echo") in ("n1", "n2")
+    assert "Node n3: 1 agents moved" in left.stdout, left.stdout
+    assert f"  echo -> {n1.agents()['echo']}" in left.stdout, left.stdout
+    assert n1.ask("echo", "still here")["reply"]["content"] == "still here"
     status = cli(n1, "cluster", "status")
     assert "Nodes: 2/2 active" in status.stdout
 

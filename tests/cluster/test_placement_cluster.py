@@ -178,7 +178,7 @@ async def test_errors_are_clear_and_never_500(nodes: list[Node], echo: bytes) ->
     assert status == 201
     status, error, _ = await deploy(n1, {"name": "taken", "target_node": "n2"}, echo)
     assert status == 409, error
-    assert "already exists on node n2" in error["details"]
+    assert "an agent named 'taken' runs on node n2" in error["details"]
     status, error, _ = await deploy(n1, {"name": "broken", "target_node": "n2"}, b"\0asm junk")
     assert (status, error["error"]) == (400, "Invalid WebAssembly module"), error
     assert "broken" not in n2.agents

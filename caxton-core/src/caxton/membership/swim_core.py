@@ -332,9 +332,15 @@ class SwimCore:
         self._gossip_round()
 
     def update_meta(self, now: float, meta: Mapping[str, Any]) -> None:
-        """Replace this node's metadata; spreads as ``ALIVE`` with a new incarnation."""
+        """Replace this node's metadata; spreads as ``ALIVE`` with a new incarnation.
+
+        Once leaving, it is kept here only: a new incarnation would outrank the ``left``
+        announcement and bring this node back into the others' views (a drain changes
+        the agent count just before the leave)."""
         self._now = now
         self._me.meta = dict(meta)
+        if self.leaving:
+            return
         self._me.incarnation += 1
         self._queue_alive(self._me)
 
