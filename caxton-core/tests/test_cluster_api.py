@@ -60,6 +60,17 @@ async def test_leave_and_remove_are_refused_without_a_cluster(http: aiohttp.Clie
         assert response.status == 400  # force: true is required
     async with http.get("/api/v1/cluster/members/other/ping") as response:
         assert response.status == 404
+    # Every operation that needs a cluster says so the same way (api.common.clustered).
+    for path, payload in (
+        ("/api/v1/cluster/rebalance", {}),
+        ("/api/v1/cluster/drain", {}),
+        ("/api/v1/cluster/nodes", {"address": "127.0.0.1:7946"}),
+        ("/api/v1/cluster/stop", {}),
+        ("/api/v1/cluster/rebuild", {"node": "x"}),
+    ):
+        async with http.post(path, json=payload) as response:
+            assert response.status == 409, path
+            assert "is not part of a cluster, so it cannot" in (await response.json())["details"]
 
 
 async def test_the_event_stream_of_a_standalone_node_ends(http: aiohttp.ClientSession) -> None:

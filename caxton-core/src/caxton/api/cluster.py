@@ -20,7 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
-from caxton.api.common import body, query
+from caxton.api.common import body, clustered, query
 from caxton.api.common import flag as _flag
 from caxton.api.keys import NODE
 from caxton.api.openapi import (
@@ -64,14 +64,6 @@ def _node(request: web.Request) -> Any:
 def _cluster(request: web.Request) -> Any:
     """The node's cluster service, or None when the node does not cluster."""
     return getattr(_node(request), "cluster", None)
-
-
-def _not_clustered(node: Any, what: str) -> Conflict:
-    return Conflict(
-        f"node {node.node_id} is not part of a cluster, so it cannot {what}; start nodes "
-        f"with `caxton server start --bootstrap` and `--join HOST:PORT` (or "
-        f"coordination.cluster_enabled = true)"
-    )
 
 
 def _standalone_member(node: Any) -> dict[str, Any]:
@@ -303,9 +295,7 @@ def _verify_alone(node: Any) -> dict[str, Any]:
 async def cluster_leave(request: web.Request) -> web.Response:
     data = await body(request, "ClusterLeave", optional=True) or {}
     node = _node(request)
-    cluster = _cluster(request)
-    if cluster is None:
-        raise _not_clustered(node, "leave one")
+    cluster = clustered(request, "leave one")
     drain_ms = int(data.get("drain_timeout_ms", DEFAULT_DRAIN_MS))
     target = data.get("node") or node.node_id
     if target != node.node_id:
@@ -331,10 +321,7 @@ async def cluster_leave(request: web.Request) -> web.Response:
 @requires("cluster")
 async def cluster_remove(request: web.Request) -> web.Response:
     data = await body(request, "ClusterRemove")
-    node = _node(request)
-    cluster = _cluster(request)
-    if cluster is None:
-        raise _not_clustered(node, "remove a member")
+    cluster = clustered(request, "remove a member")
     cluster.partition.check_write(f"removing member {data['node']}")
     member = cluster.remove(data["node"])
     return json_response({"node_id": member.node_id, "status": member.status.value})

@@ -19,7 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
-from caxton.api.common import body
+from caxton.api.common import body, clustered
 from caxton.api.keys import IDENTITY, NODE, REQUEST_ID
 from caxton.api.openapi import MAX_WAIT_MS, integer_schema, object_schema, operation, string_schema
 from caxton.api.permissions import requires
@@ -27,7 +27,7 @@ from caxton.api.responses import json_response
 from caxton.cluster import rebalance
 from caxton.cluster.agent_ops import Caller
 from caxton.cluster.placement import NodeUnreachable, RemoteError, strategy_named
-from caxton.errors import Conflict, TransportError, ValidationError
+from caxton.errors import TransportError, ValidationError
 from caxton.units import parse_address
 
 __all__ = ["extend_openapi", "routes"]
@@ -41,21 +41,12 @@ JOIN_TIMEOUT = 15.0
 MAX_PARALLEL = 64
 
 
-def _clustered(request: web.Request, what: str) -> Any:
-    node = request.config_dict[NODE]
-    if node.cluster is None:
-        raise Conflict(
-            f"node {node.node_id} is not part of a cluster: cannot {what}",
-            details="start it with --bootstrap or --join to form a cluster",
-        )
-    return node
-
-
 @routes.post("/api/v1/cluster/rebalance")
 @requires("cluster")
 async def cluster_rebalance(request: web.Request) -> web.Response:
     data = await body(request, "ClusterRebalance", optional=True) or {}
-    node = _clustered(request, "rebalance")
+    node = request.config_dict[NODE]
+    clustered(request, "rebalance")
     strategy = data.get("strategy")
     strategy_named(node, strategy)  # an unknown strategy is refused before anything moves
     report = rebalance.plan(node, strategy)
@@ -71,8 +62,8 @@ async def cluster_rebalance(request: web.Request) -> web.Response:
 @requires("cluster")
 async def cluster_drain(request: web.Request) -> web.Response:
     data = await body(request, "ClusterDrain", optional=True) or {}
-    node = _clustered(request, "drain")
-    cluster = node.cluster
+    node = request.config_dict[NODE]
+    cluster = clustered(request, "drain")
     timeout = int(data.get("timeout_ms", DEFAULT_DRAIN_MS)) / 1000
     target = data.get("node") or node.node_id
     cluster.partition.check_write(f"draining node {target}")
@@ -98,8 +89,7 @@ async def cluster_drain(request: web.Request) -> web.Response:
 @requires("cluster")
 async def cluster_add_node(request: web.Request) -> web.Response:
     data = await body(request, "ClusterAddNode")
-    node = _clustered(request, "add a node")
-    cluster = node.cluster
+    cluster = clustered(request, "add a node")
     cluster.partition.check_write("adding a node")
     try:
         address = parse_address(data["address"])

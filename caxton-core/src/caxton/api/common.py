@@ -11,7 +11,7 @@ from caxton.api.bodies import EMPTY, read_json
 from caxton.api.keys import NODE, OPENAPI
 from caxton.api.openapi import UUID_PATTERN
 from caxton.api.validation import check
-from caxton.errors import ServiceUnavailable, ValidationError
+from caxton.errors import Conflict, ServiceUnavailable, ValidationError
 
 __all__ = ["body", "flag", "path_uuid", "query", "service"]
 
@@ -89,3 +89,22 @@ def path_uuid(request: web.Request, name: str) -> str:
         f"{name} {value!r}",
     )
     return value.lower()
+
+
+#: What a node that does not cluster is told to do instead (409 of :func:`clustered`).
+START_A_CLUSTER = (
+    "start nodes with `caxton server start --bootstrap` and `--join HOST:PORT` (or "
+    "coordination.cluster_enabled = true)"
+)
+
+
+def clustered(request: web.Request, what: str, instead: str = START_A_CLUSTER) -> Any:
+    """The node's cluster service; a 409 naming ``what`` needs one (and what to do
+    ``instead``) when the node does not cluster."""
+    node = request.config_dict[NODE]
+    cluster = getattr(node, "cluster", None)
+    if cluster is None:
+        raise Conflict(
+            f"node {node.node_id} is not part of a cluster, so it cannot {what}; {instead}"
+        )
+    return cluster

@@ -14,8 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from caxton.api.common import body
-from caxton.api.keys import NODE
+from caxton.api.common import body, clustered
 from caxton.api.openapi import integer_schema, object_schema, operation, string_schema
 from caxton.api.permissions import requires
 from caxton.api.responses import json_response
@@ -29,15 +28,8 @@ routes = web.RouteTableDef()
 DEFAULT_DRAIN_MS = 30_000
 
 
-def _clustered(request: web.Request, what: str) -> Any:
-    node = request.config_dict[NODE]
-    cluster = getattr(node, "cluster", None)
-    if cluster is None:
-        raise Conflict(
-            f"node {node.node_id} is not part of a cluster, so it cannot {what}; stop a "
-            f"single node with its service manager (systemctl stop caxton) or SIGTERM"
-        )
-    return cluster
+#: What a single node does instead of a whole-cluster stop.
+_STOP_ONE = "stop a single node with its service manager (systemctl stop caxton) or SIGTERM"
 
 
 @routes.post("/api/v1/cluster/stop")
@@ -46,7 +38,7 @@ async def cluster_stop(request: web.Request) -> web.Response:
     from caxton.cluster.shutdown import stop_cluster
 
     data = await body(request, "ClusterStop", optional=True) or {}
-    cluster = _clustered(request, "stop a cluster")
+    cluster = clustered(request, "stop a cluster", _STOP_ONE)
     if cluster.stopping_all:
         raise Conflict(f"the cluster is already stopping (asked of node {cluster.node_id})")
     result = await stop_cluster(cluster, data.get("drain_timeout_ms", DEFAULT_DRAIN_MS) / 1000)
@@ -61,7 +53,7 @@ async def cluster_rebuild(request: web.Request) -> web.Response:
     from caxton.cluster.rebuild import REBUILD_TIMEOUT
 
     data = await body(request, "ClusterRebuild")
-    cluster = _clustered(request, "rebuild a node from its peers")
+    cluster = clustered(request, "rebuild a node from its peers")
     target = data["node"]
     if target != cluster.node_id and cluster._live(target) is None:
         raise NotFound(
