@@ -104,6 +104,7 @@ CLI_PERMISSIONS: Mapping[str, str] = MappingProxyType(
         "memory stats": "metrics",
         "memory gc": "cluster",
         "trace": "read",
+        "analyze messages": "read",
         "profile": "cluster",
         "debug dump": "cluster",
         "config diff": "cluster",
