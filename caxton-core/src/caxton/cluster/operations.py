@@ -11,6 +11,7 @@ op            request (sealed, see cluster.trust)          answer
 ``backup-read`` ``{id, offset, length}``                   ``["ok", bytes]`` (a chunk)
 ``emergency`` ``{action, ...}``                            ``["ok", what this node did]``
 ``diag``      ``{report, ...arguments}``                   ``["ok", the node's report]``
+``view``      ``{view, args}``                             ``["ok", the node's view]``
 ``cluster-stop`` ``{phase, ...}``                          ``["ok", what this node did]``
 ``rebuild``   ``{}``                                        ``["ok", the rebuild report]``
 ``rebuild-holdings`` ``{}``                                 ``["ok", the asker's replicas]``
@@ -19,7 +20,8 @@ op            request (sealed, see cluster.trust)          answer
 
 Errors are ``["error", status, error, message, details]`` as for ``deploy``. The
 actions of ``emergency`` are those of :func:`caxton.emergency.apply`; the reports of
-``diag`` those of :data:`caxton.diagnostics.local.REPORTS`; the phases of
+``diag`` those of :data:`caxton.diagnostics.local.REPORTS`; the views of ``view``
+those of :data:`caxton.cluster.views.VIEWS` (read-only, for the console); the phases of
 ``cluster-stop`` those of :mod:`caxton.cluster.shutdown`; ``rebuild*``:
 :mod:`caxton.cluster.rebuild`.
 """
@@ -31,7 +33,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from caxton.cluster import rebuild, shutdown, wire
+from caxton.cluster import rebuild, shutdown, views, wire
 from caxton.cluster.placement import RemoteError, error_answer
 from caxton.errors import CaxtonError, NotFound, ValidationError
 
@@ -44,7 +46,7 @@ __all__ = ["OPS", "ClusterOperations"]
 log = logging.getLogger("caxton.cluster.operations")
 
 #: The control ops :class:`ClusterOperations` answers.
-OPS = frozenset({"backup", "backup-read", "emergency", "diag"}) | shutdown.OPS | rebuild.OPS
+OPS = frozenset({"backup", "backup-read", "emergency", "diag", "view"}) | shutdown.OPS | rebuild.OPS
 #: Bytes of a backup sent per ``backup-read`` (well under transport.max_frame_size).
 CHUNK = 4 * 1024 * 1024
 #: Seconds a node may take to make its backup.
@@ -90,6 +92,8 @@ class ClusterOperations:
             from caxton.diagnostics.local import run
 
             return await run(self.node, body)
+        if op == "view":
+            return await views.run(self.node, body)
         if op in shutdown.OPS:
             if sender != self.cluster.node_id:
                 self._audit(f"cluster_stop_{body.get('phase')}", sender)

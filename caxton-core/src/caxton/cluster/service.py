@@ -32,7 +32,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from caxton import hookimpl
-from caxton.cluster import agent_ops, views, wire
+from caxton.cluster import agent_ops, wire
 from caxton.cluster.agent_ops import OPS as AGENT_OPS
 from caxton.cluster.auth import (
     compare,
@@ -698,8 +698,6 @@ class Cluster:
             return self.names.on_control(frame, args)
         if op in AGENT_OPS:  # agent: an agent operation forwarded by another node
             return await agent_ops.on_control(self.node, frame, args)
-        if op in views.OPS:  # view: read-only views for the console (cluster.views)
-            return await views.on_control(self.node, frame, args)
         if op in OPERATION_OPS:  # backup, backup-read, emergency: cluster.operations
             return await self.operations.on_control(frame, op, args)
         if op == "auth":

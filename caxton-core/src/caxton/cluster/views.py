@@ -3,36 +3,30 @@
 Each view is what one node knows: its routing-latency histograms and message totals
 (``latency``), its dead letters (``dead-letters``), the conversations its router saw
 with their first messages (``conversations``, ``conversation``). :func:`gather` asks
-every reachable member for a view over the CONTROL op ``view`` (sealed, see
-:mod:`caxton.cluster.trust`) and answers it for this node itself; a member that does not
-answer in time is listed under ``failed``. The REST routes that use it
+every reachable member for a view over the cluster operation ``view``
+(:mod:`caxton.cluster.operations`, sealed) and answers it for this node itself; a member
+that does not answer in time is listed under ``failed``. The REST routes that use it
 (``GET /api/v1/cluster/latency``, ``?scope=cluster`` of the dead letters and the
 conversations) have checked the caller's permission; the views change nothing.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from caxton.cluster import wire
-from caxton.cluster.placement import error_answer
-from caxton.errors import CaxtonError, ServiceUnavailable, TransportError, ValidationError
+from caxton.errors import CaxtonError, ServiceUnavailable, ValidationError
 
 if TYPE_CHECKING:
-    from caxton.drivers.transport import Frame
     from caxton.node import Node
     from caxton.samples import Samples
 
-__all__ = ["OPS", "VIEWS", "gather", "local_view", "on_control"]
+__all__ = ["VIEWS", "gather", "local_view", "run"]
 
 log = logging.getLogger("caxton.cluster")
 
-#: The control ops this module answers.
-OPS = frozenset({"view"})
 #: Seconds each node has to answer.
 VIEW_TIMEOUT = 3.0
 #: Most conversations one node lists.
@@ -106,49 +100,34 @@ async def local_view(node: Node, name: str, args: Mapping[str, Any]) -> Any:
 VIEWS = ("latency", "dead-letters", "conversations", "conversation")
 
 
-async def on_control(node: Node, frame: Frame, args: Sequence[Any]) -> bytes:
-    """Answer the ``view`` op of a peer: ``["ok", view]`` or an error answer."""
-    try:
-        _, body = node.cluster.failover.trust.open("view", frame.sender, args[0] if args else None)
-        if not isinstance(body, Mapping) or body.get("view") not in VIEWS:
-            raise ValidationError("malformed view request")
-        view_args = body.get("args") or {}
-        if not isinstance(view_args, Mapping):
-            raise ValidationError("malformed view request: bad args")
-        return wire.pack(["ok", await local_view(node, str(body["view"]), view_args)])
-    except CaxtonError as exc:
-        log.info("refused a view request from %s: %s", frame.sender, exc)
-        return wire.pack(error_answer(exc))
+async def run(node: Node, body: Mapping[str, Any]) -> Any:
+    """The ``view`` op of a peer (body ``{view, args}``), answered for this node."""
+    view_args = body.get("args") or {}
+    if body.get("view") not in VIEWS or not isinstance(view_args, Mapping):
+        raise ValidationError("malformed view request")
+    return await local_view(node, str(body["view"]), view_args)
 
 
 async def gather(
     node: Node, name: str, args: Mapping[str, Any] | None = None
 ) -> tuple[dict[str, Any], dict[str, str]]:
     """View ``name`` of this node and of every reachable member: ``(answers, failed)``,
-    both by node id."""
+    both by node id (through :meth:`ClusterOperations.fan_out`, as the other
+    cluster-wide reports)."""
     args = dict(args or {})
-    answers: dict[str, Any] = {node.node_id: await local_view(node, name, args)}
+    if name not in VIEWS:
+        raise ValidationError(f"unknown view {name!r}")
     cluster = node.cluster
     if cluster is None:
-        return answers, {}
-    peers = cluster._peers()
-    sealed = cluster.failover.trust.seal({"view": name, "args": args})
-
-    async def ask(address: Any) -> Any:
-        try:
-            return await cluster._control(address, VIEW_TIMEOUT, "view", sealed)
-        except (TransportError, asyncio.TimeoutError) as exc:
-            return ["error", 502, "Unreachable", f"did not answer: {exc}", None]
-
+        return {node.node_id: await local_view(node, name, args)}, {}
+    replies = await cluster.operations.fan_out("view", {"view": name, "args": args}, VIEW_TIMEOUT)
+    answers: dict[str, Any] = {}
     failed: dict[str, str] = {}
-    replies = await asyncio.gather(*(ask(m.address) for m in peers))
-    for member, reply in zip(peers, replies, strict=True):
-        if isinstance(reply, list) and len(reply) == 2 and reply[0] == "ok":
-            answers[member.node_id] = reply[1]
-        elif isinstance(reply, list) and len(reply) == 5 and reply[0] == "error":
-            failed[member.node_id] = str(reply[3])
+    for node_id, reply in replies.items():
+        if isinstance(reply, CaxtonError):
+            failed[node_id] = str(reply)
         else:
-            failed[member.node_id] = "a malformed answer"
+            answers[node_id] = reply
     return answers, failed
 
 
