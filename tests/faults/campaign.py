@@ -188,16 +188,22 @@ class Workload:
         """The node's mode and running agents every :data:`SAMPLE_PERIOD` seconds."""
         while not self.stopping.is_set():
             at = time.time()
-            mode, agents = "", []
+            mode, running = "", []
             with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError, TypeError):
                 status, body = await self.call(node, "GET", "/api/v1/cluster/status", timeout=0.5)
                 if status == 200:
                     mode = body["mode"]
                     _, listed = await self.call(node, "GET", "/api/v1/agents", timeout=0.5)
-                    agents = sorted(a["name"] for a in listed if a.get("state") == "running")
+                    running = [a for a in listed if a.get("state") == "running"]
             # Stamped when the answer came: the node said it then (a paused node answers
             # only once it runs again, and must not claim a mode it had before the pause).
-            self.history.samples.append(Sample(node, time.time(), mode, agents))
+            agents = sorted(a["name"] for a in running)
+            holders = {
+                a["name"]: list(a["replication"]["holders"])
+                for a in running
+                if isinstance(a.get("replication"), dict)
+            }
+            self.history.samples.append(Sample(node, time.time(), mode, agents, holders))
             await asyncio.sleep(max(0.0, SAMPLE_PERIOD - (time.time() - at)))
 
     async def deploy_probe(self, node: str, name: str, wasm: bytes) -> None:

@@ -25,7 +25,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cluster"))
 
-from history import Delivery, History, Injected, Operation
+from history import Delivery, History, Injected, Operation, Sample
 
 #: Seconds a node's reported mode may lag the true topology beyond the detection
 #: timeout: the 100 ms sampling period plus the time an event takes to be handled.
@@ -272,10 +272,43 @@ def minority_writes(history: History) -> list[Anomaly]:
     return anomalies
 
 
-def failover_times(history: History) -> list[tuple[Injected, str, float | None]]:
-    """For each fault with a clear majority that leaves an agent's every host out of it,
-    and held long enough to tell: (fault, agent, seconds until a request through the
-    majority was answered again, None if none was during the hold)."""
+@dataclass(frozen=True)
+class Failover:
+    """An agent whose every host a fault with a clear majority cut off, held long enough
+    to tell. ``took``: seconds from the cut until a request through the majority was
+    answered again (None: none was during the hold). ``replica_set``: its owner and
+    holders just before the cut (empty when the history did not record holders).
+    ``possible``: whether a safe takeover could happen at all (see :func:`possible`)."""
+
+    item: Injected
+    agent: str
+    took: float | None
+    majority: frozenset[str]
+    replica_set: frozenset[str]
+    possible: bool
+
+    def why_impossible(self) -> str:
+        members = ", ".join(sorted(self.replica_set))
+        on_majority = len(self.replica_set & self.majority)
+        return (
+            f"{self.agent}: {on_majority} of its replica set ({members}) on the majority "
+            f"side, {len(self.replica_set) // 2 + 1} needed [{_fault_label(self.item)}]"
+        )
+
+
+def possible(majority: frozenset[str], replica_set: frozenset[str]) -> bool:
+    """Can the nodes of ``majority`` (a majority of the cluster, all reaching each other)
+    take over an agent whose replica set is ``replica_set``? Only with a majority of that
+    set among them: a takeover is a promise round that needs one (design 0001), as a Raft
+    leader needs a quorum of the log's replicas and Akka's split brain resolver stops the
+    side without one. An unknown set (an older history) is held to the bound."""
+    if not replica_set:
+        return True
+    return len(replica_set & majority) >= len(replica_set) // 2 + 1
+
+
+def failovers(history: History) -> list[Failover]:
+    """Every failover a fault with a clear majority called for (see :class:`Failover`)."""
     bound = failover_bound(history)
     everyone = history.nodes
     requested = {op.agent for op in history.operations if op.kind in ("count", "record")}
@@ -286,7 +319,7 @@ def failover_times(history: History) -> list[tuple[Injected, str, float | None]]
             continue
         if item.end - item.start < bound + 1.0:
             continue
-        for agent, hosts in _hosts_before(history, item.start).items():
+        for agent, (hosts, replica_set) in _placement_before(history, item.start).items():
             if agent not in requested or hosts & majority:
                 continue
             answered = [
@@ -297,8 +330,17 @@ def failover_times(history: History) -> list[tuple[Injected, str, float | None]]
                 and op.invoke >= item.start
                 and op.complete <= item.end
             ]
-            measured.append((item, agent, min(answered) - item.start if answered else None))
+            took = min(answered) - item.start if answered else None
+            measured.append(
+                Failover(item, agent, took, majority, replica_set, possible(majority, replica_set))
+            )
     return measured
+
+
+def failover_times(history: History) -> list[tuple[Injected, str, float | None]]:
+    """(fault, agent, seconds until answered through the majority) of every failover
+    that was possible: the ones :func:`failover_liveness` holds to the bound."""
+    return [(f.item, f.agent, f.took) for f in failovers(history) if f.possible]
 
 
 def failover_bound(history: History) -> float:
@@ -307,8 +349,10 @@ def failover_bound(history: History) -> float:
 
 
 def failover_liveness(history: History) -> list[Anomaly]:
-    """While a majority exists, every agent cut off with its node is answered again
-    through the majority within detection timeout + drift margin + 2 s."""
+    """While a majority exists that also holds a majority of an agent's replica set,
+    every agent cut off with its node is answered again through that majority within
+    detection timeout + drift margin + 2 s. The failovers no majority could make safely
+    are not held to it; :func:`check` counts them apart."""
     bound = failover_bound(history)
     anomalies = []
     for item, agent, took in failover_times(history):
@@ -327,18 +371,25 @@ def failover_liveness(history: History) -> list[Anomaly]:
     return anomalies
 
 
-def _hosts_before(history: History, at: float, window: float = 2.0) -> dict[str, set[str]]:
-    """Agent name -> nodes that ran it in their last answered sample before ``at``."""
-    last: dict[str, tuple[float, list[str]]] = {}
+def _placement_before(
+    history: History, at: float, window: float = 2.0
+) -> dict[str, tuple[frozenset[str], frozenset[str]]]:
+    """Agent name -> (nodes that ran it, its replica set: those nodes and the holders
+    they named) in each node's last answered sample before ``at``. The replica set is
+    empty when no host's sample named its holders (histories recorded before that)."""
+    last: dict[str, Sample] = {}
     for sample in history.samples:
         recent = at - window <= sample.at < at and sample.mode
-        if recent and sample.at >= last.get(sample.node, (0.0, []))[0]:
-            last[sample.node] = (sample.at, sample.agents)
+        if recent and (sample.node not in last or sample.at >= last[sample.node].at):
+            last[sample.node] = sample
     hosts: dict[str, set[str]] = defaultdict(set)
-    for node, (_, agents) in last.items():
-        for agent in agents:
+    members: dict[str, set[str]] = defaultdict(set)
+    for node, sample in last.items():
+        for agent in sample.agents:
             hosts[agent].add(node)
-    return hosts
+            if agent in sample.holders:
+                members[agent].update([node, *sample.holders[agent]])
+    return {agent: (frozenset(on), frozenset(members[agent])) for agent, on in hosts.items()}
 
 
 PROPERTIES = (
@@ -371,12 +422,17 @@ def check(history: History) -> dict[str, Any]:
             "by_fault": dict(Counter(a.fault.split(" ")[1] if a.fault else "none" for a in found)),
             "examples": [asdict(a) for a in found[:EXAMPLES]],
         }
-    times = [t for _, _, t in failover_times(history) if t is not None]
+    called_for = failovers(history)
+    times = [f.took for f in called_for if f.possible and f.took is not None]
+    impossible = [f for f in called_for if not f.possible]
     properties["failover-liveness"]["measured"] = {
-        "failovers": len(failover_times(history)),
+        "failovers": len(called_for) - len(impossible),
         "bound_s": failover_bound(history),
         "p50_s": round(statistics.median(times), 2) if times else None,
         "max_s": round(max(times), 2) if times else None,
+        # Not held to the bound, never hidden: how many, and which.
+        "impossible": len(impossible),
+        "impossible_examples": [f.why_impossible() for f in impossible[:EXAMPLES]],
     }
     properties["duplicates"]["measured"] = {"redelivered_to_another_copy": redeliveries(history)}
     acked_sends = {op.op_id for op in _acked(history, "send")}
@@ -405,11 +461,14 @@ def summary(report: dict[str, Any]) -> str:
     for name, result in report["properties"].items():
         verdict = "holds" if result["holds"] else f"{result['anomalies']} anomalies"
         extra = f" by fault {result['by_fault']}" if result["by_fault"] else ""
-        extra += f" {result['measured']}" if "measured" in result else ""
+        measured = dict(result.get("measured", {}))
+        impossible = measured.pop("impossible_examples", [])
+        extra += f" {measured}" if measured else ""
         lines.append(f"  {name:<18} {verdict}{extra}")
         for example in result["examples"][:3]:
             where = f" [{example['fault']}]" if example["fault"] else ""
             lines.append(f"      t={example['at']:.1f}s {example['what']}{where}")
+        lines += [f"      not possible: {text}" for text in impossible[:3]]
     return "\n".join(lines)
 
 

@@ -45,6 +45,9 @@ class Sample:
     at: float
     mode: str  # "read-write", "read-only", ... or "" when the node did not answer
     agents: list[str] = field(default_factory=list)
+    # Running agent -> the other members of its replica set, as this node (its owner)
+    # reported them; absent in histories recorded before the campaign sampled them.
+    holders: dict[str, list[str]] = field(default_factory=dict)
 
 
 @dataclass

@@ -148,6 +148,48 @@ def test_failover_is_measured_from_the_cut_to_the_first_answer_through_the_major
     assert anomalies(never, "failover-liveness") == 1
 
 
+def split(*small: str) -> Fault:
+    rest = [n for n in NODES if n not in small]
+    return fault(
+        "split",
+        small,
+        {(a, b) for a in small for b in rest} | {(b, a) for a in small for b in rest},
+    )
+
+
+def test_a_failover_without_a_majority_of_the_replica_set_is_counted_apart() -> None:
+    """n1 owns ledger-n1 with holders n2 and n3. Split {n1, n2} | {n3, n4, n5}: the big
+    side is a majority of the cluster but holds 1 of the 3 members, so no takeover is
+    safe (design 0001): the checker does not hold it to the bound, and counts it."""
+    cut = Injected(split("n1", "n2"), T0 + 10, T0 + 20)
+    before = [Sample("n1", T0 + 9.5, "read-write", ["ledger-n1"], {"ledger-n1": ["n2", "n3"]})]
+    history = make_history([op("record", "r-1", 11, "aa", node="n1")], faults=[cut], samples=before)
+    report = check(history)["properties"]["failover-liveness"]
+    assert report["holds"], report
+    assert (report["measured"]["failovers"], report["measured"]["impossible"]) == (0, 1)
+    assert report["measured"]["impossible_examples"] == [
+        "ledger-n1: 1 of its replica set (n1, n2, n3) on the majority side, 2 needed "
+        "[#0 split (split)]"
+    ]
+    assert failover_times(history) == []
+
+
+def test_a_failover_with_a_majority_of_the_replica_set_is_held_to_the_bound() -> None:
+    """The same split with the holders n3 and n4 on the big side: a takeover is possible,
+    so never answering during the 10 s hold is an anomaly, and answering in time is not."""
+    cut = Injected(split("n1", "n2"), T0 + 10, T0 + 20)
+    before = [Sample("n1", T0 + 9.5, "read-write", ["ledger-n1"], {"ledger-n1": ["n3", "n4"]})]
+    never = make_history([op("record", "r-1", 11, "aa", node="n1")], faults=[cut], samples=before)
+    report = check(never)["properties"]["failover-liveness"]
+    assert report["anomalies"] == 1
+    assert (report["measured"]["failovers"], report["measured"]["impossible"]) == (1, 0)
+    assert report["examples"][0]["what"] == (
+        "ledger-n1 never answered during the hold of 10.0 s (bound 4.5 s)"
+    )
+    in_time = make_history([op("record", "r-2", 13, "bb", node="n4")], faults=[cut], samples=before)
+    assert anomalies(in_time, "failover-liveness") == 0
+
+
 def test_the_quorum_model_of_each_shape() -> None:
     ring = plan(3, 20, NODES)
     by_kind = {f.kind: f for f in ring}
