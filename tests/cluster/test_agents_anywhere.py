@@ -176,6 +176,14 @@ async def test_the_cluster_listing_filters_and_pages(nodes: list[Node], echo: by
     ]
     assert every[2]["counters"]["messages_handled"] == 0
     assert headers["X-Total-Count"] == "4"
+    # Each listed agent says where it is replicated, as its detail does (the fault
+    # campaign's checker reads every agent's replica set from the local list).
+    _, detail, _ = await call(n1, "GET", f"/api/v1/agents/{every[2]['id']}", admin)
+    listed = every[2]["replication"]
+    assert (listed["holders"], listed["generation"]) == (
+        detail["replication"]["holders"], detail["replication"]["generation"]
+    )  # fmt: skip
+    assert sorted(local[0]["replication"]["holders"]) == ["n2", "n3"]
     _, on_n3, _ = await call(n1, "GET", "/api/v1/agents?scope=cluster&node=n3", admin)
     assert [a["name"] for a in on_n3] == ["echo-c", "other"]
     _, echoes, headers = await call(

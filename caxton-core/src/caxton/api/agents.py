@@ -20,7 +20,7 @@ from caxton.api.openapi import DRAIN_TIMEOUT_SCHEMA, LIMIT_ALIASES, LIST_QUERY, 
 from caxton.api.permissions import requires
 from caxton.api.responses import json_response
 from caxton.api.validation import decode_base64
-from caxton.cluster.agent_ops import Caller, list_cluster, perform
+from caxton.cluster.agent_ops import Caller, describe, list_cluster, perform
 from caxton.cluster.placement import DeploySpec, deploy_local, place
 from caxton.drivers.placement import PlacementRequest
 from caxton.errors import ValidationError
@@ -78,7 +78,7 @@ async def list_agents(request: web.Request) -> web.Response:
     if params["scope"] == "cluster":
         agents = await list_cluster(node, _caller(request))
     else:
-        agents = [a.to_dict() for a in service(request, "agents").list()]
+        agents = [describe(node, a) for a in service(request, "agents").list()]
     if params["name"] is not None:
         pattern = params["name"].strip()
         agents = [a for a in agents if fnmatch.fnmatchcase(a["name"], pattern)]

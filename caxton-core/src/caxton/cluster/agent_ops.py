@@ -48,11 +48,12 @@ from caxton.errors import (
 from caxton.plugins import error_line
 
 if TYPE_CHECKING:
+    from caxton.agents.model import Agent
     from caxton.agents.runtime import AgentRuntime
     from caxton.cluster.service import Cluster
     from caxton.node import Node
 
-__all__ = ["ACTIONS", "OPS", "Caller", "list_cluster", "on_control", "perform"]
+__all__ = ["ACTIONS", "OPS", "Caller", "describe", "list_cluster", "on_control", "perform"]
 
 log = logging.getLogger("caxton.cluster")
 
@@ -295,7 +296,7 @@ async def run_local(
     """Carry out ``action`` on this node's agent ``agent_id`` (by id only)."""
     manager = _manager(node)
     if action == "list":
-        return [agent.to_dict() for agent in manager.list()]
+        return [describe(node, agent) for agent in manager.list()]
     if action not in ACTIONS:
         raise ValidationError(f"unknown agent action {action!r}")
     try:
@@ -305,7 +306,7 @@ async def run_local(
     if agent is None or agent.id != agent_id:
         raise AgentNotFound(agent_id)
     if action == "get":
-        return {**agent.to_dict(), **_replication(node, agent_id)}
+        return describe(node, agent)
     if action == "logs":  # the agent's own log lines (caxton.agents.agent_logs)
         lines = manager.runtime(agent_id).logbook.since(
             float(options.get("since") or 0.0), int(options.get("after") or 0)
@@ -440,6 +441,13 @@ def _audit(
 def _hosts(node: Node, agent_id: str) -> bool:
     manager = _manager(node)
     return agent_id in manager and manager.get(agent_id).id == agent_id
+
+
+def describe(node: Node, agent: Agent) -> dict[str, Any]:
+    """A local agent as the API shows it: its record, and on a clustered node where it
+    is replicated (the fault campaign's checker reads each agent's replica set from
+    the list)."""
+    return {**agent.to_dict(), **_replication(node, agent.id)}
 
 
 def _replication(node: Node, agent_id: str) -> dict[str, Any]:
