@@ -51,8 +51,9 @@ from typing import TYPE_CHECKING, Any
 from caxton import hookimpl
 from caxton.cluster import wire
 from caxton.cluster.lease import quorum_of
+from caxton.cluster.orphans import Orphans
 from caxton.cluster.ownership import OPS as OWNERSHIP_OPS
-from caxton.cluster.ownership import Ownership
+from caxton.cluster.ownership import Fence, Ownership
 from caxton.cluster.placement import DeploySpec, deploy_local, error_answer, node_loads, on_deploy
 from caxton.cluster.registry import ROUTABLE_STATES, AgentEntry
 from caxton.cluster.trust import PeerTrust
@@ -206,6 +207,8 @@ class Failover:
         #: Quorum replication of the agents' state and fenced takeovers (durability
         #: "quorum"); see caxton.cluster.ownership.
         self.ownership = Ownership(self)
+        #: Agents kept here that run on no node while their owner lives.
+        self.orphans = Orphans(self)
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -231,6 +234,7 @@ class Failover:
             self.node.agents.kv_listener = self._kv_changed
         self.started = True
         self.cluster._spawn(self._reconcile_loop())
+        self.orphans.start()
         self.schedule_reconcile()
 
     def close(self) -> None:
@@ -273,8 +277,9 @@ class Failover:
         self.ownership.owned.pop(agent.id, None)
         # Its key/value rows are gone with it: a promise answered from here must not
         # offer "the state of generation g" with nothing in it (the promise stays).
-        # A copy a live move removed keeps them: this node may hold the new owner's.
-        if agent.id not in self.ownership.handing_over:
+        # A copy a live move removed keeps them (this node may hold the new owner's),
+        # and so does a fenced copy (the holder copy of its generation).
+        if not self.ownership.keeps_state(agent.id):
             self.ownership.forget_state(agent.id)
         node.store.delete_placement(agent.id)
         self._pushed.pop(agent.id, None)
@@ -925,6 +930,9 @@ class Failover:
             keep = sorted(agent_id for agent_id, hs in self.holders.items() if node_id in hs)
             # An agent moving there now: the replica it was sent is what the move takes.
             keep += [a for a, target in self.cluster.moves.moving.items() if target == node_id]
+            # An agent whose copy here a takeover fenced is not this node's to drop:
+            # the takeover may have failed, and the holders' copies restart it.
+            keep += self.ownership.lost()
             body = {"keep": keep}
         try:
             await self.cluster._control(
@@ -943,17 +951,27 @@ class Failover:
         kept, dropped = set(keep or ()), set(drop or ())
         for replica in [r for r in self.replicas.values() if r.owner == owner]:
             gone = replica.agent_id in dropped if drop is not None else replica.agent_id not in kept
+            fence = self.ownership.fences.get(replica.agent_id)
+            if gone and drop is None and fence is not None and self._taken_from(replica, fence):
+                continue  # not the owner's to drop any more (caxton.cluster.orphans)
             if gone:
                 del self.replicas[replica.agent_id]
                 self.node.store.delete_replica(replica.agent_id, replica.module_sha256)
                 agents = self.node.agents
-                fence = self.ownership.fences.get(replica.agent_id)
                 if fence is not None and fence.generation > replica.generation:
                     continue  # the state here is a newer owner's: that one decides
                 if agents is None or replica.agent_id not in agents:
                     self.node.store.delete_agent(replica.agent_id)  # its key/value copy
                     self.ownership.forget_state(replica.agent_id)
         return True
+
+    @staticmethod
+    def _taken_from(replica: Replica, fence: Fence) -> bool:
+        """Whether this node promised a takeover of ``replica``'s agent a generation
+        above its owner's (not the owner's own move of its replica set): the owner's
+        copy may have been fenced by it, so its list of what to keep no longer covers
+        the agent, which may run nowhere now; only a takeover decides."""
+        return fence.promised > replica.generation and not fence.proposed_by(replica.owner)
 
     # -- control ops --------------------------------------------------------------------
 
@@ -972,6 +990,8 @@ class Failover:
                 answer = await self.ownership.on_writes(sender, body)
             elif op == "promise":
                 answer = await self.ownership.on_promise(sender, body)
+            elif op == "owns":
+                answer = self.ownership.on_owns(body)
             else:
                 answer = self._on_claim(sender, body)
         except CaxtonError as exc:

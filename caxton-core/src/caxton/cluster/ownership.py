@@ -52,7 +52,7 @@ __all__ = ["OPS", "Fence", "Ownership", "majority"]
 log = logging.getLogger("caxton.cluster")
 
 #: The control ops :class:`Ownership` answers (sealed, :mod:`caxton.cluster.trust`).
-OPS = frozenset({"writes", "promise"})
+OPS = frozenset({"writes", "promise", "owns"})
 #: Seconds a holder has to answer a frame of writes, and a member a promise.
 WRITE_TIMEOUT = 2.0
 PROMISE_TIMEOUT = 2.0
@@ -191,6 +191,9 @@ class Ownership:
         #: (:mod:`caxton.cluster.moves`): a promise for them does not fence and remove
         #: the copy here; the move stops it, hands its messages over and removes it.
         self.handing_over: set[str] = set()
+        #: Fenced copies being removed: their key/value rows stay, a holder copy of the
+        #: generation they had (:meth:`fence`).
+        self._keeping: set[str] = set()
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -389,9 +392,9 @@ class Ownership:
             if kind == "fenced" and isinstance(result[1], int) and result[1] > owned.pending:
                 owned.refused[holder] = result[1]
                 if self._lost_majority(owned):
+                    newer = max(owned.refused.values())
                     self.fence(
-                        entry[0],
-                        f"holders promised generation {max(owned.refused.values())} to a new owner",
+                        entry[0], f"holders promised generation {newer} to a new owner", newer
                     )
                     continue
             if resync:
@@ -436,9 +439,31 @@ class Ownership:
         for holder, entries in batches.items():
             self._queue_writes(holder, entries)
 
-    def fence(self, agent_id: str, reason: str) -> None:
-        """This node's copy of ``agent_id`` lost its ownership: it acknowledges nothing
-        more (held outputs are dead-lettered with ``reason``) and is removed."""
+    def keeps_state(self, agent_id: str) -> bool:
+        """Whether the copy of ``agent_id`` being removed here leaves its key/value rows
+        (a live move's old copy, a fenced copy): they are a holder's copy now."""
+        return agent_id in self.handing_over or agent_id in self._keeping
+
+    def lost(self) -> list[str]:
+        """The agents whose copy here was fenced by a newer generation and that no
+        write of it has reached since (this node keeps its state as it was)."""
+        return sorted(
+            agent_id
+            for agent_id, fence in self.fences.items()
+            if 0 < fence.generation < fence.promised and not self._hosts(agent_id)
+        )
+
+    def fence(self, agent_id: str, reason: str, newer: int) -> None:
+        """This node's copy of ``agent_id`` lost its ownership to generation ``newer``:
+        it acknowledges nothing more (held outputs are dead-lettered with ``reason``)
+        and is removed.
+
+        Its state stays, as a holder's copy of the generation it had: this node is a
+        member of that generation's replica set, and a later takeover may count its
+        promise in a majority of that set; an answer without the state it acknowledged
+        would let the takeover start from another member's older one (the fault
+        campaign lost acknowledged ids when a fenced owner's answer, carrying its state,
+        was lost under a one-way cut and the retry counted it empty)."""
         owned = self.owned.pop(agent_id, None)
         agents = self.node.agents
         if agents is None or agent_id not in agents:
@@ -448,6 +473,13 @@ class Ownership:
             return
         runtime.fenced = reason
         agents.outputs.failed(runtime, f"fenced: {reason}")
+        fence = self.fences.get(agent_id, Fence())
+        generation = self.failover.generation(agent_id)
+        version = owned.version if owned is not None else runtime.version
+        members = owned.members(self.node_id) if owned is not None else fence.members
+        self._persist(agent_id, fence.holding(generation, version, members).promise(newer, ()))
+        self.states.pop(agent_id, None)
+        self._keeping.add(agent_id)
         self.cluster.events.record(
             "agent-fenced",
             f"Agent '{runtime.name}' on {self.node_id} is fenced ({reason}): it acknowledges "
@@ -460,9 +492,11 @@ class Ownership:
 
     async def _remove(self, name: str, agent_id: str) -> None:
         try:
-            await self.node.agents.remove(agent_id)
+            await self.node.agents.remove(agent_id, keep_state=True)
         except CaxtonError as exc:
             log.warning("could not remove the fenced copy of %s: %s", name, exc)
+        finally:
+            self._keeping.discard(agent_id)
 
     # -- holders: writes and promises ---------------------------------------------------
 
@@ -482,7 +516,7 @@ class Ownership:
             mine = self.failover.generation(agent_id)
             if generation <= mine:
                 return ["fenced", mine]
-            self.fence(agent_id, f"{owner} writes it at generation {generation}")
+            self.fence(agent_id, f"{owner} writes it at generation {generation}", generation)
             return ["gap", 0]  # write the whole state again once the copy here is gone
         fence = self.fences.get(agent_id, Fence())
         if generation < fence.promised:
@@ -571,10 +605,15 @@ class Ownership:
             version = owned.version if owned is not None else runtime.version
             items = [[k, v] for k, v in runtime.kv.items()]
             if agent_id not in self.handing_over:  # a live move removes its copy itself
-                self.fence(agent_id, f"{taker} takes it over at generation {generation}")
-            self._persist(
-                agent_id, Fence(0, 0, 0, (), fence.proposals).promise(generation, proposed)
-            )
+                self.fence(
+                    agent_id, f"{taker} takes it over at generation {generation}", generation
+                )
+            # The state answered stays here as this generation's holder copy (its
+            # rows are kept): the answer may be lost (a one-way cut) and the takeover
+            # fail, and the next one may count this node's promise in its majority.
+            held = Fence(fence.promised, mine, version, members, fence.proposals)
+            self._persist(agent_id, held.promise(generation, proposed))
+            self.states.pop(agent_id, None)
             return ["promised", mine, version, items, config]
         if generation <= fence.promised or (
             owner_at and fence.promised > owner_at and not fence.proposed_by(taker)
@@ -584,6 +623,19 @@ class Ownership:
         state = await self._state(agent_id)
         items = [[k, v] for k, v in state.items()]
         return ["promised", fence.generation, fence.version, items, fence.config()]
+
+    def on_owns(self, body: Any) -> list[Any]:
+        """Who may own ``agent_id`` as this node knows it (``owns``, read only, for
+        :mod:`caxton.cluster.orphans`): ``[generation it runs here at (0: it does not
+        run here), the highest generation promised here, the nodes that proposed the
+        promises remembered here (would-be owners)]``."""
+        agent_id = body.get("agent_id") if isinstance(body, Mapping) else None
+        if not isinstance(agent_id, str):
+            raise ValidationError("malformed owns")
+        fence = self.fences.get(agent_id, Fence())
+        hosted = self.failover.generation(agent_id) if self._hosts(agent_id) else 0
+        proposers = sorted({m[0] for _, m in fence.proposals if m})
+        return [hosted, max(fence.promised, hosted), proposers]
 
     # -- takeover -----------------------------------------------------------------------
 
