@@ -239,6 +239,15 @@ def test_receiver_may_be_a_list() -> None:
             {"performative": "inform", "sender": "a", "receiver": "b", "reply_by": -5},
             "Invalid message: field 'reply_by' must be Unix seconds",
         ),
+        (  # before 1970 once its offset applies: iso_time of it raised (year 0)
+            {
+                "performative": "inform",
+                "sender": "a",
+                "receiver": "b",
+                "reply_by": "0001-01-01T00:00+01:00",
+            },
+            "Invalid message: field 'reply_by' must be Unix seconds",
+        ),
         (
             {"performative": "inform", "sender": "a", "receiver": "b", "priority": "urgent"},
             "Unknown priority 'urgent'",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -24,6 +25,12 @@ pytest.importorskip("schemathesis", reason="schemathesis is in caxton-core's tes
 #: Examples per operation and phase; about 40 per operation across phases in practice.
 MAX_EXAMPLES = 60
 MIN_CASES = 1000
+
+
+def seed_option() -> list[str]:
+    """``CAXTON_SCHEMATHESIS_SEED=N`` replays the seed a failing run printed."""
+    seed = os.environ.get("CAXTON_SCHEMATHESIS_SEED")
+    return [f"--seed={seed}"] if seed else []
 
 
 async def test_schemathesis_all_phases(
@@ -47,6 +54,7 @@ async def test_schemathesis_all_phases(
                 "--workers=1",
                 "--request-timeout=30",
                 "--report=json",
+                *seed_option(),
                 f"--report-json-path={report}",
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
@@ -55,17 +63,24 @@ async def test_schemathesis_all_phases(
             output, _ = await process.communicate()
     text = output.decode(errors="replace")
     result = json.loads(report.read_text())
-    statuses = [
-        r.__dict__["access"]["status"] for r in caplog.records if r.name == "caxton.api.access"
-    ]
+    accesses = [r.__dict__["access"] for r in caplog.records if r.name == "caxton.api.access"]
+    statuses = [a["status"] for a in accesses]
     server_errors = [s for s in statuses if s >= 500]
+    failed_requests = [
+        f"{a['method']} {a['path']} -> {a['status']}" for a in accesses if a["status"] >= 500
+    ]
+    server_logs = [
+        r.getMessage() + ("\n" + r.exc_text if r.exc_text else "")
+        for r in caplog.records
+        if r.levelno >= logging.ERROR
+    ]
     cases = result["test_cases"]["generated"]
     summary = (
         f"schemathesis: {cases} cases, {len(statuses)} requests, "
         f"{len(server_errors)} 5xx, seed {result['seed']}"
     )
     print(summary)
-    assert server_errors == [], summary
+    assert server_errors == [], "\n".join([summary, *failed_requests, *server_logs])
     assert result["failures"] == [], text[-6000:]
     assert result["errors"] == [], text[-6000:]
     assert result["operations"]["tested"] == result["operations"]["total"]

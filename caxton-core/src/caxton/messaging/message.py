@@ -523,7 +523,9 @@ def _timestamp(value: Any) -> float | None:
         else:
             if moment.tzinfo is None:
                 moment = moment.replace(tzinfo=timezone.utc)
-            return moment.timestamp()
+            seconds = moment.timestamp()
+            if seconds >= 0:  # as for numbers: before 1970 is no deadline a message can keep
+                return seconds
     raise ValidationError(
         f"Invalid message: field 'reply_by' must be Unix seconds or an ISO-8601 time "
         f"such as 2026-01-31T12:00:00Z, got {value!r}"
