@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+import datetime
+import shutil
 import signal
 import threading
 import time
@@ -25,6 +27,8 @@ from cluster_support import (
     issue_certificates,
     run_caxton,
 )
+
+from caxton.security.pki import issue_node_cert
 
 pytestmark = pytest.mark.cluster
 
@@ -56,22 +60,17 @@ def test_a_node_of_another_ca_is_refused_with_the_reason_on_both_sides(
     stranger = foreign.add("stranger")
     stranger.start(join=[n1.address])  # it starts, alone and read-only, and keeps trying
 
-    # The stranger refuses n1's certificate first (it does not trust n1's CA). Over quic
-    # n1 hears why from the handshake's close; over tcp, OpenSSL aborts the handshake
-    # inside asyncio's TLS layer and n1 sees only a closed socket (docs/security.md).
-    both = transport == "quic"
+    # The stranger refuses n1's certificate first (it does not trust n1's CA) and n1
+    # hears why: over quic from the handshake's close, over tcp from the alert that the
+    # stranger sends by a handshake of its own (asyncio's TLS layer drops it).
     cluster.wait_until(
-        lambda: "wrong CA" in stranger.log() and (not both or "wrong CA" in n1.log()),
-        60,
-        "refusals logged",
+        lambda: "wrong CA" in stranger.log() and "wrong CA" in n1.log(), 60, "refusals logged"
     )
     refused = [line for line in stranger.log().splitlines() if "wrong CA" in line]
     assert any(f"refused {n1.address}: its certificate is not signed" in line
                for line in refused), refused  # fmt: skip
-    if both:
-        told = [line for line in n1.log().splitlines() if "wrong CA" in line]
-        assert any("refused this node: this node's certificate is not signed by a CA the "
-                   "peer trusts" in line for line in told), told  # fmt: skip
+    told = [line for line in n1.log().splitlines() if "wrong CA" in line]
+    assert any("127.0.0.1:" in line and " refused this node: " in line for line in told), told
     cluster.wait_until(
         lambda: any(
             "no seed answered" in line and "wrong CA" in line
@@ -82,7 +81,7 @@ def test_a_node_of_another_ca_is_refused_with_the_reason_on_both_sides(
     )
     assert "stranger" not in n1.members()
 
-    for node in (n1, stranger) if both else (stranger,):
+    for node in (n1, stranger):
         verdict = auth(node)
         assert not verdict["agree"], verdict
         [own] = [n for n in verdict["nodes"] if n["node_id"] == node.node_id]
@@ -92,6 +91,51 @@ def test_a_node_of_another_ca_is_refused_with_the_reason_on_both_sides(
     assert f"refused {n1.address}: " in shown.stdout, shown.stdout
     assert "wrong CA" in shown.stdout, shown.stdout
     assert "MISMATCH" in shown.stdout, shown.stdout
+    shown = run_caxton("cluster", "verify-auth", "--api-url", n1.api_url)
+    assert shown.returncode == 1
+    assert "refused by 127.0.0.1:" in shown.stdout, shown.stdout
+    assert "wrong CA" in shown.stdout, shown.stdout
+
+
+def test_an_expired_certificate_and_another_nodes_are_refused_on_both_sides(
+    make_cluster: MakeCluster, transport: str, tmp_path: Path
+) -> None:
+    """Two nodes that trust the cluster's CA: 'late' shows a certificate of that CA that
+    has expired, 'impostor' shows n2's (valid, but for another node id)."""
+    pki = issue_certificates(tmp_path / "pki", ["n1", "n2"])
+    start = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(days=400)
+    issue_node_cert(pki / "ca", "late", pki / "late", days=30, valid_from=start,
+                    hosts=["127.0.0.1"])  # fmt: skip
+    shutil.copytree(pki / "n2", pki / "impostor")
+    cluster = make_cluster(transport=transport, mtls_dir=pki, gossip_key=False)
+    n1 = cluster.add("n1")
+    n1.start(bootstrap=True)
+    cluster.wait_until(n1.ready, 60, "n1 ready")
+    late, impostor = cluster.add("late"), cluster.add("impostor")
+    for node in (late, impostor):
+        node.start(join=[n1.address])
+
+    said = {  # node: (what n1 says of it, what it says of n1)
+        late: ("expired", "expired"),
+        impostor: ("claims node id 'impostor' but its certificate is for 'n2'",) * 2,
+    }
+
+    def lines(node: NodeProcess, words: str) -> list[str]:
+        return [line for line in node.log().splitlines() if words in line]
+
+    def both_told() -> bool:
+        return all(
+            any("refused 127.0.0.1:" in line for line in lines(n1, of_it))
+            and any(f"{n1.address} refused this node: " in line for line in lines(node, of_n1))
+            for node, (of_it, of_n1) in said.items()
+        )
+
+    cluster.wait_until(both_told, 60, "both sides of each refusal logged")
+    assert set(n1.members()) == {"n1"}
+    shown = run_caxton("cluster", "verify-auth", "--api-url", n1.api_url)
+    assert shown.returncode == 1
+    for of_it, _ in said.values():
+        assert of_it in shown.stdout, shown.stdout
 
 
 def _bundle(*cas: Path) -> bytes:

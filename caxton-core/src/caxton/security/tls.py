@@ -87,6 +87,9 @@ _TLS_REASONS = (
     ("self-signed certificate in certificate chain", _WRONG_CA),
     ("unable to get issuer certificate", _WRONG_CA),
     ("certificate has expired", "its certificate has expired"),
+    # The same refusals in the words of cryptography's verifier (the QUIC listener's).
+    ("candidates exhausted", _WRONG_CA),
+    ("not valid at validation time", "its certificate has expired or is not valid yet"),
     ("certificate is not yet valid", "its certificate is not valid yet (check the clocks)"),
     ("peer did not return a certificate", "it presented no certificate"),
     ("alert unknown ca", "the peer does not trust the CA of this node's certificate (wrong CA)"),

@@ -877,7 +877,18 @@ class TransportConformance(DriverConformance):
 
     # -- the security matrix ----------------------------------------------------------
 
-    def _refused(self, pki: TransportPKI, node_id: str, files: Callable[[], TlsFiles]) -> None:
+    def _refused(
+        self,
+        pki: TransportPKI,
+        node_id: str,
+        files: Callable[[], TlsFiles],
+        why: str,
+        *,
+        told: bool = True,
+    ) -> None:
+        """``node_id`` with ``files`` is refused; the listener records the refusal with
+        ``why`` in its reason, and (``told``) the dialler records that it was refused."""
+
         async def body(c: Cluster) -> None:
             b = await c.start("node-b")
             bad = c.build(c.settings(node_id, tls=files(), connect_timeout=2.0))
@@ -888,6 +899,13 @@ class TransportConformance(DriverConformance):
                 await bad.send(b.address, FrameKind.MESSAGE, b"let me in")
             await asyncio.sleep(0.2)
             assert b.frames == [], "a refused peer's frame was delivered"
+            listener = refusals_of(b.transport)
+            assert any(why in r["reason"] for r in listener if not r["by_peer"]), listener
+            assert not any(r["by_peer"] for r in listener), listener
+            if told:
+                dialler = [r for r in refusals_of(bad) if r["by_peer"]]
+                assert dialler, refusals_of(bad)
+                assert all(r["peer"].endswith(f":{b.address[1]}") for r in dialler), dialler
             good = await c.start("node-a")
             assert await good.transport.request(b.address, FrameKind.REQUEST, b"ok", 5) == (
                 b"echo:ok"
@@ -896,17 +914,48 @@ class TransportConformance(DriverConformance):
         self.scenario(pki, body)
 
     def test_mtls_refuses_a_client_without_certificate(self, pki: TransportPKI) -> None:
-        self._refused(pki, "node-a", pki.without_certificate)
+        self._refused(pki, "node-a", pki.without_certificate, "no", told=False)
 
     def test_mtls_refuses_a_certificate_from_another_ca(self, pki: TransportPKI) -> None:
-        self._refused(pki, "node-a", lambda: pki.foreign("node-a"))
+        self._refused(pki, "node-a", lambda: pki.foreign("node-a"), "(wrong CA)")
 
     def test_mtls_refuses_an_expired_certificate(self, pki: TransportPKI) -> None:
-        self._refused(pki, "node-a", lambda: pki.expired("node-a"))
+        self._refused(pki, "node-a", lambda: pki.expired("node-a"), "expired")
 
     def test_mtls_refuses_another_nodes_certificate(self, pki: TransportPKI) -> None:
         # A valid cluster certificate for node-c, used by a peer claiming to be node-a.
-        self._refused(pki, "node-a", lambda: pki.node("node-c"))
+        self._refused(pki, "node-a", lambda: pki.node("node-c"), "certificate is for 'node-c'")
+
+    def test_a_refused_listener_hears_why_from_the_dialler(self, pki: TransportPKI) -> None:
+        """A dialler that refuses the listener's certificate (it trusts another CA) says
+        so, and the listener records that this dialler refused it, and why."""
+
+        async def body(c: Cluster) -> None:
+            b = await c.start("node-b")
+            foreign = pki.foreign("node-a")
+            other_ca = pki.directory / "other-ca" / "ca.crt"
+            stranger = c.build(
+                c.settings(
+                    "node-a",
+                    tls=TlsFiles(other_ca, foreign.node_cert, foreign.node_key),
+                    connect_timeout=2.0,
+                )
+            )
+            await stranger.start()
+            with pytest.raises(TransportError):
+                await stranger.request(b.address, FrameKind.REQUEST, b"let me in", 2)
+
+            async def listener_heard() -> bool:
+                return any(
+                    r["by_peer"] and "(wrong CA)" in r["reason"] for r in refusals_of(b.transport)
+                )
+
+            await eventually(listener_heard, 10)
+            own = [r for r in refusals_of(stranger) if not r["by_peer"]]
+            assert any("(wrong CA)" in r["reason"] for r in own), own
+            assert b.frames == []
+
+        self.scenario(pki, body)
 
     def test_mtls_client_refuses_a_server_with_another_nodes_certificate(
         self, pki: TransportPKI
@@ -991,6 +1040,11 @@ class TransportConformance(DriverConformance):
             assert await a.transport.request(b.address, FrameKind.REQUEST, b"p", 5) == b"echo:p"
 
         self.scenario(pki, body)
+
+
+def refusals_of(transport: Transport) -> list[dict[str, Any]]:
+    """The TLS and identity refusals ``transport`` recorded (a ConnectionTransport's)."""
+    return list(getattr(transport, "refusals", ()))
 
 
 async def _closed_port() -> int:

@@ -89,7 +89,7 @@ class ConnectionTransport(Transport):
         self._stats: dict[Address, PeerStats] = {}
         #: The latest TLS and identity refusals, both ways, newest last (verify-auth).
         self.refusals: deque[dict[str, Any]] = deque(maxlen=REFUSALS_KEPT)
-        self._refusal_logged: dict[tuple[str, str], float] = {}
+        self._refusal_logged: dict[tuple[str, str, bool], float] = {}
         self._ping_task: asyncio.Task[None] | None = None
         self._closed = False
         keyring = self.settings.keyring
@@ -213,12 +213,15 @@ class ConnectionTransport(Transport):
 
     # -- ConnectionOwner --------------------------------------------------------------
 
-    def refused(self, peer: str, reason: str, *, by_peer: bool) -> None:
+    def refused(self, peer: str, reason: str, *, by_peer: bool, inbound: bool) -> None:
         """Record (and log, at most once a minute per peer and reason) a refusal: this
-        node refused ``peer``, or ``peer`` refused this node (``by_peer``)."""
+        node refused ``peer``, or ``peer`` refused this node (``by_peer``). ``peer`` is
+        ``[node@]host:port``; an ``inbound`` connection's port is the dialler's
+        ephemeral one, so its host alone names the peer for the log's rate limit."""
         now = time.time()
         self.refusals.append({"at": now, "peer": peer, "reason": reason, "by_peer": by_peer})
-        key = (peer.rpartition(":")[0] if by_peer else peer.split("@")[0], reason)
+        where = peer.rpartition("@")[2]
+        key = (where.rpartition(":")[0] if inbound or by_peer else where, reason, by_peer)
         if now - self._refusal_logged.get(key, 0.0) < REFUSAL_LOG_INTERVAL:
             return
         self._refusal_logged[key] = now

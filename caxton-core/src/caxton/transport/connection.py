@@ -147,7 +147,7 @@ class ConnectionOwner(Protocol):
 
     def connection_closed(self, connection: Connection) -> None: ...
 
-    def refused(self, peer: str, reason: str, *, by_peer: bool) -> None: ...
+    def refused(self, peer: str, reason: str, *, by_peer: bool, inbound: bool) -> None: ...
 
 
 class State(enum.Enum):
@@ -290,13 +290,13 @@ class Connection:
             for body in self._decoder.feed(data):
                 self._envelope_received(body)
         except RefusedByPeer as exc:
-            self.owner.refused(self.describe, str(exc), by_peer=True)
+            self.owner.refused(self.describe, str(exc), by_peer=True, inbound=not self.outbound)
             self._end(PeerRejected(f"{self.describe} refused this node: {exc}"))
         except PeerRejected as exc:
             if self.state is not State.HANDSHAKE:
                 self.fail(str(exc))
                 return
-            self.owner.refused(self.describe, str(exc), by_peer=False)
+            self.owner.refused(self.describe, str(exc), by_peer=False, inbound=not self.outbound)
             if not self.outbound:  # tell the dialler why before closing
                 self._write_records([(Kind.ERROR, 0, str(exc).encode())])
             self._end(exc)
@@ -581,6 +581,7 @@ class Connection:
         if self.state is State.CLOSED:
             return
         was_closing = self.state is State.CLOSING
+        was_handshaking = self.state is State.HANDSHAKE
         self.state = State.CLOSED
         truncated = self._decoder.truncation()
         if truncated:
@@ -596,9 +597,12 @@ class Connection:
             self._flush_handle = None
         if isinstance(exc, PeerRejected):
             error: TransportError = exc
+            if reason is None and was_handshaking:  # the channel says the peer refused
+                why = explain_tls_error(exc, by_peer=True)
+                self.owner.refused(self.describe, why, by_peer=True, inbound=not self.outbound)
         elif isinstance(exc, ssl.SSLError):
             why = explain_tls_error(exc)
-            self.owner.refused(self.describe, why, by_peer=True)
+            self.owner.refused(self.describe, why, by_peer=True, inbound=not self.outbound)
             error = PeerRejected(f"{self.describe} refused the TLS session: {why}")
         else:
             error = TransportError(f"connection to {self.describe} lost: {why}")

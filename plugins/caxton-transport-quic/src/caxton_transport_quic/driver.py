@@ -47,6 +47,13 @@ ALPN = "caxton/1"
 REFUSED = 0x1CA
 #: Application close code for a peer that broke the one-stream rule.
 PROTOCOL_VIOLATION = 0x1CB
+
+
+def _tls_alert(code: int) -> bool:
+    """Is ``code`` a TLS alert the peer closed with (0x100 + alert), not one of ours?"""
+    return 0x100 <= code <= 0x1FF and code not in (REFUSED, PROTOCOL_VIOLATION)
+
+
 #: Bytes a QUIC packet needs around a DATAGRAM frame's payload.
 DATAGRAM_OVERHEAD = 64
 
@@ -314,7 +321,12 @@ def _make_protocol_class() -> Callable[..., Any]:
                         tls._peer_certificate, tls._peer_certificate_chain, owner.trusted_cas
                     )
                 except PeerRejected as exc:
-                    owner.refused(f"{address[0]}:{address[1]}", str(exc), by_peer=False)
+                    owner.refused(
+                        f"{address[0]}:{address[1]}",
+                        explain_tls_error(exc),
+                        by_peer=False,
+                        inbound=True,
+                    )
                     self.close(error_code=REFUSED, reason_phrase=str(exc)[:200])
                     return
             stream_id = 0  # the dialler's first bidirectional stream
@@ -356,7 +368,7 @@ def _make_protocol_class() -> Callable[..., Any]:
                 self.handshake.exception()
             channel = self.channel
             if channel is None:
-                if not self.outbound and 0x100 <= event.error_code <= 0x1FF:
+                if not self.outbound and _tls_alert(event.error_code):
                     # The client refused this node's certificate during the handshake.
                     remote = self._quic._network_paths[0].addr
                     self.owner.refused(
@@ -365,6 +377,7 @@ def _make_protocol_class() -> Callable[..., Any]:
                             event.reason_phrase or hex(event.error_code), by_peer=True
                         ),
                         by_peer=True,
+                        inbound=True,
                     )
                 return
             channel.wake_drainers()
@@ -494,6 +507,24 @@ class QuicTransport(ConnectionTransport):
             raise TransportError("enrolment needs mutual TLS (security.cluster.mtls)")
         self.anonymous_clients = True
 
+    def _handshake_failed(self, peer: Address, quic: Any, otherwise: str) -> TransportError:
+        """The error for a dial whose connection ended in (or right at) its handshake."""
+        close_event = quic._close_event
+        where = f"{peer[0]}:{peer[1]}"
+        if close_event is not None and (
+            close_event.error_code == REFUSED or 0x100 <= close_event.error_code <= 0x1FF
+        ):
+            reason = close_event.reason_phrase or hex(close_event.error_code)
+            by_peer = close_event.error_code == REFUSED
+            self.refused(
+                where, explain_tls_error(reason, by_peer=by_peer), by_peer=by_peer, inbound=False
+            )
+            return PeerRejected(f"QUIC handshake with {where} refused: {reason}")
+        return TransportError(
+            f"QUIC handshake with {where} failed: "
+            f"{close_event.reason_phrase if close_event else otherwise}"
+        )
+
     async def _connect(self, peer: Address, timeout: float, configuration: Any) -> Channel:
         from aioquic.quic.connection import QuicConnection
 
@@ -513,23 +544,10 @@ class QuicTransport(ConnectionTransport):
             transport.close()
             if not isinstance(exc, (ConnectionError, asyncio.TimeoutError)):
                 raise
-            close_event = quic._close_event
-            if close_event is not None and (
-                close_event.error_code == REFUSED or 0x100 <= close_event.error_code <= 0x1FF
-            ):
-                self.refused(
-                    f"{peer[0]}:{peer[1]}",
-                    explain_tls_error(close_event.reason_phrase or hex(close_event.error_code)),
-                    by_peer=close_event.error_code == REFUSED,
-                )
-                raise PeerRejected(
-                    f"QUIC handshake with {peer[0]}:{peer[1]} refused: "
-                    f"{close_event.reason_phrase or hex(close_event.error_code)}"
-                ) from None
-            raise TransportError(
-                f"QUIC handshake with {peer[0]}:{peer[1]} failed: "
-                f"{close_event.reason_phrase if close_event else type(exc).__name__}"
-            ) from None
+            raise self._handshake_failed(peer, quic, type(exc).__name__) from None
+        if protocol.terminated:  # refused in the packets that completed the handshake
+            transport.close()
+            raise self._handshake_failed(peer, quic, "closed")
         channel = QuicChannel(protocol, quic.get_next_available_stream_id(), peer)
         protocol.channel = channel
         return channel

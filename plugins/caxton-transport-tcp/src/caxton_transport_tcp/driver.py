@@ -9,11 +9,14 @@ to the same port number as the TCP listener.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 import socket
 import ssl
 import struct
+import time
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, ClassVar, cast
 
 from cryptography import x509
@@ -28,8 +31,16 @@ from caxton.security.tls import (
     server_context,
 )
 from caxton.transport import Channel, ConnectionTransport
+from caxton.transport.base import REFUSAL_LOG_INTERVAL
+from caxton.units import format_address
 
 log = logging.getLogger("caxton.transport.tcp")
+
+#: What a dialler can say when the listener closed right after the TLS handshake.
+_CLOSED_AFTER_HANDSHAKE = (
+    "it closed the connection right after the TLS handshake: it refuses this node's "
+    "certificate (wrong CA, or expired; its log names the reason) or it is shutting down"
+)
 
 TCP_SECTION = ConfigSection(
     "transport.tcp",
@@ -75,6 +86,7 @@ class TcpChannel(asyncio.Protocol, Channel):
         self._drain_waiter: asyncio.Future[None] | None = None
         self._closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._certificate: x509.Certificate | None = None
+        self._received = False
 
     # -- asyncio.Protocol -----------------------------------------------------------
 
@@ -96,6 +108,7 @@ class TcpChannel(asyncio.Protocol, Channel):
             self._owner.accept_channel(self)
 
     def data_received(self, data: bytes) -> None:
+        self._received = True
         if self.receiver is not None:
             self.receiver.data_received(data)
 
@@ -108,6 +121,11 @@ class TcpChannel(asyncio.Protocol, Channel):
         if not self._closed.done():
             self._closed.set_result(None)
         self._wake_drain()
+        if exc is None and self._outbound and not self._received and self._certificate:
+            # The listener's TLS library refused this node's certificate after the
+            # handshake ended on this side (TLS 1.3), and its alert never left it:
+            # asyncio and uvloop close without sending it.
+            exc = PeerRejected(self._owner.closed_after_handshake())
         if self.receiver is not None:
             self.receiver.connection_lost(exc)
 
@@ -190,7 +208,11 @@ class TcpTransport(ConnectionTransport):
         self._anonymous = False
         if self.settings.tls is not None:
             self._load_tls()
-        self._server: asyncio.Server | None = None
+        self._listener: socket.socket | None = None
+        self._accepting: asyncio.Task[None] | None = None
+        self._handshakes: set[asyncio.Task[None]] = set()
+        self._told: dict[Address, float] = {}
+        self._telling: set[asyncio.Task[None]] = set()
         self._udp: asyncio.DatagramTransport | None = None
 
     def _load_tls(self) -> None:
@@ -253,38 +275,74 @@ class TcpTransport(ConnectionTransport):
         last_error: OSError | None = None
         # The UDP socket must get the same port number; with port 0 retry until it does.
         for _ in range(8 if port == 0 else 1):
-            server = await loop.create_server(
-                lambda: TcpChannel(self, outbound=False),
-                host,
-                port,
-                ssl=self._listener_ssl,
-                ssl_handshake_timeout=self.settings.handshake_timeout
-                if self._listener_ssl
-                else None,
-                reuse_address=True,
-            )
-            bound = server.sockets[0].getsockname()
+            listener = await _listening_socket(host, port)
+            bound = listener.getsockname()
             try:
                 udp, _ = await loop.create_datagram_endpoint(
                     lambda: _GossipSocket(self), local_addr=(bound[0], bound[1])
                 )
             except OSError as exc:
-                server.close()
-                await server.wait_closed()
+                listener.close()
                 last_error = exc
                 continue
-            self._server = server
+            self._listener = listener
+            self._accepting = loop.create_task(self._accept_loop(listener))
             self._udp = udp
             return (str(bound[0]), int(bound[1]))
         raise TransportError(f"cannot bind UDP gossip port next to TCP {address}: {last_error}")
+
+    async def _accept_loop(self, listener: socket.socket) -> None:
+        # Accepting plain sockets and handing each to connect_accepted_socket, rather
+        # than create_server(ssl=...), is what lets this node see a failed handshake:
+        # asyncio and uvloop end those inside their TLS layer without telling anyone.
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                sock, peer = await loop.sock_accept(listener)
+            except OSError as exc:  # out of file descriptors, for instance: keep serving
+                log.warning("accepting a connection failed: %s", exc)
+                await asyncio.sleep(0.1)
+                continue
+            handshake = loop.create_task(self._accept(sock, (str(peer[0]), int(peer[1]))))
+            self._handshakes.add(handshake)
+            handshake.add_done_callback(self._handshakes.discard)
+
+    async def _accept(self, sock: socket.socket, peer: Address) -> None:
+        loop = asyncio.get_running_loop()
+        context = self._listener_ssl
+        where = format_address(peer)
+        try:
+            await loop.connect_accepted_socket(
+                lambda: TcpChannel(self, outbound=False),
+                sock,
+                ssl=context,
+                ssl_handshake_timeout=self.settings.handshake_timeout if context else None,
+            )
+        except (ssl.SSLEOFError, ssl.SSLZeroReturnError) as exc:
+            log.debug("%s closed during the TLS handshake: %s", where, exc)
+            sock.close()
+        except ssl.SSLError as exc:
+            # This node refused the dialler's certificate, or (an alert) the dialler
+            # refused this node's during the handshake.
+            by_peer = "alert" in str(exc).lower()
+            self.refused(where, explain_tls_error(exc), by_peer=by_peer, inbound=True)
+            sock.close()
+        except (OSError, asyncio.TimeoutError) as exc:  # reset, handshake timeout
+            log.debug("connection from %s ended before it opened: %s", where, exc)
+            sock.close()
 
     async def _stop_serving(self) -> None:
         if self._udp is not None:
             self._udp.close()
             self._udp = None
-        if self._server is not None:
-            self._server.close()
-            self._server = None
+        if self._accepting is not None:
+            self._accepting.cancel()
+            self._accepting = None
+        for handshake in list(self._handshakes):
+            handshake.cancel()
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
 
     async def _dial(self, peer: Address, timeout: float) -> Channel:
         return await self._connect(peer, timeout, self._client_ssl)
@@ -323,9 +381,35 @@ class TcpTransport(ConnectionTransport):
             # listener refused this node during the handshake).
             why = explain_tls_error(exc)
             where = f"{peer[0]}:{peer[1]}"
-            self.refused(where, why, by_peer="alert" in str(exc).lower())
+            by_peer = "alert" in str(exc).lower()
+            if not by_peer and context is not None and self._tell(peer):
+                telling = loop.create_task(_send_alert(peer, context, timeout))
+                self._telling.add(telling)
+                telling.add_done_callback(self._telling.discard)
+            self.refused(where, why, by_peer=by_peer, inbound=False)
             raise PeerRejected(f"TLS with {where}: {why}") from None
         return channel
+
+    def _tell(self, peer: Address) -> bool:
+        """Whether to tell ``peer`` now why this node refused it (once a minute)."""
+        now = time.monotonic()
+        if now - self._told.get(peer, -REFUSAL_LOG_INTERVAL) < REFUSAL_LOG_INTERVAL:
+            return False
+        self._told[peer] = now
+        return True
+
+    def closed_after_handshake(self) -> str:
+        """Why a listener closed a dialled connection right after its TLS handshake,
+        as far as this node can tell."""
+        tls = self.settings.tls
+        if tls is not None and tls.node_cert is not None:
+            try:
+                mine = x509.load_pem_x509_certificate(Path(tls.node_cert).read_bytes())
+            except (OSError, ValueError):
+                return _CLOSED_AFTER_HANDSHAKE
+            if mine.not_valid_after_utc < datetime.datetime.now(datetime.timezone.utc):
+                return "this node's certificate has expired"
+        return _CLOSED_AFTER_HANDSHAKE
 
     async def _send_raw_datagram(self, peer: Address, data: bytes) -> bool:
         if self._udp is None:
@@ -339,3 +423,62 @@ class TcpTransport(ConnectionTransport):
             return True
         self._udp.sendto(data, peer)
         return True
+
+
+async def _listening_socket(host: str, port: int) -> socket.socket:
+    """A non-blocking TCP socket listening on the first address ``host`` resolves to."""
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(
+        host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )
+    if not infos:
+        raise TransportError(f"cannot resolve listen address {host!r}")
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6 and hasattr(socket, "IPPROTO_IPV6"):
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(address)
+        sock.listen(100)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+async def _send_alert(peer: Address, context: ssl.SSLContext, timeout: float) -> None:
+    """Do the TLS handshake with ``peer`` again, by hand, so that the alert saying why
+    this node refuses its certificate reaches it: asyncio's and uvloop's TLS layers
+    close a failed handshake without sending their alert, and the listener would only
+    see a reset. Only a refused dial pays for this, once a minute per peer."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = context.wrap_bio(incoming, outgoing, server_side=False)
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(*peer), timeout)
+    except (OSError, asyncio.TimeoutError):
+        return
+
+    async def handshake() -> None:
+        while True:
+            try:
+                tls.do_handshake()
+                return  # the listener's certificate is acceptable by now
+            except ssl.SSLWantReadError:
+                writer.write(outgoing.read())
+                data = await reader.read(65536)
+                if not data:
+                    return
+                incoming.write(data)
+            except ssl.SSLError:
+                writer.write(outgoing.read())  # the alert
+                await writer.drain()
+                return
+
+    try:
+        await asyncio.wait_for(handshake(), timeout)
+    except (OSError, asyncio.TimeoutError):
+        pass
+    finally:
+        writer.close()
