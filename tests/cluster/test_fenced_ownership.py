@@ -12,6 +12,7 @@ default ``quorum`` it passes.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import sqlite3
 from collections.abc import AsyncIterator
@@ -179,5 +180,53 @@ async def test_a_cluster_that_authenticates_no_peer_still_answers(
         for expected in (1, 2, 3):
             assert await tick(nodes[0], 5.0) == expected
         assert nodes[0].cluster.failover.holders.get(agent["id"], ()) == ()
+    finally:
+        await factory.stop_all()
+
+
+async def test_an_old_owner_restarted_with_its_data_acknowledges_nothing_before_its_cluster(
+    tmp_path: Path, counter: bytes
+) -> None:
+    """A node starts its agents, its REST API and its message replay before its cluster
+    service; the copy it restores may have been taken over while it was down. Before
+    the quorum replication takes over, that copy committed locally and answered: the
+    fault campaign saw a killed and restarted node acknowledge a ledger id 0.5 s before
+    it joined, an id the new owner never had (a two-copies and a lost-state anomaly)."""
+    factory = NodeFactory(tmp_path, config=FAST)
+    factory.register_driver("transport", "tcp", TcpTransport)
+    try:
+        n1, n2, n3 = await start_cluster(factory)
+        status, agent, _ = await deploy(n1, {"name": "counter", "target_node": "n3"}, counter)
+        assert status == 201, agent
+        await replicated([n1, n2], agent["id"])
+        for expected in (1, 2, 3):
+            assert await tick(n3, 5.0) == expected
+        await crash(n3)
+        await eventually(lambda: len(hosts([n1, n2], "counter")) == 1, 30)
+        survivor = n1 if "counter" in n1.agents else n2
+        assert await tick(survivor, 5.0) == 4
+        address = n3.cluster_address
+        assert address is not None
+        await n3.stop()
+        seed = f"127.0.0.1:{n1.cluster_address[1]}"
+        again = factory.build(
+            "n3", join=[seed], config={"coordination.cluster.bind_addr": f"127.0.0.1:{address[1]}"}
+        )
+        cluster_may_start = asyncio.Event()
+        start_cluster_now = again._start_cluster
+
+        async def start_cluster_later() -> None:
+            await cluster_may_start.wait()
+            await start_cluster_now()
+
+        again._start_cluster = start_cluster_later  # type: ignore[method-assign]
+        starting = asyncio.ensure_future(again.start())
+        await eventually(lambda: again.agents is not None and "counter" in again.agents, 20)
+        answer = await tick(again, 1.0)  # the restored copy, before its cluster started
+        cluster_may_start.set()
+        await starting
+        assert answer is None, f"the stale copy acknowledged count {answer} on a local commit"
+        await eventually(lambda: hosts([n1, n2, again], "counter") == [survivor.node_id], 20)
+        assert await tick(survivor, 5.0) == 5
     finally:
         await factory.stop_all()

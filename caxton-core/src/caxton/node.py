@@ -313,6 +313,7 @@ class Node:
 
     async def _start_services(self) -> None:
         from caxton.agents import AgentManager
+        from caxton.agents.commit import DeferredDurability
         from caxton.api import start_api
         from caxton.auth.chain import start_security
         from caxton.backup.service import BackupService, backup_directory
@@ -397,6 +398,10 @@ class Node:
             worker_threads=self.config["messaging"]["worker_threads"],
         )
         self.agents.tracing = self.tracing
+        if self.clustered and self.agents.durability == "quorum":
+            # The agents start before the cluster: until its quorum replication takes
+            # over (caxton.cluster.ownership), nothing they change is acknowledged.
+            self.agents.outputs.durability = DeferredDurability()
         await self.agents.start()
         self._stack.push_async_callback(self.agents.close)
         self.context.services["agents"] = self.agents

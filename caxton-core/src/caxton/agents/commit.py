@@ -38,7 +38,14 @@ if TYPE_CHECKING:
     from caxton.messaging.router import Router
     from caxton.store import Store
 
-__all__ = ["DURABILITY_MODES", "Change", "Durability", "LocalDurability", "OutputCommit"]
+__all__ = [
+    "DURABILITY_MODES",
+    "Change",
+    "DeferredDurability",
+    "Durability",
+    "LocalDurability",
+    "OutputCommit",
+]
 
 log = logging.getLogger("caxton.agents")
 
@@ -92,6 +99,19 @@ class LocalDurability:
             self.outputs.committed(change.runtime, change.version)
 
 
+class DeferredDurability:
+    """Durable = not yet: keeps every change until :meth:`OutputCommit.use` installs the
+    durability that decides (a clustered node's agents start before its quorum
+    replication: a restarted node's copy of an agent, which a takeover may have
+    replaced meanwhile, must not acknowledge on a local commit alone)."""
+
+    def __init__(self) -> None:
+        self.changes: list[Change] = []
+
+    def commit(self, changes: Sequence[Change]) -> None:
+        self.changes.extend(changes)
+
+
 class OutputCommit:
     """Holds each agent's outputs behind its uncommitted state changes (one per node)."""
 
@@ -105,6 +125,15 @@ class OutputCommit:
         #: Outputs released after a commit, and dropped (dead-lettered) after a failure.
         self.released = 0
         self.dropped = 0
+
+    def use(self, durability: Durability) -> Durability:
+        """Make ``durability`` decide from now on, with the changes a
+        :class:`DeferredDurability` kept; returns the one it replaces."""
+        previous, self.durability = self.durability, durability
+        if isinstance(previous, DeferredDurability) and previous.changes:
+            changes, previous.changes = previous.changes, []
+            durability.commit(changes)
+        return previous
 
     def changed(self, runtime: AgentRuntime, key: bytes) -> None:
         """``runtime`` changed ``key``: its outputs from now on wait for a commit."""

@@ -38,7 +38,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from caxton.agents.commit import Change, Durability
+from caxton.agents.commit import Change, DeferredDurability, Durability, LocalDurability
 from caxton.drivers.partition import PartitionMode
 from caxton.errors import CaxtonError, ValidationError
 from caxton.store.migrations import CLUSTER_MIGRATIONS, CLUSTER_NAMESPACE
@@ -213,15 +213,17 @@ class Ownership:
         }
         agents = self.node.agents
         if self.enabled and agents is not None:
-            self._previous = agents.outputs.durability
-            agents.outputs.durability = self
+            self._previous = agents.outputs.use(self)
 
     def close(self) -> None:
         if self._resync_handle is not None:
             self._resync_handle.cancel()
         agents = self.node.agents
         if self._previous is not None and agents is not None:
-            agents.outputs.durability = self._previous
+            previous = self._previous
+            if isinstance(previous, DeferredDurability):  # what a stopping node drains
+                previous = LocalDurability(self.node.store, agents.outputs)
+            agents.outputs.durability = previous
 
     def promised(self, agent_id: str) -> int:
         fence = self.fences.get(agent_id)
