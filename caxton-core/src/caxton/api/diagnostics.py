@@ -126,7 +126,7 @@ async def diagnostics_messages(request: web.Request) -> web.Response:
         raise ValidationError("query parameter pattern is required (a regular expression)")
     try:
         pattern = re.compile(text)
-    except re.error as exc:
+    except (re.error, OverflowError, RecursionError) as exc:  # a{9999999999}: OverflowError
         raise ValidationError(f"pattern {text!r} is not a regular expression: {exc}") from None
     last = query(request, "last", _LAST)
     last = DEFAULT_LAST_SECONDS if last is None else last
