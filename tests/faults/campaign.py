@@ -67,6 +67,9 @@ FAST_LAN = {
     "suspicion_multiplier": 3,
 }
 REQUEST_WAIT_MS = 2000
+#: Seconds the nodes get to start and form the cluster: five processes importing and
+#: compiling at once on a loaded machine (load average 15) took more than 60 s.
+START_TIMEOUT = 180.0
 SAMPLE_PERIOD = 0.1
 LEDGER_LINE = re.compile(r"ledger (\S+) recorded by copy ([0-9a-f]+)")
 
@@ -337,10 +340,10 @@ def start_cluster(
         cluster.add(name, host=lab.add(name), netns=lab.namespaces[name])
     nodes = list(cluster.nodes.values())
     nodes[0].start(bootstrap=True)
-    cluster.wait_until(nodes[0].ready, 60, "n1 ready")
+    cluster.wait_until(nodes[0].ready, START_TIMEOUT, "n1 ready")
     for node in nodes[1:]:
         node.start(join=[nodes[0].address])
-    cluster.wait_converged(nodes, 60)
+    cluster.wait_converged(nodes, START_TIMEOUT)
     log(f"{len(nodes)} nodes up over {options.transport}")
     return cluster
 

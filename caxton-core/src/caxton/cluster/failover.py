@@ -437,7 +437,7 @@ class Failover:
                 f"+ partition.lease_drift_margin)",
                 limit - silent + 0.01,
             )
-        silences, quorum = await self.silences(failed)
+        silences, quorum = await self.silences(failed, enough=limit)
         confirmed = sum(s >= limit for s in silences)
         if confirmed < quorum:
             # Members that answered but heard from it more recently: ask again when
@@ -451,9 +451,14 @@ class Failover:
             )
         return None, backoff
 
-    async def silences(self, failed: str) -> tuple[list[float], int]:
+    async def silences(self, failed: str, *, enough: float = math.inf) -> tuple[list[float], int]:
         """Seconds since each known member that answers now (this node included) last
-        had a round trip with ``failed`` (``inf``: never), and the quorum."""
+        had a round trip with ``failed`` (``inf``: never), and the quorum.
+
+        Stops asking once a quorum of the answers is at least ``enough`` seconds: the
+        failover needs no more, and a member that does not answer (on the far side of
+        the partition but not yet declared failed here) would hold it back for the
+        whole ``QUORUM_TIMEOUT`` (the unanswered requests are cancelled)."""
         lease = self.cluster.lease
         known = lease.known()
         quorum = quorum_of(known, lease.quorum_size)
@@ -471,9 +476,19 @@ class Failover:
             return float(silent) if isinstance(silent, int | float) else None
 
         others = [n for n in known if n not in (self.node_id, failed) and self.cluster._live(n)]
-        answers = await asyncio.gather(*(ask(n) for n in others))
-        own = lease.silent_for(failed)
-        return [own, *(a for a in answers if a is not None)], quorum
+        silences = [lease.silent_for(failed)]
+        asking = [asyncio.ensure_future(ask(n)) for n in others]
+        try:
+            for answered in asyncio.as_completed(asking):
+                silent = await answered
+                if silent is not None:
+                    silences.append(silent)
+                if sum(s >= enough for s in silences) >= quorum:
+                    break
+        finally:
+            for task in asking:
+                task.cancel()
+        return silences, quorum
 
     def pending(self) -> list[dict[str, Any]]:
         """The failed nodes whose agents do not all run again yet (``cluster status``)."""
