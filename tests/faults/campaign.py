@@ -46,7 +46,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "cluster"))
 sys.path.insert(0, str(HERE))
 
-from checker import MODE_GRACE, check, summary  # noqa: E402
+from checker import MODE_GRACE, check, placement_before, summary  # noqa: E402
 from cluster_support import ApiError, NetnsLab, NodeProcess, ProcessCluster, netns_missing  # noqa: E402
 from history import (  # noqa: E402
     Delivery,
@@ -67,6 +67,9 @@ FAST_LAN = {
     "suspicion_multiplier": 3,
 }
 REQUEST_WAIT_MS = 2000
+#: A failover prober's wait for each answer, and its pause between two requests.
+PROBE_WAIT_MS = 1000
+PROBE_PERIOD = 0.1
 #: Seconds the nodes get to start and form the cluster: five processes importing and
 #: compiling at once on a loaded machine (load average 15) took more than 60 s.
 START_TIMEOUT = 180.0
@@ -118,10 +121,17 @@ def node_config(options: Options) -> dict[str, dict[str, Any]]:
 class Workload:
     """The clients and samplers of every node, recording into one history."""
 
-    def __init__(self, history: History, cluster: ProcessCluster, options: Options) -> None:
+    def __init__(
+        self,
+        history: History,
+        cluster: ProcessCluster,
+        options: Options,
+        placed: dict[str, list[str]],
+    ) -> None:
         self.history = history
         self.cluster = cluster
         self.options = options
+        self.placed = placed  # operation kind -> the agents it goes to
         self.stopping = asyncio.Event()
         self.session: aiohttp.ClientSession | None = None
 
@@ -209,6 +219,45 @@ class Workload:
             self.history.samples.append(Sample(node, time.time(), mode, agents, holders))
             await asyncio.sleep(max(0.0, SAMPLE_PERIOD - (time.time() - at)))
 
+    def probe_failovers(
+        self, fault: Fault, everyone: list[str], start: float
+    ) -> list[asyncio.Task[None]]:
+        """One prober per agent the fault cuts off from a clear majority (every node that
+        ran it just before is outside it): its usual request through the majority's
+        nodes in turn, every :data:`PROBE_PERIOD` seconds, until one is answered. The
+        clients ask any one agent only every second or so once requests slow down under
+        load, so without it the checker measured their sampling as much as the failover;
+        the probes are ordinary operations, held to every property."""
+        majority = fault.clear_majority(everyone)
+        if majority is None or majority == frozenset(everyone):
+            return []
+        kinds = {agent: kind for kind in ("count", "record") for agent in self.placed[kind]}
+        cut_off = [
+            agent
+            for agent, (hosts, _) in placement_before(self.history, start).items()
+            if agent in kinds and not hosts & majority
+        ]
+        return [
+            asyncio.create_task(self.probe_failover(fault, kinds[agent], agent, sorted(majority)))
+            for agent in sorted(cut_off)
+        ]
+
+    async def probe_failover(self, fault: Fault, kind: str, agent: str, via: list[str]) -> None:
+        seq = 0
+        while not self.stopping.is_set():
+            seq += 1
+            op_id = f"{kind[0]}-probe{fault.index}-{agent}-{seq:04d}"
+            node = via[seq % len(via)]
+            body = {
+                "receiver": agent, "content": {"id": op_id}, "message_id": op_id,
+                "performative": "request", "wait_ms": PROBE_WAIT_MS,
+            }  # fmt: skip
+            op = Operation(kind, node, agent, op_id, time.time())
+            await self.operate(op, body, PROBE_WAIT_MS / 1000 + 3.0)
+            if op.outcome == "ok":
+                return
+            await asyncio.sleep(PROBE_PERIOD)
+
     async def deploy_probe(self, node: str, name: str, wasm: bytes) -> None:
         """Try to deploy an agent on ``node`` (which should refuse it without a quorum)."""
         import base64
@@ -288,9 +337,13 @@ class Nemesis:
                      f"for {fault.hold:g} s")  # fmt: skip
             await asyncio.to_thread(self.inject, fault)
             start = time.time()
-            probes = asyncio.create_task(self.probe_minority(fault, everyone, start))
+            probes = [
+                asyncio.create_task(self.probe_minority(fault, everyone, start)),
+                *self.workload.probe_failovers(fault, everyone, start),
+            ]
             await asyncio.sleep(fault.hold)
-            probes.cancel()
+            for probe in probes:
+                probe.cancel()
             # The fault is over from the moment the heal begins: what a node says while it
             # is being healed is not held against it.
             self.workload.history.faults.append(Injected(fault, start, time.time()))
@@ -480,7 +533,7 @@ async def exercise(
     agents: dict[str, bytes],
     log: Callable[[str], None],
 ) -> None:
-    workload = Workload(history, cluster, options)
+    workload = Workload(history, cluster, options, placed)
     nemesis = Nemesis(lab, cluster, workload, options, agents["echo"], log)
     faults = plan(options.seed, options.faults, list(cluster.nodes), options.timing)
     connector = aiohttp.TCPConnector(limit=0, force_close=False)

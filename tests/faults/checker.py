@@ -319,7 +319,7 @@ def failovers(history: History) -> list[Failover]:
             continue
         if item.end - item.start < bound + 1.0:
             continue
-        for agent, (hosts, replica_set) in _placement_before(history, item.start).items():
+        for agent, (hosts, replica_set) in placement_before(history, item.start).items():
             if agent not in requested or hosts & majority:
                 continue
             answered = [
@@ -371,7 +371,7 @@ def failover_liveness(history: History) -> list[Anomaly]:
     return anomalies
 
 
-def _placement_before(
+def placement_before(
     history: History, at: float, window: float = 2.0
 ) -> dict[str, tuple[frozenset[str], frozenset[str]]]:
     """Agent name -> (nodes that ran it, its replica set: those nodes and the holders
