@@ -207,6 +207,20 @@ def test_the_quorum_model_of_each_shape() -> None:
     assert by_kind["loss"].quorum(NODES) == set(NODES)
 
 
+def test_a_warm_up_asked_again_is_not_one_message_delivered_twice() -> None:
+    """The campaign asks every agent through every node before the faults, and asks
+    them all again when one fails: each pass has its own ids, so a ledger that answered
+    both passes logs two ids, not one id twice (a same-copy duplicate to the checker)."""
+    from campaign import warmup_requests
+
+    first = warmup_requests(NODES, ["ledger-n1", "counter-n1"], 1)
+    again = warmup_requests(NODES, ["ledger-n1", "counter-n1"], 2)
+    assert len({i for _, _, i in first}) == len(first) == 10
+    assert not {i for _, _, i in first} & {i for _, _, i in again}
+    twice = [Delivery(first[0][2], "n1", T0 - 19, "aa"), Delivery(again[0][2], "n1", T0, "aa")]
+    assert anomalies(make_history(deliveries=twice), "duplicates") == 0
+
+
 @pytest.mark.parametrize("seed", [1, 42])
 def test_a_seed_gives_the_same_plan(seed: int) -> None:
     assert plan(seed, 30, NODES) == plan(seed, 30, NODES)
