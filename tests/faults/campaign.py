@@ -393,11 +393,15 @@ def start_cluster(
         name = f"n{index}"
         cluster.add(name, host=lab.add(name), netns=lab.namespaces[name])
     nodes = list(cluster.nodes.values())
-    nodes[0].start(bootstrap=True)
-    cluster.wait_until(nodes[0].ready, START_TIMEOUT, "n1 ready")
-    for node in nodes[1:]:
-        node.start(join=[nodes[0].address])
-    cluster.wait_converged(nodes, START_TIMEOUT)
+    try:
+        nodes[0].start(bootstrap=True)
+        cluster.wait_until(nodes[0].ready, START_TIMEOUT, "n1 ready")
+        for node in nodes[1:]:
+            node.start(join=[nodes[0].address])
+        cluster.wait_converged(nodes, START_TIMEOUT)
+    except BaseException:
+        cluster.close()  # run() never gets the cluster to close: its nodes outlived it
+        raise
     log(f"{len(nodes)} nodes up over {options.transport}")
     return cluster
 
