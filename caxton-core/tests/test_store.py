@@ -161,6 +161,42 @@ async def test_writes_are_group_committed(store: Store) -> None:
     assert len(await store.load_kv("agent")) == 1000
 
 
+async def test_a_group_commit_is_one_call_on_the_connection_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """BEGIN, every row and COMMIT in one hop to aiosqlite's thread (not one per
+    statement: each hop is a wake-up of that thread and of the loop); a run of one
+    statement is one executemany, and statements keep their order."""
+    table = Migration(1, "marks", "CREATE TABLE marks (id INTEGER PRIMARY KEY, v TEXT);")
+    store = Store(tmp_path / "local.db")
+    store.register_migrations("marks", [table])
+    await store.open()
+    try:
+        conn = store.connection
+        hops: list[Any] = []
+        execute = conn._execute
+
+        async def counted(fn: Any, *args: Any, **kwargs: Any) -> Any:
+            hops.append(fn)
+            return await execute(fn, *args, **kwargs)
+
+        monkeypatch.setattr(conn, "_execute", counted)
+        upsert = "INSERT OR REPLACE INTO marks (id, v) VALUES (?, ?)"
+        for i in range(5):
+            store.kv_put(f"agent{i}", b"k", b"v")
+            store.enqueue(upsert, (i, "first"))
+        store.enqueue("DELETE FROM marks WHERE id = ?", (1,))
+        store.enqueue(upsert, (2, "second"))
+        await store.flush()
+        assert len(hops) == 1
+        monkeypatch.undo()
+        rows = await conn.execute_fetchall("SELECT id, v FROM marks ORDER BY id")
+        assert list(rows) == [(0, "first"), (2, "second"), (3, "first"), (4, "first")]
+        assert len(await store.load_all_kv()) == 5
+    finally:
+        await store.close()
+
+
 async def test_kv_writes_coalesce_by_key(store: Store) -> None:
     for i in range(100):
         store.kv_put("a", b"counter", str(i).encode())

@@ -28,10 +28,10 @@ import os
 import sqlite3
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 import aiosqlite
 
@@ -48,6 +48,8 @@ if TYPE_CHECKING:
     from caxton.messaging import Message
 
 log = logging.getLogger("caxton.store")
+
+T = TypeVar("T")
 
 MiB = 1024 * 1024
 SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
@@ -182,7 +184,12 @@ class _Batch:
             ops.append(("DELETE FROM conversations WHERE id = ?", list(self.conversation_deletes)))
         if self.conversations:
             ops.append((CONVERSATION_UPSERT, self.conversations))
-        ops.extend((sql, [params]) for sql, params in self.statements)
+        first = len(ops)
+        for sql, params in self.statements:  # a run of one statement: one executemany
+            if len(ops) > first and ops[-1][0] == sql:
+                ops[-1][1].append(params)
+            else:
+                ops.append((sql, [params]))
         if self.module_deletes:
             ops.append((UNUSED_MODULE_DELETE, [(sha, sha, sha) for sha, _ in self.module_deletes]))
         return ops
@@ -519,77 +526,26 @@ class Store:
 
     async def _commit(self, batch: _Batch) -> list[tuple[str, tuple[Any, ...]]]:
         """Commit ``batch`` in one transaction; return the rows left out (see
-        :meth:`_commit_isolating`, tried when a row's values fail the whole batch)."""
+        :func:`_write_isolating`, tried when a row's values fail the whole batch).
+
+        The whole transaction runs in ONE call on the connection's thread: an aiosqlite
+        call is a hop there and back (a wake-up of that thread and one of the loop), and
+        a statement per hop made a quorum turn's commit (BEGIN, the key/value rows, a
+        fence row per agent, COMMIT) a dozen hops, each a scheduling slot on a busy
+        machine."""
         conn = self._connection()
         # Acknowledged durable messages must survive power loss: FULL syncs the WAL on
         # this commit (NORMAL lost acknowledged commits under simulated power loss).
         durable = bool(batch.outbox) and self.synchronous in {"OFF", "NORMAL"}
-        if durable:
-            await conn.execute("PRAGMA synchronous=FULL")
-        failed: list[tuple[str, tuple[Any, ...]]] = []
-        try:
-            await conn.execute("BEGIN IMMEDIATE")
-            try:
-                await self._write_batch(conn, batch)
-            except ROW_ERRORS:
-                await conn.execute("ROLLBACK")
-                failed = await self._commit_isolating(batch)
-            except BaseException:
-                await conn.execute("ROLLBACK")
-                raise
-            else:
-                await conn.execute("COMMIT")
-        finally:
-            if durable:
-                await conn.execute(f"PRAGMA synchronous={self.synchronous}")
+        failed = await _in_thread(
+            conn,
+            _group_commit,
+            batch.operations(),
+            self.synchronous if durable else None,
+            str(self.path),
+        )
         self.commits += 1
         self.rows_written += batch.rows() - len(failed)
-        return failed
-
-    @staticmethod
-    async def _write_batch(conn: aiosqlite.Connection, batch: _Batch) -> None:
-        for sql, rows in batch.operations():
-            if len(rows) == 1:
-                await conn.execute(sql, rows[0])
-            else:
-                await conn.executemany(sql, rows)
-
-    async def _commit_isolating(self, batch: _Batch) -> list[tuple[str, tuple[Any, ...]]]:
-        """Commit ``batch`` leaving out the rows that cannot be written; return those.
-
-        Each group of rows runs under a savepoint; a group that fails is retried row by
-        row, so one bad row (text UTF-8 cannot encode, an integer SQLite cannot hold)
-        costs only itself. Each left-out row is logged once.
-        """
-        conn = self._connection()
-        failed: list[tuple[str, tuple[Any, ...]]] = []
-        await conn.execute("BEGIN IMMEDIATE")
-        try:
-            for sql, rows in batch.operations():
-                await conn.execute("SAVEPOINT caxton_group")
-                try:
-                    await conn.executemany(sql, rows)
-                except ROW_ERRORS:
-                    await conn.execute("ROLLBACK TO caxton_group")
-                    for row in rows:
-                        await conn.execute("SAVEPOINT caxton_row")
-                        try:
-                            await conn.execute(sql, row)
-                        except ROW_ERRORS as exc:
-                            await conn.execute("ROLLBACK TO caxton_row")
-                            failed.append((sql, row))
-                            log.error(
-                                "state store %s: left out a row that cannot be stored (%s): %s",
-                                self.path,
-                                sql.split("(")[0].strip(),
-                                exc,
-                            )
-                        await conn.execute("RELEASE caxton_row")
-                await conn.execute("RELEASE caxton_group")
-        except BaseException:
-            await conn.execute("ROLLBACK")
-            raise
-        await conn.execute("COMMIT")
         self.rows_skipped += len(failed)
         return failed
 
@@ -1004,3 +960,86 @@ def _agent_row(agent: StoredAgent) -> tuple[Any, ...]:
         if not isinstance(row.get(column), str):
             row[column] = json.dumps(row.get(column) or {}, sort_keys=True)
     return tuple(row.get(column) for column in AGENT_COLUMNS)
+
+
+async def _in_thread(conn: aiosqlite.Connection, function: Callable[..., T], *args: Any) -> T:
+    """``function(the sqlite3 connection, *args)`` on ``conn``'s own thread, in one hop.
+
+    aiosqlite's public calls are one statement each; its ``_execute`` (queue a callable
+    for the connection's thread, await its result) is what they are built on, and has
+    been since its first releases."""
+    execute = cast("Callable[..., Awaitable[T]]", conn._execute)
+    return await execute(function, conn._conn, *args)
+
+
+def _group_commit(
+    db: sqlite3.Connection,
+    operations: list[tuple[str, list[tuple[Any, ...]]]],
+    durable_after: str | None,
+    path: str,
+) -> list[tuple[str, tuple[Any, ...]]]:
+    """On the connection's thread: write ``operations`` in one transaction; return the
+    rows left out (none, unless a row's values failed the batch: then
+    :func:`_write_isolating`). ``durable_after``: run it with ``synchronous=FULL`` and
+    set this mode again after."""
+    if durable_after is not None:
+        db.execute("PRAGMA synchronous=FULL")
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for sql, rows in operations:
+                if len(rows) == 1:
+                    db.execute(sql, rows[0])
+                else:
+                    db.executemany(sql, rows)
+        except ROW_ERRORS:
+            db.execute("ROLLBACK")
+            return _write_isolating(db, operations, path)
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+        return []
+    finally:
+        if durable_after is not None:
+            db.execute(f"PRAGMA synchronous={durable_after}")
+
+
+def _write_isolating(
+    db: sqlite3.Connection, operations: list[tuple[str, list[tuple[Any, ...]]]], path: str
+) -> list[tuple[str, tuple[Any, ...]]]:
+    """Commit ``operations`` leaving out the rows that cannot be written; return those.
+
+    Each group of rows runs under a savepoint; a group that fails is retried row by
+    row, so one bad row (text UTF-8 cannot encode, an integer SQLite cannot hold)
+    costs only itself. Each left-out row is logged once.
+    """
+    failed: list[tuple[str, tuple[Any, ...]]] = []
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        for sql, rows in operations:
+            db.execute("SAVEPOINT caxton_group")
+            try:
+                db.executemany(sql, rows)
+            except ROW_ERRORS:
+                db.execute("ROLLBACK TO caxton_group")
+                for row in rows:
+                    db.execute("SAVEPOINT caxton_row")
+                    try:
+                        db.execute(sql, row)
+                    except ROW_ERRORS as exc:
+                        db.execute("ROLLBACK TO caxton_row")
+                        failed.append((sql, row))
+                        log.error(
+                            "state store %s: left out a row that cannot be stored (%s): %s",
+                            path,
+                            sql.split("(")[0].strip(),
+                            exc,
+                        )
+                    db.execute("RELEASE caxton_row")
+            db.execute("RELEASE caxton_group")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+    return failed
