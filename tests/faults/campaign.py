@@ -203,8 +203,10 @@ class Workload:
         while not self.stopping.is_set():
             at = time.time()
             mode, running = "", []
+            mode_at = None
             with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError, TypeError):
                 status, body = await self.call(node, "GET", "/api/v1/cluster/status", timeout=0.5)
+                mode_at = time.time()
                 if status == 200:
                     mode = body["mode"]
                     _, listed = await self.call(node, "GET", "/api/v1/agents", timeout=0.5)
@@ -217,7 +219,9 @@ class Workload:
                 for a in running
                 if isinstance(a.get("replication"), dict)
             }
-            self.history.samples.append(Sample(node, time.time(), mode, agents, holders))
+            self.history.samples.append(
+                Sample(node, time.time(), mode, agents, holders, mode_at=mode_at)
+            )
             await asyncio.sleep(max(0.0, SAMPLE_PERIOD - (time.time() - at)))
 
     def probe_failovers(

@@ -239,14 +239,14 @@ def minority_writes(history: History) -> list[Anomaly]:
     for sample in history.samples:
         if sample.mode != "read-write":
             continue
-        item = _fault_at(history, sample.at)
+        item = _fault_at(history, sample.said_mode_at)
         if item is None or sample.node in item.fault.quorum(everyone):
             continue
-        late = sample.at - item.start - detection
+        late = sample.said_mode_at - item.start - detection
         if late <= MODE_GRACE:
             continue
         key = (item.fault.index, sample.node)
-        first, _ = worst.get(key, (sample.at, 0.0))
+        first, _ = worst.get(key, (sample.said_mode_at, 0.0))
         worst[key] = (first, max(late, worst.get(key, (0.0, 0.0))[1]))
     for (index, node), (first, late) in sorted(worst.items()):
         item = history.faults[index]

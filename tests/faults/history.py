@@ -48,6 +48,13 @@ class Sample:
     # Running agent -> the other members of its replica set, as this node (its owner)
     # reported them; absent in histories recorded before the campaign sampled them.
     holders: dict[str, list[str]] = field(default_factory=dict)
+    # When the mode's answer came, before the agent list was asked for (``at`` is when
+    # that list came); absent in histories recorded before: ``at`` then.
+    mode_at: float | None = None
+
+    @property
+    def said_mode_at(self) -> float:
+        return self.at if self.mode_at is None else self.mode_at
 
 
 @dataclass

@@ -132,6 +132,9 @@ def test_read_write_without_a_quorum_past_the_detection_timeout_is_a_minority_wr
     assert report["examples"][0]["what"].startswith("n3 still read-write without a quorum 7.0 s")
     deploy = Operation("deploy", "n3", "probe-0-n3", "probe-0-n3", T0 + 14, T0 + 14.1, "ok", 201)
     assert anomalies(make_history([deploy], faults=[cut]), "minority-writes") == 1
+    # The mode counts from when its answer came, not from when the agent list after it did.
+    slow_list = [Sample("n3", T0 + 16, "read-write", mode_at=T0 + 12.5)]
+    assert anomalies(make_history(faults=[cut], samples=slow_list), "minority-writes") == 0
 
 
 def test_failover_is_measured_from_the_cut_to_the_first_answer_through_the_majority() -> None:
