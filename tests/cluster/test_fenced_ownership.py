@@ -190,7 +190,7 @@ async def test_an_old_owner_restarted_with_its_data_acknowledges_nothing_before_
     """A node starts its agents, its REST API and its message replay before its cluster
     service; the copy it restores may have been taken over while it was down. Before
     the quorum replication takes over, that copy committed locally and answered: the
-    fault campaign saw a killed and restarted node acknowledge a ledger id 0.5 s before
+    fault campaign saw a killed and restarted node acknowledge a ledger id 0.07 s before
     it joined, an id the new owner never had (a two-copies and a lost-state anomaly)."""
     factory = NodeFactory(tmp_path, config=FAST)
     factory.register_driver("transport", "tcp", TcpTransport)
