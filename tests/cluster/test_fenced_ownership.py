@@ -165,6 +165,26 @@ async def test_a_takeover_from_a_live_owner_fences_it_and_keeps_its_state(
     assert any("is fenced" in e.text for e in n3.cluster.recent_events(1000))
 
 
+async def test_a_taker_whose_copy_missed_writes_starts_from_the_highest_state(
+    links: tuple[NodeFactory, LinkCuts], counter: bytes
+) -> None:
+    """The owner's writes to the taker are lost, so the taker's copy is stale: the
+    promises name the newer state by its digest (not its items), and the taker reads it
+    from a member that holds it; its own older copy never wins."""
+    (n1, n2, n3), agent_id, cuts = await counter_on_n3(links, counter)
+    taker = taker_of([n1, n2], agent_id)
+    other = n2 if taker is n1 else n1
+    cuts.cut("n3", taker.node_id)
+    acknowledged = [await tick(n3, 5.0) for _ in range(5)]
+    assert acknowledged == [4, 5, 6, 7, 8]  # n3 and the other holder are a majority
+    fences = [n.cluster.failover.ownership.fences[agent_id] for n in (taker, other)]
+    assert fences[0].version < fences[1].version  # the taker's copy is behind
+    await take_over(taker, agent_id)
+    assert await tick(taker, 5.0) == 9
+    cuts.heal()
+    await eventually(lambda: hosts([n1, n2, n3], "counter") == [taker.node_id], 20)
+
+
 async def test_a_cluster_that_authenticates_no_peer_still_answers(
     tmp_path: Path, counter: bytes
 ) -> None:

@@ -5,6 +5,7 @@ case of docs/cluster.md, "Moving an agent", ends with exactly one running copy."
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import Any
 
 import aiohttp
@@ -15,6 +16,7 @@ from test_placement_cluster import ask, crash, deploy, start_cluster
 from test_placement_cluster import factory as factory  # the fixture
 
 from caxton.cluster import moves
+from caxton.drivers import FrameKind
 from caxton.messaging import Message, Performative
 from caxton.node import Node
 from caxton.testing import NodeFactory
@@ -220,6 +222,103 @@ async def test_the_source_dying_after_the_takeover_leaves_one_copy_on_the_target
     await n3.cluster.moves.move(agent["id"], "n1")
     assert hosts([n1, n2], "counter") == ["n1"]
     assert await counted(n2) == 2  # answered once released
+
+
+# -- what crosses the network -----------------------------------------------------------
+
+STATE_VALUE = 64 * 1024  # bytes of text per key
+
+
+async def with_state(node: Node, agent_id: str, keys: int) -> int:
+    """Give the agent ``keys`` values of 64 KiB (random text); the bytes of state."""
+    assert node.api_address is not None
+    host, port = node.api_address
+    async with aiohttp.ClientSession() as http:
+        for i in range(keys):
+            value = os.urandom(STATE_VALUE // 2).hex()
+            url = f"http://{host}:{port}/api/v1/agents/{agent_id}/state/blob-{i}"
+            async with http.put(url, json={"value": value}) as response:
+                assert response.status == 200, await response.text()
+    return keys * STATE_VALUE
+
+
+def settled(owner: Node, agent_id: str) -> bool:
+    """Every holder acknowledged the owner's last version (no resync is due)."""
+    owned = owner.cluster.failover.ownership.owned.get(agent_id)
+    return owned is not None and all(
+        owned.acked.get(h) == owned.version == owned.sent.get(h) for h in owned.holders
+    )
+
+
+def control_bytes(nodes: list[Node], monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """From now on, the bytes of every CONTROL frame and answer the nodes exchange."""
+    crossed = [0]
+    for node in nodes:
+        transport = node.cluster.transport
+        request, send = transport.request, transport.send
+
+        async def counted_request(
+            peer: Any, kind: FrameKind, payload: bytes, timeout: float, request: Any = request
+        ) -> bytes:
+            answer: bytes = await request(peer, kind, payload, timeout)
+            if kind is FrameKind.CONTROL:
+                crossed[0] += len(payload) + len(answer)
+            return answer
+
+        async def counted_send(
+            peer: Any, kind: FrameKind, payload: bytes, send: Any = send
+        ) -> None:
+            if kind is FrameKind.CONTROL:
+                crossed[0] += len(payload)
+            await send(peer, kind, payload)
+
+        monkeypatch.setattr(transport, "request", counted_request)
+        monkeypatch.setattr(transport, "send", counted_send)
+    return crossed
+
+
+async def test_a_move_to_a_holder_sends_no_state_over_the_network(
+    factory: NodeFactory, counter: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The target holds the agent's state already: the promises answer its digest, the
+    holders take the new generation without it, and the new owner's first writes are
+    deltas. Every CONTROL byte of the move, of the first count after it and of the new
+    owner replicating it adds up to less than the state (it used to cross five times)."""
+    nodes = await start_cluster(factory)
+    n1, n2, n3 = nodes
+    agent = await deployed_counter(nodes, counter)
+    size = await with_state(n1, agent["id"], 8)
+    assert await counted(n1) == 1
+    await eventually(lambda: settled(n3, agent["id"]))
+    crossed = control_bytes(nodes, monkeypatch)
+    moved = await n3.cluster.moves.move(agent["id"], "n1")
+    assert moved["node_id"] == "n1"
+    assert await counted(n2) == 2
+    await replicated([n2, n3], agent["id"])
+    await eventually(lambda: n1.cluster.failover.ownership.owned[agent["id"]].acked)
+    assert crossed[0] < size, f"{crossed[0]} bytes crossed for {size} bytes of state"
+    assert len(n1.agents.runtime("counter").kv) == 9  # the count and the 8 values
+
+
+async def test_a_move_to_a_node_without_the_state_sends_it_once(
+    factory: NodeFactory, counter: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Four nodes, the target none of the agent's holders: the source alone answers its
+    promise with the state, the holders only take the new generation."""
+    nodes = await start_cluster(factory, ("n1", "n2", "n3", "n4"))
+    n3 = nodes[2]
+    agent = await deployed_counter(nodes, counter)
+    size = await with_state(n3, agent["id"], 8)
+    assert await counted(n3) == 1
+    await eventually(lambda: settled(n3, agent["id"]))
+    holders = n3.cluster.failover.holders[agent["id"]]
+    target = next(n for n in nodes if n.node_id not in (*holders, "n3"))
+    crossed = control_bytes(nodes, monkeypatch)
+    moved = await n3.cluster.moves.move(agent["id"], target.node_id)
+    assert moved["node_id"] == target.node_id
+    assert await counted(n3) == 2
+    assert size <= crossed[0] < 2 * size, f"{crossed[0]} bytes crossed for {size} of state"
+    assert len(target.agents.runtime("counter").kv) == 9
 
 
 # -- rebalance, drain, leave, add-node -------------------------------------------------

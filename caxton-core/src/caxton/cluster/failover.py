@@ -515,12 +515,18 @@ class Failover:
         return None
 
     async def _take(
-        self, replica: Replica, start: bool, *, kv: Mapping[bytes, bytes] | None = None
+        self,
+        replica: Replica,
+        start: bool,
+        *,
+        kv: Mapping[bytes, bytes] | None = None,
+        moved: bool = False,
     ) -> bool:
         """Restart another node's agent here, under its id, one generation higher (a
         failover, or a live move: :mod:`caxton.cluster.moves`). ``kv``: the state to
         start with when it is not replicated by quorum (a move sends it along); by
-        default the replica's. True once it is deployed here."""
+        default the replica's; ``moved``: a live move, whose source may stay a holder
+        (:meth:`Ownership.take`). True once it is deployed here."""
         agents = self.node.agents
         if agents is None or replica.agent_id in agents:
             return False
@@ -539,7 +545,7 @@ class Failover:
             )
             return False
         if self.ownership.enabled:
-            taken = await self.ownership.take(replica)
+            taken = await self.ownership.take(replica, moved=moved)
             if taken is None or replica.agent_id in agents:
                 return False
             generation, kv, holders = taken
@@ -716,13 +722,19 @@ class Failover:
             return ()
         return self._rank_holders(agent.name, self.holders.get(agent.id, ()), ())
 
-    def holders_for(self, agent_id: str, members: Sequence[str]) -> tuple[str, ...]:
+    def holders_for(
+        self, agent_id: str, members: Sequence[str], *, keep_owner: bool = False
+    ) -> tuple[str, ...]:
         """The holders a takeover of ``agent_id`` proposes, its replica set in force
-        being ``members`` (the owner first): the live ones of them, then others."""
+        being ``members`` (the owner first): the live ones of them, then others. The
+        owner is left out unless ``keep_owner`` (a live move: it holds the state, and
+        keeping it spares a replica set change and the whole state to a new holder)."""
         replica = self.replicas.get(agent_id)
         name = replica.name if replica is not None else agent_id
         if self.trust.mode is None:
             return ()
+        if keep_owner:
+            return self._rank_holders(name, (*members[1:], *members[:1]), ())
         return self._rank_holders(name, members[1:], members[:1])
 
     def _rank_holders(
@@ -1007,6 +1019,8 @@ class Failover:
                 answer = await self.ownership.on_promise(sender, body)
             elif op == "owns":
                 answer = self.ownership.on_owns(body)
+            elif op == "state":
+                answer = await self.ownership.on_state(sender, body)
             else:
                 answer = self._on_claim(sender, body)
         except CaxtonError as exc:

@@ -438,7 +438,7 @@ class Moves:
                 and await self.node.store.load_module(replica.module_sha256) is None
             ):
                 self.node.store.put_module(replica.module_sha256, wasm)
-            taken = await self.failover._take(replica, False, kv=kv)
+            taken = await self.failover._take(replica, False, kv=kv, moved=True)
         if not taken:
             raise MoveFailed(
                 f"node {self.node_id} could not take agent '{replica.name}' over (its events "

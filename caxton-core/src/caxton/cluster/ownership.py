@@ -32,9 +32,10 @@ docs/design/0001-fenced-ownership.md and docs/cluster.md, "Durability".
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -52,7 +53,7 @@ __all__ = ["OPS", "Fence", "Ownership", "majority"]
 log = logging.getLogger("caxton.cluster")
 
 #: The control ops :class:`Ownership` answers (sealed, :mod:`caxton.cluster.trust`).
-OPS = frozenset({"writes", "promise", "owns"})
+OPS = frozenset({"writes", "promise", "owns", "state"})
 #: Seconds a holder has to answer a frame of writes, and a member a promise.
 WRITE_TIMEOUT = 2.0
 PROMISE_TIMEOUT = 2.0
@@ -187,6 +188,9 @@ class Ownership:
         self._outbox: dict[str, list[list[Any]]] = {}
         self._in_flight: dict[str, int] = {}
         self._previous: Durability | None = None
+        #: Agents taken over here: the generation and the holders that took the state
+        #: the agent starts with (version 0), so the first writes to them are deltas.
+        self._primed: dict[str, tuple[int, set[str]]] = {}
         #: Agents hosted here that a live move hands to another node
         #: (:mod:`caxton.cluster.moves`): a promise for them does not fence and remove
         #: the copy here; the move stops it, hands its messages over and removes it.
@@ -344,6 +348,9 @@ class Ownership:
             failover.holders[agent_id] = holders
         offset = fence.version + VERSION_JUMP if fence and fence.generation == generation else 0
         owned = _Owned(runtime, generation, offset, holders)
+        primed_at, primed = self._primed.pop(agent_id, (0, set()))
+        if primed_at == generation and fence is not None and fence.version == 0:
+            owned.sent = {h: 0 for h in holders if h in primed}
         owned.committed = owned.local = offset + runtime.committed
         self.owned[agent_id] = owned
         return owned
@@ -511,7 +518,7 @@ class Ownership:
         return answers
 
     async def _apply(self, owner: str, entry: tuple[Any, ...]) -> list[Any]:
-        agent_id, generation, base, version, full, puts, deletes, members = entry
+        agent_id, generation, base, version, full, puts, deletes, members, same = entry
         # A copy a live move hands over is quiesced: this node takes the new owner's
         # writes as any holder does (its rows are the same), and keeps them after.
         if self._hosts(agent_id) and agent_id not in self.handing_over:
@@ -524,6 +531,13 @@ class Ownership:
         if generation < fence.promised:
             return ["fenced", fence.promised]
         state = await self._state(agent_id)
+        if same is not None:  # a takeover's state, which this node says it holds already
+            if generation == fence.generation and version <= fence.version:
+                return ["ok", fence.version]
+            if _digest(state) != same:
+                return ["stale", fence.version]  # it sends the whole state instead
+            self._persist(agent_id, fence.holding(generation, version, members))
+            return ["ok", version]
         if generation > fence.generation or full:
             if not full:
                 self._persist(agent_id, fence.promise(generation, ()))
@@ -572,8 +586,11 @@ class Ownership:
         owner_at = body.get("owner_at", 0)
         if not isinstance(owner_at, int):
             raise ValidationError("malformed promise")
+        digests = body.get("digests", False)
+        if not isinstance(digests, bool):
+            raise ValidationError("malformed promise")
         async with self._lock:
-            answer = await self._promise(agent_id, generation, sender, proposed, owner_at)
+            answer = await self._promise(agent_id, generation, sender, proposed, owner_at, digests)
         await self.node.store.flush()
         return answer
 
@@ -584,12 +601,18 @@ class Ownership:
         taker: str,
         proposed: Members = (),
         owner_at: int = 0,
+        digests: bool = False,
     ) -> list[Any]:
         """Promise ``generation`` for ``agent_id`` (refuse writes below it; remember the
         replica set ``proposed`` with it) and answer the state held here:
         ``["promised", generation, version, items, config]``, or
         ``["refused", promised, config]`` when this node promised as much already;
         ``config`` is :meth:`Fence.config` as it was before this promise.
+
+        ``digests``: the taker knows digests (every node since they came). Then the
+        answer names the state by its digest instead of carrying it, ``["promised",
+        generation, version, None, config, digest]``: the taker reads the state
+        (``state``) only if it is the highest and the taker has not got it.
 
         ``owner_at`` > 0: the owner at that generation moves its replica set
         (:meth:`reconfigure`), it does not take the agent over: refused when this node
@@ -605,7 +628,7 @@ class Ownership:
                 return ["refused", max(mine, fence.promised), config]
             runtime = self.node.agents.runtime(agent_id)
             version = owned.version if owned is not None else runtime.version
-            items = [[k, v] for k, v in runtime.kv.items()]
+            answer = _promise_answer(mine, version, runtime.kv, config, digests)
             if agent_id not in self.handing_over:  # a live move removes its copy itself
                 self.fence(
                     agent_id, f"{taker} takes it over at generation {generation}", generation
@@ -616,15 +639,14 @@ class Ownership:
             held = Fence(fence.promised, mine, version, members, fence.proposals)
             self._persist(agent_id, held.promise(generation, proposed))
             self.states.pop(agent_id, None)
-            return ["promised", mine, version, items, config]
+            return answer
         if generation <= fence.promised or (
             owner_at and fence.promised > owner_at and not fence.proposed_by(taker)
         ):
             return ["refused", fence.promised, fence.config()]
         self._persist(agent_id, fence.promise(generation, proposed))
         state = await self._state(agent_id)
-        items = [[k, v] for k, v in state.items()]
-        return ["promised", fence.generation, fence.version, items, fence.config()]
+        return _promise_answer(fence.generation, fence.version, state, fence.config(), digests)
 
     def on_owns(self, body: Any) -> list[Any]:
         """Who may own ``agent_id`` as this node knows it (``owns``, read only, for
@@ -642,7 +664,7 @@ class Ownership:
     # -- takeover -----------------------------------------------------------------------
 
     async def take(
-        self, replica: Replica
+        self, replica: Replica, *, moved: bool = False
     ) -> tuple[int, dict[bytes, bytes], tuple[str, ...]] | None:
         """Get a majority of the agent's replica set in force to promise the next
         generation and put the highest state among their answers on a majority of the
@@ -655,6 +677,10 @@ class Ownership:
         any set that once was in force names every later one; each set an answer
         reveals above the record's generation is asked too, and the takeover needs a
         majority of every one of them.
+
+        ``moved``: a live move (:mod:`caxton.cluster.moves`) whose source, alive and
+        holding the state, may stay in the new set as a holder (a failover leaves the
+        old owner out).
 
         Returns ``(generation, state, holders)`` to start the agent with, or None (an
         event says why) when no such majority promised or took the state: the caller
@@ -677,7 +703,8 @@ class Ownership:
             generation = top + 1
             ours.add(generation)
             current = max(sets, key=lambda m: sets[m])
-            proposed = (self.node_id, *self.failover.holders_for(replica.agent_id, current))
+            holders = self.failover.holders_for(replica.agent_id, current, keep_owner=moved)
+            proposed = (self.node_id, *holders)
             answers = await self._promises(agent_id, generation, proposed, list(sets))
             learned = False
             for answer in answers.values():
@@ -704,21 +731,96 @@ class Ownership:
                 f"{', '.join(sorted(promised)) or 'none'}); it is not started from less",
             )
             return None
-        _, best = max(promised.items(), key=lambda p: (p[1][1], p[1][2]))
-        state = {bytes(k): bytes(v) for k, v in best[3]}
+        state = await self._highest(agent_id, promised)
+        if state is None:
+            self._takeover_failed(
+                replica, "no member that promised would send the highest state it answered"
+            )
+            return None
         holders = proposed[1:]
-        # The state at the new generation on a majority of the new set before it starts.
+        # The state at the new generation on a majority of the new set before it starts:
+        # a member that holds this very state (its digest) only takes the new generation,
+        # the others take the whole state.
+        digest = _digest(state)
+        lacking = {m for m, a in answers.items() if _promised(a) and a[5:] != [digest]}
         items = [[k, v] for k, v in state.items()]
         entry = [agent_id, generation, 0, 0, True, items, [], list(proposed)]
-        if not await self._write_majority(proposed, entry):
+        # The holders that took it (those still writing add themselves) hold the state the
+        # agent starts with, at version 0: the new owner's first writes to them are
+        # deltas (:meth:`_owned`).
+        took: set[str] = set()
+        if await self._write_majority(proposed, entry, digest, lacking, took) is None:
             self._takeover_failed(replica, "its state did not reach a majority of its holders")
             return None
+        self._primed[agent_id] = (generation, took)
         async with self._lock:  # the key/value rows here become the chosen state
             self._replace(agent_id, await self._state(agent_id), state)
             now = self.fences.get(agent_id, Fence())
             self._persist(agent_id, now.holding(generation, 0, proposed))
             self.states.pop(agent_id, None)
         return generation, state, holders
+
+    async def _highest(
+        self, agent_id: str, promised: Mapping[str, Any]
+    ) -> dict[bytes, bytes] | None:
+        """The highest state (generation, then version) among the ``promised`` answers.
+
+        Answers name their state by its digest (nodes before digests send their items):
+        this node's own state when the highest has its digest, else the state read from
+        a member that answered it (``state``), whose digest must match. So the state
+        crosses the network once, and only to a taker that lacks it."""
+        mine = promised[self.node_id]
+        own = {bytes(k): bytes(v) for k, v in mine[3]}
+        ranked = sorted(promised.items(), key=lambda p: (p[1][1], p[1][2]), reverse=True)
+        top = ranked[0][1]
+        if top[3] is not None:
+            return {bytes(k): bytes(v) for k, v in top[3]}
+        wanted = top[5]
+        if wanted == _digest(own):
+            return own
+        for member, answer in ranked:
+            if member == self.node_id or answer[1:3] != top[1:3] or answer[5:] != [wanted]:
+                continue
+            state = await self._read_state(member, agent_id, wanted)
+            if state is not None:
+                return state
+        return None
+
+    async def _read_state(
+        self, member_id: str, agent_id: str, digest: bytes
+    ) -> dict[bytes, bytes] | None:
+        """``member_id``'s state of ``agent_id`` if it still has ``digest``."""
+        member = self.cluster._live(member_id)
+        if member is None:
+            return None
+        body = {"agent_id": agent_id, "digest": digest}
+        try:
+            answer = await self.cluster._control(
+                member.address, PROMISE_TIMEOUT, "state", self.failover.trust.seal(body)
+            )
+        except CaxtonError as exc:
+            log.debug("state from %s failed: %s", member_id, exc)
+            return None
+        if not isinstance(answer, list) or answer[:1] != ["state"] or len(answer) != 2:
+            return None
+        state = {bytes(k): bytes(v) for k, v in _items(answer[1])}
+        return state if _digest(state) == digest else None
+
+    async def on_state(self, sender: str, body: Any) -> list[Any]:
+        """A taker reads the state this node answered a promise with (by its digest)."""
+        if not isinstance(body, Mapping):
+            raise ValidationError("malformed state read")
+        agent_id, digest = body.get("agent_id"), body.get("digest")
+        if not isinstance(agent_id, str) or not isinstance(digest, bytes):
+            raise ValidationError("malformed state read")
+        async with self._lock:
+            if self._hosts(agent_id):
+                state: Mapping[bytes, bytes] = self.node.agents.runtime(agent_id).kv
+            else:
+                state = await self._state(agent_id)
+            if _digest(state) != digest:
+                return ["changed"]
+            return ["state", [[k, v] for k, v in state.items()]]
 
     async def _promises(
         self,
@@ -733,7 +835,8 @@ class Ownership:
         """Ask every member of ``sets`` (this node first, unless ``mine`` is False: it
         promised already) to promise ``generation`` with the set ``proposed``; return
         the answers once a majority of every set promised, or once every member
-        answered or timed out (a promise that comes later still fences)."""
+        answered or timed out (a promise that comes later still fences). The others
+        answer the digest of their state, not its items (:meth:`_highest`)."""
         answers: dict[str, Any] = {}
         if mine:
             async with self._lock:
@@ -760,7 +863,12 @@ class Ownership:
         return answers
 
     async def _ask(
-        self, member_id: str, agent_id: str, generation: int, proposed: Members, owner_at: int = 0
+        self,
+        member_id: str,
+        agent_id: str,
+        generation: int,
+        proposed: Members,
+        owner_at: int = 0,
     ) -> Any:
         member = self.cluster._live(member_id)
         if member is None:
@@ -769,6 +877,7 @@ class Ownership:
             "agent_id": agent_id,
             "generation": generation,
             "members": list(proposed),
+            "digests": True,
         }
         if owner_at:
             body["owner_at"] = owner_at
@@ -836,17 +945,36 @@ class Ownership:
         self._check(owned)
         return True
 
-    async def _write_majority(self, members: Members, entry: list[Any]) -> set[str] | None:
+    async def _write_majority(
+        self,
+        members: Members,
+        entry: list[Any],
+        digest: bytes = b"",
+        lacking: Collection[str] = (),
+        took: set[str] | None = None,
+    ) -> set[str] | None:
         """Write one whole-state entry to the holders of ``members`` (this node, the
         first, holds it already); the holders that took it once they and this node are a
-        majority of ``members`` (the others go on in the background), else None."""
+        majority of ``members`` (the others go on in the background), else None.
+
+        With the state's ``digest``, the holders that may hold it already (all but
+        those ``lacking`` it) are sent the entry without its items first: they check the
+        digest against their state and take the new generation, or answer ``stale``;
+        then they are sent the whole of it. ``took``: each holder that took it is added,
+        the ones after the majority too."""
         needed = majority(len(members)) - 1
         taken: set[str] = set()
         if needed <= 0:
             return taken
+        agent_id, generation, _, version, _, _, _, proposed = entry
+        bump = [agent_id, generation, 0, version, False, [], [], proposed, digest]
 
         async def write(holder: str) -> tuple[str, bool]:
-            return holder, await self._write_one(holder, entry)
+            done = bool(digest) and holder not in lacking and await self._write_one(holder, bump)
+            done = done or await self._write_one(holder, entry)
+            if done and took is not None:
+                took.add(holder)
+            return holder, done
 
         pending = {self.cluster._spawn(write(h)) for h in members[1:]}
         while pending and len(taken) < needed:
@@ -870,7 +998,7 @@ class Ownership:
             except CaxtonError:
                 return False
             result = answer[0] if isinstance(answer, list) and len(answer) == 1 else None
-            if not isinstance(result, list) or result[:1] != ["gap"]:
+            if not isinstance(result, list) or result[:1] != ["gap"] or entry[8:]:
                 return isinstance(result, list) and result[:1] == ["ok"]
             await asyncio.sleep(GAP_RETRY_DELAY)
         return False
@@ -896,12 +1024,36 @@ def _has_majority(promised: Mapping[str, Any], members: Members) -> bool:
 def _promised(answer: Any) -> bool:
     return (
         isinstance(answer, list)
-        and len(answer) in (4, 5)
+        and len(answer) in (4, 5, 6)
         and answer[0] == "promised"
         and isinstance(answer[1], int)
         and isinstance(answer[2], int)
-        and isinstance(answer[3], list)
+        and (isinstance(answer[3], list) or (answer[3] is None and len(answer) == 6))
+        and (len(answer) < 6 or isinstance(answer[5], bytes))
     )
+
+
+def _digest(state: Mapping[bytes, bytes]) -> bytes:
+    """A digest of a whole key/value state (the same for the same keys and values)."""
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        value = state[key]
+        digest.update(len(key).to_bytes(4, "big") + key + len(value).to_bytes(8, "big"))
+        digest.update(value)
+    return digest.digest()
+
+
+def _promise_answer(
+    generation: int,
+    version: int,
+    state: Mapping[bytes, bytes],
+    config: list[Any],
+    digests: bool,
+) -> list[Any]:
+    """A promise's answer with the state held here (see :meth:`Ownership._promise`)."""
+    if not digests:
+        return ["promised", generation, version, [[k, v] for k, v in state.items()], config]
+    return ["promised", generation, version, None, config, _digest(state)]
 
 
 def _entry_of(data: Any) -> tuple[Any, ...]:
@@ -912,6 +1064,9 @@ def _entry_of(data: Any) -> tuple[Any, ...]:
         raise ValidationError("malformed write") from None
     # The replica set rides on whole-state writes (not sent by nodes before it).
     members = _members(rest[0]) if rest and rest[0] else None
+    # A takeover's "you hold this state already" (:meth:`Ownership._same_state`): its
+    # digest, no items (not full: a node before it answers ``gap``, then gets it whole).
+    same = rest[1] if len(rest) > 1 else None
     if not (
         isinstance(agent_id, str)
         and all(isinstance(n, int) for n in (generation, base, version))
@@ -923,9 +1078,19 @@ def _entry_of(data: Any) -> tuple[Any, ...]:
             for p in puts
         )
         and all(isinstance(k, bytes) for k in deletes)
+        and (same is None or (isinstance(same, bytes) and members is not None and not full))
     ):
         raise ValidationError("malformed write")
-    return agent_id, generation, base, version, full, [(k, v) for k, v in puts], deletes, members
+    puts = [(k, v) for k, v in puts]
+    return agent_id, generation, base, version, full, puts, deletes, members, same
+
+
+def _items(data: Any) -> list[tuple[bytes, bytes]]:
+    if not isinstance(data, list) or not all(
+        isinstance(i, list) and len(i) == 2 and all(isinstance(x, bytes) for x in i) for i in data
+    ):
+        raise ValidationError("malformed key/value state")
+    return [(k, v) for k, v in data]
 
 
 def _members(data: Any) -> Members:
@@ -951,7 +1116,7 @@ def _config_of(answer: Any) -> tuple[int, list[Config]]:
     if not isinstance(answer, list) or len(answer) < 2 or not isinstance(answer[1], int):
         return 0, []
     top = answer[1]
-    config = answer[-1] if len(answer) in (3, 5) else None
+    config = answer[4] if len(answer) == 6 else answer[-1] if len(answer) in (3, 5) else None
     if not isinstance(config, list) or len(config) != 3:
         return top, []
     try:
