@@ -17,7 +17,9 @@ enough holders.
 *promised* (answer ``fenced``). A takeover (:meth:`Ownership.take`) first asks the replica
 set to promise generation g+1 (``promise``), needs a majority, adopts the highest state
 (generation, then version) among the answers, writes it to the new holders at g+1, and
-only then is the agent started. So once a takeover has its majority, the old owner can
+only then is the agent started. (Answers name their state by a digest: the taker reads
+the highest from a member only when its own differs, and a holder of that very state
+takes g+1 without its bytes.) So once a takeover has its majority, the old owner can
 reach no majority any more: the refusals tell it so, and it fences its copy (its held
 outputs are dead-lettered with the reason, never released; the copy is removed). An old
 owner that still answers (a false failure detection) promises too, which fences it at
