@@ -21,8 +21,9 @@ remote client's forwarding path):
   counters, each answered (every reply follows a state change, so in ``quorum`` each
   waits for a majority of its replica set);
 - ``owner_cpu_us_per_msg`` / ``holders_cpu_us_per_msg``: CPU time per message of this
-  node and of the two holder processes together during that run: unlike msg/s, it does
-  not move with the machine's load (1e6 / owner µs = msg/s one core could carry).
+  node and of the two holder processes together during that run (1e6 / owner µs = msg/s
+  one core could carry); it moves with the machine's load less than msg/s does, but it
+  moves: the same code measured 48-57 µs one day and 128-138 µs the next.
 
 Targets for ``quorum`` (issue 12): >= 20,000 msg/s per node and P99 <= 5 ms.
 """
@@ -164,8 +165,8 @@ async def _measure(
         return {
             "latency_ms": distribution(latencies),
             "throughput_msgs_per_s": round(messages / elapsed),
-            # CPU time per message does not depend on how loaded the machine is: one
-            # core's worth of the owner's is 1e6 / owner_cpu_us_per_msg messages/s.
+            # one core's worth of the owner's is 1e6 / owner_cpu_us_per_msg messages/s
+            # (less load-bound than msg/s, not free of it: see docs/performance.md)
             "owner_cpu_us_per_msg": round(owner_cpu / messages * 1e6, 1),
             "holders_cpu_us_per_msg": round(holders_cpu / messages * 1e6, 1),
             "outputs_held_and_released": local.agents.outputs.released,
