@@ -48,6 +48,7 @@ def short_lived(material: DataDirPki, ca: DataDirPki, node_id: str) -> None:
         node_id,
         ["127.0.0.1"],
         days=6 / 1440,
+        valid_from=datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(minutes=5),
     )
     material.write(key, cert, (ca.ca_dir / pki.CA_CERT).read_bytes())
 
@@ -62,6 +63,7 @@ def stand_in(node_id: str, material: DataDirPki, peers: list[Any]) -> Any:
             "node_key": str(files.node_key),
         },
         "coordination.cluster": {"bind_addr": "127.0.0.1:0", "advertise_addr": ""},
+        "security.cluster.enrolment": {"cert_lifetime": 90 * 86400.0, "renew_before": None},
     }
     membership = SimpleNamespace(members=lambda: peers)
     return SimpleNamespace(

@@ -24,6 +24,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -420,6 +421,39 @@ def cluster_maker(base_dir: Path) -> Iterator[Callable[..., ProcessCluster]]:
     finally:
         for cluster in clusters:
             cluster.close()
+
+
+class AskLoop:
+    """Requests through nodes' APIs to agents, round after round in a thread, until
+    stopped: how many were sent and which failed (``"TARGET N via NODE: why"``)."""
+
+    def __init__(self, routes: Sequence[tuple[NodeProcess, str]], wait_ms: int = 5000) -> None:
+        self.routes = list(routes)
+        self.wait_ms = wait_ms
+        self.sent = 0
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> AskLoop:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for node, target in self.routes:
+                text = f"{target} {self.sent} via {node.node_id}"
+                try:
+                    reply = node.ask(target, text, wait_ms=self.wait_ms)["reply"]["content"]
+                    if reply != text:
+                        self.failures.append(f"{text}: {reply!r}")
+                except Exception as exc:
+                    self.failures.append(f"{text}: {exc}")
+                self.sent += 1
 
 
 def issue_certificates(directory: Path, node_ids: Iterable[str]) -> Path:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import datetime
 import shutil
 import signal
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +21,7 @@ from pathlib import Path
 import pytest
 from cluster_support import (
     ApiError,
+    AskLoop,
     NodeProcess,
     ProcessCluster,
     issue_certificates,
@@ -160,24 +160,7 @@ def test_certificates_and_the_ca_rotate_without_a_restart_or_downtime(
                      "wasm_module": __import__("base64").b64encode(echo).decode()})  # fmt: skip
     cluster.wait_until(lambda: {"echo-n2", "echo-n3"} <= set(n1.agents()), 20, "agents known on n1")
 
-    failures: list[str] = []
-    sent = [0]
-    stop = threading.Event()
-
-    def traffic() -> None:  # messages from n1 to agents on n2 and n3, all along
-        while not stop.is_set():
-            for target in ("echo-n2", "echo-n3"):
-                text = f"{target} {sent[0]}"
-                try:
-                    reply = n1.ask(target, text, wait_ms=5000)["reply"]["content"]
-                    if reply != text:
-                        failures.append(f"{text}: {reply!r}")
-                except Exception as exc:
-                    failures.append(f"{text}: {exc}")
-                sent[0] += 1
-
-    sender = threading.Thread(target=traffic, daemon=True)
-    sender.start()
+    traffic = AskLoop([(n1, "echo-n2"), (n1, "echo-n3")]).start()  # all along
 
     def reloaded(count: int) -> bool:
         return all(n.log().count("reloaded its TLS material") >= count for n in nodes)
@@ -208,13 +191,13 @@ def test_certificates_and_the_ca_rotate_without_a_restart_or_downtime(
     n3.start(join=[n1.address])
     cluster.wait_converged(nodes, 60)
     time.sleep(1.0)
-    stop.set()
-    sender.join(30)
+    traffic.stop()
     verdict = auth(n1)
     assert verdict["agree"], verdict
     issuers = {n["certificate"]["issuer_fingerprint"] for n in verdict["nodes"]}
     assert issuers == {n["ca_fingerprints"][0] for n in verdict["nodes"]}
     assert len(issuers) == 1
-    assert sent[0] > 10
+    assert traffic.sent > 10
     # n3's own restart is the only gap its agent may show; nothing else failed.
+    failures = traffic.failures
     assert [f for f in failures if not f.startswith("echo-n3")] == [], failures[:5]

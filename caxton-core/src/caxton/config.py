@@ -400,6 +400,14 @@ CORE_SECTIONS: tuple[ConfigSection, ...] = (
         F("node_key", "str", None, optional=True, secret=True),
         F("verify_peer", "bool", True),
     ), "Mutual TLS between nodes"),
+    ConfigSection("security.cluster.enrolment", (
+        F("cert_lifetime", "duration", "90d",
+          "Life of the node certificates the cluster CA signs (bootstrap, join, renewal)",
+          minimum=1),
+        F("renew_before", "duration", None,
+          "Renew a certificate of the data directory once less than this is left "
+          "(default: a third of its life)", optional=True, minimum=1),
+    ), "Certificates made by the cluster CA in the data directory (join tokens)"),
     ConfigSection("security.audit", (
         F("enabled", "bool", True, "Write the audit log (when security.auth_enabled)"),
         F("path", "str", None, "Audit log file (default: DATA_DIR/audit.log)", optional=True),

@@ -117,7 +117,9 @@ class DataDirPki:
     def holds_ca(self) -> bool:
         return (self.ca_dir / pki.CA_KEY).exists()
 
-    def bootstrap(self, node_id: str, hosts: Sequence[str] = ()) -> bool:
+    def bootstrap(
+        self, node_id: str, hosts: Sequence[str] = (), *, days: float = ENROLLED_CERT_DAYS
+    ) -> bool:
         """Make the cluster CA (unless there is one) and this node's certificate (unless
         it has one); True when something was made."""
         made = False
@@ -127,10 +129,21 @@ class DataDirPki:
             self.ca_dir.chmod(0o700)
             made = True
         if not self.has_certificate():
-            pki.issue_node_cert(self.ca_dir, node_id, self.certs_dir, hosts=hosts, force=True)
-            self.certs_dir.chmod(0o700)
+            self.sign_own(node_id, hosts, days)
             made = True
         return made
+
+    def sign_own(self, node_id: str, hosts: Sequence[str], days: float) -> None:
+        """A new key and certificate for this node, signed by the CA it holds (at
+        bootstrap, and for its renewals); its trusted CAs stay as they are."""
+        ca_cert = pki.load_certificate(self.ca_dir / pki.CA_CERT)
+        ca_key = pki.load_private_key(self.ca_dir / pki.CA_KEY)
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = pki.sign_node_key(ca_cert, ca_key, key.public_key(), node_id, hosts, days=days)
+        trusted = self.files.ca_cert
+        assert trusted is not None
+        bundle = (trusted if trusted.exists() else self.ca_dir / pki.CA_CERT).read_bytes()
+        self.write(key, cert, bundle)
 
     def write(self, key: ec.EllipticCurvePrivateKey, cert: x509.Certificate, ca: bytes) -> None:
         """Store an enrolled or renewed pair; the key first, the certificate last (a

@@ -24,8 +24,6 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cryptography.hazmat.primitives.asymmetric import ec
-
 from caxton.errors import CaxtonError, ConfigError, PeerRejected, TransportError
 from caxton.security import pki
 from caxton.security.enrolment import (
@@ -103,6 +101,14 @@ async def prepare_node_tls(node: Node, token: str | None) -> None:
             f"that, or start without a token"
         )
     if not node.clustered or mtls["enabled"] or plaintext:
+        enrolment = node.config["security.cluster.enrolment"]
+        if enrolment["renew_before"] is not None or cert_days(node.config) != ENROLLED_CERT_DAYS:
+            log.warning(
+                "node %s: security.cluster.enrolment applies to the certificates of the data "
+                "directory (--bootstrap, --token); with %s it does nothing",
+                node.node_id,
+                "security.cluster.mtls" if mtls["enabled"] else "transport.plaintext",
+            )
         return
     material = DataDirPki(node.data_dir)
     if material.has_certificate():
@@ -110,7 +116,7 @@ async def prepare_node_tls(node: Node, token: str | None) -> None:
         return
     parsed = JoinToken.parse(token) if token else None  # a malformed token fails first
     if parsed is None and _founds_cluster(node):
-        material.bootstrap(node.node_id, _hosts(node))
+        material.bootstrap(node.node_id, _hosts(node), days=cert_days(node.config))
         from caxton.security.join_tokens import TokenStore
 
         fingerprint = TokenStore(material.ca_dir).fingerprint()
@@ -219,6 +225,7 @@ def serve_enrolment(node: Node, transport: Any) -> None:
         node.node_id,
         is_member=is_member,
         trusted_bundle=node.config["security.cluster.mtls"]["ca_cert"] or None,
+        cert_days=cert_days(node.config),
     )
     try:
         transport.serve_enrolment(authority.answer)
@@ -229,6 +236,13 @@ def serve_enrolment(node: Node, transport: Any) -> None:
 # -------------------------------------------------------------------------
 # Reload and renewal while the node runs
 # -------------------------------------------------------------------------
+
+
+def cert_days(config: Any) -> float:
+    """The life of the certificates this node's CA signs, in days
+    (``security.cluster.enrolment.cert_lifetime``)."""
+    return float(config["security.cluster.enrolment"]["cert_lifetime"]) / 86400
+
 
 #: How often the TLS files are checked for changes (and the certificate for renewal).
 TLS_CHECK_INTERVAL = 2.0
@@ -325,17 +339,14 @@ class TlsReloader:
         cert = pki.load_certificate(material.files.node_cert)  # type: ignore[arg-type]
         life = cert.not_valid_after_utc - cert.not_valid_before_utc
         left = cert.not_valid_after_utc - datetime.datetime.now(datetime.timezone.utc)
-        if left > life * RENEW_AT_REMAINING:
+        renew_before = self.node.config["security.cluster.enrolment"]["renew_before"]
+        if left > (
+            datetime.timedelta(seconds=renew_before) if renew_before else life * RENEW_AT_REMAINING
+        ):
             return
         hosts = _hosts(self.node)
         if material.holds_ca():
-            ca_cert = pki.load_certificate(material.ca_dir / pki.CA_CERT)
-            ca_key = pki.load_private_key(material.ca_dir / pki.CA_KEY)
-            key = ec.generate_private_key(ec.SECP256R1())
-            renewed = pki.sign_node_key(ca_cert, ca_key, key.public_key(), self.node.node_id,
-                                        hosts, days=ENROLLED_CERT_DAYS)  # fmt: skip
-            bundle = material.files.ca_cert.read_bytes()
-            material.write(key, renewed, bundle)
+            material.sign_own(self.node.node_id, hosts, cert_days(self.node.config))
             self.reload("certificate renewed by this node's CA")
             return
         await self._renew_through_peers(material, hosts)

@@ -244,8 +244,11 @@ def sign_node_key(
     valid_from: datetime.datetime | None = None,
 ) -> x509.Certificate:
     """A node certificate for ``public_key`` (a node's own key, from its CSR), signed by
-    the CA: the same profile as :func:`issue_node_cert`."""
-    start = valid_from or (_now() - datetime.timedelta(minutes=5))
+    the CA: the same profile as :func:`issue_node_cert`. It is valid for ``days`` from
+    ``valid_from``, or from now (and, for clocks a little behind, from 5 minutes ago)."""
+    now = _now()
+    start = valid_from or (now - datetime.timedelta(minutes=5))
+    end = (valid_from or now) + datetime.timedelta(days=days)
     ca_ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     cert = (
         x509.CertificateBuilder()
@@ -254,7 +257,7 @@ def sign_node_key(
         .public_key(public_key)
         .serial_number(x509.random_serial_number())
         .not_valid_before(start)
-        .not_valid_after(start + datetime.timedelta(days=days))
+        .not_valid_after(end)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(
