@@ -19,7 +19,7 @@ every replica set in force promises a new generation, the highest state among th
 kept), once the agent has been an orphan for :data:`GRACE` (a takeover or a live move
 under way finishes first), and again with a growing backoff until it runs somewhere.
 Every decision not to act is logged with its reason (an ``orphan-held-back`` event
-when the reason changes) and looked at again.
+when the reason changes) and looked at again, after 0.5 s doubling to 8 s.
 
 Safety does not rest on any of these observations: the takeover is fenced, so a copy
 that still runs somewhere unseen is fenced by it, never doubled.
@@ -105,6 +105,11 @@ class Orphans:
             reason = await self.why_not(replica)
             if reason is None and now - orphan.since < GRACE:
                 reason = f"it has run on no node for less than {GRACE:g}s"
+            elif reason is not None:
+                # Asked again later and later (a replica kept of an agent its owner
+                # removed costs a question every RETRY_MAX, not every look).
+                orphan.next_try = now + orphan.backoff
+                orphan.backoff = min(orphan.backoff * 2, RETRY_MAX)
             if reason is not None:
                 self._held_back(replica, orphan, reason)
                 continue
