@@ -5,6 +5,7 @@ case of docs/cluster.md, "Moving an agent", ends with exactly one running copy."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from typing import Any
 
@@ -12,6 +13,8 @@ import aiohttp
 import pytest
 from test_cluster_routing import eventually
 from test_failover_cluster import hosts, replicated
+from test_fenced_ownership import links as links  # the fixture
+from test_fenced_ownership import tick
 from test_placement_cluster import ask, crash, deploy, start_cluster
 from test_placement_cluster import factory as factory  # the fixture
 
@@ -20,6 +23,7 @@ from caxton.drivers import FrameKind
 from caxton.messaging import Message, Performative
 from caxton.node import Node
 from caxton.testing import NodeFactory
+from caxton.testing.network import LinkCuts
 
 AT_LEAST_ONCE = {"messaging.delivery_guarantee": "at-least-once"}
 
@@ -222,6 +226,64 @@ async def test_the_source_dying_after_the_takeover_leaves_one_copy_on_the_target
     await n3.cluster.moves.move(agent["id"], "n1")
     assert hosts([n1, n2], "counter") == ["n1"]
     assert await counted(n2) == 2  # answered once released
+
+
+@pytest.mark.parametrize("when", ["after-the-takeover", "at-the-hand-over"])
+async def test_a_cut_between_source_and_target_mid_move_leaves_one_writable_copy(
+    links: tuple[NodeFactory, LinkCuts],
+    counter: bytes,
+    monkeypatch: pytest.MonkeyPatch,
+    when: str,
+) -> None:
+    """The link between source (n3) and target (n1) is cut both ways (CONTROL frames;
+    SWIM still sees both) once the target took the agent over, before its answer
+    reached the source, or once the source starts the hand-over. The source and the
+    third node are a majority of the new replica set, the target and the third node
+    too: whichever copy counts, no count is given twice and, after the heal, one copy
+    runs and counts on from the last acknowledged count."""
+    monkeypatch.setattr(moves, "TAKEOVER_TIMEOUT", 1.0)
+    monkeypatch.setattr(moves, "RELEASE_AFTER", 0.5)
+    factory, cuts = links
+    nodes = await start_cluster(factory)
+    n1, n2, n3 = nodes
+    agent = await deployed_counter(nodes, counter)
+    assert await tick(n3, 5.0) == 1
+    if when == "after-the-takeover":
+        taking = n1.cluster.moves._on_move
+
+        async def take_then_cut(source: str, body: Any) -> list[Any]:
+            answer = await taking(source, body)
+            cuts.cut_both("n1", "n3")
+            return answer
+
+        monkeypatch.setattr(n1.cluster.moves, "_on_move", take_then_cut)
+    else:
+        handing = n3.cluster.moves._hand_over
+
+        async def cut_then_hand_over(runtime: Any, target: str, address: Any) -> int:
+            cuts.cut_both("n1", "n3")
+            return int(await handing(runtime, target, address))
+
+        monkeypatch.setattr(n3.cluster.moves, "_hand_over", cut_then_hand_over)
+    with contextlib.suppress(moves.MoveFailed):
+        await n3.cluster.moves.move(agent["id"], "n1")
+    acknowledged = [1]
+    for _ in range(10):
+        for node in (n1, n3, n2):
+            count = await tick(node, 1.0)
+            if count is not None:
+                acknowledged.append(count)
+    assert len(acknowledged) == len(set(acknowledged)), f"a count given twice: {acknowledged}"
+    cuts.heal()
+    await eventually(lambda: len(hosts(nodes, "counter")) == 1, 30)
+    await eventually(lambda: agent["id"] not in n3.cluster.moves.moving, 10)
+    after = None
+    for _ in range(20):
+        after = await tick(n2, 1.0)
+        if after is not None:
+            break
+    assert after == max(acknowledged) + 1, f"acknowledged {acknowledged}, then {after}"
+    assert len(hosts(nodes, "counter")) == 1
 
 
 # -- what crosses the network -----------------------------------------------------------
