@@ -645,3 +645,10 @@ async def test_a_relative_snapshot_destination_is_refused(
         answer = await response.json()
     assert "is a relative path" in json.dumps(answer)
     assert list(where_the_node_started.iterdir()) == []
+
+    # ~user with no such user: expanduser raised RuntimeError (a 500)
+    dest = "~no-such-user-here/snapshots"
+    async with http.post("/api/v1/cluster/backups", json={"dest": dest}) as response:
+        assert response.status == 400
+        answer = await response.json()
+    assert f"cannot expand {dest!r}" in answer["details"], answer

@@ -20,9 +20,16 @@ import os
 import stat
 from pathlib import Path
 
-from caxton.errors import ConfigError
+from caxton.errors import ConfigError, ValidationError
 
-__all__ = ["LOCK_NAME", "DataDirLock", "DataDirLocked", "lock_holder", "private_directory"]
+__all__ = [
+    "LOCK_NAME",
+    "DataDirLock",
+    "DataDirLocked",
+    "expand_user",
+    "lock_holder",
+    "private_directory",
+]
 
 log = logging.getLogger("caxton.node")
 
@@ -31,6 +38,15 @@ LOCK_NAME = "caxton.lock"
 
 class DataDirLocked(ConfigError):
     """Another process holds the data directory."""
+
+
+def expand_user(path: str | Path) -> Path:
+    """``path`` with a leading ``~`` or ``~user`` expanded; a 400-style error, not a
+    RuntimeError, when there is no such user or no home directory."""
+    try:
+        return Path(path).expanduser()
+    except RuntimeError as exc:  # "Could not determine home directory."
+        raise ValidationError(f"cannot expand {str(path)!r}: {exc}") from None
 
 
 def private_directory(path: Path) -> None:

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from caxton.agents.model import PRIORITIES
+from caxton.datadir import expand_user
 from caxton.errors import CaxtonError, ServiceUnavailable, ValidationError
 
 if TYPE_CHECKING:
@@ -258,7 +259,7 @@ def _write_dump(node: Node, directory: Path, document: dict[str, Any]) -> Path:
     from caxton.backup.archive import make_backup, private_file
     from caxton.datadir import private_directory
 
-    target = directory.expanduser() / node.node_id
+    target = expand_user(directory) / node.node_id
     private_directory(target)
     path, _ = make_backup(node.store.path, target, node_id=node.node_id, note="emergency stop dump")
     document["backup"] = path.name
@@ -270,7 +271,7 @@ def _write_dump(node: Node, directory: Path, document: dict[str, Any]) -> Path:
 
 
 def _read_dump(node: Node, directory: Path) -> dict[str, Any]:
-    file = directory.expanduser() / node.node_id / DUMP_FILE
+    file = expand_user(directory) / node.node_id / DUMP_FILE
     try:
         document: dict[str, Any] = json.loads(file.read_text())
     except (OSError, ValueError) as exc:

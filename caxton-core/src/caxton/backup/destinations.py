@@ -22,6 +22,7 @@ import urllib.parse
 from pathlib import Path, PurePosixPath
 from typing import Any, ClassVar
 
+from caxton.datadir import expand_user
 from caxton.errors import CaxtonError, ConfigError, DriverNotFound, NotFound, ValidationError
 
 __all__ = [
@@ -101,7 +102,7 @@ class DirectoryDestination(BackupDestination):
         super().__init__(url)
         parsed = urllib.parse.urlsplit(url)
         raw = parsed.path if parsed.scheme == "file" else url
-        self.root = Path(raw).expanduser()
+        self.root = expand_user(raw)
 
     def _path(self, name: str) -> Path:
         return self.root / self.check_name(name)

@@ -21,6 +21,7 @@ import click
 from caxton.cli.client import api_options, json_option
 from caxton.cli.client_http import ApiClient
 from caxton.cli.main import emit_json, render_table
+from caxton.datadir import expand_user
 from caxton.units import format_size
 
 __all__ = ["COMMANDS"]
@@ -320,7 +321,7 @@ def cluster_backup(client: ApiClient, dest: str, kind: str, as_json: bool) -> No
     from caxton.backup.snapshot import describe_failures
 
     if "://" not in dest:
-        dest = str(Path(dest).expanduser().resolve())
+        dest = str(expand_user(dest).resolve())
     manifest = client.request(
         "POST", "/api/v1/cluster/backups", {"dest": dest, "type": kind}, wait=3600
     )

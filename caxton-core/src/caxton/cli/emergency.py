@@ -9,7 +9,6 @@ See docs/operations.md.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import click
@@ -17,6 +16,7 @@ import click
 from caxton.cli.client import _duration, agents_group, api_options, json_option
 from caxton.cli.client_http import ApiClient
 from caxton.cli.main import emit_json
+from caxton.datadir import expand_user
 
 __all__ = ["CLUSTER_COMMANDS", "COMMANDS"]
 
@@ -83,7 +83,7 @@ def emergency_stop(
         raise click.UsageError("--preserve-state needs --dump-to DIR")
     body: dict[str, Any] = {"all_agents": True, "cluster": cluster}
     if preserve_state:
-        body.update(preserve_state=True, dump_to=str(Path(str(dump_to)).expanduser().resolve()))
+        body.update(preserve_state=True, dump_to=str(expand_user(str(dump_to)).resolve()))
     result = client.request("POST", "/api/v1/emergency/stop", body, wait=120)
     if not as_json and not result.get("nodes"):
         click.echo(f"Emergency stop: {result['stopped']} agents stopped")
@@ -114,7 +114,7 @@ def emergency_start(
     """Start again the agents an emergency stop stopped."""
     body: dict[str, Any] = {"cluster": cluster}
     if replay_from:
-        body["replay_from"] = str(Path(replay_from).expanduser().resolve())
+        body["replay_from"] = str(expand_user(replay_from).resolve())
     result = client.request("POST", "/api/v1/emergency/start", body, wait=120)
     _report(
         result,
