@@ -456,6 +456,33 @@ async def test_leave_with_a_drain_timeout_moves_the_agents_off_first(
         assert await ask(n1, f"leaver-{i}", "hi") == "hi"
 
 
+async def test_a_leaving_node_takes_no_new_messages_and_is_not_ready(
+    factory: NodeFactory, echo: bytes
+) -> None:
+    """Its leave waits for the messages it accepted to be handed over: clients sending
+    through it all the time put that off until the drain timeout (a rolling upgrade
+    under load took 10-28 s per node to stop). While it leaves it refuses new ones with
+    a 503 (a client sends through another node) and /ready says why."""
+    nodes = await start_cluster(factory)
+    n1, _, n3 = nodes
+    status, agent, _ = await deploy(n1, {"name": "echo", "target_node": "n1"}, echo)
+    assert status == 201, agent
+    assert await ask(n3, "echo", "before") == "before"
+    assert n3.api_address is not None
+    url = "http://{}:{}".format(*n3.api_address)
+    leaving = asyncio.create_task(n3.cluster.leave(20.0))
+    await asyncio.sleep(0)  # the leave has begun
+    message = {"performative": "request", "receiver": "echo", "content": "during"}
+    status, refused = await rest(n3, "/api/v1/messages", {**message, "wait_ms": 2000})
+    assert status == 503, refused
+    assert "node n3 is leaving the cluster" in refused["details"], refused
+    async with aiohttp.ClientSession() as http, http.get(f"{url}/ready") as response:
+        assert response.status == 503
+        assert (await response.json())["checks"]["not_leaving"] is False
+    assert await leaving == 0  # nothing it accepted is left queued
+    assert await ask(n1, "echo", "after") == "after"
+
+
 async def test_a_drain_names_the_agents_that_could_not_move(
     factory: NodeFactory, echo: bytes
 ) -> None:

@@ -13,7 +13,7 @@ from caxton.api.openapi import UUID_PATTERN
 from caxton.api.validation import check
 from caxton.errors import Conflict, ServiceUnavailable, ValidationError
 
-__all__ = ["body", "flag", "path_uuid", "query", "service"]
+__all__ = ["body", "flag", "path_uuid", "query", "sending_router", "service"]
 
 _INTEGER = re.compile(r"-?[0-9]{1,18}")
 
@@ -28,6 +28,22 @@ def service(request: web.Request, name: str) -> Any:
             f"{node.state}); retry when /ready answers 200"
         )
     return value
+
+
+def sending_router(request: web.Request) -> Any:
+    """``node.router``, to send a client's new message; a 503 while this node leaves the
+    cluster: the leave waits for the messages it accepted to be handed over, which new
+    ones arriving all the time would put off until its drain timeout (the client sends
+    through another node, as it does for a node that is not ready)."""
+    router = service(request, "router")
+    node = request.config_dict[NODE]
+    cluster = getattr(node, "cluster", None)
+    if cluster is not None and cluster.leaving:
+        raise ServiceUnavailable(
+            f"node {node.node_id} is leaving the cluster and takes no new messages; "
+            f"send through another node"
+        )
+    return router
 
 
 def _components(request: web.Request) -> dict[str, Any]:

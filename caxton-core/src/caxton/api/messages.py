@@ -7,7 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
-from caxton.api.common import body, path_uuid, query, service
+from caxton.api.common import body, path_uuid, query, sending_router, service
 from caxton.api.keys import GUARD, IDENTITY, NODE, TASKS
 from caxton.api.openapi import CONVERSATION_QUERY, SCOPE_SCHEMA
 from caxton.api.permissions import requires
@@ -73,7 +73,7 @@ def _is_agent(request: web.Request, name: str) -> bool:
 @requires("send")
 async def send_message(request: web.Request) -> web.Response:
     data = await body(request, "SendMessage")
-    router = service(request, "router")
+    router = sending_router(request)
     wait_ms = data.pop("wait_ms", 0)
     if data.get("sender") is None:
         data["sender"] = _client_name()
@@ -188,7 +188,7 @@ async def get_task(request: web.Request) -> web.Response:
 async def distribute_task(request: web.Request) -> web.Response:
     board = request.config_dict[TASKS]
     task_id = path_uuid(request, "task_id")
-    router = service(request, "router")
+    router = sending_router(request)
     task = board.begin(task_id)
     try:
         task.outcome = await router.contract_net(

@@ -46,6 +46,9 @@ def readiness_checks(node: Any) -> dict[str, bool]:
     if node.join_addresses:
         membership = node.membership
         checks["cluster_joined"] = bool(membership is not None and len(membership.members()) > 1)
+    cluster = getattr(node, "cluster", None)
+    if cluster is not None:  # a leaving node takes no new messages (api.common)
+        checks["not_leaving"] = not cluster.leaving
     return checks
 
 
