@@ -21,6 +21,7 @@ from test_placement_cluster import ask, crash, deploy, start_cluster
 from test_placement_cluster import factory as factory  # the fixture
 
 from caxton.cluster.placement import DeploySpec, deploy_local
+from caxton.errors import RequestTimeout
 from caxton.messaging import Message, Performative
 from caxton.node import Node
 from caxton.testing import NodeFactory
@@ -178,6 +179,33 @@ async def test_a_cut_longer_than_the_ttl_dead_letters_with_the_reason_in_the_api
     assert "forwarding to sink failed" in letters[0]["reason"]
     assert "message TTL of 2s" in letters[0]["reason"]
     assert received == []
+
+
+async def test_a_reply_to_a_client_that_stopped_waiting_is_dead_lettered_at_once(
+    factory: NodeFactory,
+) -> None:
+    """A client asked an agent on n3 through n1 and gave up before the reply came (or a
+    second copy of its at-least-once request was answered too). n1 refuses the late reply
+    for good, so n3 dead-letters it at once: looking for that client in the cluster
+    until the message TTL ran out (a minute) held up n3's leave as long, since a leave
+    waits for what the node has to hand over (a rolling restart under load)."""
+    nodes = await start_cluster(factory, **AT_LEAST_ONCE)
+    n1, _, n3 = nodes
+    asked: list[Message] = []
+    n3.router.register("slow", asked.append)  # takes requests, answers when told to
+    n3.cluster.announce("slow")
+    await known([n1], "slow", "n3")
+    request = Message(Performative.REQUEST, sender="", receiver="slow", content="hi")
+    with pytest.raises(RequestTimeout):
+        await n1.router.request(request, 0.5)
+    await eventually(lambda: len(asked) == 1)
+    late = asked[0].create_reply(Performative.INFORM, "late", sender="slow")
+    await n3.router.send(late)
+    await settled(n3)
+    letters = await dead_letters(n3, late.message_id)
+    assert len(letters) == 1, letters
+    assert letters[0]["receiver"] == request.sender
+    assert "is no longer waiting for a reply (refused by n1)" in letters[0]["reason"]
 
 
 async def test_a_receiver_restarted_with_an_unacknowledged_message_delivers_each_once(

@@ -230,6 +230,11 @@ class Forwarding:
             if origin and sender and origin != cluster.node_id:
                 cluster.learn_reply_route(sender, origin)
             receiver = message.receiver
+            if router is not None and not cluster.leaving and router.client_ended(receiver):
+                # a late reply: no other node has that client, so "miss" (look for it
+                # again until the TTL runs out) would only hold it on the sender's side
+                results.append(["dead", f"{receiver} is no longer waiting for a reply"])
+                continue
             if router is None or cluster.leaving or not router.is_registered(receiver):
                 results.append(["miss", f"Agent not found: {receiver}"])
                 continue

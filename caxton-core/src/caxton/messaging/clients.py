@@ -3,7 +3,10 @@
 A client is not an agent, so while it waits for answers it gets a temporary endpoint:
 a name registered with the router whose ``deliver`` hands each message to the exchange
 waiting for it (by ``in_reply_to``, else by conversation). The endpoint is unregistered
-when its last exchange ends.
+when its last exchange ends, and its name is remembered for a while (:meth:`Clients.ended`):
+a reply another node forwards to it later (its client gave up, or both copies of an
+at-least-once request were answered) is then refused for good, not sent again until
+its TTL runs out.
 """
 
 from __future__ import annotations
@@ -27,6 +30,9 @@ if TYPE_CHECKING:
 __all__ = ["ClientEndpoint", "Clients", "ContractNetResult", "Selector"]
 
 log = logging.getLogger("caxton.messaging")
+
+#: Names of ended client endpoints remembered at most (the oldest are forgotten first).
+ENDED_KEPT = 100_000
 
 ReplyHandler = Callable[[Message], None]
 #: Picks the winning participant from the proposals (None: no winner); may be async.
@@ -94,6 +100,8 @@ class Clients:
         self.unclaimed = unclaimed
         self.endpoints: dict[str, ClientEndpoint] = {}
         self.waiters: set[asyncio.Future[Any]] = set()
+        #: Client name -> when its endpoint ended (loop time), oldest first.
+        self._ended: dict[str, float] = {}
 
     # -- request --------------------------------------------------------------------
 
@@ -280,6 +288,24 @@ class Clients:
             del self.endpoints[endpoint.name]
             if self.router.is_registered(endpoint.name):
                 self.router.unregister(endpoint.name)
+            self._remember_ended(endpoint.name)
+
+    def _remember_ended(self, name: str) -> None:
+        ended = self._ended
+        now = self.router.clock()
+        ended.pop(name, None)
+        ended[name] = now
+        ttl = self.router.message_ttl if self.router.message_ttl < math.inf else 60.0
+        while True:  # oldest first: stops at the first recent one
+            oldest = next(iter(ended))
+            if len(ended) <= ENDED_KEPT and now - ended[oldest] < ttl:
+                break
+            del ended[oldest]
+
+    def ended(self, name: str) -> bool:
+        """Whether ``name`` was a client endpoint here that ended within the message TTL
+        (and is not one again): a message for it has nowhere to go."""
+        return name in self._ended and name not in self.endpoints
 
     def forget(self, name: str) -> None:
         """``name`` was unregistered by someone else."""

@@ -411,6 +411,11 @@ class Router:
     def is_registered(self, name: str) -> bool:
         return name in self._boxes
 
+    def client_ended(self, name: str) -> bool:
+        """Whether ``name`` was the temporary endpoint of a client here that is no longer
+        waiting (within the message TTL): a reply for it now cannot be delivered."""
+        return self._clients.ended(name)
+
     def names(self) -> list[str]:
         """The registered names."""
         return list(self._boxes)
