@@ -6,6 +6,16 @@ cluster port must be free for TCP and UDP: the tcp transport listens on both), s
 the first node with ``--bootstrap`` and the others with ``--join``, and talks to every
 node through its REST API. Processes are killed when the cluster is closed.
 
+A ``restartable`` cluster starts its nodes the way an operator's service manager would:
+each node's config file holds all of its own settings and the node starts with
+``caxton server start --config nK.toml`` through :meth:`ProcessCluster.start_command`,
+the template ``caxton cluster rolling-restart`` and ``upgrade start`` take as
+``--command``. Each node writes its pid to ``nK.pid``, so a :class:`NodeProcess`
+follows the process such a command started (:class:`AdoptedProcess`).
+
+:func:`build_release` makes a second installable release of this checkout (another
+version number) in a venv of its own, for the rolling-upgrade tests.
+
 Nodes can also run in Linux network namespaces on one bridge (:class:`NetnsLab`), each
 binding its own address, so an nftables rule on the bridge makes a real network
 partition (tests/cluster/test_partition_netns.py).
@@ -19,6 +29,8 @@ import base64
 import contextlib
 import json
 import os
+import re
+import shlex
 import shutil
 import signal
 import socket
@@ -118,6 +130,43 @@ class ApiError(Exception):
         self.body = body
 
 
+class AdoptedProcess:
+    """A node process this test did not start (``caxton cluster rolling-restart`` did),
+    followed by its pid: the part of :class:`subprocess.Popen` the tests use. Its exit
+    status is not ours to collect: a finished one reports ``-1``."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            try:
+                stat = Path(f"/proc/{self.pid}/stat").read_text()
+                state = stat.rsplit(")", 1)[1].split()[0]
+            except (OSError, IndexError):
+                state = "X"
+            if state in ("Z", "X"):  # a zombie is as gone as a reaped one
+                self.returncode = -1
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while (code := self.poll()) is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(f"pid {self.pid}", timeout or 0)
+            time.sleep(0.05)
+        return code
+
+    def send_signal(self, signum: int) -> None:
+        if self.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signum)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
 class NodeProcess:
     """One node process, its ports and its REST API.
 
@@ -146,7 +195,9 @@ class NodeProcess:
             self.cluster_port, self.api_port, self.metrics_port = 7946, 8080, 9090
         self.data_dir = cluster.base_dir / node_id
         self.log_path = cluster.base_dir / f"{node_id}.log"
-        self.process: subprocess.Popen[bytes] | None = None
+        #: Where a node of a restartable cluster writes its pid.
+        self.pid_path = cluster.base_dir / f"{node_id}.pid"
+        self._process: subprocess.Popen[bytes] | AdoptedProcess | None = None
         self.config_path = cluster.config_for(self)
         #: Sent with every request (X-API-Key) when the nodes authenticate.
         self.api_key: str | None = None
@@ -161,9 +212,37 @@ class NodeProcess:
     def api_url(self) -> str:
         return f"http://{self.host}:{self.api_port}"
 
+    @property
+    def process(self) -> subprocess.Popen[bytes] | AdoptedProcess | None:
+        """This node's process: the one started last, by this test or (restartable
+        cluster) by a command that wrote another pid to :attr:`pid_path`."""
+        if self.cluster.restartable:
+            try:
+                pid = int(self.pid_path.read_text())
+            except (OSError, ValueError):  # none yet, or being written
+                pid = None
+            if pid is not None and (self._process is None or self._process.pid != pid):
+                self._process = AdoptedProcess(pid)
+        return self._process
+
+    @process.setter
+    def process(self, process: subprocess.Popen[bytes] | AdoptedProcess | None) -> None:
+        self._process = process
+
     def start(
         self, *, bootstrap: bool = False, join: Iterable[str] = (), token: str | None = None
     ) -> None:
+        seeds = list(join)
+        flags = [
+            *(["--bootstrap"] if bootstrap else []),
+            *(["--token", token] if token is not None else []),
+        ]
+        if self.cluster.restartable:
+            command = self.cluster.start_command(caxton_command(), seeds, flags)
+            self.process = subprocess.Popen(
+                ["/bin/sh", "-c", command.format(node=self.node_id)], env=clean_environment()
+            )
+            return
         args = [
             *(["ip", "netns", "exec", self.netns] if self.netns else []),
             *caxton_command(),
@@ -183,14 +262,10 @@ class NodeProcess:
             str(self.data_dir),
             "--plugin",
             f"transport={self.cluster.transport}",
+            *flags,
         ]
-        seeds = list(join)
-        if bootstrap:
-            args.append("--bootstrap")
         if seeds:
             args += ["--join", ",".join(seeds)]
-        if token is not None:
-            args += ["--token", token]
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             args, stdout=log, stderr=subprocess.STDOUT, env=clean_environment()
@@ -199,7 +274,8 @@ class NodeProcess:
 
     @property
     def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
+        process = self.process
+        return process is not None and process.poll() is None
 
     def request(self, method: str, path: str, body: Any = None, *, timeout: float = 10.0) -> Any:
         data = None if body is None else json.dumps(body).encode()
@@ -264,10 +340,11 @@ class NodeProcess:
         self.process.send_signal(signum)
 
     def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGCONT)
-            self.process.kill()
-            self.process.wait(10)
+        process = self.process
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGCONT)
+            process.kill()
+            process.wait(10)
 
     def stop(self, timeout: float = 20.0) -> int:
         """SIGTERM (a graceful shutdown, which leaves the cluster) and wait."""
@@ -294,6 +371,7 @@ class ProcessCluster:
         auto_tls: bool = False,
         gossip_key: bool = True,
         extra: Mapping[str, Mapping[str, Any]] | None = None,
+        restartable: bool = False,
     ) -> None:
         self.base_dir = base_dir
         base_dir.mkdir(parents=True, exist_ok=True)
@@ -305,6 +383,8 @@ class ProcessCluster:
         self.auto_tls = auto_tls
         self.gossip_key = base64.b64encode(os.urandom(32)).decode() if gossip_key else None
         self.extra = dict(extra or {})
+        #: Each node's settings in its config file, started by :meth:`start_command`.
+        self.restartable = restartable
         self.nodes: dict[str, NodeProcess] = {}
 
     def config_for(self, node: NodeProcess) -> Path:
@@ -324,11 +404,43 @@ class ProcessCluster:
             sections["transport"] = {"plaintext": True}
         if self.gossip_key:
             sections["security.cluster"] = {"gossip_keys": [self.gossip_key]}
+        if self.restartable:
+            if node.netns is not None:
+                raise ValueError("a restartable cluster's start command runs in this namespace")
+            sections["node"] = {"id": node.node_id, "data_dir": str(node.data_dir)}
+            sections["coordination.cluster"]["bind_addr"] = node.address
+            sections["networking"] = {
+                "bind_address": f"{node.host}:{node.api_port}",
+                "metrics_address": f"{node.host}:{node.metrics_port}",
+            }
+            sections["plugins"] = {"transport": self.transport}
         for name, values in self.extra.items():
             sections.setdefault(name, {}).update(values)
         path = self.base_dir / f"{node.node_id}.toml"
         write_toml(path, sections)
         return path
+
+    def start_command(
+        self, caxton: Sequence[str], join: Iterable[str] = (), flags: Sequence[str] = ()
+    ) -> str:
+        """How a node of this (restartable) cluster starts, as a shell command with
+        ``{node}`` for its id: the ``--command`` of ``caxton cluster rolling-restart``
+        and ``upgrade start``. It records the node's pid in ``{node}.pid`` and runs
+        ``caxton server start --config {node}.toml`` with ``caxton`` (the command of the
+        release to run), joining ``join``, its output appended to ``{node}.log``."""
+        if not self.restartable:
+            raise ValueError("only a restartable cluster's nodes start from their config")
+
+        def shell(*words: str) -> str:  # quoted for sh, braces kept from str.format
+            return shlex.join(words).replace("{", "{{").replace("}", "}}")
+
+        seeds = ",".join(join)
+        server = shell(*caxton, "server", "start", *flags, *(["--join", seeds] if seeds else []))
+        base = shell(str(self.base_dir))
+        return (
+            f"echo $$ > {base}/{{node}}.pid && exec {server} --config {base}/{{node}}.toml "
+            f">> {base}/{{node}}.log 2>&1"
+        )
 
     def add(self, node_id: str, **where: str) -> NodeProcess:
         """A node, not started; ``where``: ``host`` and ``netns`` (see NodeProcess)."""
@@ -401,6 +513,39 @@ def new_key(node: NodeProcess, role: str) -> str:
         raise RuntimeError(f"caxton security api-key create failed: {made.stderr}")
     key: str = json.loads(made.stdout)["key"]
     return key
+
+
+#: The distributions a second release needs for a tcp cluster.
+RELEASE_PACKAGES = ("caxton-core", "plugins/caxton-transport-tcp")
+
+
+def build_release(work: Path, version: str, uv: str) -> list[str]:
+    """Another installable release of this checkout: :data:`RELEASE_PACKAGES` copied
+    under ``work`` with ``version`` as their version and installed with ``uv`` into a
+    venv of their own (``work/venv``); its ``caxton`` command."""
+    copies = []
+    for package in RELEASE_PACKAGES:
+        copy = work / Path(package).name
+        shutil.copytree(
+            ROOT / package,
+            copy,
+            ignore=shutil.ignore_patterns("tests", "__pycache__", "*.egg-info", "build", "dist"),
+        )
+        pyproject = copy / "pyproject.toml"
+        text = pyproject.read_text()
+        pyproject.write_text(
+            re.sub(r'(?m)^version = ".*"$', f'version = "{version}"', text, count=1)
+        )
+        copies.append(str(copy))
+    venv = work / "venv"
+    for command in (
+        [uv, "venv", "--quiet", "--python", sys.executable, str(venv)],
+        [uv, "pip", "install", "--quiet", "--python", str(venv / "bin" / "python"), *copies],
+    ):
+        built = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        if built.returncode != 0:
+            raise RuntimeError(f"{' '.join(command[:3])} failed: {built.stderr}")
+    return [str(venv / "bin" / "caxton")]
 
 
 @contextlib.contextmanager

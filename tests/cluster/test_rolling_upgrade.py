@@ -1,23 +1,20 @@
 """Rolling restart, upgrade and rollback of a real ``caxton cluster up`` cluster.
 
-A second installable release is built for the test: caxton-core and the tcp transport
-copied from this checkout with another version number (``<version>.post1``), installed
-with uv into a venv of their own. The cluster (three node processes, mutual TLS) runs
-this checkout's release; ``caxton cluster rolling-restart`` restarts it node by node,
-the new release's ``caxton cluster upgrade start`` moves every node to it, ``upgrade
-status`` reports it, ``upgrade rollback`` takes every node back, and an upgrade whose
-start command fails stops at the first node with one line and is rolled back. An echo
-agent answers after each of them (docs/cluster.md, "Rolling restart and upgrade").
+A second installable release is built for the test (the ``next_release`` fixture of
+conftest.py): caxton-core and the tcp transport copied from this checkout with another
+version number (``<version>.post1``), installed with uv into a venv of their own. The
+cluster (three node processes, mutual TLS) runs this checkout's release; ``caxton cluster
+rolling-restart`` restarts it node by node, the new release's ``caxton cluster upgrade
+start`` moves every node to it, ``upgrade status`` reports it, ``upgrade rollback``
+takes every node back, and an upgrade whose start command fails stops at the first node
+with one line and is rolled back. An echo agent answers after each of them
+(docs/cluster.md, "Rolling restart and upgrade").
 """
 
 from __future__ import annotations
 
 import json
-import os
-import re
-import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,43 +25,6 @@ from cluster_support import caxton_command, clean_environment
 from caxton import __version__
 
 pytestmark = pytest.mark.cluster
-
-ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("caxton-core", "plugins/caxton-transport-tcp")
-
-
-@pytest.fixture(scope="module")
-def next_release(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[str], str]:
-    """The ``caxton`` command of another release of this checkout, and its version."""
-    uv = shutil.which("uv")
-    if uv is None:
-        if os.environ.get("CI"):
-            pytest.fail("uv is not on PATH: .ci/run installs it")
-        pytest.skip("needs uv to build the second release's environment (pip install uv)")
-    work = tmp_path_factory.mktemp("next-release")
-    version = f"{__version__}.post1"
-    copies = []
-    for package in PACKAGES:
-        copy = work / Path(package).name
-        shutil.copytree(
-            ROOT / package,
-            copy,
-            ignore=shutil.ignore_patterns("tests", "__pycache__", "*.egg-info", "build", "dist"),
-        )
-        pyproject = copy / "pyproject.toml"
-        text = pyproject.read_text()
-        pyproject.write_text(
-            re.sub(r'(?m)^version = ".*"$', f'version = "{version}"', text, count=1)
-        )
-        copies.append(str(copy))
-    venv = work / "venv"
-    for command in (
-        [uv, "venv", "--quiet", "--python", sys.executable, str(venv)],
-        [uv, "pip", "install", "--quiet", "--python", str(venv / "bin" / "python"), *copies],
-    ):
-        built = subprocess.run(command, capture_output=True, text=True, timeout=300)
-        assert built.returncode == 0, built.stderr
-    return [str(venv / "bin" / "caxton")], version
 
 
 def run(command: list[str], *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
