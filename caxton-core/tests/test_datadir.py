@@ -9,10 +9,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from caxton.datadir import DataDirLock, DataDirLocked, lock_holder
+from caxton import hookimpl
+from caxton.datadir import LOCK_NAME, DataDirLock, DataDirLocked, lock_holder
 from caxton.testing import NodeFactory
 
 
@@ -84,3 +86,62 @@ def test_the_lock_goes_with_its_process_however_it_ends(tmp_path: Path) -> None:
     lock = DataDirLock(tmp_path)
     lock.acquire()
     lock.release()
+
+
+async def test_a_stopping_node_says_so_in_its_lock(
+    caxton_node_factory: NodeFactory, tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "closing"
+    seen: list[str] = []
+
+    class LockReader:
+        @hookimpl
+        def caxton_node_stopping(self, node: Any) -> None:
+            seen.append((data_dir / LOCK_NAME).read_text())
+
+    caxton_node_factory.register(LockReader())
+    async with caxton_node_factory.node(config={"node.data_dir": str(data_dir)}):
+        assert (data_dir / LOCK_NAME).read_text() == f"{os.getpid()}\n"
+    assert seen == [f"{os.getpid()} stopping\n"]
+
+
+def hold(tmp_path: Path, then: str) -> subprocess.Popen[str]:
+    """A process that takes the lock of ``tmp_path``, runs ``then``, prints 'ready'."""
+    code = (
+        "import sys, time; from pathlib import Path; from caxton.datadir import DataDirLock;"
+        f"lock = DataDirLock(Path(sys.argv[1])); lock.acquire(); {then};"
+        "print('ready', flush=True); time.sleep(60)"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
+    assert holder.stdout is not None
+    assert holder.stdout.readline() == "ready\n"
+    return holder
+
+
+def test_a_node_that_is_stopping_is_waited_for_not_refused(tmp_path: Path) -> None:
+    """A rolling restart's start command can run while the old node still closes: the
+    new one waits for a holder marked stopping (for a bounded time), never for a running one."""
+    holder = hold(tmp_path, "lock.mark_stopping()")
+    try:
+        assert lock_holder(tmp_path) == holder.pid  # the mark keeps the pid readable
+        with pytest.raises(DataDirLocked, match=rf"stopping \(pid {holder.pid}\) after 0.3 s"):
+            DataDirLock(tmp_path).acquire(stopping_wait=0.3)
+        lock = DataDirLock(tmp_path)
+        ended = subprocess.Popen(["sh", "-c", f"sleep 0.5; kill {holder.pid}"])
+        lock.acquire(stopping_wait=30)  # waits until the holder is gone, then takes it
+        assert holder.wait(10) is not None
+        ended.wait()
+        assert lock_holder(tmp_path) == os.getpid()
+        lock.release()
+    finally:
+        holder.kill()
+        holder.wait()
+    running = hold(tmp_path, "pass")
+    try:
+        with pytest.raises(DataDirLocked, match="in use by another node"):  # at once
+            DataDirLock(tmp_path).acquire(stopping_wait=30)
+    finally:
+        running.kill()
+        running.wait()

@@ -18,12 +18,14 @@ import fcntl
 import logging
 import os
 import stat
+import time
 from pathlib import Path
 
 from caxton.errors import ConfigError, ValidationError
 
 __all__ = [
     "LOCK_NAME",
+    "STOPPING_WAIT",
     "DataDirLock",
     "DataDirLocked",
     "expand_user",
@@ -65,10 +67,20 @@ def private_directory(path: Path) -> None:
             log.info("data directory %s was mode %o; made it %o", path, mode, mode & 0o700)
 
 
-def _read_pid(fd: int) -> int | None:
+#: How long a node waits for a data directory whose holder is stopping (seconds).
+STOPPING_WAIT = 30.0
+
+
+def _read_holder(fd: int) -> tuple[int | None, bool]:
+    """The pid the lock file names, and whether its node said it is stopping."""
     os.lseek(fd, 0, os.SEEK_SET)
-    text = os.read(fd, 32).decode("ascii", "replace").strip()
-    return int(text) if text.isdigit() else None
+    words = os.read(fd, 64).decode("ascii", "replace").split()
+    pid = int(words[0]) if words and words[0].isdigit() else None
+    return pid, words[1:2] == ["stopping"]
+
+
+def _read_pid(fd: int) -> int | None:
+    return _read_holder(fd)[0]
 
 
 class DataDirLock:
@@ -79,29 +91,62 @@ class DataDirLock:
         self.path = self.data_dir / LOCK_NAME
         self._fd: int | None = None
 
-    def acquire(self) -> None:
-        """Take the lock, or raise :class:`DataDirLocked` naming the holder's pid."""
+    def acquire(self, stopping_wait: float = STOPPING_WAIT) -> None:
+        """Take the lock, or raise :class:`DataDirLocked` naming the holder's pid.
+
+        A holder that marked itself stopping (:meth:`mark_stopping`: a node that left, or
+        got SIGTERM, and is closing) is waited for, up to ``stopping_wait`` seconds: a
+        rolling restart's start command may run while the old process still closes its
+        store. A holder that is running is refused at once.
+        """
         if self._fd is not None:
             return
         private_directory(self.data_dir)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            pid = _read_pid(fd)
-            os.close(fd)
-            holder = f"pid {pid}" if pid is not None else "another process"
-            raise DataDirLocked(
-                f"the data directory {self.data_dir} is in use by another node ({holder}); "
-                f"stop it first, or give this node its own --data-dir"
-            ) from None
+            self._lock(fd, stopping_wait)
         except BaseException:
             os.close(fd)
             raise
         os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)  # reading the holder moved the offset
         os.fchmod(fd, 0o600)
         self._fd = fd
+
+    def _lock(self, fd: int, stopping_wait: float) -> None:
+        deadline = time.monotonic() + stopping_wait
+        said = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                pid, stopping = _read_holder(fd)
+            holder = f"pid {pid}" if pid is not None else "another process"
+            if not stopping:
+                raise DataDirLocked(
+                    f"the data directory {self.data_dir} is in use by another node "
+                    f"({holder}); stop it first, or give this node its own --data-dir"
+                )
+            if time.monotonic() >= deadline:
+                raise DataDirLocked(
+                    f"the data directory {self.data_dir} is still held by a node that is "
+                    f"stopping ({holder}) after {stopping_wait:g} s; wait for it to exit"
+                )
+            if not said:
+                log.info(
+                    "waiting for the node stopping on %s (%s) to let it go", self.data_dir, holder
+                )
+                said = True
+            time.sleep(0.05)
+
+    def mark_stopping(self) -> None:
+        """Say in the lock file that this node is closing: a node started on the same
+        directory meanwhile waits for it (:meth:`acquire`) instead of failing."""
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, 0)
+                os.pwrite(self._fd, f"{os.getpid()} stopping\n".encode(), 0)
 
     def release(self) -> None:
         """Let the directory go (the file stays; an unlocked file means nobody holds it)."""

@@ -162,6 +162,7 @@ class Node:
         self.tls_reloader: Any = None
         self._stack = contextlib.AsyncExitStack()
         self._stopped = asyncio.Event()
+        self._data_dir_lock: DataDirLock | None = None
 
     # -- configuration helpers ----------------------------------------------------
 
@@ -259,7 +260,7 @@ class Node:
         plugins = self.config["plugins"]
         try:
             self.preflight()
-            lock = DataDirLock(self.data_dir)  # one node per data directory
+            lock = self._data_dir_lock = DataDirLock(self.data_dir)  # one node per directory
             lock.acquire()
             self._stack.callback(lock.release)
             if self.clustered or self.join_token:
@@ -456,6 +457,8 @@ class Node:
         if self.state in {"stopping", "stopped"}:
             return
         self.state = "stopping"
+        if self._data_dir_lock is not None:
+            self._data_dir_lock.mark_stopping()  # a restart started meanwhile waits for us
         self.host.call_hook("caxton_node_stopping", node=self)
         await self._stack.aclose()
         self.state = "stopped"
