@@ -168,13 +168,18 @@ async def test_a_handed_over_name_forwards_its_queue_instead_of_dead_lettering(
 
 async def test_a_version_2_frame_round_trips_and_isolates_a_bad_message() -> None:
     good = inform({"n": 1})
-    frame = wire.encode_batch([wire.pack_message(good), b"\xc1", wire.pack_message(inform(2))])
+    passed_on = wire.pack_message(inform(2), "n7")  # its sender is reached through n7
+    frame = wire.encode_batch([wire.pack_message(good), b"\xc1", passed_on])
     decoded = wire.decode_batch(frame)
-    assert isinstance(decoded[0], Message)
-    assert decoded[0].message_id == good.message_id
+    assert not isinstance(decoded[0], ValidationError)
+    assert decoded[0][0].message_id == good.message_id
+    assert decoded[0][1] is None
     assert isinstance(decoded[1], ValidationError)
-    assert isinstance(decoded[2], Message)
-    assert decoded[2].content == 2
+    assert not isinstance(decoded[2], ValidationError)
+    assert (decoded[2][0].content, decoded[2][1]) == (2, "n7")
+    # An older node takes it as a message (unknown fields are ignored).
+    assert Message.from_dict(wire.msgpack.unpackb(passed_on)).content == 2
+    assert wire.decode_message(wire.encode_message(good, 1, "n7"))[1:] == (1, "n7")
     with pytest.raises(ValidationError, match="unsupported message frame"):
         wire.decode_batch(wire.encode_message(good))  # a version 1 frame
     answer = wire.pack([None, ["miss", "Agent not found: x"], ["dead", "queue full"]])

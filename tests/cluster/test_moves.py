@@ -43,6 +43,16 @@ async def move_over_rest(node: Node, agent_id: str, to: str) -> tuple[int, dict[
         return response.status, await response.json()
 
 
+async def rest(node: Node, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    assert node.api_address is not None
+    host, port = node.api_address
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"http://{host}:{port}{path}", json=body) as response,
+    ):
+        return response.status, await response.json()
+
+
 async def counted(node: Node, name: str = "counter") -> int:
     reply = await ask(node, name, "tick")
     return int(reply["count"])
@@ -139,6 +149,41 @@ async def test_messages_sent_during_a_move_are_delivered_once_in_order(
     counts = [replies[message_id]["count"] for message_id in sent]
     assert counts == list(range(1, 301))  # once each, in the order sent
     assert one_copy(nodes) == "n1"
+
+
+@pytest.mark.parametrize("hand_over", ["taken", "refused"])
+async def test_a_reply_to_a_request_handed_over_in_a_move_reaches_the_waiting_client(
+    factory: NodeFactory, counter: bytes, monkeypatch: pytest.MonkeyPatch, hand_over: str
+) -> None:
+    """A client waits on n1 (REST, wait_ms) for the counter on n3, whose request is
+    queued there (the counter suspended) when the counter moves to n2. n3 hands the
+    request over, or (its hand-over refused) forwards it to n2 as a message: either way
+    n2 answers through n1, the client's node, not through n3, which passed the request
+    on. (A client's endpoint is no agent: no registry lookup finds it; the reply sent to
+    n3 was answered 'miss' and the client got a 504.)"""
+    monkeypatch.setattr(moves, "RELEASE_AFTER", 0.5)
+    nodes = await start_cluster(factory, **AT_LEAST_ONCE)
+    n1, n2, n3 = nodes
+    agent = await deployed_counter(nodes, counter)
+    assert await counted(n1) == 1
+    if hand_over == "refused":
+
+        async def refuse(source: str, body: Any) -> list[Any]:
+            raise moves.MoveFailed("refused for the test")
+
+        monkeypatch.setattr(n2.cluster.moves, "_on_move_done", refuse)
+    await n3.agents.suspend(agent["id"])
+    message = {"performative": "request", "receiver": "counter", "content": "tick"}
+    waiting = asyncio.create_task(rest(n1, "/api/v1/messages", {**message, "wait_ms": 10_000}))
+    await eventually(lambda: len(n3.router.queued("counter")) == 1)
+    moved = await n3.cluster.moves.move(agent["id"], "n2")
+    assert moved["node_id"] == "n2"
+    await eventually(lambda: len(n2.router.queued("counter")) == 1)  # still suspended
+    await n2.agents.resume(agent["id"])
+    status, answer = await waiting
+    assert status == 200, answer
+    assert answer["reply"]["content"]["count"] == 2, answer
+    assert await counted(n1) == 3  # and nothing counted twice
 
 
 async def test_timers_and_the_state_go_along(factory: NodeFactory, counter: bytes) -> None:
@@ -384,16 +429,6 @@ async def test_a_move_to_a_node_without_the_state_sends_it_once(
 
 
 # -- rebalance, drain, leave, add-node -------------------------------------------------
-
-
-async def rest(node: Node, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-    assert node.api_address is not None
-    host, port = node.api_address
-    async with (
-        aiohttp.ClientSession() as http,
-        http.post(f"http://{host}:{port}{path}", json=body) as response,
-    ):
-        return response.status, await response.json()
 
 
 def read_write(node: Node) -> bool:

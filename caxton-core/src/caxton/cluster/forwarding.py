@@ -129,7 +129,7 @@ class Forwarding:
                     route.version,
                 )
         hops = self._hops.pop(message.message_id, 0) if self._hops else 0
-        payload = wire.encode_message(message, hops)
+        payload = wire.encode_message(message, hops, self._origin(message))
         try:
             await cluster.transport.send(route.address, FrameKind.MESSAGE, payload)
         except TransportError:
@@ -140,10 +140,18 @@ class Forwarding:
         cluster.counts["forwarded"] += 1
         return None
 
+    def _origin(self, message: Message) -> str | None:
+        """The node of ``message``'s sender when this node only passes the message on
+        (handed over with a moved agent, or it reached a stale route here): the
+        receiver sends replies there, not here, where the sender is not."""
+        cluster = self.cluster
+        origin = cluster.reply_route(message.sender) if message.sender else None
+        return None if origin == cluster.node_id else origin
+
     # -- acknowledged (version 2) ----------------------------------------------------
 
     def _batch(self, route: PeerRoute, message: Message) -> Acknowledgement:
-        packed = wire.pack_message(message)
+        packed = wire.pack_message(message, self._origin(message))
         batch = self._batches.get(route.node_id)
         loop = self.cluster._get_loop()
         if batch is None or batch.route.address != route.address:
@@ -220,15 +228,13 @@ class Forwarding:
         messages = wire.decode_batch(frame.payload)
         results: list[list[str] | None] = []
         waiting: list[asyncio.Future[None]] = []
-        origin = frame.sender
-        for message in messages:
-            if isinstance(message, CaxtonError):
-                results.append(["dead", str(message)])
+        for item in messages:
+            if isinstance(item, CaxtonError):
+                results.append(["dead", str(item)])
                 continue
+            message, origin = item
             cluster.counts["received"] += 1
-            sender = message.sender
-            if origin and sender and origin != cluster.node_id:
-                cluster.learn_reply_route(sender, origin)
+            cluster.learn_reply_route(message.sender, origin or frame.sender)
             receiver = message.receiver
             if router is not None and not cluster.leaving and router.client_ended(receiver):
                 # a late reply: no other node has that client, so "miss" (look for it
@@ -267,15 +273,13 @@ class Forwarding:
         cluster = self.cluster
         router = cluster.router
         try:
-            message, hops = wire.decode_message(frame.payload)
+            message, hops, sender_node = wire.decode_message(frame.payload)
         except CaxtonError as exc:
             log.warning("dropped a message frame from %s: %s", frame.sender, exc)
             return
         cluster.counts["received"] += 1
         origin = frame.sender
-        sender = message.sender
-        if origin and sender and origin != cluster.node_id:
-            cluster.learn_reply_route(sender, origin)
+        cluster.learn_reply_route(message.sender, sender_node or origin)
         if router is None:
             return
         receiver = message.receiver

@@ -272,7 +272,7 @@ class Moves:
             FORGET_AFTER, self._forget_unless_held, agent.id, agent.module_sha256
         )
         senders = {m.sender for m in messages}
-        routes = {s: o for s in senders if (o := self._reply_route(s)) is not None}
+        routes = {s: o for s in senders if (o := self.cluster.reply_route(s)) is not None}
         body = {
             "agent_id": agent.id,
             "messages": [m.to_dict() for m in messages],
@@ -306,12 +306,6 @@ class Moves:
         self.node.store.delete_agent(agent_id)
         self.node.store.delete_replica(agent_id, module_sha256)  # the module, if unused
         self.failover.ownership.forget_state(agent_id)
-
-    def _reply_route(self, sender: str) -> str | None:
-        """The node through which ``sender`` (a handed-over message's) is reached."""
-        if self.node.router.is_registered(sender):
-            return self.node_id
-        return self.cluster._reply_routes.get(sender)
 
     def _finished(self, agent_id: str) -> None:
         self.moving.pop(agent_id, None)
@@ -484,12 +478,7 @@ class Moves:
         router = self.node.router
         routes = body.get("routes")
         for sender, origin in routes.items() if isinstance(routes, Mapping) else ():
-            if (
-                isinstance(sender, str)
-                and isinstance(origin, str)
-                and origin != self.node_id
-                and not router.is_registered(sender)
-            ):
+            if isinstance(sender, str) and isinstance(origin, str):
                 self.cluster.learn_reply_route(sender, origin)
         fresh = await router.adopt(messages)
         if router.is_registered(name):

@@ -659,8 +659,12 @@ class Cluster:
         if self._reply_routes.get(name) == node_id:
             del self._reply_routes[name]
 
-    def learn_reply_route(self, sender: str, origin: str) -> None:
-        """``sender`` (a client waiting for replies, say) is reached through ``origin``."""
+    def learn_reply_route(self, sender: str, origin: str | None) -> None:
+        """``sender`` (a client waiting for replies, say) is reached through ``origin``
+        (another node: a message of ``sender`` came from there, or a node that passed
+        one on said so, see :meth:`reply_route`)."""
+        if not sender or not origin or origin == self.node_id:
+            return
         routes = self._reply_routes
         if routes.get(sender) != origin:
             routes[sender] = origin
@@ -668,6 +672,16 @@ class Cluster:
                 routes.popitem(last=False)
         else:
             routes.move_to_end(sender)
+
+    def reply_route(self, sender: str) -> str | None:
+        """The node through which ``sender`` is reached: this one when it is registered
+        here, else the one its messages came from (None: unknown). A node that passes a
+        message of ``sender`` on (a move's hand-over, a stale route) names it, so that
+        the receiver learns the sender's node, not the node that passed the message on."""
+        router = self.router
+        if router is not None and router.is_registered(sender):
+            return self.node_id
+        return self._reply_routes.get(sender)
 
     async def _on_control(self, frame: Frame) -> bytes | None:
         op, args = wire.decode_control(frame.payload)

@@ -13,6 +13,11 @@
   to :data:`MESSAGE_VERSION` and gossips it in its metadata (``wire``); it sends
   version 2 only to a node that gossips 2 or more (docs/design/0003-wire-protocol-
   versioning.md).
+- A message passed on by a node that is not its sender's (handed over with a moved
+  agent, forwarded from a stale route) carries ``origin`` in its map: the node its
+  sender is reached through, so the receiver sends replies there and not to the node
+  that passed it on (``Message.from_dict`` ignores the key: older nodes take the
+  message as before and learn the route from the frame).
 - ``FrameKind.CONTROL``: ``[op, args...]``; as a request it gets a msgpack answer.
 
 ============  ========================================  ===============================
@@ -82,34 +87,39 @@ OLDEST_VERSION = max(FIRST_VERSION, MESSAGE_VERSION - 1)
 
 _packb = msgpack.Packer(use_bin_type=True).pack
 
+#: The key of a passed-on message's map naming the node its sender is reached through.
+ORIGIN = "origin"
 
-def encode_message(message: Message, hops: int = 0) -> bytes:
-    """A version 1 frame (not acknowledged)."""
+
+def encode_message(message: Message, hops: int = 0, origin: str | None = None) -> bytes:
+    """A version 1 frame (not acknowledged); ``origin``: the node the sender is reached
+    through, when it is not the node that sends the frame."""
     try:
-        return bytes(_packb([FIRST_VERSION, hops, message.to_dict()]))
+        return bytes(_packb([FIRST_VERSION, hops, _message_map(message, origin)]))
     except (TypeError, ValueError, OverflowError) as exc:
         raise ValidationError(
             f"Invalid message: content cannot be encoded for another node ({exc})"
         ) from None
 
 
-def decode_message(payload: bytes, max_size: int | None = None) -> tuple[Message, int]:
-    """The message and its hop count; ValidationError when malformed."""
+def decode_message(payload: bytes, max_size: int | None = None) -> tuple[Message, int, str | None]:
+    """The message, its hop count and its ``origin`` (None: the node that sent the
+    frame); ValidationError when malformed."""
     try:
         version, hops, data = msgpack.unpackb(payload, raw=False, strict_map_key=True)
     except (ValueError, TypeError, msgpack.UnpackException):
         raise ValidationError("malformed message frame") from None
     if version != FIRST_VERSION or not isinstance(hops, int) or not isinstance(data, dict):
         raise ValidationError(f"unsupported message frame (version {version!r})")
-    message = Message.from_dict(data)
-    message.wire_size = None
-    return message, hops
+    message, origin = _received(data)
+    return message, hops, origin
 
 
-def pack_message(message: Message) -> bytes:
-    """One message of a version 2 frame; ValidationError when its content cannot travel."""
+def pack_message(message: Message, origin: str | None = None) -> bytes:
+    """One message of a version 2 frame (``origin`` as for :func:`encode_message`);
+    ValidationError when its content cannot travel."""
     try:
-        return bytes(_packb(message.to_dict()))
+        return bytes(_packb(_message_map(message, origin)))
     except (TypeError, ValueError, OverflowError) as exc:
         raise ValidationError(
             f"Invalid message: content cannot be encoded for another node ({exc})"
@@ -121,9 +131,10 @@ def encode_batch(packed: list[bytes]) -> bytes:
     return bytes(_packb([ACKED_VERSION, packed]))
 
 
-def decode_batch(payload: bytes) -> list[Message | ValidationError]:
-    """The messages of a version 2 frame; a malformed one is its ValidationError (the
-    others still count); a malformed frame raises ValidationError."""
+def decode_batch(payload: bytes) -> list[tuple[Message, str | None] | ValidationError]:
+    """The messages of a version 2 frame, each with its ``origin`` (as
+    :func:`decode_message`); a malformed one is its ValidationError (the others still
+    count); a malformed frame raises ValidationError."""
     try:
         data = msgpack.unpackb(payload, raw=False, strict_map_key=True)
     except (ValueError, TypeError, msgpack.UnpackException):
@@ -135,22 +146,32 @@ def decode_batch(payload: bytes) -> list[Message | ValidationError]:
     packed = data[1] if len(data) == 2 else None
     if not isinstance(packed, list):
         raise ValidationError("malformed message frame")
-    messages: list[Message | ValidationError] = []
+    messages: list[tuple[Message, str | None] | ValidationError] = []
     for item in packed:
         try:
             data = msgpack.unpackb(item, raw=False, strict_map_key=True)
             if not isinstance(data, dict):
                 raise ValidationError("malformed message in a message frame")
-            message = Message.from_dict(data)
+            messages.append(_received(data))
         except (ValueError, TypeError, msgpack.UnpackException):
             messages.append(ValidationError("malformed message in a message frame"))
-            continue
         except ValidationError as exc:
             messages.append(exc)
-            continue
-        message.wire_size = None
-        messages.append(message)
     return messages
+
+
+def _message_map(message: Message, origin: str | None) -> dict[str, Any]:
+    data = message.to_dict()
+    if origin is not None:
+        data[ORIGIN] = origin
+    return data
+
+
+def _received(data: dict[str, Any]) -> tuple[Message, str | None]:
+    origin = data.pop(ORIGIN, None)
+    message = Message.from_dict(data)
+    message.wire_size = None
+    return message, origin if isinstance(origin, str) and origin else None
 
 
 def decode_results(payload: bytes, count: int) -> list[tuple[str, str] | None]:
