@@ -29,6 +29,7 @@ import base64
 import contextlib
 import json
 import os
+import random
 import re
 import shlex
 import shutil
@@ -85,21 +86,40 @@ def echo_wasm() -> bytes:
     return bytes(wasmtime.wat2wasm(ECHO_WAT.read_text()))
 
 
+#: Ports handed out by :func:`free_port` in this process (never handed out twice).
+_GIVEN: set[int] = set()
+
+
+def _below_ephemeral() -> range:
+    """Ports below the kernel's ephemeral range: no outgoing connection takes one of them
+    between :func:`free_port` and the node's bind (a port from ``bind(0)`` is in that
+    range, and CI saw "Address already in use" from exactly that race)."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    return range(10_000, max(10_001, low))
+
+
 def free_port(udp_too: bool = True) -> int:
-    """A port free for TCP (and UDP, when asked) on 127.0.0.1."""
-    for _ in range(100):
-        with socket.socket() as tcp:
-            tcp.bind(("127.0.0.1", 0))
-            port = int(tcp.getsockname()[1])
-            if not udp_too:
-                return port
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                try:
+    """A port free for TCP (and UDP, when asked) on 127.0.0.1, below the ephemeral range."""
+    ports = _below_ephemeral()
+    pick = random.Random(os.getpid() * 1_000_003 + time.monotonic_ns())
+    for _ in range(200):
+        port = pick.choice(ports)
+        if port in _GIVEN:
+            continue
+        try:
+            with socket.socket() as tcp:
+                tcp.bind(("127.0.0.1", port))
+            if udp_too:
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
                     udp.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-                return port
-    raise RuntimeError("no free port pair found")
+        except OSError:
+            continue
+        _GIVEN.add(port)
+        return port
+    raise RuntimeError(f"no free port found in {ports.start}-{ports.stop - 1}")
 
 
 def _toml_value(value: Any) -> str:
