@@ -37,6 +37,20 @@ async def replicated(nodes: list[Node], agent_id: str, holders: int = 2) -> None
     await eventually(lambda: sum(agent_id in n.cluster.failover.replicas for n in nodes) == holders)
 
 
+async def stopped_to_restart(factory: NodeFactory, node: Node, seed: Node) -> Node:
+    """Stop ``node`` and build it again, not started: the same name and data directory
+    and the same cluster address (a restart), joining through ``seed``."""
+    address, seed_address = node.cluster_address, seed.cluster_address
+    assert address is not None
+    assert seed_address is not None
+    await node.stop()
+    return factory.build(
+        node.node_id,
+        join=[f"127.0.0.1:{seed_address[1]}"],
+        config={"coordination.cluster.bind_addr": f"127.0.0.1:{address[1]}"},
+    )
+
+
 async def test_agents_are_replicated_with_their_module_stored_once(
     factory: NodeFactory, echo: bytes
 ) -> None:
@@ -119,14 +133,7 @@ async def test_the_old_node_restarted_with_its_data_drops_its_stale_copy(
     await crash(n3)
     await eventually(lambda: len(hosts([n1, n2], "once")) == 1, 20)
     taker = hosts([n1, n2], "once")[0]
-    address = n3.cluster_address
-    assert address is not None
-    await n3.stop()
-    seed = f"127.0.0.1:{n1.cluster_address[1]}"
-    # A restart: same data directory, same cluster address.
-    again = factory.build(
-        "n3", join=[seed], config={"coordination.cluster.bind_addr": f"127.0.0.1:{address[1]}"}
-    )
+    again = await stopped_to_restart(factory, n3, seed=n1)
     await again.start()
     everyone = [n1, n2, again]
     await eventually(lambda: all(all_alive(n, 3) for n in everyone), 20)

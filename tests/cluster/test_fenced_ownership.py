@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from test_cluster_routing import eventually
-from test_failover_cluster import hosts, replicated
+from test_failover_cluster import hosts, replicated, stopped_to_restart
 from test_placement_cluster import FAST, crash, deploy, start_cluster
 
 from caxton.drivers import FrameKind
@@ -225,13 +225,7 @@ async def test_an_old_owner_restarted_with_its_data_acknowledges_nothing_before_
         await eventually(lambda: len(hosts([n1, n2], "counter")) == 1, 30)
         survivor = n1 if "counter" in n1.agents else n2
         assert await tick(survivor, 5.0) == 4
-        address = n3.cluster_address
-        assert address is not None
-        await n3.stop()
-        seed = f"127.0.0.1:{n1.cluster_address[1]}"
-        again = factory.build(
-            "n3", join=[seed], config={"coordination.cluster.bind_addr": f"127.0.0.1:{address[1]}"}
-        )
+        again = await stopped_to_restart(factory, n3, seed=n1)
         cluster_may_start = asyncio.Event()
         start_cluster_now = again._start_cluster
 

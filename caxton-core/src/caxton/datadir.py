@@ -79,10 +79,6 @@ def _read_holder(fd: int) -> tuple[int | None, bool]:
     return pid, words[1:2] == ["stopping"]
 
 
-def _read_pid(fd: int) -> int | None:
-    return _read_holder(fd)[0]
-
-
 class DataDirLock:
     """The exclusive lock of one data directory (``acquire`` / ``release``)."""
 
@@ -173,7 +169,7 @@ def lock_holder(data_dir: Path) -> int | None:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
-            pid = _read_pid(fd)
+            pid = _read_holder(fd)[0]
             return pid if pid is not None else 0
         fcntl.flock(fd, fcntl.LOCK_UN)
         return None
